@@ -1,0 +1,391 @@
+//! `gateway.toml` as written: one struct per section, unknown keys refused.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Plain HTTP listen addresses (`host:port`; port 0 picks a free port).
+    #[serde(default)]
+    pub listen: Vec<Spanned<String>>,
+    /// TLS listeners.
+    #[serde(default)]
+    pub tls: Vec<TlsListener>,
+    /// Worker threads (default: number of CPUs).
+    pub threads: Option<Spanned<usize>>,
+    /// Seconds SIGTERM waits before it stops accepting (default 5).
+    #[serde(default = "default_grace")]
+    pub grace_period_seconds: u64,
+    /// Seconds in-flight requests get to finish after that (default 10).
+    #[serde(default = "default_shutdown")]
+    pub graceful_shutdown_timeout_seconds: u64,
+    /// Idle upstream connections kept per process (default 128).
+    #[serde(default = "default_pool")]
+    pub upstream_keepalive_pool_size: usize,
+}
+
+fn default_grace() -> u64 {
+    5
+}
+fn default_shutdown() -> u64 {
+    10
+}
+fn default_pool() -> usize {
+    128
+}
+
+/// `[[server.tls]]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListener {
+    pub listen: Spanned<String>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    /// Offer HTTP/2 through ALPN (default true).
+    #[serde(default = "yes")]
+    pub h2: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    #[serde(default = "default_admin")]
+    pub listen: Spanned<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn default_admin() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:9402".into())
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection { listen: default_admin(), enabled: true }
+    }
+}
+
+/// `[upstreams.NAME]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// `host:port` of each peer, used round-robin.
+    pub peers: Spanned<Vec<Spanned<String>>>,
+    /// The upstream used by requests no rule sends elsewhere.
+    #[serde(default)]
+    pub default: bool,
+    /// Connect to the peers with TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// SNI and certificate name for TLS (default: the peer's host).
+    pub sni: Option<Spanned<String>>,
+    /// Verify the peer certificate (default true).
+    #[serde(default = "yes")]
+    pub verify_cert: bool,
+    /// Rewrite the Host header to this value (default: keep the client's).
+    pub host: Option<Spanned<String>>,
+    #[serde(default = "default_connect_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_read_ms")]
+    pub read_timeout_ms: u64,
+    #[serde(default = "default_read_ms")]
+    pub write_timeout_ms: u64,
+    #[serde(default = "default_idle_ms")]
+    pub idle_timeout_ms: u64,
+    pub health_check: Option<HealthCheckSection>,
+}
+
+fn default_connect_ms() -> u64 {
+    2_000
+}
+fn default_read_ms() -> u64 {
+    30_000
+}
+fn default_idle_ms() -> u64 {
+    60_000
+}
+
+/// Active health check kind.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthKind {
+    Tcp,
+    Http,
+}
+
+/// `[upstreams.NAME.health_check]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    #[serde(default = "default_kind")]
+    pub kind: HealthKind,
+    /// Path requested by `http` checks (2xx = healthy).
+    #[serde(default = "default_hc_path")]
+    pub path: String,
+    /// Host header of `http` checks (default: the upstream's `host`, else `localhost`).
+    pub host: Option<String>,
+    #[serde(default = "default_hc_interval")]
+    pub interval_ms: u64,
+    #[serde(default = "one")]
+    pub healthy_after: usize,
+    #[serde(default = "one")]
+    pub unhealthy_after: usize,
+}
+
+fn default_kind() -> HealthKind {
+    HealthKind::Tcp
+}
+fn default_hc_path() -> String {
+    "/".into()
+}
+fn default_hc_interval() -> u64 {
+    1_000
+}
+fn one() -> usize {
+    1
+}
+
+/// When a payment is settled relative to forwarding.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Settlement {
+    /// Forward, then settle if the origin answered < 400 (default).
+    After,
+    /// Settle, then forward.
+    Before,
+}
+
+/// `[payment]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentSection {
+    /// Default recipient address.
+    pub pay_to: Option<Spanned<String>>,
+    /// Networks offered, in order (CAIP-2 ids or v1 names). USD prices use each network's USD asset.
+    #[serde(default)]
+    pub networks: Vec<Spanned<String>>,
+    #[serde(default = "default_timeout")]
+    pub max_timeout_seconds: Spanned<u64>,
+    /// Base of resource URLs (`https://example.com`); default: the request's scheme and Host.
+    pub public_base_url: Option<Spanned<String>>,
+    /// Take scheme and host from `X-Forwarded-Proto` / `X-Forwarded-Host` for resource URLs.
+    #[serde(default)]
+    pub trust_forwarded_headers: bool,
+    #[serde(default = "default_settlement")]
+    pub settlement: Settlement,
+    /// Largest accepted payment header, in bytes.
+    #[serde(default = "default_header_limit")]
+    pub max_header_bytes: usize,
+    /// Tell the origin who paid (`X-Payment-Payer`, `X-Payment-Amount`, ...).
+    #[serde(default)]
+    pub forward_payer_headers: bool,
+    /// Origins allowed to read 402s and receipts from browsers (`*` or a list).
+    #[serde(default = "default_cors")]
+    pub cors_allow_origins: Vec<String>,
+}
+
+fn default_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, 300)
+}
+fn default_settlement() -> Settlement {
+    Settlement::After
+}
+fn default_header_limit() -> usize {
+    16 * 1024
+}
+fn default_cors() -> Vec<String> {
+    vec!["*".into()]
+}
+
+impl Default for PaymentSection {
+    fn default() -> Self {
+        PaymentSection {
+            pay_to: None,
+            networks: Vec::new(),
+            max_timeout_seconds: default_timeout(),
+            public_base_url: None,
+            trust_forwarded_headers: false,
+            settlement: default_settlement(),
+            max_header_bytes: default_header_limit(),
+            forward_payer_headers: false,
+            cors_allow_origins: default_cors(),
+        }
+    }
+}
+
+/// `[[networks]]`: a chain that is not built in, or a v1 name for one.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkDecl {
+    pub id: Spanned<String>,
+    pub v1_name: Option<Spanned<String>>,
+}
+
+/// `[[assets]]`: an EIP-3009 token.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AssetDecl {
+    pub id: Spanned<String>,
+    pub network: Spanned<String>,
+    pub address: Spanned<String>,
+    /// EIP-712 domain name and version of the token.
+    pub name: String,
+    pub version: String,
+    pub decimals: Spanned<u32>,
+    /// One unit is one US dollar: `"$…"` prices on this network are paid in this asset.
+    #[serde(default)]
+    pub usd: bool,
+}
+
+/// `[[facilitators]]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FacilitatorSection {
+    pub name: Spanned<String>,
+    pub url: Spanned<String>,
+    /// Networks this facilitator is used for (default: those its `/supported` lists).
+    #[serde(default)]
+    pub networks: Vec<Spanned<String>>,
+    #[serde(default = "default_fac_timeout")]
+    pub timeout_ms: u64,
+    /// Extra request headers (values may use `${VAR}`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+}
+
+fn default_fac_timeout() -> u64 {
+    10_000
+}
+
+/// `[reload]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadSection {
+    #[serde(default = "yes")]
+    pub watch: bool,
+    #[serde(default = "default_debounce")]
+    pub debounce_ms: u64,
+}
+
+fn default_debounce() -> u64 {
+    200
+}
+
+impl Default for ReloadSection {
+    fn default() -> Self {
+        ReloadSection { watch: true, debounce_ms: default_debounce() }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// `[logging]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSection {
+    #[serde(default = "default_format")]
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `x402_gateway=debug,warn`).
+    #[serde(default = "default_level")]
+    pub level: String,
+    /// One structured event per request.
+    #[serde(default = "yes")]
+    pub access_log: bool,
+}
+
+fn default_format() -> LogFormat {
+    LogFormat::Pretty
+}
+fn default_level() -> String {
+    "info".into()
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        LoggingSection { format: default_format(), level: default_level(), access_log: true }
+    }
+}
+
+/// `[rules]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RulesSection {
+    /// Folder of `*.toml` rule files, relative to this file (default `rules`).
+    #[serde(default = "default_rules_dir")]
+    pub dir: Spanned<String>,
+    /// Match paths case-sensitively (default false: `/API` is priced like `/api`).
+    #[serde(default)]
+    pub case_sensitive: bool,
+}
+
+fn default_rules_dir() -> Spanned<String> {
+    Spanned::new(0..0, "rules".into())
+}
+
+impl Default for RulesSection {
+    fn default() -> Self {
+        RulesSection { dir: default_rules_dir(), case_sensitive: false }
+    }
+}
+
+/// `[ledger]`: where settlements are recorded.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerSection {
+    /// JSON-lines file, relative to this file (default `receipts.jsonl`); `""` turns it off.
+    #[serde(default = "default_ledger_path")]
+    pub path: String,
+    /// Rotate when the file would grow past this size (default 64 MiB).
+    #[serde(default = "default_ledger_max")]
+    pub max_bytes: u64,
+    /// Rotated files kept (default 5).
+    #[serde(default = "default_ledger_keep")]
+    pub keep: usize,
+}
+
+fn default_ledger_path() -> String {
+    "receipts.jsonl".into()
+}
+fn default_ledger_max() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_ledger_keep() -> usize {
+    5
+}
+
+impl Default for LedgerSection {
+    fn default() -> Self {
+        LedgerSection { path: default_ledger_path(), max_bytes: default_ledger_max(), keep: default_ledger_keep() }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GatewayFile {
+    pub server: Option<ServerSection>,
+    pub admin: AdminSection,
+    pub upstreams: BTreeMap<String, Spanned<UpstreamSection>>,
+    pub payment: PaymentSection,
+    pub networks: Vec<NetworkDecl>,
+    pub assets: Vec<AssetDecl>,
+    pub facilitators: Vec<FacilitatorSection>,
+    pub reload: ReloadSection,
+    pub logging: LoggingSection,
+    pub rules: RulesSection,
+    pub ledger: LedgerSection,
+}

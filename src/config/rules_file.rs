@@ -1,0 +1,43 @@
+//! `rules/*.toml` as written: `[[rule]]` tables, unknown keys refused.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::file::Settlement;
+
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionDef {
+    /// Require payment (the default when a price is given).
+    Pay,
+    /// Forward without payment.
+    Free,
+    /// Answer 403.
+    Block,
+}
+
+/// One `[[rule]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDef {
+    pub id: Spanned<String>,
+    /// Host glob (`example.com`, `*.example.com`); default any host.
+    pub host: Option<Spanned<String>>,
+    /// Path glob: `*` within a segment, `**` across segments.
+    pub path: Option<Spanned<String>>,
+    /// Path prefix: `/api/` means `/api/**`.
+    pub prefix: Option<Spanned<String>>,
+    /// Methods; default any. `GET` also covers `HEAD`.
+    pub methods: Option<Spanned<Vec<String>>>,
+    /// `"$0.01"`, `0`, or `{ amount = "10000", asset = "usdc" }`.
+    pub price: Option<Spanned<toml::Value>>,
+    pub action: Option<Spanned<ActionDef>>,
+    pub pay_to: Option<Spanned<String>>,
+    pub networks: Option<Vec<Spanned<String>>>,
+    pub upstream: Option<Spanned<String>>,
+    pub description: Option<String>,
+    pub mime_type: Option<String>,
+    pub settlement: Option<Settlement>,
+    pub max_timeout_seconds: Option<Spanned<u64>>,
+}

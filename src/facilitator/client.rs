@@ -1,0 +1,182 @@
+//! HTTP client for one facilitator API. Bodies are parsed whatever the status code, and
+//! `isValid` / `success` count only when they are literally `true`.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::metrics::Metrics;
+use crate::snapshot::FacilitatorConf;
+use crate::x402::types::{SettleResponse, VerifyResponse};
+
+/// Why a facilitator call produced no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FacilitatorError {
+    /// The request never reached the facilitator (connection refused, DNS, TLS).
+    #[error("facilitator unreachable: {0}")]
+    Connect(String),
+    /// No answer in time. For `/settle` the outcome is unknown.
+    #[error("facilitator timed out")]
+    Timeout,
+    /// An answer without a usable body.
+    #[error("facilitator answered {status} without a usable body")]
+    BadResponse { status: u16 },
+}
+
+impl FacilitatorError {
+    /// Whether the call provably did not reach the facilitator.
+    pub fn not_sent(&self) -> bool {
+        matches!(self, FacilitatorError::Connect(_))
+    }
+
+    /// Metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FacilitatorError::Connect(_) => "connect",
+            FacilitatorError::Timeout => "timeout",
+            FacilitatorError::BadResponse { .. } => "bad_response",
+        }
+    }
+}
+
+/// The request body of `/verify` and `/settle`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FacilitatorRequest<'a> {
+    pub x402_version: u8,
+    pub payment_payload: &'a RawValue,
+    pub payment_requirements: &'a RawValue,
+}
+
+/// A shared HTTP client for every facilitator.
+#[derive(Debug, Clone)]
+pub struct FacilitatorClient {
+    http: reqwest::Client,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl FacilitatorClient {
+    pub fn new(metrics: std::sync::Arc<Metrics>) -> Self {
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("x402-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        FacilitatorClient { http, metrics }
+    }
+
+    async fn call(&self, fac: &FacilitatorConf, op: &'static str, body: Option<Vec<u8>>) -> Result<(u16, Vec<u8>), FacilitatorError> {
+        let url = format!("{}/{op}", fac.url);
+        let mut req = match &body {
+            Some(_) => self.http.post(&url).header("content-type", "application/json"),
+            None => self.http.get(&url),
+        };
+        for (k, v) in &fac.headers {
+            req = req.header(k.as_str(), v.expose());
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let started = Instant::now();
+        let result = async {
+            let resp = req.timeout(fac.timeout).send().await.map_err(classify)?;
+            let status = resp.status().as_u16();
+            let bytes = resp.bytes().await.map_err(classify)?;
+            Ok::<_, FacilitatorError>((status, bytes.to_vec()))
+        }
+        .await;
+        let labels = [fac.name.as_str(), op];
+        self.metrics.facilitator_latency.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            self.metrics.facilitator_errors.with_label_values(&[fac.name.as_str(), op, e.kind()]).inc();
+        }
+        result
+    }
+
+    /// `POST /verify`.
+    pub async fn verify(&self, fac: &FacilitatorConf, body: Vec<u8>) -> Result<VerifyResponse, FacilitatorError> {
+        let (status, bytes) = self.call(fac, "verify", Some(body)).await?;
+        parse_verify(status, &bytes).inspect_err(|e| {
+            self.metrics.facilitator_errors.with_label_values(&[fac.name.as_str(), "verify", e.kind()]).inc();
+        })
+    }
+
+    /// `POST /settle`.
+    pub async fn settle(&self, fac: &FacilitatorConf, body: Vec<u8>) -> Result<SettleResponse, FacilitatorError> {
+        let (status, bytes) = self.call(fac, "settle", Some(body)).await?;
+        parse_settle(status, &bytes).inspect_err(|e| {
+            self.metrics.facilitator_errors.with_label_values(&[fac.name.as_str(), "settle", e.kind()]).inc();
+        })
+    }
+
+    /// `GET /supported`, raw JSON.
+    pub async fn supported(&self, fac: &FacilitatorConf) -> Result<serde_json::Value, FacilitatorError> {
+        let (status, bytes) = self.call(fac, "supported", None).await?;
+        if !(200..300).contains(&status) {
+            return Err(FacilitatorError::BadResponse { status });
+        }
+        serde_json::from_slice(&bytes).map_err(|_| FacilitatorError::BadResponse { status })
+    }
+}
+
+fn classify(e: reqwest::Error) -> FacilitatorError {
+    if e.is_timeout() {
+        FacilitatorError::Timeout
+    } else if e.is_connect() {
+        FacilitatorError::Connect(e.to_string())
+    } else {
+        // Reset after sending, or a broken body: the request may have been acted on.
+        FacilitatorError::BadResponse { status: 0 }
+    }
+}
+
+/// Parses a `/verify` answer: a JSON object with an `isValid` key, whatever the status.
+pub fn parse_verify(status: u16, body: &[u8]) -> Result<VerifyResponse, FacilitatorError> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| FacilitatorError::BadResponse { status })?;
+    if !v.get("isValid").is_some_and(|x| x.is_boolean()) {
+        return Err(FacilitatorError::BadResponse { status });
+    }
+    let r: VerifyResponse = serde_json::from_value(v).map_err(|_| FacilitatorError::BadResponse { status })?;
+    if r.valid() && !(200..300).contains(&status) {
+        // A success flag on an error status is not a success.
+        return Err(FacilitatorError::BadResponse { status });
+    }
+    Ok(r)
+}
+
+/// Parses a `/settle` answer: a JSON object with a `success` key, whatever the status.
+pub fn parse_settle(status: u16, body: &[u8]) -> Result<SettleResponse, FacilitatorError> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| FacilitatorError::BadResponse { status })?;
+    if v.get("success").is_none() {
+        return Err(FacilitatorError::BadResponse { status });
+    }
+    let mut r: SettleResponse = serde_json::from_value(v).map_err(|_| FacilitatorError::BadResponse { status })?;
+    if r.succeeded() && (!(200..300).contains(&status) || r.transaction.is_empty()) {
+        // Claimed success without a transaction or on an error status: the outcome is unknown.
+        r.success = serde_json::Value::Null;
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_literal_true_counts() {
+        assert!(parse_verify(200, br#"{"isValid":true,"payer":"0x1"}"#).is_ok_and(|r| r.valid()));
+        assert!(parse_verify(200, br#"{"isValid":"true"}"#).is_err());
+        assert!(parse_verify(400, br#"{"isValid":false,"invalidReason":"insufficient_funds"}"#)
+            .is_ok_and(|r| !r.valid() && r.invalid_reason.as_deref() == Some("insufficient_funds")));
+        assert!(parse_verify(500, br#"{"isValid":true}"#).is_err());
+        assert!(parse_verify(200, b"garbage").is_err());
+        assert!(parse_settle(200, br#"{"success":true,"transaction":"0xab","network":"n"}"#).is_ok_and(|r| r.succeeded()));
+        assert!(parse_settle(200, br#"{"success":"true","transaction":"0xab"}"#).is_ok_and(|r| !r.succeeded()));
+        assert!(parse_settle(200, br#"{"success":true,"transaction":""}"#).is_ok_and(|r| !r.succeeded()));
+        assert!(parse_settle(200, br#"{"ok":1}"#).is_err());
+    }
+}

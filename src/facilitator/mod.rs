@@ -1,0 +1,7 @@
+//! Talking to x402 facilitators: the HTTP client for `/verify`, `/settle` and `/supported`,
+//! and the cached view of what each facilitator supports. Knows nothing of the gate's policy.
+
+pub mod client;
+pub mod supported;
+
+pub use client::{FacilitatorClient, FacilitatorError};

@@ -1,0 +1,19 @@
+//! x402-gateway: a Pingora reverse proxy that puts an x402 paywall in front of any website or
+//! API. This crate root only names the modules; `main.rs` is the command line.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod facilitator;
+pub mod health;
+pub mod metrics;
+pub mod pathnorm;
+pub mod payment;
+pub mod proxy;
+pub mod reload;
+pub mod router;
+pub mod schemes;
+pub mod server;
+pub mod snapshot;
+pub mod telemetry;
+pub mod x402;

@@ -1,0 +1,42 @@
+//! Command-line entry: parse, then run, check or explain.
+
+use clap::Parser;
+use x402_gateway::cli::{self, Cli, Command};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run { config, ready_file } => {
+            match x402_gateway::server::run(x402_gateway::server::RunOptions { config, ready_file }) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("{e}");
+                    1
+                }
+            }
+        }
+        Command::Check { config } => {
+            let (report, code) = cli::check(&config);
+            if code == 0 {
+                println!("{report}");
+            } else {
+                eprintln!("{report}");
+            }
+            code
+        }
+        Command::Explain { config, method, url, headers } => match cli::explain(&config, &method, &url, &headers) {
+            Ok(v) => {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        },
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,104 @@
+//! Reading a payment from request headers: exactly one header, strict base64, size limit,
+//! typed JSON, version agreement, and matching against the gateway's own requirements.
+
+use http::HeaderMap;
+use serde_json::Value;
+
+use super::PaymentError;
+use crate::x402::challenge::Priced;
+use crate::x402::codec;
+use crate::x402::types::{PaymentPayloadV1, PaymentPayloadV2, RequirementsV2};
+use crate::x402::{HEADER_PAYMENT_SIGNATURE, HEADER_X_PAYMENT};
+
+/// The payment header found on a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found<'a> {
+    /// 1 for `X-PAYMENT`, 2 for `PAYMENT-SIGNATURE`.
+    pub version: u8,
+    pub value: &'a [u8],
+}
+
+/// Finds the payment header. More than one payment header is refused.
+pub fn find(headers: &HeaderMap) -> Result<Option<Found<'_>>, PaymentError> {
+    let mut v2 = headers.get_all(HEADER_PAYMENT_SIGNATURE).iter();
+    let mut v1 = headers.get_all(HEADER_X_PAYMENT).iter();
+    let (a, b) = (v2.next(), v1.next());
+    if v2.next().is_some() || v1.next().is_some() || (a.is_some() && b.is_some()) {
+        return Err(PaymentError::MultipleHeaders);
+    }
+    Ok(match (a, b) {
+        (Some(v), None) => Some(Found { version: 2, value: v.as_bytes() }),
+        (None, Some(v)) => Some(Found { version: 1, value: v.as_bytes() }),
+        _ => None,
+    })
+}
+
+/// A decoded payment matched to one of the rule's offers.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub version: u8,
+    /// The decoded JSON exactly as the client sent it (forwarded verbatim to the facilitator).
+    pub raw: String,
+    /// The scheme payload (`{signature, authorization}` for exact EVM).
+    pub payload: Value,
+    /// Index of the matched offer in [`Priced::offers`].
+    pub offer: usize,
+}
+
+fn addr_eq(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// Whether a client's echoed `accepted` is one of the gateway's requirements: every field
+/// equal (addresses case-insensitively), and the gateway's `extra` contained in the client's.
+pub fn accepted_matches(accepted: &RequirementsV2, ours: &RequirementsV2) -> bool {
+    accepted.scheme == ours.scheme
+        && accepted.network == ours.network
+        && accepted.amount == ours.amount
+        && addr_eq(&accepted.asset, &ours.asset)
+        && addr_eq(&accepted.pay_to, &ours.pay_to)
+        && accepted.max_timeout_seconds == ours.max_timeout_seconds
+        && ours.extra.iter().all(|(k, v)| accepted.extra.get(k) == Some(v))
+}
+
+/// Decodes a payment header and matches it to an offer of `priced`.
+pub fn decode(found: Found<'_>, priced: &Priced, limit: usize) -> Result<Decoded, PaymentError> {
+    let raw_bytes = codec::decode(found.value, limit).map_err(PaymentError::Decode)?;
+    let raw = String::from_utf8(raw_bytes).map_err(|_| PaymentError::Payload("payload is not UTF-8".into()))?;
+    let json: Value = serde_json::from_str(&raw).map_err(|e| PaymentError::Payload(e.to_string()))?;
+    let Some(obj) = json.as_object() else {
+        return Err(PaymentError::Payload("payload is not a JSON object".into()));
+    };
+    match obj.get("x402Version").and_then(Value::as_u64) {
+        Some(v) if v == u64::from(found.version) => {}
+        Some(_) => return Err(PaymentError::VersionMismatch),
+        None => return Err(PaymentError::Payload("missing x402Version".into())),
+    }
+    if found.version == 2 {
+        let p: PaymentPayloadV2 = serde_json::from_str(&raw).map_err(|e| PaymentError::Payload(e.to_string()))?;
+        let a = &p.accepted;
+        if !priced.offers.iter().any(|o| o.requirements.scheme == a.scheme) {
+            return Err(PaymentError::UnsupportedScheme);
+        }
+        if !priced.offers.iter().any(|o| o.requirements.scheme == a.scheme && o.requirements.network == a.network) {
+            return Err(PaymentError::InvalidNetwork);
+        }
+        let offer = priced
+            .offers
+            .iter()
+            .position(|o| accepted_matches(a, &o.requirements))
+            .ok_or(PaymentError::NoMatch)?;
+        Ok(Decoded { version: 2, raw, payload: p.payload, offer })
+    } else {
+        let p: PaymentPayloadV1 = serde_json::from_str(&raw).map_err(|e| PaymentError::Payload(e.to_string()))?;
+        if !priced.offers.iter().any(|o| o.requirements.scheme == p.scheme) {
+            return Err(PaymentError::UnsupportedScheme);
+        }
+        let offer = priced
+            .offers
+            .iter()
+            .position(|o| o.requirements.scheme == p.scheme && o.v1_network.as_deref() == Some(p.network.as_str()))
+            .ok_or(PaymentError::InvalidNetwork)?;
+        Ok(Decoded { version: 1, raw, payload: p.payload, offer })
+    }
+}

@@ -1,0 +1,543 @@
+//! The payment gate: decode → match → local checks → replay guard → verify (cached) →
+//! settlement policy, and receipts. Works on plain HTTP header maps; never touches a socket
+//! except through the facilitator client.
+
+pub mod decode;
+pub mod ledger;
+pub mod replay;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use crate::config::file::Settlement;
+use crate::facilitator::client::FacilitatorRequest;
+use crate::facilitator::supported::SupportedCache;
+use crate::facilitator::{FacilitatorClient, FacilitatorError};
+use crate::metrics::Metrics;
+use crate::schemes::evm_exact::{self, ExactError};
+use crate::snapshot::{FacilitatorConf, Rule, Snapshot};
+use crate::x402::challenge::{Offer, Priced};
+use crate::x402::codec::{self, DecodeError};
+use crate::x402::types::{RequirementsV1, SettleResponse};
+use ledger::{Ledger, LedgerEntry};
+use replay::{Refused, ReplayGuard, ReplayKey};
+
+/// Why a request is not (yet) paid. Each variant has one stable reason code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PaymentError {
+    #[error("payment required")]
+    MissingPayment,
+    #[error("more than one payment header")]
+    MultipleHeaders,
+    #[error(transparent)]
+    Decode(DecodeError),
+    #[error("x402Version does not match the header it came in")]
+    VersionMismatch,
+    #[error("malformed payment payload: {0}")]
+    Payload(String),
+    #[error("scheme not offered here")]
+    UnsupportedScheme,
+    #[error("network not offered here")]
+    InvalidNetwork,
+    #[error("payment does not match the requirements offered")]
+    NoMatch,
+    #[error(transparent)]
+    Exact(#[from] ExactError),
+    #[error("this payment is already being processed")]
+    InFlight,
+    #[error("this payment was already used")]
+    AlreadyUsed,
+    #[error("facilitator rejected the payment: {0}")]
+    Invalid(String),
+    #[error("no facilitator serves this network")]
+    NoFacilitator,
+    #[error("facilitator unavailable")]
+    FacilitatorUnavailable,
+    #[error("settlement failed: {0}")]
+    SettleFailed(String),
+    #[error("settlement outcome unknown")]
+    SettleUnconfirmed,
+}
+
+impl PaymentError {
+    /// Stable reason code (metric label, log field, and the `error` of 402s except
+    /// facilitator reasons, which are passed through).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PaymentError::MissingPayment => "payment_required",
+            PaymentError::MultipleHeaders => "multiple_payment_headers",
+            PaymentError::Decode(d) => d.reason(),
+            PaymentError::VersionMismatch => "invalid_x402_version",
+            PaymentError::Payload(_) => "invalid_payload",
+            PaymentError::UnsupportedScheme => "unsupported_scheme",
+            PaymentError::InvalidNetwork => "invalid_network",
+            PaymentError::NoMatch => "no_matching_requirements",
+            PaymentError::Exact(e) => e.reason(),
+            PaymentError::InFlight => "payment_in_flight",
+            PaymentError::AlreadyUsed => "payment_already_used",
+            PaymentError::Invalid(_) => "facilitator_rejected",
+            PaymentError::NoFacilitator => "no_facilitator",
+            PaymentError::FacilitatorUnavailable => "facilitator_unavailable",
+            PaymentError::SettleFailed(_) => "settlement_failed",
+            PaymentError::SettleUnconfirmed => "settlement_unconfirmed",
+        }
+    }
+
+    /// The `error` text of the 402: the facilitator's own reason where there is one.
+    pub fn error_text(&self) -> &str {
+        match self {
+            PaymentError::Invalid(r) | PaymentError::SettleFailed(r) => r,
+            other => other.reason(),
+        }
+    }
+}
+
+/// A refused payment, with what the answer needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub error: PaymentError,
+    /// Protocol version to answer in (2 when the client sent nothing usable).
+    pub version: u8,
+    pub payer: Option<String>,
+    /// A failed settlement's receipt, sent back in the receipt header.
+    pub receipt: Option<SettleResponse>,
+}
+
+impl From<PaymentError> for Rejection {
+    fn from(error: PaymentError) -> Self {
+        Rejection { error, version: 2, payer: None, receipt: None }
+    }
+}
+
+/// Where an accepted payment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Verified,
+    Settled,
+    /// Settlement refused by the facilitator: provably not settled.
+    SettleFailed,
+    /// Settlement outcome not known.
+    Unknown,
+}
+
+/// A payment that passed verification, carried through the request.
+#[derive(Debug)]
+pub struct Accepted {
+    pub version: u8,
+    pub rule_id: String,
+    pub resource: String,
+    pub offer: Offer,
+    pub payer: String,
+    pub key: ReplayKey,
+    pub settlement: Settlement,
+    /// Body sent to `/verify` and `/settle`.
+    pub facilitator_body: Vec<u8>,
+    pub facilitator: Option<String>,
+    pub stage: Stage,
+    pub receipt: Option<SettleResponse>,
+    /// Reply to send instead of the origin's response (settlement failed after the origin answered).
+    pub failure_reply: Option<crate::proxy::respond::Reply>,
+    pub started: Instant,
+    pub facilitator_time: Duration,
+}
+
+/// Headers that tell the origin who paid. Clients cannot set them.
+const PAYER_HEADERS: [&str; 6] =
+    ["x-payment-payer", "x-payment-amount", "x-payment-asset", "x-payment-network", "x-payment-rule", "x-payment-transaction"];
+
+/// Removes client-supplied payer headers from a request bound for the origin.
+pub fn strip_payer_headers(req: &mut pingora::http::RequestHeader) {
+    for h in PAYER_HEADERS {
+        req.remove_header(h);
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The receipt header value: base64 of the settle response JSON.
+pub fn encode_receipt(r: &SettleResponse) -> String {
+    codec::encode(serde_json::to_string(r).unwrap_or_default().as_bytes())
+}
+
+/// The payment engine shared by every request.
+pub struct Payments {
+    client: FacilitatorClient,
+    pub supported: SupportedCache,
+    replay: ReplayGuard,
+    verified: moka::sync::Cache<[u8; 32], ()>,
+    ledger: Ledger,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Payments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payments").finish_non_exhaustive()
+    }
+}
+
+impl Payments {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Payments {
+            client: FacilitatorClient::new(metrics.clone()),
+            supported: SupportedCache::default(),
+            replay: ReplayGuard::default(),
+            verified: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(120)).build(),
+            ledger: Ledger::default(),
+            metrics,
+        }
+    }
+
+    pub fn client(&self) -> &FacilitatorClient {
+        &self.client
+    }
+
+    fn reject(&self, r: Rejection) -> Rejection {
+        if r.error != PaymentError::MissingPayment {
+            self.metrics.payments.with_label_values(&["rejected", r.error.reason()]).inc();
+        }
+        r
+    }
+
+    /// Checks the payment on a priced request. `Ok` means forward; `Err` is the answer.
+    pub async fn gate(
+        &self,
+        snap: &Snapshot,
+        rule: &Rule,
+        priced: &Priced,
+        headers: &HeaderMap,
+        url: &str,
+    ) -> Result<Box<Accepted>, Rejection> {
+        let started = Instant::now();
+        let found = match decode::find(headers) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err(PaymentError::MissingPayment.into()),
+            Err(e) => return Err(self.reject(e.into())),
+        };
+        let version = found.version;
+        let fail = |error: PaymentError, payer: Option<String>| Rejection { error, version, payer, receipt: None };
+        let decoded = decode::decode(found, priced, snap.payment.max_header_bytes).map_err(|e| self.reject(fail(e, None)))?;
+        let offer = &priced.offers[decoded.offer];
+        let req = &offer.requirements;
+        let chain_id = snap.registry.network(&req.network).map_or(0, |n| n.chain_id);
+        let token = req.asset.parse().map_err(|_| self.reject(fail(PaymentError::NoMatch, None)))?;
+        let domain = evm_exact::domain(&offer.asset.eip712_name, &offer.asset.eip712_version, chain_id, token);
+        let checked = evm_exact::check(&decoded.payload, req, &domain, unix_now())
+            .map_err(|e| self.reject(fail(PaymentError::Exact(e), None)))?;
+        let payer = checked.payer.clone();
+        let key = ReplayKey::new(&req.network, &req.asset, &payer, &checked.nonce);
+        self.replay.reserve(&key, checked.valid_before).map_err(|r| {
+            let e = match r {
+                Refused::InFlight => PaymentError::InFlight,
+                Refused::AlreadyUsed => PaymentError::AlreadyUsed,
+            };
+            self.reject(fail(e, Some(payer.clone())))
+        })?;
+        let body = match facilitator_body(version, &decoded.raw, offer, priced, url) {
+            Ok(b) => b,
+            Err(e) => {
+                self.replay.release(&key);
+                return Err(self.reject(fail(e, Some(payer))));
+            }
+        };
+        let mut accepted = Box::new(Accepted {
+            version,
+            rule_id: rule.id.clone(),
+            resource: url.to_owned(),
+            offer: offer.clone(),
+            payer,
+            key,
+            settlement: rule.settlement,
+            facilitator_body: body,
+            facilitator: None,
+            stage: Stage::Verified,
+            receipt: None,
+            failure_reply: None,
+            started,
+            facilitator_time: Duration::ZERO,
+        });
+        if let Err(e) = self.verify(snap, &mut accepted).await {
+            self.replay.release(&accepted.key);
+            return Err(self.reject(fail(e, Some(accepted.payer.clone()))));
+        }
+        if accepted.settlement == Settlement::Before {
+            self.settle(snap, &mut accepted, None).await;
+            if accepted.stage != Stage::Settled {
+                let error = self.settle_error(&accepted);
+                self.release_unless_unknown(&accepted);
+                let receipt = accepted.receipt.clone();
+                return Err(self.reject(Rejection { error, version, payer: Some(accepted.payer.clone()), receipt }));
+            }
+        }
+        Ok(accepted)
+    }
+
+    fn candidates<'a>(&self, snap: &'a Snapshot, a: &Accepted) -> Vec<&'a FacilitatorConf> {
+        let r = &a.offer.requirements;
+        self.supported.candidates(snap, a.version, &r.scheme, &r.network, a.offer.v1_network.as_deref())
+    }
+
+    async fn verify(&self, snap: &Snapshot, a: &mut Accepted) -> Result<(), PaymentError> {
+        let digest: [u8; 32] = Sha256::digest(&a.facilitator_body).into();
+        if self.verified.get(&digest).is_some() {
+            return Ok(());
+        }
+        let candidates = self.candidates(snap, a);
+        if candidates.is_empty() {
+            return Err(PaymentError::NoFacilitator);
+        }
+        for fac in candidates {
+            let t = Instant::now();
+            let result = self.client.verify(fac, a.facilitator_body.clone()).await;
+            a.facilitator_time += t.elapsed();
+            match result {
+                Ok(v) if v.valid() => {
+                    self.verified.insert(digest, ());
+                    a.facilitator = Some(fac.name.clone());
+                    return Ok(());
+                }
+                Ok(v) => {
+                    if let Some(p) = v.payer.filter(|p| !p.is_empty()) {
+                        a.payer = p;
+                    }
+                    return Err(PaymentError::Invalid(v.invalid_reason.unwrap_or_else(|| "invalid_payment".into())));
+                }
+                // Verify never moves money: any failure may try the next facilitator.
+                Err(e) => tracing::warn!(facilitator = %fac.name, error = %e, "verify failed"),
+            }
+        }
+        Err(PaymentError::FacilitatorUnavailable)
+    }
+
+    /// Settles through the facilitator that verified (then others only if the call provably
+    /// never left). Sets `stage` and `receipt` and writes the ledger.
+    async fn settle(&self, snap: &Snapshot, a: &mut Accepted, upstream_status: Option<u16>) {
+        let mut candidates = self.candidates(snap, a);
+        if let Some(name) = &a.facilitator {
+            candidates.sort_by_key(|f| &f.name != name);
+        }
+        let mut outcome: Option<(String, Result<SettleResponse, FacilitatorError>)> = None;
+        for fac in candidates {
+            let t = Instant::now();
+            let r = self.client.settle(fac, a.facilitator_body.clone()).await;
+            a.facilitator_time += t.elapsed();
+            let retry = matches!(&r, Err(e) if e.not_sent());
+            outcome = Some((fac.name.clone(), r));
+            if !retry {
+                break;
+            }
+        }
+        let (fac, result) = match outcome {
+            Some(o) => o,
+            None => (String::new(), Err(FacilitatorError::Connect("no facilitator".into()))),
+        };
+        let r = &a.offer.requirements;
+        let (stage, receipt, reason) = match result {
+            Ok(s) if s.succeeded() => (Stage::Settled, s, None),
+            Ok(s) if s.success == serde_json::Value::Bool(false) => {
+                let reason = s.error_reason.clone().unwrap_or_else(|| "settlement_failed".into());
+                (Stage::SettleFailed, s, Some(reason))
+            }
+            Ok(s) => (Stage::Unknown, SettleResponse { success: false.into(), ..s }, Some("settlement_unconfirmed".into())),
+            Err(e) if e.not_sent() => (
+                Stage::SettleFailed,
+                failed_receipt(&a.payer, &r.network, "facilitator_unavailable"),
+                Some("facilitator_unavailable".into()),
+            ),
+            Err(_) => (Stage::Unknown, failed_receipt(&a.payer, &r.network, "settlement_unconfirmed"), Some("settlement_unconfirmed".into())),
+        };
+        a.stage = stage;
+        a.facilitator = Some(fac.clone());
+        let event = match stage {
+            Stage::Settled => {
+                self.replay.settled(&a.key);
+                self.metrics.payments.with_label_values(&["settled", ""]).inc();
+                if let Ok(v) = r.amount.parse::<u64>() {
+                    self.metrics.revenue.with_label_values(&[r.network.as_str(), r.asset.as_str()]).inc_by(v);
+                }
+                "settled"
+            }
+            Stage::SettleFailed => {
+                self.metrics.payments.with_label_values(&["settle_failed", reason.as_deref().unwrap_or("")]).inc();
+                "settle_failed"
+            }
+            _ => {
+                self.replay.unknown(&a.key);
+                self.metrics.payments.with_label_values(&["settle_unknown", ""]).inc();
+                "settle_unknown"
+            }
+        };
+        let mut receipt = receipt;
+        if receipt.payer.is_none() {
+            receipt.payer = Some(a.payer.clone());
+        }
+        if receipt.network.is_empty() {
+            receipt.network = if a.version == 1 { a.offer.v1_network.clone().unwrap_or_default() } else { r.network.clone() };
+        }
+        self.write_ledger(snap, a, event, &receipt.transaction.clone(), reason.as_deref(), upstream_status);
+        a.receipt = Some(receipt);
+    }
+
+    fn write_ledger(&self, snap: &Snapshot, a: &Accepted, event: &str, tx: &str, reason: Option<&str>, status: Option<u16>) {
+        let r = &a.offer.requirements;
+        let entry = LedgerEntry {
+            time: ledger::now_rfc3339(),
+            event,
+            rule: &a.rule_id,
+            resource: &a.resource,
+            payer: &a.payer,
+            amount: &r.amount,
+            asset: &r.asset,
+            network: &r.network,
+            transaction: tx,
+            facilitator: a.facilitator.as_deref().unwrap_or(""),
+            settlement: if a.settlement == Settlement::Before { "before" } else { "after" },
+            reason,
+            upstream_status: status,
+        };
+        if let Err(e) = self.ledger.append(&snap.ledger, &entry) {
+            tracing::error!(error = %e, "cannot write the receipts ledger");
+        }
+    }
+
+    fn settle_error(&self, a: &Accepted) -> PaymentError {
+        match a.stage {
+            Stage::Unknown => PaymentError::SettleUnconfirmed,
+            _ => {
+                let reason = a.receipt.as_ref().and_then(|r| r.error_reason.clone()).unwrap_or_else(|| "settlement_failed".into());
+                if reason == "facilitator_unavailable" { PaymentError::FacilitatorUnavailable } else { PaymentError::SettleFailed(reason) }
+            }
+        }
+    }
+
+    fn release_unless_unknown(&self, a: &Accepted) {
+        if a.stage != Stage::Unknown && a.stage != Stage::Settled {
+            self.replay.release(&a.key);
+        }
+    }
+
+    /// Headers telling the origin who paid (when configured). Client copies are removed first.
+    pub fn upstream_headers(&self, snap: &Snapshot, a: &Accepted) -> Vec<(&'static str, String)> {
+        if !snap.payment.forward_payer_headers {
+            return Vec::new();
+        }
+        let r = &a.offer.requirements;
+        let mut out = vec![
+            ("x-payment-payer", a.payer.clone()),
+            ("x-payment-amount", r.amount.clone()),
+            ("x-payment-asset", r.asset.clone()),
+            ("x-payment-network", r.network.clone()),
+            ("x-payment-rule", a.rule_id.clone()),
+        ];
+        if let Some(tx) = a.receipt.as_ref().map(|r| r.transaction.clone()).filter(|t| !t.is_empty()) {
+            out.push(("x-payment-transaction", tx));
+        }
+        out
+    }
+
+    /// Called with the origin's status before any body byte is sent. Settles in `after` mode
+    /// when the status is below 400. Returns headers to add, or the reply that replaces the
+    /// origin's response.
+    pub async fn on_response(
+        &self,
+        snap: &Snapshot,
+        a: &mut Accepted,
+        status: u16,
+    ) -> Result<Vec<(&'static str, String)>, Rejection> {
+        if a.stage == Stage::Verified {
+            if status >= 400 {
+                // Not served: no settlement; `finish` releases the reservation.
+                self.metrics.payments.with_label_values(&["not_settled", "origin_error"]).inc();
+                return Ok(Vec::new());
+            }
+            self.settle(snap, a, Some(status)).await;
+            if a.stage != Stage::Settled {
+                let error = self.settle_error(a);
+                return Err(Rejection { error, version: a.version, payer: Some(a.payer.clone()), receipt: a.receipt.clone() });
+            }
+        } else if a.stage == Stage::Settled && status >= 400 {
+            self.record_failed_delivery(snap, a, Some(status));
+        }
+        self.metrics.payment_overhead.observe(a.started.elapsed().saturating_sub(a.facilitator_time).as_secs_f64());
+        Ok(self.receipt_headers(a))
+    }
+
+    /// Receipt headers for a settled payment.
+    pub fn receipt_headers(&self, a: &Accepted) -> Vec<(&'static str, String)> {
+        match &a.receipt {
+            Some(r) if a.stage == Stage::Settled => {
+                vec![(crate::proxy::respond::receipt_header(a.version == 1), encode_receipt(r))]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn record_failed_delivery(&self, snap: &Snapshot, a: &Accepted, status: Option<u16>) {
+        self.metrics.failed_deliveries.inc();
+        let tx = a.receipt.as_ref().map(|r| r.transaction.clone()).unwrap_or_default();
+        self.write_ledger(snap, a, "delivery_failed", &tx, Some("origin_failed_after_settlement"), status);
+        tracing::warn!(rule = %a.rule_id, payer = %a.payer, transaction = %tx, "paid request not delivered");
+    }
+
+    /// Called when proxying failed after the gate accepted the payment. Returns receipt
+    /// headers for the error reply when the payment was already settled.
+    pub fn on_failure(&self, snap: &Snapshot, a: &Accepted, settlement_reply: bool) -> Vec<(&'static str, String)> {
+        if a.stage == Stage::Settled && !settlement_reply {
+            self.record_failed_delivery(snap, a, None);
+            return self.receipt_headers(a);
+        }
+        Vec::new()
+    }
+
+    /// End of the request: a payment that did not settle releases its reservation so the
+    /// client may use it again.
+    pub fn finish(&self, a: &Accepted) {
+        match a.stage {
+            Stage::Verified | Stage::SettleFailed => self.replay.release(&a.key),
+            Stage::Settled | Stage::Unknown => {}
+        }
+    }
+}
+
+fn failed_receipt(payer: &str, network: &str, reason: &str) -> SettleResponse {
+    SettleResponse {
+        success: false.into(),
+        error_reason: Some(reason.into()),
+        payer: Some(payer.into()),
+        transaction: String::new(),
+        network: network.into(),
+    }
+}
+
+/// The `/verify` and `/settle` body: the client's payload verbatim and the gateway's own
+/// requirements (v2 form, or v1 form with resource details).
+fn facilitator_body(version: u8, raw: &str, offer: &Offer, priced: &Priced, url: &str) -> Result<Vec<u8>, PaymentError> {
+    let payload = RawValue::from_string(raw.to_owned()).map_err(|e| PaymentError::Payload(e.to_string()))?;
+    let r = &offer.requirements;
+    let reqs = if version == 1 {
+        let network = offer.v1_network.as_deref().ok_or(PaymentError::InvalidNetwork)?;
+        serde_json::to_string(&RequirementsV1 {
+            scheme: &r.scheme,
+            network,
+            max_amount_required: &r.amount,
+            resource: url,
+            description: &priced.description,
+            mime_type: &priced.mime_type,
+            pay_to: &r.pay_to,
+            max_timeout_seconds: r.max_timeout_seconds,
+            asset: &r.asset,
+            extra: &r.extra,
+        })
+    } else {
+        serde_json::to_string(r)
+    }
+    .map_err(|e| PaymentError::Payload(e.to_string()))?;
+    let reqs = RawValue::from_string(reqs).map_err(|e| PaymentError::Payload(e.to_string()))?;
+    serde_json::to_vec(&FacilitatorRequest { x402_version: version, payment_payload: &payload, payment_requirements: &reqs })
+        .map_err(|e| PaymentError::Payload(e.to_string()))
+}

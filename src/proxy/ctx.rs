@@ -1,0 +1,78 @@
+//! Per-request state carried between proxy phases.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::snapshot::Snapshot;
+
+/// How the gateway decided to handle a request (the `decision` metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// No rule matched: forwarded.
+    Unmatched,
+    /// A free rule matched: forwarded.
+    Free,
+    /// Refused by a `block` rule.
+    Blocked,
+    /// Answered with a 402 challenge (no or unusable payment).
+    Challenged,
+    /// A payment was accepted and the request forwarded.
+    Paid,
+    /// Answered locally for another reason (bad request, preflight, facilitator down).
+    Local,
+    /// Failed while proxying (upstream down, timeout).
+    Failed,
+}
+
+impl Decision {
+    pub fn label(self) -> &'static str {
+        match self {
+            Decision::Unmatched => "unmatched",
+            Decision::Free => "free",
+            Decision::Blocked => "blocked",
+            Decision::Challenged => "challenged",
+            Decision::Paid => "paid",
+            Decision::Local => "local",
+            Decision::Failed => "failed",
+        }
+    }
+}
+
+/// State of one request.
+pub struct RequestCtx {
+    /// The configuration generation this request uses from start to end.
+    pub snap: Arc<Snapshot>,
+    pub rule: Option<usize>,
+    /// Path and query sent upstream when the canonical form differs from the raw one.
+    pub rewrite: Option<String>,
+    pub decision: Decision,
+    /// Reason code of a local reply.
+    pub reason: Option<&'static str>,
+    pub started: Instant,
+    pub upstream_started: Option<Instant>,
+    pub upstream: usize,
+    /// Payment accepted for this request, if any.
+    pub payment: Option<Box<crate::payment::Accepted>>,
+}
+
+impl RequestCtx {
+    pub fn new(snap: Arc<Snapshot>) -> Self {
+        let upstream = snap.default_upstream;
+        RequestCtx {
+            snap,
+            rule: None,
+            rewrite: None,
+            decision: Decision::Unmatched,
+            reason: None,
+            started: Instant::now(),
+            upstream_started: None,
+            upstream,
+            payment: None,
+        }
+    }
+
+    /// The id of the matched rule, or `-` when none matched.
+    pub fn rule_id(&self) -> &str {
+        self.rule.and_then(|i| self.snap.rules.get(i)).map_or("-", |r| r.id.as_str())
+    }
+}

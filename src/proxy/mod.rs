@@ -1,0 +1,279 @@
+//! The Pingora `ProxyHttp` implementation: thin phase methods that load the snapshot, call the
+//! pure routing and payment functions, and write what they return.
+
+pub mod ctx;
+pub mod paywall;
+pub mod request;
+pub mod respond;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::ErrorType;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::metrics::{Metrics, status_class};
+use crate::payment::Payments;
+use crate::snapshot::{RuleAction, Snapshot};
+use ctx::{Decision, RequestCtx};
+use respond::{Reply, UpstreamError};
+
+/// The gateway service.
+pub struct Gateway {
+    pub config: Arc<ArcSwap<Snapshot>>,
+    pub metrics: Arc<Metrics>,
+    pub payments: Arc<Payments>,
+    /// Whether this service terminates TLS (for `X-Forwarded-Proto` and resource URLs).
+    pub tls: bool,
+}
+
+impl Gateway {
+    async fn reply(&self, session: &mut Session, ctx: &mut RequestCtx, decision: Decision, reply: &Reply) -> Result<bool> {
+        ctx.decision = decision;
+        ctx.reason = Some(reply.reason);
+        if request::has_body(session.req_header()) {
+            // The body was not read: do not try to reuse the connection.
+            session.set_keepalive(None);
+        }
+        respond::send(session, reply).await?;
+        Ok(true)
+    }
+}
+
+fn upstream_error(e: &Error) -> Option<UpstreamError> {
+    if e.esource() != &ErrorSource::Upstream {
+        return None;
+    }
+    Some(match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::TLSHandshakeTimedout => {
+            UpstreamError::Timeout
+        }
+        ErrorType::InvalidHTTPHeader => UpstreamError::BadResponse,
+        _ => UpstreamError::Unavailable,
+    })
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.config.load_full())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let snap = ctx.snap.clone();
+        let routed = match request::route(&snap, session.req_header()) {
+            Ok(r) => r,
+            Err(e) => return self.reply(session, ctx, Decision::Local, &Reply::from(&e)).await,
+        };
+        ctx.rule = routed.rule;
+        ctx.rewrite = routed.rewrite;
+        let Some(rule) = routed.rule.and_then(|i| snap.rules.get(i)) else {
+            return Ok(false);
+        };
+        ctx.upstream = rule.upstream;
+        match &rule.action {
+            RuleAction::Free => {
+                ctx.decision = Decision::Free;
+                Ok(false)
+            }
+            RuleAction::Block => self.reply(session, ctx, Decision::Blocked, &respond::blocked(&rule.id)).await,
+            RuleAction::Pay(priced) => {
+                let req = session.req_header();
+                if request::is_preflight(req) {
+                    let origin = req.headers.get("origin").and_then(|v| v.to_str().ok());
+                    let asked = req.headers.get("access-control-request-headers").and_then(|v| v.to_str().ok());
+                    let reply = respond::preflight(&snap, origin, asked);
+                    return self.reply(session, ctx, Decision::Local, &reply).await;
+                }
+                let url = request::resource_url(&snap, req, ctx.rewrite.as_deref(), self.tls);
+                match self.payments.gate(&snap, rule, priced, &req.headers, &url).await {
+                    Ok(accepted) => {
+                        ctx.decision = Decision::Paid;
+                        ctx.payment = Some(accepted);
+                        Ok(false)
+                    }
+                    Err(rejection) => {
+                        let origin = req.headers.get("origin").and_then(|v| v.to_str().ok());
+                        let reply = respond::payment_rejection(&snap, priced, &url, &rejection, request::is_browser(req), origin);
+                        let decision = if reply.status == 402 { Decision::Challenged } else { Decision::Local };
+                        self.reply(session, ctx, decision, &reply).await
+                    }
+                }
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let pool = ctx.snap.upstreams.get(ctx.upstream).or_else(|| ctx.snap.upstreams.first());
+        let Some(pool) = pool else {
+            return Error::e_explain(ErrorType::HTTPStatus(502), "no upstream configured");
+        };
+        ctx.upstream_started = Some(Instant::now());
+        upstream::pick_peer(pool).or_else(|e| {
+            ctx.reason = Some("no_healthy_upstream");
+            Error::e_explain(ErrorType::ConnectNoRoute, e.to_string()).map_err(|mut err| {
+                err.esource = ErrorSource::Upstream;
+                err
+            })
+        })
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(pool) = ctx.snap.upstreams.get(ctx.upstream) else {
+            return Ok(());
+        };
+        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        upstream::prepare_request(
+            upstream_request,
+            pool,
+            client_ip,
+            self.tls,
+            ctx.snap.payment.trust_forwarded_headers,
+            ctx.rewrite.as_deref(),
+        )?;
+        crate::payment::strip_payer_headers(upstream_request);
+        if let Some(p) = &ctx.payment {
+            for (k, v) in self.payments.upstream_headers(&ctx.snap, p) {
+                upstream_request.insert_header(k, v)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(start), Some(pool)) = (ctx.upstream_started, ctx.snap.upstreams.get(ctx.upstream)) {
+            self.metrics
+                .upstream_latency
+                .with_label_values(&[pool.name.as_str()])
+                .observe(start.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(accepted) = ctx.payment.as_mut() else {
+            return Ok(());
+        };
+        let snap = ctx.snap.clone();
+        let status = upstream_response.status.as_u16();
+        match self.payments.on_response(&snap, accepted, status).await {
+            Ok(headers) => {
+                if !headers.is_empty() {
+                    respond::mark_paid_response(upstream_response, &headers)?;
+                }
+                Ok(())
+            }
+            Err(rejection) => {
+                let priced = ctx.rule.and_then(|i| snap.rules.get(i)).and_then(|r| match &r.action {
+                    RuleAction::Pay(p) => Some(p.clone()),
+                    _ => None,
+                });
+                let reply = match priced {
+                    Some(p) => respond::payment_rejection(&snap, &p, &accepted.resource, &rejection, false, None),
+                    None => Reply::error(402, rejection.error.reason(), rejection.error.error_text()),
+                };
+                ctx.reason = Some(reply.reason);
+                accepted.failure_reply = Some(reply);
+                Error::e_explain(ErrorType::Custom("settlement_failed"), "settlement failed after the origin answered")
+            }
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
+        // Clients closing keep-alive connections and failed settlements are not proxy errors.
+        matches!(error.etype(), ErrorType::ConnectionClosed | ErrorType::Custom("settlement_failed"))
+            || (error.esource() == &ErrorSource::Downstream && matches!(error.etype(), ErrorType::ReadError | ErrorType::WriteError))
+            || ctx.reason == Some("no_healthy_upstream")
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let written = session.response_written().is_some();
+        let settlement_reply = ctx.payment.as_ref().is_some_and(|p| p.failure_reply.is_some());
+        let mut reply = match ctx.payment.as_mut().and_then(|p| p.failure_reply.take()) {
+            Some(r) => Some(r),
+            None => match upstream_error(e) {
+                Some(u) => {
+                    let u = if ctx.reason == Some("no_healthy_upstream") { UpstreamError::NoHealthyPeer } else { u };
+                    Some(Reply::from(u))
+                }
+                None => match (e.esource(), e.etype()) {
+                    (ErrorSource::Downstream, ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError) => None,
+                    (ErrorSource::Downstream, _) => Some(Reply::error(400, "bad_request", "malformed request")),
+                    (_, ErrorType::HTTPStatus(code)) if (400..600).contains(code) => {
+                        Some(Reply::error(*code, "upstream_unavailable", "request could not be proxied"))
+                    }
+                    _ => Some(Reply::error(502, "proxy_error", "request could not be proxied")),
+                },
+            },
+        };
+        if let (Some(r), Some(p)) = (reply.as_mut(), ctx.payment.as_ref()) {
+            r.headers.extend(self.payments.on_failure(&ctx.snap, p, settlement_reply));
+        }
+        ctx.decision = if ctx.decision == Decision::Paid && reply.as_ref().is_some_and(|r| r.status == 402) {
+            Decision::Challenged
+        } else {
+            Decision::Failed
+        };
+        let code = match reply {
+            Some(r) if !written => {
+                ctx.reason = Some(r.reason);
+                let _ = respond::send(session, &r).await;
+                r.status
+            }
+            _ => 0,
+        };
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let Some(p) = ctx.payment.take() {
+            self.payments.finish(&p);
+        }
+        self.metrics
+            .requests
+            .with_label_values(&[ctx.rule_id(), ctx.decision.label(), status_class(status)])
+            .inc();
+        if let Some(reason) = ctx.reason {
+            self.metrics.local_replies.with_label_values(&[reason]).inc();
+        }
+        if ctx.snap.logging.access_log {
+            let req = session.req_header();
+            tracing::info!(
+                target: "access",
+                method = req.method.as_str(),
+                path = req.uri.path(),
+                status,
+                rule = ctx.rule_id(),
+                decision = ctx.decision.label(),
+                reason = ctx.reason.unwrap_or(""),
+                micros = ctx.started.elapsed().as_micros() as u64,
+                client = session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
+                generation = ctx.snap.generation,
+            );
+        }
+    }
+}

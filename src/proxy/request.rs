@@ -1,0 +1,224 @@
+//! Pure request analysis: which host and canonical path a request names, which rule it hits,
+//! what its resource URL is, and whether it comes from a browser or is a CORS preflight.
+
+use std::borrow::Cow;
+
+use pingora::http::RequestHeader;
+
+use crate::pathnorm::{self, PathError};
+use crate::snapshot::Snapshot;
+
+/// Why a request is refused before routing (always a 4xx).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("several Host headers")]
+    DuplicateHost,
+    #[error("Host header does not match the request target")]
+    HostMismatch,
+    #[error("Host header is missing")]
+    MissingHost,
+    #[error("Host header is not a valid host name")]
+    BadHost,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    /// Index of the matched rule, if any.
+    pub rule: Option<usize>,
+    /// The path and query to send upstream, when the canonical path differs from the raw one.
+    pub rewrite: Option<String>,
+}
+
+/// Normalizes a Host value: no port, no trailing dot, lower-case. Borrows when already so.
+pub fn normalize_host(raw: &str) -> Result<Cow<'_, str>, RequestError> {
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        // IPv6 literal
+        let end = rest.find(']').ok_or(RequestError::BadHost)?;
+        let after = &rest[end + 1..];
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))) {
+            return Err(RequestError::BadHost);
+        }
+        &raw[..end + 2]
+    } else {
+        match raw.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            Some(_) => return Err(RequestError::BadHost),
+            None => raw,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let ok = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':'));
+    if !ok {
+        return Err(RequestError::BadHost);
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Ok(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Ok(Cow::Borrowed(host))
+    }
+}
+
+/// The request's host: the target's authority (absolute-form or HTTP/2) or the single Host
+/// header; both present and different is refused.
+pub fn request_host(req: &RequestHeader) -> Result<Cow<'_, str>, RequestError> {
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(RequestError::DuplicateHost);
+    }
+    let header = match header {
+        Some(v) => Some(v.to_str().map_err(|_| RequestError::BadHost)?),
+        None => None,
+    };
+    let authority = req.uri.authority().map(|a| a.as_str()).or_else(|| absolute_form_authority(req));
+    match (authority, header) {
+        (Some(a), Some(h)) => {
+            let (na, nh) = (normalize_host(a)?, normalize_host(h)?);
+            if na != nh {
+                return Err(RequestError::HostMismatch);
+            }
+            Ok(nh)
+        }
+        (Some(a), None) => normalize_host(a),
+        (None, Some(h)) => normalize_host(h),
+        (None, None) if req.version == http::Version::HTTP_10 || req.version == http::Version::HTTP_09 => {
+            Ok(Cow::Borrowed(""))
+        }
+        (None, None) => Err(RequestError::MissingHost),
+    }
+}
+
+/// The authority of an absolute-form request target (`GET http://host/path`), which Pingora
+/// keeps verbatim rather than in the URI.
+pub fn absolute_form_authority(req: &RequestHeader) -> Option<&str> {
+    let raw = std::str::from_utf8(req.raw_path()).ok()?;
+    let (scheme, rest) = raw.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// Routes a request against a snapshot.
+pub fn route(snap: &Snapshot, req: &RequestHeader) -> Result<Routed, RequestError> {
+    let host = request_host(req)?;
+    let raw_path = req.uri.path();
+    if raw_path == "*" && req.method == http::Method::OPTIONS {
+        return Ok(Routed { rule: None, rewrite: None });
+    }
+    let canonical = pathnorm::canonical_path(raw_path)?;
+    let key = pathnorm::match_key(&canonical, snap.case_sensitive);
+    let rule = snap.route(&host, req.method.as_str(), &key);
+    // Absolute-form targets are always sent upstream in origin-form.
+    let absolute = absolute_form_authority(req).is_some();
+    let rewrite = match canonical {
+        Cow::Borrowed(p) if absolute => {
+            let mut p = p.to_owned();
+            if let Some(q) = req.uri.query() {
+                p.push('?');
+                p.push_str(q);
+            }
+            Some(p)
+        }
+        Cow::Borrowed(_) => None,
+        Cow::Owned(mut p) => {
+            if let Some(q) = req.uri.query() {
+                p.push('?');
+                p.push_str(q);
+            }
+            Some(p)
+        }
+    };
+    Ok(Routed { rule, rewrite })
+}
+
+fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The URL clients see for this resource: the configured public base, else the request's
+/// scheme and Host (or the forwarded ones when trusted), then the canonical path and query.
+pub fn resource_url(snap: &Snapshot, req: &RequestHeader, rewrite: Option<&str>, tls: bool) -> String {
+    let path_and_query = match rewrite {
+        Some(p) => p,
+        None => req.uri.path_and_query().map_or("/", |p| p.as_str()),
+    };
+    if let Some(base) = &snap.payment.public_base_url {
+        return format!("{base}{path_and_query}");
+    }
+    let trusted = snap.payment.trust_forwarded_headers;
+    let scheme = trusted
+        .then(|| header(req, "x-forwarded-proto"))
+        .flatten()
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(|s| *s == "http" || *s == "https")
+        .unwrap_or(if tls { "https" } else { "http" });
+    let forwarded_host = trusted
+        .then(|| header(req, "x-forwarded-host"))
+        .flatten()
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(|h| normalize_host(h).is_ok() && !h.is_empty());
+    let host = forwarded_host
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .or_else(|| absolute_form_authority(req))
+        .or_else(|| header(req, "host"))
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}{path_and_query}")
+}
+
+/// A browser navigation: it accepts HTML and says Mozilla (the reference servers' test).
+pub fn is_browser(req: &RequestHeader) -> bool {
+    let accepts_html = req.headers.get_all("accept").iter().any(|v| v.to_str().is_ok_and(|s| s.contains("text/html")));
+    accepts_html && header(req, "user-agent").is_some_and(|ua| ua.contains("Mozilla"))
+}
+
+/// A CORS preflight.
+pub fn is_preflight(req: &RequestHeader) -> bool {
+    req.method == http::Method::OPTIONS
+        && req.headers.contains_key("origin")
+        && req.headers.contains_key("access-control-request-method")
+}
+
+/// Whether the request carries a body the gateway has not read.
+pub fn has_body(req: &RequestHeader) -> bool {
+    let cl = header(req, "content-length").is_some_and(|v| v.trim() != "0");
+    cl || req.headers.contains_key("transfer-encoding")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_normalize() {
+        assert_eq!(normalize_host("Example.COM:8080").as_deref(), Ok("example.com"));
+        assert_eq!(normalize_host("example.com.").as_deref(), Ok("example.com"));
+        assert_eq!(normalize_host("[::1]:80").as_deref(), Ok("[::1]"));
+        assert_eq!(normalize_host("a b"), Err(RequestError::BadHost));
+        assert_eq!(normalize_host("a/b"), Err(RequestError::BadHost));
+        assert_eq!(normalize_host("a@b"), Err(RequestError::BadHost));
+        assert_eq!(normalize_host("a:x"), Err(RequestError::BadHost));
+    }
+
+    #[test]
+    fn host_games() {
+        let mut req = RequestHeader::build("GET", b"/x", None).expect("req");
+        req.append_header("Host", "a.com").expect("h");
+        assert_eq!(request_host(&req).as_deref(), Ok("a.com"));
+        req.append_header("Host", "b.com").expect("h");
+        assert_eq!(request_host(&req), Err(RequestError::DuplicateHost));
+        let mut req = RequestHeader::build("GET", b"http://a.com/x", None).expect("req");
+        req.append_header("Host", "b.com").expect("h");
+        assert_eq!(request_host(&req), Err(RequestError::HostMismatch));
+        let req = RequestHeader::build("GET", b"/x", None).expect("req");
+        assert_eq!(request_host(&req), Err(RequestError::MissingHost));
+    }
+}

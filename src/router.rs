@@ -1,0 +1,548 @@
+//! Routing: (host, method, path) → the most specific rule. Patterns are compiled once per
+//! snapshot into a trie on leading literal segments; matching a request allocates nothing.
+
+use std::collections::HashMap;
+
+/// HTTP methods as a bit set. Bit 9 is "any other method".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Methods(pub u16);
+
+const METHOD_NAMES: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"];
+
+impl Methods {
+    pub const ANY: Methods = Methods(0);
+
+    /// The bit of one method name (any case is refused by the HTTP parser, so exact match).
+    pub fn bit(method: &str) -> u16 {
+        METHOD_NAMES.iter().position(|m| *m == method).map_or(1 << 9, |i| 1 << i)
+    }
+
+    /// Parses a method name for configuration; `None` if it is not a known method.
+    pub fn parse(name: &str) -> Option<u16> {
+        let upper = name.to_ascii_uppercase();
+        METHOD_NAMES.iter().position(|m| *m == upper).map(|i| 1 << i)
+    }
+
+    pub fn matches(self, bit: u16) -> bool {
+        self.0 == 0 || self.0 & bit != 0
+    }
+
+    pub fn intersects(self, other: Methods) -> bool {
+        self.0 == 0 || other.0 == 0 || self.0 & other.0 != 0
+    }
+
+    pub fn names(self) -> Vec<&'static str> {
+        (0..9).filter(|i| self.0 & (1 << i) != 0).map(|i| METHOD_NAMES[i]).collect()
+    }
+}
+
+/// One path segment of a pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seg {
+    /// Matches exactly this text.
+    Lit(Box<str>),
+    /// A glob over one segment: `*` matches any run of characters except `/`.
+    Glob(Box<str>),
+    /// `**`: zero or more whole segments.
+    Rest,
+}
+
+/// A compiled path pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    pub segs: Vec<Seg>,
+    /// Number of leading literal segments (the trie depth of this pattern).
+    pub literal_prefix: usize,
+}
+
+/// Why a pattern does not compile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("path pattern must start with '/'")]
+    NotAbsolute,
+    #[error("'**' must be a whole path segment")]
+    PartialDoubleStar,
+    #[error("path pattern may not contain '?' or '#'")]
+    QueryInPattern,
+    #[error("{0}")]
+    Path(&'static str),
+    #[error("host pattern is empty or contains characters other than letters, digits, '-', '.', '*'")]
+    BadHost,
+}
+
+impl PathPattern {
+    /// Compiles a glob (`/api/*/x`, `/docs/**`, `/img/*.png`). The literal text is put through
+    /// the same canonicalization as request paths, and lower-cased unless `case_sensitive`.
+    pub fn glob(pattern: &str, case_sensitive: bool) -> Result<Self, PatternError> {
+        if !pattern.starts_with('/') {
+            return Err(PatternError::NotAbsolute);
+        }
+        if pattern.contains(['?', '#']) {
+            return Err(PatternError::QueryInPattern);
+        }
+        let canon = crate::pathnorm::canonical_path(pattern).map_err(|e| PatternError::Path(e.reason()))?;
+        let key = crate::pathnorm::match_key(&canon, case_sensitive);
+        let mut segs = Vec::new();
+        if key.as_ref() != "/" {
+            for s in key[1..].split('/') {
+                if s == "**" {
+                    if segs.last() != Some(&Seg::Rest) {
+                        segs.push(Seg::Rest);
+                    }
+                } else if s.contains("**") {
+                    return Err(PatternError::PartialDoubleStar);
+                } else if s.contains('*') {
+                    segs.push(Seg::Glob(s.into()));
+                } else {
+                    segs.push(Seg::Lit(s.into()));
+                }
+            }
+        }
+        let literal_prefix = segs.iter().take_while(|s| matches!(s, Seg::Lit(_))).count();
+        Ok(PathPattern { segs, literal_prefix })
+    }
+
+    /// A prefix match: `/api/` and `/api` both mean `/api/**`.
+    pub fn prefix(prefix: &str, case_sensitive: bool) -> Result<Self, PatternError> {
+        let trimmed = prefix.trim_end_matches('/');
+        if trimmed.contains('*') {
+            return Err(PatternError::PartialDoubleStar);
+        }
+        Self::glob(&format!("{trimmed}/**"), case_sensitive)
+    }
+
+    /// Specificity: (literal characters, fewer `**`, fewer globs). Higher is more specific.
+    pub fn specificity(&self) -> (u32, i32, i32) {
+        let mut lit = 0u32;
+        let mut rest = 0i32;
+        let mut globs = 0i32;
+        for s in &self.segs {
+            match s {
+                Seg::Lit(t) => lit += t.len() as u32 + 1,
+                Seg::Glob(t) => {
+                    lit += t.bytes().filter(|&b| b != b'*').count() as u32;
+                    globs += 1;
+                }
+                Seg::Rest => rest += 1,
+            }
+        }
+        (lit, -rest, -globs)
+    }
+
+    /// Matches a routing key (see [`crate::pathnorm::match_key`]).
+    pub fn matches(&self, key: &str) -> bool {
+        let rest = key.strip_prefix('/').unwrap_or(key);
+        match_segs(&self.segs, rest)
+    }
+
+    /// Whether some path matches both patterns.
+    pub fn overlaps(&self, other: &PathPattern) -> bool {
+        segs_overlap(&self.segs, &other.segs)
+    }
+}
+
+/// Matches segment patterns against the rest of a path (`a/b/c`, empty for `/`).
+fn match_segs(segs: &[Seg], path: &str) -> bool {
+    let Some((first, more)) = segs.split_first() else {
+        return path.is_empty();
+    };
+    if let Seg::Rest = first {
+        if more.is_empty() {
+            return true;
+        }
+        if match_segs(more, path) {
+            return true;
+        }
+        let mut p = path;
+        while let Some(i) = p.find('/') {
+            p = &p[i + 1..];
+            if match_segs(more, p) {
+                return true;
+            }
+        }
+        return false;
+    }
+    if path.is_empty() {
+        return false;
+    }
+    let (seg, tail, had_slash) = match path.find('/') {
+        Some(i) => (&path[..i], &path[i + 1..], true),
+        None => (path, "", false),
+    };
+    let ok = match first {
+        Seg::Lit(t) => &**t == seg,
+        Seg::Glob(g) => glob_match(g.as_bytes(), seg.as_bytes()),
+        Seg::Rest => false,
+    };
+    if !ok {
+        return false;
+    }
+    if had_slash && tail.is_empty() {
+        // "a/" cannot happen: keys have no trailing slash.
+        return more.is_empty() || matches!(more, [Seg::Rest]);
+    }
+    match_segs(more, tail)
+}
+
+/// Glob with `*` (any run of bytes) over one segment or host.
+pub fn glob_match(pat: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i) = (0usize, 0usize);
+    let (mut star, mut mark) = (usize::MAX, 0usize);
+    while i < s.len() {
+        if p < pat.len() && pat[p] != b'*' && pat[p] == s[i] {
+            p += 1;
+            i += 1;
+        } else if p < pat.len() && pat[p] == b'*' {
+            star = p;
+            mark = i;
+            p += 1;
+        } else if star != usize::MAX {
+            p = star + 1;
+            mark += 1;
+            i = mark;
+        } else {
+            return false;
+        }
+    }
+    while p < pat.len() && pat[p] == b'*' {
+        p += 1;
+    }
+    p == pat.len()
+}
+
+/// Whether two `*`-globs have a common match.
+pub fn globs_overlap(a: &[u8], b: &[u8]) -> bool {
+    // memo[i][j]: common string exists for a[i..], b[j..].
+    let mut memo = vec![None; (a.len() + 1) * (b.len() + 1)];
+    fn go(a: &[u8], b: &[u8], i: usize, j: usize, memo: &mut Vec<Option<bool>>) -> bool {
+        let k = i * (b.len() + 1) + j;
+        if let Some(v) = memo[k] {
+            return v;
+        }
+        memo[k] = Some(false);
+        let a_star = i < a.len() && a[i] == b'*';
+        let b_star = j < b.len() && b[j] == b'*';
+        let r = (i == a.len() && j == b.len())
+            || (a_star && go(a, b, i + 1, j, memo))
+            || (b_star && go(a, b, i, j + 1, memo))
+            || (i < a.len() && j < b.len() && !(a_star && b_star) && {
+                let compatible = a_star || b_star || a[i] == b[j];
+                compatible && go(a, b, if a_star { i } else { i + 1 }, if b_star { j } else { j + 1 }, memo)
+            });
+        memo[k] = Some(r);
+        r
+    }
+    go(a, b, 0, 0, &mut memo)
+}
+
+fn seg_overlap(a: &Seg, b: &Seg) -> bool {
+    match (a, b) {
+        (Seg::Lit(x), Seg::Lit(y)) => x == y,
+        (Seg::Lit(x), Seg::Glob(g)) | (Seg::Glob(g), Seg::Lit(x)) => glob_match(g.as_bytes(), x.as_bytes()),
+        (Seg::Glob(x), Seg::Glob(y)) => globs_overlap(x.as_bytes(), y.as_bytes()),
+        _ => true,
+    }
+}
+
+fn segs_overlap(a: &[Seg], b: &[Seg]) -> bool {
+    match (a.first(), b.first()) {
+        (None, None) => true,
+        (Some(Seg::Rest), _) => segs_overlap(&a[1..], b) || (!b.is_empty() && segs_overlap(a, &b[1..])),
+        (_, Some(Seg::Rest)) => segs_overlap(a, &b[1..]) || (!a.is_empty() && segs_overlap(&a[1..], b)),
+        (Some(x), Some(y)) => seg_overlap(x, y) && segs_overlap(&a[1..], &b[1..]),
+        _ => false,
+    }
+}
+
+/// A host pattern: any host, an exact name, or a glob such as `*.example.com`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Any,
+    Exact(Box<str>),
+    Glob(Box<str>),
+}
+
+impl HostPattern {
+    pub fn parse(p: &str) -> Result<Self, PatternError> {
+        let p = p.trim_end_matches('.').to_ascii_lowercase();
+        if p == "*" {
+            return Ok(HostPattern::Any);
+        }
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'*' | b'_')) {
+            return Err(PatternError::BadHost);
+        }
+        Ok(if p.contains('*') { HostPattern::Glob(p.into()) } else { HostPattern::Exact(p.into()) })
+    }
+
+    /// `host` must already be lower-case, without port or trailing dot.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(h) => &**h == host,
+            HostPattern::Glob(g) => glob_match(g.as_bytes(), host.as_bytes()),
+        }
+    }
+
+    pub fn specificity(&self) -> u32 {
+        match self {
+            HostPattern::Any => 0,
+            HostPattern::Exact(h) => 1000 + h.len() as u32,
+            HostPattern::Glob(g) => g.bytes().filter(|&b| b != b'*').count() as u32,
+        }
+    }
+
+    pub fn overlaps(&self, other: &HostPattern) -> bool {
+        let text = |h: &HostPattern| -> Option<Box<str>> {
+            match h {
+                HostPattern::Any => None,
+                HostPattern::Exact(s) | HostPattern::Glob(s) => Some(s.clone()),
+            }
+        };
+        match (text(self), text(other)) {
+            (Some(a), Some(b)) => globs_overlap(a.as_bytes(), b.as_bytes()),
+            _ => true,
+        }
+    }
+}
+
+/// What the router needs to know about a rule.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub host: HostPattern,
+    pub methods: Methods,
+    pub path: PathPattern,
+}
+
+impl Route {
+    /// Specificity, compared path first, then host, then methods.
+    pub fn specificity(&self) -> ((u32, i32, i32), u32, bool) {
+        (self.path.specificity(), self.host.specificity(), self.methods != Methods::ANY)
+    }
+
+    /// Whether some request could match both routes.
+    pub fn overlaps(&self, other: &Route) -> bool {
+        self.methods.intersects(other.methods) && self.host.overlaps(&other.host) && self.path.overlaps(&other.path)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    /// Route indices whose literal prefix ends here, most specific first.
+    routes: Vec<u32>,
+}
+
+/// The compiled route table.
+#[derive(Debug, Default)]
+pub struct Router {
+    routes: Vec<Route>,
+    /// rank[i]: position of route i in specificity order (0 = most specific).
+    rank: Vec<u32>,
+    root: Node,
+}
+
+/// Two routes that are equally specific and can match the same request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conflict(pub usize, pub usize);
+
+impl Router {
+    /// Builds the table, reporting every pair of equally specific overlapping routes.
+    pub fn build(routes: Vec<Route>) -> (Router, Vec<Conflict>) {
+        let mut order: Vec<u32> = (0..routes.len() as u32).collect();
+        order.sort_by(|&a, &b| {
+            routes[b as usize]
+                .specificity()
+                .cmp(&routes[a as usize].specificity())
+                .then(a.cmp(&b))
+        });
+        let mut rank = vec![0u32; routes.len()];
+        for (pos, &i) in order.iter().enumerate() {
+            rank[i as usize] = pos as u32;
+        }
+        let conflicts = find_conflicts(&routes, &order);
+        let mut root = Node::default();
+        for &i in &order {
+            let r = &routes[i as usize];
+            let mut node = &mut root;
+            for s in &r.path.segs[..r.path.literal_prefix] {
+                let Seg::Lit(t) = s else { break };
+                node = node.children.entry(t.clone()).or_default();
+            }
+            node.routes.push(i);
+        }
+        (Router { routes, rank, root }, conflicts)
+    }
+
+    /// The index of the most specific route matching the request, if any. `host` lower-case
+    /// without port, `key` from [`crate::pathnorm::match_key`], `method_bit` from [`Methods::bit`].
+    pub fn find(&self, host: &str, method_bit: u16, key: &str) -> Option<usize> {
+        let mut best: Option<(u32, usize)> = None;
+        let mut node = &self.root;
+        self.scan(node, host, method_bit, key, &mut best);
+        let rest = key.strip_prefix('/').unwrap_or(key);
+        if !rest.is_empty() {
+            for seg in rest.split('/') {
+                match node.children.get(seg) {
+                    Some(n) => {
+                        node = n;
+                        self.scan(node, host, method_bit, key, &mut best);
+                    }
+                    None => break,
+                }
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    fn scan(&self, node: &Node, host: &str, method_bit: u16, key: &str, best: &mut Option<(u32, usize)>) {
+        for &i in &node.routes {
+            let rank = self.rank[i as usize];
+            if best.is_some_and(|(b, _)| b <= rank) {
+                break;
+            }
+            let r = &self.routes[i as usize];
+            if r.methods.matches(method_bit) && r.host.matches(host) && r.path.matches(key) {
+                *best = Some((rank, i as usize));
+                break;
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+/// Finds equally specific overlapping pairs. Routes are grouped by specificity and then by
+/// their first literal segment, so unrelated routes are never compared.
+fn find_conflicts(routes: &[Route], order: &[u32]) -> Vec<Conflict> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < order.len() {
+        let spec = routes[order[start] as usize].specificity();
+        let mut end = start + 1;
+        while end < order.len() && routes[order[end] as usize].specificity() == spec {
+            end += 1;
+        }
+        if end - start > 1 {
+            let mut by_first: HashMap<Option<&str>, Vec<u32>> = HashMap::new();
+            for &i in &order[start..end] {
+                let first = match routes[i as usize].path.segs.first() {
+                    Some(Seg::Lit(t)) => Some(&**t),
+                    _ => None,
+                };
+                by_first.entry(first).or_default().push(i);
+            }
+            let wild = by_first.get(&None).cloned().unwrap_or_default();
+            for (first, group) in &by_first {
+                for (n, &a) in group.iter().enumerate() {
+                    for &b in &group[n + 1..] {
+                        if routes[a as usize].overlaps(&routes[b as usize]) {
+                            out.push(Conflict(a.min(b) as usize, a.max(b) as usize));
+                        }
+                    }
+                    if first.is_some() {
+                        for &b in &wild {
+                            if routes[a as usize].overlaps(&routes[b as usize]) {
+                                out.push(Conflict(a.min(b) as usize, a.max(b) as usize));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        start = end;
+    }
+    out.sort_by_key(|c| (c.0, c.1));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(host: &str, methods: &[&str], path: &str) -> Route {
+        let mut m = 0;
+        for x in methods {
+            m |= Methods::parse(x).expect("method");
+        }
+        Route {
+            host: HostPattern::parse(host).expect("host"),
+            methods: Methods(m),
+            path: PathPattern::glob(path, false).expect("path"),
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match(b"*.png", b"a.png"));
+        assert!(glob_match(b"*.png", b".png"));
+        assert!(!glob_match(b"*.png", b"a.jpg"));
+        assert!(glob_match(b"a*b*c", b"axxbyyc"));
+        assert!(globs_overlap(b"a*", b"*b"));
+        assert!(!globs_overlap(b"a*", b"b*"));
+        assert!(globs_overlap(b"*.png", b"img*"));
+        assert!(!globs_overlap(b"*.png", b"*.jpg"));
+        assert!(globs_overlap(b"*", b"*"));
+    }
+
+    #[test]
+    fn path_patterns() {
+        let p = PathPattern::glob("/api/**", false).expect("p");
+        assert!(p.matches("/api"));
+        assert!(p.matches("/api/x/y"));
+        assert!(!p.matches("/apix"));
+        let p = PathPattern::glob("/**/*.pdf", false).expect("p");
+        assert!(p.matches("/a/b.pdf"));
+        assert!(p.matches("/b.pdf"));
+        assert!(!p.matches("/b.pdfx"));
+        let p = PathPattern::glob("/", false).expect("p");
+        assert!(p.matches("/"));
+        assert!(!p.matches("/a"));
+        let p = PathPattern::glob("/API/Weather", false).expect("p");
+        assert!(p.matches("/api/weather"));
+        assert_eq!(PathPattern::glob("/a/**b", false), Err(PatternError::PartialDoubleStar));
+        assert_eq!(PathPattern::prefix("/api/", false), PathPattern::glob("/api/**", false));
+    }
+
+    #[test]
+    fn most_specific_wins() {
+        let routes = vec![
+            route("*", &[], "/**"),
+            route("*", &[], "/api/**"),
+            route("*", &["GET"], "/api/weather"),
+            route("*", &[], "/api/weather"),
+            route("*.example.com", &[], "/api/weather"),
+            route("*", &[], "/img/*.png"),
+        ];
+        let (r, conflicts) = Router::build(routes);
+        assert!(conflicts.is_empty(), "{conflicts:?}");
+        let get = Methods::bit("GET");
+        let post = Methods::bit("POST");
+        assert_eq!(r.find("x.org", get, "/api/weather"), Some(2));
+        assert_eq!(r.find("x.org", post, "/api/weather"), Some(3));
+        assert_eq!(r.find("a.example.com", get, "/api/weather"), Some(4));
+        assert_eq!(r.find("x.org", get, "/api/other"), Some(1));
+        assert_eq!(r.find("x.org", get, "/img/a.png"), Some(5));
+        assert_eq!(r.find("x.org", get, "/img/a.gif"), Some(0));
+        assert_eq!(r.find("x.org", get, "/"), Some(0));
+    }
+
+    #[test]
+    fn conflicts_are_found() {
+        let (_, c) = Router::build(vec![route("*", &[], "/api/*/x"), route("*", &[], "/api/v1/*")]);
+        assert_eq!(c, vec![]); // different specificity? both have 2 literal segs: check below
+        let (_, c) = Router::build(vec![route("*", &[], "/a/*"), route("*", &[], "/*/b")]);
+        assert_eq!(c, vec![Conflict(0, 1)]);
+        let (_, c) = Router::build(vec![route("*", &["GET"], "/a/*"), route("*", &["POST"], "/*/a")]);
+        assert!(c.is_empty());
+        let (_, c) = Router::build(vec![route("a.com", &[], "/x"), route("b.com", &[], "/x")]);
+        assert!(c.is_empty());
+        let (_, c) = Router::build(vec![route("*", &[], "/x/*.png"), route("*", &[], "/x/*.jpg")]);
+        assert!(c.is_empty());
+    }
+}

@@ -1,0 +1,3 @@
+//! Payment schemes checked locally, without I/O.
+
+pub mod evm_exact;

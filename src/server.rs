@@ -1,0 +1,189 @@
+//! Assembles and runs the Pingora server: proxy listeners (plain and TLS), the admin listener,
+//! and the background services (reload, health checks, facilitator discovery, ready file).
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::apps::http_app::HttpServer;
+use pingora::listeners::tls::TlsSettings;
+use pingora::prelude::*;
+use pingora::server::ShutdownWatch;
+use pingora::server::configuration::ServerConf;
+use pingora::services::background::{BackgroundService, background_service};
+use pingora::services::listening::Service;
+
+use crate::admin::Admin;
+use crate::config;
+use crate::health::HealthService;
+use crate::metrics::Metrics;
+use crate::payment::Payments;
+use crate::proxy::Gateway;
+use crate::reload::{ReloadService, Reloader};
+use crate::snapshot::{Snapshot, resolve_listen};
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    /// Written (atomically) with the bound addresses once every listener accepts connections.
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Refreshes each facilitator's `/supported` list: at start, then every minute (every 5 s
+/// while one is failing). Start-up never waits for it.
+struct SupportedService {
+    config: Arc<ArcSwap<Snapshot>>,
+    payments: Arc<Payments>,
+}
+
+#[async_trait]
+impl BackgroundService for SupportedService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut last_unserved: Option<Vec<String>> = None;
+        loop {
+            let snap = self.config.load_full();
+            let mut failing = false;
+            for fac in &snap.facilitators {
+                match self.payments.client().supported(fac).await {
+                    Ok(v) => self.payments.supported.store(&fac.name, crate::facilitator::supported::parse_kinds(&v)),
+                    Err(e) => {
+                        failing = true;
+                        tracing::warn!(facilitator = %fac.name, error = %e, "cannot fetch /supported");
+                    }
+                }
+            }
+            let unserved = self.payments.supported.unserved(&snap);
+            if last_unserved.as_ref() != Some(&unserved) {
+                if !unserved.is_empty() {
+                    tracing::warn!(routes = %unserved.join("; "), "priced routes on networks no facilitator supports");
+                }
+                last_unserved = Some(unserved);
+            }
+            let wait = if failing { Duration::from_secs(5) } else { Duration::from_secs(60) };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+/// Writes the ready file once every address accepts connections.
+struct ReadyFile {
+    path: PathBuf,
+    report: serde_json::Value,
+    addrs: Vec<String>,
+}
+
+#[async_trait]
+impl BackgroundService for ReadyFile {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for a in &self.addrs {
+            let addr = a.clone();
+            let ok = tokio::task::spawn_blocking(move || {
+                while Instant::now() < deadline {
+                    if let Ok(sa) = addr.parse() {
+                        if TcpStream::connect_timeout(&sa, Duration::from_millis(200)).is_ok() {
+                            return true;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                false
+            })
+            .await
+            .unwrap_or(false);
+            if !ok {
+                tracing::error!(addr = %a, "listener never became ready");
+                return;
+            }
+        }
+        let tmp = self.path.with_extension("tmp");
+        let body = serde_json::to_vec_pretty(&self.report).unwrap_or_default();
+        if let Err(e) = std::fs::write(&tmp, body).and_then(|_| std::fs::rename(&tmp, &self.path)) {
+            tracing::error!(error = %e, "cannot write the ready file");
+        }
+    }
+}
+
+/// Loads the configuration, builds every service and runs until a signal stops the process.
+pub fn run(opts: RunOptions) -> Result<(), String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let snap = config::load(&opts.config, 1, None).map_err(|issues| issues.to_string())?;
+    let _log = crate::telemetry::init(&snap.logging);
+
+    let startup = snap.startup.clone();
+    let resolve = |addrs: &[String]| -> Result<Vec<String>, String> {
+        addrs.iter().map(|a| resolve_listen(a).map_err(|e| format!("{a}: {e}"))).collect()
+    };
+    let plain = resolve(&startup.listen)?;
+    let tls_addrs = resolve(&startup.tls.iter().map(|t| t.addr.clone()).collect::<Vec<_>>())?;
+    let admin_addr = startup.admin.as_ref().map(|a| resolve_listen(a).map_err(|e| format!("{a}: {e}"))).transpose()?;
+
+    let mut conf = ServerConf {
+        threads: startup.threads,
+        grace_period_seconds: Some(startup.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(startup.graceful_shutdown_timeout_seconds),
+        upstream_keepalive_pool_size: startup.upstream_keepalive_pool_size,
+        ..ServerConf::default()
+    };
+    conf.work_stealing = false;
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let config = Arc::new(ArcSwap::from_pointee(snap));
+    let metrics = Arc::new(Metrics::new());
+    let payments = Arc::new(Payments::new(metrics.clone()));
+    let gateway = |tls: bool| Gateway { config: config.clone(), metrics: metrics.clone(), payments: payments.clone(), tls };
+
+    if !plain.is_empty() {
+        let mut svc = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway(false), "x402-gateway");
+        for a in &plain {
+            svc.add_tcp(a);
+        }
+        server.add_service(svc);
+    }
+    if !startup.tls.is_empty() {
+        let mut svc = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway(true), "x402-gateway-tls");
+        for (t, addr) in startup.tls.iter().zip(&tls_addrs) {
+            let mut settings = TlsSettings::intermediate(&t.cert.to_string_lossy(), &t.key.to_string_lossy())
+                .map_err(|e| format!("TLS listener {addr}: {e}"))?;
+            if t.h2 {
+                settings.enable_h2();
+            }
+            svc.add_tls_with_settings(addr, None, settings);
+        }
+        server.add_service(svc);
+    }
+    if let Some(addr) = &admin_addr {
+        let mut svc = Service::new(
+            "admin".into(),
+            HttpServer::new_app(Admin { config: config.clone(), metrics: metrics.clone(), payments: payments.clone() }),
+        );
+        svc.add_tcp(addr);
+        svc.threads = Some(1);
+        server.add_service(svc);
+    }
+    let reloader = Arc::new(Reloader::new(opts.config.clone(), config.clone(), metrics.clone()));
+    server.add_service(background_service("reload", ReloadService { reloader }));
+    server.add_service(background_service("health", HealthService { config: config.clone() }));
+    server.add_service(background_service("facilitators", SupportedService { config: config.clone(), payments }));
+    if let Some(path) = opts.ready_file {
+        let mut addrs: Vec<String> = plain.iter().chain(&tls_addrs).cloned().collect();
+        addrs.extend(admin_addr.clone());
+        let report = serde_json::json!({
+            "pid": std::process::id(),
+            "listen": plain,
+            "tls": tls_addrs,
+            "admin": admin_addr,
+        });
+        server.add_service(background_service("ready-file", ReadyFile { path, report, addrs }));
+    }
+    tracing::info!(listen = ?plain, tls = ?tls_addrs, admin = ?admin_addr, "x402-gateway starting");
+    server.run_forever()
+}

@@ -1,0 +1,201 @@
+//! The immutable runtime view of one configuration generation: router, rules with their
+//! compiled prices, upstream pools, payment settings. Held in an `ArcSwap`; a request loads it
+//! once and keeps it to the end.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use pingora::lb::LoadBalancer;
+use pingora::lb::selection::RoundRobin;
+
+use crate::config::env::Secret;
+use crate::config::file::{LoggingSection, ReloadSection, Settlement};
+use crate::router::{Methods, Router};
+use crate::x402::challenge::Priced;
+use crate::x402::networks::Registry;
+
+/// What a rule does with a matching request.
+#[derive(Debug, Clone)]
+pub enum RuleAction {
+    Free,
+    Block,
+    Pay(Arc<Priced>),
+}
+
+impl RuleAction {
+    /// Label used in metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RuleAction::Free => "free",
+            RuleAction::Block => "block",
+            RuleAction::Pay(_) => "pay",
+        }
+    }
+}
+
+/// One compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub id: String,
+    /// `file:line:col` of its `[[rule]]`.
+    pub origin: String,
+    pub action: RuleAction,
+    /// Index into [`Snapshot::upstreams`].
+    pub upstream: usize,
+    pub settlement: Settlement,
+    pub methods: Methods,
+    pub host: String,
+    pub path: String,
+}
+
+/// A named pool of origin peers.
+pub struct UpstreamPool {
+    pub name: String,
+    pub lb: Arc<LoadBalancer<RoundRobin>>,
+    pub tls: bool,
+    pub sni: String,
+    pub verify_cert: bool,
+    pub host_rewrite: Option<String>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub health_interval: Option<Duration>,
+    /// Fingerprint of the section: unchanged pools keep their health state across reloads.
+    pub fingerprint: String,
+    pub peers: Vec<String>,
+}
+
+impl std::fmt::Debug for UpstreamPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamPool").field("name", &self.name).field("peers", &self.peers).finish()
+    }
+}
+
+/// Payment settings shared by every rule.
+#[derive(Debug, Clone)]
+pub struct PaymentSettings {
+    pub public_base_url: Option<String>,
+    pub trust_forwarded_headers: bool,
+    pub max_header_bytes: usize,
+    pub forward_payer_headers: bool,
+    pub cors_allow_origins: Vec<String>,
+}
+
+/// A configured facilitator.
+#[derive(Debug, Clone)]
+pub struct FacilitatorConf {
+    pub name: String,
+    pub url: String,
+    pub networks: Vec<String>,
+    pub timeout: Duration,
+    pub headers: Vec<(String, Secret)>,
+}
+
+/// A TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListen {
+    pub addr: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub h2: bool,
+}
+
+/// Settings that only take effect at start; a reload that changes them is refused by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartupSettings {
+    pub listen: Vec<String>,
+    pub tls: Vec<TlsListen>,
+    pub threads: usize,
+    pub admin: Option<String>,
+    pub grace_period_seconds: u64,
+    pub graceful_shutdown_timeout_seconds: u64,
+    pub upstream_keepalive_pool_size: usize,
+}
+
+impl StartupSettings {
+    /// Names of the settings that differ from `other`.
+    pub fn changed_from(&self, other: &StartupSettings) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.listen != other.listen {
+            out.push("server.listen");
+        }
+        if self.tls != other.tls {
+            out.push("server.tls");
+        }
+        if self.threads != other.threads {
+            out.push("server.threads");
+        }
+        if self.admin != other.admin {
+            out.push("admin.listen");
+        }
+        if self.grace_period_seconds != other.grace_period_seconds {
+            out.push("server.grace_period_seconds");
+        }
+        if self.graceful_shutdown_timeout_seconds != other.graceful_shutdown_timeout_seconds {
+            out.push("server.graceful_shutdown_timeout_seconds");
+        }
+        if self.upstream_keepalive_pool_size != other.upstream_keepalive_pool_size {
+            out.push("server.upstream_keepalive_pool_size");
+        }
+        out
+    }
+}
+
+/// Where a snapshot was read from.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub config: PathBuf,
+    pub rules_dir: PathBuf,
+    pub rule_files: Vec<PathBuf>,
+}
+
+/// One configuration generation.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    /// sha256 over every file read, in order.
+    pub content_hash: String,
+    pub loaded_at: SystemTime,
+    pub sources: Sources,
+    pub startup: StartupSettings,
+    pub router: Router,
+    pub rules: Vec<Rule>,
+    pub upstreams: Vec<Arc<UpstreamPool>>,
+    pub upstream_index: BTreeMap<String, usize>,
+    pub default_upstream: usize,
+    pub payment: PaymentSettings,
+    pub registry: Registry,
+    pub facilitators: Vec<FacilitatorConf>,
+    pub ledger: crate::payment::ledger::LedgerConf,
+    pub reload: ReloadSection,
+    pub logging: LoggingSection,
+    pub case_sensitive: bool,
+}
+
+impl Snapshot {
+    /// The rule for a request, by index into [`Self::rules`].
+    pub fn route(&self, host: &str, method: &str, key: &str) -> Option<usize> {
+        let mut bit = Methods::bit(method);
+        if bit == Methods::bit("HEAD") {
+            // HEAD is answered like GET: a rule for GET covers it.
+            bit |= Methods::bit("GET");
+        }
+        self.router.find(host, bit, key)
+    }
+}
+
+/// Resolves a listen address with port 0 to a free port, so the process can report it.
+pub fn resolve_listen(addr: &str) -> std::io::Result<String> {
+    let parsed: SocketAddr = addr
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
+    if parsed.port() != 0 {
+        return Ok(addr.to_owned());
+    }
+    let l = std::net::TcpListener::bind(parsed)?;
+    Ok(l.local_addr()?.to_string())
+}

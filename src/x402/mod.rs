@@ -1,0 +1,18 @@
+//! The x402 protocol with no I/O: wire types, the header codec, the network and asset
+//! registry, and the 402 challenge builder.
+
+pub mod challenge;
+pub mod codec;
+pub mod networks;
+pub mod types;
+
+/// v2 request header carrying the payment.
+pub const HEADER_PAYMENT_SIGNATURE: &str = "payment-signature";
+/// v1 request header carrying the payment.
+pub const HEADER_X_PAYMENT: &str = "x-payment";
+/// v2 402 header carrying the requirements.
+pub const HEADER_PAYMENT_REQUIRED: &str = "PAYMENT-REQUIRED";
+/// v2 receipt header.
+pub const HEADER_PAYMENT_RESPONSE: &str = "PAYMENT-RESPONSE";
+/// v1 receipt header.
+pub const HEADER_X_PAYMENT_RESPONSE: &str = "X-PAYMENT-RESPONSE";

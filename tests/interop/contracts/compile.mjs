@@ -1,0 +1,62 @@
+#!/usr/bin/env node
+// Compiles contracts/TestUSD.sol and contracts/Multicall3Lite.sol with the pinned `solc`
+// npm package (soljson, no native compiler needed) and writes the committed artifacts
+//   contracts/TestUSD.json        {contractName, compiler, abi, bytecode, deployedBytecode}
+//   contracts/Multicall3Lite.json (same shape)
+// Tests never compile: they load the JSON. Re-run after editing a .sol file:
+//   npm run compile        (or: node contracts/compile.mjs)
+// `node contracts/compile.mjs --check` writes nothing and exits 1 if a committed artifact is stale.
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import solc from "solc";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const CONTRACTS = ["TestUSD", "Multicall3Lite"];
+const CHECK = process.argv.includes("--check");
+
+const input = {
+  language: "Solidity",
+  sources: Object.fromEntries(
+    CONTRACTS.map((c) => [`${c}.sol`, { content: readFileSync(join(here, `${c}.sol`), "utf8") }]),
+  ),
+  settings: {
+    // "cancun" runs on every anvil hardfork from cancun on (anvil 1.x defaults to a newer one).
+    evmVersion: "cancun",
+    optimizer: { enabled: true, runs: 200 },
+    metadata: { bytecodeHash: "none" },
+    outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
+  },
+};
+
+const output = JSON.parse(solc.compile(JSON.stringify(input)));
+const errors = (output.errors ?? []).filter((e) => e.severity === "error");
+for (const e of output.errors ?? []) process.stderr.write(`${e.formattedMessage}\n`);
+if (errors.length) {
+  process.stderr.write(`compile failed with ${errors.length} error(s)\n`);
+  process.exit(1);
+}
+
+for (const name of CONTRACTS) {
+  const c = output.contracts[`${name}.sol`][name];
+  const artifact = {
+    contractName: name,
+    compiler: `solc ${solc.version()}`,
+    abi: c.abi,
+    bytecode: `0x${c.evm.bytecode.object}`,
+    deployedBytecode: `0x${c.evm.deployedBytecode.object}`,
+  };
+  const out = join(here, `${name}.json`);
+  const text = `${JSON.stringify(artifact, null, 2)}\n`;
+  if (CHECK) {
+    if (!existsSync(out) || readFileSync(out, "utf8") !== text) {
+      process.stderr.write(`${out} is stale: run npm run compile\n`);
+      process.exitCode = 1;
+    } else {
+      process.stderr.write(`${out} is up to date\n`);
+    }
+    continue;
+  }
+  writeFileSync(out, text);
+  process.stderr.write(`wrote ${out} (${(c.evm.bytecode.object.length / 2) | 0} bytes init code)\n`);
+}
