@@ -31,7 +31,11 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Ve
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<Vec<u8>> {
-    respond(status, "application/json", serde_json::to_vec_pretty(v).unwrap_or_default())
+    respond(
+        status,
+        "application/json",
+        serde_json::to_vec_pretty(v).unwrap_or_default(),
+    )
 }
 
 /// Healthy peers per upstream.
@@ -108,14 +112,28 @@ impl ServeHttp for Admin {
         match path.as_str() {
             "/metrics" => {
                 for (name, healthy, _) in upstream_health(&snap) {
-                    self.metrics.upstream_healthy_peers.with_label_values(&[name.as_str()]).set(healthy as i64);
+                    self.metrics
+                        .upstream_healthy_peers
+                        .with_label_values(&[name.as_str()])
+                        .set(healthy as i64);
                 }
-                respond(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render())
+                respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    self.metrics.render(),
+                )
             }
             "/healthz" => respond(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
                 let (ready, report) = readiness(&snap, &self.payments);
-                json_response(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &report)
+                json_response(
+                    if ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    },
+                    &report,
+                )
             }
             "/config" => json_response(StatusCode::OK, &config_view(&snap)),
             _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),

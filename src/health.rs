@@ -40,7 +40,11 @@ impl BackgroundService for HealthService {
                     }
                 }
             }
-            started.retain(|id| snap.upstreams.iter().any(|p| Arc::as_ptr(p) as usize == *id));
+            started.retain(|id| {
+                snap.upstreams
+                    .iter()
+                    .any(|p| Arc::as_ptr(p) as usize == *id)
+            });
             drop(snap);
             tokio::select! {
                 _ = shutdown.changed() => return,

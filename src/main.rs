@@ -10,7 +10,8 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run { config, ready_file } => {
-            match x402_gateway::server::run(x402_gateway::server::RunOptions { config, ready_file }) {
+            match x402_gateway::server::run(x402_gateway::server::RunOptions { config, ready_file })
+            {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("{e}");
@@ -27,7 +28,12 @@ fn main() {
             }
             code
         }
-        Command::Explain { config, method, url, headers } => match cli::explain(&config, &method, &url, &headers) {
+        Command::Explain {
+            config,
+            method,
+            url,
+            headers,
+        } => match cli::explain(&config, &method, &url, &headers) {
             Ok(v) => {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 0

@@ -2,8 +2,8 @@
 //! cardinality: rule ids come from configuration, statuses are classes.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// All metrics.
@@ -36,15 +36,24 @@ pub struct Metrics {
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    reg.register(Box::new(c.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    reg.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     c
 }
 
-fn histogram(reg: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+fn histogram(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
     let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    reg.register(Box::new(h.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    reg.register(Box::new(h.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     h
 }
 
@@ -52,8 +61,16 @@ impl Metrics {
     /// Creates and registers every metric. Names are fixed, so this cannot fail at run time.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let latency_buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-        let requests = counter(&registry, "x402_requests_total", "Requests by rule, decision and status class", &["rule", "decision", "status"]);
+        let latency_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0,
+        ];
+        let requests = counter(
+            &registry,
+            "x402_requests_total",
+            "Requests by rule, decision and status class",
+            &["rule", "decision", "status"],
+        );
         let upstream_latency = histogram(
             &registry,
             "x402_upstream_response_seconds",
@@ -61,16 +78,46 @@ impl Metrics {
             &["upstream"],
             latency_buckets.clone(),
         );
-        let local_replies = counter(&registry, "x402_local_replies_total", "Responses the gateway wrote itself, by reason", &["reason"]);
-        let config_generation = IntGauge::new("x402_config_generation", "Generation of the configuration in use")
+        let local_replies = counter(
+            &registry,
+            "x402_local_replies_total",
+            "Responses the gateway wrote itself, by reason",
+            &["reason"],
+        );
+        let config_generation = IntGauge::new(
+            "x402_config_generation",
+            "Generation of the configuration in use",
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(config_generation.clone()))
             .unwrap_or_else(|e| panic!("metric: {e}"));
-        registry.register(Box::new(config_generation.clone())).unwrap_or_else(|e| panic!("metric: {e}"));
-        let reloads = counter(&registry, "x402_config_reloads_total", "Configuration reloads by outcome", &["outcome"]);
-        let upstream_healthy_peers = IntGaugeVec::new(Opts::new("x402_upstream_healthy_peers", "Healthy peers per upstream"), &["upstream"])
+        let reloads = counter(
+            &registry,
+            "x402_config_reloads_total",
+            "Configuration reloads by outcome",
+            &["outcome"],
+        );
+        let upstream_healthy_peers = IntGaugeVec::new(
+            Opts::new("x402_upstream_healthy_peers", "Healthy peers per upstream"),
+            &["upstream"],
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(upstream_healthy_peers.clone()))
             .unwrap_or_else(|e| panic!("metric: {e}"));
-        registry.register(Box::new(upstream_healthy_peers.clone())).unwrap_or_else(|e| panic!("metric: {e}"));
-        let payments = counter(&registry, "x402_payments_total", "Payments by outcome and reason", &["outcome", "reason"]);
-        let revenue = counter(&registry, "x402_revenue_atomic_total", "Settled amounts in atomic units", &["network", "asset"]);
+        let payments = counter(
+            &registry,
+            "x402_payments_total",
+            "Payments by outcome and reason",
+            &["outcome", "reason"],
+        );
+        let revenue = counter(
+            &registry,
+            "x402_revenue_atomic_total",
+            "Settled amounts in atomic units",
+            &["network", "asset"],
+        );
         let facilitator_latency = histogram(
             &registry,
             "x402_facilitator_seconds",
@@ -85,14 +132,26 @@ impl Metrics {
             &["facilitator", "operation", "kind"],
         );
         let payment_overhead = Histogram::with_opts(
-            HistogramOpts::new("x402_payment_gateway_seconds", "Gateway time on a paid request outside facilitator calls")
-                .buckets(vec![0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01]),
+            HistogramOpts::new(
+                "x402_payment_gateway_seconds",
+                "Gateway time on a paid request outside facilitator calls",
+            )
+            .buckets(vec![
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+            ]),
         )
         .unwrap_or_else(|e| panic!("metric: {e}"));
-        registry.register(Box::new(payment_overhead.clone())).unwrap_or_else(|e| panic!("metric: {e}"));
-        let failed_deliveries = IntCounter::new("x402_failed_deliveries_total", "Origin failures after a settlement in before mode")
+        registry
+            .register(Box::new(payment_overhead.clone()))
             .unwrap_or_else(|e| panic!("metric: {e}"));
-        registry.register(Box::new(failed_deliveries.clone())).unwrap_or_else(|e| panic!("metric: {e}"));
+        let failed_deliveries = IntCounter::new(
+            "x402_failed_deliveries_total",
+            "Origin failures after a settlement in before mode",
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(failed_deliveries.clone()))
+            .unwrap_or_else(|e| panic!("metric: {e}"));
         Metrics {
             registry,
             requests,

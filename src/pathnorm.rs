@@ -45,7 +45,22 @@ fn is_unreserved(b: u8) -> bool {
 /// Characters that may stay literal in a canonical path (RFC 3986 pchar minus `%`).
 fn is_path_literal(b: u8) -> bool {
     is_unreserved(b)
-        || matches!(b, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@' | b'/')
+        || matches!(
+            b,
+            b'!' | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'/'
+        )
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -66,7 +81,10 @@ pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     while i < bytes.len() {
         let b = bytes[i];
         if b == b'%' {
-            let (h, l) = match (bytes.get(i + 1).copied().and_then(hex_val), bytes.get(i + 2).copied().and_then(hex_val)) {
+            let (h, l) = match (
+                bytes.get(i + 1).copied().and_then(hex_val),
+                bytes.get(i + 2).copied().and_then(hex_val),
+            ) {
                 (Some(h), Some(l)) => (h, l),
                 _ => return Err(PathError::BadEscape),
             };
@@ -186,14 +204,19 @@ mod tests {
     use super::*;
 
     fn c(p: &str) -> String {
-        canonical_path(p).map(|c| c.into_owned()).unwrap_or_else(|e| format!("ERR {e:?}"))
+        canonical_path(p)
+            .map(|c| c.into_owned())
+            .unwrap_or_else(|e| format!("ERR {e:?}"))
     }
 
     #[test]
     fn canonical_forms() {
         assert_eq!(c("/"), "/");
         assert_eq!(c("/api/weather"), "/api/weather");
-        assert!(matches!(canonical_path("/api/weather"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(
+            canonical_path("/api/weather"),
+            Ok(Cow::Borrowed(_))
+        ));
         assert_eq!(c("/free/../paid/x"), "/paid/x");
         assert_eq!(c("/free/%2e%2e/paid/x"), "/paid/x");
         assert_eq!(c("/free/%2E%2E%2Fpaid%2fx"), "/paid/x");
@@ -220,7 +243,10 @@ mod tests {
     fn match_keys() {
         assert_eq!(match_key("/API/Weather/", false), "/api/weather");
         assert_eq!(match_key("/API/Weather/", true), "/API/Weather");
-        assert_eq!(match_key("/api/secret;jsessionid=1/x", false), "/api/secret/x");
+        assert_eq!(
+            match_key("/api/secret;jsessionid=1/x", false),
+            "/api/secret/x"
+        );
         assert_eq!(match_key("/", false), "/");
         assert!(matches!(match_key("/api/x", false), Cow::Borrowed(_)));
     }

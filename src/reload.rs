@@ -39,8 +39,16 @@ pub struct Reloader {
 impl Reloader {
     pub fn new(path: PathBuf, config: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>) -> Self {
         let generation = AtomicU64::new(config.load().generation);
-        metrics.config_generation.set(config.load().generation as i64);
-        Reloader { path, config, metrics, generation, lock: Mutex::new(()) }
+        metrics
+            .config_generation
+            .set(config.load().generation as i64);
+        Reloader {
+            path,
+            config,
+            metrics,
+            generation,
+            lock: Mutex::new(()),
+        }
     }
 
     /// Reloads now. Requests in flight keep the generation they started with.
@@ -48,10 +56,16 @@ impl Reloader {
         let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.config.load_full();
         let next = self.generation.load(Ordering::Relaxed) + 1;
-        let result = config::load(&self.path, next, Some(&current)).map_err(ReloadError::Invalid).and_then(|snap| {
-            let changed = snap.startup.changed_from(&current.startup);
-            if changed.is_empty() { Ok(snap) } else { Err(ReloadError::Refused(changed)) }
-        });
+        let result = config::load(&self.path, next, Some(&current))
+            .map_err(ReloadError::Invalid)
+            .and_then(|snap| {
+                let changed = snap.startup.changed_from(&current.startup);
+                if changed.is_empty() {
+                    Ok(snap)
+                } else {
+                    Err(ReloadError::Refused(changed))
+                }
+            });
         match result {
             Ok(snap) => {
                 if snap.content_hash == current.content_hash {
@@ -67,14 +81,23 @@ impl Reloader {
                 Ok(next)
             }
             Err(e) => {
-                let outcome = if matches!(e, ReloadError::Refused(_)) { "refused" } else { "invalid" };
+                let outcome = if matches!(e, ReloadError::Refused(_)) {
+                    "refused"
+                } else {
+                    "invalid"
+                };
                 self.metrics.reloads.with_label_values(&[outcome]).inc();
                 match &e {
                     ReloadError::Invalid(issues) => {
                         for i in &issues.0 {
                             tracing::error!(trigger, "config: {i}");
                         }
-                        tracing::error!(trigger, problems = issues.0.len(), "reload rejected, keeping generation {}", current.generation);
+                        tracing::error!(
+                            trigger,
+                            problems = issues.0.len(),
+                            "reload rejected, keeping generation {}",
+                            current.generation
+                        );
                     }
                     ReloadError::Refused(names) => {
                         tracing::error!(trigger, settings = %names.join(", "), "reload refused: restart to change these settings");
@@ -88,7 +111,8 @@ impl Reloader {
 
 /// Whether a changed path concerns the configuration.
 fn relevant(path: &Path, config: &Path, rules_dir: &Path) -> bool {
-    path == config || (path.parent() == Some(rules_dir) && path.extension().is_some_and(|e| e == "toml"))
+    path == config
+        || (path.parent() == Some(rules_dir) && path.extension().is_some_and(|e| e == "toml"))
 }
 
 /// The background service that triggers reloads.
@@ -117,19 +141,25 @@ impl BackgroundService for ReloadService {
             let snap = self.reloader.config.load_full();
             let config_path = absolute(&snap.sources.config);
             let rules_dir = absolute(&snap.sources.rules_dir);
-            let want = snap.reload.watch.then(|| (config_path.clone(), rules_dir.clone()));
+            let want = snap
+                .reload
+                .watch
+                .then(|| (config_path.clone(), rules_dir.clone()));
             if want != watched {
                 watcher = want.as_ref().and_then(|(cfg, rules)| {
                     let tx = tx.clone();
-                    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-                        if let Ok(ev) = ev {
-                            for p in ev.paths {
-                                let _ = tx.try_send(p);
+                    let mut w =
+                        notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+                            if let Ok(ev) = ev {
+                                for p in ev.paths {
+                                    let _ = tx.try_send(p);
+                                }
                             }
-                        }
-                    })
-                    .map_err(|e| tracing::error!(error = %e, "cannot watch configuration files"))
-                    .ok()?;
+                        })
+                        .map_err(
+                            |e| tracing::error!(error = %e, "cannot watch configuration files"),
+                        )
+                        .ok()?;
                     let dir = cfg.parent().unwrap_or(Path::new("/"));
                     if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
                         tracing::error!(error = %e, dir = %dir.display(), "cannot watch");

@@ -7,20 +7,28 @@ use std::collections::HashMap;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct Methods(pub u16);
 
-const METHOD_NAMES: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"];
+const METHOD_NAMES: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
 
 impl Methods {
     pub const ANY: Methods = Methods(0);
 
     /// The bit of one method name (any case is refused by the HTTP parser, so exact match).
     pub fn bit(method: &str) -> u16 {
-        METHOD_NAMES.iter().position(|m| *m == method).map_or(1 << 9, |i| 1 << i)
+        METHOD_NAMES
+            .iter()
+            .position(|m| *m == method)
+            .map_or(1 << 9, |i| 1 << i)
     }
 
     /// Parses a method name for configuration; `None` if it is not a known method.
     pub fn parse(name: &str) -> Option<u16> {
         let upper = name.to_ascii_uppercase();
-        METHOD_NAMES.iter().position(|m| *m == upper).map(|i| 1 << i)
+        METHOD_NAMES
+            .iter()
+            .position(|m| *m == upper)
+            .map(|i| 1 << i)
     }
 
     pub fn matches(self, bit: u16) -> bool {
@@ -32,7 +40,10 @@ impl Methods {
     }
 
     pub fn names(self) -> Vec<&'static str> {
-        (0..9).filter(|i| self.0 & (1 << i) != 0).map(|i| METHOD_NAMES[i]).collect()
+        (0..9)
+            .filter(|i| self.0 & (1 << i) != 0)
+            .map(|i| METHOD_NAMES[i])
+            .collect()
     }
 }
 
@@ -66,7 +77,9 @@ pub enum PatternError {
     QueryInPattern,
     #[error("{0}")]
     Path(&'static str),
-    #[error("host pattern is empty or contains characters other than letters, digits, '-', '.', '*'")]
+    #[error(
+        "host pattern is empty or contains characters other than letters, digits, '-', '.', '*'"
+    )]
     BadHost,
 }
 
@@ -80,7 +93,8 @@ impl PathPattern {
         if pattern.contains(['?', '#']) {
             return Err(PatternError::QueryInPattern);
         }
-        let canon = crate::pathnorm::canonical_path(pattern).map_err(|e| PatternError::Path(e.reason()))?;
+        let canon =
+            crate::pathnorm::canonical_path(pattern).map_err(|e| PatternError::Path(e.reason()))?;
         let key = crate::pathnorm::match_key(&canon, case_sensitive);
         let mut segs = Vec::new();
         if key.as_ref() != "/" {
@@ -99,7 +113,10 @@ impl PathPattern {
             }
         }
         let literal_prefix = segs.iter().take_while(|s| matches!(s, Seg::Lit(_))).count();
-        Ok(PathPattern { segs, literal_prefix })
+        Ok(PathPattern {
+            segs,
+            literal_prefix,
+        })
     }
 
     /// A prefix match: `/api/` and `/api` both mean `/api/**`.
@@ -227,7 +244,14 @@ pub fn globs_overlap(a: &[u8], b: &[u8]) -> bool {
             || (b_star && go(a, b, i, j + 1, memo))
             || (i < a.len() && j < b.len() && !(a_star && b_star) && {
                 let compatible = a_star || b_star || a[i] == b[j];
-                compatible && go(a, b, if a_star { i } else { i + 1 }, if b_star { j } else { j + 1 }, memo)
+                compatible
+                    && go(
+                        a,
+                        b,
+                        if a_star { i } else { i + 1 },
+                        if b_star { j } else { j + 1 },
+                        memo,
+                    )
             });
         memo[k] = Some(r);
         r
@@ -238,7 +262,9 @@ pub fn globs_overlap(a: &[u8], b: &[u8]) -> bool {
 fn seg_overlap(a: &Seg, b: &Seg) -> bool {
     match (a, b) {
         (Seg::Lit(x), Seg::Lit(y)) => x == y,
-        (Seg::Lit(x), Seg::Glob(g)) | (Seg::Glob(g), Seg::Lit(x)) => glob_match(g.as_bytes(), x.as_bytes()),
+        (Seg::Lit(x), Seg::Glob(g)) | (Seg::Glob(g), Seg::Lit(x)) => {
+            glob_match(g.as_bytes(), x.as_bytes())
+        }
         (Seg::Glob(x), Seg::Glob(y)) => globs_overlap(x.as_bytes(), y.as_bytes()),
         _ => true,
     }
@@ -247,8 +273,12 @@ fn seg_overlap(a: &Seg, b: &Seg) -> bool {
 fn segs_overlap(a: &[Seg], b: &[Seg]) -> bool {
     match (a.first(), b.first()) {
         (None, None) => true,
-        (Some(Seg::Rest), _) => segs_overlap(&a[1..], b) || (!b.is_empty() && segs_overlap(a, &b[1..])),
-        (_, Some(Seg::Rest)) => segs_overlap(a, &b[1..]) || (!a.is_empty() && segs_overlap(&a[1..], b)),
+        (Some(Seg::Rest), _) => {
+            segs_overlap(&a[1..], b) || (!b.is_empty() && segs_overlap(a, &b[1..]))
+        }
+        (_, Some(Seg::Rest)) => {
+            segs_overlap(a, &b[1..]) || (!a.is_empty() && segs_overlap(&a[1..], b))
+        }
         (Some(x), Some(y)) => seg_overlap(x, y) && segs_overlap(&a[1..], &b[1..]),
         _ => false,
     }
@@ -268,10 +298,18 @@ impl HostPattern {
         if p == "*" {
             return Ok(HostPattern::Any);
         }
-        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'*' | b'_')) {
+        if p.is_empty()
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'*' | b'_'))
+        {
             return Err(PatternError::BadHost);
         }
-        Ok(if p.contains('*') { HostPattern::Glob(p.into()) } else { HostPattern::Exact(p.into()) })
+        Ok(if p.contains('*') {
+            HostPattern::Glob(p.into())
+        } else {
+            HostPattern::Exact(p.into())
+        })
     }
 
     /// `host` must already be lower-case, without port or trailing dot.
@@ -316,12 +354,18 @@ pub struct Route {
 impl Route {
     /// Specificity, compared path first, then host, then methods.
     pub fn specificity(&self) -> ((u32, i32, i32), u32, bool) {
-        (self.path.specificity(), self.host.specificity(), self.methods != Methods::ANY)
+        (
+            self.path.specificity(),
+            self.host.specificity(),
+            self.methods != Methods::ANY,
+        )
     }
 
     /// Whether some request could match both routes.
     pub fn overlaps(&self, other: &Route) -> bool {
-        self.methods.intersects(other.methods) && self.host.overlaps(&other.host) && self.path.overlaps(&other.path)
+        self.methods.intersects(other.methods)
+            && self.host.overlaps(&other.host)
+            && self.path.overlaps(&other.path)
     }
 }
 
@@ -394,7 +438,14 @@ impl Router {
         best.map(|(_, i)| i)
     }
 
-    fn scan(&self, node: &Node, host: &str, method_bit: u16, key: &str, best: &mut Option<(u32, usize)>) {
+    fn scan(
+        &self,
+        node: &Node,
+        host: &str,
+        method_bit: u16,
+        key: &str,
+        best: &mut Option<(u32, usize)>,
+    ) {
         for &i in &node.routes {
             let rank = self.rank[i as usize];
             if best.is_some_and(|(b, _)| b <= rank) {
@@ -505,8 +556,14 @@ mod tests {
         assert!(!p.matches("/a"));
         let p = PathPattern::glob("/API/Weather", false).expect("p");
         assert!(p.matches("/api/weather"));
-        assert_eq!(PathPattern::glob("/a/**b", false), Err(PatternError::PartialDoubleStar));
-        assert_eq!(PathPattern::prefix("/api/", false), PathPattern::glob("/api/**", false));
+        assert_eq!(
+            PathPattern::glob("/a/**b", false),
+            Err(PatternError::PartialDoubleStar)
+        );
+        assert_eq!(
+            PathPattern::prefix("/api/", false),
+            PathPattern::glob("/api/**", false)
+        );
     }
 
     #[test]
@@ -534,15 +591,24 @@ mod tests {
 
     #[test]
     fn conflicts_are_found() {
-        let (_, c) = Router::build(vec![route("*", &[], "/api/*/x"), route("*", &[], "/api/v1/*")]);
+        let (_, c) = Router::build(vec![
+            route("*", &[], "/api/*/x"),
+            route("*", &[], "/api/v1/*"),
+        ]);
         assert_eq!(c, vec![]); // different specificity? both have 2 literal segs: check below
         let (_, c) = Router::build(vec![route("*", &[], "/a/*"), route("*", &[], "/*/b")]);
         assert_eq!(c, vec![Conflict(0, 1)]);
-        let (_, c) = Router::build(vec![route("*", &["GET"], "/a/*"), route("*", &["POST"], "/*/a")]);
+        let (_, c) = Router::build(vec![
+            route("*", &["GET"], "/a/*"),
+            route("*", &["POST"], "/*/a"),
+        ]);
         assert!(c.is_empty());
         let (_, c) = Router::build(vec![route("a.com", &[], "/x"), route("b.com", &[], "/x")]);
         assert!(c.is_empty());
-        let (_, c) = Router::build(vec![route("*", &[], "/x/*.png"), route("*", &[], "/x/*.jpg")]);
+        let (_, c) = Router::build(vec![
+            route("*", &[], "/x/*.png"),
+            route("*", &[], "/x/*.jpg"),
+        ]);
         assert!(c.is_empty());
     }
 }

@@ -49,7 +49,10 @@ impl BackgroundService for SupportedService {
             let mut failing = false;
             for fac in &snap.facilitators {
                 match self.payments.client().supported(fac).await {
-                    Ok(v) => self.payments.supported.store(&fac.name, crate::facilitator::supported::parse_kinds(&v)),
+                    Ok(v) => self
+                        .payments
+                        .supported
+                        .store(&fac.name, crate::facilitator::supported::parse_kinds(&v)),
                     Err(e) => {
                         failing = true;
                         tracing::warn!(facilitator = %fac.name, error = %e, "cannot fetch /supported");
@@ -63,7 +66,11 @@ impl BackgroundService for SupportedService {
                 }
                 last_unserved = Some(unserved);
             }
-            let wait = if failing { Duration::from_secs(5) } else { Duration::from_secs(60) };
+            let wait = if failing {
+                Duration::from_secs(5)
+            } else {
+                Duration::from_secs(60)
+            };
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -119,11 +126,24 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
 
     let startup = snap.startup.clone();
     let resolve = |addrs: &[String]| -> Result<Vec<String>, String> {
-        addrs.iter().map(|a| resolve_listen(a).map_err(|e| format!("{a}: {e}"))).collect()
+        addrs
+            .iter()
+            .map(|a| resolve_listen(a).map_err(|e| format!("{a}: {e}")))
+            .collect()
     };
     let plain = resolve(&startup.listen)?;
-    let tls_addrs = resolve(&startup.tls.iter().map(|t| t.addr.clone()).collect::<Vec<_>>())?;
-    let admin_addr = startup.admin.as_ref().map(|a| resolve_listen(a).map_err(|e| format!("{a}: {e}"))).transpose()?;
+    let tls_addrs = resolve(
+        &startup
+            .tls
+            .iter()
+            .map(|t| t.addr.clone())
+            .collect::<Vec<_>>(),
+    )?;
+    let admin_addr = startup
+        .admin
+        .as_ref()
+        .map(|a| resolve_listen(a).map_err(|e| format!("{a}: {e}")))
+        .transpose()?;
 
     let mut conf = ServerConf {
         threads: startup.threads,
@@ -139,20 +159,34 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     let config = Arc::new(ArcSwap::from_pointee(snap));
     let metrics = Arc::new(Metrics::new());
     let payments = Arc::new(Payments::new(metrics.clone()));
-    let gateway = |tls: bool| Gateway { config: config.clone(), metrics: metrics.clone(), payments: payments.clone(), tls };
+    let gateway = |tls: bool| Gateway {
+        config: config.clone(),
+        metrics: metrics.clone(),
+        payments: payments.clone(),
+        tls,
+    };
 
     if !plain.is_empty() {
-        let mut svc = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway(false), "x402-gateway");
+        let mut svc = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            gateway(false),
+            "x402-gateway",
+        );
         for a in &plain {
             svc.add_tcp(a);
         }
         server.add_service(svc);
     }
     if !startup.tls.is_empty() {
-        let mut svc = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway(true), "x402-gateway-tls");
+        let mut svc = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            gateway(true),
+            "x402-gateway-tls",
+        );
         for (t, addr) in startup.tls.iter().zip(&tls_addrs) {
-            let mut settings = TlsSettings::intermediate(&t.cert.to_string_lossy(), &t.key.to_string_lossy())
-                .map_err(|e| format!("TLS listener {addr}: {e}"))?;
+            let mut settings =
+                TlsSettings::intermediate(&t.cert.to_string_lossy(), &t.key.to_string_lossy())
+                    .map_err(|e| format!("TLS listener {addr}: {e}"))?;
             if t.h2 {
                 settings.enable_h2();
             }
@@ -163,16 +197,35 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     if let Some(addr) = &admin_addr {
         let mut svc = Service::new(
             "admin".into(),
-            HttpServer::new_app(Admin { config: config.clone(), metrics: metrics.clone(), payments: payments.clone() }),
+            HttpServer::new_app(Admin {
+                config: config.clone(),
+                metrics: metrics.clone(),
+                payments: payments.clone(),
+            }),
         );
         svc.add_tcp(addr);
         svc.threads = Some(1);
         server.add_service(svc);
     }
-    let reloader = Arc::new(Reloader::new(opts.config.clone(), config.clone(), metrics.clone()));
+    let reloader = Arc::new(Reloader::new(
+        opts.config.clone(),
+        config.clone(),
+        metrics.clone(),
+    ));
     server.add_service(background_service("reload", ReloadService { reloader }));
-    server.add_service(background_service("health", HealthService { config: config.clone() }));
-    server.add_service(background_service("facilitators", SupportedService { config: config.clone(), payments }));
+    server.add_service(background_service(
+        "health",
+        HealthService {
+            config: config.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "facilitators",
+        SupportedService {
+            config: config.clone(),
+            payments,
+        },
+    ));
     if let Some(path) = opts.ready_file {
         let mut addrs: Vec<String> = plain.iter().chain(&tls_addrs).cloned().collect();
         addrs.extend(admin_addr.clone());
@@ -182,7 +235,14 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
             "tls": tls_addrs,
             "admin": admin_addr,
         });
-        server.add_service(background_service("ready-file", ReadyFile { path, report, addrs }));
+        server.add_service(background_service(
+            "ready-file",
+            ReadyFile {
+                path,
+                report,
+                addrs,
+            },
+        ));
     }
     tracing::info!(listen = ?plain, tls = ?tls_addrs, admin = ?admin_addr, "x402-gateway starting");
     server.run_forever()

@@ -71,7 +71,10 @@ pub struct UpstreamPool {
 
 impl std::fmt::Debug for UpstreamPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamPool").field("name", &self.name).field("peers", &self.peers).finish()
+        f.debug_struct("UpstreamPool")
+            .field("name", &self.name)
+            .field("peers", &self.peers)
+            .finish()
     }
 }
 
@@ -190,9 +193,9 @@ impl Snapshot {
 
 /// Resolves a listen address with port 0 to a free port, so the process can report it.
 pub fn resolve_listen(addr: &str) -> std::io::Result<String> {
-    let parsed: SocketAddr = addr
-        .parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
+    let parsed: SocketAddr = addr.parse().map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}"))
+    })?;
     if parsed.port() != 0 {
         return Ok(addr.to_owned());
     }

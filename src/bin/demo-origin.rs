@@ -61,7 +61,12 @@ fn echo_json(state: &State, req: &Request<Incoming>) -> String {
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
         .collect();
     serde_json::json!({
         "origin": state.name,
@@ -78,7 +83,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     let path = req.uri().path().to_owned();
     if path == "/__origin/stats" {
         let n = state.requests.load(Ordering::Relaxed);
-        return Ok(response(200, "application/json", full(format!("{{\"requests\":{n},\"name\":\"{}\"}}", state.name))));
+        return Ok(response(
+            200,
+            "application/json",
+            full(format!("{{\"requests\":{n},\"name\":\"{}\"}}", state.name)),
+        ));
     }
     if path == "/__origin/health" {
         return Ok(response(200, "text/plain", full("ok")));
@@ -95,13 +104,25 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             Err(_) => response(400, "text/plain", full("bad length")),
         },
         ["echo"] => {
-            let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/octet-stream").to_owned();
+            let ct = req
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/octet-stream")
+                .to_owned();
             let body = req.into_body().map_err(std::io::Error::other).boxed();
             response(200, &ct, body)
         }
         ["status", code] => {
             let code = code.parse().unwrap_or(500);
-            response(code, "application/json", full(format!("{{\"status\":{code},\"origin\":\"{}\"}}", state.name)))
+            response(
+                code,
+                "application/json",
+                full(format!(
+                    "{{\"status\":{code},\"origin\":\"{}\"}}",
+                    state.name
+                )),
+            )
         }
         ["slow", ms] => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
@@ -110,10 +131,21 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         ["reset"] => {
             // Promise 1 MiB, send 64 KiB, then fail the body: the connection is cut mid-body.
             let chunks = stream::iter(0..2).map(|i| {
-                if i == 0 { Ok(Frame::data(Bytes::from(vec![b'r'; 64 * 1024]))) } else { Err(std::io::Error::other("reset")) }
+                if i == 0 {
+                    Ok(Frame::data(Bytes::from(vec![b'r'; 64 * 1024])))
+                } else {
+                    Err(std::io::Error::other("reset"))
+                }
             });
-            let mut r = response(200, "application/octet-stream", BodyExt::boxed(StreamBody::new(chunks)));
-            r.headers_mut().insert("content-length", hyper::header::HeaderValue::from(1024 * 1024));
+            let mut r = response(
+                200,
+                "application/octet-stream",
+                BodyExt::boxed(StreamBody::new(chunks)),
+            );
+            r.headers_mut().insert(
+                "content-length",
+                hyper::header::HeaderValue::from(1024 * 1024),
+            );
             r
         }
         ["ws"] => return Ok(upgrade(req)),
@@ -124,7 +156,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
 
 /// Accepts a WebSocket upgrade and echoes raw bytes on the upgraded connection.
 fn upgrade(mut req: Request<Incoming>) -> Response<Body> {
-    let Some(key) = req.headers().get("sec-websocket-key").map(|k| k.as_bytes().to_vec()) else {
+    let Some(key) = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| k.as_bytes().to_vec())
+    else {
         return response(400, "text/plain", full("not an upgrade"));
     };
     let mut h = Sha1::new();
@@ -145,8 +181,14 @@ fn upgrade(mut req: Request<Incoming>) -> Response<Body> {
     let mut r = response(101, "text/plain", full(Bytes::new()));
     r.headers_mut().remove("content-type");
     let h = r.headers_mut();
-    h.insert("upgrade", hyper::header::HeaderValue::from_static("websocket"));
-    h.insert("connection", hyper::header::HeaderValue::from_static("Upgrade"));
+    h.insert(
+        "upgrade",
+        hyper::header::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        "connection",
+        hyper::header::HeaderValue::from_static("Upgrade"),
+    );
     if let Ok(v) = accept.parse() {
         h.insert("sec-websocket-accept", v);
     }
@@ -182,22 +224,35 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let local = listener.local_addr().map_or(listen.clone(), |a| a.to_string());
+    let local = listener
+        .local_addr()
+        .map_or(listen.clone(), |a| a.to_string());
     println!("demo-origin listening on {local}");
     if let Some(path) = ready {
         let tmp = path.with_extension("tmp");
-        if std::fs::write(&tmp, &local).and_then(|_| std::fs::rename(&tmp, &path)).is_err() {
+        if std::fs::write(&tmp, &local)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .is_err()
+        {
             eprintln!("demo-origin: cannot write ready file");
         }
     }
-    let state = Arc::new(State { name, requests: AtomicU64::new(0) });
+    let state = Arc::new(State {
+        name,
+        requests: AtomicU64::new(0),
+    });
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(state.clone(), req));
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
         });
     }
 }

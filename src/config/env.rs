@@ -35,7 +35,10 @@ pub enum EnvError {
 }
 
 /// Expands every `${VAR}` in `input` using `lookup`. `$$` is a literal `$`.
-pub fn expand_with(input: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Secret, EnvError> {
+pub fn expand_with(
+    input: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Secret, EnvError> {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(i) = rest.find('$') {
@@ -73,10 +76,22 @@ mod tests {
     #[test]
     fn expansion() {
         let look = |k: &str| (k == "TOKEN").then(|| "s3cret".to_string());
-        assert_eq!(expand_with("Bearer ${TOKEN}", look).map(|s| s.0), Ok("Bearer s3cret".into()));
-        assert_eq!(expand_with("a$$b $x", look).map(|s| s.0), Ok("a$b $x".into()));
-        assert_eq!(expand_with("${NOPE}", look), Err(EnvError::Missing("NOPE".into())));
+        assert_eq!(
+            expand_with("Bearer ${TOKEN}", look).map(|s| s.0),
+            Ok("Bearer s3cret".into())
+        );
+        assert_eq!(
+            expand_with("a$$b $x", look).map(|s| s.0),
+            Ok("a$b $x".into())
+        );
+        assert_eq!(
+            expand_with("${NOPE}", look),
+            Err(EnvError::Missing("NOPE".into()))
+        );
         assert_eq!(expand_with("${TOKEN", look), Err(EnvError::Unterminated));
-        assert_eq!(format!("{:?}", expand_with("${TOKEN}", look)), "Ok(<redacted>)");
+        assert_eq!(
+            format!("{:?}", expand_with("${TOKEN}", look)),
+            "Ok(<redacted>)"
+        );
     }
 }

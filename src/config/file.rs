@@ -70,7 +70,10 @@ fn default_admin() -> Spanned<String> {
 
 impl Default for AdminSection {
     fn default() -> Self {
-        AdminSection { listen: default_admin(), enabled: true }
+        AdminSection {
+            listen: default_admin(),
+            enabled: true,
+        }
     }
 }
 
@@ -282,7 +285,10 @@ fn default_debounce() -> u64 {
 
 impl Default for ReloadSection {
     fn default() -> Self {
-        ReloadSection { watch: true, debounce_ms: default_debounce() }
+        ReloadSection {
+            watch: true,
+            debounce_ms: default_debounce(),
+        }
     }
 }
 
@@ -317,7 +323,11 @@ fn default_level() -> String {
 
 impl Default for LoggingSection {
     fn default() -> Self {
-        LoggingSection { format: default_format(), level: default_level(), access_log: true }
+        LoggingSection {
+            format: default_format(),
+            level: default_level(),
+            access_log: true,
+        }
     }
 }
 
@@ -339,7 +349,10 @@ fn default_rules_dir() -> Spanned<String> {
 
 impl Default for RulesSection {
     fn default() -> Self {
-        RulesSection { dir: default_rules_dir(), case_sensitive: false }
+        RulesSection {
+            dir: default_rules_dir(),
+            case_sensitive: false,
+        }
     }
 }
 
@@ -370,7 +383,11 @@ fn default_ledger_keep() -> usize {
 
 impl Default for LedgerSection {
     fn default() -> Self {
-        LedgerSection { path: default_ledger_path(), max_bytes: default_ledger_max(), keep: default_ledger_keep() }
+        LedgerSection {
+            path: default_ledger_path(),
+            max_bytes: default_ledger_max(),
+            keep: default_ledger_keep(),
+        }
     }
 }
 

@@ -33,7 +33,11 @@ pub struct Issue {
 
 impl fmt::Display for Issue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}: {}", self.file, self.line, self.col, self.field, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file, self.line, self.col, self.field, self.message
+        )
     }
 }
 
@@ -65,7 +69,11 @@ impl Source {
     pub fn new(path: PathBuf, text: String) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        Source { path, text, line_starts }
+        Source {
+            path,
+            text,
+            line_starts,
+        }
     }
 
     /// 1-based line and column (in characters) of a byte offset.
@@ -73,7 +81,11 @@ impl Source {
         let offset = offset.min(self.text.len());
         let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
         let start = self.line_starts[line - 1];
-        let col = self.text.get(start..offset).map_or(offset - start, |s| s.chars().count()) + 1;
+        let col = self
+            .text
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count())
+            + 1;
         (line, col)
     }
 }
@@ -87,7 +99,13 @@ pub struct Reporter {
 
 impl Reporter {
     /// Records a problem at a span of source `src`.
-    pub fn at(&mut self, src: usize, span: Range<usize>, field: impl Into<String>, message: impl fmt::Display) {
+    pub fn at(
+        &mut self,
+        src: usize,
+        span: Range<usize>,
+        field: impl Into<String>,
+        message: impl fmt::Display,
+    ) {
         let s = &self.sources[src];
         let (line, col) = s.locate(span.start);
         self.issues.push(Issue {
@@ -146,7 +164,12 @@ fn clean_message(e: &toml::de::Error) -> String {
 }
 
 /// Deserializes one value, recording a located issue on failure.
-fn section<T: DeserializeOwned>(rep: &mut Reporter, src: usize, field: &str, v: &Spanned<DeValue<'_>>) -> Option<T> {
+fn section<T: DeserializeOwned>(
+    rep: &mut Reporter,
+    src: usize,
+    field: &str,
+    v: &Spanned<DeValue<'_>>,
+) -> Option<T> {
     match T::deserialize(ValueDeserializer::from(v.clone())) {
         Ok(t) => Some(t),
         Err(e) => {
@@ -219,7 +242,12 @@ fn parse_rules(rep: &mut Reporter, src: usize, out: &mut Vec<ParsedRule>) {
     };
     for (key, value) in &doc {
         if key.get_ref() != "rule" {
-            rep.at(src, key.span(), key.get_ref().to_string(), "unknown key, rules files hold `[[rule]]` tables only");
+            rep.at(
+                src,
+                key.span(),
+                key.get_ref().to_string(),
+                "unknown key, rules files hold `[[rule]]` tables only",
+            );
             continue;
         }
         let DeValue::Array(items) = value.get_ref() else {
@@ -229,7 +257,11 @@ fn parse_rules(rep: &mut Reporter, src: usize, out: &mut Vec<ParsedRule>) {
         for (n, item) in items.iter().enumerate() {
             let field = format!("rule[{n}]");
             if let Some(def) = section::<RuleDef>(rep, src, &field, item) {
-                out.push(ParsedRule { src, span: item.span(), def });
+                out.push(ParsedRule {
+                    src,
+                    span: item.span(),
+                    def,
+                });
             }
         }
     }
@@ -264,9 +296,18 @@ pub fn read(config: &Path, rep: &mut Reporter) -> Parsed {
         Err(e) => {
             let span = gateway.rules.dir.span();
             if span.is_empty() && span.start == 0 {
-                rep.file(config, "rules.dir", format!("cannot read rules folder {}: {e}", rules_dir.display()));
+                rep.file(
+                    config,
+                    "rules.dir",
+                    format!("cannot read rules folder {}: {e}", rules_dir.display()),
+                );
             } else {
-                rep.at(src, span, "rules.dir", format!("cannot read rules folder {}: {e}", rules_dir.display()));
+                rep.at(
+                    src,
+                    span,
+                    "rules.dir",
+                    format!("cannot read rules folder {}: {e}", rules_dir.display()),
+                );
             }
             Vec::new()
         }
@@ -280,12 +321,21 @@ pub fn read(config: &Path, rep: &mut Reporter) -> Parsed {
             Err(e) => rep.file(f, "file", format!("cannot read: {e}")),
         }
     }
-    Parsed { gateway, rules, rules_dir, rule_files: files }
+    Parsed {
+        gateway,
+        rules,
+        rules_dir,
+        rule_files: files,
+    }
 }
 
 /// Reads and compiles a configuration. `previous` lets unchanged upstream pools keep their
 /// health state.
-pub fn load(config: &Path, generation: u64, previous: Option<&Snapshot>) -> Result<Snapshot, Issues> {
+pub fn load(
+    config: &Path,
+    generation: u64,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, Issues> {
     let mut rep = Reporter::default();
     let parsed = read(config, &mut rep);
     let snapshot = compile(&parsed, &mut rep, generation, previous);

@@ -19,7 +19,8 @@ use super::rules_file::{ActionDef, RuleDef};
 use super::{Parsed, ParsedRule, Reporter, env};
 use crate::router::{HostPattern, Methods, PathPattern, Route, Router};
 use crate::snapshot::{
-    FacilitatorConf, PaymentSettings, Rule, RuleAction, Snapshot, Sources, StartupSettings, TlsListen, UpstreamPool,
+    FacilitatorConf, PaymentSettings, Rule, RuleAction, Snapshot, Sources, StartupSettings,
+    TlsListen, UpstreamPool,
 };
 use crate::x402::challenge::{Offer, Priced};
 use crate::x402::networks::{self, Asset, Registry};
@@ -28,10 +29,19 @@ const MAX_TIMEOUT_LIMIT: u64 = 86_400;
 
 /// Compiles parsed files. Returns `None` only when a part needed to go on is missing; the
 /// caller treats any recorded issue as failure.
-pub fn compile(p: &Parsed, rep: &mut Reporter, generation: u64, previous: Option<&Snapshot>) -> Option<Snapshot> {
+pub fn compile(
+    p: &Parsed,
+    rep: &mut Reporter,
+    generation: u64,
+    previous: Option<&Snapshot>,
+) -> Option<Snapshot> {
     let g = &p.gateway;
     let cfg = 0usize; // gateway.toml is always source 0
-    let base = rep.sources[cfg].path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = rep.sources[cfg]
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
 
     // Startup settings.
     let server = g.server.clone();
@@ -40,7 +50,11 @@ pub fn compile(p: &Parsed, rep: &mut Reporter, generation: u64, previous: Option
     let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (mut grace, mut shutdown, mut pool_size) = (5, 10, 128);
     match &server {
-        None => rep.file(&rep.sources[cfg].path.clone(), "server", "missing `[server]` section"),
+        None => rep.file(
+            &rep.sources[cfg].path.clone(),
+            "server",
+            "missing `[server]` section",
+        ),
         Some(s) => {
             for l in &s.listen {
                 check_addr(rep, cfg, l, "server.listen");
@@ -51,19 +65,43 @@ pub fn compile(p: &Parsed, rep: &mut Reporter, generation: u64, previous: Option
                 let cert = base.join(t.cert.get_ref());
                 let key = base.join(t.key.get_ref());
                 if !cert.is_file() {
-                    rep.at(cfg, t.cert.span(), "server.tls.cert", format!("no such file {}", cert.display()));
+                    rep.at(
+                        cfg,
+                        t.cert.span(),
+                        "server.tls.cert",
+                        format!("no such file {}", cert.display()),
+                    );
                 }
                 if !key.is_file() {
-                    rep.at(cfg, t.key.span(), "server.tls.key", format!("no such file {}", key.display()));
+                    rep.at(
+                        cfg,
+                        t.key.span(),
+                        "server.tls.key",
+                        format!("no such file {}", key.display()),
+                    );
                 }
-                tls.push(TlsListen { addr: t.listen.get_ref().clone(), cert, key, h2: t.h2 });
+                tls.push(TlsListen {
+                    addr: t.listen.get_ref().clone(),
+                    cert,
+                    key,
+                    h2: t.h2,
+                });
             }
             if s.listen.is_empty() && s.tls.is_empty() {
-                rep.file(&rep.sources[cfg].path.clone(), "server.listen", "no listen address");
+                rep.file(
+                    &rep.sources[cfg].path.clone(),
+                    "server.listen",
+                    "no listen address",
+                );
             }
             if let Some(t) = &s.threads {
                 if *t.get_ref() == 0 || *t.get_ref() > 1024 {
-                    rep.at(cfg, t.span(), "server.threads", "must be between 1 and 1024");
+                    rep.at(
+                        cfg,
+                        t.span(),
+                        "server.threads",
+                        "must be between 1 and 1024",
+                    );
                 }
                 threads = *t.get_ref();
             }
@@ -101,12 +139,25 @@ pub fn compile(p: &Parsed, rep: &mut Reporter, generation: u64, previous: Option
         }
     }
     for a in &g.assets {
-        let Some(net) = registry.network(a.network.get_ref()).map(|n| n.caip2.clone()) else {
-            rep.at(cfg, a.network.span(), "assets.network", format!("unknown network `{}`", a.network.get_ref()));
+        let Some(net) = registry
+            .network(a.network.get_ref())
+            .map(|n| n.caip2.clone())
+        else {
+            rep.at(
+                cfg,
+                a.network.span(),
+                "assets.network",
+                format!("unknown network `{}`", a.network.get_ref()),
+            );
             continue;
         };
         if *a.decimals.get_ref() > 36 {
-            rep.at(cfg, a.decimals.span(), "assets.decimals", "must be at most 36");
+            rep.at(
+                cfg,
+                a.decimals.span(),
+                "assets.decimals",
+                "must be at most 36",
+            );
             continue;
         }
         let asset = Asset {
@@ -129,29 +180,55 @@ pub fn compile(p: &Parsed, rep: &mut Reporter, generation: u64, previous: Option
 
     // Payment defaults.
     let pay = &g.payment;
-    let default_pay_to = pay.pay_to.as_ref().and_then(|p| checked_address(rep, cfg, p, "payment.pay_to"));
+    let default_pay_to = pay
+        .pay_to
+        .as_ref()
+        .and_then(|p| checked_address(rep, cfg, p, "payment.pay_to"));
     let mut default_networks = Vec::new();
     for n in &pay.networks {
         match registry.network(n.get_ref()) {
             Some(net) => default_networks.push(Spanned::new(n.span(), net.caip2.clone())),
-            None => rep.at(cfg, n.span(), "payment.networks", format!("unknown network `{}`", n.get_ref())),
+            None => rep.at(
+                cfg,
+                n.span(),
+                "payment.networks",
+                format!("unknown network `{}`", n.get_ref()),
+            ),
         }
     }
-    check_timeout(rep, cfg, &pay.max_timeout_seconds, "payment.max_timeout_seconds");
+    check_timeout(
+        rep,
+        cfg,
+        &pay.max_timeout_seconds,
+        "payment.max_timeout_seconds",
+    );
     let public_base_url = pay.public_base_url.as_ref().and_then(|u| {
         let s = u.get_ref().trim_end_matches('/');
         match s.parse::<http::Uri>() {
-            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() && uri.query().is_none() => {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.authority().is_some()
+                    && uri.query().is_none() =>
+            {
                 Some(s.to_owned())
             }
             _ => {
-                rep.at(cfg, u.span(), "payment.public_base_url", "must be an http(s) URL such as https://example.com");
+                rep.at(
+                    cfg,
+                    u.span(),
+                    "payment.public_base_url",
+                    "must be an http(s) URL such as https://example.com",
+                );
                 None
             }
         }
     });
     if pay.max_header_bytes < 1024 || pay.max_header_bytes > 64 * 1024 {
-        rep.file(&rep.sources[cfg].path.clone(), "payment.max_header_bytes", "must be between 1024 and 65536");
+        rep.file(
+            &rep.sources[cfg].path.clone(),
+            "payment.max_header_bytes",
+            "must be between 1024 and 65536",
+        );
     }
 
     // Upstreams.
@@ -171,15 +248,27 @@ pub fn compile(p: &Parsed, rep: &mut Reporter, generation: u64, previous: Option
         ([one], _) => *one,
         ([], 1) => 0,
         ([], 0) => {
-            rep.file(&rep.sources[cfg].path.clone(), "upstreams", "at least one upstream is required");
+            rep.file(
+                &rep.sources[cfg].path.clone(),
+                "upstreams",
+                "at least one upstream is required",
+            );
             0
         }
         ([], _) => {
-            rep.file(&rep.sources[cfg].path.clone(), "upstreams", "several upstreams: mark one with `default = true`");
+            rep.file(
+                &rep.sources[cfg].path.clone(),
+                "upstreams",
+                "several upstreams: mark one with `default = true`",
+            );
             0
         }
         (_, _) => {
-            rep.file(&rep.sources[cfg].path.clone(), "upstreams", "only one upstream may have `default = true`");
+            rep.file(
+                &rep.sources[cfg].path.clone(),
+                "upstreams",
+                "only one upstream may have `default = true`",
+            );
             0
         }
     };
@@ -190,28 +279,57 @@ pub fn compile(p: &Parsed, rep: &mut Reporter, generation: u64, previous: Option
     for f in &g.facilitators {
         if let Some(prev) = fac_names.insert(f.name.get_ref().clone(), f.name.span()) {
             let at = rep.where_is(cfg, prev);
-            rep.at(cfg, f.name.span(), "facilitators.name", format!("duplicate name, first at {at}"));
+            rep.at(
+                cfg,
+                f.name.span(),
+                "facilitators.name",
+                format!("duplicate name, first at {at}"),
+            );
         }
         let url = f.url.get_ref().trim_end_matches('/').to_owned();
         match url.parse::<http::Uri>() {
-            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {}
-            _ => rep.at(cfg, f.url.span(), "facilitators.url", "must be an http(s) URL"),
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.authority().is_some() => {}
+            _ => rep.at(
+                cfg,
+                f.url.span(),
+                "facilitators.url",
+                "must be an http(s) URL",
+            ),
         }
         let mut nets = Vec::new();
         for n in &f.networks {
             match registry.network(n.get_ref()) {
                 Some(net) => nets.push(net.caip2.clone()),
-                None => rep.at(cfg, n.span(), "facilitators.networks", format!("unknown network `{}`", n.get_ref())),
+                None => rep.at(
+                    cfg,
+                    n.span(),
+                    "facilitators.networks",
+                    format!("unknown network `{}`", n.get_ref()),
+                ),
             }
         }
         let mut headers = Vec::new();
         for (k, v) in &f.headers {
             if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
-                rep.at(cfg, v.span(), format!("facilitators.headers.{k}"), "not a valid header name");
+                rep.at(
+                    cfg,
+                    v.span(),
+                    format!("facilitators.headers.{k}"),
+                    "not a valid header name",
+                );
             }
             match env::expand(v.get_ref()) {
-                Ok(s) if http::HeaderValue::from_str(s.expose()).is_ok() => headers.push((k.clone(), s)),
-                Ok(_) => rep.at(cfg, v.span(), format!("facilitators.headers.{k}"), "value is not a valid header value"),
+                Ok(s) if http::HeaderValue::from_str(s.expose()).is_ok() => {
+                    headers.push((k.clone(), s))
+                }
+                Ok(_) => rep.at(
+                    cfg,
+                    v.span(),
+                    format!("facilitators.headers.{k}"),
+                    "value is not a valid header value",
+                ),
                 Err(e) => rep.at(cfg, v.span(), format!("facilitators.headers.{k}"), e),
             }
         }
@@ -243,11 +361,25 @@ pub fn compile(p: &Parsed, rep: &mut Reporter, generation: u64, previous: Option
     for pr in &p.rules {
         let id = pr.def.id.get_ref();
         let here = rep.where_is(pr.src, pr.def.id.span());
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
-            rep.at(pr.src, pr.def.id.span(), "rule.id", "must be non-empty letters, digits, '-', '_' or '.'");
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            rep.at(
+                pr.src,
+                pr.def.id.span(),
+                "rule.id",
+                "must be non-empty letters, digits, '-', '_' or '.'",
+            );
         }
         if let Some(first) = ids.insert(id.clone(), here.clone()) {
-            rep.at(pr.src, pr.def.id.span(), "rule.id", format!("duplicate rule id `{id}`, first at {first}"));
+            rep.at(
+                pr.src,
+                pr.def.id.span(),
+                "rule.id",
+                format!("duplicate rule id `{id}`, first at {first}"),
+            );
         }
         if let Some((rule, route)) = compile_rule(rep, &ctx, pr, here) {
             rules.push(rule);
@@ -319,20 +451,40 @@ pub fn compile(p: &Parsed, rep: &mut Reporter, generation: u64, previous: Option
 
 fn check_addr(rep: &mut Reporter, src: usize, addr: &Spanned<String>, field: &str) {
     if addr.get_ref().parse::<std::net::SocketAddr>().is_err() {
-        rep.at(src, addr.span(), field, format!("`{}` is not an IP:port address", addr.get_ref()));
+        rep.at(
+            src,
+            addr.span(),
+            field,
+            format!("`{}` is not an IP:port address", addr.get_ref()),
+        );
     }
 }
 
 fn check_timeout(rep: &mut Reporter, src: usize, t: &Spanned<u64>, field: &str) {
     if *t.get_ref() == 0 || *t.get_ref() > MAX_TIMEOUT_LIMIT {
-        rep.at(src, t.span(), field, format!("must be between 1 and {MAX_TIMEOUT_LIMIT}"));
+        rep.at(
+            src,
+            t.span(),
+            field,
+            format!("must be between 1 and {MAX_TIMEOUT_LIMIT}"),
+        );
     }
 }
 
-fn checked_address(rep: &mut Reporter, src: usize, a: &Spanned<String>, field: &str) -> Option<String> {
+fn checked_address(
+    rep: &mut Reporter,
+    src: usize,
+    a: &Spanned<String>,
+    field: &str,
+) -> Option<String> {
     let c = networks::checksum_address(a.get_ref());
     if c.is_none() {
-        rep.at(src, a.span(), field, format!("`{}` is not a 0x-prefixed 20-byte address", a.get_ref()));
+        rep.at(
+            src,
+            a.span(),
+            field,
+            format!("`{}` is not a 0x-prefixed 20-byte address", a.get_ref()),
+        );
     }
     c
 }
@@ -362,11 +514,24 @@ fn build_pool(
 ) -> Option<Arc<UpstreamPool>> {
     let field = format!("upstreams.{name}");
     let sec = u.get_ref();
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')) {
-        rep.at(src, u.span(), &field, "upstream names use letters, digits, '-' and '_'");
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+    {
+        rep.at(
+            src,
+            u.span(),
+            &field,
+            "upstream names use letters, digits, '-' and '_'",
+        );
     }
     if sec.peers.get_ref().is_empty() {
-        rep.at(src, sec.peers.span(), format!("{field}.peers"), "needs at least one peer");
+        rep.at(
+            src,
+            sec.peers.span(),
+            format!("{field}.peers"),
+            "needs at least one peer",
+        );
         return None;
     }
     let mut ok = true;
@@ -375,18 +540,33 @@ fn build_pool(
         match p.get_ref().to_socket_addrs().map(|mut a| a.next()) {
             Ok(Some(_)) => peers.push(p.get_ref().clone()),
             Ok(None) => {
-                rep.at(src, p.span(), format!("{field}.peers"), format!("`{}` resolves to no address", p.get_ref()));
+                rep.at(
+                    src,
+                    p.span(),
+                    format!("{field}.peers"),
+                    format!("`{}` resolves to no address", p.get_ref()),
+                );
                 ok = false;
             }
             Err(e) => {
-                rep.at(src, p.span(), format!("{field}.peers"), format!("`{}` is not host:port ({e})", p.get_ref()));
+                rep.at(
+                    src,
+                    p.span(),
+                    format!("{field}.peers"),
+                    format!("`{}` is not host:port ({e})", p.get_ref()),
+                );
                 ok = false;
             }
         }
     }
     if let Some(h) = &sec.host {
         if http::HeaderValue::from_str(h.get_ref()).is_err() || h.get_ref().is_empty() {
-            rep.at(src, h.span(), format!("{field}.host"), "not a valid Host header value");
+            rep.at(
+                src,
+                h.span(),
+                format!("{field}.host"),
+                "not a valid Host header value",
+            );
             ok = false;
         }
     }
@@ -394,13 +574,23 @@ fn build_pool(
         return None;
     }
     let fp = fingerprint(sec);
-    if let Some(prev) = previous.and_then(|s| s.upstreams.iter().find(|p| p.name == name && p.fingerprint == fp)) {
+    if let Some(prev) = previous.and_then(|s| {
+        s.upstreams
+            .iter()
+            .find(|p| p.name == name && p.fingerprint == fp)
+    }) {
         return Some(prev.clone());
     }
-    let sni = sec.sni.as_ref().map(|s| s.get_ref().clone()).unwrap_or_else(|| {
-        let first = &peers[0];
-        first.rsplit_once(':').map_or(first.clone(), |(h, _)| h.trim_matches(['[', ']']).to_string())
-    });
+    let sni = sec
+        .sni
+        .as_ref()
+        .map(|s| s.get_ref().clone())
+        .unwrap_or_else(|| {
+            let first = &peers[0];
+            first.rsplit_once(':').map_or(first.clone(), |(h, _)| {
+                h.trim_matches(['[', ']']).to_string()
+            })
+        });
     let mut lb = match LoadBalancer::<RoundRobin>::try_from_iter(peers.iter().map(String::as_str)) {
         Ok(lb) => lb,
         Err(e) => {
@@ -439,7 +629,12 @@ fn build_pool(
                         check.req = req;
                     }
                     Err(_) => {
-                        rep.at(src, u.span(), format!("{field}.health_check.path"), "not a valid request path");
+                        rep.at(
+                            src,
+                            u.span(),
+                            format!("{field}.health_check.path"),
+                            "not a valid request path",
+                        );
                         return None;
                     }
                 }
@@ -524,7 +719,12 @@ fn parse_price(rep: &mut Reporter, src: usize, v: &Spanned<toml::Value>) -> Opti
     }
 }
 
-fn compile_rule(rep: &mut Reporter, ctx: &RuleCtx<'_>, pr: &ParsedRule, here: String) -> Option<(Rule, Route)> {
+fn compile_rule(
+    rep: &mut Reporter,
+    ctx: &RuleCtx<'_>,
+    pr: &ParsedRule,
+    here: String,
+) -> Option<(Rule, Route)> {
     let src = pr.src;
     let d: &RuleDef = &pr.def;
     let issues_before = rep.issues.len();
@@ -538,25 +738,50 @@ fn compile_rule(rep: &mut Reporter, ctx: &RuleCtx<'_>, pr: &ParsedRule, here: St
     };
     let (path_text, path) = match (&d.path, &d.prefix) {
         (Some(_), Some(p)) => {
-            rep.at(src, p.span(), "rule.prefix", "give either `path` or `prefix`, not both");
+            rep.at(
+                src,
+                p.span(),
+                "rule.prefix",
+                "give either `path` or `prefix`, not both",
+            );
             (String::new(), None)
         }
-        (Some(p), None) => (p.get_ref().clone(), PathPattern::glob(p.get_ref(), ctx.case_sensitive).map_err(|e| rep.at(src, p.span(), "rule.path", e)).ok()),
+        (Some(p), None) => (
+            p.get_ref().clone(),
+            PathPattern::glob(p.get_ref(), ctx.case_sensitive)
+                .map_err(|e| rep.at(src, p.span(), "rule.path", e))
+                .ok(),
+        ),
         (None, Some(p)) => (
             format!("{}**", p.get_ref().trim_end_matches('/').to_owned() + "/"),
-            PathPattern::prefix(p.get_ref(), ctx.case_sensitive).map_err(|e| rep.at(src, p.span(), "rule.prefix", e)).ok(),
+            PathPattern::prefix(p.get_ref(), ctx.case_sensitive)
+                .map_err(|e| rep.at(src, p.span(), "rule.prefix", e))
+                .ok(),
         ),
-        (None, None) => ("/**".into(), PathPattern::glob("/**", ctx.case_sensitive).ok()),
+        (None, None) => (
+            "/**".into(),
+            PathPattern::glob("/**", ctx.case_sensitive).ok(),
+        ),
     };
     let mut methods = 0u16;
     if let Some(ms) = &d.methods {
         if ms.get_ref().is_empty() {
-            rep.at(src, ms.span(), "rule.methods", "empty list; leave `methods` out to match every method");
+            rep.at(
+                src,
+                ms.span(),
+                "rule.methods",
+                "empty list; leave `methods` out to match every method",
+            );
         }
         for m in ms.get_ref() {
             match Methods::parse(m) {
                 Some(b) => methods |= b,
-                None => rep.at(src, ms.span(), "rule.methods", format!("unknown method `{m}`")),
+                None => rep.at(
+                    src,
+                    ms.span(),
+                    "rule.methods",
+                    format!("unknown method `{m}`"),
+                ),
             }
         }
     }
@@ -564,7 +789,12 @@ fn compile_rule(rep: &mut Reporter, ctx: &RuleCtx<'_>, pr: &ParsedRule, here: St
         Some(u) => match ctx.upstream_index.get(u.get_ref()) {
             Some(&i) => i,
             None => {
-                rep.at(src, u.span(), "rule.upstream", format!("unknown upstream `{}`", u.get_ref()));
+                rep.at(
+                    src,
+                    u.span(),
+                    "rule.upstream",
+                    format!("unknown upstream `{}`", u.get_ref()),
+                );
                 0
             }
         },
@@ -578,13 +808,22 @@ fn compile_rule(rep: &mut Reporter, ctx: &RuleCtx<'_>, pr: &ParsedRule, here: St
         None => ctx.default_timeout,
     };
 
-    let price = d.price.as_ref().and_then(|p| parse_price(rep, src, p).map(|s| (s, p.span())));
+    let price = d
+        .price
+        .as_ref()
+        .and_then(|p| parse_price(rep, src, p).map(|s| (s, p.span())));
     let action_def = d.action.as_ref().map(|a| (*a.get_ref(), a.span()));
     let action = match (action_def, price) {
         (Some((ActionDef::Block, _)), None) => RuleAction::Block,
-        (Some((ActionDef::Free, _)), None) | (Some((ActionDef::Free, _)), Some((PriceSpec::Zero, _))) => RuleAction::Free,
+        (Some((ActionDef::Free, _)), None)
+        | (Some((ActionDef::Free, _)), Some((PriceSpec::Zero, _))) => RuleAction::Free,
         (Some((ActionDef::Block | ActionDef::Free, span)), Some(_)) => {
-            rep.at(src, span, "rule.action", "a `free` or `block` rule takes no price");
+            rep.at(
+                src,
+                span,
+                "rule.action",
+                "a `free` or `block` rule takes no price",
+            );
             RuleAction::Free
         }
         (Some((ActionDef::Pay, span)), None) => {
@@ -593,7 +832,12 @@ fn compile_rule(rep: &mut Reporter, ctx: &RuleCtx<'_>, pr: &ParsedRule, here: St
         }
         (None, None) => {
             if d.price.is_none() {
-                rep.at(src, d.id.span(), "rule.price", "give a `price`, or `action = \"free\"` / `\"block\"`");
+                rep.at(
+                    src,
+                    d.id.span(),
+                    "rule.price",
+                    "give a `price`, or `action = \"free\"` / `\"block\"`",
+                );
             }
             RuleAction::Free
         }
@@ -611,7 +855,11 @@ fn compile_rule(rep: &mut Reporter, ctx: &RuleCtx<'_>, pr: &ParsedRule, here: St
         return None;
     }
     let path = path?;
-    let route = Route { host: host.clone(), methods: Methods(methods), path };
+    let route = Route {
+        host: host.clone(),
+        methods: Methods(methods),
+        path,
+    };
     let rule = Rule {
         id: d.id.get_ref().clone(),
         origin: here,
@@ -619,7 +867,10 @@ fn compile_rule(rep: &mut Reporter, ctx: &RuleCtx<'_>, pr: &ParsedRule, here: St
         upstream,
         settlement: d.settlement.unwrap_or(ctx.default_settlement),
         methods: Methods(methods),
-        host: d.host.as_ref().map_or_else(|| "*".into(), |h| h.get_ref().clone()),
+        host: d
+            .host
+            .as_ref()
+            .map_or_else(|| "*".into(), |h| h.get_ref().clone()),
         path: path_text,
     };
     Some((rule, route))
@@ -640,7 +891,12 @@ fn build_offers(
         None => match ctx.default_pay_to {
             Some(p) => p.to_owned(),
             None => {
-                rep.at(src, d.id.span(), "rule.pay_to", "priced rule needs `pay_to` here or in `[payment]`");
+                rep.at(
+                    src,
+                    d.id.span(),
+                    "rule.pay_to",
+                    "priced rule needs `pay_to` here or in `[payment]`",
+                );
                 return None;
             }
         },
@@ -651,22 +907,38 @@ fn build_offers(
             for n in list {
                 match ctx.registry.network(n.get_ref()) {
                     Some(net) => nets.push((net.caip2.clone(), n.span())),
-                    None => rep.at(src, n.span(), "rule.networks", format!("unknown network `{}`", n.get_ref())),
+                    None => rep.at(
+                        src,
+                        n.span(),
+                        "rule.networks",
+                        format!("unknown network `{}`", n.get_ref()),
+                    ),
                 }
             }
         }
-        None => nets.extend(ctx.default_networks.iter().map(|n| (n.get_ref().clone(), price_span.clone()))),
+        None => nets.extend(
+            ctx.default_networks
+                .iter()
+                .map(|n| (n.get_ref().clone(), price_span.clone())),
+        ),
     }
     let mut offers = Vec::new();
     match spec {
         PriceSpec::Zero => {}
         PriceSpec::Usd(usd) => {
             if nets.is_empty() {
-                rep.at(src, price_span, "rule.networks", "no networks to offer: set `networks` here or in `[payment]`");
+                rep.at(
+                    src,
+                    price_span,
+                    "rule.networks",
+                    "no networks to offer: set `networks` here or in `[payment]`",
+                );
                 return None;
             }
             for (caip2, span) in nets {
-                let Some(net) = ctx.registry.network(&caip2) else { continue };
+                let Some(net) = ctx.registry.network(&caip2) else {
+                    continue;
+                };
                 let Some(asset) = net.usd_asset.clone() else {
                     rep.at(
                         src,
@@ -677,7 +949,13 @@ fn build_offers(
                     continue;
                 };
                 match price::usd_to_atomic(usd, asset.decimals) {
-                    Ok(amount) => offers.push(Offer::exact(asset, net.v1_name.clone(), amount, &pay_to, timeout)),
+                    Ok(amount) => offers.push(Offer::exact(
+                        asset,
+                        net.v1_name.clone(),
+                        amount,
+                        &pay_to,
+                        timeout,
+                    )),
                     Err(e) => rep.at(src, price_span.clone(), "rule.price", e),
                 }
             }
@@ -689,21 +967,39 @@ fn build_offers(
                 } else {
                     nets.iter().map(|n| n.0.clone()).collect()
                 };
-                candidates.iter().find_map(|n| ctx.registry.asset(n, &asset_ref))
+                candidates
+                    .iter()
+                    .find_map(|n| ctx.registry.asset(n, &asset_ref))
             } else if asset_ref == "usdc" {
                 nets.first().and_then(|n| ctx.registry.asset(&n.0, "usdc"))
             } else {
                 ctx.registry.asset_by_id(&asset_ref)
             };
             let Some(asset) = asset else {
-                rep.at(src, price_span, "rule.price", format!("unknown asset `{asset_ref}` (declare it under `[[assets]]`)"));
+                rep.at(
+                    src,
+                    price_span,
+                    "rule.price",
+                    format!("unknown asset `{asset_ref}` (declare it under `[[assets]]`)"),
+                );
                 return None;
             };
             if !nets.is_empty() && !nets.iter().any(|n| n.0 == asset.network) {
-                rep.at(src, price_span, "rule.price", format!("asset `{asset_ref}` is on {}, which this rule does not offer", asset.network));
+                rep.at(
+                    src,
+                    price_span,
+                    "rule.price",
+                    format!(
+                        "asset `{asset_ref}` is on {}, which this rule does not offer",
+                        asset.network
+                    ),
+                );
                 return None;
             }
-            let v1 = ctx.registry.network(&asset.network).and_then(|n| n.v1_name.clone());
+            let v1 = ctx
+                .registry
+                .network(&asset.network)
+                .and_then(|n| n.v1_name.clone());
             offers.push(Offer::exact(asset, v1, amount, &pay_to, timeout));
         }
     }

@@ -69,10 +69,18 @@ impl FacilitatorClient {
         FacilitatorClient { http, metrics }
     }
 
-    async fn call(&self, fac: &FacilitatorConf, op: &'static str, body: Option<Vec<u8>>) -> Result<(u16, Vec<u8>), FacilitatorError> {
+    async fn call(
+        &self,
+        fac: &FacilitatorConf,
+        op: &'static str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Vec<u8>), FacilitatorError> {
         let url = format!("{}/{op}", fac.url);
         let mut req = match &body {
-            Some(_) => self.http.post(&url).header("content-type", "application/json"),
+            Some(_) => self
+                .http
+                .post(&url)
+                .header("content-type", "application/json"),
             None => self.http.get(&url),
         };
         for (k, v) in &fac.headers {
@@ -90,31 +98,54 @@ impl FacilitatorClient {
         }
         .await;
         let labels = [fac.name.as_str(), op];
-        self.metrics.facilitator_latency.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .facilitator_latency
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
-            self.metrics.facilitator_errors.with_label_values(&[fac.name.as_str(), op, e.kind()]).inc();
+            self.metrics
+                .facilitator_errors
+                .with_label_values(&[fac.name.as_str(), op, e.kind()])
+                .inc();
         }
         result
     }
 
     /// `POST /verify`.
-    pub async fn verify(&self, fac: &FacilitatorConf, body: Vec<u8>) -> Result<VerifyResponse, FacilitatorError> {
+    pub async fn verify(
+        &self,
+        fac: &FacilitatorConf,
+        body: Vec<u8>,
+    ) -> Result<VerifyResponse, FacilitatorError> {
         let (status, bytes) = self.call(fac, "verify", Some(body)).await?;
         parse_verify(status, &bytes).inspect_err(|e| {
-            self.metrics.facilitator_errors.with_label_values(&[fac.name.as_str(), "verify", e.kind()]).inc();
+            self.metrics
+                .facilitator_errors
+                .with_label_values(&[fac.name.as_str(), "verify", e.kind()])
+                .inc();
         })
     }
 
     /// `POST /settle`.
-    pub async fn settle(&self, fac: &FacilitatorConf, body: Vec<u8>) -> Result<SettleResponse, FacilitatorError> {
+    pub async fn settle(
+        &self,
+        fac: &FacilitatorConf,
+        body: Vec<u8>,
+    ) -> Result<SettleResponse, FacilitatorError> {
         let (status, bytes) = self.call(fac, "settle", Some(body)).await?;
         parse_settle(status, &bytes).inspect_err(|e| {
-            self.metrics.facilitator_errors.with_label_values(&[fac.name.as_str(), "settle", e.kind()]).inc();
+            self.metrics
+                .facilitator_errors
+                .with_label_values(&[fac.name.as_str(), "settle", e.kind()])
+                .inc();
         })
     }
 
     /// `GET /supported`, raw JSON.
-    pub async fn supported(&self, fac: &FacilitatorConf) -> Result<serde_json::Value, FacilitatorError> {
+    pub async fn supported(
+        &self,
+        fac: &FacilitatorConf,
+    ) -> Result<serde_json::Value, FacilitatorError> {
         let (status, bytes) = self.call(fac, "supported", None).await?;
         if !(200..300).contains(&status) {
             return Err(FacilitatorError::BadResponse { status });
@@ -136,11 +167,13 @@ fn classify(e: reqwest::Error) -> FacilitatorError {
 
 /// Parses a `/verify` answer: a JSON object with an `isValid` key, whatever the status.
 pub fn parse_verify(status: u16, body: &[u8]) -> Result<VerifyResponse, FacilitatorError> {
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| FacilitatorError::BadResponse { status })?;
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| FacilitatorError::BadResponse { status })?;
     if !v.get("isValid").is_some_and(|x| x.is_boolean()) {
         return Err(FacilitatorError::BadResponse { status });
     }
-    let r: VerifyResponse = serde_json::from_value(v).map_err(|_| FacilitatorError::BadResponse { status })?;
+    let r: VerifyResponse =
+        serde_json::from_value(v).map_err(|_| FacilitatorError::BadResponse { status })?;
     if r.valid() && !(200..300).contains(&status) {
         // A success flag on an error status is not a success.
         return Err(FacilitatorError::BadResponse { status });
@@ -150,11 +183,13 @@ pub fn parse_verify(status: u16, body: &[u8]) -> Result<VerifyResponse, Facilita
 
 /// Parses a `/settle` answer: a JSON object with a `success` key, whatever the status.
 pub fn parse_settle(status: u16, body: &[u8]) -> Result<SettleResponse, FacilitatorError> {
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| FacilitatorError::BadResponse { status })?;
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| FacilitatorError::BadResponse { status })?;
     if v.get("success").is_none() {
         return Err(FacilitatorError::BadResponse { status });
     }
-    let mut r: SettleResponse = serde_json::from_value(v).map_err(|_| FacilitatorError::BadResponse { status })?;
+    let mut r: SettleResponse =
+        serde_json::from_value(v).map_err(|_| FacilitatorError::BadResponse { status })?;
     if r.succeeded() && (!(200..300).contains(&status) || r.transaction.is_empty()) {
         // Claimed success without a transaction or on an error status: the outcome is unknown.
         r.success = serde_json::Value::Null;
@@ -170,13 +205,30 @@ mod tests {
     fn only_literal_true_counts() {
         assert!(parse_verify(200, br#"{"isValid":true,"payer":"0x1"}"#).is_ok_and(|r| r.valid()));
         assert!(parse_verify(200, br#"{"isValid":"true"}"#).is_err());
-        assert!(parse_verify(400, br#"{"isValid":false,"invalidReason":"insufficient_funds"}"#)
-            .is_ok_and(|r| !r.valid() && r.invalid_reason.as_deref() == Some("insufficient_funds")));
+        assert!(
+            parse_verify(
+                400,
+                br#"{"isValid":false,"invalidReason":"insufficient_funds"}"#
+            )
+            .is_ok_and(|r| !r.valid() && r.invalid_reason.as_deref() == Some("insufficient_funds"))
+        );
         assert!(parse_verify(500, br#"{"isValid":true}"#).is_err());
         assert!(parse_verify(200, b"garbage").is_err());
-        assert!(parse_settle(200, br#"{"success":true,"transaction":"0xab","network":"n"}"#).is_ok_and(|r| r.succeeded()));
-        assert!(parse_settle(200, br#"{"success":"true","transaction":"0xab"}"#).is_ok_and(|r| !r.succeeded()));
-        assert!(parse_settle(200, br#"{"success":true,"transaction":""}"#).is_ok_and(|r| !r.succeeded()));
+        assert!(
+            parse_settle(
+                200,
+                br#"{"success":true,"transaction":"0xab","network":"n"}"#
+            )
+            .is_ok_and(|r| r.succeeded())
+        );
+        assert!(
+            parse_settle(200, br#"{"success":"true","transaction":"0xab"}"#)
+                .is_ok_and(|r| !r.succeeded())
+        );
+        assert!(
+            parse_settle(200, br#"{"success":true,"transaction":""}"#)
+                .is_ok_and(|r| !r.succeeded())
+        );
         assert!(parse_settle(200, br#"{"ok":1}"#).is_err());
     }
 }

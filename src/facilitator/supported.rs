@@ -49,14 +49,23 @@ impl SupportedCache {
 
     /// Whether a facilitator may be asked about (version, scheme, network). A facilitator whose
     /// `/supported` is not known yet is tried rather than skipped.
-    pub fn allows(&self, fac: &FacilitatorConf, version: u8, scheme: &str, network: &str, v1_name: Option<&str>) -> bool {
+    pub fn allows(
+        &self,
+        fac: &FacilitatorConf,
+        version: u8,
+        scheme: &str,
+        network: &str,
+        v1_name: Option<&str>,
+    ) -> bool {
         if !fac.networks.is_empty() && !fac.networks.iter().any(|n| n == network) {
             return false;
         }
         match self.kinds.load().get(&fac.name) {
             None => true,
             Some(kinds) => kinds.iter().any(|k| {
-                k.version == version && k.scheme == scheme && (k.network == network || Some(k.network.as_str()) == v1_name)
+                k.version == version
+                    && k.scheme == scheme
+                    && (k.network == network || Some(k.network.as_str()) == v1_name)
             }),
         }
     }
@@ -70,7 +79,10 @@ impl SupportedCache {
         network: &str,
         v1_name: Option<&str>,
     ) -> Vec<&'a FacilitatorConf> {
-        snap.facilitators.iter().filter(|f| self.allows(f, version, scheme, network, v1_name)).collect()
+        snap.facilitators
+            .iter()
+            .filter(|f| self.allows(f, version, scheme, network, v1_name))
+            .collect()
     }
 
     /// Priced networks that no facilitator can serve, as `rule: network` strings.
@@ -80,8 +92,12 @@ impl SupportedCache {
             if let crate::snapshot::RuleAction::Pay(p) = &rule.action {
                 for o in &p.offers {
                     let n = &o.requirements.network;
-                    let any = self.candidates(snap, 2, "exact", n, o.v1_network.as_deref()).len()
-                        + self.candidates(snap, 1, "exact", n, o.v1_network.as_deref()).len();
+                    let any = self
+                        .candidates(snap, 2, "exact", n, o.v1_network.as_deref())
+                        .len()
+                        + self
+                            .candidates(snap, 1, "exact", n, o.v1_network.as_deref())
+                            .len();
                     if any == 0 {
                         out.push(format!("{}: {n}", rule.id));
                     }

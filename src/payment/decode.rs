@@ -27,8 +27,14 @@ pub fn find(headers: &HeaderMap) -> Result<Option<Found<'_>>, PaymentError> {
         return Err(PaymentError::MultipleHeaders);
     }
     Ok(match (a, b) {
-        (Some(v), None) => Some(Found { version: 2, value: v.as_bytes() }),
-        (None, Some(v)) => Some(Found { version: 1, value: v.as_bytes() }),
+        (Some(v), None) => Some(Found {
+            version: 2,
+            value: v.as_bytes(),
+        }),
+        (None, Some(v)) => Some(Found {
+            version: 1,
+            value: v.as_bytes(),
+        }),
         _ => None,
     })
 }
@@ -58,14 +64,19 @@ pub fn accepted_matches(accepted: &RequirementsV2, ours: &RequirementsV2) -> boo
         && addr_eq(&accepted.asset, &ours.asset)
         && addr_eq(&accepted.pay_to, &ours.pay_to)
         && accepted.max_timeout_seconds == ours.max_timeout_seconds
-        && ours.extra.iter().all(|(k, v)| accepted.extra.get(k) == Some(v))
+        && ours
+            .extra
+            .iter()
+            .all(|(k, v)| accepted.extra.get(k) == Some(v))
 }
 
 /// Decodes a payment header and matches it to an offer of `priced`.
 pub fn decode(found: Found<'_>, priced: &Priced, limit: usize) -> Result<Decoded, PaymentError> {
     let raw_bytes = codec::decode(found.value, limit).map_err(PaymentError::Decode)?;
-    let raw = String::from_utf8(raw_bytes).map_err(|_| PaymentError::Payload("payload is not UTF-8".into()))?;
-    let json: Value = serde_json::from_str(&raw).map_err(|e| PaymentError::Payload(e.to_string()))?;
+    let raw = String::from_utf8(raw_bytes)
+        .map_err(|_| PaymentError::Payload("payload is not UTF-8".into()))?;
+    let json: Value =
+        serde_json::from_str(&raw).map_err(|e| PaymentError::Payload(e.to_string()))?;
     let Some(obj) = json.as_object() else {
         return Err(PaymentError::Payload("payload is not a JSON object".into()));
     };
@@ -75,12 +86,21 @@ pub fn decode(found: Found<'_>, priced: &Priced, limit: usize) -> Result<Decoded
         None => return Err(PaymentError::Payload("missing x402Version".into())),
     }
     if found.version == 2 {
-        let p: PaymentPayloadV2 = serde_json::from_str(&raw).map_err(|e| PaymentError::Payload(e.to_string()))?;
+        let p: PaymentPayloadV2 =
+            serde_json::from_str(&raw).map_err(|e| PaymentError::Payload(e.to_string()))?;
         let a = &p.accepted;
-        if !priced.offers.iter().any(|o| o.requirements.scheme == a.scheme) {
+        if !priced
+            .offers
+            .iter()
+            .any(|o| o.requirements.scheme == a.scheme)
+        {
             return Err(PaymentError::UnsupportedScheme);
         }
-        if !priced.offers.iter().any(|o| o.requirements.scheme == a.scheme && o.requirements.network == a.network) {
+        if !priced
+            .offers
+            .iter()
+            .any(|o| o.requirements.scheme == a.scheme && o.requirements.network == a.network)
+        {
             return Err(PaymentError::InvalidNetwork);
         }
         let offer = priced
@@ -88,17 +108,35 @@ pub fn decode(found: Found<'_>, priced: &Priced, limit: usize) -> Result<Decoded
             .iter()
             .position(|o| accepted_matches(a, &o.requirements))
             .ok_or(PaymentError::NoMatch)?;
-        Ok(Decoded { version: 2, raw, payload: p.payload, offer })
+        Ok(Decoded {
+            version: 2,
+            raw,
+            payload: p.payload,
+            offer,
+        })
     } else {
-        let p: PaymentPayloadV1 = serde_json::from_str(&raw).map_err(|e| PaymentError::Payload(e.to_string()))?;
-        if !priced.offers.iter().any(|o| o.requirements.scheme == p.scheme) {
+        let p: PaymentPayloadV1 =
+            serde_json::from_str(&raw).map_err(|e| PaymentError::Payload(e.to_string()))?;
+        if !priced
+            .offers
+            .iter()
+            .any(|o| o.requirements.scheme == p.scheme)
+        {
             return Err(PaymentError::UnsupportedScheme);
         }
         let offer = priced
             .offers
             .iter()
-            .position(|o| o.requirements.scheme == p.scheme && o.v1_network.as_deref() == Some(p.network.as_str()))
+            .position(|o| {
+                o.requirements.scheme == p.scheme
+                    && o.v1_network.as_deref() == Some(p.network.as_str())
+            })
             .ok_or(PaymentError::InvalidNetwork)?;
-        Ok(Decoded { version: 1, raw, payload: p.payload, offer })
+        Ok(Decoded {
+            version: 1,
+            raw,
+            payload: p.payload,
+            offer,
+        })
     }
 }

@@ -87,11 +87,17 @@ impl Ledger {
         };
         let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        let mut guard = self.open.lock().map_err(|_| std::io::Error::other("ledger lock poisoned"))?;
+        let mut guard = self
+            .open
+            .lock()
+            .map_err(|_| std::io::Error::other("ledger lock poisoned"))?;
         if guard.as_ref().is_some_and(|o| &o.path != path) {
             *guard = None;
         }
-        if guard.as_ref().is_some_and(|o| o.size + line.len() as u64 > conf.max_bytes && o.size > 0) {
+        if guard
+            .as_ref()
+            .is_some_and(|o| o.size + line.len() as u64 > conf.max_bytes && o.size > 0)
+        {
             *guard = None;
             rotate(path, conf.keep)?;
         }
@@ -101,9 +107,15 @@ impl Ledger {
             }
             let file = OpenOptions::new().create(true).append(true).open(path)?;
             let size = file.metadata()?.len();
-            *guard = Some(Open { path: path.clone(), file, size });
+            *guard = Some(Open {
+                path: path.clone(),
+                file,
+                size,
+            });
         }
-        let open = guard.as_mut().ok_or_else(|| std::io::Error::other("ledger not open"))?;
+        let open = guard
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("ledger not open"))?;
         open.file.write_all(&line)?;
         open.file.flush()?;
         open.size += line.len() as u64;
@@ -119,7 +131,11 @@ mod tests {
     fn appends_and_rotates() {
         let dir = std::env::temp_dir().join(format!("x402-ledger-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let conf = LedgerConf { path: Some(dir.join("r.jsonl")), max_bytes: 600, keep: 2 };
+        let conf = LedgerConf {
+            path: Some(dir.join("r.jsonl")),
+            max_bytes: 600,
+            keep: 2,
+        };
         let l = Ledger::default();
         let e = LedgerEntry {
             time: now_rfc3339(),
@@ -140,7 +156,10 @@ mod tests {
             l.append(&conf, &e).expect("append");
         }
         let main = std::fs::read_to_string(dir.join("r.jsonl")).expect("main");
-        assert!(main.lines().all(|line| serde_json::from_str::<serde_json::Value>(line).is_ok()));
+        assert!(
+            main.lines()
+                .all(|line| serde_json::from_str::<serde_json::Value>(line).is_ok())
+        );
         assert!(dir.join("r.jsonl.1").exists());
         assert!(!dir.join("r.jsonl.3").exists());
         let _ = std::fs::remove_dir_all(&dir);

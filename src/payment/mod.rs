@@ -109,7 +109,12 @@ pub struct Rejection {
 
 impl From<PaymentError> for Rejection {
     fn from(error: PaymentError) -> Self {
-        Rejection { error, version: 2, payer: None, receipt: None }
+        Rejection {
+            error,
+            version: 2,
+            payer: None,
+            receipt: None,
+        }
     }
 }
 
@@ -146,8 +151,14 @@ pub struct Accepted {
 }
 
 /// Headers that tell the origin who paid. Clients cannot set them.
-const PAYER_HEADERS: [&str; 6] =
-    ["x-payment-payer", "x-payment-amount", "x-payment-asset", "x-payment-network", "x-payment-rule", "x-payment-transaction"];
+const PAYER_HEADERS: [&str; 6] = [
+    "x-payment-payer",
+    "x-payment-amount",
+    "x-payment-asset",
+    "x-payment-network",
+    "x-payment-rule",
+    "x-payment-transaction",
+];
 
 /// Removes client-supplied payer headers from a request bound for the origin.
 pub fn strip_payer_headers(req: &mut pingora::http::RequestHeader) {
@@ -157,7 +168,9 @@ pub fn strip_payer_headers(req: &mut pingora::http::RequestHeader) {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The receipt header value: base64 of the settle response JSON.
@@ -187,7 +200,10 @@ impl Payments {
             client: FacilitatorClient::new(metrics.clone()),
             supported: SupportedCache::default(),
             replay: ReplayGuard::default(),
-            verified: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(120)).build(),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(120))
+                .build(),
             ledger: Ledger::default(),
             metrics,
         }
@@ -199,7 +215,10 @@ impl Payments {
 
     fn reject(&self, r: Rejection) -> Rejection {
         if r.error != PaymentError::MissingPayment {
-            self.metrics.payments.with_label_values(&["rejected", r.error.reason()]).inc();
+            self.metrics
+                .payments
+                .with_label_values(&["rejected", r.error.reason()])
+                .inc();
         }
         r
     }
@@ -220,24 +239,43 @@ impl Payments {
             Err(e) => return Err(self.reject(e.into())),
         };
         let version = found.version;
-        let fail = |error: PaymentError, payer: Option<String>| Rejection { error, version, payer, receipt: None };
-        let decoded = decode::decode(found, priced, snap.payment.max_header_bytes).map_err(|e| self.reject(fail(e, None)))?;
+        let fail = |error: PaymentError, payer: Option<String>| Rejection {
+            error,
+            version,
+            payer,
+            receipt: None,
+        };
+        let decoded = decode::decode(found, priced, snap.payment.max_header_bytes)
+            .map_err(|e| self.reject(fail(e, None)))?;
         let offer = &priced.offers[decoded.offer];
         let req = &offer.requirements;
-        let chain_id = snap.registry.network(&req.network).map_or(0, |n| n.chain_id);
-        let token = req.asset.parse().map_err(|_| self.reject(fail(PaymentError::NoMatch, None)))?;
-        let domain = evm_exact::domain(&offer.asset.eip712_name, &offer.asset.eip712_version, chain_id, token);
+        let chain_id = snap
+            .registry
+            .network(&req.network)
+            .map_or(0, |n| n.chain_id);
+        let token = req
+            .asset
+            .parse()
+            .map_err(|_| self.reject(fail(PaymentError::NoMatch, None)))?;
+        let domain = evm_exact::domain(
+            &offer.asset.eip712_name,
+            &offer.asset.eip712_version,
+            chain_id,
+            token,
+        );
         let checked = evm_exact::check(&decoded.payload, req, &domain, unix_now())
             .map_err(|e| self.reject(fail(PaymentError::Exact(e), None)))?;
         let payer = checked.payer.clone();
         let key = ReplayKey::new(&req.network, &req.asset, &payer, &checked.nonce);
-        self.replay.reserve(&key, checked.valid_before).map_err(|r| {
-            let e = match r {
-                Refused::InFlight => PaymentError::InFlight,
-                Refused::AlreadyUsed => PaymentError::AlreadyUsed,
-            };
-            self.reject(fail(e, Some(payer.clone())))
-        })?;
+        self.replay
+            .reserve(&key, checked.valid_before)
+            .map_err(|r| {
+                let e = match r {
+                    Refused::InFlight => PaymentError::InFlight,
+                    Refused::AlreadyUsed => PaymentError::AlreadyUsed,
+                };
+                self.reject(fail(e, Some(payer.clone())))
+            })?;
         let body = match facilitator_body(version, &decoded.raw, offer, priced, url) {
             Ok(b) => b,
             Err(e) => {
@@ -271,7 +309,12 @@ impl Payments {
                 let error = self.settle_error(&accepted);
                 self.release_unless_unknown(&accepted);
                 let receipt = accepted.receipt.clone();
-                return Err(self.reject(Rejection { error, version, payer: Some(accepted.payer.clone()), receipt }));
+                return Err(self.reject(Rejection {
+                    error,
+                    version,
+                    payer: Some(accepted.payer.clone()),
+                    receipt,
+                }));
             }
         }
         Ok(accepted)
@@ -279,7 +322,13 @@ impl Payments {
 
     fn candidates<'a>(&self, snap: &'a Snapshot, a: &Accepted) -> Vec<&'a FacilitatorConf> {
         let r = &a.offer.requirements;
-        self.supported.candidates(snap, a.version, &r.scheme, &r.network, a.offer.v1_network.as_deref())
+        self.supported.candidates(
+            snap,
+            a.version,
+            &r.scheme,
+            &r.network,
+            a.offer.v1_network.as_deref(),
+        )
     }
 
     async fn verify(&self, snap: &Snapshot, a: &mut Accepted) -> Result<(), PaymentError> {
@@ -305,7 +354,9 @@ impl Payments {
                     if let Some(p) = v.payer.filter(|p| !p.is_empty()) {
                         a.payer = p;
                     }
-                    return Err(PaymentError::Invalid(v.invalid_reason.unwrap_or_else(|| "invalid_payment".into())));
+                    return Err(PaymentError::Invalid(
+                        v.invalid_reason.unwrap_or_else(|| "invalid_payment".into()),
+                    ));
                 }
                 // Verify never moves money: any failure may try the next facilitator.
                 Err(e) => tracing::warn!(facilitator = %fac.name, error = %e, "verify failed"),
@@ -334,41 +385,70 @@ impl Payments {
         }
         let (fac, result) = match outcome {
             Some(o) => o,
-            None => (String::new(), Err(FacilitatorError::Connect("no facilitator".into()))),
+            None => (
+                String::new(),
+                Err(FacilitatorError::Connect("no facilitator".into())),
+            ),
         };
         let r = &a.offer.requirements;
         let (stage, receipt, reason) = match result {
             Ok(s) if s.succeeded() => (Stage::Settled, s, None),
             Ok(s) if s.success == serde_json::Value::Bool(false) => {
-                let reason = s.error_reason.clone().unwrap_or_else(|| "settlement_failed".into());
+                let reason = s
+                    .error_reason
+                    .clone()
+                    .unwrap_or_else(|| "settlement_failed".into());
                 (Stage::SettleFailed, s, Some(reason))
             }
-            Ok(s) => (Stage::Unknown, SettleResponse { success: false.into(), ..s }, Some("settlement_unconfirmed".into())),
+            Ok(s) => (
+                Stage::Unknown,
+                SettleResponse {
+                    success: false.into(),
+                    ..s
+                },
+                Some("settlement_unconfirmed".into()),
+            ),
             Err(e) if e.not_sent() => (
                 Stage::SettleFailed,
                 failed_receipt(&a.payer, &r.network, "facilitator_unavailable"),
                 Some("facilitator_unavailable".into()),
             ),
-            Err(_) => (Stage::Unknown, failed_receipt(&a.payer, &r.network, "settlement_unconfirmed"), Some("settlement_unconfirmed".into())),
+            Err(_) => (
+                Stage::Unknown,
+                failed_receipt(&a.payer, &r.network, "settlement_unconfirmed"),
+                Some("settlement_unconfirmed".into()),
+            ),
         };
         a.stage = stage;
         a.facilitator = Some(fac.clone());
         let event = match stage {
             Stage::Settled => {
                 self.replay.settled(&a.key);
-                self.metrics.payments.with_label_values(&["settled", ""]).inc();
+                self.metrics
+                    .payments
+                    .with_label_values(&["settled", ""])
+                    .inc();
                 if let Ok(v) = r.amount.parse::<u64>() {
-                    self.metrics.revenue.with_label_values(&[r.network.as_str(), r.asset.as_str()]).inc_by(v);
+                    self.metrics
+                        .revenue
+                        .with_label_values(&[r.network.as_str(), r.asset.as_str()])
+                        .inc_by(v);
                 }
                 "settled"
             }
             Stage::SettleFailed => {
-                self.metrics.payments.with_label_values(&["settle_failed", reason.as_deref().unwrap_or("")]).inc();
+                self.metrics
+                    .payments
+                    .with_label_values(&["settle_failed", reason.as_deref().unwrap_or("")])
+                    .inc();
                 "settle_failed"
             }
             _ => {
                 self.replay.unknown(&a.key);
-                self.metrics.payments.with_label_values(&["settle_unknown", ""]).inc();
+                self.metrics
+                    .payments
+                    .with_label_values(&["settle_unknown", ""])
+                    .inc();
                 "settle_unknown"
             }
         };
@@ -377,13 +457,32 @@ impl Payments {
             receipt.payer = Some(a.payer.clone());
         }
         if receipt.network.is_empty() {
-            receipt.network = if a.version == 1 { a.offer.v1_network.clone().unwrap_or_default() } else { r.network.clone() };
+            receipt.network = if a.version == 1 {
+                a.offer.v1_network.clone().unwrap_or_default()
+            } else {
+                r.network.clone()
+            };
         }
-        self.write_ledger(snap, a, event, &receipt.transaction.clone(), reason.as_deref(), upstream_status);
+        self.write_ledger(
+            snap,
+            a,
+            event,
+            &receipt.transaction.clone(),
+            reason.as_deref(),
+            upstream_status,
+        );
         a.receipt = Some(receipt);
     }
 
-    fn write_ledger(&self, snap: &Snapshot, a: &Accepted, event: &str, tx: &str, reason: Option<&str>, status: Option<u16>) {
+    fn write_ledger(
+        &self,
+        snap: &Snapshot,
+        a: &Accepted,
+        event: &str,
+        tx: &str,
+        reason: Option<&str>,
+        status: Option<u16>,
+    ) {
         let r = &a.offer.requirements;
         let entry = LedgerEntry {
             time: ledger::now_rfc3339(),
@@ -396,7 +495,11 @@ impl Payments {
             network: &r.network,
             transaction: tx,
             facilitator: a.facilitator.as_deref().unwrap_or(""),
-            settlement: if a.settlement == Settlement::Before { "before" } else { "after" },
+            settlement: if a.settlement == Settlement::Before {
+                "before"
+            } else {
+                "after"
+            },
             reason,
             upstream_status: status,
         };
@@ -409,8 +512,16 @@ impl Payments {
         match a.stage {
             Stage::Unknown => PaymentError::SettleUnconfirmed,
             _ => {
-                let reason = a.receipt.as_ref().and_then(|r| r.error_reason.clone()).unwrap_or_else(|| "settlement_failed".into());
-                if reason == "facilitator_unavailable" { PaymentError::FacilitatorUnavailable } else { PaymentError::SettleFailed(reason) }
+                let reason = a
+                    .receipt
+                    .as_ref()
+                    .and_then(|r| r.error_reason.clone())
+                    .unwrap_or_else(|| "settlement_failed".into());
+                if reason == "facilitator_unavailable" {
+                    PaymentError::FacilitatorUnavailable
+                } else {
+                    PaymentError::SettleFailed(reason)
+                }
             }
         }
     }
@@ -434,7 +545,12 @@ impl Payments {
             ("x-payment-network", r.network.clone()),
             ("x-payment-rule", a.rule_id.clone()),
         ];
-        if let Some(tx) = a.receipt.as_ref().map(|r| r.transaction.clone()).filter(|t| !t.is_empty()) {
+        if let Some(tx) = a
+            .receipt
+            .as_ref()
+            .map(|r| r.transaction.clone())
+            .filter(|t| !t.is_empty())
+        {
             out.push(("x-payment-transaction", tx));
         }
         out
@@ -452,18 +568,31 @@ impl Payments {
         if a.stage == Stage::Verified {
             if status >= 400 {
                 // Not served: no settlement; `finish` releases the reservation.
-                self.metrics.payments.with_label_values(&["not_settled", "origin_error"]).inc();
+                self.metrics
+                    .payments
+                    .with_label_values(&["not_settled", "origin_error"])
+                    .inc();
                 return Ok(Vec::new());
             }
             self.settle(snap, a, Some(status)).await;
             if a.stage != Stage::Settled {
                 let error = self.settle_error(a);
-                return Err(Rejection { error, version: a.version, payer: Some(a.payer.clone()), receipt: a.receipt.clone() });
+                return Err(Rejection {
+                    error,
+                    version: a.version,
+                    payer: Some(a.payer.clone()),
+                    receipt: a.receipt.clone(),
+                });
             }
         } else if a.stage == Stage::Settled && status >= 400 {
             self.record_failed_delivery(snap, a, Some(status));
         }
-        self.metrics.payment_overhead.observe(a.started.elapsed().saturating_sub(a.facilitator_time).as_secs_f64());
+        self.metrics.payment_overhead.observe(
+            a.started
+                .elapsed()
+                .saturating_sub(a.facilitator_time)
+                .as_secs_f64(),
+        );
         Ok(self.receipt_headers(a))
     }
 
@@ -471,7 +600,10 @@ impl Payments {
     pub fn receipt_headers(&self, a: &Accepted) -> Vec<(&'static str, String)> {
         match &a.receipt {
             Some(r) if a.stage == Stage::Settled => {
-                vec![(crate::proxy::respond::receipt_header(a.version == 1), encode_receipt(r))]
+                vec![(
+                    crate::proxy::respond::receipt_header(a.version == 1),
+                    encode_receipt(r),
+                )]
             }
             _ => Vec::new(),
         }
@@ -479,14 +611,30 @@ impl Payments {
 
     fn record_failed_delivery(&self, snap: &Snapshot, a: &Accepted, status: Option<u16>) {
         self.metrics.failed_deliveries.inc();
-        let tx = a.receipt.as_ref().map(|r| r.transaction.clone()).unwrap_or_default();
-        self.write_ledger(snap, a, "delivery_failed", &tx, Some("origin_failed_after_settlement"), status);
+        let tx = a
+            .receipt
+            .as_ref()
+            .map(|r| r.transaction.clone())
+            .unwrap_or_default();
+        self.write_ledger(
+            snap,
+            a,
+            "delivery_failed",
+            &tx,
+            Some("origin_failed_after_settlement"),
+            status,
+        );
         tracing::warn!(rule = %a.rule_id, payer = %a.payer, transaction = %tx, "paid request not delivered");
     }
 
     /// Called when proxying failed after the gate accepted the payment. Returns receipt
     /// headers for the error reply when the payment was already settled.
-    pub fn on_failure(&self, snap: &Snapshot, a: &Accepted, settlement_reply: bool) -> Vec<(&'static str, String)> {
+    pub fn on_failure(
+        &self,
+        snap: &Snapshot,
+        a: &Accepted,
+        settlement_reply: bool,
+    ) -> Vec<(&'static str, String)> {
         if a.stage == Stage::Settled && !settlement_reply {
             self.record_failed_delivery(snap, a, None);
             return self.receipt_headers(a);
@@ -516,11 +664,21 @@ fn failed_receipt(payer: &str, network: &str, reason: &str) -> SettleResponse {
 
 /// The `/verify` and `/settle` body: the client's payload verbatim and the gateway's own
 /// requirements (v2 form, or v1 form with resource details).
-fn facilitator_body(version: u8, raw: &str, offer: &Offer, priced: &Priced, url: &str) -> Result<Vec<u8>, PaymentError> {
-    let payload = RawValue::from_string(raw.to_owned()).map_err(|e| PaymentError::Payload(e.to_string()))?;
+fn facilitator_body(
+    version: u8,
+    raw: &str,
+    offer: &Offer,
+    priced: &Priced,
+    url: &str,
+) -> Result<Vec<u8>, PaymentError> {
+    let payload =
+        RawValue::from_string(raw.to_owned()).map_err(|e| PaymentError::Payload(e.to_string()))?;
     let r = &offer.requirements;
     let reqs = if version == 1 {
-        let network = offer.v1_network.as_deref().ok_or(PaymentError::InvalidNetwork)?;
+        let network = offer
+            .v1_network
+            .as_deref()
+            .ok_or(PaymentError::InvalidNetwork)?;
         serde_json::to_string(&RequirementsV1 {
             scheme: &r.scheme,
             network,
@@ -538,6 +696,10 @@ fn facilitator_body(version: u8, raw: &str, offer: &Offer, priced: &Priced, url:
     }
     .map_err(|e| PaymentError::Payload(e.to_string()))?;
     let reqs = RawValue::from_string(reqs).map_err(|e| PaymentError::Payload(e.to_string()))?;
-    serde_json::to_vec(&FacilitatorRequest { x402_version: version, payment_payload: &payload, payment_requirements: &reqs })
-        .map_err(|e| PaymentError::Payload(e.to_string()))
+    serde_json::to_vec(&FacilitatorRequest {
+        x402_version: version,
+        payment_payload: &payload,
+        payment_requirements: &reqs,
+    })
+    .map_err(|e| PaymentError::Payload(e.to_string()))
 }

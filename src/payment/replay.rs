@@ -14,7 +14,12 @@ pub struct ReplayKey(String);
 
 impl ReplayKey {
     pub fn new(network: &str, asset: &str, payer: &str, nonce: &str) -> Self {
-        ReplayKey(format!("{network}|{}|{}|{}", asset.to_ascii_lowercase(), payer.to_ascii_lowercase(), nonce.to_ascii_lowercase()))
+        ReplayKey(format!(
+            "{network}|{}|{}|{}",
+            asset.to_ascii_lowercase(),
+            payer.to_ascii_lowercase(),
+            nonce.to_ascii_lowercase()
+        ))
     }
 }
 
@@ -40,8 +45,15 @@ pub enum Refused {
 struct UntilValidBefore;
 
 impl Expiry<ReplayKey, Arc<Entry>> for UntilValidBefore {
-    fn expire_after_create(&self, _k: &ReplayKey, v: &Arc<Entry>, _at: Instant) -> Option<Duration> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    fn expire_after_create(
+        &self,
+        _k: &ReplayKey,
+        v: &Arc<Entry>,
+        _at: Instant,
+    ) -> Option<Duration> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         // Keep a minute past expiry: the chain refuses the authorization by then anyway.
         Some(Duration::from_secs(v.valid_before.saturating_sub(now) + 60))
     }
@@ -54,7 +66,9 @@ pub struct ReplayGuard {
 
 impl std::fmt::Debug for ReplayGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplayGuard").field("entries", &self.cache.entry_count()).finish()
+        f.debug_struct("ReplayGuard")
+            .field("entries", &self.cache.entry_count())
+            .finish()
     }
 }
 
@@ -66,15 +80,22 @@ impl Default for ReplayGuard {
 
 impl ReplayGuard {
     pub fn new(capacity: u64) -> Self {
-        ReplayGuard { cache: Cache::builder().max_capacity(capacity).expire_after(UntilValidBefore).build() }
+        ReplayGuard {
+            cache: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(UntilValidBefore)
+                .build(),
+        }
     }
 
     /// Reserves a payment. Exactly one of several concurrent callers succeeds.
     pub fn reserve(&self, key: &ReplayKey, valid_before: u64) -> Result<(), Refused> {
-        let entry = self
-            .cache
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(Entry { state: AtomicU8::new(IN_FLIGHT), valid_before }));
+        let entry = self.cache.entry(key.clone()).or_insert_with(|| {
+            Arc::new(Entry {
+                state: AtomicU8::new(IN_FLIGHT),
+                valid_before,
+            })
+        });
         if entry.is_fresh() {
             return Ok(());
         }
@@ -112,7 +133,10 @@ mod tests {
     fn one_reservation_wins() {
         let g = Arc::new(ReplayGuard::new(100));
         let k = ReplayKey::new("eip155:1", "0xA", "0xB", "0xC");
-        let vb = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 300;
+        let vb = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            + 300;
         let wins: usize = (0..8)
             .map(|_| {
                 let (g, k) = (g.clone(), k.clone());
@@ -130,6 +154,9 @@ mod tests {
         assert_eq!(g.reserve(&k2, vb), Ok(()));
         g.release(&k2);
         assert_eq!(g.reserve(&k2, vb), Ok(()));
-        assert_eq!(ReplayKey::new("n", "0xAB", "0xCD", "0xEF"), ReplayKey::new("n", "0xab", "0xcd", "0xef"));
+        assert_eq!(
+            ReplayKey::new("n", "0xAB", "0xCD", "0xEF"),
+            ReplayKey::new("n", "0xab", "0xcd", "0xef")
+        );
     }
 }

@@ -73,6 +73,8 @@ impl RequestCtx {
 
     /// The id of the matched rule, or `-` when none matched.
     pub fn rule_id(&self) -> &str {
-        self.rule.and_then(|i| self.snap.rules.get(i)).map_or("-", |r| r.id.as_str())
+        self.rule
+            .and_then(|i| self.snap.rules.get(i))
+            .map_or("-", |r| r.id.as_str())
     }
 }

@@ -34,7 +34,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    async fn reply(&self, session: &mut Session, ctx: &mut RequestCtx, decision: Decision, reply: &Reply) -> Result<bool> {
+    async fn reply(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        decision: Decision,
+        reply: &Reply,
+    ) -> Result<bool> {
         ctx.decision = decision;
         ctx.reason = Some(reply.reason);
         if request::has_body(session.req_header()) {
@@ -51,9 +57,10 @@ fn upstream_error(e: &Error) -> Option<UpstreamError> {
         return None;
     }
     Some(match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::TLSHandshakeTimedout => {
-            UpstreamError::Timeout
-        }
+        ErrorType::ConnectTimedout
+        | ErrorType::ReadTimedout
+        | ErrorType::WriteTimedout
+        | ErrorType::TLSHandshakeTimedout => UpstreamError::Timeout,
         ErrorType::InvalidHTTPHeader => UpstreamError::BadResponse,
         _ => UpstreamError::Unavailable,
     })
@@ -71,7 +78,11 @@ impl ProxyHttp for Gateway {
         let snap = ctx.snap.clone();
         let routed = match request::route(&snap, session.req_header()) {
             Ok(r) => r,
-            Err(e) => return self.reply(session, ctx, Decision::Local, &Reply::from(&e)).await,
+            Err(e) => {
+                return self
+                    .reply(session, ctx, Decision::Local, &Reply::from(&e))
+                    .await;
+            }
         };
         ctx.rule = routed.rule;
         ctx.rewrite = routed.rewrite;
@@ -84,17 +95,27 @@ impl ProxyHttp for Gateway {
                 ctx.decision = Decision::Free;
                 Ok(false)
             }
-            RuleAction::Block => self.reply(session, ctx, Decision::Blocked, &respond::blocked(&rule.id)).await,
+            RuleAction::Block => {
+                self.reply(session, ctx, Decision::Blocked, &respond::blocked(&rule.id))
+                    .await
+            }
             RuleAction::Pay(priced) => {
                 let req = session.req_header();
                 if request::is_preflight(req) {
                     let origin = req.headers.get("origin").and_then(|v| v.to_str().ok());
-                    let asked = req.headers.get("access-control-request-headers").and_then(|v| v.to_str().ok());
+                    let asked = req
+                        .headers
+                        .get("access-control-request-headers")
+                        .and_then(|v| v.to_str().ok());
                     let reply = respond::preflight(&snap, origin, asked);
                     return self.reply(session, ctx, Decision::Local, &reply).await;
                 }
                 let url = request::resource_url(&snap, req, ctx.rewrite.as_deref(), self.tls);
-                match self.payments.gate(&snap, rule, priced, &req.headers, &url).await {
+                match self
+                    .payments
+                    .gate(&snap, rule, priced, &req.headers, &url)
+                    .await
+                {
                     Ok(accepted) => {
                         ctx.decision = Decision::Paid;
                         ctx.payment = Some(accepted);
@@ -102,8 +123,19 @@ impl ProxyHttp for Gateway {
                     }
                     Err(rejection) => {
                         let origin = req.headers.get("origin").and_then(|v| v.to_str().ok());
-                        let reply = respond::payment_rejection(&snap, priced, &url, &rejection, request::is_browser(req), origin);
-                        let decision = if reply.status == 402 { Decision::Challenged } else { Decision::Local };
+                        let reply = respond::payment_rejection(
+                            &snap,
+                            priced,
+                            &url,
+                            &rejection,
+                            request::is_browser(req),
+                            origin,
+                        );
+                        let decision = if reply.status == 402 {
+                            Decision::Challenged
+                        } else {
+                            Decision::Local
+                        };
                         self.reply(session, ctx, decision, &reply).await
                     }
                 }
@@ -111,8 +143,16 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let pool = ctx.snap.upstreams.get(ctx.upstream).or_else(|| ctx.snap.upstreams.first());
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let pool = ctx
+            .snap
+            .upstreams
+            .get(ctx.upstream)
+            .or_else(|| ctx.snap.upstreams.first());
         let Some(pool) = pool else {
             return Error::e_explain(ErrorType::HTTPStatus(502), "no upstream configured");
         };
@@ -135,7 +175,10 @@ impl ProxyHttp for Gateway {
         let Some(pool) = ctx.snap.upstreams.get(ctx.upstream) else {
             return Ok(());
         };
-        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         upstream::prepare_request(
             upstream_request,
             pool,
@@ -159,7 +202,9 @@ impl ProxyHttp for Gateway {
         _upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(start), Some(pool)) = (ctx.upstream_started, ctx.snap.upstreams.get(ctx.upstream)) {
+        if let (Some(start), Some(pool)) =
+            (ctx.upstream_started, ctx.snap.upstreams.get(ctx.upstream))
+        {
             self.metrics
                 .upstream_latency
                 .with_label_values(&[pool.name.as_str()])
@@ -187,56 +232,101 @@ impl ProxyHttp for Gateway {
                 Ok(())
             }
             Err(rejection) => {
-                let priced = ctx.rule.and_then(|i| snap.rules.get(i)).and_then(|r| match &r.action {
-                    RuleAction::Pay(p) => Some(p.clone()),
-                    _ => None,
-                });
+                let priced =
+                    ctx.rule
+                        .and_then(|i| snap.rules.get(i))
+                        .and_then(|r| match &r.action {
+                            RuleAction::Pay(p) => Some(p.clone()),
+                            _ => None,
+                        });
                 let reply = match priced {
-                    Some(p) => respond::payment_rejection(&snap, &p, &accepted.resource, &rejection, false, None),
-                    None => Reply::error(402, rejection.error.reason(), rejection.error.error_text()),
+                    Some(p) => respond::payment_rejection(
+                        &snap,
+                        &p,
+                        &accepted.resource,
+                        &rejection,
+                        false,
+                        None,
+                    ),
+                    None => {
+                        Reply::error(402, rejection.error.reason(), rejection.error.error_text())
+                    }
                 };
                 ctx.reason = Some(reply.reason);
                 accepted.failure_reply = Some(reply);
-                Error::e_explain(ErrorType::Custom("settlement_failed"), "settlement failed after the origin answered")
+                Error::e_explain(
+                    ErrorType::Custom("settlement_failed"),
+                    "settlement failed after the origin answered",
+                )
             }
         }
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
         // Clients closing keep-alive connections and failed settlements are not proxy errors.
-        matches!(error.etype(), ErrorType::ConnectionClosed | ErrorType::Custom("settlement_failed"))
-            || (error.esource() == &ErrorSource::Downstream && matches!(error.etype(), ErrorType::ReadError | ErrorType::WriteError))
+        matches!(
+            error.etype(),
+            ErrorType::ConnectionClosed | ErrorType::Custom("settlement_failed")
+        ) || (error.esource() == &ErrorSource::Downstream
+            && matches!(error.etype(), ErrorType::ReadError | ErrorType::WriteError))
             || ctx.reason == Some("no_healthy_upstream")
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let written = session.response_written().is_some();
-        let settlement_reply = ctx.payment.as_ref().is_some_and(|p| p.failure_reply.is_some());
+        let settlement_reply = ctx
+            .payment
+            .as_ref()
+            .is_some_and(|p| p.failure_reply.is_some());
         let mut reply = match ctx.payment.as_mut().and_then(|p| p.failure_reply.take()) {
             Some(r) => Some(r),
             None => match upstream_error(e) {
                 Some(u) => {
-                    let u = if ctx.reason == Some("no_healthy_upstream") { UpstreamError::NoHealthyPeer } else { u };
+                    let u = if ctx.reason == Some("no_healthy_upstream") {
+                        UpstreamError::NoHealthyPeer
+                    } else {
+                        u
+                    };
                     Some(Reply::from(u))
                 }
                 None => match (e.esource(), e.etype()) {
-                    (ErrorSource::Downstream, ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError) => None,
-                    (ErrorSource::Downstream, _) => Some(Reply::error(400, "bad_request", "malformed request")),
-                    (_, ErrorType::HTTPStatus(code)) if (400..600).contains(code) => {
-                        Some(Reply::error(*code, "upstream_unavailable", "request could not be proxied"))
+                    (
+                        ErrorSource::Downstream,
+                        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError,
+                    ) => None,
+                    (ErrorSource::Downstream, _) => {
+                        Some(Reply::error(400, "bad_request", "malformed request"))
                     }
-                    _ => Some(Reply::error(502, "proxy_error", "request could not be proxied")),
+                    (_, ErrorType::HTTPStatus(code)) if (400..600).contains(code) => {
+                        Some(Reply::error(
+                            *code,
+                            "upstream_unavailable",
+                            "request could not be proxied",
+                        ))
+                    }
+                    _ => Some(Reply::error(
+                        502,
+                        "proxy_error",
+                        "request could not be proxied",
+                    )),
                 },
             },
         };
         if let (Some(r), Some(p)) = (reply.as_mut(), ctx.payment.as_ref()) {
-            r.headers.extend(self.payments.on_failure(&ctx.snap, p, settlement_reply));
+            r.headers
+                .extend(self.payments.on_failure(&ctx.snap, p, settlement_reply));
         }
-        ctx.decision = if ctx.decision == Decision::Paid && reply.as_ref().is_some_and(|r| r.status == 402) {
-            Decision::Challenged
-        } else {
-            Decision::Failed
-        };
+        ctx.decision =
+            if ctx.decision == Decision::Paid && reply.as_ref().is_some_and(|r| r.status == 402) {
+                Decision::Challenged
+            } else {
+                Decision::Failed
+            };
         let code = match reply {
             Some(r) if !written => {
                 ctx.reason = Some(r.reason);
@@ -245,7 +335,10 @@ impl ProxyHttp for Gateway {
             }
             _ => 0,
         };
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -258,7 +351,10 @@ impl ProxyHttp for Gateway {
             .with_label_values(&[ctx.rule_id(), ctx.decision.label(), status_class(status)])
             .inc();
         if let Some(reason) = ctx.reason {
-            self.metrics.local_replies.with_label_values(&[reason]).inc();
+            self.metrics
+                .local_replies
+                .with_label_values(&[reason])
+                .inc();
         }
         if ctx.snap.logging.access_log {
             let req = session.req_header();

@@ -39,7 +39,11 @@ pub fn render(priced: &Priced, url: &str) -> String {
     for o in &priced.offers {
         let r = &o.requirements;
         let amount = whole_units(&r.amount, o.asset.decimals);
-        let symbol = if o.asset.usd { format!("{} (USD)", o.asset.eip712_name) } else { o.asset.eip712_name.clone() };
+        let symbol = if o.asset.usd {
+            format!("{} (USD)", o.asset.eip712_name)
+        } else {
+            o.asset.eip712_name.clone()
+        };
         let _ = write!(
             rows,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td></tr>",
@@ -55,10 +59,18 @@ pub fn render(priced: &Priced, url: &str) -> String {
         .first()
         .map(|o| {
             let amount = whole_units(&o.requirements.amount, o.asset.decimals);
-            if o.asset.usd { format!("${amount}") } else { format!("{amount} {}", o.asset.eip712_name) }
+            if o.asset.usd {
+                format!("${amount}")
+            } else {
+                format!("{amount} {}", o.asset.eip712_name)
+            }
         })
         .unwrap_or_default();
-    let description = if priced.description.is_empty() { String::new() } else { format!("<p>{}</p>", escape(&priced.description)) };
+    let description = if priced.description.is_empty() {
+        String::new()
+    } else {
+        format!("<p>{}</p>", escape(&priced.description))
+    };
     format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -92,6 +104,9 @@ mod tests {
     fn units_and_escaping() {
         assert_eq!(whole_units("10000", 6), "0.01");
         assert_eq!(whole_units("1000000", 6), "1");
-        assert_eq!(escape("<a href=\"x\">'&"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;");
+        assert_eq!(
+            escape("<a href=\"x\">'&"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;"
+        );
     }
 }

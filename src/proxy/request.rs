@@ -38,7 +38,11 @@ pub fn normalize_host(raw: &str) -> Result<Cow<'_, str>, RequestError> {
         // IPv6 literal
         let end = rest.find(']').ok_or(RequestError::BadHost)?;
         let after = &rest[end + 1..];
-        if !(after.is_empty() || after.strip_prefix(':').is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))) {
+        if !(after.is_empty()
+            || after
+                .strip_prefix(':')
+                .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())))
+        {
             return Err(RequestError::BadHost);
         }
         &raw[..end + 2]
@@ -75,7 +79,11 @@ pub fn request_host(req: &RequestHeader) -> Result<Cow<'_, str>, RequestError> {
         Some(v) => Some(v.to_str().map_err(|_| RequestError::BadHost)?),
         None => None,
     };
-    let authority = req.uri.authority().map(|a| a.as_str()).or_else(|| absolute_form_authority(req));
+    let authority = req
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| absolute_form_authority(req));
     match (authority, header) {
         (Some(a), Some(h)) => {
             let (na, nh) = (normalize_host(a)?, normalize_host(h)?);
@@ -86,7 +94,9 @@ pub fn request_host(req: &RequestHeader) -> Result<Cow<'_, str>, RequestError> {
         }
         (Some(a), None) => normalize_host(a),
         (None, Some(h)) => normalize_host(h),
-        (None, None) if req.version == http::Version::HTTP_10 || req.version == http::Version::HTTP_09 => {
+        (None, None)
+            if req.version == http::Version::HTTP_10 || req.version == http::Version::HTTP_09 =>
+        {
             Ok(Cow::Borrowed(""))
         }
         (None, None) => Err(RequestError::MissingHost),
@@ -110,7 +120,10 @@ pub fn route(snap: &Snapshot, req: &RequestHeader) -> Result<Routed, RequestErro
     let host = request_host(req)?;
     let raw_path = req.uri.path();
     if raw_path == "*" && req.method == http::Method::OPTIONS {
-        return Ok(Routed { rule: None, rewrite: None });
+        return Ok(Routed {
+            rule: None,
+            rewrite: None,
+        });
     }
     let canonical = pathnorm::canonical_path(raw_path)?;
     let key = pathnorm::match_key(&canonical, snap.case_sensitive);
@@ -144,7 +157,12 @@ fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 
 /// The URL clients see for this resource: the configured public base, else the request's
 /// scheme and Host (or the forwarded ones when trusted), then the canonical path and query.
-pub fn resource_url(snap: &Snapshot, req: &RequestHeader, rewrite: Option<&str>, tls: bool) -> String {
+pub fn resource_url(
+    snap: &Snapshot,
+    req: &RequestHeader,
+    rewrite: Option<&str>,
+    tls: bool,
+) -> String {
     let path_and_query = match rewrite {
         Some(p) => p,
         None => req.uri.path_and_query().map_or("/", |p| p.as_str()),
@@ -176,7 +194,11 @@ pub fn resource_url(snap: &Snapshot, req: &RequestHeader, rewrite: Option<&str>,
 
 /// A browser navigation: it accepts HTML and says Mozilla (the reference servers' test).
 pub fn is_browser(req: &RequestHeader) -> bool {
-    let accepts_html = req.headers.get_all("accept").iter().any(|v| v.to_str().is_ok_and(|s| s.contains("text/html")));
+    let accepts_html = req
+        .headers
+        .get_all("accept")
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.contains("text/html")));
     accepts_html && header(req, "user-agent").is_some_and(|ua| ua.contains("Mozilla"))
 }
 
@@ -199,7 +221,10 @@ mod tests {
 
     #[test]
     fn hosts_normalize() {
-        assert_eq!(normalize_host("Example.COM:8080").as_deref(), Ok("example.com"));
+        assert_eq!(
+            normalize_host("Example.COM:8080").as_deref(),
+            Ok("example.com")
+        );
         assert_eq!(normalize_host("example.com.").as_deref(), Ok("example.com"));
         assert_eq!(normalize_host("[::1]:80").as_deref(), Ok("[::1]"));
         assert_eq!(normalize_host("a b"), Err(RequestError::BadHost));

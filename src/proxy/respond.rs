@@ -16,7 +16,8 @@ use crate::x402::{HEADER_PAYMENT_REQUIRED, HEADER_PAYMENT_RESPONSE, HEADER_X_PAY
 /// Headers a browser may read from x402 responses.
 pub const EXPOSE_HEADERS: &str = "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE";
 /// Request headers a paying browser sends.
-pub const ALLOW_HEADERS: &str = "PAYMENT-SIGNATURE, X-PAYMENT, SIGN-IN-WITH-X, Content-Type, Authorization";
+pub const ALLOW_HEADERS: &str =
+    "PAYMENT-SIGNATURE, X-PAYMENT, SIGN-IN-WITH-X, Content-Type, Authorization";
 
 /// A response the gateway writes itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,7 +39,11 @@ struct ErrorBody<'a> {
 impl Reply {
     /// A JSON error `{error, message}`.
     pub fn error(status: u16, reason: &'static str, message: &str) -> Self {
-        let body = serde_json::to_vec(&ErrorBody { error: reason, message }).unwrap_or_default();
+        let body = serde_json::to_vec(&ErrorBody {
+            error: reason,
+            message,
+        })
+        .unwrap_or_default();
         Reply {
             status,
             reason,
@@ -95,7 +100,11 @@ impl From<UpstreamError> for Reply {
 
 /// 403 for a `block` rule.
 pub fn blocked(rule_id: &str) -> Reply {
-    Reply::error(403, "blocked_by_rule", &format!("blocked by rule {rule_id}"))
+    Reply::error(
+        403,
+        "blocked_by_rule",
+        &format!("blocked by rule {rule_id}"),
+    )
 }
 
 /// CORS headers for a response to `origin`.
@@ -115,14 +124,23 @@ pub fn cors(snap: &Snapshot, origin: Option<&str>) -> Vec<(&'static str, String)
 /// 204 answer to a CORS preflight on a priced route.
 pub fn preflight(snap: &Snapshot, origin: Option<&str>, requested_headers: Option<&str>) -> Reply {
     let mut headers = cors(snap, origin);
-    headers.push(("access-control-allow-methods", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS".into()));
+    headers.push((
+        "access-control-allow-methods",
+        "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS".into(),
+    ));
     let allow = match requested_headers {
         Some(r) if !r.trim().is_empty() => format!("{ALLOW_HEADERS}, {r}"),
         _ => ALLOW_HEADERS.to_owned(),
     };
     headers.push(("access-control-allow-headers", allow));
     headers.push(("access-control-max-age", "600".into()));
-    Reply { status: 204, reason: "cors_preflight", content_type: "text/plain", headers, body: Bytes::new() }
+    Reply {
+        status: 204,
+        reason: "cors_preflight",
+        content_type: "text/plain",
+        headers,
+        body: Bytes::new(),
+    }
 }
 
 /// The 402 challenge: `PAYMENT-REQUIRED` (v2) plus the v1 JSON body, or an HTML page for
@@ -139,7 +157,10 @@ pub fn challenge(
     payer: Option<&str>,
 ) -> Reply {
     let mut headers = cors(snap, origin);
-    headers.push((HEADER_PAYMENT_REQUIRED, priced.payment_required_header(error, url)));
+    headers.push((
+        HEADER_PAYMENT_REQUIRED,
+        priced.payment_required_header(error, url),
+    ));
     headers.push(("cache-control", "no-store".into()));
     if browser {
         return Reply {
@@ -150,7 +171,11 @@ pub fn challenge(
             body: Bytes::from(super::paywall::render(priced, url)),
         };
     }
-    let v1_error = if reason == "payment_required" { "X-PAYMENT header is required" } else { error };
+    let v1_error = if reason == "payment_required" {
+        "X-PAYMENT header is required"
+    } else {
+        error
+    };
     Reply {
         status: 402,
         reason,
@@ -173,23 +198,40 @@ pub fn payment_rejection(
 ) -> Reply {
     let reason = r.error.reason();
     let unpaid = r.error == PaymentError::MissingPayment;
-    let mut reply = challenge(snap, priced, url, reason, r.error.error_text(), browser && unpaid, origin, r.payer.as_deref());
+    let mut reply = challenge(
+        snap,
+        priced,
+        url,
+        reason,
+        r.error.error_text(),
+        browser && unpaid,
+        origin,
+        r.payer.as_deref(),
+    );
     if matches!(
         r.error,
-        PaymentError::FacilitatorUnavailable | PaymentError::NoFacilitator | PaymentError::SettleUnconfirmed
+        PaymentError::FacilitatorUnavailable
+            | PaymentError::NoFacilitator
+            | PaymentError::SettleUnconfirmed
     ) {
         reply.status = 503;
         reply.headers.push(("retry-after", "5".into()));
     }
     if let Some(receipt) = &r.receipt {
-        reply.headers.push((receipt_header(r.version == 1), encode_receipt(receipt)));
+        reply
+            .headers
+            .push((receipt_header(r.version == 1), encode_receipt(receipt)));
     }
     reply
 }
 
 /// Adds receipt headers for the protocol version the client paid with.
 pub fn receipt_header(v1: bool) -> &'static str {
-    if v1 { HEADER_X_PAYMENT_RESPONSE } else { HEADER_PAYMENT_RESPONSE }
+    if v1 {
+        HEADER_X_PAYMENT_RESPONSE
+    } else {
+        HEADER_PAYMENT_RESPONSE
+    }
 }
 
 /// Writes a reply. HEAD requests get the headers only.
@@ -202,22 +244,37 @@ pub async fn send(session: &mut Session, reply: &Reply) -> pingora::Result<()> {
     }
     let head = session.req_header().method == http::Method::HEAD;
     let no_body = head || reply.body.is_empty();
-    session.write_response_header(Box::new(resp), no_body).await?;
+    session
+        .write_response_header(Box::new(resp), no_body)
+        .await?;
     if !no_body {
-        session.write_response_body(Some(reply.body.clone()), true).await?;
+        session
+            .write_response_body(Some(reply.body.clone()), true)
+            .await?;
     }
     Ok(())
 }
 
 /// Adds receipt headers to a paid origin response, keeps it out of shared caches and lets
 /// browsers read the receipt.
-pub fn mark_paid_response(resp: &mut ResponseHeader, receipt: &[(&'static str, String)]) -> pingora::Result<()> {
+pub fn mark_paid_response(
+    resp: &mut ResponseHeader,
+    receipt: &[(&'static str, String)],
+) -> pingora::Result<()> {
     for (k, v) in receipt {
         resp.insert_header(*k, v.as_str())?;
     }
-    let cc = resp.headers.get("cache-control").and_then(|v| v.to_str().ok()).map(private_cache_control);
+    let cc = resp
+        .headers
+        .get("cache-control")
+        .and_then(|v| v.to_str().ok())
+        .map(private_cache_control);
     resp.insert_header("cache-control", cc.unwrap_or_else(|| "private".into()))?;
-    let expose = match resp.headers.get("access-control-expose-headers").and_then(|v| v.to_str().ok()) {
+    let expose = match resp
+        .headers
+        .get("access-control-expose-headers")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {EXPOSE_HEADERS}"),
         _ => EXPOSE_HEADERS.to_owned(),
     };
@@ -231,7 +288,12 @@ pub fn private_cache_control(cc: &str) -> String {
         .split(',')
         .map(str::trim)
         .filter(|d| {
-            let name = d.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
+            let name = d
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             !d.is_empty() && name != "public" && name != "s-maxage" && name != "private"
         })
         .collect();
@@ -245,7 +307,10 @@ mod tests {
 
     #[test]
     fn paid_responses_are_private() {
-        assert_eq!(private_cache_control("public, max-age=60, s-maxage=600"), "max-age=60, private");
+        assert_eq!(
+            private_cache_control("public, max-age=60, s-maxage=600"),
+            "max-age=60, private"
+        );
         assert_eq!(private_cache_control("no-cache"), "no-cache, private");
         assert_eq!(private_cache_control("private"), "private");
     }

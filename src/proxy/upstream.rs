@@ -8,7 +8,10 @@ use crate::snapshot::UpstreamPool;
 
 /// Picks the next healthy peer of a pool, round-robin.
 pub fn pick_peer(pool: &UpstreamPool) -> Result<Box<HttpPeer>, UpstreamError> {
-    let backend = pool.lb.select(b"", 256).ok_or(UpstreamError::NoHealthyPeer)?;
+    let backend = pool
+        .lb
+        .select(b"", 256)
+        .ok_or(UpstreamError::NoHealthyPeer)?;
     let mut peer = HttpPeer::new(backend.addr, pool.tls, pool.sni.clone());
     let o = &mut peer.options;
     o.connection_timeout = Some(pool.connect_timeout);
@@ -34,7 +37,11 @@ pub fn prepare_request(
         req.set_raw_path(path.as_bytes())?;
     }
     if let Some(ip) = client_ip {
-        let xff = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match req
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
             _ => ip.to_string(),
         };

@@ -60,12 +60,16 @@ impl ExactError {
         match self {
             ExactError::Payload(_) | ExactError::BadFrom => "invalid_payload",
             ExactError::RecipientMismatch => "invalid_exact_evm_payload_recipient_mismatch",
-            ExactError::BadValue | ExactError::ValueMismatch => "invalid_exact_evm_payload_authorization_value_mismatch",
+            ExactError::BadValue | ExactError::ValueMismatch => {
+                "invalid_exact_evm_payload_authorization_value_mismatch"
+            }
             ExactError::NotYetValid => "invalid_exact_evm_payload_authorization_valid_after",
             ExactError::Expired => "invalid_exact_evm_payload_authorization_valid_before",
             ExactError::TooLong => "authorization_validity_too_long",
             ExactError::BadNonce => "invalid_exact_evm_payload_nonce",
-            ExactError::BadSignatureEncoding | ExactError::BadSignature => "invalid_exact_evm_payload_signature",
+            ExactError::BadSignatureEncoding | ExactError::BadSignature => {
+                "invalid_exact_evm_payload_signature"
+            }
         }
     }
 }
@@ -117,8 +121,14 @@ pub fn domain(name: &str, version: &str, chain_id: u64, token: Address) -> Eip71
 
 /// Runs every local check of `payload` against the gateway's own `req`. `domain` is the
 /// token's EIP-712 domain; `now` is unix seconds.
-pub fn check(payload: &Value, req: &RequirementsV2, domain: &Eip712Domain, now: u64) -> Result<Checked, ExactError> {
-    let p: ExactEvmPayload = serde_json::from_value(payload.clone()).map_err(|e| ExactError::Payload(e.to_string()))?;
+pub fn check(
+    payload: &Value,
+    req: &RequirementsV2,
+    domain: &Eip712Domain,
+    now: u64,
+) -> Result<Checked, ExactError> {
+    let p: ExactEvmPayload =
+        serde_json::from_value(payload.clone()).map_err(|e| ExactError::Payload(e.to_string()))?;
     let a = &p.authorization;
     let from = parse_address(&a.from).ok_or(ExactError::BadFrom)?;
     let to = parse_address(&a.to).ok_or(ExactError::RecipientMismatch)?;
@@ -139,7 +149,11 @@ pub fn check(payload: &Value, req: &RequirementsV2, domain: &Eip712Domain, now: 
     if valid_before < now.saturating_add(VALID_BEFORE_BUFFER_SECS) {
         return Err(ExactError::Expired);
     }
-    if valid_before > now.saturating_add(req.max_timeout_seconds).saturating_add(CLOCK_SKEW_SECS) {
+    if valid_before
+        > now
+            .saturating_add(req.max_timeout_seconds)
+            .saturating_add(CLOCK_SKEW_SECS)
+    {
         return Err(ExactError::TooLong);
     }
     let nonce_hex = a.nonce.strip_prefix("0x").ok_or(ExactError::BadNonce)?;
@@ -147,7 +161,10 @@ pub fn check(payload: &Value, req: &RequirementsV2, domain: &Eip712Domain, now: 
         return Err(ExactError::BadNonce);
     }
     let nonce: B256 = a.nonce.parse().map_err(|_| ExactError::BadNonce)?;
-    let sig_hex = p.signature.strip_prefix("0x").ok_or(ExactError::BadSignatureEncoding)?;
+    let sig_hex = p
+        .signature
+        .strip_prefix("0x")
+        .ok_or(ExactError::BadSignatureEncoding)?;
     if sig_hex.len() % 2 != 0 || !sig_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ExactError::BadSignatureEncoding);
     }
@@ -168,14 +185,21 @@ pub fn check(payload: &Value, req: &RequirementsV2, domain: &Eip712Domain, now: 
             nonce,
         };
         let hash = msg.eip712_signing_hash(domain);
-        let recovered = sig.recover_address_from_prehash(&hash).map_err(|_| ExactError::BadSignature)?;
+        let recovered = sig
+            .recover_address_from_prehash(&hash)
+            .map_err(|_| ExactError::BadSignature)?;
         if recovered != from {
             return Err(ExactError::BadSignature);
         }
     } else if sig_hex.len() < 130 {
         return Err(ExactError::BadSignature);
     }
-    Ok(Checked { payer: from.to_checksum(None), valid_before, nonce: a.nonce.to_ascii_lowercase(), signature_checked })
+    Ok(Checked {
+        payer: from.to_checksum(None),
+        valid_before,
+        nonce: a.nonce.to_ascii_lowercase(),
+        signature_checked,
+    })
 }
 
 #[cfg(test)]
@@ -216,7 +240,9 @@ pub mod tests {
             validBefore: U256::from(valid_before),
             nonce,
         };
-        let sig = key.sign_hash_sync(&msg.eip712_signing_hash(d)).expect("sign");
+        let sig = key
+            .sign_hash_sync(&msg.eip712_signing_hash(d))
+            .expect("sign");
         json!({
             "signature": format!("0x{}", hex::encode(sig.as_bytes())),
             "authorization": {
@@ -234,7 +260,9 @@ pub mod tests {
     fn checks_in_order() {
         let key = PrivateKeySigner::random();
         let pay_to = Address::repeat_byte(0x11);
-        let token: Address = "0x5FbDB2315678afecb367f032d93F642f64180aa3".parse().expect("addr");
+        let token: Address = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+            .parse()
+            .expect("addr");
         let d = domain("Test USD", "1", 31337, token);
         let now = 1_700_000_000;
         let nonce = B256::repeat_byte(7);
@@ -245,13 +273,55 @@ pub mod tests {
         assert!(ok.signature_checked);
 
         let err = |v: Value| check(&v, &req, &d, now).map(|_| ()).unwrap_err();
-        assert_eq!(err(sign(&key, &d, Address::repeat_byte(2), 10000, now - 600, now + 300, nonce)), ExactError::RecipientMismatch);
-        assert_eq!(err(sign(&key, &d, pay_to, 9999, now - 600, now + 300, nonce)), ExactError::ValueMismatch);
-        assert_eq!(err(sign(&key, &d, pay_to, 10000, now + 10, now + 300, nonce)), ExactError::NotYetValid);
-        assert_eq!(err(sign(&key, &d, pay_to, 10000, now - 600, now + 5, nonce)), ExactError::Expired);
-        assert_eq!(err(sign(&key, &d, pay_to, 10000, now - 600, now + 10_000, nonce)), ExactError::TooLong);
+        assert_eq!(
+            err(sign(
+                &key,
+                &d,
+                Address::repeat_byte(2),
+                10000,
+                now - 600,
+                now + 300,
+                nonce
+            )),
+            ExactError::RecipientMismatch
+        );
+        assert_eq!(
+            err(sign(&key, &d, pay_to, 9999, now - 600, now + 300, nonce)),
+            ExactError::ValueMismatch
+        );
+        assert_eq!(
+            err(sign(&key, &d, pay_to, 10000, now + 10, now + 300, nonce)),
+            ExactError::NotYetValid
+        );
+        assert_eq!(
+            err(sign(&key, &d, pay_to, 10000, now - 600, now + 5, nonce)),
+            ExactError::Expired
+        );
+        assert_eq!(
+            err(sign(
+                &key,
+                &d,
+                pay_to,
+                10000,
+                now - 600,
+                now + 10_000,
+                nonce
+            )),
+            ExactError::TooLong
+        );
         let other_domain = domain("USDC", "2", 31337, token);
-        assert_eq!(err(sign(&key, &other_domain, pay_to, 10000, now - 600, now + 300, nonce)), ExactError::BadSignature);
+        assert_eq!(
+            err(sign(
+                &key,
+                &other_domain,
+                pay_to,
+                10000,
+                now - 600,
+                now + 300,
+                nonce
+            )),
+            ExactError::BadSignature
+        );
         let mut tampered = good.clone();
         tampered["authorization"]["nonce"] = json!("0x1234");
         assert_eq!(err(tampered), ExactError::BadNonce);

@@ -8,7 +8,9 @@ use serde_json::{Map, Value};
 
 use super::codec;
 use super::networks::Asset;
-use super::types::{PaymentRequiredV1, PaymentRequiredV2, RequirementsV1, RequirementsV2, ResourceRef};
+use super::types::{
+    PaymentRequiredV1, PaymentRequiredV2, RequirementsV1, RequirementsV2, ResourceRef,
+};
 
 /// One way to pay for a rule: a scheme on a network with an asset, amount and recipient.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,10 +24,19 @@ pub struct Offer {
 
 impl Offer {
     /// Builds an `exact` offer; `extra` is the token's EIP-712 domain `{name, version}`.
-    pub fn exact(asset: Arc<Asset>, v1_network: Option<String>, amount: u128, pay_to: &str, max_timeout_seconds: u64) -> Self {
+    pub fn exact(
+        asset: Arc<Asset>,
+        v1_network: Option<String>,
+        amount: u128,
+        pay_to: &str,
+        max_timeout_seconds: u64,
+    ) -> Self {
         let mut extra = Map::new();
         extra.insert("name".into(), Value::String(asset.eip712_name.clone()));
-        extra.insert("version".into(), Value::String(asset.eip712_version.clone()));
+        extra.insert(
+            "version".into(),
+            Value::String(asset.eip712_version.clone()),
+        );
         let requirements = RequirementsV2 {
             scheme: "exact".into(),
             network: asset.network.clone(),
@@ -35,7 +46,11 @@ impl Offer {
             max_timeout_seconds,
             extra,
         };
-        Offer { asset, v1_network, requirements }
+        Offer {
+            asset,
+            v1_network,
+            requirements,
+        }
     }
 }
 
@@ -51,7 +66,12 @@ pub struct Priced {
 impl Priced {
     pub fn new(offers: Vec<Offer>, description: String, mime_type: String) -> Self {
         let requirements_v2 = offers.iter().map(|o| o.requirements.clone()).collect();
-        Priced { offers, requirements_v2, description, mime_type }
+        Priced {
+            offers,
+            requirements_v2,
+            description,
+            mime_type,
+        }
     }
 
     /// The v2 `PaymentRequired` JSON (compact).
@@ -59,7 +79,11 @@ impl Priced {
         let pr = PaymentRequiredV2 {
             x402_version: 2,
             error,
-            resource: ResourceRef { url, description: &self.description, mime_type: &self.mime_type },
+            resource: ResourceRef {
+                url,
+                description: &self.description,
+                mime_type: &self.mime_type,
+            },
             accepts: &self.requirements_v2,
         };
         serde_json::to_string(&pr).unwrap_or_default()
@@ -92,7 +116,12 @@ impl Priced {
                 })
             })
             .collect();
-        let body = PaymentRequiredV1 { x402_version: 1, error, accepts, payer };
+        let body = PaymentRequiredV1 {
+            x402_version: 1,
+            error,
+            accepts,
+            payer,
+        };
         serde_json::to_string(&body).unwrap_or_default()
     }
 }
@@ -116,7 +145,13 @@ mod tests {
     #[test]
     fn v2_header_shape_and_order() {
         let p = Priced::new(
-            vec![Offer::exact(asset(), Some("base-sepolia".into()), 10000, "0x209693Bc6afc0C5328bA36FaF03C514EF312287C", 300)],
+            vec![Offer::exact(
+                asset(),
+                Some("base-sepolia".into()),
+                10000,
+                "0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+                300,
+            )],
             "Weather".into(),
             "application/json".into(),
         );
@@ -131,6 +166,9 @@ mod tests {
         );
         let v1 = p.v1_body("X-PAYMENT header is required", "http://h/w", None);
         assert!(v1.starts_with(r#"{"x402Version":1,"error":"X-PAYMENT header is required","accepts":[{"scheme":"exact","network":"base-sepolia","maxAmountRequired":"10000","resource":"http://h/w""#), "{v1}");
-        assert_eq!(p.payment_required_header("e", "u"), p.payment_required_header("e", "u"));
+        assert_eq!(
+            p.payment_required_header("e", "u"),
+            p.payment_required_header("e", "u")
+        );
     }
 }

@@ -40,14 +40,21 @@ pub fn decode(value: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
     if value.is_empty() {
         return Err(DecodeError::Empty);
     }
-    if value.len() % 4 != 0 || !value.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')) {
+    if value.len() % 4 != 0
+        || !value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+    {
         return Err(DecodeError::Base64);
     }
     STANDARD.decode(value).map_err(|_| DecodeError::Base64)
 }
 
 /// Decodes a header into a typed JSON value.
-pub fn decode_json<T: serde::de::DeserializeOwned>(value: &[u8], limit: usize) -> Result<(T, Vec<u8>), DecodeError> {
+pub fn decode_json<T: serde::de::DeserializeOwned>(
+    value: &[u8],
+    limit: usize,
+) -> Result<(T, Vec<u8>), DecodeError> {
     let raw = decode(value, limit)?;
     let parsed = serde_json::from_slice(&raw).map_err(|e| DecodeError::Json(e.to_string()))?;
     Ok((parsed, raw))
@@ -59,7 +66,10 @@ mod tests {
 
     #[test]
     fn strict_base64() {
-        assert_eq!(decode(b"eyJhIjoxfQ==", 100).as_deref(), Ok(&b"{\"a\":1}"[..]));
+        assert_eq!(
+            decode(b"eyJhIjoxfQ==", 100).as_deref(),
+            Ok(&b"{\"a\":1}"[..])
+        );
         assert_eq!(decode(b"eyJhIjoxfQ", 100), Err(DecodeError::Base64));
         assert_eq!(decode(b"eyJhIjoxfQ==\n", 100), Err(DecodeError::Base64));
         assert_eq!(decode(b"ey-hIjoxfQ==", 100), Err(DecodeError::Base64));

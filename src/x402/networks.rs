@@ -53,16 +53,52 @@ const USD_COIN: &str = "USD Coin";
 /// Built-in networks. USDC addresses and EIP-712 names as deployed; note Base Sepolia and Polygon
 /// Amoy name their token `USDC` while the mainnets use `USD Coin`. All use domain version `2`.
 const BUILT_IN: &[BuiltIn] = &[
-    net(Some("base"), 8453, Some(("0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913", USD_COIN))),
-    net(Some("base-sepolia"), 84532, Some(("0x036CbD53842c5426634e7929541eC2318f3dCF7e", "USDC"))),
-    net(Some("ethereum"), 1, Some(("0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48", USD_COIN))),
+    net(
+        Some("base"),
+        8453,
+        Some(("0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913", USD_COIN)),
+    ),
+    net(
+        Some("base-sepolia"),
+        84532,
+        Some(("0x036CbD53842c5426634e7929541eC2318f3dCF7e", "USDC")),
+    ),
+    net(
+        Some("ethereum"),
+        1,
+        Some(("0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48", USD_COIN)),
+    ),
     net(Some("sepolia"), 11155111, None),
-    net(Some("avalanche"), 43114, Some(("0xB97EF9Ef8734C71904D8002F8b6Bc66Dd9c48a6E", USD_COIN))),
-    net(Some("avalanche-fuji"), 43113, Some(("0x5425890298aed601595a70AB815c96711a31Bc65", USD_COIN))),
-    net(Some("polygon"), 137, Some(("0x3c499c542cEF5E3811e1192ce70d8cC03d5c3359", USD_COIN))),
-    net(Some("polygon-amoy"), 80002, Some(("0x41E94Eb019C0762f9Bfcf9Fb1E58725BfB0e7582", "USDC"))),
-    net(None, 42161, Some(("0xaf88d065e77c8cC2239327C5EDb3A432268e5831", USD_COIN))),
-    net(None, 421614, Some(("0x75faf114eafb1BDbe2F0316DF893fd58CE46AA4d", USD_COIN))),
+    net(
+        Some("avalanche"),
+        43114,
+        Some(("0xB97EF9Ef8734C71904D8002F8b6Bc66Dd9c48a6E", USD_COIN)),
+    ),
+    net(
+        Some("avalanche-fuji"),
+        43113,
+        Some(("0x5425890298aed601595a70AB815c96711a31Bc65", USD_COIN)),
+    ),
+    net(
+        Some("polygon"),
+        137,
+        Some(("0x3c499c542cEF5E3811e1192ce70d8cC03d5c3359", USD_COIN)),
+    ),
+    net(
+        Some("polygon-amoy"),
+        80002,
+        Some(("0x41E94Eb019C0762f9Bfcf9Fb1E58725BfB0e7582", "USDC")),
+    ),
+    net(
+        None,
+        42161,
+        Some(("0xaf88d065e77c8cC2239327C5EDb3A432268e5831", USD_COIN)),
+    ),
+    net(
+        None,
+        421614,
+        Some(("0x75faf114eafb1BDbe2F0316DF893fd58CE46AA4d", USD_COIN)),
+    ),
     net(Some("sei"), 1329, None),
     net(Some("sei-testnet"), 1328, None),
     net(Some("iotex"), 4689, None),
@@ -110,7 +146,9 @@ pub fn chain_id_of(caip2: &str) -> Option<u64> {
 /// Returns the EIP-55 checksummed form of a hex address, or `None` if it is not one.
 pub fn checksum_address(addr: &str) -> Option<String> {
     let parsed: alloy::primitives::Address = addr.parse().ok()?;
-    let hex = addr.strip_prefix("0x").or_else(|| addr.strip_prefix("0X"))?;
+    let hex = addr
+        .strip_prefix("0x")
+        .or_else(|| addr.strip_prefix("0X"))?;
     if hex.len() != 40 {
         return None;
     }
@@ -154,7 +192,8 @@ impl Registry {
     /// Declares a network that is not built in (a local or private chain), or renames the v1
     /// name of a built-in one.
     pub fn add_network(&mut self, caip2: &str, v1_name: Option<&str>) -> Result<(), RegistryError> {
-        let chain_id = chain_id_of(caip2).ok_or_else(|| RegistryError::BadNetworkId(caip2.into()))?;
+        let chain_id =
+            chain_id_of(caip2).ok_or_else(|| RegistryError::BadNetworkId(caip2.into()))?;
         if let Some(name) = v1_name {
             if let Some(other) = self
                 .networks
@@ -164,12 +203,15 @@ impl Registry {
                 return Err(RegistryError::V1NameTaken(name.into(), other.caip2.clone()));
             }
         }
-        let entry = self.networks.entry(caip2.to_owned()).or_insert_with(|| Network {
-            caip2: caip2.to_owned(),
-            v1_name: None,
-            chain_id,
-            usd_asset: None,
-        });
+        let entry = self
+            .networks
+            .entry(caip2.to_owned())
+            .or_insert_with(|| Network {
+                caip2: caip2.to_owned(),
+                v1_name: None,
+                chain_id,
+                usd_asset: None,
+            });
         if v1_name.is_some() {
             entry.v1_name = v1_name.map(str::to_owned);
         }
@@ -182,8 +224,8 @@ impl Registry {
         if !self.networks.contains_key(&asset.network) {
             return Err(RegistryError::UnknownNetwork(asset.network.clone()));
         }
-        asset.address =
-            checksum_address(&asset.address).ok_or_else(|| RegistryError::BadAddress(asset.address.clone()))?;
+        asset.address = checksum_address(&asset.address)
+            .ok_or_else(|| RegistryError::BadAddress(asset.address.clone()))?;
         if self.assets_by_id.contains_key(&asset.id) || asset.id == "usdc" {
             return Err(RegistryError::DuplicateAssetId(asset.id.clone()));
         }
@@ -203,9 +245,11 @@ impl Registry {
 
     /// Finds a network by CAIP-2 id or v1 name.
     pub fn network(&self, name: &str) -> Option<&Network> {
-        self.networks
-            .get(name)
-            .or_else(|| self.networks.values().find(|n| n.v1_name.as_deref() == Some(name)))
+        self.networks.get(name).or_else(|| {
+            self.networks
+                .values()
+                .find(|n| n.v1_name.as_deref() == Some(name))
+        })
     }
 
     /// Finds an asset by declared id (or `usdc`) on a network, or by address.
@@ -248,8 +292,14 @@ mod tests {
     #[test]
     fn base_and_base_sepolia_have_different_domain_names() {
         let r = Registry::builtin();
-        let base = r.network("base").and_then(|n| n.usd_asset.clone()).map(|a| a.eip712_name.clone());
-        let sep = r.network("eip155:84532").and_then(|n| n.usd_asset.clone()).map(|a| a.eip712_name.clone());
+        let base = r
+            .network("base")
+            .and_then(|n| n.usd_asset.clone())
+            .map(|a| a.eip712_name.clone());
+        let sep = r
+            .network("eip155:84532")
+            .and_then(|n| n.usd_asset.clone())
+            .map(|a| a.eip712_name.clone());
         assert_eq!(base.as_deref(), Some("USD Coin"));
         assert_eq!(sep.as_deref(), Some("USDC"));
         assert_eq!(r.network("base-sepolia").map(|n| n.chain_id), Some(84532));
@@ -282,10 +332,16 @@ mod tests {
         assert_eq!(a.address, "0x5FbDB2315678afecb367f032d93F642f64180aa3");
         let n = r.network("eip155:31337").expect("net");
         assert_eq!(n.usd_asset.as_ref().map(|a| a.id.as_str()), Some("tusd"));
-        assert!(r.asset("eip155:31337", "0x5FBDB2315678AFECB367F032D93F642F64180AA3").is_some());
+        assert!(
+            r.asset("eip155:31337", "0x5FBDB2315678AFECB367F032D93F642F64180AA3")
+                .is_some()
+        );
         assert_eq!(
             r.add_network("eip155:1", Some("base")),
-            Err(RegistryError::V1NameTaken("base".into(), "eip155:8453".into()))
+            Err(RegistryError::V1NameTaken(
+                "base".into(),
+                "eip155:8453".into()
+            ))
         );
     }
 }

@@ -1,0 +1,7 @@
+//! Integration tests: real gateway processes in front of real origin processes, and, for
+//! payments, a real chain, token, facilitator and x402 clients. One test binary, so the
+//! gateway is built once.
+
+mod support;
+
+mod core;

@@ -1,0 +1,460 @@
+//! Test support: start the gateway, the demo origin and the node devnet as child processes on
+//! OS-chosen ports, wait until they are ready by polling, and talk to them.
+
+#![allow(dead_code)]
+
+pub mod chain;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub const GATEWAY_BIN: &str = env!("CARGO_BIN_EXE_x402-gateway");
+pub const ORIGIN_BIN: &str = env!("CARGO_BIN_EXE_demo-origin");
+/// Recipient used by configs that do not need a chain.
+pub const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn read_ready(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok().filter(|s| !s.is_empty())
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The demo origin.
+pub struct Origin {
+    pub addr: String,
+    _dir: TempDir,
+    _proc: Proc,
+}
+
+impl Origin {
+    pub fn start(name: &str) -> Origin {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ready = dir.path().join("ready");
+        let child = Command::new(ORIGIN_BIN)
+            .args(["--listen", "127.0.0.1:0", "--name", name, "--ready-file"])
+            .arg(&ready)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn demo-origin");
+        let proc = Proc {
+            child,
+            name: "demo-origin",
+        };
+        let addr = wait_for("demo-origin", Duration::from_secs(10), || {
+            read_ready(&ready)
+        });
+        Origin {
+            addr,
+            _dir: dir,
+            _proc: proc,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Requests the origin has served (stats and health requests excluded).
+    pub async fn requests(&self) -> u64 {
+        let v: Value = client()
+            .get(self.url("/__origin/stats"))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("json");
+        v["requests"].as_u64().expect("requests")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self._proc.child.id()
+    }
+}
+
+/// The gateway, with its own folder for config, rules and ledger.
+pub struct Gateway {
+    pub addr: String,
+    pub admin: String,
+    pub dir: TempDir,
+    pub log: PathBuf,
+    proc: Option<Proc>,
+}
+
+/// Installs the TLS provider reqwest needs, once.
+pub fn init_tls() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// An HTTP client that does not follow redirects.
+pub fn client() -> reqwest::Client {
+    init_tls();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+/// A gateway.toml for tests: listeners on port 0, one upstream, a local chain network and
+/// token, and whatever `extra` adds.
+pub fn config(origin: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+threads = 1
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 2
+
+[admin]
+listen = "127.0.0.1:0"
+
+[upstreams.origin]
+peers = ["{origin}"]
+connect_timeout_ms = 1000
+read_timeout_ms = 5000
+
+[payment]
+pay_to = "{PAY_TO}"
+networks = ["base-sepolia"]
+
+[reload]
+debounce_ms = 50
+
+[logging]
+level = "info"
+{extra}
+"#
+    )
+}
+
+impl Gateway {
+    /// Writes `config` and the rule files into a fresh folder and starts the gateway on it.
+    pub fn start(config: &str, rules: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("rules")).expect("rules dir");
+        std::fs::write(dir.path().join("gateway.toml"), config).expect("write config");
+        for (name, body) in rules {
+            std::fs::write(dir.path().join("rules").join(name), body).expect("write rules");
+        }
+        Self::start_in(dir)
+    }
+
+    /// Starts the gateway on an existing folder.
+    pub fn start_in(dir: TempDir) -> Gateway {
+        let ready = dir.path().join("ready.json");
+        let log = dir.path().join("gateway.log");
+        let logfile = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(GATEWAY_BIN)
+            .args(["run", "-c"])
+            .arg(dir.path().join("gateway.toml"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(logfile)
+            .spawn()
+            .expect("spawn gateway");
+        let mut proc = Proc {
+            child,
+            name: "x402-gateway",
+        };
+        let report: Value = wait_for("gateway ready file", Duration::from_secs(20), || {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                panic!(
+                    "gateway exited with {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            read_ready(&ready).and_then(|s| serde_json::from_str(&s).ok())
+        });
+        let addr = report["listen"][0].as_str().expect("listen").to_owned();
+        let admin = report["admin"].as_str().expect("admin").to_owned();
+        Gateway {
+            addr,
+            admin,
+            dir,
+            log,
+            proc: Some(proc),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.proc.as_ref().map_or(0, |p| p.child.id() as i32)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes a file (atomically, through a rename) relative to the gateway folder.
+    pub fn write(&self, rel: &str, body: &str) {
+        let path = self.path(rel);
+        let tmp = path.with_extension("tmp-write");
+        std::fs::write(&tmp, body).expect("write");
+        std::fs::rename(&tmp, &path).expect("rename");
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal");
+    }
+
+    pub async fn config_view(&self) -> Value {
+        client()
+            .get(self.admin_url("/config"))
+            .send()
+            .await
+            .expect("config")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    pub async fn generation(&self) -> u64 {
+        self.config_view().await["generation"]
+            .as_u64()
+            .expect("generation")
+    }
+
+    /// Polls until the configuration generation reaches `g`.
+    pub async fn wait_generation(&self, g: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.generation().await < g {
+            assert!(
+                Instant::now() < deadline,
+                "generation {g} never loaded; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// The value of one metric series (labels as written by Prometheus, sorted by name).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit, returning whether it did within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let Some(p) = self.proc.as_mut() else {
+            return true;
+        };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = p.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+}
+
+/// Sends raw bytes and returns the raw response (until the server closes or 2 s of quiet).
+pub fn raw_request(addr: &str, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(bytes).expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if response_complete(&out) {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn response_complete(buf: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(buf);
+    let Some(end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    let head = text[..end].to_ascii_lowercase();
+    match head.lines().find_map(|l| l.strip_prefix("content-length:")) {
+        Some(n) => n
+            .trim()
+            .parse::<usize>()
+            .is_ok_and(|n| buf.len() >= end + 4 + n),
+        None => false,
+    }
+}
+
+/// The status code of a raw HTTP response.
+pub fn raw_status(resp: &str) -> u16 {
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Decodes a `PAYMENT-REQUIRED` (or receipt) header value into JSON.
+pub fn decode_header(v: &str) -> Value {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(v)
+        .expect("base64");
+    serde_json::from_slice(&bytes).expect("json")
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A node process from the interop harness, with its one-line JSON report.
+pub struct NodeProc {
+    pub info: Value,
+    stdin: Option<ChildStdin>,
+    proc: Proc,
+}
+
+impl NodeProc {
+    /// Runs `node tests/interop/<script> args…` and reads its JSON line.
+    pub fn start(script: &str, args: &[&str]) -> NodeProc {
+        let interop = repo().join("tests/interop");
+        assert!(
+            interop.join("node_modules").is_dir(),
+            "tests/interop/node_modules is missing: run `npm ci --prefix tests/interop` (scripts/test.sh does)"
+        );
+        let mut child = Command::new("node")
+            .arg(interop.join(script))
+            .args(args)
+            .env("INTEROP_QUIET", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn node");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read devnet line");
+        let info: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("{script} printed {line:?}: {e}"));
+        NodeProc {
+            info,
+            stdin,
+            proc: Proc {
+                child,
+                name: "node",
+            },
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        // Closing stdin asks devnet to stop its children; the kill is the backstop.
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.proc.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Runs a node CLI to completion and parses the JSON line it prints.
+pub async fn node_json(script: &str, args: &[String], env: &[(&str, &str)]) -> Value {
+    let interop = repo().join("tests/interop");
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(interop.join(script))
+        .args(args)
+        .env("INTEROP_QUIET", "1")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or("");
+    serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!(
+            "{script} printed {stdout:?} ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
