@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod chain;
+pub mod pay;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -1,0 +1,681 @@
+//! x402 payments end to end: the reference clients pay the gateway, a real facilitator settles
+//! on a real chain, and every refusal is checked against the chain and the facilitator's log.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::chain::balance;
+use crate::support::pay::{self, Auth};
+use crate::support::*;
+
+/// A devnet, an origin and a gateway in front of it.
+struct Paid {
+    dev: NodeProc,
+    origin: Origin,
+    gw: Gateway,
+}
+
+const RULES: &str = r#"
+[[rule]]
+id = "weather"
+path = "/api/weather"
+price = "$0.01"
+description = "Weather"
+mime_type = "application/json"
+
+[[rule]]
+id = "status"
+prefix = "/status"
+price = "$0.01"
+"#;
+
+fn pay_config(origin: &str, dev: &Value, facilitator_url: Option<&str>, extra: &str) -> String {
+    let chain_id = dev["chainId"].as_u64().expect("chain id");
+    let network = format!("eip155:{chain_id}");
+    let token = &dev["token"];
+    let declare_network = if dev["v1Network"].is_null() {
+        format!("[[networks]]\nid = \"{network}\"\n")
+    } else {
+        String::new()
+    };
+    let fac_url = facilitator_url
+        .map(str::to_owned)
+        .unwrap_or_else(|| dev["facilitatorUrl"].as_str().expect("fac").to_owned());
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+threads = 1
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 2
+
+[admin]
+listen = "127.0.0.1:0"
+
+[upstreams.origin]
+peers = ["{origin}"]
+
+{declare_network}
+[[assets]]
+id = "tusd"
+network = "{network}"
+address = "{address}"
+name = "{name}"
+version = "{version}"
+decimals = 6
+usd = true
+
+[[facilitators]]
+name = "local"
+url = "{fac_url}"
+timeout_ms = 2000
+
+[logging]
+level = "info"
+
+[payment]
+pay_to = "{pay_to}"
+networks = ["{network}"]
+{extra}
+"#,
+        address = token["address"].as_str().expect("address"),
+        name = token["name"].as_str().expect("name"),
+        version = token["version"].as_str().expect("version"),
+        pay_to = dev["payTo"].as_str().expect("payTo"),
+    )
+}
+
+impl Paid {
+    fn start(chain_id: u32, payers: usize, payment_extra: &str) -> Paid {
+        let dev = NodeProc::start(
+            "lib/devnet.mjs",
+            &[
+                "--chain-id",
+                &chain_id.to_string(),
+                "--payers",
+                &payers.to_string(),
+            ],
+        );
+        let origin = Origin::start("paid-origin");
+        let gw = Gateway::start(
+            &pay_config(&origin.addr, &dev.info, None, payment_extra),
+            &[("rules.toml", RULES)],
+        );
+        Paid { dev, origin, gw }
+    }
+
+    fn rpc(&self) -> &str {
+        self.dev.info["rpcUrl"].as_str().expect("rpc")
+    }
+    fn token(&self) -> &str {
+        self.dev.info["token"]["address"].as_str().expect("token")
+    }
+    fn pay_to(&self) -> &str {
+        self.dev.info["payTo"].as_str().expect("payTo")
+    }
+    fn payer(&self, i: usize) -> (&str, &str) {
+        let p = &self.dev.info["payers"][i];
+        (
+            p["address"].as_str().expect("address"),
+            p["privateKey"].as_str().expect("key"),
+        )
+    }
+    fn fac(&self, path: &str) -> String {
+        format!(
+            "{}{path}",
+            self.dev.info["facilitatorUrl"].as_str().expect("fac")
+        )
+    }
+
+    async fn balance(&self, who: &str) -> u128 {
+        balance(self.rpc(), self.token(), who).await
+    }
+
+    /// Requests the facilitator received, by path.
+    async fn facilitator_calls(&self) -> Vec<String> {
+        let log: Value = client()
+            .get(self.fac("/__log"))
+            .send()
+            .await
+            .expect("log")
+            .json()
+            .await
+            .expect("json");
+        log.as_array()
+            .expect("array")
+            .iter()
+            .map(|e| e["path"].as_str().unwrap_or("").to_owned())
+            .filter(|p| p != "/supported")
+            .collect()
+    }
+
+    async fn facilitator_config(&self, cfg: Value) {
+        let r = client()
+            .post(self.fac("/__config"))
+            .json(&cfg)
+            .send()
+            .await
+            .expect("config");
+        assert!(
+            r.status().is_success(),
+            "facilitator config refused: {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+
+    /// The requirements the gateway offers for `path` (its first `accepts` entry).
+    async fn accepted(&self, path: &str) -> Value {
+        let r = client().get(self.gw.url(path)).send().await.expect("get");
+        assert_eq!(r.status(), 402);
+        decode_header(r.headers()["payment-required"].to_str().expect("ascii"))["accepts"][0]
+            .clone()
+    }
+
+    fn ledger(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.gw.path("receipts.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("ledger line"))
+            .collect()
+    }
+}
+
+async fn pay_v2(url: &str, key: &str, extra: &[&str]) -> Value {
+    let mut args: Vec<String> = vec![
+        "--url".into(),
+        url.into(),
+        "--private-key".into(),
+        key.into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    node_json("lib/pay-v2.mjs", &args, &[]).await
+}
+
+#[tokio::test]
+async fn v2_client_pays_once_and_replay_moves_nothing() {
+    let p = Paid::start(31337, 1, "");
+    let (payer, key) = p.payer(0);
+    let (payer_before, merchant_before) = (p.balance(payer).await, p.balance(p.pay_to()).await);
+
+    let res = pay_v2(&p.gw.url("/api/weather?city=Paris"), key, &[]).await;
+    assert_eq!(res["status"], 200, "{res}");
+    let body: Value =
+        serde_json::from_str(res["body"].as_str().expect("body")).expect("origin json");
+    assert_eq!(body["origin"], "paid-origin");
+    assert_eq!(body["query"], "city=Paris");
+    assert!(
+        body["headers"].get("payment-signature").is_none(),
+        "payment header must not reach the origin"
+    );
+    assert_eq!(res["receipt"]["success"], true, "{res}");
+    let tx = res["receipt"]["transaction"]
+        .as_str()
+        .expect("tx")
+        .to_owned();
+    assert!(tx.starts_with("0x") && tx.len() == 66, "{tx}");
+    assert_eq!(res["receipt"]["network"], "eip155:31337");
+    assert!(
+        res["headers"]["cache-control"]
+            .as_str()
+            .expect("cc")
+            .contains("private")
+    );
+    assert_eq!(p.balance(payer).await, payer_before - 10_000);
+    assert_eq!(p.balance(p.pay_to()).await, merchant_before + 10_000);
+
+    let ledger = p.ledger();
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    assert_eq!(ledger[0]["event"], "settled");
+    assert_eq!(ledger[0]["transaction"], tx.as_str());
+    assert_eq!(
+        ledger[0]["payer"].as_str().map(str::to_ascii_lowercase),
+        Some(payer.to_ascii_lowercase())
+    );
+    assert_eq!(ledger[0]["amount"], "10000");
+    assert_eq!(ledger[0]["rule"], "weather");
+
+    // The same header again: refused locally, nothing moves.
+    let header = res["paymentHeader"].as_str().expect("header");
+    let r = client()
+        .get(p.gw.url("/api/weather?city=Paris"))
+        .header("PAYMENT-SIGNATURE", header)
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(r.status(), 402);
+    let pr = decode_header(r.headers()["payment-required"].to_str().expect("ascii"));
+    assert_eq!(pr["error"], "payment_already_used");
+    assert_eq!(p.balance(payer).await, payer_before - 10_000);
+    assert_eq!(p.balance(p.pay_to()).await, merchant_before + 10_000);
+    assert_eq!(
+        p.gw.metric(r#"x402_payments_total{outcome="settled",reason=""}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(p.gw.metric(r#"x402_revenue_atomic_total{asset="0x5FbDB2315678afecb367f032d93F642f64180aa3",network="eip155:31337"}"#).await, 10000.0);
+    assert_eq!(p.origin.requests().await, 1);
+}
+
+#[tokio::test]
+async fn v1_legacy_client_pays_once() {
+    let p = Paid::start(84532, 1, "");
+    let (payer, key) = p.payer(0);
+    let (payer_before, merchant_before) = (p.balance(payer).await, p.balance(p.pay_to()).await);
+    let args: Vec<String> = [
+        "--url",
+        &p.gw.url("/api/weather"),
+        "--private-key",
+        key,
+        "--chain-id",
+        "84532",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let res = node_json("lib/pay-v1.mjs", &args, &[]).await;
+    assert_eq!(res["status"], 200, "{res}");
+    assert_eq!(res["receipt"]["success"], true, "{res}");
+    assert_eq!(res["receipt"]["network"], "base-sepolia");
+    assert!(res["headers"].get("x-payment-response").is_some());
+    assert_eq!(p.balance(payer).await, payer_before - 10_000);
+    assert_eq!(p.balance(p.pay_to()).await, merchant_before + 10_000);
+    let calls = p.facilitator_calls().await;
+    assert_eq!(
+        calls.iter().filter(|c| *c == "/settle").count(),
+        1,
+        "{calls:?}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_copies_of_one_payment_settle_once() {
+    let p = Paid::start(31337, 1, "");
+    let (payer, key) = p.payer(0);
+    let before = p.balance(payer).await;
+    let accepted = p.accepted("/api/weather").await;
+    let header = pay::v2_header(
+        &accepted,
+        pay::signed_payload(
+            &pay::key(key),
+            &accepted,
+            &Auth::for_requirements(&accepted),
+        ),
+    );
+    let sends = (0..4).map(|_| {
+        let (url, h) = (p.gw.url("/api/weather"), header.clone());
+        tokio::spawn(async move {
+            client()
+                .get(url)
+                .header("PAYMENT-SIGNATURE", h)
+                .send()
+                .await
+                .expect("send")
+                .status()
+                .as_u16()
+        })
+    });
+    let mut statuses = Vec::new();
+    for s in sends {
+        statuses.push(s.await.expect("join"));
+    }
+    statuses.sort();
+    assert_eq!(statuses, vec![200, 402, 402, 402]);
+    assert_eq!(p.balance(payer).await, before - 10_000);
+    let calls = p.facilitator_calls().await;
+    assert_eq!(
+        calls.iter().filter(|c| *c == "/settle").count(),
+        1,
+        "{calls:?}"
+    );
+}
+
+#[tokio::test]
+async fn unfunded_payer_gets_the_facilitator_reason_and_nothing_moves() {
+    let p = Paid::start(31337, 1, "");
+    let merchant_before = p.balance(p.pay_to()).await;
+    let poor = alloy::signers::local::PrivateKeySigner::random();
+    let accepted = p.accepted("/api/weather").await;
+    let header = pay::v2_header(
+        &accepted,
+        pay::signed_payload(&poor, &accepted, &Auth::for_requirements(&accepted)),
+    );
+    let r = client()
+        .get(p.gw.url("/api/weather"))
+        .header("PAYMENT-SIGNATURE", header)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 402);
+    let pr = decode_header(r.headers()["payment-required"].to_str().expect("ascii"));
+    assert_eq!(
+        pr["error"], "invalid_exact_evm_insufficient_balance",
+        "{pr}"
+    );
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(
+        body["payer"].as_str().map(str::to_ascii_lowercase),
+        Some(poor.address().to_string().to_ascii_lowercase())
+    );
+    assert_eq!(p.balance(p.pay_to()).await, merchant_before);
+    assert_eq!(p.facilitator_calls().await, vec!["/verify".to_string()]);
+    assert_eq!(p.origin.requests().await, 0);
+}
+
+#[tokio::test]
+async fn bad_payments_are_refused_locally_without_a_facilitator_call() {
+    let p = Paid::start(31337, 1, "");
+    let (payer, key) = p.payer(0);
+    let signer = pay::key(key);
+    let accepted = p.accepted("/api/weather").await;
+    let good = Auth::for_requirements(&accepted);
+    let signed = |a: &Auth| pay::signed_payload(&signer, &accepted, a);
+    let with = |f: &dyn Fn(&mut Auth)| {
+        let mut a = good.clone();
+        a.nonce = pay::random_nonce();
+        f(&mut a);
+        pay::v2_header(&accepted, signed(&a))
+    };
+    let accepted_other = |k: &str, v: Value| {
+        let mut acc = accepted.clone();
+        acc[k] = v;
+        pay::v2_header(&acc, signed(&good))
+    };
+    let mut bad_sig = signed(&good);
+    let s = bad_sig["signature"].as_str().expect("sig").to_owned();
+    bad_sig["signature"] =
+        json!(format!("{}{}", &s[..10], if &s[10..11] == "a" { "b" } else { "a" }) + &s[11..]);
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "underpaid",
+            with(&|a| a.value = 9_999),
+            "invalid_exact_evm_payload_authorization_value_mismatch",
+        ),
+        (
+            "overpaid",
+            with(&|a| a.value = 10_001),
+            "invalid_exact_evm_payload_authorization_value_mismatch",
+        ),
+        (
+            "wrong payTo",
+            with(&|a| a.to = "0x000000000000000000000000000000000000dEaD".into()),
+            "invalid_exact_evm_payload_recipient_mismatch",
+        ),
+        (
+            "expired",
+            with(&|a| a.valid_before = pay::now() + 2),
+            "invalid_exact_evm_payload_authorization_valid_before",
+        ),
+        (
+            "not yet valid",
+            with(&|a| a.valid_after = pay::now() + 120),
+            "invalid_exact_evm_payload_authorization_valid_after",
+        ),
+        (
+            "too long",
+            with(&|a| a.valid_before = pay::now() + 86_400),
+            "authorization_validity_too_long",
+        ),
+        (
+            "echoed asset changed",
+            accepted_other("asset", json!("0x000000000000000000000000000000000000bEEF")),
+            "no_matching_requirements",
+        ),
+        (
+            "echoed amount changed",
+            accepted_other("amount", json!("1")),
+            "no_matching_requirements",
+        ),
+        (
+            "echoed payTo changed",
+            accepted_other("payTo", json!("0x000000000000000000000000000000000000dEaD")),
+            "no_matching_requirements",
+        ),
+        (
+            "wrong network",
+            accepted_other("network", json!("eip155:8453")),
+            "invalid_network",
+        ),
+        (
+            "wrong scheme",
+            accepted_other("scheme", json!("upto")),
+            "unsupported_scheme",
+        ),
+        (
+            "bad signature",
+            pay::v2_header(&accepted, bad_sig),
+            "invalid_exact_evm_payload_signature",
+        ),
+        (
+            "garbage base64",
+            "!!!not-base64!!!".into(),
+            "invalid_payment_header_encoding",
+        ),
+        (
+            "url-safe base64",
+            pay::v2_header(&accepted, signed(&good))
+                .replace('+', "-")
+                .replace('/', "_")
+                + "-_",
+            "invalid_payment_header_encoding",
+        ),
+        (
+            "not json",
+            pay::b64(&json!("just a string")),
+            "invalid_payload",
+        ),
+        ("oversized", "A".repeat(20_000), "payment_header_too_large"),
+        (
+            "v1 version in v2 header",
+            pay::b64(&json!({"x402Version": 1, "accepted": accepted, "payload": signed(&good)})),
+            "invalid_x402_version",
+        ),
+    ];
+    for (name, header, reason) in &cases {
+        let r = client()
+            .get(p.gw.url("/api/weather"))
+            .header("PAYMENT-SIGNATURE", header)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 402, "{name}");
+        let pr = decode_header(r.headers()["payment-required"].to_str().expect("ascii"));
+        assert_eq!(pr["error"], *reason, "{name}");
+        assert_eq!(
+            pr["accepts"][0], accepted,
+            "{name}: a refusal carries the requirements"
+        );
+    }
+    // Both headers at once, and two copies of one.
+    let h = pay::v2_header(&accepted, signed(&good));
+    let r = client()
+        .get(p.gw.url("/api/weather"))
+        .header("PAYMENT-SIGNATURE", &h)
+        .header("X-PAYMENT", &h)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        decode_header(r.headers()["payment-required"].to_str().expect("ascii"))["error"],
+        "multiple_payment_headers"
+    );
+    assert!(
+        p.facilitator_calls().await.is_empty(),
+        "no refusal may reach the facilitator"
+    );
+    assert_eq!(p.origin.requests().await, 0);
+    assert!(p.balance(payer).await > 0);
+}
+
+#[tokio::test]
+async fn origin_error_in_after_mode_settles_nothing() {
+    let p = Paid::start(31337, 1, "");
+    let (payer, key) = p.payer(0);
+    let before = p.balance(payer).await;
+    let res = pay_v2(&p.gw.url("/status/500"), key, &[]).await;
+    assert_eq!(res["status"], 500, "{res}");
+    assert!(res["receipt"].is_null());
+    assert_eq!(p.balance(payer).await, before);
+    let calls = p.facilitator_calls().await;
+    assert!(
+        calls.contains(&"/verify".to_string()) && !calls.contains(&"/settle".to_string()),
+        "{calls:?}"
+    );
+    assert!(p.ledger().is_empty());
+    // The reservation was released: the same, unsettled payment still buys a request that
+    // succeeds (the requirements are identical), and then it is spent.
+    let header = res["paymentHeader"].as_str().expect("header");
+    let r = client()
+        .get(p.gw.url("/status/200"))
+        .header("PAYMENT-SIGNATURE", header)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(p.balance(payer).await, before - 10_000);
+    let calls = p.facilitator_calls().await;
+    assert_eq!(
+        calls,
+        vec!["/verify".to_string(), "/settle".to_string()],
+        "the retried payload was not re-verified"
+    );
+}
+
+#[tokio::test]
+async fn before_mode_settles_first_and_records_a_failed_delivery() {
+    let p = Paid::start(31337, 1, "settlement = \"before\"");
+    let (payer, key) = p.payer(0);
+    let before = p.balance(payer).await;
+    let res = pay_v2(&p.gw.url("/status/500"), key, &[]).await;
+    assert_eq!(res["status"], 500, "{res}");
+    assert_eq!(
+        res["receipt"]["success"], true,
+        "the receipt is returned with the origin's failure: {res}"
+    );
+    assert_eq!(p.balance(payer).await, before - 10_000);
+    let ledger = p.ledger();
+    let events: Vec<&str> = ledger
+        .iter()
+        .map(|l| l["event"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(events, vec!["settled", "delivery_failed"], "{ledger:?}");
+    assert_eq!(ledger[1]["upstream_status"], 500);
+    assert_eq!(p.gw.metric("x402_failed_deliveries_total").await, 1.0);
+}
+
+#[tokio::test]
+async fn facilitator_down_or_slow_charges_nothing() {
+    // Down: a port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_url = format!("http://{}", dead.local_addr().expect("addr"));
+    drop(dead);
+    let dev = NodeProc::start("lib/devnet.mjs", &["--payers", "1"]);
+    let origin = Origin::start("o");
+    let gw = Gateway::start(
+        &pay_config(&origin.addr, &dev.info, Some(&dead_url), ""),
+        &[("rules.toml", RULES)],
+    );
+    let s = |v: &Value| v.as_str().expect("string").to_owned();
+    let (key, payer) = (
+        s(&dev.info["payers"][0]["privateKey"]),
+        s(&dev.info["payers"][0]["address"]),
+    );
+    let (rpc, token) = (s(&dev.info["rpcUrl"]), s(&dev.info["token"]["address"]));
+    let (key, payer, rpc, token) = (key.as_str(), payer.as_str(), rpc.as_str(), token.as_str());
+    let before = balance(rpc, token, payer).await;
+    let res = pay_v2(&gw.url("/api/weather"), key, &[]).await;
+    assert_eq!(res["status"], 503, "{res}");
+    assert!(res["headers"]["retry-after"].is_string());
+    assert_eq!(
+        decode_header(res["headers"]["payment-required"].as_str().expect("pr"))["error"],
+        "facilitator_unavailable"
+    );
+    assert_eq!(balance(rpc, token, payer).await, before);
+    assert_eq!(origin.requests().await, 0);
+    drop(gw);
+
+    // Slow: verify takes longer than the gateway's 2 s timeout.
+    let p = Paid {
+        gw: Gateway::start(
+            &pay_config(&origin.addr, &dev.info, None, ""),
+            &[("rules.toml", RULES)],
+        ),
+        dev,
+        origin,
+    };
+    p.facilitator_config(json!({"verifyDelayMs": 4000})).await;
+    let started = std::time::Instant::now();
+    let res = pay_v2(&p.gw.url("/api/weather"), key, &[]).await;
+    assert_eq!(res["status"], 503, "{res}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(p.balance(payer).await, before);
+    assert!(!p.facilitator_calls().await.contains(&"/settle".to_string()));
+}
+
+#[tokio::test]
+async fn failed_settlement_after_the_origin_answered_sends_no_content() {
+    let p = Paid::start(31337, 1, "forward_payer_headers = true");
+    let (payer, key) = p.payer(0);
+    let before = p.balance(payer).await;
+    p.facilitator_config(json!({"settleOverride": {"status": 200, "body": {"success": false, "errorReason": "invalid_exact_evm_transaction_failed", "transaction": "", "network": "eip155:31337"}, "times": 1}})).await;
+    let res = pay_v2(&p.gw.url("/api/weather"), key, &[]).await;
+    assert_eq!(res["status"], 402, "{res}");
+    let body = res["body"].as_str().expect("body");
+    assert!(
+        !body.contains("paid-origin"),
+        "origin content leaked: {body}"
+    );
+    assert_eq!(res["receipt"]["success"], false, "{res}");
+    assert_eq!(
+        res["receipt"]["errorReason"],
+        "invalid_exact_evm_transaction_failed"
+    );
+    assert_eq!(
+        decode_header(res["headers"]["payment-required"].as_str().expect("pr"))["error"],
+        "invalid_exact_evm_transaction_failed"
+    );
+    assert_eq!(p.balance(payer).await, before);
+    let ledger = p.ledger();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0]["event"], "settle_failed");
+
+    // The facilitator said it did not settle: the payment may be used again, and now it works.
+    let header = res["paymentHeader"].as_str().expect("header");
+    let r = client()
+        .get(p.gw.url("/api/weather"))
+        .header("PAYMENT-SIGNATURE", header)
+        .header("X-Payment-Payer", "0xspoofed")
+        .send()
+        .await
+        .expect("retry");
+    assert_eq!(r.status(), 200);
+    let seen: Value = r.json().await.expect("json");
+    assert_eq!(
+        seen["headers"]["x-payment-payer"]
+            .as_str()
+            .map(str::to_ascii_lowercase),
+        Some(payer.to_ascii_lowercase())
+    );
+    assert_eq!(seen["headers"]["x-payment-amount"], "10000");
+    assert_eq!(seen["headers"]["x-payment-rule"], "weather");
+    assert_eq!(p.balance(payer).await, before - 10_000);
+}
+
+#[tokio::test]
+async fn payer_headers_cannot_be_spoofed_on_free_routes() {
+    let p = Paid::start(31337, 1, "forward_payer_headers = true");
+    let r = client()
+        .get(p.gw.url("/free/page"))
+        .header("X-Payment-Payer", "0xspoofed")
+        .header("X-Payment-Amount", "999")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    let seen: Value = r.json().await.expect("json");
+    assert!(
+        seen["headers"].get("x-payment-payer").is_none()
+            && seen["headers"].get("x-payment-amount").is_none(),
+        "{seen}"
+    );
+}
