@@ -1,0 +1,41 @@
+# x402-gateway container: built in a full Rust image, run from a slim Debian image as a
+# non-root user with the example configuration and rule packs baked in.
+#   docker build -t x402-gateway .
+#   docker run -p 8402:8402 -v $PWD/my-config:/etc/x402-gateway x402-gateway
+
+FROM rust:1.95-slim-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake make g++ perl pkg-config \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+COPY tests ./tests
+RUN cargo build --release --locked --bin x402-gateway \
+ && strip target/release/x402-gateway
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10402 --home-dir /var/lib/x402-gateway --create-home x402
+COPY --from=build /src/target/release/x402-gateway /usr/local/bin/x402-gateway
+COPY gateway.toml.example /etc/x402-gateway/gateway.toml
+COPY rules /etc/x402-gateway/rules
+# In a container the proxy listens on every interface; the admin listener stays on loopback
+# (the health check runs inside the container). The ledger goes to the writable home.
+RUN sed -i \
+      -e 's|^listen = \["127.0.0.1:8402"\]|listen = ["0.0.0.0:8402"]|' \
+      -e 's|^path = "receipts.jsonl"|path = "/var/lib/x402-gateway/receipts.jsonl"|' \
+      /etc/x402-gateway/gateway.toml \
+ && x402-gateway --version \
+ && x402-gateway check -c /etc/x402-gateway/gateway.toml
+USER x402
+WORKDIR /var/lib/x402-gateway
+EXPOSE 8402
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD curl -fsS http://127.0.0.1:9402/healthz || exit 1
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["x402-gateway"]
+CMD ["run", "-c", "/etc/x402-gateway/gateway.toml"]

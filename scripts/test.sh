@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, and integration tests that start the real gateway in front of
+# the demo origin, a local chain (anvil), our EIP-3009 token, a real x402 facilitator and the
+# reference x402 clients. Needs Rust, Node.js 20+, cmake and chromium (see README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+for tool in cargo node npm cmake; do
+  command -v "$tool" >/dev/null || { echo "missing: $tool (see README, 'Requirements')" >&2; exit 1; }
+done
+
+# The interop harness: exact versions from the lock file, reinstalled when the lock changes.
+lock=tests/interop/package-lock.json
+stamp=tests/interop/node_modules/.x402-lock-stamp
+if [ ! -f "$stamp" ] || ! cmp -s "$lock" "$stamp"; then
+  npm ci --prefix tests/interop --no-audit --no-fund
+  cp "$lock" "$stamp"
+fi
+
+cargo test --locked "$@"
+
+# The shipped example and rule packs must always validate.
+cargo run --locked --quiet --bin x402-gateway -- check -c gateway.toml.example
