@@ -12,7 +12,7 @@ use pingora::lb::LoadBalancer;
 use pingora::lb::selection::RoundRobin;
 
 use crate::config::env::Secret;
-use crate::config::file::{LoggingSection, ReloadSection, Settlement};
+use crate::config::file::{FailurePolicy, LoggingSection, ReloadSection, Settlement};
 use crate::router::{Methods, Router};
 use crate::x402::challenge::Priced;
 use crate::x402::networks::Registry;
@@ -46,6 +46,7 @@ pub struct Rule {
     /// Index into [`Snapshot::upstreams`].
     pub upstream: usize,
     pub settlement: Settlement,
+    pub failure_policy: FailurePolicy,
     pub methods: Methods,
     pub host: String,
     pub path: String,
@@ -88,14 +89,41 @@ pub struct PaymentSettings {
     pub cors_allow_origins: Vec<String>,
 }
 
+/// A network the built-in settler can send transactions on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainConf {
+    pub caip2: String,
+    pub v1_name: Option<String>,
+    pub chain_id: u64,
+    pub rpc_urls: Vec<String>,
+}
+
+/// How a facilitator is reached.
+#[derive(Debug, Clone)]
+pub enum FacilitatorKind {
+    Http,
+    /// Coinbase CDP: per-request JWT signed with this API key.
+    Cdp { key_id: Secret, key_secret: Secret },
+    /// The built-in settler.
+    Local { relayer_key: Secret, receipt_timeout: Duration, chains: Vec<ChainConf> },
+}
+
 /// A configured facilitator.
 #[derive(Debug, Clone)]
 pub struct FacilitatorConf {
     pub name: String,
+    pub kind: FacilitatorKind,
+    /// Base URL (`http`, `cdp`); empty for `local`.
     pub url: String,
     pub networks: Vec<String>,
     pub timeout: Duration,
     pub headers: Vec<(String, Secret)>,
+    pub priority: u32,
+    pub weight: u32,
+    pub failure_threshold: u32,
+    pub max_eject: Duration,
+    /// Changes whenever anything above changes: runtime state (health, settlers) is keyed by it.
+    pub fingerprint: String,
 }
 
 /// A TLS listener.
@@ -117,6 +145,7 @@ pub struct StartupSettings {
     pub grace_period_seconds: u64,
     pub graceful_shutdown_timeout_seconds: u64,
     pub upstream_keepalive_pool_size: usize,
+    pub facilitator_api: Option<String>,
 }
 
 impl StartupSettings {
@@ -143,6 +172,9 @@ impl StartupSettings {
         }
         if self.upstream_keepalive_pool_size != other.upstream_keepalive_pool_size {
             out.push("server.upstream_keepalive_pool_size");
+        }
+        if self.facilitator_api != other.facilitator_api {
+            out.push("facilitator_api.listen");
         }
         out
     }
@@ -173,6 +205,8 @@ pub struct Snapshot {
     pub payment: PaymentSettings,
     pub registry: Registry,
     pub facilitators: Vec<FacilitatorConf>,
+    /// The `local` facilitator that backs the facilitator API, when it is served.
+    pub facilitator_api_settler: Option<String>,
     pub ledger: crate::payment::ledger::LedgerConf,
     pub reload: ReloadSection,
     pub logging: LoggingSection,

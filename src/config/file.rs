@@ -194,6 +194,9 @@ pub struct PaymentSection {
     /// Origins allowed to read 402s and receipts from browsers (`*` or a list).
     #[serde(default = "default_cors")]
     pub cors_allow_origins: Vec<String>,
+    /// No facilitator available: `closed` (503) or `open` (serve unpaid, counted).
+    #[serde(default)]
+    pub on_facilitator_failure: FailurePolicy,
 }
 
 fn default_timeout() -> Spanned<u64> {
@@ -221,16 +224,21 @@ impl Default for PaymentSection {
             max_header_bytes: default_header_limit(),
             forward_payer_headers: false,
             cors_allow_origins: default_cors(),
+            on_facilitator_failure: FailurePolicy::Closed,
         }
     }
 }
 
-/// `[[networks]]`: a chain that is not built in, or a v1 name for one.
+/// `[[networks]]`: a chain that is not built in, a v1 name for one, or its RPC endpoints.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkDecl {
     pub id: Spanned<String>,
     pub v1_name: Option<Spanned<String>>,
+    /// JSON-RPC endpoints, tried in order: used by the built-in settler and to resolve
+    /// settlements whose outcome a facilitator left unknown.
+    #[serde(default)]
+    pub rpc_urls: Vec<Spanned<String>>,
 }
 
 /// `[[assets]]`: an EIP-3009 token.
@@ -249,24 +257,95 @@ pub struct AssetDecl {
     pub usd: bool,
 }
 
+/// How a facilitator is reached.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FacilitatorKind {
+    /// An x402 facilitator over HTTP (default).
+    #[default]
+    Http,
+    /// Coinbase CDP's facilitator: HTTP with a per-request JWT.
+    Cdp,
+    /// The built-in settler: verifies and settles on chain with a relayer key, no third party.
+    Local,
+}
+
 /// `[[facilitators]]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FacilitatorSection {
     pub name: Spanned<String>,
-    pub url: Spanned<String>,
-    /// Networks this facilitator is used for (default: those its `/supported` lists).
+    #[serde(default)]
+    pub kind: FacilitatorKind,
+    /// Base URL (`http` and `cdp`; CDP defaults to its public endpoint).
+    pub url: Option<Spanned<String>>,
+    /// Networks this facilitator is used for (default: those its `/supported` lists; for
+    /// `local`, every network with `rpc_urls`).
     #[serde(default)]
     pub networks: Vec<Spanned<String>>,
     #[serde(default = "default_fac_timeout")]
     pub timeout_ms: u64,
+    /// Lower is tried first.
+    #[serde(default)]
+    pub priority: u32,
+    /// Share of calls among facilitators of the same priority.
+    #[serde(default = "one_u32")]
+    pub weight: u32,
+    /// Consecutive failures that take it out of rotation.
+    #[serde(default = "default_threshold")]
+    pub failure_threshold: u32,
+    /// Longest time out of rotation before a recovery probe (doubling from 1 s).
+    #[serde(default = "default_eject_ms")]
+    pub max_eject_ms: u64,
     /// Extra request headers (values may use `${VAR}`).
     #[serde(default)]
     pub headers: BTreeMap<String, Spanned<String>>,
+    /// CDP API key id (`${VAR}`).
+    pub api_key_id: Option<Spanned<String>>,
+    /// CDP API key secret: an EC P-256 PEM or a base64 Ed25519 key (`${VAR}`).
+    pub api_key_secret: Option<Spanned<String>>,
+    /// `local`: the relayer's private key (`${VAR}`), or a file holding it.
+    pub relayer_key: Option<Spanned<String>>,
+    pub relayer_key_file: Option<Spanned<String>>,
+    /// `local`: how long to wait for a transaction receipt.
+    #[serde(default = "default_receipt_ms")]
+    pub receipt_timeout_ms: u64,
 }
 
 fn default_fac_timeout() -> u64 {
     10_000
+}
+fn one_u32() -> u32 {
+    1
+}
+fn default_threshold() -> u32 {
+    3
+}
+fn default_eject_ms() -> u64 {
+    30_000
+}
+fn default_receipt_ms() -> u64 {
+    30_000
+}
+
+/// What happens to a priced request when no facilitator can answer.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    /// 503 with `Retry-After`; the origin is not reached (default).
+    #[default]
+    Closed,
+    /// Serve without payment, counted and logged.
+    Open,
+}
+
+/// `[facilitator_api]`: serve `/verify`, `/settle`, `/supported` from the built-in settler.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FacilitatorApiSection {
+    pub listen: Spanned<String>,
+    /// Name of a `kind = "local"` facilitator.
+    pub settler: Spanned<String>,
 }
 
 /// `[reload]`
@@ -405,4 +484,5 @@ pub struct GatewayFile {
     pub logging: LoggingSection,
     pub rules: RulesSection,
     pub ledger: LedgerSection,
+    pub facilitator_api: Option<FacilitatorApiSection>,
 }

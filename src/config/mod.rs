@@ -223,11 +223,12 @@ fn parse_gateway(rep: &mut Reporter, src: usize) -> GatewayFile {
             "logging" => g.logging = section(rep, src, k, value).unwrap_or_default(),
             "rules" => g.rules = section(rep, src, k, value).unwrap_or_default(),
             "ledger" => g.ledger = section(rep, src, k, value).unwrap_or_default(),
+            "facilitator_api" => g.facilitator_api = section(rep, src, k, value),
             other => rep.at(
                 src,
                 key.span(),
                 other,
-                "unknown section, expected one of `server`, `admin`, `upstreams`, `payment`, `networks`, `assets`, `facilitators`, `reload`, `logging`, `rules`, `ledger`",
+                "unknown section, expected one of `server`, `admin`, `upstreams`, `payment`, `networks`, `assets`, `facilitators`, `reload`, `logging`, `rules`, `ledger`, `facilitator_api`",
             ),
         }
     }

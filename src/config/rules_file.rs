@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::file::Settlement;
+use super::file::{FailurePolicy, Settlement};
 
 /// What a matching rule does.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -40,4 +40,5 @@ pub struct RuleDef {
     pub mime_type: Option<String>,
     pub settlement: Option<Settlement>,
     pub max_timeout_seconds: Option<Spanned<u64>>,
+    pub on_facilitator_failure: Option<FailurePolicy>,
 }

@@ -13,13 +13,13 @@ use pingora::lb::selection::RoundRobin;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-use super::file::{HealthKind, UpstreamSection};
+use super::file::{FacilitatorKind as KindDef, FacilitatorSection, HealthKind, UpstreamSection};
 use super::price::{self, PriceError};
 use super::rules_file::{ActionDef, RuleDef};
 use super::{Parsed, ParsedRule, Reporter, env};
 use crate::router::{HostPattern, Methods, PathPattern, Route, Router};
 use crate::snapshot::{
-    FacilitatorConf, PaymentSettings, Rule, RuleAction, Snapshot, Sources, StartupSettings,
+    ChainConf, FacilitatorConf, FacilitatorKind, PaymentSettings, Rule, RuleAction, Snapshot, Sources, StartupSettings,
     TlsListen, UpstreamPool,
 };
 use crate::x402::challenge::{Offer, Priced};
@@ -124,6 +124,7 @@ pub fn compile(
         grace_period_seconds: grace,
         graceful_shutdown_timeout_seconds: shutdown,
         upstream_keepalive_pool_size: pool_size,
+        facilitator_api: g.facilitator_api.as_ref().map(|a| a.listen.get_ref().clone()),
     };
 
     // Networks and assets.
@@ -136,7 +137,18 @@ pub fn compile(
                 _ => n.id.span(),
             };
             rep.at(cfg, span, "networks", e);
+            continue;
         }
+        let mut urls = Vec::new();
+        for u in &n.rpc_urls {
+            match u.get_ref().parse::<http::Uri>() {
+                Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {
+                    urls.push(u.get_ref().clone())
+                }
+                _ => rep.at(cfg, u.span(), "networks.rpc_urls", "must be an http(s) URL"),
+            }
+        }
+        registry.set_rpc_urls(n.id.get_ref(), urls);
     }
     for a in &g.assets {
         let Some(net) = registry
@@ -279,68 +291,21 @@ pub fn compile(
     for f in &g.facilitators {
         if let Some(prev) = fac_names.insert(f.name.get_ref().clone(), f.name.span()) {
             let at = rep.where_is(cfg, prev);
-            rep.at(
-                cfg,
-                f.name.span(),
-                "facilitators.name",
-                format!("duplicate name, first at {at}"),
-            );
+            rep.at(cfg, f.name.span(), "facilitators.name", format!("duplicate name, first at {at}"));
         }
-        let url = f.url.get_ref().trim_end_matches('/').to_owned();
-        match url.parse::<http::Uri>() {
-            Ok(uri)
-                if matches!(uri.scheme_str(), Some("http" | "https"))
-                    && uri.authority().is_some() => {}
-            _ => rep.at(
-                cfg,
-                f.url.span(),
-                "facilitators.url",
-                "must be an http(s) URL",
-            ),
+        if let Some(fc) = compile_facilitator(rep, cfg, &base, &registry, f) {
+            facilitators.push(fc);
         }
-        let mut nets = Vec::new();
-        for n in &f.networks {
-            match registry.network(n.get_ref()) {
-                Some(net) => nets.push(net.caip2.clone()),
-                None => rep.at(
-                    cfg,
-                    n.span(),
-                    "facilitators.networks",
-                    format!("unknown network `{}`", n.get_ref()),
-                ),
-            }
-        }
-        let mut headers = Vec::new();
-        for (k, v) in &f.headers {
-            if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
-                rep.at(
-                    cfg,
-                    v.span(),
-                    format!("facilitators.headers.{k}"),
-                    "not a valid header name",
-                );
-            }
-            match env::expand(v.get_ref()) {
-                Ok(s) if http::HeaderValue::from_str(s.expose()).is_ok() => {
-                    headers.push((k.clone(), s))
-                }
-                Ok(_) => rep.at(
-                    cfg,
-                    v.span(),
-                    format!("facilitators.headers.{k}"),
-                    "value is not a valid header value",
-                ),
-                Err(e) => rep.at(cfg, v.span(), format!("facilitators.headers.{k}"), e),
-            }
-        }
-        facilitators.push(FacilitatorConf {
-            name: f.name.get_ref().clone(),
-            url,
-            networks: nets,
-            timeout: Duration::from_millis(f.timeout_ms.max(1)),
-            headers,
-        });
     }
+    let facilitator_api_settler = g.facilitator_api.as_ref().map(|api| {
+        check_addr(rep, cfg, &api.listen, "facilitator_api.listen");
+        let name = api.settler.get_ref();
+        let local = facilitators.iter().any(|f| &f.name == name && matches!(f.kind, FacilitatorKind::Local { .. }));
+        if !local {
+            rep.at(cfg, api.settler.span(), "facilitator_api.settler", format!("`{name}` is not a `kind = \"local\"` facilitator"));
+        }
+        name.clone()
+    });
 
     // Rules.
     let case_sensitive = g.rules.case_sensitive;
@@ -350,6 +315,7 @@ pub fn compile(
         default_networks: &default_networks,
         default_timeout: *pay.max_timeout_seconds.get_ref(),
         default_settlement: pay.settlement,
+        default_failure_policy: pay.on_facilitator_failure,
         upstream_index: &upstream_index,
         default_upstream,
         case_sensitive,
@@ -438,6 +404,7 @@ pub fn compile(
         },
         registry,
         facilitators,
+        facilitator_api_settler,
         ledger: crate::payment::ledger::LedgerConf {
             path: (!g.ledger.path.is_empty()).then(|| base.join(&g.ledger.path)),
             max_bytes: g.ledger.max_bytes.max(4096),
@@ -667,6 +634,7 @@ struct RuleCtx<'a> {
     default_networks: &'a [Spanned<String>],
     default_timeout: u64,
     default_settlement: super::file::Settlement,
+    default_failure_policy: super::file::FailurePolicy,
     upstream_index: &'a BTreeMap<String, usize>,
     default_upstream: usize,
     case_sensitive: bool,
@@ -866,6 +834,7 @@ fn compile_rule(
         action,
         upstream,
         settlement: d.settlement.unwrap_or(ctx.default_settlement),
+        failure_policy: d.on_facilitator_failure.unwrap_or(ctx.default_failure_policy),
         methods: Methods(methods),
         host: d
             .host
@@ -1004,4 +973,183 @@ fn build_offers(
         }
     }
     Some(offers)
+}
+
+/// The public endpoint of Coinbase CDP's facilitator.
+pub const CDP_DEFAULT_URL: &str = "https://api.cdp.coinbase.com/platform/v2/x402";
+
+fn secret(rep: &mut Reporter, src: usize, v: &Spanned<String>, field: &str) -> Option<env::Secret> {
+    env::expand(v.get_ref()).map_err(|e| rep.at(src, v.span(), field, e)).ok()
+}
+
+fn compile_facilitator(
+    rep: &mut Reporter,
+    cfg: usize,
+    base: &Path,
+    registry: &Registry,
+    f: &FacilitatorSection,
+) -> Option<FacilitatorConf> {
+    let before = rep.issues.len();
+    let name = f.name.get_ref().clone();
+    let check_url = |rep: &mut Reporter, u: &Spanned<String>| {
+        let url = u.get_ref().trim_end_matches('/').to_owned();
+        match url.parse::<http::Uri>() {
+            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {}
+            _ => rep.at(cfg, u.span(), "facilitators.url", "must be an http(s) URL"),
+        }
+        url
+    };
+    let mut nets = Vec::new();
+    for n in &f.networks {
+        match registry.network(n.get_ref()) {
+            Some(net) => nets.push(net.caip2.clone()),
+            None => rep.at(cfg, n.span(), "facilitators.networks", format!("unknown network `{}`", n.get_ref())),
+        }
+    }
+    let mut headers = Vec::new();
+    for (k, v) in &f.headers {
+        if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+            rep.at(cfg, v.span(), format!("facilitators.headers.{k}"), "not a valid header name");
+        }
+        match env::expand(v.get_ref()) {
+            Ok(s) if http::HeaderValue::from_str(s.expose()).is_ok() => headers.push((k.clone(), s)),
+            Ok(_) => rep.at(cfg, v.span(), format!("facilitators.headers.{k}"), "value is not a valid header value"),
+            Err(e) => rep.at(cfg, v.span(), format!("facilitators.headers.{k}"), e),
+        }
+    }
+    let not_for = |rep: &mut Reporter, v: &Option<Spanned<String>>, field: &str, kind: &str| {
+        if let Some(v) = v {
+            rep.at(cfg, v.span(), format!("facilitators.{field}"), format!("not used by kind = \"{kind}\""));
+        }
+    };
+    let (kind, url) = match f.kind {
+        KindDef::Http => {
+            not_for(rep, &f.api_key_id, "api_key_id", "http");
+            not_for(rep, &f.api_key_secret, "api_key_secret", "http");
+            not_for(rep, &f.relayer_key, "relayer_key", "http");
+            not_for(rep, &f.relayer_key_file, "relayer_key_file", "http");
+            let url = match &f.url {
+                Some(u) => check_url(rep, u),
+                None => {
+                    rep.at(cfg, f.name.span(), "facilitators.url", "an http facilitator needs `url`");
+                    String::new()
+                }
+            };
+            (FacilitatorKind::Http, url)
+        }
+        KindDef::Cdp => {
+            not_for(rep, &f.relayer_key, "relayer_key", "cdp");
+            not_for(rep, &f.relayer_key_file, "relayer_key_file", "cdp");
+            let url = f.url.as_ref().map_or_else(|| CDP_DEFAULT_URL.to_owned(), |u| check_url(rep, u));
+            let id = f.api_key_id.as_ref().and_then(|v| secret(rep, cfg, v, "facilitators.api_key_id"));
+            let key = f.api_key_secret.as_ref().and_then(|v| secret(rep, cfg, v, "facilitators.api_key_secret"));
+            match (id, key) {
+                (Some(key_id), Some(key_secret)) => {
+                    if let Err(e) = crate::facilitator::cdp::SigningKey::parse(key_secret.expose()) {
+                        if let Some(v) = &f.api_key_secret {
+                            rep.at(cfg, v.span(), "facilitators.api_key_secret", e);
+                        }
+                    }
+                    (FacilitatorKind::Cdp { key_id, key_secret }, url)
+                }
+                _ => {
+                    if f.api_key_id.is_none() || f.api_key_secret.is_none() {
+                        rep.at(cfg, f.name.span(), "facilitators", "a cdp facilitator needs `api_key_id` and `api_key_secret`");
+                    }
+                    (FacilitatorKind::Http, url)
+                }
+            }
+        }
+        KindDef::Local => {
+            not_for(rep, &f.url, "url", "local");
+            not_for(rep, &f.api_key_id, "api_key_id", "local");
+            not_for(rep, &f.api_key_secret, "api_key_secret", "local");
+            let key = match (&f.relayer_key, &f.relayer_key_file) {
+                (Some(k), None) => secret(rep, cfg, k, "facilitators.relayer_key"),
+                (None, Some(file)) => {
+                    let path = base.join(file.get_ref());
+                    match std::fs::read_to_string(&path) {
+                        Ok(text) => Some(env::Secret::new(text.trim().to_owned())),
+                        Err(e) => {
+                            rep.at(cfg, file.span(), "facilitators.relayer_key_file", format!("cannot read {}: {e}", path.display()));
+                            None
+                        }
+                    }
+                }
+                _ => {
+                    rep.at(cfg, f.name.span(), "facilitators", "a local facilitator needs exactly one of `relayer_key` and `relayer_key_file`");
+                    None
+                }
+            };
+            if let Some(k) = &key {
+                let hex_key = k.expose().strip_prefix("0x").unwrap_or(k.expose());
+                if hex_key.len() != 64 || !hex_key.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    let span = f.relayer_key.as_ref().or(f.relayer_key_file.as_ref()).map(|v| v.span()).unwrap_or_default();
+                    rep.at(cfg, span, "facilitators.relayer_key", "the relayer key must be 32 bytes of hex");
+                }
+            }
+            let wanted: Vec<String> = if nets.is_empty() {
+                registry.networks().filter(|n| !n.rpc_urls.is_empty()).map(|n| n.caip2.clone()).collect()
+            } else {
+                nets.clone()
+            };
+            let mut chains = Vec::new();
+            for caip2 in &wanted {
+                let Some(n) = registry.network(caip2) else { continue };
+                if n.rpc_urls.is_empty() {
+                    rep.at(cfg, f.name.span(), "facilitators.networks", format!("network {caip2} has no `rpc_urls` in `[[networks]]`"));
+                    continue;
+                }
+                chains.push(ChainConf { caip2: n.caip2.clone(), v1_name: n.v1_name.clone(), chain_id: n.chain_id, rpc_urls: n.rpc_urls.clone() });
+            }
+            if wanted.is_empty() {
+                rep.at(cfg, f.name.span(), "facilitators", "a local facilitator needs a network with `rpc_urls`");
+            }
+            if nets.is_empty() {
+                nets = wanted;
+            }
+            match key {
+                Some(relayer_key) => {
+                    (FacilitatorKind::Local { relayer_key, receipt_timeout: Duration::from_millis(f.receipt_timeout_ms.max(100)), chains }, String::new())
+                }
+                None => (FacilitatorKind::Http, String::new()),
+            }
+        }
+    };
+    if f.weight == 0 {
+        rep.at(cfg, f.name.span(), "facilitators.weight", "must be at least 1");
+    }
+    if rep.issues.len() > before {
+        return None;
+    }
+    let fingerprint = {
+        let mut h = Sha256::new();
+        h.update(format!("{name}|{:?}|{url}|{nets:?}|{}|{}", f.kind, f.timeout_ms, f.max_eject_ms));
+        for (k, v) in &headers {
+            h.update(k.as_bytes());
+            h.update(v.expose().as_bytes());
+        }
+        if let FacilitatorKind::Cdp { key_id, key_secret } = &kind {
+            h.update(key_id.expose().as_bytes());
+            h.update(key_secret.expose().as_bytes());
+        }
+        if let FacilitatorKind::Local { relayer_key, chains, .. } = &kind {
+            h.update(relayer_key.expose().as_bytes());
+            h.update(format!("{chains:?}"));
+        }
+        hex::encode(h.finalize())
+    };
+    Some(FacilitatorConf {
+        name,
+        kind,
+        url,
+        networks: nets,
+        timeout: Duration::from_millis(f.timeout_ms.max(1)),
+        headers,
+        priority: f.priority,
+        weight: f.weight.max(1),
+        failure_threshold: f.failure_threshold.max(1),
+        max_eject: Duration::from_millis(f.max_eject_ms.max(1000)),
+        fingerprint,
+    })
 }

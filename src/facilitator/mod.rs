@@ -1,7 +1,9 @@
 //! Talking to x402 facilitators: the HTTP client for `/verify`, `/settle` and `/supported`,
 //! and the cached view of what each facilitator supports. Knows nothing of the gate's policy.
 
+pub mod cdp;
 pub mod client;
+pub mod rpc;
 pub mod supported;
 
 pub use client::{FacilitatorClient, FacilitatorError};

@@ -32,6 +32,8 @@ pub struct Network {
     pub chain_id: u64,
     /// The asset USD prices are paid in on this network, if any.
     pub usd_asset: Option<Arc<Asset>>,
+    /// JSON-RPC endpoints, when configured.
+    pub rpc_urls: Vec<String>,
 }
 
 struct BuiltIn {
@@ -183,6 +185,7 @@ impl Registry {
                     v1_name: b.v1.map(str::to_owned),
                     chain_id: b.chain_id,
                     usd_asset,
+                    rpc_urls: Vec::new(),
                 },
             );
         }
@@ -211,11 +214,19 @@ impl Registry {
                 v1_name: None,
                 chain_id,
                 usd_asset: None,
+                rpc_urls: Vec::new(),
             });
         if v1_name.is_some() {
             entry.v1_name = v1_name.map(str::to_owned);
         }
         Ok(())
+    }
+
+    /// Sets the JSON-RPC endpoints of a known network.
+    pub fn set_rpc_urls(&mut self, caip2: &str, urls: Vec<String>) {
+        if let Some(n) = self.networks.get_mut(caip2) {
+            n.rpc_urls = urls;
+        }
     }
 
     /// Declares an asset. When `asset.usd` is set it becomes the network's USD asset, replacing

@@ -1,0 +1,115 @@
+//! Reading EIP-3009 tokens over JSON-RPC, trying each configured endpoint in turn: whether an
+//! authorization was used, and which transaction used it. Used to resolve settlements whose
+//! outcome a facilitator left unknown, and by the built-in settler.
+
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::Filter;
+use alloy::sol_types::SolEvent;
+
+alloy::sol! {
+    /// The parts of an EIP-3009 token the gateway reads or calls.
+    #[sol(rpc)]
+    interface IEip3009 {
+        function authorizationState(address authorizer, bytes32 nonce) external view returns (bool);
+        function balanceOf(address account) external view returns (uint256);
+        function name() external view returns (string);
+        function version() external view returns (string);
+        function transferWithAuthorization(address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce, uint8 v, bytes32 r, bytes32 s) external;
+        function transferWithAuthorization(address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce, bytes signature) external;
+        event AuthorizationUsed(address indexed authorizer, bytes32 indexed nonce);
+        event Transfer(address indexed from, address indexed to, uint256 value);
+    }
+}
+
+/// How far back to look for the transaction that used an authorization.
+pub const LOG_LOOKBACK_BLOCKS: u64 = 5_000;
+
+/// Why no endpoint answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RpcError {
+    #[error("no RPC endpoint configured")]
+    NoEndpoint,
+    #[error("bad RPC URL {0}")]
+    BadUrl(String),
+    #[error("every RPC endpoint failed; last error: {0}")]
+    AllFailed(String),
+}
+
+/// JSON-RPC access to one chain through several endpoints.
+#[derive(Clone)]
+pub struct ChainReader {
+    providers: Vec<(String, DynProvider)>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for ChainReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainReader").field("endpoints", &self.providers.len()).finish()
+    }
+}
+
+impl ChainReader {
+    /// A reader over `urls`, tried in order; each call gives up after `timeout`.
+    pub fn new(urls: &[String], timeout: Duration) -> Result<Self, RpcError> {
+        if urls.is_empty() {
+            return Err(RpcError::NoEndpoint);
+        }
+        let providers = urls
+            .iter()
+            .map(|u| {
+                let url = u.parse().map_err(|_| RpcError::BadUrl(u.clone()))?;
+                Ok((u.clone(), ProviderBuilder::new().connect_http(url).erased()))
+            })
+            .collect::<Result<Vec<_>, RpcError>>()?;
+        Ok(ChainReader { providers, timeout })
+    }
+
+    /// The endpoints' providers, in order.
+    pub fn providers(&self) -> impl Iterator<Item = &DynProvider> {
+        self.providers.iter().map(|(_, p)| p)
+    }
+
+    /// Runs `f` against each endpoint until one answers.
+    pub async fn first_ok<T, F, Fut, E>(&self, f: F) -> Result<T, RpcError>
+    where
+        F: Fn(DynProvider) -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let mut last = String::from("no endpoint tried");
+        for (url, p) in &self.providers {
+            match tokio::time::timeout(self.timeout, f(p.clone())).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => last = format!("{url}: {e}"),
+                Err(_) => last = format!("{url}: timed out"),
+            }
+        }
+        Err(RpcError::AllFailed(last))
+    }
+
+    /// `authorizationState(authorizer, nonce)`: whether the authorization was used or canceled.
+    pub async fn authorization_used(&self, token: Address, authorizer: Address, nonce: B256) -> Result<bool, RpcError> {
+        self.first_ok(|p| async move { IEip3009::new(token, p).authorizationState(authorizer, nonce).call().await })
+            .await
+    }
+
+    /// The transaction that emitted `AuthorizationUsed(authorizer, nonce)` in recent blocks.
+    pub async fn authorization_tx(&self, token: Address, authorizer: Address, nonce: B256) -> Result<Option<B256>, RpcError> {
+        self.first_ok(|p| async move {
+            let head = p.get_block_number().await?;
+            let filter = Filter::new()
+                .address(token)
+                .event_signature(IEip3009::AuthorizationUsed::SIGNATURE_HASH)
+                .topic1(authorizer.into_word())
+                .topic2(nonce)
+                .from_block(head.saturating_sub(LOG_LOOKBACK_BLOCKS))
+                .to_block(head);
+            let logs = p.get_logs(&filter).await?;
+            Ok::<_, alloy::transports::TransportError>(logs.last().and_then(|l| l.transaction_hash))
+        })
+        .await
+    }
+}
