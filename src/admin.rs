@@ -54,14 +54,17 @@ pub fn upstream_health(snap: &Snapshot) -> Vec<(String, usize, usize)> {
 pub fn readiness(snap: &Snapshot, payments: &Payments) -> (bool, Value) {
     let health = upstream_health(snap);
     let upstreams_ok = health.iter().all(|(_, healthy, _)| *healthy > 0);
-    let unserved = payments.supported.unserved(snap);
+    let unserved = payments.facilitators.supported.unserved(snap);
+    let without = payments.facilitators.networks_without_facilitator(snap);
+    let ready = upstreams_ok && without.is_empty();
     let report = json!({
-        "ready": upstreams_ok,
+        "ready": ready,
+        "networks_without_healthy_facilitator": without,
         "generation": snap.generation,
         "upstreams": health.iter().map(|(n, h, t)| json!({"name": n, "healthy": h, "peers": t})).collect::<Vec<_>>(),
         "unserved_payment_routes": unserved,
     });
-    (upstreams_ok, report)
+    (ready, report)
 }
 
 /// The configuration view: what is loaded, with secrets redacted.

@@ -33,6 +33,14 @@ pub struct Metrics {
     pub payment_overhead: Histogram,
     /// Deliveries that failed after a settlement in `before` mode.
     pub failed_deliveries: IntCounter,
+    /// Calls that moved on to the next facilitator, by operation.
+    pub facilitator_failovers: IntCounterVec,
+    /// Facilitators taken out of rotation.
+    pub facilitator_ejections: IntCounterVec,
+    /// 1 when a facilitator is in rotation, 0 when ejected.
+    pub facilitator_healthy: IntGaugeVec,
+    /// Settlements whose outcome was settled by reading the chain, by result.
+    pub settlements_resolved: IntCounterVec,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -152,8 +160,38 @@ impl Metrics {
         registry
             .register(Box::new(failed_deliveries.clone()))
             .unwrap_or_else(|e| panic!("metric: {e}"));
+        let facilitator_failovers = counter(
+            &registry,
+            "x402_facilitator_failovers_total",
+            "Calls moved on to the next facilitator",
+            &["operation"],
+        );
+        let facilitator_ejections = counter(
+            &registry,
+            "x402_facilitator_ejections_total",
+            "Facilitators taken out of rotation",
+            &["facilitator"],
+        );
+        let facilitator_healthy = IntGaugeVec::new(
+            Opts::new("x402_facilitator_healthy", "1 when in rotation"),
+            &["facilitator"],
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(facilitator_healthy.clone()))
+            .unwrap_or_else(|e| panic!("metric: {e}"));
+        let settlements_resolved = counter(
+            &registry,
+            "x402_settlements_resolved_total",
+            "Unknown settlement outcomes resolved from the chain",
+            &["result"],
+        );
         Metrics {
             registry,
+            facilitator_failovers,
+            facilitator_ejections,
+            facilitator_healthy,
+            settlements_resolved,
             requests,
             upstream_latency,
             local_replies,

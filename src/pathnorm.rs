@@ -114,16 +114,17 @@ pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
         }
         i += 1;
     }
-    // Pass 2: resolve dot segments and collapse empty ones.
+    // Pass 2: resolve dot segments (also `..;x` and `.;x`, which servlet containers read as
+    // `..` and `.`) and collapse empty ones.
     let trailing = ends_as_directory(&decoded);
     let mut segments: Vec<&[u8]> = Vec::new();
     for seg in decoded.split(|&c| c == b'/') {
-        match seg {
-            b"" | b"." => {}
-            b".." => {
+        match (seg, dot_name(seg)) {
+            (b"", _) | (_, b".") => {}
+            (_, b"..") => {
                 segments.pop();
             }
-            s => segments.push(s),
+            (s, _) => segments.push(s),
         }
     }
     let mut out = String::with_capacity(decoded.len());
@@ -138,9 +139,19 @@ pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(out))
 }
 
+/// A segment without its `;params`.
+fn dot_name(seg: &[u8]) -> &[u8] {
+    seg.split(|&c| c == b';').next().unwrap_or(seg)
+}
+
+/// Whether a segment is `.` or `..`, with or without `;params`.
+fn is_dot_segment(seg: &[u8]) -> bool {
+    matches!(dot_name(seg), b"." | b"..")
+}
+
 /// Whether the decoded path names a directory (ends in `/`, `/.` or `/..`).
 fn ends_as_directory(p: &[u8]) -> bool {
-    p.ends_with(b"/") || p.ends_with(b"/.") || p.ends_with(b"/..")
+    p.ends_with(b"/") || p.rsplit(|&c| c == b'/').next().is_some_and(is_dot_segment)
 }
 
 /// Fast check that a path needs no rewriting.
@@ -158,8 +169,7 @@ fn is_canonical(bytes: &[u8]) -> Result<bool, PathError> {
             if prev_slash {
                 return Ok(false);
             }
-            let seg = &bytes[seg_start..i];
-            if seg == b"." || seg == b".." {
+            if is_dot_segment(&bytes[seg_start..i]) {
                 return Ok(false);
             }
             seg_start = i + 1;
@@ -168,12 +178,12 @@ fn is_canonical(bytes: &[u8]) -> Result<bool, PathError> {
             prev_slash = false;
         }
     }
-    let last = &bytes[seg_start..];
-    Ok(last != b"." && last != b"..")
+    Ok(!is_dot_segment(&bytes[seg_start..]))
 }
 
-/// The key routing matches on: the canonical path with `;params` dropped from each segment,
-/// no trailing slash (except for `/`), and lower-cased unless matching is case-sensitive.
+/// The key routing matches on: the canonical path with `;params` dropped from each segment
+/// (segments left empty by that disappear), no trailing slash (except for `/`), and lower-cased
+/// unless matching is case-sensitive.
 pub fn match_key<'a>(canonical: &'a str, case_sensitive: bool) -> Cow<'a, str> {
     let needs_lower = !case_sensitive && canonical.bytes().any(|b| b.is_ascii_uppercase());
     let has_params = canonical.contains(';');
@@ -182,19 +192,20 @@ pub fn match_key<'a>(canonical: &'a str, case_sensitive: bool) -> Cow<'a, str> {
         return Cow::Borrowed(canonical);
     }
     let mut out = String::with_capacity(canonical.len());
-    for (n, seg) in canonical.split('/').enumerate() {
-        if n > 0 {
-            out.push('/');
-        }
+    for seg in canonical.split('/') {
         let seg = seg.split(';').next().unwrap_or("");
+        if seg.is_empty() {
+            continue;
+        }
+        out.push('/');
         if case_sensitive {
             out.push_str(seg);
         } else {
             out.extend(seg.chars().map(|c| c.to_ascii_lowercase()));
         }
     }
-    while out.len() > 1 && out.ends_with('/') {
-        out.pop();
+    if out.is_empty() {
+        out.push('/');
     }
     Cow::Owned(out)
 }
@@ -237,6 +248,13 @@ mod tests {
         assert_eq!(c("api"), "ERR NotAbsolute");
         assert_eq!(c("/.."), "/");
         assert_eq!(c("/a/."), "/a/");
+        // Servlet containers read `..;x` as `..`: so does the gateway.
+        assert_eq!(c("/free/..;/paid/x"), "/paid/x");
+        assert_eq!(c("/free/..;a=b/paid/x"), "/paid/x");
+        assert_eq!(c("/free/.;/../paid"), "/paid");
+        assert_eq!(c("/paid/x/..;"), "/paid/");
+        assert_eq!(c("/a/..b/c"), "/a/..b/c");
+        assert_eq!(c("/a/;x/b"), "/a/;x/b");
     }
 
     #[test]
@@ -248,6 +266,8 @@ mod tests {
             "/api/secret/x"
         );
         assert_eq!(match_key("/", false), "/");
+        assert_eq!(match_key("/api/;x/secret", false), "/api/secret");
+        assert_eq!(match_key("/;jsessionid=1", false), "/");
         assert!(matches!(match_key("/api/x", false), Cow::Borrowed(_)));
     }
 }

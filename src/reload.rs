@@ -115,6 +115,17 @@ fn relevant(path: &Path, config: &Path, rules_dir: &Path) -> bool {
         || (path.parent() == Some(rules_dir) && path.extension().is_some_and(|e| e == "toml"))
 }
 
+/// Whether a watch event can mean new content. Opening and reading a file is not a change:
+/// counting it would make every reload (which reads the files) trigger the next one.
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// The background service that triggers reloads.
 pub struct ReloadService {
     pub reloader: Arc<Reloader>,
@@ -151,6 +162,9 @@ impl BackgroundService for ReloadService {
                     let mut w =
                         notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
                             if let Ok(ev) = ev {
+                                if !is_change(&ev.kind) {
+                                    return;
+                                }
                                 for p in ev.paths {
                                     let _ = tx.try_send(p);
                                 }
@@ -185,11 +199,13 @@ impl BackgroundService for ReloadService {
                     if !relevant(&p, &config_path, &rules_dir) {
                         continue;
                     }
-                    // Debounce: wait until the files have been quiet for `debounce`.
-                    loop {
-                        match tokio::time::timeout(debounce, rx.recv()).await {
-                            Ok(Some(_)) => continue,
-                            _ => break,
+                    // Debounce: wait until the configuration files have been quiet for
+                    // `debounce`. Other files in the watched folders (logs, the ledger) change
+                    // all the time under load and must not hold the reload back.
+                    let mut deadline = tokio::time::Instant::now() + debounce;
+                    while let Ok(Some(p)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                        if relevant(&p, &config_path, &rules_dir) {
+                            deadline = tokio::time::Instant::now() + debounce;
                         }
                     }
                     let r = self.reloader.clone();

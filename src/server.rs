@@ -44,36 +44,42 @@ struct SupportedService {
 impl BackgroundService for SupportedService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut last_unserved: Option<Vec<String>> = None;
+        let mut next_full = Instant::now();
         loop {
             let snap = self.config.load_full();
+            let full = Instant::now() >= next_full;
             let mut failing = false;
             for fac in &snap.facilitators {
-                match self.payments.client().supported(fac).await {
-                    Ok(v) => self
-                        .payments
-                        .supported
-                        .store(&fac.name, crate::facilitator::supported::parse_kinds(&v)),
-                    Err(e) => {
-                        failing = true;
-                        tracing::warn!(facilitator = %fac.name, error = %e, "cannot fetch /supported");
-                    }
+                // Between full rounds, probe only facilitators out of rotation whose ejection
+                // has run out: a good answer brings them back.
+                let health = self.payments.facilitators.pool.health(fac);
+                if !full && (health.healthy() || !health.available()) {
+                    continue;
+                }
+                if let Err(e) = self.payments.facilitators.probe(fac).await {
+                    failing = true;
+                    tracing::warn!(facilitator = %fac.name, error = %e, "cannot fetch /supported");
                 }
             }
-            let unserved = self.payments.supported.unserved(&snap);
+            if full {
+                next_full = Instant::now()
+                    + if failing {
+                        Duration::from_secs(5)
+                    } else {
+                        Duration::from_secs(60)
+                    };
+            }
+            let unserved = self.payments.facilitators.supported.unserved(&snap);
             if last_unserved.as_ref() != Some(&unserved) {
                 if !unserved.is_empty() {
                     tracing::warn!(routes = %unserved.join("; "), "priced routes on networks no facilitator supports");
                 }
                 last_unserved = Some(unserved);
             }
-            let wait = if failing {
-                Duration::from_secs(5)
-            } else {
-                Duration::from_secs(60)
-            };
+            drop(snap);
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
     }
@@ -144,6 +150,11 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
         .as_ref()
         .map(|a| resolve_listen(a).map_err(|e| format!("{a}: {e}")))
         .transpose()?;
+    let facilitator_api_addr = startup
+        .facilitator_api
+        .as_ref()
+        .map(|a| resolve_listen(a).map_err(|e| format!("{a}: {e}")))
+        .transpose()?;
 
     let mut conf = ServerConf {
         threads: startup.threads,
@@ -158,7 +169,8 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
 
     let config = Arc::new(ArcSwap::from_pointee(snap));
     let metrics = Arc::new(Metrics::new());
-    let payments = Arc::new(Payments::new(metrics.clone()));
+    let settlers = Arc::new(crate::facilitator::local::Settlers::default());
+    let payments = Arc::new(Payments::new(metrics.clone(), settlers.clone()));
     let gateway = |tls: bool| Gateway {
         config: config.clone(),
         metrics: metrics.clone(),
@@ -207,6 +219,17 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
         svc.threads = Some(1);
         server.add_service(svc);
     }
+    if let Some(addr) = &facilitator_api_addr {
+        let mut svc = Service::new(
+            "facilitator-api".into(),
+            HttpServer::new_app(crate::facilitator::api::FacilitatorApi {
+                config: config.clone(),
+                settlers: settlers.clone(),
+            }),
+        );
+        svc.add_tcp(addr);
+        server.add_service(svc);
+    }
     let reloader = Arc::new(Reloader::new(
         opts.config.clone(),
         config.clone(),
@@ -229,11 +252,13 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     if let Some(path) = opts.ready_file {
         let mut addrs: Vec<String> = plain.iter().chain(&tls_addrs).cloned().collect();
         addrs.extend(admin_addr.clone());
+        addrs.extend(facilitator_api_addr.clone());
         let report = serde_json::json!({
             "pid": std::process::id(),
             "listen": plain,
             "tls": tls_addrs,
             "admin": admin_addr,
+            "facilitator_api": facilitator_api_addr,
         });
         server.add_service(background_service(
             "ready-file",
@@ -244,6 +269,6 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
             },
         ));
     }
-    tracing::info!(listen = ?plain, tls = ?tls_addrs, admin = ?admin_addr, "x402-gateway starting");
+    tracing::info!(listen = ?plain, tls = ?tls_addrs, admin = ?admin_addr, facilitator_api = ?facilitator_api_addr, "x402-gateway starting");
     server.run_forever()
 }

@@ -103,9 +103,16 @@ pub struct ChainConf {
 pub enum FacilitatorKind {
     Http,
     /// Coinbase CDP: per-request JWT signed with this API key.
-    Cdp { key_id: Secret, key_secret: Secret },
+    Cdp {
+        key_id: Secret,
+        key_secret: Secret,
+    },
     /// The built-in settler.
-    Local { relayer_key: Secret, receipt_timeout: Duration, chains: Vec<ChainConf> },
+    Local {
+        relayer_key: Secret,
+        receipt_timeout: Duration,
+        chains: Vec<ChainConf>,
+    },
 }
 
 /// A configured facilitator.

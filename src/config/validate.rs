@@ -19,8 +19,8 @@ use super::rules_file::{ActionDef, RuleDef};
 use super::{Parsed, ParsedRule, Reporter, env};
 use crate::router::{HostPattern, Methods, PathPattern, Route, Router};
 use crate::snapshot::{
-    ChainConf, FacilitatorConf, FacilitatorKind, PaymentSettings, Rule, RuleAction, Snapshot, Sources, StartupSettings,
-    TlsListen, UpstreamPool,
+    ChainConf, FacilitatorConf, FacilitatorKind, PaymentSettings, Rule, RuleAction, Snapshot,
+    Sources, StartupSettings, TlsListen, UpstreamPool,
 };
 use crate::x402::challenge::{Offer, Priced};
 use crate::x402::networks::{self, Asset, Registry};
@@ -50,6 +50,8 @@ pub fn compile(
     let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (mut grace, mut shutdown, mut pool_size) = (5, 10, 128);
     match &server {
+        // A `[server]` that failed to parse was already reported; "missing" would be noise.
+        None if reported(rep, "server") => {}
         None => rep.file(
             &rep.sources[cfg].path.clone(),
             "server",
@@ -124,7 +126,10 @@ pub fn compile(
         grace_period_seconds: grace,
         graceful_shutdown_timeout_seconds: shutdown,
         upstream_keepalive_pool_size: pool_size,
-        facilitator_api: g.facilitator_api.as_ref().map(|a| a.listen.get_ref().clone()),
+        facilitator_api: g
+            .facilitator_api
+            .as_ref()
+            .map(|a| a.listen.get_ref().clone()),
     };
 
     // Networks and assets.
@@ -142,7 +147,10 @@ pub fn compile(
         let mut urls = Vec::new();
         for u in &n.rpc_urls {
             match u.get_ref().parse::<http::Uri>() {
-                Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.authority().is_some() =>
+                {
                     urls.push(u.get_ref().clone())
                 }
                 _ => rep.at(cfg, u.span(), "networks.rpc_urls", "must be an http(s) URL"),
@@ -258,6 +266,9 @@ pub fn compile(
     }
     let default_upstream = match (defaults.as_slice(), g.upstreams.len()) {
         ([one], _) => *one,
+        // An upstream section that failed to parse was already reported; counting the
+        // remaining ones would only add follow-on noise.
+        _ if reported(rep, "upstreams") => 0,
         ([], 1) => 0,
         ([], 0) => {
             rep.file(
@@ -291,7 +302,12 @@ pub fn compile(
     for f in &g.facilitators {
         if let Some(prev) = fac_names.insert(f.name.get_ref().clone(), f.name.span()) {
             let at = rep.where_is(cfg, prev);
-            rep.at(cfg, f.name.span(), "facilitators.name", format!("duplicate name, first at {at}"));
+            rep.at(
+                cfg,
+                f.name.span(),
+                "facilitators.name",
+                format!("duplicate name, first at {at}"),
+            );
         }
         if let Some(fc) = compile_facilitator(rep, cfg, &base, &registry, f) {
             facilitators.push(fc);
@@ -300,9 +316,16 @@ pub fn compile(
     let facilitator_api_settler = g.facilitator_api.as_ref().map(|api| {
         check_addr(rep, cfg, &api.listen, "facilitator_api.listen");
         let name = api.settler.get_ref();
-        let local = facilitators.iter().any(|f| &f.name == name && matches!(f.kind, FacilitatorKind::Local { .. }));
+        let local = facilitators
+            .iter()
+            .any(|f| &f.name == name && matches!(f.kind, FacilitatorKind::Local { .. }));
         if !local {
-            rep.at(cfg, api.settler.span(), "facilitator_api.settler", format!("`{name}` is not a `kind = \"local\"` facilitator"));
+            rep.at(
+                cfg,
+                api.settler.span(),
+                "facilitator_api.settler",
+                format!("`{name}` is not a `kind = \"local\"` facilitator"),
+            );
         }
         name.clone()
     });
@@ -413,6 +436,15 @@ pub fn compile(
         reload: g.reload.clone(),
         logging: g.logging.clone(),
         case_sensitive,
+    })
+}
+
+/// Whether a problem was already recorded for `field` or one of its sub-fields.
+fn reported(rep: &Reporter, field: &str) -> bool {
+    rep.issues.iter().any(|i| {
+        i.field
+            .strip_prefix(field)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
     })
 }
 
@@ -834,7 +866,9 @@ fn compile_rule(
         action,
         upstream,
         settlement: d.settlement.unwrap_or(ctx.default_settlement),
-        failure_policy: d.on_facilitator_failure.unwrap_or(ctx.default_failure_policy),
+        failure_policy: d
+            .on_facilitator_failure
+            .unwrap_or(ctx.default_failure_policy),
         methods: Methods(methods),
         host: d
             .host
@@ -979,7 +1013,9 @@ fn build_offers(
 pub const CDP_DEFAULT_URL: &str = "https://api.cdp.coinbase.com/platform/v2/x402";
 
 fn secret(rep: &mut Reporter, src: usize, v: &Spanned<String>, field: &str) -> Option<env::Secret> {
-    env::expand(v.get_ref()).map_err(|e| rep.at(src, v.span(), field, e)).ok()
+    env::expand(v.get_ref())
+        .map_err(|e| rep.at(src, v.span(), field, e))
+        .ok()
 }
 
 fn compile_facilitator(
@@ -994,7 +1030,9 @@ fn compile_facilitator(
     let check_url = |rep: &mut Reporter, u: &Spanned<String>| {
         let url = u.get_ref().trim_end_matches('/').to_owned();
         match url.parse::<http::Uri>() {
-            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {}
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.authority().is_some() => {}
             _ => rep.at(cfg, u.span(), "facilitators.url", "must be an http(s) URL"),
         }
         url
@@ -1003,23 +1041,45 @@ fn compile_facilitator(
     for n in &f.networks {
         match registry.network(n.get_ref()) {
             Some(net) => nets.push(net.caip2.clone()),
-            None => rep.at(cfg, n.span(), "facilitators.networks", format!("unknown network `{}`", n.get_ref())),
+            None => rep.at(
+                cfg,
+                n.span(),
+                "facilitators.networks",
+                format!("unknown network `{}`", n.get_ref()),
+            ),
         }
     }
     let mut headers = Vec::new();
     for (k, v) in &f.headers {
         if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
-            rep.at(cfg, v.span(), format!("facilitators.headers.{k}"), "not a valid header name");
+            rep.at(
+                cfg,
+                v.span(),
+                format!("facilitators.headers.{k}"),
+                "not a valid header name",
+            );
         }
         match env::expand(v.get_ref()) {
-            Ok(s) if http::HeaderValue::from_str(s.expose()).is_ok() => headers.push((k.clone(), s)),
-            Ok(_) => rep.at(cfg, v.span(), format!("facilitators.headers.{k}"), "value is not a valid header value"),
+            Ok(s) if http::HeaderValue::from_str(s.expose()).is_ok() => {
+                headers.push((k.clone(), s))
+            }
+            Ok(_) => rep.at(
+                cfg,
+                v.span(),
+                format!("facilitators.headers.{k}"),
+                "value is not a valid header value",
+            ),
             Err(e) => rep.at(cfg, v.span(), format!("facilitators.headers.{k}"), e),
         }
     }
     let not_for = |rep: &mut Reporter, v: &Option<Spanned<String>>, field: &str, kind: &str| {
         if let Some(v) = v {
-            rep.at(cfg, v.span(), format!("facilitators.{field}"), format!("not used by kind = \"{kind}\""));
+            rep.at(
+                cfg,
+                v.span(),
+                format!("facilitators.{field}"),
+                format!("not used by kind = \"{kind}\""),
+            );
         }
     };
     let (kind, url) = match f.kind {
@@ -1031,7 +1091,12 @@ fn compile_facilitator(
             let url = match &f.url {
                 Some(u) => check_url(rep, u),
                 None => {
-                    rep.at(cfg, f.name.span(), "facilitators.url", "an http facilitator needs `url`");
+                    rep.at(
+                        cfg,
+                        f.name.span(),
+                        "facilitators.url",
+                        "an http facilitator needs `url`",
+                    );
                     String::new()
                 }
             };
@@ -1040,12 +1105,22 @@ fn compile_facilitator(
         KindDef::Cdp => {
             not_for(rep, &f.relayer_key, "relayer_key", "cdp");
             not_for(rep, &f.relayer_key_file, "relayer_key_file", "cdp");
-            let url = f.url.as_ref().map_or_else(|| CDP_DEFAULT_URL.to_owned(), |u| check_url(rep, u));
-            let id = f.api_key_id.as_ref().and_then(|v| secret(rep, cfg, v, "facilitators.api_key_id"));
-            let key = f.api_key_secret.as_ref().and_then(|v| secret(rep, cfg, v, "facilitators.api_key_secret"));
+            let url = f
+                .url
+                .as_ref()
+                .map_or_else(|| CDP_DEFAULT_URL.to_owned(), |u| check_url(rep, u));
+            let id = f
+                .api_key_id
+                .as_ref()
+                .and_then(|v| secret(rep, cfg, v, "facilitators.api_key_id"));
+            let key = f
+                .api_key_secret
+                .as_ref()
+                .and_then(|v| secret(rep, cfg, v, "facilitators.api_key_secret"));
             match (id, key) {
                 (Some(key_id), Some(key_secret)) => {
-                    if let Err(e) = crate::facilitator::cdp::SigningKey::parse(key_secret.expose()) {
+                    if let Err(e) = crate::facilitator::cdp::SigningKey::parse(key_secret.expose())
+                    {
                         if let Some(v) = &f.api_key_secret {
                             rep.at(cfg, v.span(), "facilitators.api_key_secret", e);
                         }
@@ -1054,7 +1129,12 @@ fn compile_facilitator(
                 }
                 _ => {
                     if f.api_key_id.is_none() || f.api_key_secret.is_none() {
-                        rep.at(cfg, f.name.span(), "facilitators", "a cdp facilitator needs `api_key_id` and `api_key_secret`");
+                        rep.at(
+                            cfg,
+                            f.name.span(),
+                            "facilitators",
+                            "a cdp facilitator needs `api_key_id` and `api_key_secret`",
+                        );
                     }
                     (FacilitatorKind::Http, url)
                 }
@@ -1071,7 +1151,12 @@ fn compile_facilitator(
                     match std::fs::read_to_string(&path) {
                         Ok(text) => Some(env::Secret::new(text.trim().to_owned())),
                         Err(e) => {
-                            rep.at(cfg, file.span(), "facilitators.relayer_key_file", format!("cannot read {}: {e}", path.display()));
+                            rep.at(
+                                cfg,
+                                file.span(),
+                                "facilitators.relayer_key_file",
+                                format!("cannot read {}: {e}", path.display()),
+                            );
                             None
                         }
                     }
@@ -1084,47 +1169,91 @@ fn compile_facilitator(
             if let Some(k) = &key {
                 let hex_key = k.expose().strip_prefix("0x").unwrap_or(k.expose());
                 if hex_key.len() != 64 || !hex_key.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    let span = f.relayer_key.as_ref().or(f.relayer_key_file.as_ref()).map(|v| v.span()).unwrap_or_default();
-                    rep.at(cfg, span, "facilitators.relayer_key", "the relayer key must be 32 bytes of hex");
+                    let span = f
+                        .relayer_key
+                        .as_ref()
+                        .or(f.relayer_key_file.as_ref())
+                        .map(|v| v.span())
+                        .unwrap_or_default();
+                    rep.at(
+                        cfg,
+                        span,
+                        "facilitators.relayer_key",
+                        "the relayer key must be 32 bytes of hex",
+                    );
                 }
             }
             let wanted: Vec<String> = if nets.is_empty() {
-                registry.networks().filter(|n| !n.rpc_urls.is_empty()).map(|n| n.caip2.clone()).collect()
+                registry
+                    .networks()
+                    .filter(|n| !n.rpc_urls.is_empty())
+                    .map(|n| n.caip2.clone())
+                    .collect()
             } else {
                 nets.clone()
             };
             let mut chains = Vec::new();
             for caip2 in &wanted {
-                let Some(n) = registry.network(caip2) else { continue };
+                let Some(n) = registry.network(caip2) else {
+                    continue;
+                };
                 if n.rpc_urls.is_empty() {
-                    rep.at(cfg, f.name.span(), "facilitators.networks", format!("network {caip2} has no `rpc_urls` in `[[networks]]`"));
+                    rep.at(
+                        cfg,
+                        f.name.span(),
+                        "facilitators.networks",
+                        format!("network {caip2} has no `rpc_urls` in `[[networks]]`"),
+                    );
                     continue;
                 }
-                chains.push(ChainConf { caip2: n.caip2.clone(), v1_name: n.v1_name.clone(), chain_id: n.chain_id, rpc_urls: n.rpc_urls.clone() });
+                chains.push(ChainConf {
+                    caip2: n.caip2.clone(),
+                    v1_name: n.v1_name.clone(),
+                    chain_id: n.chain_id,
+                    rpc_urls: n.rpc_urls.clone(),
+                });
             }
             if wanted.is_empty() {
-                rep.at(cfg, f.name.span(), "facilitators", "a local facilitator needs a network with `rpc_urls`");
+                rep.at(
+                    cfg,
+                    f.name.span(),
+                    "facilitators",
+                    "a local facilitator needs a network with `rpc_urls`",
+                );
             }
             if nets.is_empty() {
                 nets = wanted;
             }
             match key {
-                Some(relayer_key) => {
-                    (FacilitatorKind::Local { relayer_key, receipt_timeout: Duration::from_millis(f.receipt_timeout_ms.max(100)), chains }, String::new())
-                }
+                Some(relayer_key) => (
+                    FacilitatorKind::Local {
+                        relayer_key,
+                        receipt_timeout: Duration::from_millis(f.receipt_timeout_ms.max(100)),
+                        chains,
+                    },
+                    String::new(),
+                ),
                 None => (FacilitatorKind::Http, String::new()),
             }
         }
     };
     if f.weight == 0 {
-        rep.at(cfg, f.name.span(), "facilitators.weight", "must be at least 1");
+        rep.at(
+            cfg,
+            f.name.span(),
+            "facilitators.weight",
+            "must be at least 1",
+        );
     }
     if rep.issues.len() > before {
         return None;
     }
     let fingerprint = {
         let mut h = Sha256::new();
-        h.update(format!("{name}|{:?}|{url}|{nets:?}|{}|{}", f.kind, f.timeout_ms, f.max_eject_ms));
+        h.update(format!(
+            "{name}|{:?}|{url}|{nets:?}|{}|{}",
+            f.kind, f.timeout_ms, f.max_eject_ms
+        ));
         for (k, v) in &headers {
             h.update(k.as_bytes());
             h.update(v.expose().as_bytes());
@@ -1133,7 +1262,12 @@ fn compile_facilitator(
             h.update(key_id.expose().as_bytes());
             h.update(key_secret.expose().as_bytes());
         }
-        if let FacilitatorKind::Local { relayer_key, chains, .. } = &kind {
+        if let FacilitatorKind::Local {
+            relayer_key,
+            chains,
+            ..
+        } = &kind
+        {
             h.update(relayer_key.expose().as_bytes());
             h.update(format!("{chains:?}"));
         }

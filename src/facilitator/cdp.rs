@@ -57,11 +57,18 @@ impl SigningKey {
                 .or_else(|_| p256::SecretKey::from_pkcs8_pem(&pem))
                 .map_err(|_| CdpKeyError::BadPem)?;
             let der = key.to_pkcs8_der().map_err(|_| CdpKeyError::Encode)?;
-            return Ok(SigningKey { alg: Algorithm::ES256, key: EncodingKey::from_ec_der(der.as_bytes()) });
+            return Ok(SigningKey {
+                alg: Algorithm::ES256,
+                key: EncodingKey::from_ec_der(der.as_bytes()),
+            });
         }
-        let bytes = base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| CdpKeyError::BadEd25519)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|_| CdpKeyError::BadEd25519)?;
         let seed: [u8; 32] = match bytes.len() {
-            32 | 64 => bytes[..32].try_into().map_err(|_| CdpKeyError::BadEd25519)?,
+            32 | 64 => bytes[..32]
+                .try_into()
+                .map_err(|_| CdpKeyError::BadEd25519)?,
             _ => return Err(CdpKeyError::BadEd25519),
         };
         let key = ed25519_dalek::SigningKey::from_bytes(&seed);
@@ -69,7 +76,10 @@ impl SigningKey {
             return Err(CdpKeyError::BadEd25519);
         }
         let der = key.to_pkcs8_der().map_err(|_| CdpKeyError::Encode)?;
-        Ok(SigningKey { alg: Algorithm::EdDSA, key: EncodingKey::from_ed_der(der.as_bytes()) })
+        Ok(SigningKey {
+            alg: Algorithm::EdDSA,
+            key: EncodingKey::from_ed_der(der.as_bytes()),
+        })
     }
 
     pub fn algorithm(&self) -> Algorithm {
@@ -77,8 +87,16 @@ impl SigningKey {
     }
 
     /// A token for one request: `uris = ["METHOD host/path"]`, valid for two minutes.
-    pub fn token(&self, key_id: &str, method: &str, host: &str, path: &str) -> Result<String, jsonwebtoken::errors::Error> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    pub fn token(
+        &self,
+        key_id: &str,
+        method: &str,
+        host: &str,
+        path: &str,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let mut nonce = [0u8; 16];
         let _ = getrandom::fill(&mut nonce);
         let mut header = Header::new(self.alg);
@@ -107,7 +125,10 @@ mod tests {
         v.set_required_spec_claims(&["exp", "nbf", "sub"]);
         v.validate_aud = false;
         let data = jsonwebtoken::decode::<serde_json::Value>(token, key, &v).expect("valid token");
-        assert_eq!(data.header.kid.as_deref(), Some("organizations/o/apiKeys/k"));
+        assert_eq!(
+            data.header.kid.as_deref(),
+            Some("organizations/o/apiKeys/k")
+        );
         assert_eq!(data.header.nonce.as_ref().map(String::len), Some(32));
         data.claims
     }
@@ -115,17 +136,42 @@ mod tests {
     #[test]
     fn es256_tokens_verify_with_the_public_key() {
         let secret = p256::SecretKey::from_slice(&[7u8; 32]).expect("key");
-        let sec1 = secret.to_sec1_pem(p256::pkcs8::LineEnding::LF).expect("pem");
-        let public = secret.public_key().to_public_key_pem(p256::pkcs8::LineEnding::LF).expect("pub");
+        let sec1 = secret
+            .to_sec1_pem(p256::pkcs8::LineEnding::LF)
+            .expect("pem");
+        let public = secret
+            .public_key()
+            .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+            .expect("pub");
         // As found in environment variables: escaped newlines.
         let key = SigningKey::parse(&sec1.replace('\n', "\\n")).expect("parse");
         assert_eq!(key.algorithm(), Algorithm::ES256);
-        let token = key.token("organizations/o/apiKeys/k", "POST", "api.cdp.coinbase.com", "/platform/v2/x402/verify").expect("jwt");
-        let claims = check(&token, &DecodingKey::from_ec_pem(public.as_bytes()).expect("dec"), Algorithm::ES256);
-        assert_eq!(claims["uris"][0], "POST api.cdp.coinbase.com/platform/v2/x402/verify");
+        let token = key
+            .token(
+                "organizations/o/apiKeys/k",
+                "POST",
+                "api.cdp.coinbase.com",
+                "/platform/v2/x402/verify",
+            )
+            .expect("jwt");
+        let claims = check(
+            &token,
+            &DecodingKey::from_ec_pem(public.as_bytes()).expect("dec"),
+            Algorithm::ES256,
+        );
+        assert_eq!(
+            claims["uris"][0],
+            "POST api.cdp.coinbase.com/platform/v2/x402/verify"
+        );
         assert_eq!(claims["iss"], "cdp");
         assert_eq!(claims["sub"], "organizations/o/apiKeys/k");
-        assert_eq!(claims["exp"].as_u64().zip(claims["nbf"].as_u64()).map(|(e, n)| e - n), Some(TOKEN_TTL_SECS));
+        assert_eq!(
+            claims["exp"]
+                .as_u64()
+                .zip(claims["nbf"].as_u64())
+                .map(|(e, n)| e - n),
+            Some(TOKEN_TTL_SECS)
+        );
     }
 
     #[test]
@@ -136,17 +182,37 @@ mod tests {
         let secret = base64::engine::general_purpose::STANDARD.encode(&both);
         let key = SigningKey::parse(&secret).expect("parse");
         assert_eq!(key.algorithm(), Algorithm::EdDSA);
-        let token = key.token("organizations/o/apiKeys/k", "GET", "api.cdp.coinbase.com", "/platform/v2/x402/supported").expect("jwt");
+        let token = key
+            .token(
+                "organizations/o/apiKeys/k",
+                "GET",
+                "api.cdp.coinbase.com",
+                "/platform/v2/x402/supported",
+            )
+            .expect("jwt");
         let dec = DecodingKey::from_ed_der(sk.verifying_key().as_bytes());
         let claims = check(&token, &dec, Algorithm::EdDSA);
-        assert_eq!(claims["uris"][0], "GET api.cdp.coinbase.com/platform/v2/x402/supported");
+        assert_eq!(
+            claims["uris"][0],
+            "GET api.cdp.coinbase.com/platform/v2/x402/supported"
+        );
         // A different key does not verify it.
         let other = ed25519_dalek::SigningKey::from_bytes(&[8u8; 32]);
         let mut v = Validation::new(Algorithm::EdDSA);
         v.validate_aud = false;
-        assert!(jsonwebtoken::decode::<serde_json::Value>(&token, &DecodingKey::from_ed_der(other.verifying_key().as_bytes()), &v).is_err());
+        assert!(
+            jsonwebtoken::decode::<serde_json::Value>(
+                &token,
+                &DecodingKey::from_ed_der(other.verifying_key().as_bytes()),
+                &v
+            )
+            .is_err()
+        );
         // Mismatched public half is refused.
         both[40] ^= 1;
-        assert_eq!(SigningKey::parse(&base64::engine::general_purpose::STANDARD.encode(&both)).map(|_| ()), Err(CdpKeyError::BadEd25519));
+        assert_eq!(
+            SigningKey::parse(&base64::engine::general_purpose::STANDARD.encode(&both)).map(|_| ()),
+            Err(CdpKeyError::BadEd25519)
+        );
     }
 }

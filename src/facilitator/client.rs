@@ -22,12 +22,18 @@ pub enum FacilitatorError {
     /// An answer without a usable body.
     #[error("facilitator answered {status} without a usable body")]
     BadResponse { status: u16 },
+    /// The facilitator cannot be used as configured (for example a bad key).
+    #[error("facilitator misconfigured: {0}")]
+    Config(String),
 }
 
 impl FacilitatorError {
     /// Whether the call provably did not reach the facilitator.
     pub fn not_sent(&self) -> bool {
-        matches!(self, FacilitatorError::Connect(_))
+        matches!(
+            self,
+            FacilitatorError::Connect(_) | FacilitatorError::Config(_)
+        )
     }
 
     /// Metric label.
@@ -36,6 +42,7 @@ impl FacilitatorError {
             FacilitatorError::Connect(_) => "connect",
             FacilitatorError::Timeout => "timeout",
             FacilitatorError::BadResponse { .. } => "bad_response",
+            FacilitatorError::Config(_) => "config",
         }
     }
 }
@@ -74,6 +81,7 @@ impl FacilitatorClient {
         fac: &FacilitatorConf,
         op: &'static str,
         body: Option<Vec<u8>>,
+        auth: &[(&'static str, String)],
     ) -> Result<(u16, Vec<u8>), FacilitatorError> {
         let url = format!("{}/{op}", fac.url);
         let mut req = match &body {
@@ -85,6 +93,9 @@ impl FacilitatorClient {
         };
         for (k, v) in &fac.headers {
             req = req.header(k.as_str(), v.expose());
+        }
+        for (k, v) in auth {
+            req = req.header(*k, v.as_str());
         }
         if let Some(b) = body {
             req = req.body(b);
@@ -116,8 +127,9 @@ impl FacilitatorClient {
         &self,
         fac: &FacilitatorConf,
         body: Vec<u8>,
+        auth: &[(&'static str, String)],
     ) -> Result<VerifyResponse, FacilitatorError> {
-        let (status, bytes) = self.call(fac, "verify", Some(body)).await?;
+        let (status, bytes) = self.call(fac, "verify", Some(body), auth).await?;
         parse_verify(status, &bytes).inspect_err(|e| {
             self.metrics
                 .facilitator_errors
@@ -131,8 +143,9 @@ impl FacilitatorClient {
         &self,
         fac: &FacilitatorConf,
         body: Vec<u8>,
+        auth: &[(&'static str, String)],
     ) -> Result<SettleResponse, FacilitatorError> {
-        let (status, bytes) = self.call(fac, "settle", Some(body)).await?;
+        let (status, bytes) = self.call(fac, "settle", Some(body), auth).await?;
         parse_settle(status, &bytes).inspect_err(|e| {
             self.metrics
                 .facilitator_errors
@@ -145,8 +158,9 @@ impl FacilitatorClient {
     pub async fn supported(
         &self,
         fac: &FacilitatorConf,
+        auth: &[(&'static str, String)],
     ) -> Result<serde_json::Value, FacilitatorError> {
-        let (status, bytes) = self.call(fac, "supported", None).await?;
+        let (status, bytes) = self.call(fac, "supported", None, auth).await?;
         if !(200..300).contains(&status) {
             return Err(FacilitatorError::BadResponse { status });
         }

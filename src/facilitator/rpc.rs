@@ -47,7 +47,9 @@ pub struct ChainReader {
 
 impl std::fmt::Debug for ChainReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChainReader").field("endpoints", &self.providers.len()).finish()
+        f.debug_struct("ChainReader")
+            .field("endpoints", &self.providers.len())
+            .finish()
     }
 }
 
@@ -91,13 +93,28 @@ impl ChainReader {
     }
 
     /// `authorizationState(authorizer, nonce)`: whether the authorization was used or canceled.
-    pub async fn authorization_used(&self, token: Address, authorizer: Address, nonce: B256) -> Result<bool, RpcError> {
-        self.first_ok(|p| async move { IEip3009::new(token, p).authorizationState(authorizer, nonce).call().await })
-            .await
+    pub async fn authorization_used(
+        &self,
+        token: Address,
+        authorizer: Address,
+        nonce: B256,
+    ) -> Result<bool, RpcError> {
+        self.first_ok(|p| async move {
+            IEip3009::new(token, p)
+                .authorizationState(authorizer, nonce)
+                .call()
+                .await
+        })
+        .await
     }
 
     /// The transaction that emitted `AuthorizationUsed(authorizer, nonce)` in recent blocks.
-    pub async fn authorization_tx(&self, token: Address, authorizer: Address, nonce: B256) -> Result<Option<B256>, RpcError> {
+    pub async fn authorization_tx(
+        &self,
+        token: Address,
+        authorizer: Address,
+        nonce: B256,
+    ) -> Result<Option<B256>, RpcError> {
         self.first_ok(|p| async move {
             let head = p.get_block_number().await?;
             let filter = Filter::new()

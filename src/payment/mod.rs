@@ -13,10 +13,11 @@ use http::HeaderMap;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::config::file::Settlement;
+use crate::config::file::{FailurePolicy, Settlement};
+use crate::facilitator::FacilitatorError;
 use crate::facilitator::client::FacilitatorRequest;
-use crate::facilitator::supported::SupportedCache;
-use crate::facilitator::{FacilitatorClient, FacilitatorError};
+use crate::facilitator::dispatch::Facilitators;
+use crate::facilitator::local::Settlers;
 use crate::metrics::Metrics;
 use crate::schemes::evm_exact::{self, ExactError};
 use crate::snapshot::{FacilitatorConf, Rule, Snapshot};
@@ -138,7 +139,12 @@ pub struct Accepted {
     pub offer: Offer,
     pub payer: String,
     pub key: ReplayKey,
+    /// Lower-case `0x…` EIP-3009 nonce.
+    pub nonce: String,
+    /// Unix seconds after which the authorization can no longer settle.
+    pub valid_before: u64,
     pub settlement: Settlement,
+    pub failure_policy: FailurePolicy,
     /// Body sent to `/verify` and `/settle`.
     pub facilitator_body: Vec<u8>,
     pub facilitator: Option<String>,
@@ -148,6 +154,23 @@ pub struct Accepted {
     pub failure_reply: Option<crate::proxy::respond::Reply>,
     pub started: Instant,
     pub facilitator_time: Duration,
+}
+
+impl Accepted {
+    /// Token, payer and nonce as chain types.
+    pub fn chain_ids(
+        &self,
+    ) -> Option<(
+        alloy::primitives::Address,
+        alloy::primitives::Address,
+        alloy::primitives::B256,
+    )> {
+        Some((
+            self.offer.requirements.asset.parse().ok()?,
+            self.payer.parse().ok()?,
+            self.nonce.parse().ok()?,
+        ))
+    }
 }
 
 /// Headers that tell the origin who paid. Clients cannot set them.
@@ -178,13 +201,26 @@ pub fn encode_receipt(r: &SettleResponse) -> String {
     codec::encode(serde_json::to_string(r).unwrap_or_default().as_bytes())
 }
 
+/// What the gate decided for a priced request.
+#[derive(Debug)]
+pub enum Admission {
+    /// Verified (and, in `before` mode, settled): forward.
+    Paid(Box<Accepted>),
+    /// No facilitator could check the payment and the rule fails open: forward unpaid.
+    Unpaid(&'static str),
+}
+
+/// How long to read the chain for a settlement whose outcome the facilitator left unknown
+/// before answering the client; a background watch goes on until the authorization expires.
+pub const RESOLVE_WINDOW: Duration = Duration::from_secs(3);
+const RESOLVE_POLL: Duration = Duration::from_millis(200);
+
 /// The payment engine shared by every request.
 pub struct Payments {
-    client: FacilitatorClient,
-    pub supported: SupportedCache,
-    replay: ReplayGuard,
+    pub facilitators: Arc<Facilitators>,
+    replay: Arc<ReplayGuard>,
     verified: moka::sync::Cache<[u8; 32], ()>,
-    ledger: Ledger,
+    ledger: Arc<Ledger>,
     metrics: Arc<Metrics>,
 }
 
@@ -194,23 +230,24 @@ impl std::fmt::Debug for Payments {
     }
 }
 
+/// What the chain says about an authorization.
+enum Resolution {
+    Settled(String),
+    Unknown,
+}
+
 impl Payments {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, settlers: Arc<Settlers>) -> Self {
         Payments {
-            client: FacilitatorClient::new(metrics.clone()),
-            supported: SupportedCache::default(),
-            replay: ReplayGuard::default(),
+            facilitators: Arc::new(Facilitators::new(metrics.clone(), settlers)),
+            replay: Arc::new(ReplayGuard::default()),
             verified: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(120))
                 .build(),
-            ledger: Ledger::default(),
+            ledger: Arc::new(Ledger::default()),
             metrics,
         }
-    }
-
-    pub fn client(&self) -> &FacilitatorClient {
-        &self.client
     }
 
     fn reject(&self, r: Rejection) -> Rejection {
@@ -223,6 +260,24 @@ impl Payments {
         r
     }
 
+    /// Whether a failure to reach any facilitator lets the request through unpaid.
+    fn fails_open(&self, rule: &Rule, e: &PaymentError) -> bool {
+        rule.failure_policy == FailurePolicy::Open
+            && matches!(
+                e,
+                PaymentError::FacilitatorUnavailable | PaymentError::NoFacilitator
+            )
+    }
+
+    fn served_unpaid(&self, rule: &Rule, reason: &'static str) -> Admission {
+        self.metrics
+            .payments
+            .with_label_values(&["served_unpaid", reason])
+            .inc();
+        tracing::warn!(rule = %rule.id, reason, "no facilitator available: serving unpaid (failure policy open)");
+        Admission::Unpaid(reason)
+    }
+
     /// Checks the payment on a priced request. `Ok` means forward; `Err` is the answer.
     pub async fn gate(
         &self,
@@ -231,7 +286,7 @@ impl Payments {
         priced: &Priced,
         headers: &HeaderMap,
         url: &str,
-    ) -> Result<Box<Accepted>, Rejection> {
+    ) -> Result<Admission, Rejection> {
         let started = Instant::now();
         let found = match decode::find(headers) {
             Ok(Some(f)) => f,
@@ -290,7 +345,10 @@ impl Payments {
             offer: offer.clone(),
             payer,
             key,
+            nonce: checked.nonce.clone(),
+            valid_before: checked.valid_before,
             settlement: rule.settlement,
+            failure_policy: rule.failure_policy,
             facilitator_body: body,
             facilitator: None,
             stage: Stage::Verified,
@@ -301,6 +359,9 @@ impl Payments {
         });
         if let Err(e) = self.verify(snap, &mut accepted).await {
             self.replay.release(&accepted.key);
+            if self.fails_open(rule, &e) {
+                return Ok(self.served_unpaid(rule, e.reason()));
+            }
             return Err(self.reject(fail(e, Some(accepted.payer.clone()))));
         }
         if accepted.settlement == Settlement::Before {
@@ -308,6 +369,9 @@ impl Payments {
             if accepted.stage != Stage::Settled {
                 let error = self.settle_error(&accepted);
                 self.release_unless_unknown(&accepted);
+                if accepted.stage == Stage::SettleFailed && self.fails_open(rule, &error) {
+                    return Ok(self.served_unpaid(rule, error.reason()));
+                }
                 let receipt = accepted.receipt.clone();
                 return Err(self.reject(Rejection {
                     error,
@@ -317,12 +381,12 @@ impl Payments {
                 }));
             }
         }
-        Ok(accepted)
+        Ok(Admission::Paid(accepted))
     }
 
     fn candidates<'a>(&self, snap: &'a Snapshot, a: &Accepted) -> Vec<&'a FacilitatorConf> {
         let r = &a.offer.requirements;
-        self.supported.candidates(
+        self.facilitators.candidates(
             snap,
             a.version,
             &r.scheme,
@@ -340,9 +404,15 @@ impl Payments {
         if candidates.is_empty() {
             return Err(PaymentError::NoFacilitator);
         }
-        for fac in candidates {
+        for (n, fac) in candidates.into_iter().enumerate() {
+            if n > 0 {
+                self.metrics
+                    .facilitator_failovers
+                    .with_label_values(&["verify"])
+                    .inc();
+            }
             let t = Instant::now();
-            let result = self.client.verify(fac, a.facilitator_body.clone()).await;
+            let result = self.facilitators.verify(fac, &a.facilitator_body).await;
             a.facilitator_time += t.elapsed();
             match result {
                 Ok(v) if v.valid() => {
@@ -365,17 +435,30 @@ impl Payments {
         Err(PaymentError::FacilitatorUnavailable)
     }
 
-    /// Settles through the facilitator that verified (then others only if the call provably
-    /// never left). Sets `stage` and `receipt` and writes the ledger.
+    /// Settles through the facilitator that verified, moving on to another only when the call
+    /// provably never reached it. An unknown outcome is resolved by reading the chain, never
+    /// by settling again. Sets `stage` and `receipt` and writes the ledger.
     async fn settle(&self, snap: &Snapshot, a: &mut Accepted, upstream_status: Option<u16>) {
         let mut candidates = self.candidates(snap, a);
         if let Some(name) = &a.facilitator {
-            candidates.sort_by_key(|f| &f.name != name);
+            match snap.facilitators.iter().find(|f| &f.name == name) {
+                Some(verifier) => {
+                    candidates.retain(|f| f.name != verifier.name);
+                    candidates.insert(0, verifier);
+                }
+                None => candidates.sort_by_key(|f| &f.name != name),
+            }
         }
         let mut outcome: Option<(String, Result<SettleResponse, FacilitatorError>)> = None;
-        for fac in candidates {
+        for (n, fac) in candidates.into_iter().enumerate() {
+            if n > 0 {
+                self.metrics
+                    .facilitator_failovers
+                    .with_label_values(&["settle"])
+                    .inc();
+            }
             let t = Instant::now();
-            let r = self.client.settle(fac, a.facilitator_body.clone()).await;
+            let r = self.facilitators.settle(fac, &a.facilitator_body).await;
             a.facilitator_time += t.elapsed();
             let retry = matches!(&r, Err(e) if e.not_sent());
             outcome = Some((fac.name.clone(), r));
@@ -390,8 +473,8 @@ impl Payments {
                 Err(FacilitatorError::Connect("no facilitator".into())),
             ),
         };
-        let r = &a.offer.requirements;
-        let (stage, receipt, reason) = match result {
+        let network = a.offer.requirements.network.clone();
+        let (mut stage, mut receipt, mut reason) = match result {
             Ok(s) if s.succeeded() => (Stage::Settled, s, None),
             Ok(s) if s.success == serde_json::Value::Bool(false) => {
                 let reason = s
@@ -410,17 +493,34 @@ impl Payments {
             ),
             Err(e) if e.not_sent() => (
                 Stage::SettleFailed,
-                failed_receipt(&a.payer, &r.network, "facilitator_unavailable"),
+                failed_receipt(&a.payer, &network, "facilitator_unavailable"),
                 Some("facilitator_unavailable".into()),
             ),
-            Err(_) => (
-                Stage::Unknown,
-                failed_receipt(&a.payer, &r.network, "settlement_unconfirmed"),
-                Some("settlement_unconfirmed".into()),
-            ),
+            Err(e) => {
+                tracing::warn!(facilitator = %fac, error = %e, "settlement outcome unknown");
+                (
+                    Stage::Unknown,
+                    failed_receipt(&a.payer, &network, "settlement_unconfirmed"),
+                    Some("settlement_unconfirmed".into()),
+                )
+            }
         };
+        a.facilitator = Some(fac);
+        if stage == Stage::Unknown {
+            if let Resolution::Settled(tx) = self.resolve(snap, a).await {
+                stage = Stage::Settled;
+                reason = None;
+                receipt = SettleResponse {
+                    success: true.into(),
+                    error_reason: None,
+                    payer: Some(a.payer.clone()),
+                    transaction: tx,
+                    network: network.clone(),
+                };
+            }
+        }
         a.stage = stage;
-        a.facilitator = Some(fac.clone());
+        let r = &a.offer.requirements;
         let event = match stage {
             Stage::Settled => {
                 self.replay.settled(&a.key);
@@ -447,23 +547,22 @@ impl Payments {
                 self.replay.unknown(&a.key);
                 self.metrics
                     .payments
-                    .with_label_values(&["settle_unknown", ""])
+                    .with_label_values(&["settle_pending", ""])
                     .inc();
-                "settle_unknown"
+                self.watch_pending(snap, a);
+                "settle_pending"
             }
         };
-        let mut receipt = receipt;
         if receipt.payer.is_none() {
             receipt.payer = Some(a.payer.clone());
         }
-        if receipt.network.is_empty() {
-            receipt.network = if a.version == 1 {
-                a.offer.v1_network.clone().unwrap_or_default()
-            } else {
-                r.network.clone()
-            };
+        if a.version == 1 {
+            receipt.network = a.offer.v1_network.clone().unwrap_or_default();
+        } else if receipt.network.is_empty() {
+            receipt.network = r.network.clone();
         }
-        self.write_ledger(
+        write_ledger(
+            &self.ledger,
             snap,
             a,
             event,
@@ -474,38 +573,99 @@ impl Payments {
         a.receipt = Some(receipt);
     }
 
-    fn write_ledger(
-        &self,
-        snap: &Snapshot,
-        a: &Accepted,
-        event: &str,
-        tx: &str,
-        reason: Option<&str>,
-        status: Option<u16>,
-    ) {
-        let r = &a.offer.requirements;
-        let entry = LedgerEntry {
-            time: ledger::now_rfc3339(),
-            event,
-            rule: &a.rule_id,
-            resource: &a.resource,
-            payer: &a.payer,
-            amount: &r.amount,
-            asset: &r.asset,
-            network: &r.network,
-            transaction: tx,
-            facilitator: a.facilitator.as_deref().unwrap_or(""),
-            settlement: if a.settlement == Settlement::Before {
-                "before"
-            } else {
-                "after"
-            },
-            reason,
-            upstream_status: status,
+    /// Reads the chain for a short while: did this authorization go through?
+    async fn resolve(&self, snap: &Snapshot, a: &Accepted) -> Resolution {
+        let Some(reader) = self
+            .facilitators
+            .reader(snap, &a.offer.requirements.network)
+        else {
+            return Resolution::Unknown;
         };
-        if let Err(e) = self.ledger.append(&snap.ledger, &entry) {
-            tracing::error!(error = %e, "cannot write the receipts ledger");
+        let Some((token, payer, nonce)) = a.chain_ids() else {
+            return Resolution::Unknown;
+        };
+        let deadline = Instant::now() + RESOLVE_WINDOW;
+        loop {
+            if let Ok(true) = reader.authorization_used(token, payer, nonce).await {
+                let tx = reader
+                    .authorization_tx(token, payer, nonce)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|h| format!("{h:#x}"));
+                self.metrics
+                    .settlements_resolved
+                    .with_label_values(&["settled"])
+                    .inc();
+                return Resolution::Settled(tx.unwrap_or_default());
+            }
+            if Instant::now() >= deadline {
+                self.metrics
+                    .settlements_resolved
+                    .with_label_values(&["pending"])
+                    .inc();
+                return Resolution::Unknown;
+            }
+            tokio::time::sleep(RESOLVE_POLL).await;
         }
+    }
+
+    /// Watches a pending settlement until the chain shows it or the authorization expires,
+    /// and records the outcome. The reservation is released only once it provably never
+    /// settled (expired unused).
+    fn watch_pending(&self, snap: &Snapshot, a: &Accepted) {
+        let Some(reader) = self
+            .facilitators
+            .reader(snap, &a.offer.requirements.network)
+        else {
+            return;
+        };
+        let Some((token, payer, nonce)) = a.chain_ids() else {
+            return;
+        };
+        let (replay, ledger, metrics) = (
+            self.replay.clone(),
+            self.ledger.clone(),
+            self.metrics.clone(),
+        );
+        let snap_ledger = snap.ledger.clone();
+        let record = PendingRecord::from(a);
+        tokio::spawn(async move {
+            loop {
+                if let Ok(true) = reader.authorization_used(token, payer, nonce).await {
+                    let tx = reader
+                        .authorization_tx(token, payer, nonce)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|h| format!("{h:#x}"));
+                    replay.settled(&record.key);
+                    metrics
+                        .settlements_resolved
+                        .with_label_values(&["settled_late"])
+                        .inc();
+                    record.write(
+                        &ledger,
+                        &snap_ledger,
+                        "settled_late",
+                        tx.as_deref().unwrap_or(""),
+                    );
+                    return;
+                }
+                if unix_now() > record.valid_before + 5 {
+                    if let Ok(false) = reader.authorization_used(token, payer, nonce).await {
+                        replay.release(&record.key);
+                        metrics
+                            .settlements_resolved
+                            .with_label_values(&["expired_unsettled"])
+                            .inc();
+                        record.write(&ledger, &snap_ledger, "expired_unsettled", "");
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
     }
 
     fn settle_error(&self, a: &Accepted) -> PaymentError {
@@ -577,6 +737,17 @@ impl Payments {
             self.settle(snap, a, Some(status)).await;
             if a.stage != Stage::Settled {
                 let error = self.settle_error(a);
+                if a.stage == Stage::SettleFailed
+                    && a.failure_policy == FailurePolicy::Open
+                    && error == PaymentError::FacilitatorUnavailable
+                {
+                    self.metrics
+                        .payments
+                        .with_label_values(&["served_unpaid", error.reason()])
+                        .inc();
+                    tracing::warn!(rule = %a.rule_id, "no facilitator could settle: serving unpaid (failure policy open)");
+                    return Ok(Vec::new());
+                }
                 return Err(Rejection {
                     error,
                     version: a.version,
@@ -616,7 +787,8 @@ impl Payments {
             .as_ref()
             .map(|r| r.transaction.clone())
             .unwrap_or_default();
-        self.write_ledger(
+        write_ledger(
+            &self.ledger,
             snap,
             a,
             "delivery_failed",
@@ -649,6 +821,97 @@ impl Payments {
             Stage::Verified | Stage::SettleFailed => self.replay.release(&a.key),
             Stage::Settled | Stage::Unknown => {}
         }
+    }
+}
+
+/// What the background watch of a pending settlement needs to write its outcome.
+struct PendingRecord {
+    key: ReplayKey,
+    valid_before: u64,
+    rule: String,
+    resource: String,
+    payer: String,
+    amount: String,
+    asset: String,
+    network: String,
+    facilitator: String,
+    settlement: Settlement,
+}
+
+impl PendingRecord {
+    fn from(a: &Accepted) -> Self {
+        let r = &a.offer.requirements;
+        PendingRecord {
+            key: a.key.clone(),
+            valid_before: a.valid_before,
+            rule: a.rule_id.clone(),
+            resource: a.resource.clone(),
+            payer: a.payer.clone(),
+            amount: r.amount.clone(),
+            asset: r.asset.clone(),
+            network: r.network.clone(),
+            facilitator: a.facilitator.clone().unwrap_or_default(),
+            settlement: a.settlement,
+        }
+    }
+
+    fn write(&self, ledger: &Ledger, conf: &ledger::LedgerConf, event: &str, tx: &str) {
+        let entry = LedgerEntry {
+            time: ledger::now_rfc3339(),
+            event,
+            rule: &self.rule,
+            resource: &self.resource,
+            payer: &self.payer,
+            amount: &self.amount,
+            asset: &self.asset,
+            network: &self.network,
+            transaction: tx,
+            facilitator: &self.facilitator,
+            settlement: if self.settlement == Settlement::Before {
+                "before"
+            } else {
+                "after"
+            },
+            reason: None,
+            upstream_status: None,
+        };
+        if let Err(e) = ledger.append(conf, &entry) {
+            tracing::error!(error = %e, "cannot write the receipts ledger");
+        }
+    }
+}
+
+fn write_ledger(
+    ledger: &Ledger,
+    snap: &Snapshot,
+    a: &Accepted,
+    event: &str,
+    tx: &str,
+    reason: Option<&str>,
+    status: Option<u16>,
+) {
+    let r = &a.offer.requirements;
+    let entry = LedgerEntry {
+        time: ledger::now_rfc3339(),
+        event,
+        rule: &a.rule_id,
+        resource: &a.resource,
+        payer: &a.payer,
+        amount: &r.amount,
+        asset: &r.asset,
+        network: &r.network,
+        transaction: tx,
+        facilitator: a.facilitator.as_deref().unwrap_or(""),
+        settlement: if a.settlement == Settlement::Before {
+            "before"
+        } else {
+            "after"
+        },
+        reason,
+        upstream_status: status,
+    };
+    if let Err(e) = ledger.append(&snap.ledger, &entry) {
+        tracing::error!(error = %e, "cannot write the receipts ledger");
     }
 }
 

@@ -18,6 +18,8 @@ pub enum Decision {
     Challenged,
     /// A payment was accepted and the request forwarded.
     Paid,
+    /// No facilitator could check the payment and the rule fails open: forwarded unpaid.
+    Unpaid,
     /// Answered locally for another reason (bad request, preflight, facilitator down).
     Local,
     /// Failed while proxying (upstream down, timeout).
@@ -32,6 +34,7 @@ impl Decision {
             Decision::Blocked => "blocked",
             Decision::Challenged => "challenged",
             Decision::Paid => "paid",
+            Decision::Unpaid => "unpaid_open",
             Decision::Local => "local",
             Decision::Failed => "failed",
         }

@@ -19,7 +19,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::metrics::{Metrics, status_class};
-use crate::payment::Payments;
+use crate::payment::{Admission, Payments};
 use crate::snapshot::{RuleAction, Snapshot};
 use ctx::{Decision, RequestCtx};
 use respond::{Reply, UpstreamError};
@@ -116,9 +116,14 @@ impl ProxyHttp for Gateway {
                     .gate(&snap, rule, priced, &req.headers, &url)
                     .await
                 {
-                    Ok(accepted) => {
+                    Ok(Admission::Paid(accepted)) => {
                         ctx.decision = Decision::Paid;
                         ctx.payment = Some(accepted);
+                        Ok(false)
+                    }
+                    Ok(Admission::Unpaid(reason)) => {
+                        ctx.decision = Decision::Unpaid;
+                        ctx.reason = Some(reason);
                         Ok(false)
                     }
                     Err(rejection) => {
@@ -330,6 +335,9 @@ impl ProxyHttp for Gateway {
         let code = match reply {
             Some(r) if !written => {
                 ctx.reason = Some(r.reason);
+                // The connection is not reused after this reply (`can_reuse_downstream` below):
+                // say `Connection: close`, or keep-alive clients race into a reset.
+                session.set_keepalive(None);
                 let _ = respond::send(session, &r).await;
                 r.status
             }

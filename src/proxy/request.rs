@@ -21,6 +21,22 @@ pub enum RequestError {
     MissingHost,
     #[error("Host header is not a valid host name")]
     BadHost,
+    #[error("request headers are too large")]
+    HeadersTooLarge,
+}
+
+/// Largest request header section (names and values) accepted besides the payment header's own
+/// allowance (`payment.max_header_bytes`); larger requests get a 431 and never reach the origin.
+pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
+
+/// Whether the request's headers exceed [`MAX_REQUEST_HEADER_BYTES`] plus `payment_allowance`.
+pub fn headers_too_large(req: &RequestHeader, payment_allowance: usize) -> bool {
+    let size: usize = req
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    size > MAX_REQUEST_HEADER_BYTES + payment_allowance
 }
 
 /// Where a request goes.
@@ -115,8 +131,12 @@ pub fn absolute_form_authority(req: &RequestHeader) -> Option<&str> {
     Some(&rest[..end])
 }
 
-/// Routes a request against a snapshot.
+/// Routes a request against a snapshot. A CORS preflight is routed as the request it asks
+/// about (`Access-Control-Request-Method`), so a GET-only priced rule answers its preflight.
 pub fn route(snap: &Snapshot, req: &RequestHeader) -> Result<Routed, RequestError> {
+    if headers_too_large(req, snap.payment.max_header_bytes) {
+        return Err(RequestError::HeadersTooLarge);
+    }
     let host = request_host(req)?;
     let raw_path = req.uri.path();
     if raw_path == "*" && req.method == http::Method::OPTIONS {
@@ -127,7 +147,12 @@ pub fn route(snap: &Snapshot, req: &RequestHeader) -> Result<Routed, RequestErro
     }
     let canonical = pathnorm::canonical_path(raw_path)?;
     let key = pathnorm::match_key(&canonical, snap.case_sensitive);
-    let rule = snap.route(&host, req.method.as_str(), &key);
+    let method = if is_preflight(req) {
+        header(req, "access-control-request-method").map_or("OPTIONS", str::trim)
+    } else {
+        req.method.as_str()
+    };
+    let rule = snap.route(&host, method, &key);
     // Absolute-form targets are always sent upstream in origin-form.
     let absolute = absolute_form_authority(req).is_some();
     let rewrite = match canonical {

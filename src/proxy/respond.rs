@@ -62,14 +62,15 @@ impl Reply {
 /// Refusals of malformed requests.
 impl From<&RequestError> for Reply {
     fn from(e: &RequestError) -> Self {
-        let reason = match e {
-            RequestError::Path(p) => p.reason(),
-            RequestError::DuplicateHost => "duplicate_host_header",
-            RequestError::HostMismatch => "host_mismatch",
-            RequestError::MissingHost => "missing_host",
-            RequestError::BadHost => "bad_host",
+        let (status, reason) = match e {
+            RequestError::Path(p) => (400, p.reason()),
+            RequestError::DuplicateHost => (400, "duplicate_host_header"),
+            RequestError::HostMismatch => (400, "host_mismatch"),
+            RequestError::MissingHost => (400, "missing_host"),
+            RequestError::BadHost => (400, "bad_host"),
+            RequestError::HeadersTooLarge => (431, "request_headers_too_large"),
         };
-        Reply::error(400, reason, &e.to_string())
+        Reply::error(status, reason, &e.to_string())
     }
 }
 

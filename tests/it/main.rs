@@ -5,4 +5,6 @@
 mod support;
 
 mod core;
+mod facilitators;
+mod local_settler;
 mod payments;

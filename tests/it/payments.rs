@@ -31,58 +31,14 @@ price = "$0.01"
 "#;
 
 fn pay_config(origin: &str, dev: &Value, facilitator_url: Option<&str>, extra: &str) -> String {
-    let chain_id = dev["chainId"].as_u64().expect("chain id");
-    let network = format!("eip155:{chain_id}");
-    let token = &dev["token"];
-    let declare_network = if dev["v1Network"].is_null() {
-        format!("[[networks]]\nid = \"{network}\"\n")
-    } else {
-        String::new()
-    };
     let fac_url = facilitator_url
         .map(str::to_owned)
         .unwrap_or_else(|| dev["facilitatorUrl"].as_str().expect("fac").to_owned());
-    format!(
-        r#"
-[server]
-listen = ["127.0.0.1:0"]
-threads = 1
-grace_period_seconds = 0
-graceful_shutdown_timeout_seconds = 2
-
-[admin]
-listen = "127.0.0.1:0"
-
-[upstreams.origin]
-peers = ["{origin}"]
-
-{declare_network}
-[[assets]]
-id = "tusd"
-network = "{network}"
-address = "{address}"
-name = "{name}"
-version = "{version}"
-decimals = 6
-usd = true
-
-[[facilitators]]
-name = "local"
-url = "{fac_url}"
-timeout_ms = 2000
-
-[logging]
-level = "info"
-
-[payment]
-pay_to = "{pay_to}"
-networks = ["{network}"]
-{extra}
-"#,
-        address = token["address"].as_str().expect("address"),
-        name = token["name"].as_str().expect("name"),
-        version = token["version"].as_str().expect("version"),
-        pay_to = dev["payTo"].as_str().expect("payTo"),
+    paid_config(
+        origin,
+        dev,
+        &facilitator_toml("local", &fac_url, 0, ""),
+        extra,
     )
 }
 

@@ -13,7 +13,8 @@
 //   POST /__log/clear
 //   GET  /__config   current fault-injection config
 //   POST /__config   merge {style, delayMs, verifyDelayMs, settleDelayMs,
-//                          verifyOverride, settleOverride, supportedOverride} (see README)
+//                          verifyOverride, settleOverride, supportedOverride,
+//                          verifyDropConnection, settleDropConnection} (see README)
 //
 // Status style for *invalid* results (isValid:false / success:false):
 //   200 (default; like Coinbase's example facilitators) or 400 (like x402-rs).
@@ -163,6 +164,10 @@ export async function startFacilitator({
     verifyOverride: null, // {status, body, times?}: answer this instead of processing
     settleOverride: null,
     supportedOverride: null,
+    // true or a count: process the call (on chain for /settle), then cut the connection
+    // without answering.
+    verifyDropConnection: false,
+    settleDropConnection: false,
   };
   const entries = [];
   let seq = 0;
@@ -319,6 +324,16 @@ export async function startFacilitator({
         payload = { error: String(err?.message ?? err) };
       }
       entry.response = { status, body: payload, durationMs: Date.now() - t0 };
+      const dropKey = url.pathname === "/settle" ? "settleDropConnection" : url.pathname === "/verify" ? "verifyDropConnection" : null;
+      if (dropKey && config[dropKey]) {
+        if (typeof config[dropKey] === "number") {
+          config[dropKey] -= 1;
+          if (config[dropKey] <= 0) config[dropKey] = false;
+        }
+        entry.response.dropped = true;
+        req.socket.destroy();
+        return;
+      }
       const text = typeof payload === "string" ? payload : JSON.stringify(payload);
       res.writeHead(status, {
         "content-type": typeof payload === "string" ? "text/plain" : "application/json",

@@ -167,17 +167,28 @@ level = "info"
 impl Gateway {
     /// Writes `config` and the rule files into a fresh folder and starts the gateway on it.
     pub fn start(config: &str, rules: &[(&str, &str)]) -> Gateway {
+        Self::start_with_env(config, rules, &[])
+    }
+
+    /// Like [`Gateway::start`], with extra environment variables for the gateway process
+    /// (for `${VAR}` references in the configuration).
+    pub fn start_with_env(config: &str, rules: &[(&str, &str)], env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("rules")).expect("rules dir");
         std::fs::write(dir.path().join("gateway.toml"), config).expect("write config");
         for (name, body) in rules {
             std::fs::write(dir.path().join("rules").join(name), body).expect("write rules");
         }
-        Self::start_in(dir)
+        Self::start_in_with_env(dir, env)
     }
 
     /// Starts the gateway on an existing folder.
     pub fn start_in(dir: TempDir) -> Gateway {
+        Self::start_in_with_env(dir, &[])
+    }
+
+    /// Starts the gateway on an existing folder with extra environment variables.
+    pub fn start_in_with_env(dir: TempDir, env: &[(&str, &str)]) -> Gateway {
         let ready = dir.path().join("ready.json");
         let log = dir.path().join("gateway.log");
         let logfile = std::fs::File::create(&log).expect("log file");
@@ -187,6 +198,7 @@ impl Gateway {
             .arg("--ready-file")
             .arg(&ready)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(logfile)
             .spawn()
@@ -458,4 +470,62 @@ pub async fn node_json(script: &str, args: &[String], env: &[(&str, &str)]) -> V
             String::from_utf8_lossy(&out.stderr)
         )
     })
+}
+
+/// A `[[facilitators]]` entry.
+pub fn facilitator_toml(name: &str, url: &str, priority: u32, extra: &str) -> String {
+    format!(
+        "[[facilitators]]\nname = \"{name}\"\nurl = \"{url}\"\npriority = {priority}\ntimeout_ms = 2000\n{extra}\n"
+    )
+}
+
+/// A gateway.toml for payments on a devnet (see `NodeProc` with `lib/devnet.mjs`): the chain
+/// declared with its RPC endpoint, the devnet token as the USD asset, the given facilitators.
+pub fn paid_config(origin: &str, dev: &Value, facilitators: &str, payment_extra: &str) -> String {
+    let chain_id = dev["chainId"].as_u64().expect("chain id");
+    let network = format!("eip155:{chain_id}");
+    let token = &dev["token"];
+    let rpc = dev["rpcUrl"].as_str().expect("rpc");
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+threads = 1
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 2
+
+[admin]
+listen = "127.0.0.1:0"
+
+[upstreams.origin]
+peers = ["{origin}"]
+
+[[networks]]
+id = "{network}"
+rpc_urls = ["{rpc}"]
+
+[[assets]]
+id = "tusd"
+network = "{network}"
+address = "{address}"
+name = "{name}"
+version = "{version}"
+decimals = 6
+usd = true
+
+{facilitators}
+
+[logging]
+level = "info"
+
+[payment]
+pay_to = "{pay_to}"
+networks = ["{network}"]
+{payment_extra}
+"#,
+        address = token["address"].as_str().expect("address"),
+        name = token["name"].as_str().expect("name"),
+        version = token["version"].as_str().expect("version"),
+        pay_to = dev["payTo"].as_str().expect("payTo"),
+    )
 }

@@ -1,0 +1,195 @@
+//! The admin listener: /metrics, /healthz, /readyz, /config (secrets redacted).
+
+use super::*;
+
+/// The value of the first series of `name` whose labels include every `label="value"` given.
+fn series(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_rule_decision_and_status() {
+    let origin = Origin::start("o1");
+    let gw = Cfg::new(&origin.addr).start(&[("site.toml", SITE_RULES)]);
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(get(&c, &gw.url("/api/weather")).await.status, 402);
+    }
+    assert_eq!(get(&c, &gw.url("/")).await.status, 200);
+    assert_eq!(get(&c, &gw.url("/public/a")).await.status, 200);
+    assert_eq!(get(&c, &gw.url("/nothing/matches")).await.status, 200);
+    assert_eq!(get(&c, &gw.url("/admin/x")).await.status, 403);
+    assert_eq!(get(&c, &gw.url("/public/%zz")).await.status, 400);
+
+    let m = gw.metrics().await;
+    let req = |rule: &str, decision: &str, status: &str| {
+        series(
+            &m,
+            "x402_requests_total",
+            &[("rule", rule), ("decision", decision), ("status", status)],
+        )
+    };
+    assert_eq!(req("weather", "challenged", "4xx"), Some(3.0), "{m}");
+    assert_eq!(req("home", "free", "2xx"), Some(1.0), "{m}");
+    assert_eq!(req("public", "free", "2xx"), Some(1.0), "{m}");
+    assert_eq!(req("-", "unmatched", "2xx"), Some(1.0), "{m}");
+    assert_eq!(req("admin", "blocked", "4xx"), Some(1.0), "{m}");
+    assert_eq!(req("-", "local", "4xx"), Some(1.0), "{m}");
+    assert_eq!(series(&m, "x402_config_generation", &[]), Some(1.0), "{m}");
+    assert_eq!(
+        series(
+            &m,
+            "x402_upstream_response_seconds_count",
+            &[("upstream", "origin")]
+        ),
+        Some(3.0),
+        "{m}"
+    );
+    assert!(
+        m.contains("# TYPE x402_upstream_response_seconds histogram"),
+        "{m}"
+    );
+    assert!(
+        series(
+            &m,
+            "x402_upstream_response_seconds_bucket",
+            &[("upstream", "origin"), ("le", "+Inf")]
+        ) == Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        series(
+            &m,
+            "x402_local_replies_total",
+            &[("reason", "payment_required")]
+        ),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        series(
+            &m,
+            "x402_local_replies_total",
+            &[("reason", "blocked_by_rule")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn health_readiness_and_config_views() {
+    let origin = Origin::start("o1");
+    let secret = "tok-3f9a-SECRET-VALUE";
+    let cfg = Cfg::new(&origin.addr).extra(
+        r#"
+[[facilitators]]
+name = "private"
+url = "http://127.0.0.1:1/facilitator"
+networks = ["base-sepolia"]
+timeout_ms = 500
+headers = { Authorization = "Bearer ${X402_TEST_FACILITATOR_TOKEN}", X-Plain = "not-a-var" }
+"#,
+    );
+    // Only free rules: readiness then depends on the upstreams alone.
+    let gw = Gateway::start_with_env(
+        &cfg.render(),
+        &[("site.toml", FREE_RULES)],
+        &[("X402_TEST_FACILITATOR_TOKEN", secret)],
+    );
+    let c = client();
+
+    let r = get(&c, &gw.admin_url("/healthz")).await;
+    assert_eq!(r.status, 200);
+
+    let r = get(&c, &gw.admin_url("/readyz")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["ready"], true);
+    assert_eq!(v["generation"], 1);
+    assert_eq!(v["upstreams"][0]["name"], "origin");
+    assert_eq!(v["upstreams"][0]["healthy"], 1);
+    assert_eq!(v["upstreams"][0]["peers"], 1);
+
+    let r = get(&c, &gw.admin_url("/config")).await;
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    assert!(
+        !text.contains(secret),
+        "the secret leaked into /config: {text}"
+    );
+    let v = r.json();
+    assert_eq!(v["generation"], 1);
+    let hash = v["content_hash"].as_str().expect("content_hash");
+    assert!(
+        hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{hash}"
+    );
+    let fac = &v["facilitators"][0];
+    assert_eq!(fac["name"], "private");
+    assert_eq!(fac["headers"]["Authorization"], "<redacted>", "{fac}");
+    assert!(
+        v["rules"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|r| r["id"] == "admin" && r["action"] == "block")),
+        "{v}"
+    );
+    assert_eq!(v["upstreams"][0]["name"], "origin");
+
+    // The secret is sent where it belongs only; the logs never show it.
+    assert!(
+        !gw.log_text().contains(secret),
+        "the secret leaked into the log"
+    );
+
+    let r = get(&c, &gw.admin_url("/nope")).await;
+    assert_eq!(r.status, 404);
+    // The admin listener is not the proxy: its paths are not forwarded.
+    assert_eq!(origin.requests().await, 0);
+}
+
+#[tokio::test]
+async fn several_listen_addresses_serve_the_same_rules() {
+    let origin = Origin::start("o1");
+    let cfg = Cfg::new(&origin.addr).render().replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\", \"127.0.0.1:0\"]",
+    );
+    let gw = Gateway::start(&cfg, &[("site.toml", SITE_RULES)]);
+    let ready: Value =
+        serde_json::from_str(&std::fs::read_to_string(gw.path("ready.json")).expect("ready file"))
+            .expect("json");
+    let listen: Vec<&str> = ready["listen"]
+        .as_array()
+        .expect("listen")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(listen.len(), 2, "{ready}");
+    assert_ne!(listen[0], listen[1]);
+    let c = client();
+    for addr in listen {
+        assert_eq!(
+            get(&c, &format!("http://{addr}/api/weather")).await.status,
+            402
+        );
+        assert_eq!(
+            get(&c, &format!("http://{addr}/public/x")).await.status,
+            200
+        );
+    }
+    assert_eq!(origin.requests().await, 2);
+}

@@ -1,0 +1,522 @@
+//! Facilitator pools: failover, circuit breaking, failure policy and unknown settlement
+//! outcomes, against real facilitators that misbehave on purpose, checked on chain.
+
+use serde_json::{Value, json};
+
+use crate::support::chain::balance;
+use crate::support::pay::{self, Auth};
+use crate::support::*;
+
+/// anvil account 0: a second relayer, so the two facilitators never share account nonces.
+const SECOND_RELAYER_KEY: &str =
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+const RULES: &str = r#"
+[[rule]]
+id = "weather"
+path = "/api/weather"
+price = "$0.01"
+
+[[rule]]
+id = "status"
+prefix = "/status"
+price = "$0.01"
+
+[[rule]]
+id = "open"
+prefix = "/open"
+price = "$0.01"
+on_facilitator_failure = "open"
+"#;
+
+/// A devnet whose own facilitator is `a` (fault-injected), a second real facilitator `b`,
+/// and a gateway that prefers `a`.
+struct Two {
+    dev: NodeProc,
+    b: NodeProc,
+    _origin: Origin,
+    gw: Gateway,
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().expect("string").to_owned()
+}
+
+impl Two {
+    fn start(a_url: Option<&str>, a_extra: &str) -> Two {
+        let dev = NodeProc::start("lib/devnet.mjs", &["--payers", "2"]);
+        let rpc = s(&dev.info["rpcUrl"]);
+        let b = NodeProc::start(
+            "lib/facilitator.mjs",
+            &["--rpc-url", &rpc, "--private-key", SECOND_RELAYER_KEY],
+        );
+        let origin = Origin::start("o");
+        let a_url = a_url
+            .map(str::to_owned)
+            .unwrap_or_else(|| s(&dev.info["facilitatorUrl"]));
+        let facs = facilitator_toml("a", &a_url, 0, a_extra)
+            + &facilitator_toml("b", &s(&b.info["facilitatorUrl"]), 1, "");
+        let gw = Gateway::start(
+            &paid_config(&origin.addr, &dev.info, &facs, ""),
+            &[("rules.toml", RULES)],
+        );
+        Two {
+            dev,
+            b,
+            _origin: origin,
+            gw,
+        }
+    }
+
+    fn a_url(&self, path: &str) -> String {
+        format!("{}{path}", s(&self.dev.info["facilitatorUrl"]))
+    }
+    fn b_url(&self, path: &str) -> String {
+        format!("{}{path}", s(&self.b.info["facilitatorUrl"]))
+    }
+    fn payer(&self) -> (String, String) {
+        (
+            s(&self.dev.info["payers"][0]["address"]),
+            s(&self.dev.info["payers"][0]["privateKey"]),
+        )
+    }
+    async fn balance(&self, who: &str) -> u128 {
+        balance(
+            &s(&self.dev.info["rpcUrl"]),
+            &s(&self.dev.info["token"]["address"]),
+            who,
+        )
+        .await
+    }
+    async fn configure_a(&self, cfg: Value) {
+        let r = client()
+            .post(self.a_url("/__config"))
+            .json(&cfg)
+            .send()
+            .await
+            .expect("config");
+        assert!(r.status().is_success());
+    }
+    /// Calls (`/verify`, `/settle`) a facilitator received.
+    async fn calls(url: String) -> Vec<String> {
+        let log: Value = client()
+            .get(url)
+            .send()
+            .await
+            .expect("log")
+            .json()
+            .await
+            .expect("json");
+        log.as_array()
+            .expect("array")
+            .iter()
+            .map(|e| s(&e["path"]))
+            .filter(|p| p != "/supported")
+            .collect()
+    }
+    async fn a_calls(&self) -> Vec<String> {
+        Self::calls(self.a_url("/__log")).await
+    }
+    async fn b_calls(&self) -> Vec<String> {
+        Self::calls(self.b_url("/__log")).await
+    }
+    /// A fresh signed payment for `path`.
+    async fn header(&self, path: &str) -> String {
+        let r = client().get(self.gw.url(path)).send().await.expect("get");
+        let accepted =
+            decode_header(r.headers()["payment-required"].to_str().expect("ascii"))["accepts"][0]
+                .clone();
+        let (_, key) = self.payer();
+        pay::v2_header(
+            &accepted,
+            pay::signed_payload(
+                &pay::key(&key),
+                &accepted,
+                &Auth::for_requirements(&accepted),
+            ),
+        )
+    }
+    async fn pay(&self, path: &str, header: &str) -> reqwest::Response {
+        client()
+            .get(self.gw.url(path))
+            .header("PAYMENT-SIGNATURE", header)
+            .send()
+            .await
+            .expect("pay")
+    }
+}
+
+fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    drop(l);
+    url
+}
+
+#[tokio::test]
+async fn verify_fails_over_on_refused_hung_broken_and_garbage_answers() {
+    // Refused connections: the preferred facilitator is not there at all.
+    let t = Two::start(Some(&dead_url()), "");
+    let (payer, _) = t.payer();
+    let before = t.balance(&payer).await;
+    let r = t.pay("/api/weather", &t.header("/api/weather").await).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(t.b_calls().await, vec!["/verify", "/settle"]);
+    assert_eq!(t.balance(&payer).await, before - 10_000);
+    drop(t);
+
+    // Hung, 500 and 200-with-garbage answers from the preferred facilitator.
+    let t = Two::start(None, "failure_threshold = 10");
+    let (payer, _) = t.payer();
+    let before = t.balance(&payer).await;
+    let faults = [
+        json!({"verifyDelayMs": 10_000}),
+        json!({"verifyDelayMs": null, "verifyOverride": {"status": 500, "body": "internal error", "times": 1}}),
+        json!({"verifyOverride": {"status": 200, "body": "{not json", "times": 1}}),
+        json!({"verifyOverride": {"status": 200, "body": {"isValid": "true"}, "times": 1}}),
+    ];
+    for (n, fault) in faults.iter().enumerate() {
+        t.configure_a(fault.clone()).await;
+        let r = t.pay("/api/weather", &t.header("/api/weather").await).await;
+        assert_eq!(
+            r.status(),
+            200,
+            "fault {fault}: {}",
+            r.text().await.unwrap_or_default()
+        );
+        assert_eq!(
+            t.balance(&payer).await,
+            before - 10_000 * (n as u128 + 1),
+            "fault {fault}"
+        );
+    }
+    assert!(
+        t.a_calls().await.iter().all(|c| c == "/verify"),
+        "a never settled"
+    );
+    assert_eq!(
+        t.b_calls().await.iter().filter(|c| *c == "/settle").count(),
+        4
+    );
+    assert!(
+        t.gw.metric(r#"x402_facilitator_failovers_total{operation="verify"}"#)
+            .await
+            >= 4.0
+    );
+}
+
+#[tokio::test]
+async fn a_lying_settle_is_checked_on_chain_and_never_settled_twice() {
+    let t = Two::start(None, "");
+    let (payer, _) = t.payer();
+    let before = t.balance(&payer).await;
+    // `success: "true"` (a string) without doing anything: the chain shows nothing moved.
+    t.configure_a(json!({"settleOverride": {"status": 200, "body": {"success": "true", "transaction": "0xabc"}, "times": 1}})).await;
+    let r = t.pay("/api/weather", &t.header("/api/weather").await).await;
+    assert_eq!(r.status(), 503, "outcome unknown: no content, no charge");
+    assert!(r.headers().get("retry-after").is_some());
+    let pr = decode_header(r.headers()["payment-required"].to_str().expect("ascii"));
+    assert_eq!(pr["error"], "settlement_unconfirmed");
+    assert_eq!(t.balance(&payer).await, before);
+    assert!(
+        !t.b_calls().await.contains(&"/settle".to_string()),
+        "an unknown settlement is never retried elsewhere"
+    );
+    let ledger = std::fs::read_to_string(t.gw.path("receipts.jsonl")).expect("ledger");
+    assert!(ledger.contains("\"settle_pending\""), "{ledger}");
+    assert_eq!(
+        t.gw.metric(r#"x402_settlements_resolved_total{result="pending"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_connection_dropped_after_settling_is_resolved_from_the_chain() {
+    let t = Two::start(None, "");
+    let (payer, _) = t.payer();
+    let before = t.balance(&payer).await;
+    t.configure_a(json!({"settleDropConnection": 1})).await;
+    let r = t.pay("/api/weather", &t.header("/api/weather").await).await;
+    assert_eq!(r.status(), 200, "the chain shows the transfer: serve");
+    let receipt = decode_header(r.headers()["payment-response"].to_str().expect("ascii"));
+    assert_eq!(receipt["success"], true);
+    let tx = s(&receipt["transaction"]);
+    assert!(
+        tx.starts_with("0x") && tx.len() == 66,
+        "the transaction comes from the chain's logs: {tx}"
+    );
+    assert_eq!(
+        t.balance(&payer).await,
+        before - 10_000,
+        "charged exactly once"
+    );
+    assert_eq!(t.a_calls().await, vec!["/verify", "/settle"]);
+    assert!(t.b_calls().await.is_empty());
+    assert_eq!(
+        t.gw.metric(r#"x402_settlements_resolved_total{result="settled"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn settle_fails_over_only_when_the_call_never_left() {
+    let t = Two::start(None, "");
+    let (payer, _) = t.payer();
+    let before = t.balance(&payer).await;
+    let header = t.header("/status/500").await;
+    // First use: verified by `a`, the origin fails, nothing settles, the payment is released.
+    assert_eq!(t.pay("/status/500", &header).await.status(), 500);
+    assert_eq!(t.a_calls().await, vec!["/verify"]);
+    // `a` goes away (a reload points it at a dead port); the cached verification stands and
+    // settlement moves on to `b`, because the call to `a` provably never left.
+    let config = std::fs::read_to_string(t.gw.path("gateway.toml")).expect("config");
+    let a_url = s(&t.dev.info["facilitatorUrl"]);
+    t.gw.write("gateway.toml", &config.replacen(&a_url, &dead_url(), 1));
+    t.gw.wait_generation(2).await;
+    let r = t.pay("/status/200", &header).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        t.b_calls().await,
+        vec!["/settle"],
+        "b settled without verifying again"
+    );
+    assert_eq!(t.balance(&payer).await, before - 10_000);
+    assert!(
+        t.gw.metric(r#"x402_facilitator_failovers_total{operation="settle"}"#)
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn failure_policy_closed_answers_503_and_open_serves_unpaid() {
+    let dev = NodeProc::start("lib/devnet.mjs", &["--payers", "1"]);
+    let origin = Origin::start("o");
+    let facs = facilitator_toml("down", &dead_url(), 0, "");
+    let gw = Gateway::start(
+        &paid_config(&origin.addr, &dev.info, &facs, ""),
+        &[("rules.toml", RULES)],
+    );
+    let (payer, key) = (
+        s(&dev.info["payers"][0]["address"]),
+        s(&dev.info["payers"][0]["privateKey"]),
+    );
+    let (rpc, token) = (s(&dev.info["rpcUrl"]), s(&dev.info["token"]["address"]));
+    let before = balance(&rpc, &token, &payer).await;
+    let sign = |path: &'static str| {
+        let (gw_url, key) = (gw.url(path), key.clone());
+        async move {
+            let r = client().get(gw_url).send().await.expect("get");
+            let accepted = decode_header(r.headers()["payment-required"].to_str().expect("ascii"))
+                ["accepts"][0]
+                .clone();
+            pay::v2_header(
+                &accepted,
+                pay::signed_payload(
+                    &pay::key(&key),
+                    &accepted,
+                    &Auth::for_requirements(&accepted),
+                ),
+            )
+        }
+    };
+    let closed = client()
+        .get(gw.url("/api/weather"))
+        .header("PAYMENT-SIGNATURE", sign("/api/weather").await)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(closed.status(), 503);
+    assert!(closed.headers().get("retry-after").is_some());
+    assert_eq!(
+        origin.requests().await,
+        0,
+        "closed: the origin is not reached"
+    );
+    let open = client()
+        .get(gw.url("/open/page"))
+        .header("PAYMENT-SIGNATURE", sign("/open/page").await)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(open.status(), 200, "open: served without payment");
+    assert!(open.headers().get("payment-response").is_none());
+    assert_eq!(origin.requests().await, 1);
+    assert_eq!(
+        balance(&rpc, &token, &payer).await,
+        before,
+        "nobody was charged"
+    );
+    assert_eq!(
+        gw.metric(
+            r#"x402_payments_total{outcome="served_unpaid",reason="facilitator_unavailable"}"#
+        )
+        .await,
+        1.0
+    );
+    // Without a payment header, even an open rule asks for one.
+    assert_eq!(
+        client()
+            .get(gw.url("/open/page"))
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        402
+    );
+}
+
+#[tokio::test]
+async fn a_failing_facilitator_is_ejected_then_recovers() {
+    let t = Two::start(None, "failure_threshold = 2\nmax_eject_ms = 1000");
+    t.configure_a(json!({"verifyOverride": {"status": 500, "body": "down", "times": 2}}))
+        .await;
+    for _ in 0..3 {
+        let r = t.pay("/api/weather", &t.header("/api/weather").await).await;
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(
+        t.a_calls().await.len(),
+        2,
+        "after two failures `a` is out of rotation: {:?}",
+        t.a_calls().await
+    );
+    assert_eq!(
+        t.gw.metric(r#"x402_facilitator_healthy{facilitator="a"}"#)
+            .await,
+        0.0
+    );
+    assert_eq!(
+        t.gw.metric(r#"x402_facilitator_ejections_total{facilitator="a"}"#)
+            .await,
+        1.0
+    );
+    // Its /supported probe (every 5 s while something fails) brings it back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while t
+        .gw
+        .metric(r#"x402_facilitator_healthy{facilitator="a"}"#)
+        .await
+        != 1.0
+    {
+        assert!(std::time::Instant::now() < deadline, "a never recovered");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let r = t.pay("/api/weather", &t.header("/api/weather").await).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        t.a_calls().await.len(),
+        4,
+        "back in rotation: a verifies and settles again"
+    );
+    let ready: Value = client()
+        .get(t.gw.admin_url("/readyz"))
+        .send()
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["ready"], true, "{ready}");
+}
+
+#[tokio::test]
+async fn cdp_requests_carry_a_jwt_for_the_exact_call() {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    use p256::pkcs8::EncodePublicKey;
+    let dev = NodeProc::start("lib/devnet.mjs", &["--payers", "1"]);
+    let origin = Origin::start("o");
+    let secret = p256::SecretKey::from_slice(&[5u8; 32]).expect("key");
+    let pem = secret
+        .to_sec1_pem(p256::pkcs8::LineEnding::LF)
+        .expect("pem")
+        .to_string();
+    let public = secret
+        .public_key()
+        .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+        .expect("public");
+    let fac_url = s(&dev.info["facilitatorUrl"]);
+    let facs = format!(
+        "[[facilitators]]\nname = \"cdp\"\nkind = \"cdp\"\nurl = \"{fac_url}\"\napi_key_id = \"${{TEST_CDP_KEY_ID}}\"\napi_key_secret = \"${{TEST_CDP_KEY_SECRET}}\"\n"
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::create_dir(dir.path().join("rules")).expect("rules");
+    std::fs::write(dir.path().join("rules/r.toml"), RULES).expect("write");
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        paid_config(&origin.addr, &dev.info, &facs, ""),
+    )
+    .expect("write");
+    let gw = Gateway::start_in_with_env(
+        dir,
+        &[
+            ("TEST_CDP_KEY_ID", "organizations/test/apiKeys/k1"),
+            ("TEST_CDP_KEY_SECRET", &pem),
+        ],
+    );
+    let key = s(&dev.info["payers"][0]["privateKey"]);
+    let r = client()
+        .get(gw.url("/api/weather"))
+        .send()
+        .await
+        .expect("get");
+    let accepted =
+        decode_header(r.headers()["payment-required"].to_str().expect("ascii"))["accepts"][0]
+            .clone();
+    let h = pay::v2_header(
+        &accepted,
+        pay::signed_payload(
+            &pay::key(&key),
+            &accepted,
+            &Auth::for_requirements(&accepted),
+        ),
+    );
+    let r = client()
+        .get(gw.url("/api/weather"))
+        .header("PAYMENT-SIGNATURE", h)
+        .send()
+        .await
+        .expect("pay");
+    assert_eq!(r.status(), 200);
+    let log: Value = client()
+        .get(format!("{fac_url}/__log"))
+        .send()
+        .await
+        .expect("log")
+        .json()
+        .await
+        .expect("json");
+    let dec = DecodingKey::from_ec_pem(public.as_bytes()).expect("decoding key");
+    let mut validation = Validation::new(Algorithm::ES256);
+    validation.validate_aud = false;
+    let mut seen = Vec::new();
+    for e in log.as_array().expect("array") {
+        let auth = s(&e["headers"]["authorization"]);
+        let token = auth.strip_prefix("Bearer ").expect("bearer");
+        let data = jsonwebtoken::decode::<Value>(token, &dec, &validation)
+            .expect("signed by the configured key");
+        assert_eq!(data.claims["sub"], "organizations/test/apiKeys/k1");
+        assert_eq!(
+            data.header.kid.as_deref(),
+            Some("organizations/test/apiKeys/k1")
+        );
+        let method = s(&e["method"]);
+        assert_eq!(
+            data.claims["uris"][0],
+            format!("{method} 127.0.0.1{}", s(&e["path"]))
+        );
+        seen.push(s(&e["path"]));
+    }
+    assert!(
+        seen.contains(&"/verify".to_string()) && seen.contains(&"/settle".to_string()),
+        "{seen:?}"
+    );
+    let view = gw.config_view().await;
+    assert!(
+        !view.to_string().contains("BEGIN EC PRIVATE KEY"),
+        "secrets never appear in /config"
+    );
+    assert!(!gw.log_text().contains("BEGIN EC PRIVATE KEY"));
+}
