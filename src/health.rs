@@ -34,10 +34,10 @@ impl BackgroundService for HealthService {
             let snap = self.config.load_full();
             for pool in &snap.upstreams {
                 let id = Arc::as_ptr(pool) as usize;
-                if let Some(interval) = pool.health_interval {
-                    if started.insert(id) {
-                        tokio::spawn(check_loop(Arc::downgrade(pool), interval));
-                    }
+                if let Some(interval) = pool.health_interval
+                    && started.insert(id)
+                {
+                    tokio::spawn(check_loop(Arc::downgrade(pool), interval));
                 }
             }
             started.retain(|id| {

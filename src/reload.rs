@@ -178,10 +178,10 @@ impl BackgroundService for ReloadService {
                     if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
                         tracing::error!(error = %e, dir = %dir.display(), "cannot watch");
                     }
-                    if rules.as_path() != dir {
-                        if let Err(e) = w.watch(rules, RecursiveMode::NonRecursive) {
-                            tracing::error!(error = %e, dir = %rules.display(), "cannot watch");
-                        }
+                    if rules.as_path() != dir
+                        && let Err(e) = w.watch(rules, RecursiveMode::NonRecursive)
+                    {
+                        tracing::error!(error = %e, dir = %rules.display(), "cannot watch");
                     }
                     Some(w)
                 });

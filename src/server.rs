@@ -100,10 +100,10 @@ impl BackgroundService for ReadyFile {
             let addr = a.clone();
             let ok = tokio::task::spawn_blocking(move || {
                 while Instant::now() < deadline {
-                    if let Ok(sa) = addr.parse() {
-                        if TcpStream::connect_timeout(&sa, Duration::from_millis(200)).is_ok() {
-                            return true;
-                        }
+                    if let Ok(sa) = addr.parse()
+                        && TcpStream::connect_timeout(&sa, Duration::from_millis(200)).is_ok()
+                    {
+                        return true;
                     }
                     std::thread::sleep(Duration::from_millis(10));
                 }

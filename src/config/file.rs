@@ -17,10 +17,11 @@ pub struct ServerSection {
     pub tls: Vec<TlsListener>,
     /// Worker threads (default: number of CPUs).
     pub threads: Option<Spanned<usize>>,
-    /// Seconds SIGTERM waits before it stops accepting (default 5).
+    /// SIGTERM: new connections stop at once; in-flight requests then get this many seconds
+    /// (always waited in full) before the workers stop (default 5).
     #[serde(default = "default_grace")]
     pub grace_period_seconds: u64,
-    /// Seconds in-flight requests get to finish after that (default 10).
+    /// Then the longest time the workers get to stop (default 3).
     #[serde(default = "default_shutdown")]
     pub graceful_shutdown_timeout_seconds: u64,
     /// Idle upstream connections kept per process (default 128).
@@ -32,7 +33,7 @@ fn default_grace() -> u64 {
     5
 }
 fn default_shutdown() -> u64 {
-    10
+    3
 }
 fn default_pool() -> usize {
     128

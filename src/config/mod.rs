@@ -135,6 +135,20 @@ impl Reporter {
         format!("{}:{line}:{col}", s.path.display())
     }
 
+    /// The issues in file order (configuration file first, then rule files), each file by
+    /// line and column.
+    pub fn into_issues(self) -> Issues {
+        let order = |file: &str| {
+            self.sources
+                .iter()
+                .position(|s| s.path.display().to_string() == file)
+                .unwrap_or(usize::MAX)
+        };
+        let mut issues = self.issues.clone();
+        issues.sort_by_key(|i| (order(&i.file), i.line, i.col));
+        Issues(issues)
+    }
+
     fn add_source(&mut self, path: PathBuf, text: String) -> usize {
         self.sources.push(Source::new(path, text));
         self.sources.len() - 1
@@ -330,6 +344,35 @@ pub fn read(config: &Path, rep: &mut Reporter) -> Parsed {
     }
 }
 
+/// Compiles a configuration held in memory (for tools and fuzzing): `gateway.toml` text and
+/// rule files as (name, text), with the same checks and the same report as [`load`].
+pub fn load_from_texts(
+    config_name: &Path,
+    config_text: &str,
+    rule_texts: &[(PathBuf, String)],
+) -> Result<Snapshot, Issues> {
+    let mut rep = Reporter::default();
+    let src = rep.add_source(config_name.to_path_buf(), config_text.to_owned());
+    let gateway = parse_gateway(&mut rep, src);
+    let base = config_name.parent().unwrap_or(Path::new("."));
+    let rules_dir = base.join(gateway.rules.dir.get_ref());
+    let mut rules = Vec::new();
+    for (name, text) in rule_texts {
+        let s = rep.add_source(name.clone(), text.clone());
+        parse_rules(&mut rep, s, &mut rules);
+    }
+    let parsed = Parsed {
+        gateway,
+        rules,
+        rules_dir,
+        rule_files: rule_texts.iter().map(|(n, _)| n.clone()).collect(),
+    };
+    match compile(&parsed, &mut rep, 1, None) {
+        Some(s) if rep.issues.is_empty() => Ok(s),
+        _ => Err(rep.into_issues()),
+    }
+}
+
 /// Reads and compiles a configuration. `previous` lets unchanged upstream pools keep their
 /// health state.
 pub fn load(
@@ -342,7 +385,7 @@ pub fn load(
     let snapshot = compile(&parsed, &mut rep, generation, previous);
     match snapshot {
         Some(s) if rep.issues.is_empty() => Ok(s),
-        _ => Err(Issues(rep.issues)),
+        _ => Err(rep.into_issues()),
     }
 }
 

@@ -48,7 +48,7 @@ pub fn compile(
     let mut listen = Vec::new();
     let mut tls = Vec::new();
     let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (mut grace, mut shutdown, mut pool_size) = (5, 10, 128);
+    let (mut grace, mut shutdown, mut pool_size) = (5, 3, 128);
     match &server {
         // A `[server]` that failed to parse was already reported; "missing" would be noise.
         None if reported(rep, "server") => {}
@@ -558,16 +558,16 @@ fn build_pool(
             }
         }
     }
-    if let Some(h) = &sec.host {
-        if http::HeaderValue::from_str(h.get_ref()).is_err() || h.get_ref().is_empty() {
-            rep.at(
-                src,
-                h.span(),
-                format!("{field}.host"),
-                "not a valid Host header value",
-            );
-            ok = false;
-        }
+    if let Some(h) = &sec.host
+        && (http::HeaderValue::from_str(h.get_ref()).is_err() || h.get_ref().is_empty())
+    {
+        rep.at(
+            src,
+            h.span(),
+            format!("{field}.host"),
+            "not a valid Host header value",
+        );
+        ok = false;
     }
     if !ok {
         return None;
@@ -1120,10 +1120,9 @@ fn compile_facilitator(
             match (id, key) {
                 (Some(key_id), Some(key_secret)) => {
                     if let Err(e) = crate::facilitator::cdp::SigningKey::parse(key_secret.expose())
+                        && let Some(v) = &f.api_key_secret
                     {
-                        if let Some(v) = &f.api_key_secret {
-                            rep.at(cfg, v.span(), "facilitators.api_key_secret", e);
-                        }
+                        rep.at(cfg, v.span(), "facilitators.api_key_secret", e);
                     }
                     (FacilitatorKind::Cdp { key_id, key_secret }, url)
                 }

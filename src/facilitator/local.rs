@@ -246,7 +246,21 @@ enum SendError {
 /// A transaction handed to the network.
 struct Sent {
     hash: B256,
+    nonce: u64,
 }
+
+/// How waiting for a receipt ended.
+enum Wait {
+    Receipt(Box<TransactionReceipt>),
+    /// Another transaction of the relayer took our nonce: ours can never be mined.
+    Replaced,
+    TimedOut,
+}
+
+/// How many times a settlement is signed again after its transaction was replaced.
+const MAX_RESENDS: u32 = 3;
+/// How many times a nonce conflict is resolved by asking the node before giving up.
+const MAX_NONCE_RETRIES: u64 = 10;
 
 /// Releases an in-flight authorization when a settlement ends, however it ends.
 struct InFlight<'a> {
@@ -463,28 +477,58 @@ impl LocalSettler {
             set: &self.in_flight,
             key,
         };
-        let sent = match self.send(v.chain, &v.auth).await {
-            Ok(s) => s,
-            Err(SendError::Reverted(msg)) => {
-                let why = self.diagnose(v.chain, &v.auth).await;
-                tracing::info!(network = %v.network, payer = %v.payer, reason = why, detail = %msg, "settlement refused before sending");
-                return failed(200, why, String::new(), v.network, payer);
+        let deadline = Instant::now() + self.receipt_timeout;
+        let mut resends = 0;
+        let (receipt, tx) = loop {
+            let sent = match self.send(v.chain, &v.auth).await {
+                Ok(s) => s,
+                Err(SendError::Reverted(msg)) => {
+                    let why = self.diagnose(v.chain, &v.auth).await;
+                    tracing::info!(network = %v.network, payer = %v.payer, reason = why, detail = %msg, "settlement refused before sending");
+                    return failed(200, why, String::new(), v.network, payer);
+                }
+                Err(SendError::Unavailable(msg)) => {
+                    tracing::warn!(network = %v.network, error = %msg, "settlement not sent: no RPC endpoint answered");
+                    return failed(503, reason::SETTLE_ERROR, String::new(), v.network, payer);
+                }
+                Err(SendError::Rejected(msg)) => {
+                    tracing::error!(network = %v.network, relayer = %self.address, error = %msg, "the node refused the settlement transaction");
+                    return failed(500, reason::SETTLE_ERROR, String::new(), v.network, payer);
+                }
+            };
+            let tx = format!("{:#x}", sent.hash);
+            match self.wait_receipt(v.chain, &sent, deadline).await {
+                Wait::Receipt(r) => break (r, tx),
+                Wait::TimedOut => {
+                    tracing::warn!(network = %v.network, transaction = %tx, "no receipt within the receipt timeout");
+                    // If the node dropped it, the next settlement must reuse its nonce.
+                    *v.chain.lane.next.lock().await = None;
+                    return failed(200, reason::PENDING, tx, v.network, payer);
+                }
+                Wait::Replaced => {
+                    *v.chain.lane.next.lock().await = None;
+                    // Someone may have submitted this very authorization meanwhile.
+                    let (token, from, nonce) = (v.auth.token, v.auth.from, v.auth.nonce);
+                    if let Ok(true) = v.chain.reader.authorization_used(token, from, nonce).await {
+                        let found = v.chain.reader.authorization_tx(token, from, nonce).await;
+                        if let Ok(Some(other)) = found
+                            && let Ok(Some(r)) = v
+                                .chain
+                                .reader
+                                .first_ok(|p| async move { p.get_transaction_receipt(other).await })
+                                .await
+                        {
+                            break (Box::new(r), format!("{other:#x}"));
+                        }
+                        return failed(200, reason::NONCE_USED, String::new(), v.network, payer);
+                    }
+                    resends += 1;
+                    if resends > MAX_RESENDS || Instant::now() >= deadline {
+                        return failed(200, reason::PENDING, tx, v.network, payer);
+                    }
+                    tracing::warn!(network = %v.network, transaction = %tx, "settlement transaction replaced by another of the relayer; sending again");
+                }
             }
-            Err(SendError::Unavailable(msg)) => {
-                tracing::warn!(network = %v.network, error = %msg, "settlement not sent: no RPC endpoint answered");
-                return failed(503, reason::SETTLE_ERROR, String::new(), v.network, payer);
-            }
-            Err(SendError::Rejected(msg)) => {
-                tracing::error!(network = %v.network, relayer = %self.address, error = %msg, "the node refused the settlement transaction");
-                return failed(500, reason::SETTLE_ERROR, String::new(), v.network, payer);
-            }
-        };
-        let tx = format!("{:#x}", sent.hash);
-        let Some(receipt) = self.wait_receipt(v.chain, sent.hash).await else {
-            tracing::warn!(network = %v.network, transaction = %tx, "no receipt within the receipt timeout");
-            // If the node dropped it, the next settlement must reuse its nonce: ask the node.
-            *v.chain.lane.next.lock().await = None;
-            return failed(200, reason::PENDING, tx, v.network, payer);
         };
         if !receipt.status() {
             tracing::warn!(network = %v.network, transaction = %tx, "settlement transaction reverted");
@@ -817,7 +861,11 @@ impl LocalSettler {
 
         let mut next = chain.lane.next.lock().await;
         let mut last = String::new();
-        for _ in 0..4 {
+        for attempt in 0..MAX_NONCE_RETRIES {
+            if attempt > 0 {
+                // Another sender holds the nonce; give its transaction a moment to land.
+                tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
+            }
             let nonce = match *next {
                 Some(n) => n,
                 None => {
@@ -846,11 +894,11 @@ impl LocalSettler {
             match self.broadcast(chain, &raw).await {
                 Broadcast::Accepted => {
                     *next = Some(nonce + 1);
-                    return Ok(Sent { hash });
+                    return Ok(Sent { hash, nonce });
                 }
                 Broadcast::Ambiguous => {
                     *next = None;
-                    return Ok(Sent { hash });
+                    return Ok(Sent { hash, nonce });
                 }
                 Broadcast::NonceConflict(msg) => {
                     tracing::debug!(nonce, error = %msg, "relayer nonce taken; resynchronising");
@@ -935,11 +983,12 @@ impl LocalSettler {
         }
     }
 
-    /// Polls for the receipt until `receipt_timeout` has passed.
-    async fn wait_receipt(&self, chain: &Chain, hash: B256) -> Option<TransactionReceipt> {
-        let deadline = Instant::now() + self.receipt_timeout;
-        let mut pause = Duration::from_millis(20);
-        loop {
+    /// Polls for the receipt until `deadline`, watching for the nonce being taken by another
+    /// transaction of the relayer (a replacement, or a send that never arrived).
+    async fn wait_receipt(&self, chain: &Chain, sent: &Sent, deadline: Instant) -> Wait {
+        let hash = sent.hash;
+        let relayer = self.address;
+        let receipt = || async move {
             let left = deadline.saturating_duration_since(Instant::now());
             let got = tokio::time::timeout(
                 left,
@@ -948,12 +997,30 @@ impl LocalSettler {
                     .first_ok(|p| async move { p.get_transaction_receipt(hash).await }),
             )
             .await;
-            if let Ok(Ok(Some(r))) = got {
-                return Some(r);
+            match got {
+                Ok(Ok(Some(r))) => Some(Box::new(r)),
+                _ => None,
+            }
+        };
+        let mut pause = Duration::from_millis(20);
+        loop {
+            if let Some(r) = receipt().await {
+                return Wait::Receipt(r);
+            }
+            let mined = chain
+                .reader
+                .first_ok(|p| async move { p.get_transaction_count(relayer).latest().await })
+                .await;
+            if mined.is_ok_and(|n| n > sent.nonce) {
+                // Our nonce is used; unless by us (mined just now), ours can never be mined.
+                return match receipt().await {
+                    Some(r) => Wait::Receipt(r),
+                    None => Wait::Replaced,
+                };
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return None;
+                return Wait::TimedOut;
             }
             tokio::time::sleep(pause.min(left)).await;
             pause = (pause * 2).min(Duration::from_millis(500));

@@ -506,18 +506,18 @@ impl Payments {
             }
         };
         a.facilitator = Some(fac);
-        if stage == Stage::Unknown {
-            if let Resolution::Settled(tx) = self.resolve(snap, a).await {
-                stage = Stage::Settled;
-                reason = None;
-                receipt = SettleResponse {
-                    success: true.into(),
-                    error_reason: None,
-                    payer: Some(a.payer.clone()),
-                    transaction: tx,
-                    network: network.clone(),
-                };
-            }
+        if stage == Stage::Unknown
+            && let Resolution::Settled(tx) = self.resolve(snap, a).await
+        {
+            stage = Stage::Settled;
+            reason = None;
+            receipt = SettleResponse {
+                success: true.into(),
+                error_reason: None,
+                payer: Some(a.payer.clone()),
+                transaction: tx,
+                network: network.clone(),
+            };
         }
         a.stage = stage;
         let r = &a.offer.requirements;
@@ -652,16 +652,16 @@ impl Payments {
                     );
                     return;
                 }
-                if unix_now() > record.valid_before + 5 {
-                    if let Ok(false) = reader.authorization_used(token, payer, nonce).await {
-                        replay.release(&record.key);
-                        metrics
-                            .settlements_resolved
-                            .with_label_values(&["expired_unsettled"])
-                            .inc();
-                        record.write(&ledger, &snap_ledger, "expired_unsettled", "");
-                        return;
-                    }
+                if unix_now() > record.valid_before + 5
+                    && let Ok(false) = reader.authorization_used(token, payer, nonce).await
+                {
+                    replay.release(&record.key);
+                    metrics
+                        .settlements_resolved
+                        .with_label_values(&["expired_unsettled"])
+                        .inc();
+                    record.write(&ledger, &snap_ledger, "expired_unsettled", "");
+                    return;
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }

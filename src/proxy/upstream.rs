@@ -50,10 +50,10 @@ pub fn prepare_request(
     if !(trust_forwarded && req.headers.contains_key("x-forwarded-proto")) {
         req.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
     }
-    if !(trust_forwarded && req.headers.contains_key("x-forwarded-host")) {
-        if let Some(host) = req.headers.get(http::header::HOST).cloned() {
-            req.insert_header("x-forwarded-host", host)?;
-        }
+    if !(trust_forwarded && req.headers.contains_key("x-forwarded-host"))
+        && let Some(host) = req.headers.get(http::header::HOST).cloned()
+    {
+        req.insert_header("x-forwarded-host", host)?;
     }
     if let Some(h) = &pool.host_rewrite {
         req.insert_header(http::header::HOST, h.as_str())?;

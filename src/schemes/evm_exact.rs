@@ -272,7 +272,11 @@ pub mod tests {
         assert_eq!(ok.payer, key.address().to_checksum(None));
         assert!(ok.signature_checked);
 
-        let err = |v: Value| check(&v, &req, &d, now).map(|_| ()).unwrap_err();
+        let err = |v: Value| {
+            check(&v, &req, &d, now)
+                .map(|_| ())
+                .expect_err("must be refused")
+        };
         assert_eq!(
             err(sign(
                 &key,

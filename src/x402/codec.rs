@@ -40,7 +40,7 @@ pub fn decode(value: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
     if value.is_empty() {
         return Err(DecodeError::Empty);
     }
-    if value.len() % 4 != 0
+    if !value.len().is_multiple_of(4)
         || !value
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))

@@ -197,14 +197,13 @@ impl Registry {
     pub fn add_network(&mut self, caip2: &str, v1_name: Option<&str>) -> Result<(), RegistryError> {
         let chain_id =
             chain_id_of(caip2).ok_or_else(|| RegistryError::BadNetworkId(caip2.into()))?;
-        if let Some(name) = v1_name {
-            if let Some(other) = self
+        if let Some(name) = v1_name
+            && let Some(other) = self
                 .networks
                 .values()
                 .find(|n| n.caip2 != caip2 && n.v1_name.as_deref() == Some(name))
-            {
-                return Err(RegistryError::V1NameTaken(name.into(), other.caip2.clone()));
-            }
+        {
+            return Err(RegistryError::V1NameTaken(name.into(), other.caip2.clone()));
         }
         let entry = self
             .networks
@@ -246,10 +245,10 @@ impl Registry {
             (asset.network.clone(), asset.address.to_ascii_lowercase()),
             asset.clone(),
         );
-        if asset.usd {
-            if let Some(n) = self.networks.get_mut(&asset.network) {
-                n.usd_asset = Some(asset.clone());
-            }
+        if asset.usd
+            && let Some(n) = self.networks.get_mut(&asset.network)
+        {
+            n.usd_asset = Some(asset.clone());
         }
         Ok(asset)
     }

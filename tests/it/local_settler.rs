@@ -448,6 +448,35 @@ async fn fifty_concurrent_settlements_from_one_relayer_all_land() {
     assert_eq!(relayer_nonce(dev.rpc()).await, nonce_before + N as u64);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_settlers_with_one_relayer_key_resynchronise_their_nonces() {
+    // Two settlers that do not share nonce bookkeeping (as two gateway processes with the same
+    // key would not) both start from the node's count, so their first transactions collide;
+    // "nonce too low" must make the loser resynchronise and sign again.
+    const N: usize = 10;
+    let dev = Devnet::start(31337, N);
+    let (a, b) = (Arc::new(dev.settler()), Arc::new(dev.settler()));
+    let req = dev.requirements();
+    let merchant_before = dev.balance(dev.pay_to()).await;
+    let nonce_before = relayer_nonce(dev.rpc()).await;
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let settler = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let body = signed_body(&pay::key(dev.payer(i).1), &req);
+            tokio::spawn(async move { settler.settle(&body).await })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (status, s) = t.await.expect("join");
+        assert_eq!((status, s.succeeded()), (200, true), "payer {i}: {s:?}");
+    }
+    assert_eq!(
+        dev.balance(dev.pay_to()).await,
+        merchant_before + PRICE * N as u128
+    );
+    assert_eq!(relayer_nonce(dev.rpc()).await, nonce_before + N as u64);
+}
+
 /// The facilitator API's address from the gateway's ready file.
 fn facilitator_api_url(gw: &Gateway) -> String {
     let report: Value =
