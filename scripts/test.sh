@@ -21,3 +21,6 @@ cargo test --locked "$@"
 
 # The shipped example and rule packs must always validate.
 cargo run --locked --quiet --bin x402-gateway -- check -c gateway.toml.example
+
+# A short run of every fuzz target (scripts/fuzz.sh 600 for a longer one).
+scripts/fuzz.sh "${X402_FUZZ_SECONDS:-20}"

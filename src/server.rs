@@ -47,6 +47,11 @@ impl BackgroundService for SupportedService {
         let mut next_full = Instant::now();
         loop {
             let snap = self.config.load_full();
+            // Settlers of facilitators no longer configured are dropped.
+            self.payments
+                .facilitators
+                .settlers
+                .retain(&snap.facilitators);
             let full = Instant::now() >= next_full;
             let mut failing = false;
             for fac in &snap.facilitators {

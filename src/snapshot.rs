@@ -214,6 +214,8 @@ pub struct Snapshot {
     pub facilitators: Vec<FacilitatorConf>,
     /// The `local` facilitator that backs the facilitator API, when it is served.
     pub facilitator_api_settler: Option<String>,
+    /// Bearer token the facilitator API requires, when configured.
+    pub facilitator_api_token: Option<Secret>,
     pub ledger: crate::payment::ledger::LedgerConf,
     pub reload: ReloadSection,
     pub logging: LoggingSection,

@@ -347,6 +347,8 @@ pub struct FacilitatorApiSection {
     pub listen: Spanned<String>,
     /// Name of a `kind = "local"` facilitator.
     pub settler: Spanned<String>,
+    /// When set (`${VAR}`), `/verify` and `/settle` require `Authorization: Bearer <token>`.
+    pub auth_token: Option<Spanned<String>>,
 }
 
 /// `[reload]`

@@ -313,6 +313,11 @@ pub fn compile(
             facilitators.push(fc);
         }
     }
+    let facilitator_api_token = g
+        .facilitator_api
+        .as_ref()
+        .and_then(|api| api.auth_token.as_ref())
+        .and_then(|t| secret(rep, cfg, t, "facilitator_api.auth_token"));
     let facilitator_api_settler = g.facilitator_api.as_ref().map(|api| {
         check_addr(rep, cfg, &api.listen, "facilitator_api.listen");
         let name = api.settler.get_ref();
@@ -428,6 +433,7 @@ pub fn compile(
         registry,
         facilitators,
         facilitator_api_settler,
+        facilitator_api_token,
         ledger: crate::payment::ledger::LedgerConf {
             path: (!g.ledger.path.is_empty()).then(|| base.join(&g.ledger.path)),
             max_bytes: g.ledger.max_bytes.max(4096),
@@ -1250,8 +1256,8 @@ fn compile_facilitator(
     let fingerprint = {
         let mut h = Sha256::new();
         h.update(format!(
-            "{name}|{:?}|{url}|{nets:?}|{}|{}",
-            f.kind, f.timeout_ms, f.max_eject_ms
+            "{name}|{:?}|{url}|{nets:?}|{}|{}|{}",
+            f.kind, f.timeout_ms, f.max_eject_ms, f.receipt_timeout_ms
         ));
         for (k, v) in &headers {
             h.update(k.as_bytes());

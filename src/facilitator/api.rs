@@ -117,11 +117,39 @@ impl FacilitatorApi {
         if path == "/supported" {
             return json_response(200, &settler.supported());
         }
+        let snap = self.config.load_full();
+        if let Some(token) = &snap.facilitator_api_token {
+            let given = session
+                .req_header()
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+                return error(401, "unauthorized");
+            }
+        }
         let body = match read_body(session, MAX_BODY_BYTES).await {
             Ok(b) => b,
             Err(BodyError::TooLarge) => return error(413, "body_too_large"),
             Err(BodyError::Unreadable) => return error(400, "unreadable_body"),
         };
+        if !asset_is_declared(&snap, &body) {
+            // The relayer pays gas only for tokens this gateway knows.
+            let reason = "asset_not_accepted";
+            return if path == "/verify" {
+                json_response(
+                    400,
+                    &json!({"isValid": false, "invalidReason": reason, "payer": ""}),
+                )
+            } else {
+                json_response(
+                    400,
+                    &json!({"success": false, "errorReason": reason, "transaction": "", "network": "", "payer": ""}),
+                )
+            };
+        }
         if path == "/verify" {
             let (status, v) = settler.verify(&body).await;
             tracing::debug!(status, valid = v.valid(), reason = ?v.invalid_reason, "facilitator api /verify");
@@ -132,6 +160,27 @@ impl FacilitatorApi {
             json_response(status, &s)
         }
     }
+}
+
+/// Compares two secrets without leaking where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether the requirements in a `/verify` or `/settle` body name a network and asset the
+/// configuration declares (built-in USDC or an `[[assets]]` entry).
+fn asset_is_declared(snap: &Snapshot, body: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        // Malformed bodies are the settler's to refuse with its own reason.
+        return true;
+    };
+    let req = &v["paymentRequirements"];
+    let (Some(network), Some(asset)) = (req["network"].as_str(), req["asset"].as_str()) else {
+        return true;
+    };
+    snap.registry
+        .network(network)
+        .is_some_and(|n| snap.registry.asset(&n.caip2, asset).is_some())
 }
 
 #[async_trait]

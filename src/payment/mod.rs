@@ -476,7 +476,15 @@ impl Payments {
         let network = a.offer.requirements.network.clone();
         let (mut stage, mut receipt, mut reason) = match result {
             Ok(s) if s.succeeded() => (Stage::Settled, s, None),
-            Ok(s) if s.success == serde_json::Value::Bool(false) => {
+            // A facilitator that says the transaction is still pending, or that another call is
+            // settling the same authorization, has not refused it: the outcome is unknown.
+            Ok(s)
+                if s.success == serde_json::Value::Bool(false)
+                    && !matches!(
+                        s.error_reason.as_deref(),
+                        Some("settlement_pending" | "duplicate_settlement")
+                    ) =>
+            {
                 let reason = s
                     .error_reason
                     .clone()

@@ -477,6 +477,72 @@ async fn two_settlers_with_one_relayer_key_resynchronise_their_nonces() {
     assert_eq!(relayer_nonce(dev.rpc()).await, nonce_before + N as u64);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_settlement_transaction_is_sent_again() {
+    // With automine off, the settler's transaction waits in the pool; another transaction of
+    // the relayer with the same nonce and higher fees replaces it. The settler must notice that
+    // its transaction can never be mined and sign the settlement again.
+    let dev = Devnet::start(31337, 1);
+    let rpc = dev.rpc().to_owned();
+    let settler = Arc::new(dev.settler());
+    let req = dev.requirements();
+    let (payer, key) = dev.payer(0);
+    let (payer_before, merchant_before) =
+        (dev.balance(payer).await, dev.balance(dev.pay_to()).await);
+    let nonce = relayer_nonce(&rpc).await;
+    rpc_call(&rpc, "evm_setAutomine", json!([false])).await;
+
+    let body = signed_body(&pay::key(key), &req);
+    let task = {
+        let settler = settler.clone();
+        tokio::spawn(async move { settler.settle(&body).await })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while hex_u64(&rpc_call(&rpc, "eth_getTransactionCount", json!([RELAYER, "pending"])).await)
+        == nonce
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the settler never sent"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Anvil's accounts are unlocked: replace the pending settlement with a plain transfer.
+    let replacement = rpc_call(
+        &rpc,
+        "eth_sendTransaction",
+        json!([{
+            "from": RELAYER,
+            "to": RELAYER,
+            "value": "0x0",
+            "nonce": format!("{nonce:#x}"),
+            "gas": "0x5208",
+            "maxFeePerGas": "0x174876e800",
+            "maxPriorityFeePerGas": "0xba43b7400",
+        }]),
+    )
+    .await;
+    rpc_call(&rpc, "evm_mine", json!([])).await;
+    // Keep mining until the settlement is done.
+    while !task.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline + Duration::from_secs(20),
+            "settlement never finished"
+        );
+        rpc_call(&rpc, "evm_mine", json!([])).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rpc_call(&rpc, "evm_setAutomine", json!([true])).await;
+    let (status, s) = task.await.expect("join");
+    assert_eq!((status, s.succeeded()), (200, true), "{s:?}");
+    assert_ne!(Value::String(s.transaction.clone()), replacement);
+    let tx = transaction(&rpc, &s.transaction).await;
+    assert_eq!(hex_u64(&tx["nonce"]), nonce + 1, "{tx}");
+    assert_eq!(dev.balance(payer).await, payer_before - PRICE);
+    assert_eq!(dev.balance(dev.pay_to()).await, merchant_before + PRICE);
+    assert_eq!(relayer_nonce(&rpc).await, nonce + 2);
+}
+
 /// The facilitator API's address from the gateway's ready file.
 fn facilitator_api_url(gw: &Gateway) -> String {
     let report: Value =
@@ -723,4 +789,63 @@ async fn gateway_with_only_a_local_facilitator_is_paid_by_the_reference_client()
         !gw.log_text().contains(&RELAYER_KEY[2..]),
         "the relayer key appeared in the gateway log"
     );
+}
+
+#[tokio::test]
+async fn facilitator_api_requires_its_token_and_settles_only_declared_assets() {
+    let dev = Devnet::start(31337, 1);
+    let origin = Origin::start("unused-origin");
+    let config = dev.gateway_config(&origin.addr, true).replace(
+        "settler = \"self\"\n",
+        "settler = \"self\"\nauth_token = \"${TEST_API_TOKEN}\"\n",
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::create_dir(dir.path().join("rules")).expect("rules");
+    std::fs::write(dir.path().join("gateway.toml"), config).expect("write");
+    let gw = Gateway::start_in_with_env(dir, &[("TEST_API_TOKEN", "s3cret-token")]);
+    let api = facilitator_api_url(&gw);
+    let (_, key) = dev.payer(0);
+    let body = signed_body(&pay::key(key), &dev.requirements());
+    let post = |path: &str, auth: Option<&str>, body: Vec<u8>| {
+        let mut r = client()
+            .post(format!("{api}{path}"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r.send()
+    };
+    assert_eq!(
+        post("/verify", None, body.clone())
+            .await
+            .expect("send")
+            .status(),
+        401
+    );
+    assert_eq!(
+        post("/settle", Some("Bearer wrong"), body.clone())
+            .await
+            .expect("send")
+            .status(),
+        401
+    );
+    let ok = post("/verify", Some("Bearer s3cret-token"), body.clone())
+        .await
+        .expect("send");
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.json::<Value>().await.expect("json")["isValid"], true);
+    // A token nobody declared: the relayer will not pay gas for it.
+    let mut req = dev.requirements();
+    req["asset"] = json!("0x000000000000000000000000000000000000bEEF");
+    let foreign = signed_body(&pay::key(key), &req);
+    let r = post("/settle", Some("Bearer s3cret-token"), foreign)
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.expect("json")["errorReason"],
+        "asset_not_accepted"
+    );
+    assert!(!gw.log_text().contains("s3cret-token"));
 }
