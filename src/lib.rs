@@ -2,8 +2,10 @@
 //! API. This crate root only names the modules; `main.rs` is the command line.
 
 pub mod admin;
+pub mod audience;
 pub mod cli;
 pub mod config;
+pub mod crawler_price;
 pub mod facilitator;
 pub mod health;
 pub mod metrics;
@@ -16,4 +18,6 @@ pub mod schemes;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
+pub mod template;
+pub mod webbotauth;
 pub mod x402;

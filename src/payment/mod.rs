@@ -4,6 +4,7 @@
 
 pub mod decode;
 pub mod ledger;
+pub mod pass;
 pub mod replay;
 
 use std::sync::Arc;
