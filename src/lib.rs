@@ -1,6 +1,7 @@
 //! x402-gateway: a Pingora reverse proxy that puts an x402 paywall in front of any website or
 //! API. This crate root only names the modules; `main.rs` is the command line.
 
+pub mod access;
 pub mod admin;
 pub mod audience;
 pub mod cli;
