@@ -59,10 +59,11 @@ pub fn check(path: &std::path::Path) -> (String, i32) {
                 .count();
             (
                 format!(
-                    "ok: {} rules ({} priced) from {} rule files, {} upstreams, content {}",
+                    "ok: {} rules ({} priced) from {} rule files, {} crawlers, {} upstreams, content {}",
                     s.rules.len(),
                     priced,
                     s.sources.rule_files.len(),
+                    s.crawlers.len(),
                     s.upstreams.len(),
                     &s.content_hash[..16]
                 ),
