@@ -321,6 +321,9 @@ impl std::fmt::Debug for BotAuth {
 
 impl Default for BotAuth {
     fn default() -> Self {
+        // reqwest is built without a default TLS provider; the server installs ring at start,
+        // `explain` and tests may not have.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             // Only the configured directory URL is fetched, never where it redirects.
             .redirect(reqwest::redirect::Policy::none())

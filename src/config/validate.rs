@@ -867,9 +867,8 @@ fn compile_rule(
             }
             RuleAction::Free
         }
-        (_, Some((spec, span))) => {
-            priced_action(rep, ctx, pr, spec, span, timeout).unwrap_or(RuleAction::Free)
-        }
+        (_, Some((spec, span))) => priced_action(rep, ctx, pr, spec, span, timeout, "rule.price")
+            .unwrap_or(RuleAction::Free),
     };
     let access = super::access::rule_access(
         rep,
@@ -922,6 +921,7 @@ fn priced_action(
     spec: PriceSpec,
     span: std::ops::Range<usize>,
     timeout: u64,
+    field: &str,
 ) -> Option<RuleAction> {
     let usd = match &spec {
         PriceSpec::Zero => return Some(RuleAction::Free),
@@ -929,7 +929,7 @@ fn priced_action(
         PriceSpec::Atomic(..) => None,
     };
     let d = &pr.def;
-    let offers = build_offers(rep, ctx, pr, spec, span, timeout)?;
+    let offers = build_offers(rep, ctx, pr, spec, span, timeout, field)?;
     Some(RuleAction::Pay(Arc::new(
         Priced::new(
             offers,
@@ -954,7 +954,7 @@ fn price_value(
         toml::Value::String(s) if s == "block" => Some(RuleAction::Block),
         _ => {
             let spec = parse_price(rep, pr.src, v, field)?;
-            priced_action(rep, ctx, pr, spec, v.span(), timeout)
+            priced_action(rep, ctx, pr, spec, v.span(), timeout, field)
         }
     }
 }
@@ -966,6 +966,7 @@ fn build_offers(
     spec: PriceSpec,
     price_span: std::ops::Range<usize>,
     timeout: u64,
+    field: &str,
 ) -> Option<Vec<Offer>> {
     let src = pr.src;
     let d = &pr.def;
@@ -1026,7 +1027,7 @@ fn build_offers(
                     rep.at(
                         src,
                         span,
-                        "rule.price",
+                        field,
                         format!("network {caip2} has no USD asset: declare one with `usd = true` or price in atomic units"),
                     );
                     continue;
@@ -1039,7 +1040,7 @@ fn build_offers(
                         &pay_to,
                         timeout,
                     )),
-                    Err(e) => rep.at(src, price_span.clone(), "rule.price", e),
+                    Err(e) => rep.at(src, price_span.clone(), field, e),
                 }
             }
         }
@@ -1062,7 +1063,7 @@ fn build_offers(
                 rep.at(
                     src,
                     price_span,
-                    "rule.price",
+                    field,
                     format!("unknown asset `{asset_ref}` (declare it under `[[assets]]`)"),
                 );
                 return None;
@@ -1071,7 +1072,7 @@ fn build_offers(
                 rep.at(
                     src,
                     price_span,
-                    "rule.price",
+                    field,
                     format!(
                         "asset `{asset_ref}` is on {}, which this rule does not offer",
                         asset.network

@@ -128,7 +128,12 @@ impl Gateway {
             }
             Err(rejection) => {
                 let origin = req.headers.get("origin").and_then(|v| v.to_str().ok());
-                let browser = request::is_browser(req);
+                // The HTML page is for people; crawlers and agents get the JSON form.
+                let browser = ctx
+                    .access
+                    .as_ref()
+                    .and_then(|a| a.audience.as_ref())
+                    .is_some_and(|a| *a == crate::audience::Audience::Human);
                 let mut reply = match pass_error {
                     Some(e) if rejection.error == PaymentError::MissingPayment => {
                         respond::pass_refused(snap, &priced, &url, e, browser, origin)
