@@ -362,6 +362,14 @@ fn max_age(cc: &str) -> Option<u64> {
     })
 }
 
+/// How long a directory is cached: its max-age (or the default), within the floor and ceiling.
+pub fn cache_ttl(cache_control: Option<&str>, conf: &BotAuthConf) -> Duration {
+    cache_control
+        .and_then(max_age)
+        .map_or(conf.default_cache, Duration::from_secs)
+        .clamp(conf.min_cache, conf.max_cache)
+}
+
 /// Parses a key directory (JWKS). Ed25519 keys valid now (`nbf`/`exp`) are imported under
 /// their JWK thumbprint, and under their `kid` when it differs.
 pub fn parse_directory(body: &[u8], now: i64) -> Option<KeyRing> {
@@ -510,13 +518,12 @@ impl BotAuth {
             if !resp.status().is_success() {
                 return Err(format!("status {}", resp.status()));
             }
-            let ttl = resp
-                .headers()
-                .get("cache-control")
-                .and_then(|v| v.to_str().ok())
-                .and_then(max_age)
-                .map_or(conf.default_cache, Duration::from_secs)
-                .clamp(conf.min_cache, conf.max_cache);
+            let ttl = cache_ttl(
+                resp.headers()
+                    .get("cache-control")
+                    .and_then(|v| v.to_str().ok()),
+                conf,
+            );
             let mut resp = resp;
             let mut body = Vec::new();
             while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
@@ -739,6 +746,19 @@ mod tests {
         assert_eq!(authority("example.com:8443", true), "example.com:8443");
         assert_eq!(max_age("public, max-age=600"), Some(600));
         assert_eq!(max_age("no-store"), None);
+        let c = BotAuthConf::default();
+        assert_eq!(cache_ttl(Some("max-age=600"), &c), Duration::from_secs(600));
+        assert_eq!(
+            cache_ttl(Some("max-age=0"), &c),
+            Duration::from_secs(60),
+            "floor"
+        );
+        assert_eq!(
+            cache_ttl(Some("max-age=9999999"), &c),
+            Duration::from_secs(86_400),
+            "ceiling"
+        );
+        assert_eq!(cache_ttl(None, &c), Duration::from_secs(3_600), "default");
     }
 
     fn jwks(seed: &[u8; 32]) -> (String, String) {

@@ -557,15 +557,20 @@ impl PassEngine {
                     until,
                 })
             });
+            let max = c.max_requests;
             let used = if consume {
-                q.used.fetch_add(1, Ordering::AcqRel)
+                q.used
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                        (u < max).then_some(u + 1)
+                    })
+                    .map_err(|_| PassError::Exhausted)?
             } else {
                 q.used.load(Ordering::Acquire)
             };
-            if used >= c.max_requests {
+            if used >= max {
                 return Err(PassError::Exhausted);
             }
-            Some(c.max_requests - used - 1)
+            Some(max - used - 1)
         };
         Ok(Admitted {
             id: c.id.clone(),

@@ -522,6 +522,79 @@ async fn web_bot_auth_verifies_against_a_trusted_loopback_directory() {
 }
 
 #[tokio::test]
+async fn key_directories_are_cached_by_max_age_and_follow_key_rotation() {
+    let old = BotKey::new(7);
+    let new = BotKey::new(8);
+    let dir = Directory::start(botauth::jwks(&[&old]), "max-age=1");
+    let origin = Origin::start("rotation-origin");
+    let gw = Gateway::start(
+        &gateway_toml(&origin.addr, &dir.origin(), "min_cache_seconds = 1"),
+        &[("site.toml", &rules(&dir.origin()))],
+    );
+    let agent = dir.agent_header();
+    assert_eq!(signed_price(&gw, &agent, &old, "a").await, "2000");
+    assert_eq!(signed_price(&gw, &agent, &old, "b").await, "2000");
+    assert_eq!(dir.hits(), 1, "cached");
+
+    // The agent rotates its key. Once the cached copy is older than the floor (1 s here), an
+    // unknown keyid refetches the directory, and the new key verifies.
+    dir.set_body(botauth::jwks(&[&new]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    loop {
+        n += 1;
+        if signed_price(&gw, &agent, &new, &format!("rot-{n}")).await == "2000" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rotated key never verified");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dir.hits() >= 2);
+    // The retired key no longer verifies.
+    assert_eq!(signed_price(&gw, &agent, &old, "c").await, "20000");
+}
+
+/// The price an agent pays on `/articles/r` with a signature by `key`.
+async fn signed_price(gw: &Gateway, agent: &str, key: &BotKey, nonce: &str) -> String {
+    let sig = botauth::sign(key, &Sig::standard(&gw.addr, agent, nonce));
+    let mut rb = client()
+        .get(gw.url("/articles/r"))
+        .header("user-agent", "curl/8.5");
+    for (k, v) in &sig {
+        rb = rb.header(*k, v);
+    }
+    let r = rb.send().await.expect("send");
+    decode_header(r.headers()["payment-required"].to_str().expect("ascii"))["accepts"][0]["amount"]
+        .as_str()
+        .expect("amount")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_crawler_list_reloads_like_any_rules_file() {
+    let s = Site::start();
+    let r = s.get("/articles/1", &[("user-agent", "NewBot/0.1")]).await;
+    assert_eq!(r.amount(), "20000", "unknown: an agent");
+    let g = s.gw.generation().await;
+    let updated = format!(
+        "{}\n[[crawler]]\nname = \"NewBot\"\noperator = \"New\"\npurpose = \"training\"\nuser_agent = \"newbot\"\n",
+        rules(&s.dir.origin())
+    );
+    s.gw.write("rules/site.toml", &updated);
+    s.gw.wait_generation(g + 1).await;
+    let r = s.get("/articles/1", &[("user-agent", "NewBot/0.1")]).await;
+    assert_eq!(r.amount(), "5000", "now a training crawler");
+    assert_eq!(r.header("crawler-price"), Some("USD 0.005"));
+    let view = s.gw.config_view().await;
+    assert!(
+        view["crawlers"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["name"] == "NewBot")),
+        "{view}"
+    );
+}
+
+#[tokio::test]
 async fn shadow_mode_decides_counts_and_forwards() {
     let s = Site::start();
     let html = ("accept", "text/html");

@@ -5,8 +5,8 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use base64::Engine;
@@ -141,6 +141,7 @@ pub fn sign(key: &BotKey, s: &Sig<'_>) -> Vec<(&'static str, String)> {
 pub struct Directory {
     pub addr: String,
     hits: Arc<AtomicUsize>,
+    body: Arc<Mutex<String>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -151,7 +152,13 @@ impl Directory {
         let addr = listener.local_addr().expect("addr").to_string();
         let hits = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (h, st, cc) = (hits.clone(), stop.clone(), cache_control.to_owned());
+        let body = Arc::new(Mutex::new(body));
+        let (h, st, cc, b) = (
+            hits.clone(),
+            stop.clone(),
+            cache_control.to_owned(),
+            body.clone(),
+        );
         let thread = std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::SeqCst) {
@@ -174,6 +181,7 @@ impl Directory {
                     continue;
                 }
                 h.fetch_add(1, Ordering::SeqCst);
+                let body = b.lock().map(|g| g.clone()).unwrap_or_default();
                 let resp = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/http-message-signatures-directory+json\r\ncache-control: {cc}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
@@ -184,6 +192,7 @@ impl Directory {
         Directory {
             addr,
             hits,
+            body,
             stop,
             thread: Some(thread),
         }
@@ -197,6 +206,13 @@ impl Directory {
     /// The Signature-Agent header value naming this directory.
     pub fn agent_header(&self) -> String {
         format!("\"{}\"", self.origin())
+    }
+
+    /// Publishes another key set (key rotation).
+    pub fn set_body(&self, body: String) {
+        if let Ok(mut g) = self.body.lock() {
+            *g = body;
+        }
     }
 
     /// Directory requests served so far.
