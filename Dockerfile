@@ -10,6 +10,7 @@ RUN apt-get update \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY templates ./templates
 COPY benches ./benches
 COPY tests ./tests
 RUN cargo build --release --locked --bin x402-gateway \
@@ -23,6 +24,7 @@ RUN apt-get update \
 COPY --from=build /src/target/release/x402-gateway /usr/local/bin/x402-gateway
 COPY gateway.toml.example /etc/x402-gateway/gateway.toml
 COPY rules /etc/x402-gateway/rules
+COPY templates /etc/x402-gateway/templates
 # In a container the proxy listens on every interface; the admin listener stays on loopback
 # (the health check runs inside the container). The ledger goes to the writable home.
 RUN sed -i \

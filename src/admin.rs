@@ -1,4 +1,5 @@
-//! The admin listener (loopback by default): `/metrics`, `/healthz`, `/readyz`, `/config`.
+//! The admin listener (loopback by default): `/metrics`, `/healthz`, `/readyz`, `/config`, and
+//! `POST /passes/revoke`.
 
 use std::sync::Arc;
 
@@ -9,8 +10,10 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::{Value, json};
 
+use crate::access::Access;
 use crate::metrics::Metrics;
 use crate::payment::Payments;
+use crate::payment::pass;
 use crate::snapshot::{RuleAction, Snapshot};
 
 /// The admin HTTP app.
@@ -18,6 +21,56 @@ pub struct Admin {
     pub config: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
     pub payments: Arc<Payments>,
+    pub access: Arc<Access>,
+}
+
+/// Largest `POST /passes/revoke` body.
+const MAX_REVOKE_BODY: usize = 16 * 1024;
+
+/// `POST /passes/revoke` with `{"id": "…"}`, `{"ids": […]}` or `{"token": "x402p1.…"}`: the
+/// passes are refused from now on (in this process; list them under `[passes] revoked` to keep
+/// them refused across restarts).
+pub fn revoke(snap: &Snapshot, access: &Access, body: &[u8]) -> (StatusCode, Value) {
+    let bad = |m: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"error": "bad_request", "message": m}),
+        )
+    };
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return bad("expected JSON: {\"id\": \"…\"} or {\"token\": \"…\"}");
+    };
+    let mut ids: Vec<String> = Vec::new();
+    if let Some(id) = v.get("id").and_then(Value::as_str) {
+        ids.push(id.to_owned());
+    }
+    if let Some(list) = v.get("ids").and_then(Value::as_array) {
+        ids.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
+    }
+    if let Some(token) = v.get("token").and_then(Value::as_str) {
+        let Some(keys) = &snap.passes else {
+            return bad("no [passes] configured");
+        };
+        match pass::verify(keys, token.trim(), pass::unix_now()) {
+            Ok(c) => ids.push(c.id),
+            Err(pass::PassError::Expired) => {
+                return (
+                    StatusCode::OK,
+                    json!({"revoked": [], "note": "already expired"}),
+                );
+            }
+            Err(e) => return bad(&format!("not a pass of this gateway: {}", e.reason())),
+        }
+    }
+    ids.retain(|i| !i.is_empty() && i.len() <= 64);
+    if ids.is_empty() {
+        return bad("give `id`, `ids` or `token`");
+    }
+    for id in &ids {
+        access.passes.revoke(id);
+        tracing::info!(pass = %id, "pass revoked");
+    }
+    (StatusCode::OK, json!({"revoked": ids}))
 }
 
 fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -67,6 +120,17 @@ pub fn readiness(snap: &Snapshot, payments: &Payments) -> (bool, Value) {
     (ready, report)
 }
 
+/// A price, `free` or `block`, for `/config`.
+fn action_view(a: &RuleAction) -> Value {
+    match a {
+        RuleAction::Pay(p) => json!({
+            "usd": p.usd.map(|u| u.normalize().to_string()),
+            "accepts": p.requirements_v2,
+        }),
+        other => json!(other.name()),
+    }
+}
+
 /// The configuration view: what is loaded, with secrets redacted.
 pub fn config_view(snap: &Snapshot) -> Value {
     let rules: Vec<Value> = snap
@@ -86,6 +150,30 @@ pub fn config_view(snap: &Snapshot) -> Value {
             if let RuleAction::Pay(p) = &r.action {
                 v["accepts"] = serde_json::to_value(&p.requirements_v2).unwrap_or(Value::Null);
             }
+            if let Some(a) = &r.audiences {
+                let name = |x: &Option<RuleAction>| x.as_ref().map(action_view);
+                v["audiences"] = json!({
+                    "human": name(&a.human),
+                    "training": name(&a.training),
+                    "search": name(&a.search),
+                    "user": name(&a.user),
+                    "agent": name(&a.agent),
+                    "verified": name(&a.verified),
+                    "operators": a.operators.iter().map(|(o, x)| (o.clone(), action_view(x))).collect::<serde_json::Map<_, _>>(),
+                });
+            }
+            if let Some(p) = &r.pass {
+                v["pass"] = json!({
+                    "ttl_seconds": p.ttl.as_secs(),
+                    "scope": p.scope,
+                    "prefix": p.prefix,
+                    "methods": p.methods.names(),
+                    "max_requests": p.max_requests,
+                });
+            }
+            if r.shadow {
+                v["mode"] = json!("shadow");
+            }
             v
         })
         .collect();
@@ -97,6 +185,29 @@ pub fn config_view(snap: &Snapshot) -> Value {
         "rule_files": snap.sources.rule_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "rules": rules,
         "upstreams": snap.upstreams.iter().map(|u| json!({"name": u.name, "peers": u.peers, "tls": u.tls, "host": u.host_rewrite})).collect::<Vec<_>>(),
+        "crawlers": snap.crawlers.crawlers.iter().map(|c| json!({
+            "name": c.name,
+            "operator": c.operator,
+            "purpose": c.purpose,
+            "user_agent": c.user_agent,
+            "signature_agent": c.signature_agent,
+        })).collect::<Vec<_>>(),
+        "web_bot_auth": {
+            "agents": snap.web_bot_auth.agents.iter().map(|a| json!({
+                "origin": &*a.origin,
+                "operator": &*a.operator,
+                "purpose": a.purpose,
+                "directory": a.directory,
+            })).collect::<Vec<_>>(),
+        },
+        "passes": snap.passes.as_ref().map(|k| json!({
+            "algorithm": k.algorithm,
+            "keys": k.kids(),
+            "signing_key": k.signing_kid,
+            "cookie": k.cookie,
+            "revoked": k.revoked.len(),
+        })),
+        "paywall_template": snap.paywall.source,
         "facilitators": snap.facilitators.iter().map(|f| json!({
             "name": f.name,
             "url": f.url,
@@ -112,6 +223,26 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_owned();
         let snap = self.config.load_full();
+        if path == "/passes/revoke" {
+            if session.req_header().method != http::Method::POST {
+                return json_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &json!({"error": "method_not_allowed", "message": "use POST"}),
+                );
+            }
+            let mut body = Vec::new();
+            while let Ok(Some(chunk)) = session.read_request_body().await {
+                body.extend_from_slice(&chunk);
+                if body.len() > MAX_REVOKE_BODY {
+                    return json_response(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &json!({"error": "body_too_large"}),
+                    );
+                }
+            }
+            let (status, v) = revoke(&snap, &self.access, &body);
+            return json_response(status, &v);
+        }
         match path.as_str() {
             "/metrics" => {
                 for (name, healthy, _) in upstream_health(&snap) {

@@ -33,7 +33,8 @@ pub enum Command {
         #[arg(short, long, default_value = "gateway.toml")]
         config: PathBuf,
     },
-    /// Show how a request would be handled: the matched rule, the price, the exact 402.
+    /// Show how a request would be handled: the matched rule, who is asking (user agent, Web
+    /// Bot Auth signature headers), what that audience pays, the exact 402.
     Explain {
         #[arg(short, long, default_value = "gateway.toml")]
         config: PathBuf,
@@ -58,10 +59,11 @@ pub fn check(path: &std::path::Path) -> (String, i32) {
                 .count();
             (
                 format!(
-                    "ok: {} rules ({} priced) from {} rule files, {} upstreams, content {}",
+                    "ok: {} rules ({} priced) from {} rule files, {} crawlers, {} upstreams, content {}",
                     s.rules.len(),
                     priced,
                     s.sources.rule_files.len(),
+                    s.crawlers.len(),
                     s.upstreams.len(),
                     &s.content_hash[..16]
                 ),
@@ -117,16 +119,50 @@ pub fn explain(
             json!({"decision": "unmatched", "status": "forwarded", "upstream": snap.upstreams[snap.default_upstream].name, "rewritten_path": canonical}),
         );
     };
+    // Who is asking: the same classification the proxy makes (a signed request's key
+    // directory is fetched from its trusted agent).
+    let access = crate::access::Access::new(std::sync::Arc::new(crate::metrics::Metrics::new()));
+    let mut state = crate::access::AccessState::default();
+    let audience = {
+        let parts = request::AccessParts::of(&req, snap.case_sensitive, tls);
+        let view = parts.view(&req.headers);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(access.classify(&snap, &view, &mut state))
+    };
+    let action = match &rule.audiences {
+        Some(a) => a.resolve(&rule.action, &audience),
+        None => &rule.action,
+    };
     let mut out = json!({
         "rule": {"id": rule.id, "origin": rule.origin, "host": rule.host, "path": rule.path, "methods": rule.methods.names()},
-        "decision": rule.action.name(),
+        "audience": {
+            "kind": audience.kind(),
+            "purpose": audience.purpose_label(),
+            "description": audience.describe(),
+            "web_bot_auth": state.bot_auth,
+        },
+        "decision": action.name(),
+        "mode": if rule.shadow { "shadow" } else { "enforce" },
         "upstream": snap.upstreams.get(rule.upstream).map(|u| u.name.clone()),
         "rewritten_path": canonical,
     });
-    match &rule.action {
+    if let Some(p) = &rule.pass {
+        out["pass"] = json!({"ttl_seconds": p.ttl.as_secs(), "scope": p.scope, "max_requests": p.max_requests});
+    }
+    match action {
         RuleAction::Free => out["status"] = json!("forwarded"),
+        RuleAction::Block if audience.is_bot() => {
+            out["status"] = json!(403);
+            out["crawlerError"] = json!(crate::crawler_price::CrawlerPriceError::Forbidden.code());
+        }
         RuleAction::Block => out["status"] = json!(403),
         RuleAction::Pay(priced) => {
+            if let (true, Some(usd)) = (audience.is_bot(), priced.usd) {
+                out["crawlerPrice"] = json!(crate::crawler_price::format_usd(usd));
+            }
             let url = request::resource_url(&snap, &req, routed.rewrite.as_deref(), tls);
             let reply = respond::challenge(
                 &snap,

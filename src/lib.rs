@@ -1,9 +1,12 @@
 //! x402-gateway: a Pingora reverse proxy that puts an x402 paywall in front of any website or
 //! API. This crate root only names the modules; `main.rs` is the command line.
 
+pub mod access;
 pub mod admin;
+pub mod audience;
 pub mod cli;
 pub mod config;
+pub mod crawler_price;
 pub mod facilitator;
 pub mod health;
 pub mod metrics;
@@ -16,4 +19,6 @@ pub mod schemes;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
+pub mod template;
+pub mod webbotauth;
 pub mod x402;

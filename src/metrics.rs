@@ -41,6 +41,18 @@ pub struct Metrics {
     pub facilitator_healthy: IntGaugeVec,
     /// Settlements whose outcome was settled by reading the chain, by result.
     pub settlements_resolved: IntCounterVec,
+    /// Classified requests (priced or audience-priced rules) by audience kind and purpose.
+    pub audience_requests: IntCounterVec,
+    /// Requests whose User-Agent claimed a signing crawler without its signature, by crawler.
+    pub spoofed_crawlers: IntCounterVec,
+    /// Web Bot Auth verifications by outcome (`verified` or a failure reason).
+    pub web_bot_auth: IntCounterVec,
+    /// Passes by outcome (`issued`, `accepted`, or a refusal reason).
+    pub passes: IntCounterVec,
+    /// Shadow-mode decisions by rule and decision.
+    pub shadow_decisions: IntCounterVec,
+    /// What shadow-mode rules would have charged, in atomic units.
+    pub shadow_amount: IntCounterVec,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -186,8 +198,50 @@ impl Metrics {
             "Unknown settlement outcomes resolved from the chain",
             &["result"],
         );
+        let audience_requests = counter(
+            &registry,
+            "x402_audience_requests_total",
+            "Classified requests by audience kind and purpose",
+            &["audience", "purpose"],
+        );
+        let spoofed_crawlers = counter(
+            &registry,
+            "x402_spoofed_crawlers_total",
+            "User agents claiming a signing crawler without its signature",
+            &["crawler"],
+        );
+        let web_bot_auth = counter(
+            &registry,
+            "x402_web_bot_auth_total",
+            "Web Bot Auth verifications by outcome",
+            &["outcome"],
+        );
+        let passes = counter(
+            &registry,
+            "x402_passes_total",
+            "Passes issued, accepted and refused",
+            &["outcome"],
+        );
+        let shadow_decisions = counter(
+            &registry,
+            "x402_shadow_decisions_total",
+            "Decisions of shadow-mode rules (forwarded without charging)",
+            &["rule", "decision"],
+        );
+        let shadow_amount = counter(
+            &registry,
+            "x402_shadow_amount_atomic_total",
+            "Atomic units shadow-mode rules would have charged",
+            &["rule", "network", "asset"],
+        );
         Metrics {
             registry,
+            audience_requests,
+            spoofed_crawlers,
+            web_bot_auth,
+            passes,
+            shadow_decisions,
+            shadow_amount,
             facilitator_failovers,
             facilitator_ejections,
             facilitator_healthy,

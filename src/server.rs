@@ -176,10 +176,12 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     let metrics = Arc::new(Metrics::new());
     let settlers = Arc::new(crate::facilitator::local::Settlers::default());
     let payments = Arc::new(Payments::new(metrics.clone(), settlers.clone()));
+    let access = Arc::new(crate::access::Access::new(metrics.clone()));
     let gateway = |tls: bool| Gateway {
         config: config.clone(),
         metrics: metrics.clone(),
         payments: payments.clone(),
+        access: access.clone(),
         tls,
     };
 
@@ -218,6 +220,7 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
                 config: config.clone(),
                 metrics: metrics.clone(),
                 payments: payments.clone(),
+                access: access.clone(),
             }),
         );
         svc.add_tcp(addr);

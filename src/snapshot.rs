@@ -50,6 +50,20 @@ pub struct Rule {
     pub methods: Methods,
     pub host: String,
     pub path: String,
+    /// Prices per audience and operator (`None`: one price for everyone).
+    pub audiences: Option<Arc<crate::audience::AudiencePrices>>,
+    /// The pass issued after a settled payment.
+    pub pass: Option<Arc<crate::payment::pass::PassPolicy>>,
+    /// `mode = "shadow"`: decide and count, forward without charging.
+    pub shadow: bool,
+}
+
+impl Rule {
+    /// Whether a request on this rule goes through the access path (audience, passes, shadow);
+    /// plain free and block rules do not, so they cost nothing extra.
+    pub fn needs_access(&self) -> bool {
+        self.shadow || self.audiences.is_some() || matches!(self.action, RuleAction::Pay(_))
+    }
 }
 
 /// A named pool of origin peers.
@@ -220,6 +234,14 @@ pub struct Snapshot {
     pub reload: ReloadSection,
     pub logging: LoggingSection,
     pub case_sensitive: bool,
+    /// The `[[crawler]]` list of every rules file.
+    pub crawlers: Arc<crate::audience::CrawlerSet>,
+    /// Agents whose Web Bot Auth signatures are accepted.
+    pub web_bot_auth: Arc<crate::webbotauth::BotAuthConf>,
+    /// Pass keys (`None`: no `[passes]` section).
+    pub passes: Option<Arc<crate::payment::pass::PassKeys>>,
+    /// The browser paywall page.
+    pub paywall: Arc<crate::template::Template>,
 }
 
 impl Snapshot {

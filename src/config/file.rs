@@ -488,4 +488,7 @@ pub struct GatewayFile {
     pub rules: RulesSection,
     pub ledger: LedgerSection,
     pub facilitator_api: Option<FacilitatorApiSection>,
+    pub web_bot_auth: super::access_file::WebBotAuthSection,
+    pub passes: Option<super::access_file::PassesSection>,
+    pub paywall: super::access_file::PaywallSection,
 }

@@ -1,6 +1,8 @@
 //! Configuration: reads `gateway.toml` and the rules folder, reports every problem at once as
 //! `file:line:col: field: message`, and compiles a valid configuration into a [`Snapshot`].
 
+pub mod access;
+pub mod access_file;
 pub mod env;
 pub mod file;
 pub mod price;
@@ -16,6 +18,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::snapshot::Snapshot;
+use access_file::CrawlerDef;
 use file::GatewayFile;
 use rules_file::RuleDef;
 
@@ -163,11 +166,20 @@ pub struct ParsedRule {
     pub def: RuleDef,
 }
 
+/// A `[[crawler]]` as read, with where it came from.
+#[derive(Debug, Clone)]
+pub struct ParsedCrawler {
+    pub src: usize,
+    pub span: Range<usize>,
+    pub def: CrawlerDef,
+}
+
 /// Everything read from disk, before compilation.
 #[derive(Debug)]
 pub struct Parsed {
     pub gateway: GatewayFile,
     pub rules: Vec<ParsedRule>,
+    pub crawlers: Vec<ParsedCrawler>,
     pub rules_dir: PathBuf,
     pub rule_files: Vec<PathBuf>,
 }
@@ -238,40 +250,62 @@ fn parse_gateway(rep: &mut Reporter, src: usize) -> GatewayFile {
             "rules" => g.rules = section(rep, src, k, value).unwrap_or_default(),
             "ledger" => g.ledger = section(rep, src, k, value).unwrap_or_default(),
             "facilitator_api" => g.facilitator_api = section(rep, src, k, value),
+            "web_bot_auth" => g.web_bot_auth = section(rep, src, k, value).unwrap_or_default(),
+            "passes" => g.passes = section(rep, src, k, value),
+            "paywall" => g.paywall = section(rep, src, k, value).unwrap_or_default(),
             other => rep.at(
                 src,
                 key.span(),
                 other,
-                "unknown section, expected one of `server`, `admin`, `upstreams`, `payment`, `networks`, `assets`, `facilitators`, `reload`, `logging`, `rules`, `ledger`, `facilitator_api`",
+                "unknown section, expected one of `server`, `admin`, `upstreams`, `payment`, `networks`, `assets`, `facilitators`, `reload`, `logging`, `rules`, `ledger`, `facilitator_api`, `web_bot_auth`, `passes`, `paywall`",
             ),
         }
     }
     g
 }
 
-/// Reads one rules file.
-fn parse_rules(rep: &mut Reporter, src: usize, out: &mut Vec<ParsedRule>) {
+/// Reads one rules file: `[[rule]]` and `[[crawler]]` tables.
+fn parse_rules(
+    rep: &mut Reporter,
+    src: usize,
+    out: &mut Vec<ParsedRule>,
+    crawlers: &mut Vec<ParsedCrawler>,
+) {
     let text = rep.sources[src].text.clone();
     let Some(doc) = parse_doc(rep, src, &text) else {
         return;
     };
     for (key, value) in &doc {
-        if key.get_ref() != "rule" {
+        let kind = key.get_ref();
+        if kind != "rule" && kind != "crawler" {
             rep.at(
                 src,
                 key.span(),
-                key.get_ref().to_string(),
-                "unknown key, rules files hold `[[rule]]` tables only",
+                kind.to_string(),
+                "unknown key, rules files hold `[[rule]]` and `[[crawler]]` tables only",
             );
             continue;
         }
         let DeValue::Array(items) = value.get_ref() else {
-            rep.at(src, value.span(), "rule", "expected `[[rule]]` tables");
+            rep.at(
+                src,
+                value.span(),
+                kind.to_string(),
+                format!("expected `[[{kind}]]` tables"),
+            );
             continue;
         };
         for (n, item) in items.iter().enumerate() {
-            let field = format!("rule[{n}]");
-            if let Some(def) = section::<RuleDef>(rep, src, &field, item) {
+            let field = format!("{kind}[{n}]");
+            if kind == "crawler" {
+                if let Some(def) = section::<CrawlerDef>(rep, src, &field, item) {
+                    crawlers.push(ParsedCrawler {
+                        src,
+                        span: item.span(),
+                        def,
+                    });
+                }
+            } else if let Some(def) = section::<RuleDef>(rep, src, &field, item) {
                 out.push(ParsedRule {
                     src,
                     span: item.span(),
@@ -306,6 +340,7 @@ pub fn read(config: &Path, rep: &mut Reporter) -> Parsed {
     let base = config.parent().unwrap_or(Path::new("."));
     let rules_dir = base.join(gateway.rules.dir.get_ref());
     let mut rules = Vec::new();
+    let mut crawlers = Vec::new();
     let files = match rule_files(&rules_dir) {
         Ok(f) => f,
         Err(e) => {
@@ -331,7 +366,7 @@ pub fn read(config: &Path, rep: &mut Reporter) -> Parsed {
         match std::fs::read_to_string(f) {
             Ok(t) => {
                 let s = rep.add_source(f.clone(), t);
-                parse_rules(rep, s, &mut rules);
+                parse_rules(rep, s, &mut rules, &mut crawlers);
             }
             Err(e) => rep.file(f, "file", format!("cannot read: {e}")),
         }
@@ -339,6 +374,7 @@ pub fn read(config: &Path, rep: &mut Reporter) -> Parsed {
     Parsed {
         gateway,
         rules,
+        crawlers,
         rules_dir,
         rule_files: files,
     }

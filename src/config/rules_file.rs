@@ -1,8 +1,10 @@
-//! `rules/*.toml` as written: `[[rule]]` tables, unknown keys refused.
+//! `rules/*.toml` as written: `[[rule]]` tables (and `[[crawler]]`, see `access_file`), unknown
+//! keys refused.
 
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::access_file::{AudiencesDef, ModeDef, OperatorsDef, PassDef};
 use super::file::{FailurePolicy, Settlement};
 
 /// What a matching rule does.
@@ -41,4 +43,12 @@ pub struct RuleDef {
     pub settlement: Option<Settlement>,
     pub max_timeout_seconds: Option<Spanned<u64>>,
     pub on_facilitator_failure: Option<FailurePolicy>,
+    /// Prices per audience (`human`, `training`, `search`, `user`, `agent`, `verified`).
+    pub audiences: Option<Spanned<AudiencesDef>>,
+    /// Prices per verified operator.
+    pub operators: Option<Spanned<OperatorsDef>>,
+    /// A pass issued after a settled payment.
+    pub pass: Option<Spanned<PassDef>>,
+    /// `enforce` (default) or `shadow`.
+    pub mode: Option<Spanned<ModeDef>>,
 }

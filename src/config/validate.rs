@@ -335,9 +335,25 @@ pub fn compile(
         name.clone()
     });
 
+    // Audiences and access: trusted bot agents, pass keys, the paywall page, crawlers.
+    let web_bot_auth = super::access::web_bot_auth(rep, cfg, &g.web_bot_auth);
+    let pass_keys = super::access::passes(rep, cfg, g.passes.as_ref());
+    let paywall = super::access::paywall(rep, cfg, &base, &g.paywall);
+    let crawlers = super::access::crawlers(rep, &p.crawlers);
+    let access = super::access::AccessCtx {
+        operators: web_bot_auth
+            .operators()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        passes: pass_keys.as_deref(),
+        case_sensitive: g.rules.case_sensitive,
+    };
+
     // Rules.
     let case_sensitive = g.rules.case_sensitive;
     let ctx = RuleCtx {
+        access: &access,
         registry: &registry,
         default_pay_to: default_pay_to.as_deref(),
         default_networks: &default_networks,
@@ -442,6 +458,10 @@ pub fn compile(
         reload: g.reload.clone(),
         logging: g.logging.clone(),
         case_sensitive,
+        crawlers: Arc::new(crawlers),
+        web_bot_auth: Arc::new(web_bot_auth),
+        passes: pass_keys,
+        paywall,
     })
 }
 
@@ -667,6 +687,7 @@ fn build_pool(
 }
 
 struct RuleCtx<'a> {
+    access: &'a super::access::AccessCtx<'a>,
     registry: &'a Registry,
     default_pay_to: Option<&'a str>,
     default_networks: &'a [Spanned<String>],
@@ -685,9 +706,14 @@ enum PriceSpec {
     Atomic(u128, String),
 }
 
-fn parse_price(rep: &mut Reporter, src: usize, v: &Spanned<toml::Value>) -> Option<PriceSpec> {
+fn parse_price(
+    rep: &mut Reporter,
+    src: usize,
+    v: &Spanned<toml::Value>,
+    field: &str,
+) -> Option<PriceSpec> {
     let fail = |rep: &mut Reporter, m: String| {
-        rep.at(src, v.span(), "rule.price", m);
+        rep.at(src, v.span(), field, m);
         None
     };
     match v.get_ref() {
@@ -817,7 +843,7 @@ fn compile_rule(
     let price = d
         .price
         .as_ref()
-        .and_then(|p| parse_price(rep, src, p).map(|s| (s, p.span())));
+        .and_then(|p| parse_price(rep, src, p, "rule.price").map(|s| (s, p.span())));
     let action_def = d.action.as_ref().map(|a| (*a.get_ref(), a.span()));
     let action = match (action_def, price) {
         (Some((ActionDef::Block, _)), None) => RuleAction::Block,
@@ -847,16 +873,20 @@ fn compile_rule(
             }
             RuleAction::Free
         }
-        (_, Some((PriceSpec::Zero, _))) => RuleAction::Free,
-        (_, Some((spec, span))) => match build_offers(rep, ctx, pr, spec, span, timeout) {
-            Some(offers) => RuleAction::Pay(Arc::new(Priced::new(
-                offers,
-                d.description.clone().unwrap_or_default(),
-                d.mime_type.clone().unwrap_or_default(),
-            ))),
-            None => RuleAction::Free,
-        },
+        (_, Some((spec, span))) => priced_action(rep, ctx, pr, spec, span, timeout, "rule.price")
+            .unwrap_or(RuleAction::Free),
     };
+    let access = super::access::rule_access(
+        rep,
+        ctx.access,
+        pr,
+        &action,
+        methods,
+        &path_text,
+        &mut |rep: &mut Reporter, v: &Spanned<toml::Value>, field: &str| {
+            price_value(rep, ctx, pr, v, timeout, field)
+        },
+    );
     if rep.issues.len() > issues_before {
         return None;
     }
@@ -881,8 +911,58 @@ fn compile_rule(
             .as_ref()
             .map_or_else(|| "*".into(), |h| h.get_ref().clone()),
         path: path_text,
+        audiences: access.audiences,
+        pass: access.pass,
+        shadow: access.shadow,
     };
     Some((rule, route))
+}
+
+/// A compiled price: free for zero, else the offers with the rule's description and, for
+/// `"$…"` prices, the USD amount (for pay-per-crawl headers).
+fn priced_action(
+    rep: &mut Reporter,
+    ctx: &RuleCtx<'_>,
+    pr: &ParsedRule,
+    spec: PriceSpec,
+    span: std::ops::Range<usize>,
+    timeout: u64,
+    field: &str,
+) -> Option<RuleAction> {
+    let usd = match &spec {
+        PriceSpec::Zero => return Some(RuleAction::Free),
+        PriceSpec::Usd(d) => Some(*d),
+        PriceSpec::Atomic(..) => None,
+    };
+    let d = &pr.def;
+    let offers = build_offers(rep, ctx, pr, spec, span, timeout, field)?;
+    Some(RuleAction::Pay(Arc::new(
+        Priced::new(
+            offers,
+            d.description.clone().unwrap_or_default(),
+            d.mime_type.clone().unwrap_or_default(),
+        )
+        .with_usd(usd),
+    )))
+}
+
+/// An `audiences` / `operators` value: `"free"`, `"block"`, or a price.
+fn price_value(
+    rep: &mut Reporter,
+    ctx: &RuleCtx<'_>,
+    pr: &ParsedRule,
+    v: &Spanned<toml::Value>,
+    timeout: u64,
+    field: &str,
+) -> Option<RuleAction> {
+    match v.get_ref() {
+        toml::Value::String(s) if s == "free" => Some(RuleAction::Free),
+        toml::Value::String(s) if s == "block" => Some(RuleAction::Block),
+        _ => {
+            let spec = parse_price(rep, pr.src, v, field)?;
+            priced_action(rep, ctx, pr, spec, v.span(), timeout, field)
+        }
+    }
 }
 
 fn build_offers(
@@ -892,6 +972,7 @@ fn build_offers(
     spec: PriceSpec,
     price_span: std::ops::Range<usize>,
     timeout: u64,
+    field: &str,
 ) -> Option<Vec<Offer>> {
     let src = pr.src;
     let d = &pr.def;
@@ -952,7 +1033,7 @@ fn build_offers(
                     rep.at(
                         src,
                         span,
-                        "rule.price",
+                        field,
                         format!("network {caip2} has no USD asset: declare one with `usd = true` or price in atomic units"),
                     );
                     continue;
@@ -965,7 +1046,7 @@ fn build_offers(
                         &pay_to,
                         timeout,
                     )),
-                    Err(e) => rep.at(src, price_span.clone(), "rule.price", e),
+                    Err(e) => rep.at(src, price_span.clone(), field, e),
                 }
             }
         }
@@ -988,7 +1069,7 @@ fn build_offers(
                 rep.at(
                     src,
                     price_span,
-                    "rule.price",
+                    field,
                     format!("unknown asset `{asset_ref}` (declare it under `[[assets]]`)"),
                 );
                 return None;
@@ -997,7 +1078,7 @@ fn build_offers(
                 rep.at(
                     src,
                     price_span,
-                    "rule.price",
+                    field,
                     format!(
                         "asset `{asset_ref}` is on {}, which this rule does not offer",
                         asset.network

@@ -4,6 +4,7 @@
 
 pub mod decode;
 pub mod ledger;
+pub mod pass;
 pub mod replay;
 
 use std::sync::Arc;
@@ -199,6 +200,36 @@ fn unix_now() -> u64 {
 /// The receipt header value: base64 of the settle response JSON.
 pub fn encode_receipt(r: &SettleResponse) -> String {
     codec::encode(serde_json::to_string(r).unwrap_or_default().as_bytes())
+}
+
+/// The checks the gate makes before any facilitator call (decode, match, exact-scheme checks
+/// with signature recovery), without reserving, verifying or settling anything: what shadow
+/// mode uses to say whether a payment would have been accepted. Returns the payer.
+pub fn check_locally(
+    snap: &Snapshot,
+    priced: &Priced,
+    headers: &HeaderMap,
+) -> Result<String, PaymentError> {
+    let found = decode::find(headers)?.ok_or(PaymentError::MissingPayment)?;
+    let decoded = decode::decode(found, priced, snap.payment.max_header_bytes)?;
+    let offer = priced
+        .offers
+        .get(decoded.offer)
+        .ok_or(PaymentError::NoMatch)?;
+    let req = &offer.requirements;
+    let chain_id = snap
+        .registry
+        .network(&req.network)
+        .map_or(0, |n| n.chain_id);
+    let token = req.asset.parse().map_err(|_| PaymentError::NoMatch)?;
+    let domain = evm_exact::domain(
+        &offer.asset.eip712_name,
+        &offer.asset.eip712_version,
+        chain_id,
+        token,
+    );
+    let checked = evm_exact::check(&decoded.payload, req, &domain, unix_now())?;
+    Ok(checked.payer)
 }
 
 /// What the gate decided for a priced request.

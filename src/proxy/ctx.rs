@@ -24,6 +24,10 @@ pub enum Decision {
     Local,
     /// Failed while proxying (upstream down, timeout).
     Failed,
+    /// A valid pass admitted the request: forwarded without payment.
+    Pass,
+    /// A shadow-mode rule: decided and counted, forwarded without charging.
+    Shadow,
 }
 
 impl Decision {
@@ -37,6 +41,8 @@ impl Decision {
             Decision::Unpaid => "unpaid_open",
             Decision::Local => "local",
             Decision::Failed => "failed",
+            Decision::Pass => "pass",
+            Decision::Shadow => "shadow",
         }
     }
 }
@@ -56,6 +62,10 @@ pub struct RequestCtx {
     pub upstream: usize,
     /// Payment accepted for this request, if any.
     pub payment: Option<Box<crate::payment::Accepted>>,
+    /// Audience, pass and shadow state (rules that charge or price by audience only).
+    pub access: Option<Box<crate::access::AccessState>>,
+    /// The price this request was charged at (its audience's).
+    pub priced: Option<Arc<crate::x402::challenge::Priced>>,
 }
 
 impl RequestCtx {
@@ -71,7 +81,14 @@ impl RequestCtx {
             upstream_started: None,
             upstream,
             payment: None,
+            access: None,
+            priced: None,
         }
+    }
+
+    /// The audience kind label, or `""` when the request was not classified.
+    pub fn audience(&self) -> &'static str {
+        self.access.as_ref().map_or("", |a| a.audience_label())
     }
 
     /// The id of the matched rule, or `-` when none matched.

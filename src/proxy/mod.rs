@@ -18,9 +18,10 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::access::{Access, AccessState, Forwarded, Outcome};
 use crate::metrics::{Metrics, status_class};
-use crate::payment::{Admission, Payments};
-use crate::snapshot::{RuleAction, Snapshot};
+use crate::payment::{Admission, PaymentError, Payments};
+use crate::snapshot::{Rule, RuleAction, Snapshot};
 use ctx::{Decision, RequestCtx};
 use respond::{Reply, UpstreamError};
 
@@ -29,6 +30,8 @@ pub struct Gateway {
     pub config: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
     pub payments: Arc<Payments>,
+    /// Audiences, Web Bot Auth and passes.
+    pub access: Arc<Access>,
     /// Whether this service terminates TLS (for `X-Forwarded-Proto` and resource URLs).
     pub tls: bool,
 }
@@ -49,6 +52,105 @@ impl Gateway {
         }
         respond::send(session, reply).await?;
         Ok(true)
+    }
+}
+
+impl Gateway {
+    /// A rule that charges or prices by audience: decide who is asking and what they pay, then
+    /// forward, refuse, or run the payment gate.
+    async fn access_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snap: &Arc<Snapshot>,
+        rule: &Rule,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        if request::is_preflight(req) {
+            if rule.shadow {
+                ctx.decision = Decision::Shadow;
+                return Ok(false);
+            }
+            let origin = req.headers.get("origin").and_then(|v| v.to_str().ok());
+            let asked = req
+                .headers
+                .get("access-control-request-headers")
+                .and_then(|v| v.to_str().ok());
+            let reply = respond::preflight(snap, origin, asked);
+            return self.reply(session, ctx, Decision::Local, &reply).await;
+        }
+        let url = request::resource_url(snap, req, ctx.rewrite.as_deref(), self.tls);
+        let mut state = Box::<AccessState>::default();
+        let outcome = {
+            let parts =
+                request::AccessParts::of(req, snap.case_sensitive, url.starts_with("https:"));
+            let view = parts.view(&req.headers);
+            self.access.decide(snap, rule, &view, &mut state).await
+        };
+        let crawler_usd = state.crawler_usd;
+        ctx.access = Some(state);
+        let (priced, pass_error) = match outcome {
+            Outcome::Forward(how) => {
+                ctx.decision = match how {
+                    Forwarded::Free => Decision::Free,
+                    Forwarded::Pass => Decision::Pass,
+                    Forwarded::Shadow => Decision::Shadow,
+                };
+                return Ok(false);
+            }
+            Outcome::Refused(r) => {
+                let reply = respond::access_refusal(&r, &rule.id, crawler_usd);
+                let decision = match reply.status {
+                    402 => Decision::Challenged,
+                    403 => Decision::Blocked,
+                    _ => Decision::Local,
+                };
+                return self.reply(session, ctx, decision, &reply).await;
+            }
+            Outcome::Charge { priced, pass_error } => (priced, pass_error),
+        };
+        ctx.priced = Some(priced.clone());
+        let req = session.req_header();
+        match self
+            .payments
+            .gate(snap, rule, &priced, &req.headers, &url)
+            .await
+        {
+            Ok(Admission::Paid(accepted)) => {
+                ctx.decision = Decision::Paid;
+                ctx.payment = Some(accepted);
+                Ok(false)
+            }
+            Ok(Admission::Unpaid(reason)) => {
+                ctx.decision = Decision::Unpaid;
+                ctx.reason = Some(reason);
+                Ok(false)
+            }
+            Err(rejection) => {
+                let origin = req.headers.get("origin").and_then(|v| v.to_str().ok());
+                // The HTML page is for people; crawlers and agents get the JSON form.
+                let browser = ctx
+                    .access
+                    .as_ref()
+                    .and_then(|a| a.audience.as_ref())
+                    .is_some_and(|a| *a == crate::audience::Audience::Human);
+                let mut reply = match pass_error {
+                    Some(e) if rejection.error == PaymentError::MissingPayment => {
+                        respond::pass_refused(snap, &priced, &url, e, browser, origin)
+                    }
+                    _ => {
+                        respond::payment_rejection(snap, &priced, &url, &rejection, browser, origin)
+                    }
+                };
+                respond::add_crawler_price(&mut reply, crawler_usd);
+                let decision = if reply.status == 402 {
+                    Decision::Challenged
+                } else {
+                    Decision::Local
+                };
+                self.reply(session, ctx, decision, &reply).await
+            }
+        }
     }
 }
 
@@ -90,62 +192,20 @@ impl ProxyHttp for Gateway {
             return Ok(false);
         };
         ctx.upstream = rule.upstream;
-        match &rule.action {
-            RuleAction::Free => {
-                ctx.decision = Decision::Free;
-                Ok(false)
-            }
-            RuleAction::Block => {
-                self.reply(session, ctx, Decision::Blocked, &respond::blocked(&rule.id))
-                    .await
-            }
-            RuleAction::Pay(priced) => {
-                let req = session.req_header();
-                if request::is_preflight(req) {
-                    let origin = req.headers.get("origin").and_then(|v| v.to_str().ok());
-                    let asked = req
-                        .headers
-                        .get("access-control-request-headers")
-                        .and_then(|v| v.to_str().ok());
-                    let reply = respond::preflight(&snap, origin, asked);
-                    return self.reply(session, ctx, Decision::Local, &reply).await;
+        if !rule.needs_access() {
+            // Plain free and block rules: no classification, no allocation.
+            return match &rule.action {
+                RuleAction::Block => {
+                    self.reply(session, ctx, Decision::Blocked, &respond::blocked(&rule.id))
+                        .await
                 }
-                let url = request::resource_url(&snap, req, ctx.rewrite.as_deref(), self.tls);
-                match self
-                    .payments
-                    .gate(&snap, rule, priced, &req.headers, &url)
-                    .await
-                {
-                    Ok(Admission::Paid(accepted)) => {
-                        ctx.decision = Decision::Paid;
-                        ctx.payment = Some(accepted);
-                        Ok(false)
-                    }
-                    Ok(Admission::Unpaid(reason)) => {
-                        ctx.decision = Decision::Unpaid;
-                        ctx.reason = Some(reason);
-                        Ok(false)
-                    }
-                    Err(rejection) => {
-                        let origin = req.headers.get("origin").and_then(|v| v.to_str().ok());
-                        let reply = respond::payment_rejection(
-                            &snap,
-                            priced,
-                            &url,
-                            &rejection,
-                            request::is_browser(req),
-                            origin,
-                        );
-                        let decision = if reply.status == 402 {
-                            Decision::Challenged
-                        } else {
-                            Decision::Local
-                        };
-                        self.reply(session, ctx, decision, &reply).await
-                    }
+                _ => {
+                    ctx.decision = Decision::Free;
+                    Ok(false)
                 }
-            }
+            };
         }
+        self.access_filter(session, ctx, &snap, rule).await
     }
 
     async fn upstream_peer(
@@ -193,6 +253,11 @@ impl ProxyHttp for Gateway {
             ctx.rewrite.as_deref(),
         )?;
         crate::payment::strip_payer_headers(upstream_request);
+        if ctx.access.as_ref().is_some_and(|a| a.strip_pass)
+            && let Some(keys) = &ctx.snap.passes
+        {
+            upstream::strip_pass(upstream_request, &keys.cookie)?;
+        }
         if let Some(p) = &ctx.payment {
             for (k, v) in self.payments.upstream_headers(&ctx.snap, p) {
                 upstream_request.insert_header(k, v)?;
@@ -224,6 +289,14 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.decision == Decision::Pass {
+            // Paid content reached with a pass: private, like any paid response.
+            respond::mark_paid_response(upstream_response, &[])?;
+            if let Some(state) = &ctx.access {
+                respond::append_headers(upstream_response, &self.access.on_pass_response(state))?;
+            }
+            return Ok(());
+        }
         let Some(accepted) = ctx.payment.as_mut() else {
             return Ok(());
         };
@@ -234,16 +307,21 @@ impl ProxyHttp for Gateway {
                 if !headers.is_empty() {
                     respond::mark_paid_response(upstream_response, &headers)?;
                 }
+                if let Some(state) = &ctx.access {
+                    let extra = self.access.on_paid_response(&snap, state, accepted);
+                    respond::append_headers(upstream_response, &extra)?;
+                }
                 Ok(())
             }
             Err(rejection) => {
-                let priced =
+                let priced = ctx.priced.clone().or_else(|| {
                     ctx.rule
                         .and_then(|i| snap.rules.get(i))
                         .and_then(|r| match &r.action {
                             RuleAction::Pay(p) => Some(p.clone()),
                             _ => None,
-                        });
+                        })
+                });
                 let reply = match priced {
                     Some(p) => respond::payment_rejection(
                         &snap,
@@ -374,6 +452,7 @@ impl ProxyHttp for Gateway {
                 rule = ctx.rule_id(),
                 decision = ctx.decision.label(),
                 reason = ctx.reason.unwrap_or(""),
+                audience = ctx.audience(),
                 micros = ctx.started.elapsed().as_micros() as u64,
                 client = session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
                 generation = ctx.snap.generation,

@@ -1,27 +1,13 @@
-//! The HTML 402 page shown to browsers: self-contained (no external scripts or styles), stating
-//! the resource, the price in each accepted asset, and how to pay.
+//! The HTML 402 page shown to browsers: the configured template (or the built-in one, which is
+//! self-contained: no external scripts or styles) filled with the resource, the price in each
+//! accepted asset, the networks, and how to pay.
 
 use std::fmt::Write;
 
 use rust_decimal::Decimal;
 
+use crate::template::{Placeholder, Template, escape};
 use crate::x402::challenge::Priced;
-
-/// Escapes text for HTML element content and attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// An atomic amount in whole units (`10000` with 6 decimals → `0.01`).
 pub fn whole_units(atomic: &str, decimals: u32) -> String {
@@ -33,28 +19,12 @@ pub fn whole_units(atomic: &str, decimals: u32) -> String {
     }
 }
 
-/// Renders the page.
-pub fn render(priced: &Priced, url: &str) -> String {
-    let mut rows = String::new();
-    for o in &priced.offers {
-        let r = &o.requirements;
-        let amount = whole_units(&r.amount, o.asset.decimals);
-        let symbol = if o.asset.usd {
-            format!("{} (USD)", o.asset.eip712_name)
-        } else {
-            o.asset.eip712_name.clone()
-        };
-        let _ = write!(
-            rows,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td></tr>",
-            escape(&amount),
-            escape(&symbol),
-            escape(&r.network),
-            escape(&r.asset),
-            escape(&r.pay_to)
-        );
+/// The headline price: `$0.01` for USD assets, `0.01 NAME` otherwise.
+pub fn headline(priced: &Priced) -> String {
+    if let Some(usd) = priced.usd {
+        return format!("${}", usd.normalize());
     }
-    let headline = priced
+    priced
         .offers
         .first()
         .map(|o| {
@@ -65,48 +35,101 @@ pub fn render(priced: &Priced, url: &str) -> String {
                 format!("{amount} {}", o.asset.eip712_name)
             }
         })
-        .unwrap_or_default();
-    let description = if priced.description.is_empty() {
-        String::new()
-    } else {
-        format!("<p>{}</p>", escape(&priced.description))
-    };
-    format!(
-        r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Payment required: {headline}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:46rem;margin:3rem auto;padding:0 1rem;color:#1b1b1b}}
-h1{{font-size:1.6rem}}.price{{font-size:2.4rem;font-weight:700;margin:.5rem 0}}table{{border-collapse:collapse;width:100%;font-size:.9rem}}
-td,th{{border-bottom:1px solid #ddd;padding:.4rem;text-align:left;word-break:break-all}}code{{font-size:.8rem}}</style></head>
-<body><main>
-<h1>Payment required</h1>
-<p class="price" id="price">{headline}</p>
-<p>for <a href="{url_attr}">{url_text}</a></p>
-{description}
-<h2>Accepted payments</h2>
-<table><thead><tr><th>Amount</th><th>Asset</th><th>Network</th><th>Token</th><th>Pay to</th></tr></thead><tbody>{rows}</tbody></table>
-<h2>How to pay</h2>
-<p>This resource is sold over the <a href="https://x402.org">x402</a> protocol. Request it with an x402 client
-(for example <code>@x402/fetch</code>): the client reads the <code>PAYMENT-REQUIRED</code> header of this response,
-signs a payment for one of the offers above, and retries with a <code>PAYMENT-SIGNATURE</code> header.</p>
-</main></body></html>
-"#,
-        url_attr = escape(url),
-        url_text = escape(url),
-    )
+        .unwrap_or_default()
+}
+
+fn offer_rows(priced: &Priced) -> String {
+    let mut rows = String::new();
+    for o in &priced.offers {
+        let r = &o.requirements;
+        let amount = whole_units(&r.amount, o.asset.decimals);
+        let symbol = if o.asset.usd {
+            format!("{} (USD)", o.asset.eip712_name)
+        } else {
+            o.asset.eip712_name.clone()
+        };
+        let network = match &o.v1_network {
+            Some(v1) => format!("{} ({v1})", r.network),
+            None => r.network.clone(),
+        };
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td></tr>",
+            escape(&amount),
+            escape(&symbol),
+            escape(&network),
+            escape(&r.asset),
+            escape(&r.pay_to)
+        );
+    }
+    rows
+}
+
+/// Renders the page. `payment_required` is the `PAYMENT-REQUIRED` header value sent with it.
+pub fn render(
+    template: &Template,
+    priced: &Priced,
+    url: &str,
+    reason: &str,
+    payment_required: &str,
+) -> String {
+    template.render(|p| match p {
+        Placeholder::Price => headline(priced),
+        Placeholder::Resource => url.to_owned(),
+        Placeholder::Description => priced.description.clone(),
+        Placeholder::Reason => reason.to_owned(),
+        Placeholder::Networks => {
+            let mut nets: Vec<String> = Vec::new();
+            for o in &priced.offers {
+                let n = match &o.v1_network {
+                    Some(v1) => format!("{} ({v1})", o.requirements.network),
+                    None => o.requirements.network.clone(),
+                };
+                if !nets.contains(&n) {
+                    nets.push(n);
+                }
+            }
+            nets.join(", ")
+        }
+        Placeholder::PayTo => priced
+            .offers
+            .first()
+            .map(|o| o.requirements.pay_to.clone())
+            .unwrap_or_default(),
+        Placeholder::Asset => priced
+            .offers
+            .first()
+            .map(|o| o.asset.eip712_name.clone())
+            .unwrap_or_default(),
+        Placeholder::PaymentRequired => payment_required.to_owned(),
+        Placeholder::Offers => offer_rows(priced),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::access::DEFAULT_PAYWALL;
 
     #[test]
-    fn units_and_escaping() {
+    fn units() {
         assert_eq!(whole_units("10000", 6), "0.01");
         assert_eq!(whole_units("1000000", 6), "1");
-        assert_eq!(
-            escape("<a href=\"x\">'&"),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;"
+    }
+
+    #[test]
+    fn built_in_page_shows_price_and_escapes() {
+        let t = Template::parse(DEFAULT_PAYWALL, "built-in").expect("template");
+        let p = Priced::new(Vec::new(), "<b>Report</b>".into(), String::new())
+            .with_usd(Some(Decimal::new(5, 3)));
+        let html = render(&t, &p, "http://h/a?b=<c>", "payment_required", "eyJ9");
+        assert!(
+            html.contains(r#"<p class="price" id="price">$0.005</p>"#),
+            "{html}"
         );
+        assert!(html.contains("&lt;b&gt;Report&lt;/b&gt;"));
+        assert!(html.contains("http://h/a?b=&lt;c&gt;"));
+        assert!(!html.contains("<script"), "self-contained, no scripts");
+        assert!(!html.contains("src=\"http"), "no external resources");
     }
 }

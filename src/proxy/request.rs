@@ -217,6 +217,71 @@ pub fn resource_url(
     format!("{scheme}://{host}{path_and_query}")
 }
 
+/// The parts of a request the access decision reads, borrowed where the request already has
+/// them in the right form (the common case).
+#[derive(Debug)]
+pub struct AccessParts<'a> {
+    method: &'a str,
+    host: Cow<'a, str>,
+    /// `@authority`, computed only for signed requests.
+    authority: String,
+    https: bool,
+    path: &'a str,
+    query: Option<&'a str>,
+    canonical: Cow<'a, str>,
+    /// The routing key when it differs from `canonical`.
+    key: Option<String>,
+}
+
+impl<'a> AccessParts<'a> {
+    /// Reads a request that routing already accepted.
+    pub fn of(req: &'a RequestHeader, case_sensitive: bool, https: bool) -> Self {
+        let host = request_host(req).unwrap_or(Cow::Borrowed(""));
+        let path = req.uri.path();
+        let canonical = pathnorm::canonical_path(path).unwrap_or(Cow::Borrowed(path));
+        let key = match pathnorm::match_key(&canonical, case_sensitive) {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(k) => Some(k),
+        };
+        let authority = if crate::webbotauth::is_signed(&req.headers) {
+            let raw = req
+                .uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| absolute_form_authority(req))
+                .or_else(|| header(req, "host"))
+                .unwrap_or("");
+            crate::webbotauth::authority(raw, https)
+        } else {
+            String::new()
+        };
+        AccessParts {
+            method: req.method.as_str(),
+            host,
+            authority,
+            https,
+            path,
+            query: req.uri.query(),
+            canonical,
+            key,
+        }
+    }
+
+    pub fn view<'s>(&'s self, headers: &'s http::HeaderMap) -> crate::access::RequestView<'s> {
+        crate::access::RequestView {
+            headers,
+            method: self.method,
+            host: &self.host,
+            authority: &self.authority,
+            https: self.https,
+            path: self.path,
+            query: self.query,
+            canonical: &self.canonical,
+            key: self.key.as_deref().unwrap_or(&self.canonical),
+        }
+    }
+}
+
 /// A browser navigation: it accepts HTML and says Mozilla (the reference servers' test).
 pub fn is_browser(req: &RequestHeader) -> bool {
     let accepts_html = req

@@ -8,13 +8,17 @@ use pingora::proxy::Session;
 use serde::Serialize;
 
 use super::request::RequestError;
+use crate::access::Refusal;
+use crate::crawler_price::{self, CrawlerPriceError};
+use crate::payment::pass::PassError;
 use crate::payment::{PaymentError, Rejection, encode_receipt};
 use crate::snapshot::Snapshot;
 use crate::x402::challenge::Priced;
 use crate::x402::{HEADER_PAYMENT_REQUIRED, HEADER_PAYMENT_RESPONSE, HEADER_X_PAYMENT_RESPONSE};
 
 /// Headers a browser may read from x402 responses.
-pub const EXPOSE_HEADERS: &str = "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE";
+pub const EXPOSE_HEADERS: &str =
+    "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE, X402-Pass, X402-Pass-Remaining";
 /// Request headers a paying browser sends.
 pub const ALLOW_HEADERS: &str =
     "PAYMENT-SIGNATURE, X-PAYMENT, SIGN-IN-WITH-X, Content-Type, Authorization";
@@ -108,6 +112,75 @@ pub fn blocked(rule_id: &str) -> Reply {
     )
 }
 
+/// A refusal before payment: 403 for an audience the rule blocks; for crawlers and verified
+/// bots, Cloudflare's `crawler-error` codes (403 forbidden, 400 bad price headers, 402 without
+/// an x402 offer when the price does not fit the crawler's ceiling).
+pub fn access_refusal(r: &Refusal, rule_id: &str, usd: Option<rust_decimal::Decimal>) -> Reply {
+    match r {
+        Refusal::Blocked => Reply::error(
+            403,
+            "audience_blocked",
+            &format!("rule {rule_id} does not serve this audience"),
+        ),
+        Refusal::Crawler(e) => {
+            let status = match e {
+                CrawlerPriceError::Forbidden => 403,
+                CrawlerPriceError::InvalidValue | CrawlerPriceError::Conflicting => 400,
+                CrawlerPriceError::AboveMax | CrawlerPriceError::NotExact => 402,
+            };
+            let mut reply = Reply::error(status, e.reason(), &e.to_string())
+                .with_header(crawler_price::ERROR, e.code().to_owned());
+            if status == 402
+                && let Some(u) = usd
+            {
+                reply = reply.with_header(crawler_price::PRICE, crawler_price::format_usd(u));
+            }
+            reply
+        }
+    }
+}
+
+/// The 402 for a presented pass that does not admit the request, with the usual challenge.
+pub fn pass_refused(
+    snap: &Snapshot,
+    priced: &Priced,
+    url: &str,
+    e: PassError,
+    browser: bool,
+    origin: Option<&str>,
+) -> Reply {
+    challenge(
+        snap,
+        priced,
+        url,
+        e.reason(),
+        e.reason(),
+        browser,
+        origin,
+        None,
+    )
+}
+
+/// Adds `crawler-price` to a 402 answered to a crawler or verified bot.
+pub fn add_crawler_price(reply: &mut Reply, usd: Option<rust_decimal::Decimal>) {
+    if let (402, Some(u)) = (reply.status, usd) {
+        reply
+            .headers
+            .push((crawler_price::PRICE, crawler_price::format_usd(u)));
+    }
+}
+
+/// Appends headers to an origin response (pass cookies must not replace the origin's own).
+pub fn append_headers(
+    resp: &mut ResponseHeader,
+    headers: &[(&'static str, String)],
+) -> pingora::Result<()> {
+    for (k, v) in headers {
+        resp.append_header(*k, v.as_str())?;
+    }
+    Ok(())
+}
+
 /// CORS headers for a response to `origin`.
 pub fn cors(snap: &Snapshot, origin: Option<&str>) -> Vec<(&'static str, String)> {
     let allowed = &snap.payment.cors_allow_origins;
@@ -158,20 +231,21 @@ pub fn challenge(
     payer: Option<&str>,
 ) -> Reply {
     let mut headers = cors(snap, origin);
-    headers.push((
-        HEADER_PAYMENT_REQUIRED,
-        priced.payment_required_header(error, url),
-    ));
-    headers.push(("cache-control", "no-store".into()));
+    let required = priced.payment_required_header(error, url);
     if browser {
+        let page = super::paywall::render(&snap.paywall, priced, url, reason, &required);
+        headers.push((HEADER_PAYMENT_REQUIRED, required));
+        headers.push(("cache-control", "no-store".into()));
         return Reply {
             status: 402,
             reason,
             content_type: "text/html; charset=utf-8",
             headers,
-            body: Bytes::from(super::paywall::render(priced, url)),
+            body: Bytes::from(page),
         };
     }
+    headers.push((HEADER_PAYMENT_REQUIRED, required));
+    headers.push(("cache-control", "no-store".into()));
     let v1_error = if reason == "payment_required" {
         "X-PAYMENT header is required"
     } else {

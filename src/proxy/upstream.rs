@@ -23,6 +23,36 @@ pub fn pick_peer(pool: &UpstreamPool) -> Result<Box<HttpPeer>, UpstreamError> {
     Ok(Box::new(peer))
 }
 
+/// Removes pass credentials (the `X402-Pass` header, a pass `Bearer` token, pass cookies) from
+/// a request bound for the origin. Other cookies and authorizations are kept.
+pub fn strip_pass(req: &mut RequestHeader, cookie: &str) -> pingora::Result<()> {
+    use crate::payment::pass;
+    req.remove_header(pass::HEADER);
+    let bearer_pass = req
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("Bearer "))
+        .is_some_and(|t| t.trim().starts_with(pass::TOKEN_PREFIX));
+    if bearer_pass {
+        req.remove_header(&http::header::AUTHORIZATION);
+    }
+    let cookies: Vec<String> = req
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| pass::cookie_without(v, cookie))
+        .collect();
+    if req.headers.contains_key(http::header::COOKIE) {
+        req.remove_header(&http::header::COOKIE);
+        if !cookies.is_empty() {
+            req.insert_header(http::header::COOKIE, cookies.join("; "))?;
+        }
+    }
+    Ok(())
+}
+
 /// Appends `X-Forwarded-For` and sets `X-Forwarded-Proto` / `-Host` unless the client's are
 /// trusted; rewrites Host when the pool asks for it; applies a canonical path rewrite.
 pub fn prepare_request(

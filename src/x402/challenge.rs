@@ -61,6 +61,8 @@ pub struct Priced {
     pub requirements_v2: Vec<RequirementsV2>,
     pub description: String,
     pub mime_type: String,
+    /// The price in US dollars when it was written as `"$…"` (pay-per-crawl headers).
+    pub usd: Option<rust_decimal::Decimal>,
 }
 
 impl Priced {
@@ -71,7 +73,14 @@ impl Priced {
             requirements_v2,
             description,
             mime_type,
+            usd: None,
         }
+    }
+
+    /// Records the USD price this was compiled from.
+    pub fn with_usd(mut self, usd: Option<rust_decimal::Decimal>) -> Self {
+        self.usd = usd;
+        self
     }
 
     /// The v2 `PaymentRequired` JSON (compact).

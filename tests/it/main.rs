@@ -4,7 +4,9 @@
 
 mod support;
 
+mod audiences;
 mod core;
 mod facilitators;
 mod local_settler;
+mod passes;
 mod payments;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod botauth;
 pub mod chain;
 pub mod pay;
 

@@ -1,0 +1,858 @@
+//! Passes: compact signed tokens issued after a settled payment that let the payer's next
+//! requests through without paying again, bound to a scope, methods, an expiry and a request
+//! quota. Verified locally (HMAC-SHA256 or Ed25519, several verification keys for rotation);
+//! quotas and runtime revocations are counted in memory.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use http::HeaderMap;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::router::Methods;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Every token starts with this (so a `Bearer` value that is not a pass is left alone).
+pub const TOKEN_PREFIX: &str = "x402p1.";
+/// Request and response header carrying a pass for agents.
+pub const HEADER: &str = "x402-pass";
+/// Response header: requests left on the pass that admitted this request.
+pub const HEADER_REMAINING: &str = "x402-pass-remaining";
+/// Longest pass lifetime accepted in configuration.
+pub const MAX_TTL: Duration = Duration::from_secs(30 * 86_400);
+/// Longest token accepted.
+const MAX_TOKEN_BYTES: usize = 2048;
+/// Tokens tried per request (cookies with the same name for different paths, plus headers).
+const MAX_PRESENTED: usize = 4;
+/// Clock skew allowed on `iat`.
+const SKEW_SECONDS: u64 = 60;
+
+/// Why a pass does not admit a request. Each variant has one reason code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PassError {
+    #[error("the pass is not a well-formed token")]
+    Malformed,
+    #[error("the pass was signed with an unknown key")]
+    UnknownKey,
+    #[error("the pass signature is invalid")]
+    BadSignature,
+    #[error("the pass is not valid yet")]
+    NotYetValid,
+    #[error("the pass has expired")]
+    Expired,
+    #[error("the pass does not cover this request")]
+    OutOfScope,
+    #[error("the pass has no requests left")]
+    Exhausted,
+    #[error("the pass was revoked")]
+    Revoked,
+}
+
+impl PassError {
+    /// Stable reason code (the 402's `error`, logs, metrics).
+    pub fn reason(self) -> &'static str {
+        match self {
+            PassError::Malformed
+            | PassError::UnknownKey
+            | PassError::BadSignature
+            | PassError::NotYetValid => "pass_invalid",
+            PassError::Expired => "pass_expired",
+            PassError::OutOfScope => "pass_out_of_scope",
+            PassError::Exhausted => "pass_exhausted",
+            PassError::Revoked => "pass_revoked",
+        }
+    }
+
+    /// Which error to report when several presented passes fail: the one most about this
+    /// request (an expired pass for this page beats a pass for another page).
+    fn rank(self) -> u8 {
+        match self {
+            PassError::OutOfScope => 0,
+            PassError::Malformed | PassError::UnknownKey | PassError::BadSignature => 1,
+            PassError::NotYetValid => 2,
+            PassError::Expired | PassError::Exhausted | PassError::Revoked => 3,
+        }
+    }
+}
+
+/// How passes are signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Algorithm {
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+    #[serde(rename = "ed25519")]
+    Ed25519,
+}
+
+enum Verifier {
+    Hmac(HmacSha256),
+    Ed25519(ed25519_dalek::VerifyingKey),
+}
+
+enum Signer {
+    Hmac(HmacSha256),
+    Ed25519(Box<ed25519_dalek::SigningKey>),
+}
+
+/// A key from `[[passes.keys]]`.
+pub enum KeyMaterial {
+    /// HMAC secret (at least 32 bytes).
+    Hmac(Vec<u8>),
+    /// Ed25519 private key (signs and verifies).
+    Ed25519Private([u8; 32]),
+    /// Ed25519 public key (verifies only).
+    Ed25519Public([u8; 32]),
+}
+
+/// The compiled `[passes]` section. Key material never appears in Debug output.
+pub struct PassKeys {
+    pub algorithm: Algorithm,
+    /// Id of the key that signs new passes (`None`: this gateway only verifies).
+    pub signing_kid: Option<String>,
+    signer: Option<Signer>,
+    verifiers: Vec<(String, Verifier)>,
+    /// Cookie name for browsers.
+    pub cookie: String,
+    /// Pass ids revoked in configuration.
+    pub revoked: HashSet<String>,
+}
+
+impl std::fmt::Debug for PassKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PassKeys")
+            .field("algorithm", &self.algorithm)
+            .field("signing_kid", &self.signing_kid)
+            .field("kids", &self.kids())
+            .field("cookie", &self.cookie)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PassKeys {
+    /// Builds the key set. `keys` are (id, material); `signing` names the signing key.
+    pub fn new(
+        algorithm: Algorithm,
+        keys: Vec<(String, KeyMaterial)>,
+        signing: Option<&str>,
+        cookie: String,
+        revoked: HashSet<String>,
+    ) -> Result<PassKeys, String> {
+        let mut verifiers = Vec::new();
+        let mut signer = None;
+        for (kid, m) in keys {
+            let is_signer = signing == Some(kid.as_str());
+            match (algorithm, m) {
+                (Algorithm::HmacSha256, KeyMaterial::Hmac(secret)) => {
+                    let mac = HmacSha256::new_from_slice(&secret).map_err(|e| e.to_string())?;
+                    if is_signer {
+                        signer = Some(Signer::Hmac(mac.clone()));
+                    }
+                    verifiers.push((kid, Verifier::Hmac(mac)));
+                }
+                (Algorithm::Ed25519, KeyMaterial::Ed25519Private(seed)) => {
+                    let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
+                    verifiers.push((kid, Verifier::Ed25519(sk.verifying_key())));
+                    if is_signer {
+                        signer = Some(Signer::Ed25519(Box::new(sk)));
+                    }
+                }
+                (Algorithm::Ed25519, KeyMaterial::Ed25519Public(pk)) => {
+                    let vk = ed25519_dalek::VerifyingKey::from_bytes(&pk)
+                        .map_err(|e| format!("key `{kid}`: {e}"))?;
+                    if is_signer {
+                        return Err(format!("key `{kid}` has only a public key and cannot sign"));
+                    }
+                    verifiers.push((kid, Verifier::Ed25519(vk)));
+                }
+                (_, _) => return Err(format!("key `{kid}` does not fit the algorithm")),
+            }
+        }
+        if signing.is_some() && signer.is_none() {
+            return Err("the signing key is not among the keys".into());
+        }
+        Ok(PassKeys {
+            algorithm,
+            signing_kid: signing.map(str::to_owned),
+            signer,
+            verifiers,
+            cookie,
+            revoked,
+        })
+    }
+
+    /// The key ids, for `/config`.
+    pub fn kids(&self) -> Vec<&str> {
+        self.verifiers.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    /// Whether this gateway can issue passes.
+    pub fn can_sign(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    fn verifier(&self, kid: &str) -> Option<&Verifier> {
+        self.verifiers
+            .iter()
+            .find(|(k, _)| k == kid)
+            .map(|(_, v)| v)
+    }
+}
+
+/// What a pass covers, besides its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScopeKind {
+    /// The one path it was bought for.
+    #[serde(rename = "res")]
+    Resource,
+    /// Everything the rule it was bought under matches.
+    #[serde(rename = "rule")]
+    Rule,
+    /// Every path under a prefix.
+    #[serde(rename = "pre")]
+    Prefix,
+}
+
+/// A rule's `pass = { … }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassPolicy {
+    pub ttl: Duration,
+    pub scope: ScopeKind,
+    /// For `prefix` scope: the prefix in routing-key form (`/articles/`).
+    pub prefix: Option<String>,
+    /// Methods the pass admits (`ANY`: every method).
+    pub methods: Methods,
+    /// Requests the pass admits after the paid one (`None`: unlimited until expiry).
+    pub max_requests: Option<u32>,
+    /// Cookie `Path` for `rule` and `prefix` scopes (the resource's path for `resource`).
+    pub cookie_path: String,
+}
+
+/// What a pass says. Short field names keep the token small.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Random id (base64url of 16 bytes): the quota key and what revocation names.
+    pub id: String,
+    /// Rule id it was bought under.
+    #[serde(rename = "r")]
+    pub rule: String,
+    /// Host it is valid for.
+    #[serde(rename = "h")]
+    pub host: String,
+    #[serde(rename = "s")]
+    pub scope: ScopeKind,
+    /// Resource routing key (`res`) or prefix (`pre`); empty for `rule`.
+    #[serde(rename = "p")]
+    pub path: String,
+    /// Method bits (see [`Methods`]); 0 = any.
+    #[serde(rename = "m")]
+    pub methods: u16,
+    pub iat: u64,
+    pub exp: u64,
+    /// Requests admitted; 0 = unlimited.
+    #[serde(rename = "n")]
+    pub max_requests: u32,
+    /// Who paid.
+    #[serde(rename = "by")]
+    pub payer: String,
+}
+
+/// Where a request goes, for scope checks.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// Normalized host (no port, lower case).
+    pub host: &'a str,
+    pub rule: &'a str,
+    /// Routing key of the path (canonical, lower-cased unless case-sensitive).
+    pub key: &'a str,
+    /// Method bit ([`Methods::bit`]).
+    pub method: u16,
+}
+
+impl Claims {
+    /// Whether this pass covers a request.
+    pub fn covers(&self, t: &Target<'_>) -> Result<(), PassError> {
+        if self.host != t.host {
+            return Err(PassError::OutOfScope);
+        }
+        let mut method = t.method;
+        if method == Methods::bit("HEAD") {
+            method |= Methods::bit("GET");
+        }
+        if !Methods(self.methods).matches(method) {
+            return Err(PassError::OutOfScope);
+        }
+        let ok = match self.scope {
+            ScopeKind::Resource => self.path == t.key,
+            ScopeKind::Rule => self.rule == t.rule,
+            ScopeKind::Prefix => under_prefix(t.key, &self.path),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(PassError::OutOfScope)
+        }
+    }
+}
+
+/// Whether a routing key lies under a prefix (`/a/` covers `/a` and `/a/b`, not `/ab`).
+pub fn under_prefix(key: &str, prefix: &str) -> bool {
+    let bare = prefix.trim_end_matches('/');
+    if bare.is_empty() {
+        return true;
+    }
+    match key.strip_prefix(bare) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// Signs claims into a token: `x402p1.<kid>.<payload>.<signature>` (base64url).
+pub fn mint(keys: &PassKeys, claims: &Claims) -> Option<String> {
+    let kid = keys.signing_kid.as_deref()?;
+    let payload = serde_json::to_vec(claims).ok()?;
+    let mut token = String::with_capacity(TOKEN_PREFIX.len() + kid.len() + payload.len() * 2);
+    token.push_str(TOKEN_PREFIX);
+    token.push_str(kid);
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+    let sig = match keys.signer.as_ref()? {
+        Signer::Hmac(mac) => {
+            let mut m = mac.clone();
+            m.update(token.as_bytes());
+            m.finalize().into_bytes().to_vec()
+        }
+        Signer::Ed25519(sk) => {
+            use ed25519_dalek::Signer as _;
+            sk.sign(token.as_bytes()).to_bytes().to_vec()
+        }
+    };
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(&sig, &mut token);
+    Some(token)
+}
+
+/// Checks a token's signature and time window (and configured revocations); returns its claims.
+pub fn verify(keys: &PassKeys, token: &str, now: u64) -> Result<Claims, PassError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(PassError::Malformed);
+    }
+    let body = token
+        .strip_prefix(TOKEN_PREFIX)
+        .ok_or(PassError::Malformed)?;
+    let (signed, sig_b64) = token.rsplit_once('.').ok_or(PassError::Malformed)?;
+    let (kid, rest) = body.split_once('.').ok_or(PassError::Malformed)?;
+    let payload_b64 = rest
+        .rsplit_once('.')
+        .map(|(p, _)| p)
+        .ok_or(PassError::Malformed)?;
+    let verifier = keys.verifier(kid).ok_or(PassError::UnknownKey)?;
+    let mut sig = [0u8; 64];
+    let n = URL_SAFE_NO_PAD
+        .decode_slice(sig_b64, &mut sig)
+        .map_err(|_| PassError::Malformed)?;
+    match verifier {
+        Verifier::Hmac(mac) => {
+            let mut m = mac.clone();
+            m.update(signed.as_bytes());
+            m.verify_slice(&sig[..n])
+                .map_err(|_| PassError::BadSignature)?;
+        }
+        Verifier::Ed25519(vk) => {
+            let s = ed25519_dalek::Signature::from_slice(&sig[..n])
+                .map_err(|_| PassError::BadSignature)?;
+            vk.verify_strict(signed.as_bytes(), &s)
+                .map_err(|_| PassError::BadSignature)?;
+        }
+    }
+    let payload = URL_SAFE_NO_PAD
+        .decode(payload_b64)
+        .map_err(|_| PassError::Malformed)?;
+    let claims: Claims = serde_json::from_slice(&payload).map_err(|_| PassError::Malformed)?;
+    check_time(&claims, now)?;
+    if keys.revoked.contains(&claims.id) {
+        return Err(PassError::Revoked);
+    }
+    Ok(claims)
+}
+
+fn check_time(c: &Claims, now: u64) -> Result<(), PassError> {
+    if c.iat > now + SKEW_SECONDS {
+        return Err(PassError::NotYetValid);
+    }
+    if now >= c.exp {
+        return Err(PassError::Expired);
+    }
+    Ok(())
+}
+
+/// The pass tokens a request presents: the `X402-Pass` header, `Authorization: Bearer x402p1.…`,
+/// and cookies named `cookie` (browsers send one per matching path). At most a few.
+pub fn presented<'a>(headers: &'a HeaderMap, cookie: &str) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    for v in headers.get_all(HEADER) {
+        if let Ok(s) = v.to_str() {
+            out.push(s.trim());
+        }
+    }
+    for v in headers.get_all(http::header::AUTHORIZATION) {
+        if let Some(t) = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| t.starts_with(TOKEN_PREFIX))
+        {
+            out.push(t);
+        }
+    }
+    for v in headers.get_all(http::header::COOKIE) {
+        let Ok(s) = v.to_str() else { continue };
+        for pair in s.split(';') {
+            if let Some((k, val)) = pair.split_once('=')
+                && k.trim() == cookie
+            {
+                out.push(val.trim().trim_matches('"'));
+            }
+        }
+    }
+    out.truncate(MAX_PRESENTED);
+    out
+}
+
+/// A `Cookie` header value without the pass cookies, or `None` when nothing is left.
+pub fn cookie_without(value: &str, cookie: &str) -> Option<String> {
+    let kept: Vec<&str> = value
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && p.split_once('=').is_none_or(|(k, _)| k.trim() != cookie))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
+
+/// Requests used on a pass, kept until the pass expires.
+struct Quota {
+    used: AtomicU32,
+    until: Instant,
+}
+
+struct UntilExpiry;
+
+impl moka::Expiry<String, Arc<Quota>> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Arc<Quota>,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.until.saturating_duration_since(created_at))
+    }
+}
+
+/// A pass that admitted a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    pub id: String,
+    /// Requests left after this one (`None`: unlimited).
+    pub remaining: Option<u32>,
+    pub expires: u64,
+}
+
+/// Runtime pass state shared by every request: request quotas, runtime revocations, and (for
+/// Ed25519) verified tokens, so a token's signature is checked once.
+pub struct PassEngine {
+    quotas: moka::sync::Cache<String, Arc<Quota>>,
+    revoked: moka::sync::Cache<String, ()>,
+    verified: moka::sync::Cache<[u8; 32], Arc<Claims>>,
+}
+
+impl std::fmt::Debug for PassEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PassEngine").finish_non_exhaustive()
+    }
+}
+
+impl Default for PassEngine {
+    fn default() -> Self {
+        PassEngine {
+            quotas: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .expire_after(UntilExpiry)
+                .build(),
+            revoked: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(MAX_TTL)
+                .build(),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
+        }
+    }
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl PassEngine {
+    /// Revokes a pass id until the longest pass lifetime has passed.
+    pub fn revoke(&self, id: &str) {
+        self.revoked.insert(id.to_owned(), ());
+    }
+
+    pub fn is_revoked(&self, id: &str) -> bool {
+        self.revoked.contains_key(id)
+    }
+
+    fn claims(&self, keys: &PassKeys, token: &str, now: u64) -> Result<Arc<Claims>, PassError> {
+        if keys.algorithm == Algorithm::HmacSha256 {
+            // HMAC is cheaper than a cache lookup.
+            return verify(keys, token, now).map(Arc::new);
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(c) = self.verified.get(&digest) {
+            check_time(&c, now)?;
+            if keys.revoked.contains(&c.id) {
+                return Err(PassError::Revoked);
+            }
+            return Ok(c);
+        }
+        let c = Arc::new(verify(keys, token, now)?);
+        self.verified.insert(digest, c.clone());
+        Ok(c)
+    }
+
+    /// Checks one token for a request; `consume` counts the request against the quota
+    /// (shadow mode only looks).
+    pub fn admit_one(
+        &self,
+        keys: &PassKeys,
+        token: &str,
+        target: &Target<'_>,
+        consume: bool,
+        now: u64,
+    ) -> Result<Admitted, PassError> {
+        let c = self.claims(keys, token, now)?;
+        if self.is_revoked(&c.id) {
+            return Err(PassError::Revoked);
+        }
+        c.covers(target)?;
+        let remaining = if c.max_requests == 0 {
+            None
+        } else {
+            let until = Instant::now() + Duration::from_secs(c.exp.saturating_sub(now));
+            let q = self.quotas.get_with_by_ref(&c.id, || {
+                Arc::new(Quota {
+                    used: AtomicU32::new(0),
+                    until,
+                })
+            });
+            let max = c.max_requests;
+            let used = if consume {
+                q.used
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                        (u < max).then_some(u + 1)
+                    })
+                    .map_err(|_| PassError::Exhausted)?
+            } else {
+                q.used.load(Ordering::Acquire)
+            };
+            if used >= max {
+                return Err(PassError::Exhausted);
+            }
+            Some(max - used - 1)
+        };
+        Ok(Admitted {
+            id: c.id.clone(),
+            remaining,
+            expires: c.exp,
+        })
+    }
+
+    /// Tries each presented token; the first that admits the request wins. Otherwise the most
+    /// relevant failure.
+    pub fn admit(
+        &self,
+        keys: &PassKeys,
+        tokens: &[&str],
+        target: &Target<'_>,
+        consume: bool,
+    ) -> Result<Admitted, PassError> {
+        let now = unix_now();
+        let mut worst: Option<PassError> = None;
+        for t in tokens {
+            match self.admit_one(keys, t, target, consume, now) {
+                Ok(a) => return Ok(a),
+                Err(e) => {
+                    if worst.is_none_or(|w| e.rank() > w.rank()) {
+                        worst = Some(e);
+                    }
+                }
+            }
+        }
+        Err(worst.unwrap_or(PassError::Malformed))
+    }
+
+    /// Requests used on a pass so far.
+    pub fn used(&self, id: &str) -> u32 {
+        self.quotas
+            .get(id)
+            .map_or(0, |q| q.used.load(Ordering::Acquire))
+    }
+}
+
+/// A fresh pass id: 16 random bytes, base64url.
+pub fn new_id() -> String {
+    let mut b = [0u8; 16];
+    if getrandom::fill(&mut b).is_err() {
+        // No OS randomness: fall back to a hash of the time and address space layout.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let h = Sha256::digest(format!("{t}{:p}", &b).as_bytes());
+        b.copy_from_slice(&h[..16]);
+    }
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+/// `Set-Cookie` for a pass.
+pub fn set_cookie(name: &str, token: &str, path: &str, max_age: u64, secure: bool) -> String {
+    format!(
+        "{name}={token}; Max-Age={max_age}; Path={path}; HttpOnly; SameSite=Lax{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hmac_keys(signing: &str) -> PassKeys {
+        PassKeys::new(
+            Algorithm::HmacSha256,
+            vec![
+                ("k1".into(), KeyMaterial::Hmac(vec![1u8; 32])),
+                ("k2".into(), KeyMaterial::Hmac(vec![2u8; 32])),
+            ],
+            Some(signing),
+            "x402_pass".into(),
+            HashSet::new(),
+        )
+        .expect("keys")
+    }
+
+    fn claims(scope: ScopeKind, path: &str, exp: u64, n: u32) -> Claims {
+        Claims {
+            id: new_id(),
+            rule: "articles".into(),
+            host: "example.com".into(),
+            scope,
+            path: path.into(),
+            methods: Methods::bit("GET"),
+            iat: unix_now(),
+            exp,
+            max_requests: n,
+            payer: "0xabc".into(),
+        }
+    }
+
+    fn target<'a>(key: &'a str, rule: &'a str, method: &str) -> Target<'a> {
+        Target {
+            host: "example.com",
+            rule,
+            key,
+            method: Methods::bit(method),
+        }
+    }
+
+    #[test]
+    fn mint_verify_rotate_and_forge() {
+        let now = unix_now();
+        let c = claims(ScopeKind::Resource, "/articles/1", now + 60, 0);
+        let old = hmac_keys("k1");
+        let token = mint(&old, &c).expect("mint");
+        assert!(token.starts_with("x402p1.k1."));
+        // Rotation: the new signing key is k2; passes signed with k1 still verify.
+        let new = hmac_keys("k2");
+        assert_eq!(verify(&new, &token, now), Ok(c.clone()));
+        let t2 = mint(&new, &c).expect("mint");
+        assert!(t2.starts_with("x402p1.k2."));
+        // Forgery: any change to the payload breaks the signature.
+        let mut forged = c.clone();
+        forged.max_requests = 1000;
+        let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).expect("json"));
+        let parts: Vec<&str> = token.split('.').collect();
+        let tampered = format!("x402p1.k1.{forged_payload}.{}", parts[3]);
+        assert_eq!(verify(&new, &tampered, now), Err(PassError::BadSignature));
+        // Unknown key, garbage, expiry.
+        let other = PassKeys::new(
+            Algorithm::HmacSha256,
+            vec![("k9".into(), KeyMaterial::Hmac(vec![9u8; 32]))],
+            Some("k9"),
+            "x402_pass".into(),
+            HashSet::new(),
+        )
+        .expect("keys");
+        assert_eq!(verify(&other, &token, now), Err(PassError::UnknownKey));
+        assert_eq!(verify(&new, "x402p1.k1", now), Err(PassError::Malformed));
+        assert_eq!(verify(&new, "nope", now), Err(PassError::Malformed));
+        assert_eq!(verify(&new, &token, now + 60), Err(PassError::Expired));
+        assert_eq!(PassError::Expired.reason(), "pass_expired");
+        assert_eq!(PassError::BadSignature.reason(), "pass_invalid");
+    }
+
+    #[test]
+    fn ed25519_passes_and_verify_only_keys() {
+        let seed = [7u8; 32];
+        let public = ed25519_dalek::SigningKey::from_bytes(&seed)
+            .verifying_key()
+            .to_bytes();
+        let signer = PassKeys::new(
+            Algorithm::Ed25519,
+            vec![("e1".into(), KeyMaterial::Ed25519Private(seed))],
+            Some("e1"),
+            "p".into(),
+            HashSet::new(),
+        )
+        .expect("keys");
+        let verifier_only = PassKeys::new(
+            Algorithm::Ed25519,
+            vec![("e1".into(), KeyMaterial::Ed25519Public(public))],
+            None,
+            "p".into(),
+            HashSet::new(),
+        )
+        .expect("keys");
+        assert!(!verifier_only.can_sign());
+        let now = unix_now();
+        let c = claims(ScopeKind::Rule, "", now + 60, 2);
+        let token = mint(&signer, &c).expect("mint");
+        assert_eq!(verify(&verifier_only, &token, now), Ok(c.clone()));
+        let engine = PassEngine::default();
+        let t = target("/anything", "articles", "GET");
+        // Cached after the first check; the quota still counts.
+        assert_eq!(
+            engine
+                .admit(&verifier_only, &[&token], &t, true)
+                .map(|a| a.remaining),
+            Ok(Some(1))
+        );
+        assert_eq!(
+            engine
+                .admit(&verifier_only, &[&token], &t, true)
+                .map(|a| a.remaining),
+            Ok(Some(0))
+        );
+        assert_eq!(
+            engine.admit(&verifier_only, &[&token], &t, true),
+            Err(PassError::Exhausted)
+        );
+    }
+
+    #[test]
+    fn scopes_methods_quota_and_revocation() {
+        let keys = hmac_keys("k1");
+        let engine = PassEngine::default();
+        let now = unix_now();
+        let res = mint(
+            &keys,
+            &claims(ScopeKind::Resource, "/articles/1", now + 60, 0),
+        )
+        .expect("m");
+        let pre = mint(&keys, &claims(ScopeKind::Prefix, "/articles/", now + 60, 2)).expect("m");
+        let ok = |tok: &str, key: &str, method: &str| {
+            engine
+                .admit(&keys, &[tok], &target(key, "other", method), false)
+                .map(|_| ())
+        };
+        assert_eq!(ok(&res, "/articles/1", "GET"), Ok(()));
+        assert_eq!(ok(&res, "/articles/1", "HEAD"), Ok(()));
+        assert_eq!(ok(&res, "/articles/2", "GET"), Err(PassError::OutOfScope));
+        assert_eq!(ok(&res, "/articles/1", "POST"), Err(PassError::OutOfScope));
+        assert_eq!(ok(&pre, "/articles/2/x", "GET"), Ok(()));
+        assert_eq!(ok(&pre, "/articles", "GET"), Ok(()));
+        assert_eq!(ok(&pre, "/articlesx", "GET"), Err(PassError::OutOfScope));
+        let mut other_host = target("/articles/1", "articles", "GET");
+        other_host.host = "evil.com";
+        assert_eq!(
+            engine.admit(&keys, &[&res], &other_host, false).map(|_| ()),
+            Err(PassError::OutOfScope)
+        );
+        // Quota: two requests, then exhausted; looking does not count.
+        let t = target("/articles/9", "articles", "GET");
+        assert!(engine.admit(&keys, &[&pre], &t, false).is_ok());
+        assert!(engine.admit(&keys, &[&pre], &t, true).is_ok());
+        assert!(engine.admit(&keys, &[&pre], &t, true).is_ok());
+        assert_eq!(
+            engine.admit(&keys, &[&pre], &t, true),
+            Err(PassError::Exhausted)
+        );
+        // Of several tokens, the first that admits wins; else the most relevant error.
+        assert!(
+            engine
+                .admit(
+                    &keys,
+                    &["garbage", &res],
+                    &target("/articles/1", "x", "GET"),
+                    true
+                )
+                .is_ok()
+        );
+        assert_eq!(
+            engine.admit(&keys, &[&res, &pre], &t, true),
+            Err(PassError::Exhausted)
+        );
+        // Runtime revocation.
+        let id = verify(&keys, &res, now).expect("v").id;
+        engine.revoke(&id);
+        assert_eq!(ok(&res, "/articles/1", "GET"), Err(PassError::Revoked));
+        // Configured revocation.
+        let mut revoked = hmac_keys("k1");
+        revoked.revoked.insert(id);
+        assert_eq!(verify(&revoked, &res, now), Err(PassError::Revoked));
+    }
+
+    #[test]
+    fn presented_tokens_and_cookie_stripping() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "cookie",
+            "a=1; x402_pass=x402p1.k.p.s; b=2".parse().expect("v"),
+        );
+        h.append("cookie", "x402_pass=\"x402p1.k.q.s\"".parse().expect("v"));
+        h.append("authorization", "Bearer x402p1.k.r.s".parse().expect("v"));
+        h.append("x402-pass", "x402p1.k.t.s".parse().expect("v"));
+        assert_eq!(
+            presented(&h, "x402_pass"),
+            vec![
+                "x402p1.k.t.s",
+                "x402p1.k.r.s",
+                "x402p1.k.p.s",
+                "x402p1.k.q.s"
+            ]
+        );
+        let mut api = HeaderMap::new();
+        api.append("authorization", "Bearer some-api-key".parse().expect("v"));
+        assert!(presented(&api, "x402_pass").is_empty());
+        assert_eq!(
+            cookie_without("a=1; x402_pass=t; b=2", "x402_pass"),
+            Some("a=1; b=2".into())
+        );
+        assert_eq!(cookie_without("x402_pass=t", "x402_pass"), None);
+        assert!(under_prefix("/a", "/"));
+        assert_eq!(
+            set_cookie("x402_pass", "t", "/articles", 3600, true),
+            "x402_pass=t; Max-Age=3600; Path=/articles; HttpOnly; SameSite=Lax; Secure"
+        );
+    }
+}
