@@ -173,12 +173,30 @@ fn bench_payment(c: &mut Criterion<CpuTime>) {
     g.bench_function("eip712_hash", |b| {
         b.iter(|| black_box(black_box(&msg).eip712_signing_hash(black_box(&domain))))
     });
+    // The backend `recover_address_from_prehash` uses (libsecp256k1 when alloy's `secp256k1`
+    // feature is on), then each backend explicitly.
     g.bench_function("recover_only", |b| {
         b.iter(|| {
             black_box(
                 sig.recover_address_from_prehash(black_box(&hash))
                     .expect("recover"),
             )
+        })
+    });
+    g.bench_function("recover_k256", |b| {
+        b.iter(|| {
+            let vk = sig.recover_from_prehash(black_box(&hash)).expect("recover");
+            black_box(Address::from_public_key(&vk))
+        })
+    });
+    g.bench_function("recover_secp256k1", |b| {
+        b.iter(|| {
+            let pk = sig
+                .recover_from_prehash_secp256k1(black_box(&hash))
+                .expect("recover");
+            black_box(Address::from_raw_public_key(
+                &pk.serialize_uncompressed()[1..],
+            ))
         })
     });
 
