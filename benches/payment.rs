@@ -140,19 +140,9 @@ fn bench_payment(c: &mut Criterion<CpuTime>) {
         let found = decode::find(&headers).expect("find").expect("header");
         let decoded = decode::decode(found, priced, limit).expect("decode");
         let offer = &priced.offers[decoded.offer];
-        let req = &offer.requirements;
-        let chain_id = snap
-            .registry
-            .network(&req.network)
-            .map_or(0, |n| n.chain_id);
-        let token: Address = req.asset.parse().expect("asset");
-        let domain = evm_exact::domain(
-            &offer.asset.eip712_name,
-            &offer.asset.eip712_version,
-            chain_id,
-            token,
-        );
-        evm_exact::check(&decoded.payload, req, &domain, now()).expect("valid payment")
+        let separator = offer.eip712_separator.expect("separator");
+        evm_exact::check_with_separator(&decoded.payload, &offer.requirements, &separator, now())
+            .expect("valid payment")
     };
     let checked = full();
     assert!(checked.signature_checked);
@@ -172,6 +162,17 @@ fn bench_payment(c: &mut Criterion<CpuTime>) {
     let sig = Signature::try_from(sig.as_bytes().as_slice()).expect("signature");
     g.bench_function("eip712_hash", |b| {
         b.iter(|| black_box(black_box(&msg).eip712_signing_hash(black_box(&domain))))
+    });
+    let separator = domain.separator();
+    assert_eq!(offer.eip712_separator, Some(separator));
+    assert_eq!(evm_exact::signing_hash(&separator, &msg), hash);
+    g.bench_function("eip712_hash_cached_separator", |b| {
+        b.iter(|| {
+            black_box(evm_exact::signing_hash(
+                black_box(&separator),
+                black_box(&msg),
+            ))
+        })
     });
     // The backend `recover_address_from_prehash` uses (libsecp256k1 when alloy's `secp256k1`
     // feature is on), then each backend explicitly.
