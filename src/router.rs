@@ -330,15 +330,24 @@ impl HostPattern {
     }
 
     pub fn overlaps(&self, other: &HostPattern) -> bool {
-        let text = |h: &HostPattern| -> Option<Box<str>> {
-            match h {
-                HostPattern::Any => None,
-                HostPattern::Exact(s) | HostPattern::Glob(s) => Some(s.clone()),
+        match (self, other) {
+            (HostPattern::Any, _) | (_, HostPattern::Any) => true,
+            (HostPattern::Exact(a), HostPattern::Exact(b)) => a == b,
+            (HostPattern::Exact(h), HostPattern::Glob(g))
+            | (HostPattern::Glob(g), HostPattern::Exact(h)) => {
+                glob_match(g.as_bytes(), h.as_bytes())
             }
-        };
-        match (text(self), text(other)) {
-            (Some(a), Some(b)) => globs_overlap(a.as_bytes(), b.as_bytes()),
-            _ => true,
+            (HostPattern::Glob(a), HostPattern::Glob(b)) => {
+                globs_overlap(a.as_bytes(), b.as_bytes())
+            }
+        }
+    }
+
+    /// The host name when this is an exact pattern.
+    pub fn exact(&self) -> Option<&str> {
+        match self {
+            HostPattern::Exact(h) => Some(h),
+            _ => None,
         }
     }
 }
@@ -364,16 +373,20 @@ impl Route {
     /// Whether some request could match both routes.
     pub fn overlaps(&self, other: &Route) -> bool {
         self.methods.intersects(other.methods)
-            && self.host.overlaps(&other.host)
             && self.path.overlaps(&other.path)
+            && self.host.overlaps(&other.host)
     }
 }
 
 #[derive(Debug, Default)]
 struct Node {
     children: HashMap<Box<str>, Node>,
-    /// Route indices whose literal prefix ends here, most specific first.
+    /// Route indices whose literal prefix ends here and whose host is not an exact name, most
+    /// specific first.
     routes: Vec<u32>,
+    /// The same for routes with an exact host, by host: a request only looks at its own host's
+    /// list, so many tenants sharing one path cost one hash lookup instead of a scan.
+    by_host: HashMap<Box<str>, Vec<u32>>,
 }
 
 /// The compiled route table.
@@ -392,18 +405,14 @@ pub struct Conflict(pub usize, pub usize);
 impl Router {
     /// Builds the table, reporting every pair of equally specific overlapping routes.
     pub fn build(routes: Vec<Route>) -> (Router, Vec<Conflict>) {
+        let specs: Vec<_> = routes.iter().map(Route::specificity).collect();
         let mut order: Vec<u32> = (0..routes.len() as u32).collect();
-        order.sort_by(|&a, &b| {
-            routes[b as usize]
-                .specificity()
-                .cmp(&routes[a as usize].specificity())
-                .then(a.cmp(&b))
-        });
+        order.sort_by(|&a, &b| specs[b as usize].cmp(&specs[a as usize]).then(a.cmp(&b)));
         let mut rank = vec![0u32; routes.len()];
         for (pos, &i) in order.iter().enumerate() {
             rank[i as usize] = pos as u32;
         }
-        let conflicts = find_conflicts(&routes, &order);
+        let conflicts = find_conflicts(&routes, &specs, &order);
         let mut root = Node::default();
         for &i in &order {
             let r = &routes[i as usize];
@@ -412,7 +421,10 @@ impl Router {
                 let Seg::Lit(t) = s else { break };
                 node = node.children.entry(t.clone()).or_default();
             }
-            node.routes.push(i);
+            match r.host.exact() {
+                Some(h) => node.by_host.entry(h.into()).or_default().push(i),
+                None => node.routes.push(i),
+            }
         }
         (Router { routes, rank, root }, conflicts)
     }
@@ -422,14 +434,14 @@ impl Router {
     pub fn find(&self, host: &str, method_bit: u16, key: &str) -> Option<usize> {
         let mut best: Option<(u32, usize)> = None;
         let mut node = &self.root;
-        self.scan(node, host, method_bit, key, &mut best);
+        self.visit(node, host, method_bit, key, &mut best);
         let rest = key.strip_prefix('/').unwrap_or(key);
         if !rest.is_empty() {
             for seg in rest.split('/') {
                 match node.children.get(seg) {
                     Some(n) => {
                         node = n;
-                        self.scan(node, host, method_bit, key, &mut best);
+                        self.visit(node, host, method_bit, key, &mut best);
                     }
                     None => break,
                 }
@@ -438,7 +450,7 @@ impl Router {
         best.map(|(_, i)| i)
     }
 
-    fn scan(
+    fn visit(
         &self,
         node: &Node,
         host: &str,
@@ -446,7 +458,24 @@ impl Router {
         key: &str,
         best: &mut Option<(u32, usize)>,
     ) {
-        for &i in &node.routes {
+        if let Some(list) = (!node.by_host.is_empty())
+            .then(|| node.by_host.get(host))
+            .flatten()
+        {
+            self.scan(list, host, method_bit, key, best);
+        }
+        self.scan(&node.routes, host, method_bit, key, best);
+    }
+
+    fn scan(
+        &self,
+        list: &[u32],
+        host: &str,
+        method_bit: u16,
+        key: &str,
+        best: &mut Option<(u32, usize)>,
+    ) {
+        for &i in list {
             let rank = self.rank[i as usize];
             if best.is_some_and(|(b, _)| b <= rank) {
                 break;
@@ -468,39 +497,122 @@ impl Router {
     }
 }
 
-/// Finds equally specific overlapping pairs. Routes are grouped by specificity and then by
-/// their first literal segment, so unrelated routes are never compared.
-fn find_conflicts(routes: &[Route], order: &[u32]) -> Vec<Conflict> {
+/// Routes of one group split by host: routes with different exact hosts never overlap.
+#[derive(Default)]
+struct HostBuckets<'a> {
+    exact: HashMap<&'a str, Vec<u32>>,
+    /// Any host or a host glob.
+    other: Vec<u32>,
+}
+
+impl<'a> HostBuckets<'a> {
+    fn new(routes: &'a [Route], ids: &[u32]) -> Self {
+        let mut b = HostBuckets::default();
+        for &i in ids {
+            match routes[i as usize].host.exact() {
+                Some(h) => b.exact.entry(h).or_default().push(i),
+                None => b.other.push(i),
+            }
+        }
+        b
+    }
+
+    /// Routes whose host may overlap `host`.
+    fn candidates<'b>(&'b self, host: &'b HostPattern) -> Box<dyn Iterator<Item = u32> + 'b> {
+        match host.exact() {
+            Some(h) => Box::new(
+                self.exact
+                    .get(h)
+                    .into_iter()
+                    .flatten()
+                    .chain(&self.other)
+                    .copied(),
+            ),
+            None => Box::new(self.exact.values().flatten().chain(&self.other).copied()),
+        }
+    }
+
+    /// Every pair within the group whose hosts may overlap, each once.
+    fn pairs(&self, mut f: impl FnMut(u32, u32)) {
+        let mut within = |ids: &[u32]| {
+            for (n, &a) in ids.iter().enumerate() {
+                for &b in &ids[n + 1..] {
+                    f(a, b);
+                }
+            }
+        };
+        for ids in self.exact.values() {
+            within(ids);
+        }
+        within(&self.other);
+        for ids in self.exact.values() {
+            for &a in ids {
+                for &b in &self.other {
+                    f(a, b);
+                }
+            }
+        }
+    }
+}
+
+/// The literal prefix of a route's path (`""`, `"/a"`, `"/a/b"`): routes whose prefixes are
+/// not one a prefix of the other differ in a literal segment and never overlap.
+fn literal_key(r: &Route) -> String {
+    let mut k = String::new();
+    for s in &r.path.segs[..r.path.literal_prefix] {
+        if let Seg::Lit(t) = s {
+            k.push('/');
+            k.push_str(t);
+        }
+    }
+    k
+}
+
+/// Finds equally specific overlapping pairs. Routes are grouped by specificity, then by literal
+/// path prefix, then by exact host, so only routes that could meet are compared: those with
+/// the same prefix, and each route with those whose prefix is an ancestor of its own.
+fn find_conflicts(
+    routes: &[Route],
+    specs: &[((u32, i32, i32), u32, bool)],
+    order: &[u32],
+) -> Vec<Conflict> {
     let mut out = Vec::new();
+    let mut check = |a: u32, b: u32| {
+        if routes[a as usize].overlaps(&routes[b as usize]) {
+            out.push(Conflict(a.min(b) as usize, a.max(b) as usize));
+        }
+    };
     let mut start = 0;
     while start < order.len() {
-        let spec = routes[order[start] as usize].specificity();
+        let spec = specs[order[start] as usize];
         let mut end = start + 1;
-        while end < order.len() && routes[order[end] as usize].specificity() == spec {
+        while end < order.len() && specs[order[end] as usize] == spec {
             end += 1;
         }
         if end - start > 1 {
-            let mut by_first: HashMap<Option<&str>, Vec<u32>> = HashMap::new();
+            let mut by_prefix: HashMap<String, Vec<u32>> = HashMap::new();
             for &i in &order[start..end] {
-                let first = match routes[i as usize].path.segs.first() {
-                    Some(Seg::Lit(t)) => Some(&**t),
-                    _ => None,
-                };
-                by_first.entry(first).or_default().push(i);
+                by_prefix
+                    .entry(literal_key(&routes[i as usize]))
+                    .or_default()
+                    .push(i);
             }
-            let wild = by_first.get(&None).cloned().unwrap_or_default();
-            for (first, group) in &by_first {
-                for (n, &a) in group.iter().enumerate() {
-                    for &b in &group[n + 1..] {
-                        if routes[a as usize].overlaps(&routes[b as usize]) {
-                            out.push(Conflict(a.min(b) as usize, a.max(b) as usize));
-                        }
-                    }
-                    if first.is_some() {
-                        for &b in &wild {
-                            if routes[a as usize].overlaps(&routes[b as usize]) {
-                                out.push(Conflict(a.min(b) as usize, a.max(b) as usize));
-                            }
+            let groups: HashMap<&str, (&[u32], HostBuckets<'_>)> = by_prefix
+                .iter()
+                .map(|(k, ids)| (k.as_str(), (ids.as_slice(), HostBuckets::new(routes, ids))))
+                .collect();
+            for (key, (ids, buckets)) in &groups {
+                buckets.pairs(&mut check);
+                if groups.len() == 1 {
+                    continue;
+                }
+                for (pos, _) in key.match_indices('/') {
+                    let Some((_, ancestor)) = groups.get(&key[..pos]) else {
+                        continue;
+                    };
+                    for &a in *ids {
+                        for b in ancestor.candidates(&routes[a as usize].host) {
+                            check(a, b);
                         }
                     }
                 }
@@ -509,6 +621,7 @@ fn find_conflicts(routes: &[Route], order: &[u32]) -> Vec<Conflict> {
         start = end;
     }
     out.sort_by_key(|c| (c.0, c.1));
+    out.dedup();
     out
 }
 
@@ -587,6 +700,134 @@ mod tests {
         assert_eq!(r.find("x.org", get, "/img/a.png"), Some(5));
         assert_eq!(r.find("x.org", get, "/img/a.gif"), Some(0));
         assert_eq!(r.find("x.org", get, "/"), Some(0));
+    }
+
+    #[test]
+    fn exact_hosts_are_indexed() {
+        let mut routes = vec![
+            route("*", &[], "/**"),
+            route("*.example.com", &[], "/account/**"),
+        ];
+        for t in 0..50 {
+            routes.push(route(&format!("t{t}.example.com"), &[], "/account/**"));
+        }
+        routes.push(route("t7.example.com", &["GET"], "/account/**"));
+        let (r, conflicts) = Router::build(routes);
+        assert!(conflicts.is_empty(), "{conflicts:?}");
+        let (get, post) = (Methods::bit("GET"), Methods::bit("POST"));
+        assert_eq!(r.find("t3.example.com", get, "/account/x"), Some(5));
+        assert_eq!(r.find("t7.example.com", get, "/account/x"), Some(52));
+        assert_eq!(r.find("t7.example.com", post, "/account/x"), Some(9));
+        assert_eq!(r.find("zz.example.com", get, "/account/x"), Some(1));
+        assert_eq!(r.find("other.org", get, "/account/x"), Some(0));
+
+        let (_, c) = Router::build(vec![
+            route("a.com", &[], "/x/**"),
+            route("b.com", &[], "/x/**"),
+            route("a.com", &[], "/x/**"),
+            route("a.com", &[], "/*/**"),
+            route("a.com", &[], "/x/*"),
+        ]);
+        assert_eq!(c, vec![Conflict(0, 2)]);
+        let (_, c) = Router::build(vec![
+            route("a.com", &[], "/x/y"),
+            route("b.com", &[], "/x/y"),
+            route("c.com", &[], "/*/yy"),
+            route("a.com", &[], "/*/yy"),
+        ]);
+        assert!(c.is_empty(), "{c:?}");
+        // Host globs of equal specificity still meet each other.
+        let (_, c) = Router::build(vec![
+            route("*.a.com", &[], "/x"),
+            route("x.a.c*m", &[], "/x"),
+            route("*.b.org", &[], "/x"),
+        ]);
+        assert_eq!(c, vec![Conflict(0, 1)]);
+    }
+
+    #[test]
+    fn conflicts_match_brute_force() {
+        // Small alphabets so that many generated routes overlap at equal specificity.
+        let hosts = ["*", "a.com", "b.com", "*.com", "a.*"];
+        let segs = ["a", "b", "*", "**", "a*", "*b"];
+        let methods: [&[&str]; 3] = [&[], &["GET"], &["POST"]];
+        let mut x: u64 = 12345;
+        let mut next = |n: usize| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as usize % n
+        };
+        let mut routes = Vec::new();
+        for _ in 0..300 {
+            let depth = 1 + next(3);
+            let path: String = (0..depth)
+                .map(|_| format!("/{}", segs[next(segs.len())]))
+                .collect();
+            routes.push(route(hosts[next(hosts.len())], methods[next(3)], &path));
+        }
+        let mut naive = Vec::new();
+        for a in 0..routes.len() {
+            for b in a + 1..routes.len() {
+                if routes[a].specificity() == routes[b].specificity()
+                    && routes[a].overlaps(&routes[b])
+                {
+                    naive.push(Conflict(a, b));
+                }
+            }
+        }
+        assert!(naive.len() > 50, "the generator should produce conflicts");
+        let (_, found) = Router::build(routes);
+        assert_eq!(found, naive);
+    }
+
+    #[test]
+    fn find_matches_brute_force() {
+        let hosts = ["*", "a.com", "b.com", "*.com", "a.*", "c.org"];
+        let segs = ["a", "b", "*", "**", "a*", "*b", "c"];
+        let methods: [&[&str]; 3] = [&[], &["GET"], &["POST"]];
+        let mut x: u64 = 777;
+        let mut next = |n: usize| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as usize % n
+        };
+        let mut routes = Vec::new();
+        for _ in 0..200 {
+            let depth = 1 + next(3);
+            let path: String = (0..depth)
+                .map(|_| format!("/{}", segs[next(segs.len())]))
+                .collect();
+            routes.push(route(hosts[next(hosts.len())], methods[next(3)], &path));
+        }
+        let (r, _) = Router::build(routes.clone());
+        let words = ["a", "b", "c", "ab", "ba", "cb"];
+        let req_hosts = ["a.com", "b.com", "c.org", "x.com", "a.net"];
+        for _ in 0..2000 {
+            let depth = next(4);
+            let key: String = if depth == 0 {
+                "/".into()
+            } else {
+                (0..depth)
+                    .map(|_| format!("/{}", words[next(words.len())]))
+                    .collect()
+            };
+            let host = req_hosts[next(req_hosts.len())];
+            let bit = Methods::bit(["GET", "POST", "PUT"][next(3)]);
+            let naive = (0..routes.len())
+                .filter(|&i| {
+                    let rt = &routes[i];
+                    rt.methods.matches(bit) && rt.host.matches(host) && rt.path.matches(&key)
+                })
+                .min_by(|&a, &b| {
+                    routes[b]
+                        .specificity()
+                        .cmp(&routes[a].specificity())
+                        .then(a.cmp(&b))
+                });
+            assert_eq!(r.find(host, bit, &key), naive, "{host} {key}");
+        }
     }
 
     #[test]

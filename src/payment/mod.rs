@@ -335,22 +335,12 @@ impl Payments {
             .map_err(|e| self.reject(fail(e, None)))?;
         let offer = &priced.offers[decoded.offer];
         let req = &offer.requirements;
-        let chain_id = snap
-            .registry
-            .network(&req.network)
-            .map_or(0, |n| n.chain_id);
-        let token = req
-            .asset
-            .parse()
-            .map_err(|_| self.reject(fail(PaymentError::NoMatch, None)))?;
-        let domain = evm_exact::domain(
-            &offer.asset.eip712_name,
-            &offer.asset.eip712_version,
-            chain_id,
-            token,
-        );
-        let checked = evm_exact::check(&decoded.payload, req, &domain, unix_now())
-            .map_err(|e| self.reject(fail(PaymentError::Exact(e), None)))?;
+        let separator = offer
+            .eip712_separator
+            .ok_or_else(|| self.reject(fail(PaymentError::NoMatch, None)))?;
+        let checked =
+            evm_exact::check_with_separator(&decoded.payload, req, &separator, unix_now())
+                .map_err(|e| self.reject(fail(PaymentError::Exact(e), None)))?;
         let payer = checked.payer.clone();
         let key = ReplayKey::new(&req.network, &req.asset, &payer, &checked.nonce);
         self.replay

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use alloy::primitives::B256;
 use serde_json::{Map, Value};
 
 use super::codec;
@@ -20,6 +21,9 @@ pub struct Offer {
     pub v1_network: Option<String>,
     /// The requirements exactly as the gateway issues them (v2 form).
     pub requirements: RequirementsV2,
+    /// The asset's EIP-712 domain separator (name, version, chain id, contract), computed once
+    /// per configuration instead of on every payment; `None` if the address does not parse.
+    pub eip712_separator: Option<B256>,
 }
 
 impl Offer {
@@ -46,10 +50,21 @@ impl Offer {
             max_timeout_seconds,
             extra,
         };
+        let chain_id = super::networks::chain_id_of(&asset.network).unwrap_or(0);
+        let eip712_separator = asset.address.parse().ok().map(|token| {
+            crate::schemes::evm_exact::domain(
+                &asset.eip712_name,
+                &asset.eip712_version,
+                chain_id,
+                token,
+            )
+            .separator()
+        });
         Offer {
             asset,
             v1_network,
             requirements,
+            eip712_separator,
         }
     }
 }
