@@ -393,13 +393,15 @@ pub fn load_from_texts(
     let base = config_name.parent().unwrap_or(Path::new("."));
     let rules_dir = base.join(gateway.rules.dir.get_ref());
     let mut rules = Vec::new();
+    let mut crawlers = Vec::new();
     for (name, text) in rule_texts {
         let s = rep.add_source(name.clone(), text.clone());
-        parse_rules(&mut rep, s, &mut rules);
+        parse_rules(&mut rep, s, &mut rules, &mut crawlers);
     }
     let parsed = Parsed {
         gateway,
         rules,
+        crawlers,
         rules_dir,
         rule_files: rule_texts.iter().map(|(n, _)| n.clone()).collect(),
     };

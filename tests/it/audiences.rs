@@ -927,13 +927,10 @@ Unknown = "$0.01"
             at(&r, rules, "{ ttl = \"forever\"")
         ),
         format!(
-            "{}: rule.operators.Unknown: `Unknown` is not an operator of a [web_bot_auth] agent (known: Known)",
-            format!(
-                "{r}:{}",
-                loc_at(
-                    rules,
-                    rules.find("Unknown = ").expect("op") + "Unknown = ".len()
-                )
+            "{r}:{}: rule.operators.Unknown: `Unknown` is not an operator of a [web_bot_auth] agent (known: Known)",
+            loc_at(
+                rules,
+                rules.find("Unknown = ").expect("op") + "Unknown = ".len()
             )
         ),
     ] {
