@@ -73,6 +73,16 @@ pub fn revoke(snap: &Snapshot, access: &Access, body: &[u8]) -> (StatusCode, Val
     (StatusCode::OK, json!({"revoked": ids}))
 }
 
+/// Probes (`/healthz`, `/readyz`) are always open; everything else needs the admin token when
+/// one is configured.
+pub fn authorized(snap: &Snapshot, path: &str, headers: &http::HeaderMap) -> bool {
+    match &snap.admin_token {
+        None => true,
+        Some(_) if path == "/healthz" || path == "/readyz" => true,
+        Some(token) => token.is_bearer_of(headers),
+    }
+}
+
 fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
@@ -223,6 +233,17 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_owned();
         let snap = self.config.load_full();
+        if !authorized(&snap, &path, &session.req_header().headers) {
+            let mut r = json_response(
+                StatusCode::UNAUTHORIZED,
+                &json!({"error": "unauthorized", "message": "Authorization: Bearer <admin.auth_token> required"}),
+            );
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
         if path == "/passes/revoke" {
             if session.req_header().method != http::Method::POST {
                 return json_response(

@@ -230,6 +230,8 @@ pub struct Snapshot {
     pub facilitator_api_settler: Option<String>,
     /// Bearer token the facilitator API requires, when configured.
     pub facilitator_api_token: Option<Secret>,
+    /// Bearer token the admin listener requires (all but `/healthz` and `/readyz`).
+    pub admin_token: Option<Secret>,
     pub ledger: crate::payment::ledger::LedgerConf,
     pub reload: ReloadSection,
     pub logging: LoggingSection,

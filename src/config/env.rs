@@ -15,6 +15,18 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether `headers` carry `Authorization: Bearer <this secret>`, compared in constant time.
+    pub fn is_bearer_of(&self, headers: &http::HeaderMap) -> bool {
+        use subtle::ConstantTimeEq;
+        let given = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("")
+            .trim();
+        given.len() == self.0.len() && bool::from(given.as_bytes().ct_eq(self.0.as_bytes()))
+    }
 }
 
 impl fmt::Debug for Secret {

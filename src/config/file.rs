@@ -63,6 +63,9 @@ pub struct AdminSection {
     pub listen: Spanned<String>,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// When set (`${VAR}`), every endpoint but `/healthz` and `/readyz` requires
+    /// `Authorization: Bearer <token>`. Required when `listen` is not a loopback address.
+    pub auth_token: Option<Spanned<String>>,
 }
 
 fn default_admin() -> Spanned<String> {
@@ -74,6 +77,7 @@ impl Default for AdminSection {
         AdminSection {
             listen: default_admin(),
             enabled: true,
+            auth_token: None,
         }
     }
 }

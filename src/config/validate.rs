@@ -114,6 +114,17 @@ pub fn compile(
     }
     let admin = if g.admin.enabled {
         check_addr(rep, cfg, &g.admin.listen, "admin.listen");
+        if g.admin.auth_token.is_none()
+            && let Ok(addr) = g.admin.listen.get_ref().parse::<std::net::SocketAddr>()
+            && !addr.ip().is_loopback()
+        {
+            rep.at(
+                cfg,
+                g.admin.listen.span(),
+                "admin.listen",
+                "an admin listener off loopback needs `auth_token` (it shows the configuration and revokes passes)",
+            );
+        }
         Some(g.admin.listen.get_ref().clone())
     } else {
         None
@@ -313,6 +324,11 @@ pub fn compile(
             facilitators.push(fc);
         }
     }
+    let admin_token = g
+        .admin
+        .auth_token
+        .as_ref()
+        .and_then(|t| secret(rep, cfg, t, "admin.auth_token"));
     let facilitator_api_token = g
         .facilitator_api
         .as_ref()
@@ -450,6 +466,7 @@ pub fn compile(
         facilitators,
         facilitator_api_settler,
         facilitator_api_token,
+        admin_token,
         ledger: crate::payment::ledger::LedgerConf {
             path: (!g.ledger.path.is_empty()).then(|| base.join(&g.ledger.path)),
             max_bytes: g.ledger.max_bytes.max(4096),

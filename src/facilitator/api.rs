@@ -118,17 +118,10 @@ impl FacilitatorApi {
             return json_response(200, &settler.supported());
         }
         let snap = self.config.load_full();
-        if let Some(token) = &snap.facilitator_api_token {
-            let given = session
-                .req_header()
-                .headers
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
-            if !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
-                return error(401, "unauthorized");
-            }
+        if let Some(token) = &snap.facilitator_api_token
+            && !token.is_bearer_of(&session.req_header().headers)
+        {
+            return error(401, "unauthorized");
         }
         let body = match read_body(session, MAX_BODY_BYTES).await {
             Ok(b) => b,
@@ -160,11 +153,6 @@ impl FacilitatorApi {
             json_response(status, &s)
         }
     }
-}
-
-/// Compares two secrets without leaking where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Whether the requirements in a `/verify` or `/settle` body name a network and asset the

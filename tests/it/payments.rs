@@ -635,3 +635,49 @@ async fn payer_headers_cannot_be_spoofed_on_free_routes() {
         "{seen}"
     );
 }
+
+/// Two replicas share nothing but the chain: a payment settled by one and replayed at the other
+/// is refused there (by the facilitator's check of the on-chain nonce, or at settlement), no
+/// content is sent for it and no tokens move a second time.
+#[tokio::test]
+async fn a_payment_replayed_at_another_replica_moves_nothing_and_serves_nothing() {
+    let p = Paid::start(31337, 1, "");
+    let replica_origin = Origin::start("replica-origin");
+    let replica = Gateway::start(
+        &pay_config(&replica_origin.addr, &p.dev.info, None, ""),
+        &[("rules.toml", RULES)],
+    );
+    let (payer, key) = p.payer(0);
+    let (payer_before, merchant_before) = (p.balance(payer).await, p.balance(p.pay_to()).await);
+    let res = pay_v2(&p.gw.url("/api/weather"), key, &[]).await;
+    assert_eq!(res["status"], 200, "{res}");
+    let header = res["paymentHeader"].as_str().expect("header");
+
+    let r = client()
+        .get(replica.url("/api/weather"))
+        .header("PAYMENT-SIGNATURE", header)
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(r.status(), 402);
+    let reason = decode_header(r.headers()["payment-required"].to_str().expect("ascii"))["error"]
+        .as_str()
+        .expect("reason")
+        .to_owned();
+    let body = r.text().await.expect("body");
+    assert!(
+        !body.contains("replica-origin"),
+        "content served for a replayed payment: {body}"
+    );
+    // The facilitator's verify reads the nonce's state on chain: refused before forwarding.
+    assert_eq!(reason, "invalid_exact_evm_nonce_already_used");
+    assert_eq!(replica_origin.requests().await, 0);
+    assert_eq!(p.balance(payer).await, payer_before - 10_000);
+    assert_eq!(p.balance(p.pay_to()).await, merchant_before + 10_000);
+    let settled = std::fs::read_to_string(replica.path("receipts.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"settled\""))
+        .count();
+    assert_eq!(settled, 0, "the replica recorded a settlement");
+}

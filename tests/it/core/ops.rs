@@ -193,3 +193,102 @@ async fn several_listen_addresses_serve_the_same_rules() {
     }
     assert_eq!(origin.requests().await, 2);
 }
+
+#[tokio::test]
+async fn admin_token_guards_everything_but_the_probes() {
+    let origin = Origin::start("o1");
+    let cfg = config(&origin.addr, "").replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\nauth_token = \"${X402_TEST_ADMIN_TOKEN}\"\n",
+    );
+    assert!(
+        cfg.contains("auth_token"),
+        "admin section not found in the test config"
+    );
+    let gw = Gateway::start_with_env(
+        &cfg,
+        &[("site.toml", SITE_RULES)],
+        &[("X402_TEST_ADMIN_TOKEN", "s3cret-admin-token")],
+    );
+    let c = client();
+    for path in ["/healthz", "/readyz"] {
+        let r = c.get(gw.admin_url(path)).send().await.expect("probe");
+        assert_ne!(r.status(), 401, "{path} is a probe and stays open");
+    }
+    for (path, post) in [
+        ("/metrics", false),
+        ("/config", false),
+        ("/passes/revoke", true),
+    ] {
+        let req = |token: Option<&str>| {
+            let mut r = if post {
+                c.post(gw.admin_url(path)).body(r#"{"id":"p1"}"#)
+            } else {
+                c.get(gw.admin_url(path))
+            };
+            if let Some(t) = token {
+                r = r.header("authorization", format!("Bearer {t}"));
+            }
+            r.send()
+        };
+        let none = req(None).await.expect("send");
+        assert_eq!(none.status(), 401, "{path} without a token");
+        assert_eq!(none.headers()["www-authenticate"], "Bearer");
+        let body: Value = none.json().await.expect("json");
+        assert_eq!(body["error"], "unauthorized");
+        assert_eq!(
+            req(Some("wrong")).await.expect("send").status(),
+            401,
+            "{path} wrong token"
+        );
+        assert_eq!(
+            req(Some("s3cret-admin-token-"))
+                .await
+                .expect("send")
+                .status(),
+            401,
+            "{path} token with a suffix"
+        );
+        let ok = req(Some("s3cret-admin-token")).await.expect("send");
+        assert_ne!(ok.status(), 401, "{path} with the token");
+        assert!(ok.status().as_u16() < 500, "{path}: {}", ok.status());
+    }
+    // The token itself never shows in /config or the log.
+    let view = c
+        .get(gw.admin_url("/config"))
+        .header("authorization", "Bearer s3cret-admin-token")
+        .send()
+        .await
+        .expect("config")
+        .text()
+        .await
+        .expect("text");
+    assert!(!view.contains("s3cret-admin-token"));
+    assert!(!gw.log_text().contains("s3cret-admin-token"));
+}
+
+#[test]
+fn an_admin_listener_off_loopback_needs_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("rules")).expect("rules dir");
+    let cfg = config("127.0.0.1:9", "").replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        "[admin]\nlisten = \"0.0.0.0:0\"\n",
+    );
+    std::fs::write(dir.path().join("gateway.toml"), &cfg).expect("write");
+    let path = dir.path().join("gateway.toml");
+    let (code, out, err) = gateway_cli(&["check", "-c", path.to_str().expect("utf-8")], &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    let line = cfg
+        .lines()
+        .position(|l| l.contains("0.0.0.0:0"))
+        .expect("line")
+        + 1;
+    let want = format!(
+        "gateway.toml:{line}:10: admin.listen: an admin listener off loopback needs `auth_token`"
+    );
+    assert!(
+        format!("{out}{err}").contains(&want),
+        "want {want}\n{out}{err}"
+    );
+}
