@@ -511,16 +511,41 @@ impl LocalSettler {
                     let (token, from, nonce) = (v.auth.token, v.auth.from, v.auth.nonce);
                     if let Ok(true) = v.chain.reader.authorization_used(token, from, nonce).await {
                         let found = v.chain.reader.authorization_tx(token, from, nonce).await;
-                        if let Ok(Some(other)) = found
-                            && let Ok(Some(r)) = v
-                                .chain
-                                .reader
-                                .first_ok(|p| async move { p.get_transaction_receipt(other).await })
-                                .await
-                        {
-                            break (Box::new(r), format!("{other:#x}"));
+                        let other = match found {
+                            Ok(Some(other)) => other,
+                            // Used, but by no transaction in reach: canceled, or long ago.
+                            Ok(None) => {
+                                return failed(
+                                    200,
+                                    reason::NONCE_USED,
+                                    String::new(),
+                                    v.network,
+                                    payer,
+                                );
+                            }
+                            // Used by a transaction we cannot name: perhaps ours. The payer
+                            // may have paid, so the outcome is unknown, not refused.
+                            Err(_) => return failed(200, reason::PENDING, tx, v.network, payer),
+                        };
+                        let receipt = v
+                            .chain
+                            .reader
+                            .first_ok(|p| async move { p.get_transaction_receipt(other).await })
+                            .await;
+                        match receipt {
+                            Ok(Some(r)) => break (Box::new(r), format!("{other:#x}")),
+                            // The authorization went through (perhaps in our own transaction,
+                            // whose receipt the node would not give us): not a refusal.
+                            _ => {
+                                return failed(
+                                    200,
+                                    reason::PENDING,
+                                    format!("{other:#x}"),
+                                    v.network,
+                                    payer,
+                                );
+                            }
                         }
-                        return failed(200, reason::NONCE_USED, String::new(), v.network, payer);
                     }
                     resends += 1;
                     if resends > MAX_RESENDS || Instant::now() >= deadline {
