@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod crawler_price;
 pub mod facilitator;
+pub mod header_deadline;
 pub mod health;
 pub mod metrics;
 pub mod pathnorm;

@@ -31,8 +31,11 @@ pub struct Metrics {
     pub facilitator_errors: IntCounterVec,
     /// Time the gateway itself spends on a paid request outside facilitator calls.
     pub payment_overhead: Histogram,
-    /// Deliveries that failed after a settlement in `before` mode.
+    /// Paid requests not delivered after their settlement (origin failed after a `before`
+    /// settlement, or broke off its body after an `after` one).
     pub failed_deliveries: IntCounter,
+    /// Connections closed because no complete request head arrived in time.
+    pub header_timeouts: IntCounter,
     /// Calls that moved on to the next facilitator, by operation.
     pub facilitator_failovers: IntCounterVec,
     /// Facilitators taken out of rotation.
@@ -166,11 +169,19 @@ impl Metrics {
             .unwrap_or_else(|e| panic!("metric: {e}"));
         let failed_deliveries = IntCounter::new(
             "x402_failed_deliveries_total",
-            "Origin failures after a settlement in before mode",
+            "Paid requests not delivered after their settlement",
         )
         .unwrap_or_else(|e| panic!("metric: {e}"));
         registry
             .register(Box::new(failed_deliveries.clone()))
+            .unwrap_or_else(|e| panic!("metric: {e}"));
+        let header_timeouts = IntCounter::new(
+            "x402_header_timeouts_total",
+            "Connections closed because no complete request head arrived in time",
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(header_timeouts.clone()))
             .unwrap_or_else(|e| panic!("metric: {e}"));
         let facilitator_failovers = counter(
             &registry,
@@ -258,6 +269,7 @@ impl Metrics {
             facilitator_errors,
             payment_overhead,
             failed_deliveries,
+            header_timeouts,
         }
     }
 

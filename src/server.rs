@@ -18,6 +18,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::Admin;
 use crate::config;
+use crate::header_deadline::HeaderDeadline;
 use crate::health::HealthService;
 use crate::metrics::Metrics;
 use crate::payment::Payments;
@@ -185,23 +186,27 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
         tls,
     };
 
+    // The proxy, with a deadline on every request head (Pingora's only limits single reads).
+    let proxy_conf = server.configuration.clone();
+    let proxy_service = |tls: bool, name: &str| {
+        Service::new(
+            name.to_owned(),
+            HeaderDeadline::new(
+                pingora::proxy::http_proxy(&proxy_conf, gateway(tls)),
+                startup.header_read_timeout,
+                metrics.clone(),
+            ),
+        )
+    };
     if !plain.is_empty() {
-        let mut svc = pingora::proxy::http_proxy_service_with_name(
-            &server.configuration,
-            gateway(false),
-            "x402-gateway",
-        );
+        let mut svc = proxy_service(false, "x402-gateway");
         for a in &plain {
             svc.add_tcp(a);
         }
         server.add_service(svc);
     }
     if !startup.tls.is_empty() {
-        let mut svc = pingora::proxy::http_proxy_service_with_name(
-            &server.configuration,
-            gateway(true),
-            "x402-gateway-tls",
-        );
+        let mut svc = proxy_service(true, "x402-gateway-tls");
         for (t, addr) in startup.tls.iter().zip(&tls_addrs) {
             let mut settings =
                 TlsSettings::intermediate(&t.cert.to_string_lossy(), &t.key.to_string_lossy())

@@ -166,6 +166,8 @@ pub struct StartupSettings {
     pub grace_period_seconds: u64,
     pub graceful_shutdown_timeout_seconds: u64,
     pub upstream_keepalive_pool_size: usize,
+    /// Longest wait for a complete request head on a downstream connection.
+    pub header_read_timeout: Duration,
     pub facilitator_api: Option<String>,
 }
 
@@ -193,6 +195,9 @@ impl StartupSettings {
         }
         if self.upstream_keepalive_pool_size != other.upstream_keepalive_pool_size {
             out.push("server.upstream_keepalive_pool_size");
+        }
+        if self.header_read_timeout != other.header_read_timeout {
+            out.push("server.header_read_timeout_ms");
         }
         if self.facilitator_api != other.facilitator_api {
             out.push("facilitator_api.listen");

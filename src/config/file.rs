@@ -27,6 +27,9 @@ pub struct ServerSection {
     /// Idle upstream connections kept per process (default 128).
     #[serde(default = "default_pool")]
     pub upstream_keepalive_pool_size: usize,
+    /// Longest wait for a complete request head, idle keep-alive time included; then the
+    /// connection is closed (default 30 000).
+    pub header_read_timeout_ms: Option<Spanned<u64>>,
 }
 
 fn default_grace() -> u64 {

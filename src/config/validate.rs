@@ -49,6 +49,7 @@ pub fn compile(
     let mut tls = Vec::new();
     let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (mut grace, mut shutdown, mut pool_size) = (5, 3, 128);
+    let mut header_read_timeout = Duration::from_secs(30);
     match &server {
         // A `[server]` that failed to parse was already reported; "missing" would be noise.
         None if reported(rep, "server") => {}
@@ -110,6 +111,17 @@ pub fn compile(
             grace = s.grace_period_seconds;
             shutdown = s.graceful_shutdown_timeout_seconds;
             pool_size = s.upstream_keepalive_pool_size;
+            if let Some(t) = &s.header_read_timeout_ms {
+                if !(100..=600_000).contains(t.get_ref()) {
+                    rep.at(
+                        cfg,
+                        t.span(),
+                        "server.header_read_timeout_ms",
+                        "must be between 100 and 600000",
+                    );
+                }
+                header_read_timeout = Duration::from_millis(*t.get_ref());
+            }
         }
     }
     let admin = if g.admin.enabled {
@@ -137,6 +149,7 @@ pub fn compile(
         grace_period_seconds: grace,
         graceful_shutdown_timeout_seconds: shutdown,
         upstream_keepalive_pool_size: pool_size,
+        header_read_timeout,
         facilitator_api: g
             .facilitator_api
             .as_ref()

@@ -173,6 +173,7 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        crate::header_deadline::head_read();
         RequestCtx::new(self.config.load_full())
     }
 
