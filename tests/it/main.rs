@@ -7,6 +7,7 @@ mod support;
 mod audiences;
 mod core;
 mod facilitators;
+mod faults;
 mod hostile;
 mod local_settler;
 mod passes;

@@ -5,6 +5,7 @@
 
 pub mod botauth;
 pub mod chain;
+pub mod faulty;
 pub mod pay;
 
 use std::io::{BufRead, BufReader, Read, Write};
