@@ -181,6 +181,11 @@ fn classify(e: reqwest::Error) -> FacilitatorError {
 
 /// Parses a `/verify` answer: a JSON object with an `isValid` key, whatever the status.
 pub fn parse_verify(status: u16, body: &[u8]) -> Result<VerifyResponse, FacilitatorError> {
+    if status >= 500 {
+        // The facilitator failed (its node is down, an exception): not a verdict on the
+        // payment. Failing over, or the failure policy, decides what the client gets.
+        return Err(FacilitatorError::BadResponse { status });
+    }
     let v: serde_json::Value =
         serde_json::from_slice(body).map_err(|_| FacilitatorError::BadResponse { status })?;
     if !v.get("isValid").is_some_and(|x| x.is_boolean()) {
@@ -227,6 +232,9 @@ mod tests {
             .is_ok_and(|r| !r.valid() && r.invalid_reason.as_deref() == Some("insufficient_funds"))
         );
         assert!(parse_verify(500, br#"{"isValid":true}"#).is_err());
+        // A 5xx refusal is the facilitator failing (its node down), not a verdict.
+        assert!(parse_verify(500, br#"{"isValid":false,"invalidReason":"unexpected_verify_error"}"#).is_err());
+        assert!(parse_verify(400, br#"{"isValid":false,"invalidReason":"invalid_payload"}"#).is_ok());
         assert!(parse_verify(200, b"garbage").is_err());
         assert!(
             parse_settle(

@@ -160,7 +160,11 @@ impl Facilitators {
     ) -> Result<VerifyResponse, FacilitatorError> {
         let result = match &fac.kind {
             FacilitatorKind::Local { .. } => match self.settlers.get(fac) {
-                Ok(s) => Ok(s.verify(body).await.1),
+                Ok(s) => match s.verify(body).await {
+                    // As for HTTP facilitators: a 5xx is the settler failing, not a verdict.
+                    (status, _) if status >= 500 => Err(FacilitatorError::BadResponse { status }),
+                    (_, r) => Ok(r),
+                },
                 Err(e) => Err(FacilitatorError::Config(e.to_string())),
             },
             _ => {

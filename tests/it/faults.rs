@@ -377,9 +377,10 @@ async fn relayer_nonce(rpc: &str) -> u64 {
     u64::from_str_radix(text(&v["result"]).trim_start_matches("0x"), 16).expect("hex")
 }
 
-/// The chain node accepts connections and never answers. A payment is refused with the
-/// settler's stable reason once its RPC timeout passes; nothing is sent or charged; free
-/// routes are served meanwhile. The same payment goes through exactly once when the node is
+/// The chain node accepts connections and never answers. Once its RPC timeout passes the
+/// settler fails (a 5xx, not a verdict on the payment), so the closed failure policy answers
+/// 503 `facilitator_unavailable` with `Retry-After`; nothing is sent or charged; free routes
+/// are served meanwhile. The same payment goes through exactly once when the node is
 /// back (a reload pointing at a working one).
 #[tokio::test]
 async fn stalled_chain_rpc_refuses_payments_without_charging_and_free_routes_flow() {
@@ -416,15 +417,10 @@ async fn stalled_chain_rpc_refuses_payments_without_charging_and_free_routes_flo
                 .send()
                 .await
                 .expect("send");
-            let pr = r
-                .headers()
-                .get("payment-required")
-                .map(|v| decode_header(v.to_str().expect("ascii")));
-            (
-                r.status().as_u16(),
-                pr,
-                r.headers().get("retry-after").is_some(),
-            )
+            let status = r.status().as_u16();
+            let retry_after = r.headers().get("retry-after").is_some();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            (status, body, retry_after)
         }
     });
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -447,10 +443,10 @@ async fn stalled_chain_rpc_refuses_payments_without_charging_and_free_routes_flo
         "the payment did not wait on the node"
     );
 
-    let (status, pr, _) = paying.await.expect("join");
-    assert_eq!(status, 402);
-    let pr = pr.expect("payment-required");
-    assert_eq!(pr["error"], "unexpected_verify_error", "{pr}");
+    let (status, body, retry_after) = paying.await.expect("join");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "facilitator_unavailable", "{body}");
+    assert!(retry_after, "a 503 says when to retry");
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "not bounded by the 1 s RPC timeout: {:?}",
@@ -475,14 +471,15 @@ async fn stalled_chain_rpc_refuses_payments_without_charging_and_free_routes_flo
         1,
         "only the free request reached it"
     );
-    // Readiness covers upstreams and facilitators in rotation; the settler answered (with a
-    // refusal), so it stays in rotation and the gateway reports ready.
-    let ready = client()
-        .get(gw.admin_url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(ready.status(), 200);
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("x402_payments_total{")
+                && l.contains(r#"reason="facilitator_unavailable""#)
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
 
     // The node is back: the refused payment was not consumed and now pays, once.
     let config = local_settler_config(&origin.addr, &dev.info, rpc);
