@@ -542,7 +542,7 @@ t_gw_paid_after() {
   local requests=$1 round=$2 want
   if [[ $round == warmup ]]; then
     [[ -n $PAY_COUNT ]] && return 0
-    want=$((requests * DURATION * 3 / (2 * WARMUP) + 5000))
+    want=$((requests * DURATION * 3 / (2 * (WARMUP > 0 ? WARMUP : 1)) + 5000))
     if ((want > PAY_N)); then
       echo "  signing $want payments for runs of ${DURATION}s"
       PAY_N=$want
