@@ -1,11 +1,28 @@
 #!/usr/bin/env bash
-# benches/load.sh — the load comparison: origin direct, nginx as a plain reverse proxy, and the
-# gateway (free path and 402 path), driven by wrk in the same run, interleaved, several rounds.
+# benches/load.sh — the performance report: origin direct, nginx as a plain reverse proxy, a
+# bare Pingora pass-through, and the gateway's free, 402, pass and paid paths, driven by wrk in
+# the same run, interleaved, several rounds.
 #
 # Fresh machine (Debian/Ubuntu, run from the repository root):
 #   apt-get install -y nginx-light wrk     # plus cmake and a Rust toolchain for the build
-#   cargo build --release
-#   benches/load.sh
+#   cargo build --release --bins --examples
+#   benches/load.sh                        # or: ROUNDS=3 DURATION=5 benches/load.sh
+#
+# Targets (all behind the same demo origin, same body, same wrk connections):
+#   origin        the demo origin directly (the ceiling)
+#   nginx         nginx reverse proxy: upstream keepalive, X-Forwarded-* set, access_log off
+#   bare_pingora  examples/bare-pingora.rs: Pingora's proxy with only upstream_peer, the
+#                 gateway's Pingora version, allocator and server settings
+#   gw_free       the gateway, a free rule
+#   gw_402        the gateway, a priced rule without payment: a 402 answer, origin untouched
+#   gw_pass       the gateway, a priced rule, every request carrying a valid pass token
+#                 (HMAC, issued by the gateway after one paid request, quota never reached)
+#   gw_paid       the gateway, a priced rule, every request carrying a distinct valid x402 v2
+#                 PAYMENT-SIGNATURE (pre-signed by examples/bench-payments.rs): decode, EIP-3009
+#                 checks and signature recovery, replay guard, /verify and /settle against
+#                 examples/bench-facilitator.rs (a loopback facilitator that approves at once),
+#                 receipt ledger on. A nonce is accepted once, so this gateway is restarted
+#                 (fresh replay state) before every run and the same payments are replayed.
 #
 # Every server listens on 127.0.0.1 on a port picked free at start (bind test). nginx runs as
 # the current user from a generated config in a temp dir (daemon off, pid and logs there,
@@ -16,21 +33,32 @@
 # hook), server CPU µs per request (utime+stime from /proc/<pid>/stat of every process of that
 # server, nginx master + workers, before/after each run, divided by completed requests — far
 # less sensitive than req/s to CPU steal on a shared machine), origin CPU µs per request while
-# proxying (should be the same behind both proxies), and peak RSS (VmHWM), then the ratios to
-# nginx. On a shared machine compare ratios from one run, never absolute figures across runs.
+# proxying (should be the same behind every proxy), and peak RSS (VmHWM; for gw_paid of the
+# last instance), then the ratios to nginx and to bare Pingora, and the targets. Any failed
+# request or unexpected status (every proxied target must answer 200, gw_402 402) fails the run
+# (exit 1) after the report. On a shared machine compare ratios from one run, never absolute
+# figures across runs.
 #
 # Settings (environment):
 #   ROUNDS=5 DURATION=10 (s per run) WARMUP=2 (s per target, once, not counted)
-#   CONNS=50 WRK_THREADS=1 THREADS=1 (gateway threads = nginx worker_processes)
-#   BODY=128 (origin response bytes) TARGETS="origin nginx gw_free gw_402"
-#   GATEWAY_BIN ORIGIN_BIN NGINX_BIN WRK_BIN   KEEP_TMP=1 keeps the temp dir (configs, logs)
+#   CONNS=50 WRK_THREADS=1 THREADS=1 (server threads = nginx worker_processes)
+#   BODY=128 (origin response bytes)
+#   TARGETS="origin nginx bare_pingora gw_free gw_402 gw_pass gw_paid"
+#   PAY_COUNT (payments pre-signed per run; default: sized from the warm-up rate)
+#   GATEWAY_BIN ORIGIN_BIN BARE_BIN FACILITATOR_BIN PAYMENTS_BIN NGINX_BIN WRK_BIN
+#   KEEP_TMP=1 keeps the temp dir (configs, logs, payments)
 #
-# Adding a target (e.g. a bare Pingora pass-through, the paid path): define
-#   t_<name>_start  start what it needs (idempotent; helpers below keep PIDs for cleanup)
-#   t_<name>_url    the URL wrk drives
-#   t_<name>_pids   the PIDs whose CPU is charged to it (one per line or space separated)
-#   t_<name>_status the HTTP status every response must have
-#   LABEL[<name>]   the name printed in the report
+# Adding a target: define
+#   t_<name>_start   start what it needs (idempotent; helpers below keep PIDs for cleanup)
+#   t_<name>_url     the URL wrk drives
+#   t_<name>_pids    the PIDs whose CPU is charged to it (one per line or space separated)
+#   t_<name>_status  the HTTP status every response must have
+#   LABEL[<name>]    the name printed in the report
+# optionally
+#   t_<name>_script  the wrk lua script (default: the report hook alone)
+#   t_<name>_check   the start-up check (default: one GET of the URL must give the status)
+#   t_<name>_prepare run before every wrk run of the target (e.g. a restart)
+#   t_<name>_after   run after every wrk run with the number of requests made
 # and add <name> to TARGETS.
 set -euo pipefail
 
@@ -42,22 +70,32 @@ CONNS=${CONNS:-50}
 WRK_THREADS=${WRK_THREADS:-1}
 THREADS=${THREADS:-1}
 BODY=${BODY:-128}
-TARGETS=${TARGETS:-"origin nginx gw_free gw_402"}
+TARGETS=${TARGETS:-"origin nginx bare_pingora gw_free gw_402 gw_pass gw_paid"}
+PAY_COUNT=${PAY_COUNT:-}
 GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/x402-gateway}
 ORIGIN_BIN=${ORIGIN_BIN:-$ROOT/target/release/demo-origin}
+BARE_BIN=${BARE_BIN:-$ROOT/target/release/examples/bare-pingora}
+FACILITATOR_BIN=${FACILITATOR_BIN:-$ROOT/target/release/examples/bench-facilitator}
+PAYMENTS_BIN=${PAYMENTS_BIN:-$ROOT/target/release/examples/bench-payments}
 NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 WRK_BIN=${WRK_BIN:-$(command -v wrk || echo wrk)}
 
 die() { echo "load.sh: $*" >&2; exit 1; }
-for b in "$GATEWAY_BIN" "$ORIGIN_BIN"; do
-  [[ -x $b ]] || die "$b not found: run cargo build --release first"
-done
-[[ -x $NGINX_BIN ]] || die "nginx not found: apt-get install -y nginx-light"
+read -r -a TLIST <<<"$TARGETS"
+needs() { [[ " ${TLIST[*]} " == *" $1 "* ]]; }
+need_bin() { [[ -x $1 ]] || die "$1 not found: run cargo build --release --bins --examples first"; }
+need_bin "$ORIGIN_BIN"
+if needs gw_free || needs gw_402 || needs gw_pass || needs gw_paid; then
+  need_bin "$GATEWAY_BIN"; need_bin "$FACILITATOR_BIN"
+fi
+if needs gw_pass || needs gw_paid; then need_bin "$PAYMENTS_BIN"; fi
+if needs bare_pingora; then need_bin "$BARE_BIN"; fi
+if needs nginx; then [[ -x $NGINX_BIN ]] || die "nginx not found: apt-get install -y nginx-light"; fi
 command -v "$WRK_BIN" >/dev/null || die "wrk not found: apt-get install -y wrk"
 command -v perl >/dev/null || command -v python3 >/dev/null || die "need perl or python3 to pick free ports"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/x402-load.XXXXXX")
-STARTED=()   # PIDs started here, stopped in reverse order on exit
+STARTED=()   # PIDs started here and still running, stopped in reverse order on exit
 
 cleanup() {
   local i pid
@@ -100,15 +138,58 @@ wait_port() {
   die "$what did not listen on port $port"
 }
 
-# The status code of one GET (HTTP/1.1, Connection: close), without curl.
-http_status() {
-  local url=$1 hostport path line
+# Stops one process started here (SIGINT: Pingora's fast stop) and forgets its PID.
+stop_pid() {
+  local pid=$1 keep=() p
+  kill -INT "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for p in "${STARTED[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+  STARTED=("${keep[@]}")
+}
+
+# The response head (status line and headers, CR stripped) of one GET (HTTP/1.1,
+# Connection: close), without curl. Extra arguments are header lines ("Name: value"); a Host
+# among them replaces the URL's.
+http_head() {
+  local url=$1 hostport path line host h
+  shift
   hostport=${url#http://}; path=/${hostport#*/}; hostport=${hostport%%/*}
+  host=$hostport
+  for h in "$@"; do [[ ${h,,} == host:* ]] && host=${h#*: }; done
   exec 3<>"/dev/tcp/${hostport%:*}/${hostport#*:}"
-  printf 'GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$path" "$hostport" >&3
-  IFS= read -r line <&3 || true
+  {
+    printf 'GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n' "$path" "$host"
+    for h in "$@"; do [[ ${h,,} == host:* ]] || printf '%s\r\n' "$h"; done
+    printf '\r\n'
+  } >&3
+  while IFS= read -r line <&3; do
+    line=${line%$'\r'}
+    [[ -z $line ]] && break
+    echo "$line"
+  done
   exec 3>&- 3<&-
-  line=${line%$'\r'}; set -- $line; echo "${2:-none}"
+}
+
+# The status code of one GET (same arguments as http_head).
+http_status() {
+  local line
+  line=$(http_head "$@" | head -n 1)
+  # shellcheck disable=SC2086
+  set -- $line; echo "${2:-none}"
+}
+
+# The value of header $1 (case-insensitive) in a response head read from stdin.
+# Reads all of its input, so that the writer of a pipe never gets SIGPIPE.
+header_value() {
+  local name=${1,,} line found=
+  while IFS= read -r line; do
+    if [[ -z $found && ${line,,} == "$name":* ]]; then
+      line=${line#*:}; found=${line#"${line%%[![:space:]]*}"}
+    fi
+  done
+  [[ -n $found ]] && echo "$found"
 }
 
 # utime+stime (clock ticks) summed over the given PIDs.
@@ -213,17 +294,40 @@ CONF
   NGINX_PIDS="$NGINX_PID $workers"
 }
 
-GATEWAY_PORT= GATEWAY_PID=
-start_gateway() {
-  [[ -n $GATEWAY_PID ]] && return 0
+BARE_PORT= BARE_PID=
+start_bare() {
+  [[ -n $BARE_PID ]] && return 0
   start_origin
-  GATEWAY_PORT=$(free_port)
-  local d=$TMP/gateway admin_port
+  BARE_PORT=$(free_port)
+  "$BARE_BIN" --listen "127.0.0.1:$BARE_PORT" --origin "127.0.0.1:$ORIGIN_PORT" \
+    --threads "$THREADS" >"$TMP/bare.log" 2>&1 &
+  BARE_PID=$!; STARTED+=("$BARE_PID")
+  wait_port "$BARE_PORT" "$BARE_PID" bare-pingora "$TMP/bare.log"
+}
+
+FAC_PORT= FAC_PID=
+start_facilitator() {
+  [[ -n $FAC_PID ]] && return 0
+  FAC_PORT=$(free_port)
+  "$FACILITATOR_BIN" --listen "127.0.0.1:$FAC_PORT" >"$TMP/facilitator.log" 2>&1 &
+  FAC_PID=$!; STARTED+=("$FAC_PID")
+  wait_port "$FAC_PORT" "$FAC_PID" bench-facilitator "$TMP/facilitator.log"
+}
+
+# The pass key of this run (HMAC, 64 hex characters), given to the gateways by environment.
+X402_BENCH_PASS_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+export X402_BENCH_PASS_KEY
+
+# Writes a gateway folder $1 listening on port $2: one config for every gateway target. Free
+# rule on /fixed/ (any host); the priced rules on the same origin path, told apart by Host
+# (paid.bench: pay each request; pass.bench: pay once, then a pass); /api/weather: a 402.
+write_gateway_config() {
+  local d=$1 port=$2 admin_port
   admin_port=$(free_port)
   mkdir -p "$d/rules"
   cat >"$d/gateway.toml" <<CONF
 [server]
-listen = ["127.0.0.1:$GATEWAY_PORT"]
+listen = ["127.0.0.1:$port"]
 threads = $THREADS
 grace_period_seconds = 0
 graceful_shutdown_timeout_seconds = 1
@@ -238,6 +342,17 @@ peers = ["127.0.0.1:$ORIGIN_PORT"]
 pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
 networks = ["base-sepolia"]
 
+[[facilitators]]
+name = "bench"
+url = "http://127.0.0.1:$FAC_PORT"
+timeout_ms = 2000
+
+[passes]
+signing_key = "bench"
+[[passes.keys]]
+id = "bench"
+secret = "\${X402_BENCH_PASS_KEY}"
+
 [reload]
 watch = false
 
@@ -246,7 +361,7 @@ level = "info"
 access_log = false
 
 [ledger]
-path = ""
+path = "receipts.jsonl"
 CONF
   cat >"$d/rules/bench.toml" <<'CONF'
 [[rule]]
@@ -261,10 +376,60 @@ methods = ["GET"]
 price = "$0.01"
 description = "Current weather report"
 mime_type = "application/json"
+
+[[rule]]
+id = "paid"
+host = "paid.bench"
+prefix = "/fixed/"
+price = "$0.01"
+max_timeout_seconds = 86400
+
+[[rule]]
+id = "pass"
+host = "pass.bench"
+prefix = "/fixed/"
+price = "$0.01"
+max_timeout_seconds = 86400
+pass = { ttl = "24h", scope = "rule", max_requests = 4000000000 }
 CONF
-  "$GATEWAY_BIN" run -c "$d/gateway.toml" >"$d/stdout.log" 2>"$d/gateway.log" &
-  GATEWAY_PID=$!; STARTED+=("$GATEWAY_PID")
-  wait_port "$GATEWAY_PORT" "$GATEWAY_PID" x402-gateway "$d/gateway.log"
+}
+
+# Starts a gateway on folder $1, port $2; sets LAST_PID.
+LAST_PID=
+run_gateway() {
+  local d=$1 port=$2
+  (cd "$d" && exec "$GATEWAY_BIN" run -c "$d/gateway.toml" >"$d/stdout.log" 2>>"$d/gateway.log") &
+  LAST_PID=$!; STARTED+=("$LAST_PID")
+  wait_port "$port" "$LAST_PID" x402-gateway "$d/gateway.log"
+}
+
+GATEWAY_PORT= GATEWAY_PID=
+start_gateway() {
+  [[ -n $GATEWAY_PID ]] && return 0
+  start_origin; start_facilitator
+  GATEWAY_PORT=$(free_port)
+  write_gateway_config "$TMP/gateway" "$GATEWAY_PORT"
+  run_gateway "$TMP/gateway" "$GATEWAY_PORT"
+  GATEWAY_PID=$LAST_PID
+}
+
+# The paid-path gateway: its own process, restarted before every run (fresh replay guard).
+PAID_PORT= PAID_PID=
+restart_paid_gateway() {
+  start_origin; start_facilitator
+  [[ -n $PAID_PID ]] && stop_pid "$PAID_PID"
+  PAID_PORT=$(free_port)
+  write_gateway_config "$TMP/paid" "$PAID_PORT"
+  run_gateway "$TMP/paid" "$PAID_PORT"
+  PAID_PID=$LAST_PID
+}
+
+# Pre-signs $2 payments for the offer of the 402 at gateway URL $1 (Host $3) into file $4.
+sign_payments() {
+  local url=$1 count=$2 host=$3 out=$4 required
+  required=$(http_head "$url" "Host: $host" | header_value payment-required) \
+    || die "no PAYMENT-REQUIRED from $url (Host $host)"
+  "$PAYMENTS_BIN" --required "$required" --count "$count" --out "$out" --valid-seconds 86000
 }
 
 # ---- targets -------------------------------------------------------------------------------
@@ -272,8 +437,11 @@ CONF
 declare -A LABEL=(
   [origin]="origin direct"
   [nginx]="nginx proxy"
+  [bare_pingora]="bare Pingora"
   [gw_free]="gateway free"
   [gw_402]="gateway 402"
+  [gw_pass]="gateway pass"
+  [gw_paid]="gateway paid"
 )
 
 t_origin_start()  { start_origin; }
@@ -286,6 +454,11 @@ t_nginx_url()     { echo "http://127.0.0.1:$NGINX_PORT/fixed/$BODY"; }
 t_nginx_pids()    { echo "$NGINX_PIDS"; }
 t_nginx_status()  { echo 200; }
 
+t_bare_pingora_start()  { start_bare; }
+t_bare_pingora_url()    { echo "http://127.0.0.1:$BARE_PORT/fixed/$BODY"; }
+t_bare_pingora_pids()   { echo "$BARE_PID"; }
+t_bare_pingora_status() { echo 200; }
+
 t_gw_free_start()  { start_gateway; }
 t_gw_free_url()    { echo "http://127.0.0.1:$GATEWAY_PORT/fixed/$BODY"; }
 t_gw_free_pids()   { echo "$GATEWAY_PID"; }
@@ -295,6 +468,90 @@ t_gw_402_start()  { start_gateway; }
 t_gw_402_url()    { echo "http://127.0.0.1:$GATEWAY_PORT/api/weather"; }
 t_gw_402_pids()   { echo "$GATEWAY_PID"; }
 t_gw_402_status() { echo 402; }
+
+# gw_pass: one real payment through the fast facilitator buys a pass; wrk then sends it on
+# every request (X402-Pass header), Host pass.bench.
+PASS_TOKEN=
+t_gw_pass_start() {
+  start_gateway
+  local url head
+  url=$(t_gw_pass_url)
+  sign_payments "$url" 1 pass.bench "$TMP/pass-payment.txt"
+  head=$(http_head "$url" "Host: pass.bench" "PAYMENT-SIGNATURE: $(head -n 1 "$TMP/pass-payment.txt")")
+  PASS_TOKEN=$(header_value x402-pass <<<"$head") || die "gw_pass: the paid request got no pass: $head"
+  {
+    cat "$TMP/report.lua"
+    printf 'wrk.headers["Host"] = "pass.bench"\nwrk.headers["X402-Pass"] = "%s"\n' "$PASS_TOKEN"
+  } >"$TMP/pass.lua"
+}
+t_gw_pass_url()    { echo "http://127.0.0.1:$GATEWAY_PORT/fixed/$BODY"; }
+t_gw_pass_pids()   { echo "$GATEWAY_PID"; }
+t_gw_pass_status() { echo 200; }
+t_gw_pass_script() { echo "$TMP/pass.lua"; }
+t_gw_pass_check()  { http_status "$(t_gw_pass_url)" "Host: pass.bench" "X402-Pass: $PASS_TOKEN"; }
+
+# gw_paid: a distinct pre-signed payment per request, walked by wrk's lua; the gateway is
+# restarted before every run, so one set of PAY_COUNT payments serves every run.
+PAY_N=0
+t_gw_paid_start() {
+  restart_paid_gateway
+  PAY_N=${PAY_COUNT:-$((WARMUP * 20000 + 5000))}
+  sign_payments "$(t_gw_paid_url)" "$PAY_N" paid.bench "$TMP/payments.txt"
+  {
+    cat "$TMP/report.lua"
+    cat <<'LUA'
+-- Each wrk thread walks its own share of the pre-signed payments (args: file, threads).
+local next_id, payments, count, i = 0, {}, 0, 0
+local headers = { ["Host"] = "paid.bench" }
+function setup(thread)
+  thread:set("thread_id", next_id)
+  next_id = next_id + 1
+end
+function init(args)
+  local threads = tonumber(args[2]) or 1
+  local k = 0
+  for line in io.lines(args[1]) do
+    if k % threads == thread_id then
+      count = count + 1
+      payments[count] = line
+    end
+    k = k + 1
+  end
+end
+function request()
+  i = i + 1
+  -- Past the end the payments repeat: the gateway refuses them (counted as errors).
+  headers["PAYMENT-SIGNATURE"] = payments[(i - 1) % count + 1]
+  return wrk.format(nil, nil, headers)
+end
+LUA
+  } >"$TMP/paid.lua"
+}
+t_gw_paid_url()     { echo "http://127.0.0.1:$PAID_PORT/fixed/$BODY"; }
+t_gw_paid_pids()    { echo "$PAID_PID"; }
+t_gw_paid_status()  { echo 200; }
+t_gw_paid_script()  { echo "$TMP/paid.lua"; }
+t_gw_paid_args()    { echo "$TMP/payments.txt $WRK_THREADS"; }
+t_gw_paid_prepare() { restart_paid_gateway; }
+t_gw_paid_check() {
+  http_status "$(t_gw_paid_url)" "Host: paid.bench" "PAYMENT-SIGNATURE: $(head -n 1 "$TMP/payments.txt")"
+}
+# After the warm-up, sizes the payments for a full run (1.5x the warm-up rate, at least);
+# after a counted run, fails if the payments ran out.
+t_gw_paid_after() {
+  local requests=$1 round=$2 want
+  if [[ $round == warmup ]]; then
+    [[ -n $PAY_COUNT ]] && return 0
+    want=$((requests * DURATION * 3 / (2 * (WARMUP > 0 ? WARMUP : 1)) + 5000))
+    if ((want > PAY_N)); then
+      echo "  signing $want payments for runs of ${DURATION}s"
+      PAY_N=$want
+      sign_payments "$(t_gw_paid_url)" "$PAY_N" paid.bench "$TMP/payments.txt"
+    fi
+  elif ((requests > PAY_N)); then
+    die "gw_paid: $requests requests but only $PAY_N pre-signed payments: set PAY_COUNT higher"
+  fi
+}
 
 # ---- driver --------------------------------------------------------------------------------
 
@@ -308,29 +565,36 @@ done = function(summary, latency, requests)
 end
 LUA
 
-read -r -a TLIST <<<"$TARGETS"
+hook() { declare -F "t_${2}_$1" >/dev/null; }
+
 for t in "${TLIST[@]}"; do
-  declare -F "t_${t}_start" >/dev/null || die "unknown target $t"
+  hook start "$t" || die "unknown target $t"
   "t_${t}_start"
 done
 for t in "${TLIST[@]}"; do
-  url=$("t_${t}_url"); want=$("t_${t}_status"); got=$(http_status "$url")
-  [[ $got == "$want" ]] || die "$t: GET $url answered $got, expected $want"
+  want=$("t_${t}_status")
+  if hook check "$t"; then got=$("t_${t}_check"); else got=$(http_status "$("t_${t}_url")"); fi
+  [[ $got == "$want" ]] || die "$t: GET $("t_${t}_url") answered $got, expected $want"
 done
 
 # One wrk run against target $1 for $2 seconds; appends a result line to $TMP/results.
 run_one() {
-  local t=$1 secs=$2 round=$3 url pids c0 c1 o0 o1 out line
+  local t=$1 secs=$2 round=$3 url pids c0 c1 o0 o1 out line script args=()
+  hook prepare "$t" && "t_${t}_prepare"
   url=$("t_${t}_url"); pids=$("t_${t}_pids")
+  script=$TMP/report.lua
+  hook script "$t" && script=$("t_${t}_script")
+  hook args "$t" && read -r -a args <<<"$("t_${t}_args")"
   # shellcheck disable=SC2086
   c0=$(cpu_ticks $pids); o0=$(cpu_ticks "$ORIGIN_PID")
-  out=$("$WRK_BIN" -t"$WRK_THREADS" -c"$CONNS" -d"${secs}s" --latency -s "$TMP/report.lua" "$url")
+  out=$("$WRK_BIN" -t"$WRK_THREADS" -c"$CONNS" -d"${secs}s" --latency -s "$script" "$url" -- "${args[@]}")
   # shellcheck disable=SC2086
   c1=$(cpu_ticks $pids); o1=$(cpu_ticks "$ORIGIN_PID")
   line=$(grep '^RESULT ' <<<"$out") || die "$t: no result from wrk: $out"
-  [[ $round == warmup ]] && return 0
   local requests duration_us p50_us p99_us errors non2xx
   eval "$(tr ' ' '\n' <<<"${line#RESULT }" | grep -E '^(requests|duration_us|p50_us|p99_us|errors|non2xx)=')"
+  hook after "$t" && "t_${t}_after" "$requests" "$round"
+  [[ $round == warmup ]] && return 0
   local rps cpu ocpu
   rps=$(awk -v r="$requests" -v d="$duration_us" 'BEGIN { printf "%.0f", r / (d / 1e6) }')
   cpu=$(awk -v c=$((c1 - c0)) -v r="$requests" -v t="$TICK_US" 'BEGIN { printf "%.2f", c * t / r }')
@@ -344,7 +608,7 @@ run_one() {
     "$([[ $bad -gt 0 ]] && echo "  ($bad errors)")"
 }
 
-echo "x402-gateway load comparison: $ROUNDS rounds x ${DURATION}s, wrk -t$WRK_THREADS -c$CONNS," \
+echo "x402-gateway performance report: $ROUNDS rounds x ${DURATION}s, wrk -t$WRK_THREADS -c$CONNS," \
   "$THREADS server thread(s)/worker(s), ${BODY}-byte origin responses, $(nproc) CPUs"
 echo "warm-up (${WARMUP}s each, not counted)"
 for t in "${TLIST[@]}"; do run_one "$t" "$WARMUP" warmup; done
@@ -375,17 +639,40 @@ for t in "${TLIST[@]}"; do
     "$(awk -v v="${P50[$t]}" 'BEGIN{print v/1000}')" "$(awk -v v="${P99[$t]}" 'BEGIN{print v/1000}')" \
     "${CPU[$t]}" "${OCPU[$t]}" "$(awk -v v="${RSS[$t]}" 'BEGIN{print v/1024}')"
 done
-errs=$(awk '{ s += $8 } END { print s + 0 }' "$TMP/results")
-[[ $errs -gt 0 ]] && echo "WARNING: $errs failed requests or unexpected statuses (see the rounds above)"
 
-if [[ -n ${RPS[nginx]:-} ]]; then
+# Ratios of every target to $1 (same run; req/s: higher is better; p50, p99, cpu: lower).
+ratios_to() {
+  local base=$1 t
+  [[ -n ${RPS[$base]:-} ]] || return 0
   echo
-  echo "ratios to nginx (same run; req/s: higher is better; p50, p99, cpu: lower is better)"
+  echo "ratios to ${LABEL[$base]} (same run; req/s: higher is better; p50, p99, cpu/req: lower is better)"
   printf '%-14s %9s %9s %9s %11s\n' target req/s p50 p99 cpu/req
   for t in "${TLIST[@]}"; do
-    [[ $t == nginx ]] && continue
-    awk -v l="${LABEL[$t]}" -v r="${RPS[$t]}" -v nr="${RPS[nginx]}" -v a="${P50[$t]}" -v na="${P50[nginx]}" \
-      -v p="${P99[$t]}" -v np="${P99[nginx]}" -v c="${CPU[$t]}" -v nc="${CPU[nginx]}" \
+    [[ $t == "$base" ]] && continue
+    awk -v l="${LABEL[$t]}" -v r="${RPS[$t]}" -v nr="${RPS[$base]}" -v a="${P50[$t]}" -v na="${P50[$base]}" \
+      -v p="${P99[$t]}" -v np="${P99[$base]}" -v c="${CPU[$t]}" -v nc="${CPU[$base]}" \
       'BEGIN { printf "%-14s %8.2fx %8.2fx %8.2fx %10.2fx\n", l, r / nr, a / na, p / np, c / nc }'
   done
+}
+ratios_to nginx
+ratios_to bare_pingora
+
+# The targets: free path >= 0.95x bare Pingora and >= 1.0x nginx in req/s; pass >= 0.9x free.
+goal() {
+  local what=$1 t=$2 base=$3 min=$4
+  [[ -n ${RPS[$t]:-} && -n ${RPS[$base]:-} ]] || return 0
+  awk -v w="$what" -v r="${RPS[$t]}" -v b="${RPS[$base]}" -v m="$min" -v c="${CPU[$t]}" -v cb="${CPU[$base]}" \
+    'BEGIN { x = r / b; printf "  %-34s %5.2fx req/s (goal >= %.2fx: %s)   %5.2fx cpu/req\n", w, x, m, (x >= m ? "met" : "MISSED"), c / cb }'
+}
+echo
+echo "targets"
+goal "gateway free / bare Pingora" gw_free bare_pingora 0.95
+goal "gateway free / nginx" gw_free nginx 1.0
+goal "gateway pass / gateway free" gw_pass gw_free 0.9
+
+errs=$(awk '{ s += $8 } END { print s + 0 }' "$TMP/results")
+if [[ $errs -gt 0 ]]; then
+  echo
+  echo "FAILED: $errs failed requests or unexpected statuses (see the rounds above)" >&2
+  exit 1
 fi

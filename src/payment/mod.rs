@@ -184,8 +184,17 @@ const PAYER_HEADERS: [&str; 6] = [
     "x-payment-transaction",
 ];
 
-/// Removes client-supplied payer headers from a request bound for the origin.
+/// Removes client-supplied payer headers from a request bound for the origin. One pass over
+/// the request's header names first: most requests carry none, and each removal by name costs
+/// a parse and a lookup.
 pub fn strip_payer_headers(req: &mut pingora::http::RequestHeader) {
+    if !req
+        .headers
+        .keys()
+        .any(|k| k.as_str().starts_with("x-payment-"))
+    {
+        return;
+    }
     for h in PAYER_HEADERS {
         req.remove_header(h);
     }

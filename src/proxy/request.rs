@@ -122,7 +122,12 @@ pub fn request_host(req: &RequestHeader) -> Result<Cow<'_, str>, RequestError> {
 /// The authority of an absolute-form request target (`GET http://host/path`), which Pingora
 /// keeps verbatim rather than in the URI.
 pub fn absolute_form_authority(req: &RequestHeader) -> Option<&str> {
-    let raw = std::str::from_utf8(req.raw_path()).ok()?;
+    let raw = req.raw_path();
+    if raw.first() == Some(&b'/') {
+        // Origin-form, the common case.
+        return None;
+    }
+    let raw = std::str::from_utf8(raw).ok()?;
     let (scheme, rest) = raw.split_once("://")?;
     if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
         return None;

@@ -88,8 +88,15 @@ pub fn prepare_request(
     if let Some(h) = &pool.host_rewrite {
         req.insert_header(http::header::HOST, h.as_str())?;
     }
-    // Payment headers are for the gateway; the origin never sees them.
-    req.remove_header(crate::x402::HEADER_PAYMENT_SIGNATURE);
-    req.remove_header(crate::x402::HEADER_X_PAYMENT);
+    // Payment headers are for the gateway; the origin never sees them. (Looked for in one pass
+    // first: most requests carry none.)
+    if req
+        .headers
+        .keys()
+        .any(|k| k == crate::x402::HEADER_PAYMENT_SIGNATURE || k == crate::x402::HEADER_X_PAYMENT)
+    {
+        req.remove_header(crate::x402::HEADER_PAYMENT_SIGNATURE);
+        req.remove_header(crate::x402::HEADER_X_PAYMENT);
+    }
     Ok(())
 }
