@@ -233,8 +233,20 @@ mod tests {
         );
         assert!(parse_verify(500, br#"{"isValid":true}"#).is_err());
         // A 5xx refusal is the facilitator failing (its node down), not a verdict.
-        assert!(parse_verify(500, br#"{"isValid":false,"invalidReason":"unexpected_verify_error"}"#).is_err());
-        assert!(parse_verify(400, br#"{"isValid":false,"invalidReason":"invalid_payload"}"#).is_ok());
+        assert!(
+            parse_verify(
+                500,
+                br#"{"isValid":false,"invalidReason":"unexpected_verify_error"}"#
+            )
+            .is_err()
+        );
+        assert!(
+            parse_verify(
+                400,
+                br#"{"isValid":false,"invalidReason":"invalid_payload"}"#
+            )
+            .is_ok()
+        );
         assert!(parse_verify(200, b"garbage").is_err());
         assert!(
             parse_settle(
