@@ -259,6 +259,8 @@ enum Wait {
 
 /// How many times a settlement is signed again after its transaction was replaced.
 const MAX_RESENDS: u32 = 3;
+/// How long a receipt is still looked for once its transaction's relayer nonce is used.
+const REPLACED_GRACE: Duration = Duration::from_secs(2);
 /// How many times a nonce conflict is resolved by asking the node before giving up.
 const MAX_NONCE_RETRIES: u64 = 10;
 
@@ -479,11 +481,21 @@ impl LocalSettler {
         };
         let deadline = Instant::now() + self.receipt_timeout;
         let mut resends = 0;
+        // The transaction last sent for this authorization, once one was.
+        let mut sent_before: Option<String> = None;
         let (receipt, tx) = loop {
             let sent = match self.send(v.chain, &v.auth).await {
                 Ok(s) => s,
                 Err(SendError::Reverted(msg)) => {
                     let why = self.diagnose(v.chain, &v.auth).await;
+                    if let Some(earlier) = sent_before.take()
+                        && why == reason::NONCE_USED
+                    {
+                        // Used since we sent it, most likely by our own earlier transaction:
+                        // the payer may have paid, so the outcome is unknown, not refused.
+                        tracing::warn!(network = %v.network, transaction = %earlier, "authorization used after a resend; outcome unknown");
+                        return failed(200, reason::PENDING, earlier, v.network, payer);
+                    }
                     tracing::info!(network = %v.network, payer = %v.payer, reason = why, detail = %msg, "settlement refused before sending");
                     return failed(200, why, String::new(), v.network, payer);
                 }
@@ -497,6 +509,7 @@ impl LocalSettler {
                 }
             };
             let tx = format!("{:#x}", sent.hash);
+            sent_before = Some(tx.clone());
             match self.wait_receipt(v.chain, &sent, deadline).await {
                 Wait::Receipt(r) => break (r, tx),
                 Wait::TimedOut => {
@@ -1038,10 +1051,18 @@ impl LocalSettler {
                 .await;
             if mined.is_ok_and(|n| n > sent.nonce) {
                 // Our nonce is used; unless by us (mined just now), ours can never be mined.
-                return match receipt().await {
-                    Some(r) => Wait::Receipt(r),
-                    None => Wait::Replaced,
-                };
+                // A node can count the nonce before it serves the receipt (anvil does under
+                // load, and so can endpoints behind a load balancer): look again for a moment.
+                let grace = (Instant::now() + REPLACED_GRACE).min(deadline);
+                loop {
+                    if let Some(r) = receipt().await {
+                        return Wait::Receipt(r);
+                    }
+                    if Instant::now() >= grace {
+                        return Wait::Replaced;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
