@@ -12,3 +12,4 @@ mod hostile;
 mod local_settler;
 mod passes;
 mod payments;
+mod soak;
