@@ -65,14 +65,32 @@ impl Pool {
     /// this failure ejected it.
     pub fn failure(&self, fac: &FacilitatorConf) -> bool {
         let h = self.health(fac);
+        let now = now_ms();
+        let until = h.ejected_until.load(Ordering::Acquire);
+        if until != 0 && now < until {
+            // Calls that were under way when it was ejected: already out of rotation, and
+            // they say nothing new (the back-off doubles on a failed trial, not on these).
+            return false;
+        }
         let failures = h.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if failures < fac.failure_threshold {
             return false;
         }
-        let n = h.ejections.fetch_add(1, Ordering::AcqRel).min(16);
+        let n = h.ejections.load(Ordering::Acquire).min(16);
         let eject = BASE_EJECT.saturating_mul(1 << n).min(fac.max_eject);
-        h.ejected_until
-            .store(now_ms() + eject.as_millis() as u64, Ordering::Release);
+        // Of several failures at once, one ejects.
+        if h.ejected_until
+            .compare_exchange(
+                until,
+                now + eject.as_millis() as u64,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return false;
+        }
+        h.ejections.fetch_add(1, Ordering::AcqRel);
         true
     }
 
@@ -157,6 +175,20 @@ mod tests {
             vec!["b"]
         );
         assert!(!pool.health(&a).healthy());
+        // Failures of calls that were under way neither extend the ejection nor double it.
+        let until = pool.health(&a).ejected_until.load(Ordering::Acquire);
+        for _ in 0..5 {
+            assert!(!pool.failure(&a));
+        }
+        assert_eq!(pool.health(&a).ejected_until.load(Ordering::Acquire), until);
+        assert_eq!(pool.health(&a).ejections.load(Ordering::Acquire), 1);
+        // A failed trial after the ejection expires ejects again, for twice as long.
+        pool.health(&a).ejected_until.store(1, Ordering::Release);
+        let before = now_ms();
+        assert!(pool.failure(&a));
+        let second = pool.health(&a).ejected_until.load(Ordering::Acquire) - before;
+        let doubled = 2 * BASE_EJECT.as_millis() as u64;
+        assert!((doubled..doubled + 1_000).contains(&second), "{second}");
         pool.success(&a);
         assert!(pool.health(&a).healthy());
         assert_eq!(pool.order(vec![&a, &b])[0].name, "a");
