@@ -23,6 +23,16 @@
 #                 examples/bench-facilitator.rs (a loopback facilitator that approves at once),
 #                 receipt ledger on. A nonce is accepted once, so this gateway is restarted
 #                 (fresh replay state) before every run and the same payments are replayed.
+#   gw_paid_dead  as gw_paid, but the network has a pool of two facilitators: first (priority
+#                 0) a dead one, a loopback port nobody listens on (connections refused), then
+#                 (priority 1) the same bench facilitator. Default pool settings, written out
+#                 (failure_threshold 3, max_eject_ms 30000): after 3 failures in a row the dead
+#                 one is out of rotation for 1 s, doubling with each further failure up to
+#                 30 s (the requests already in flight to it count too), then retried by a
+#                 /supported probe or a trial call. /verify fails over to the healthy one,
+#                 /settle goes to the one that verified. Each run (fresh gateway) must show
+#                 the dead one ejected (gateway log), else the run fails. Goal: >= 0.95x
+#                 gw_paid req/s.
 #
 # Every server listens on 127.0.0.1 on a port picked free at start (bind test). nginx runs as
 # the current user from a generated config in a temp dir (daemon off, pid and logs there,
@@ -43,7 +53,7 @@
 #   ROUNDS=5 DURATION=10 (s per run) WARMUP=2 (s per target, once, not counted)
 #   CONNS=50 WRK_THREADS=1 THREADS=1 (server threads = nginx worker_processes)
 #   BODY=128 (origin response bytes)
-#   TARGETS="origin nginx bare_pingora gw_free gw_402 gw_pass gw_paid"
+#   TARGETS="origin nginx bare_pingora gw_free gw_402 gw_pass gw_paid gw_paid_dead"
 #   PAY_COUNT (payments pre-signed per run; default: sized from the warm-up rate)
 #   GATEWAY_BIN ORIGIN_BIN BARE_BIN FACILITATOR_BIN PAYMENTS_BIN NGINX_BIN WRK_BIN
 #   KEEP_TMP=1 keeps the temp dir (configs, logs, payments)
@@ -70,7 +80,7 @@ CONNS=${CONNS:-50}
 WRK_THREADS=${WRK_THREADS:-1}
 THREADS=${THREADS:-1}
 BODY=${BODY:-128}
-TARGETS=${TARGETS:-"origin nginx bare_pingora gw_free gw_402 gw_pass gw_paid"}
+TARGETS=${TARGETS:-"origin nginx bare_pingora gw_free gw_402 gw_pass gw_paid gw_paid_dead"}
 PAY_COUNT=${PAY_COUNT:-}
 GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/x402-gateway}
 ORIGIN_BIN=${ORIGIN_BIN:-$ROOT/target/release/demo-origin}
@@ -85,10 +95,10 @@ read -r -a TLIST <<<"$TARGETS"
 needs() { [[ " ${TLIST[*]} " == *" $1 "* ]]; }
 need_bin() { [[ -x $1 ]] || die "$1 not found: run cargo build --release --bins --examples first"; }
 need_bin "$ORIGIN_BIN"
-if needs gw_free || needs gw_402 || needs gw_pass || needs gw_paid; then
+if needs gw_free || needs gw_402 || needs gw_pass || needs gw_paid || needs gw_paid_dead; then
   need_bin "$GATEWAY_BIN"; need_bin "$FACILITATOR_BIN"
 fi
-if needs gw_pass || needs gw_paid; then need_bin "$PAYMENTS_BIN"; fi
+if needs gw_pass || needs gw_paid || needs gw_paid_dead; then need_bin "$PAYMENTS_BIN"; fi
 if needs bare_pingora; then need_bin "$BARE_BIN"; fi
 if needs nginx; then [[ -x $NGINX_BIN ]] || die "nginx not found: apt-get install -y nginx-light"; fi
 command -v "$WRK_BIN" >/dev/null || die "wrk not found: apt-get install -y wrk"
@@ -115,13 +125,20 @@ trap 'exit 130' INT TERM
 
 # ---- helpers -------------------------------------------------------------------------------
 
-# A port nobody listens on: bind to port 0 and report what the kernel chose.
+# A port nobody listens on: bind to port 0 and report what the kernel chose (never the dead
+# facilitator's port, which must stay unused).
+DEAD_FAC_PORT=
 free_port() {
-  if command -v perl >/dev/null; then
-    perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1", LocalPort => 0, ReuseAddr => 1) or die "bind: $!"; print $s->sockport, "\n"'
-  else
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-  fi
+  local port
+  while :; do
+    if command -v perl >/dev/null; then
+      port=$(perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1", LocalPort => 0, ReuseAddr => 1) or die "bind: $!"; print $s->sockport, "\n"')
+    else
+      port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    fi
+    [[ $port == "$DEAD_FAC_PORT" ]] || break
+  done
+  echo "$port"
 }
 
 # Waits until something accepts connections on 127.0.0.1:$1 (pid $2 must stay alive).
@@ -321,9 +338,29 @@ export X402_BENCH_PASS_KEY
 # Writes a gateway folder $1 listening on port $2: one config for every gateway target. Free
 # rule on /fixed/ (any host); the priced rules on the same origin path, told apart by Host
 # (paid.bench: pay each request; pass.bench: pay once, then a pass); /api/weather: a 402.
+# With $3 (a port nobody listens on), the facilitators are a pool: a dead one on that port
+# first (priority 0, default ejection settings), then the bench facilitator (priority 1).
 write_gateway_config() {
-  local d=$1 port=$2 admin_port
+  local d=$1 port=$2 dead_port=${3:-} admin_port facilitators
   admin_port=$(free_port)
+  facilitators="[[facilitators]]
+name = \"bench\"
+url = \"http://127.0.0.1:$FAC_PORT\"
+timeout_ms = 2000"
+  if [[ -n $dead_port ]]; then
+    facilitators="[[facilitators]]
+name = \"dead\"
+url = \"http://127.0.0.1:$dead_port\"
+networks = [\"base-sepolia\"]
+timeout_ms = 2000
+priority = 0
+weight = 1
+failure_threshold = 3
+max_eject_ms = 30000
+
+$facilitators
+priority = 1"
+  fi
   mkdir -p "$d/rules"
   cat >"$d/gateway.toml" <<CONF
 [server]
@@ -342,10 +379,7 @@ peers = ["127.0.0.1:$ORIGIN_PORT"]
 pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
 networks = ["base-sepolia"]
 
-[[facilitators]]
-name = "bench"
-url = "http://127.0.0.1:$FAC_PORT"
-timeout_ms = 2000
+$facilitators
 
 [passes]
 signing_key = "bench"
@@ -413,15 +447,26 @@ start_gateway() {
   GATEWAY_PID=$LAST_PID
 }
 
-# The paid-path gateway: its own process, restarted before every run (fresh replay guard).
-PAID_PORT= PAID_PID=
+# The paid-path gateways (target $1: gw_paid, gw_paid_dead): each its own process in $TMP/$1,
+# restarted before every run (fresh replay guard); gw_paid_dead's has the dead facilitator.
+declare -A PAID_PORT=() PAID_PID=() PAID_LOG_MARK=()
 restart_paid_gateway() {
+  local t=$1 dead=
   start_origin; start_facilitator
-  [[ -n $PAID_PID ]] && stop_pid "$PAID_PID"
-  PAID_PORT=$(free_port)
-  write_gateway_config "$TMP/paid" "$PAID_PORT"
-  run_gateway "$TMP/paid" "$PAID_PORT"
-  PAID_PID=$LAST_PID
+  [[ -n ${PAID_PID[$t]:-} ]] && stop_pid "${PAID_PID[$t]}"
+  if [[ $t == gw_paid_dead ]]; then
+    if [[ -z $DEAD_FAC_PORT ]]; then DEAD_FAC_PORT=$(free_port); fi
+    dead=$DEAD_FAC_PORT
+    ! (exec 3<>"/dev/tcp/127.0.0.1/$dead") 2>/dev/null \
+      || die "gw_paid_dead: something listens on the dead facilitator's port $dead"
+  fi
+  PAID_PORT[$t]=$(free_port)
+  write_gateway_config "$TMP/$t" "${PAID_PORT[$t]}" "$dead"
+  # Log lines before this instance: paid_after reads only this instance's.
+  PAID_LOG_MARK[$t]=0
+  [[ -f $TMP/$t/gateway.log ]] && PAID_LOG_MARK[$t]=$(wc -l <"$TMP/$t/gateway.log")
+  run_gateway "$TMP/$t" "${PAID_PORT[$t]}"
+  PAID_PID[$t]=$LAST_PID
 }
 
 # Pre-signs $2 payments for the offer of the 402 at gateway URL $1 (Host $3) into file $4.
@@ -442,6 +487,7 @@ declare -A LABEL=(
   [gw_402]="gateway 402"
   [gw_pass]="gateway pass"
   [gw_paid]="gateway paid"
+  [gw_paid_dead]="paid, dead fac"
 )
 
 t_origin_start()  { start_origin; }
@@ -490,13 +536,15 @@ t_gw_pass_status() { echo 200; }
 t_gw_pass_script() { echo "$TMP/pass.lua"; }
 t_gw_pass_check()  { http_status "$(t_gw_pass_url)" "Host: pass.bench" "X402-Pass: $PASS_TOKEN"; }
 
-# gw_paid: a distinct pre-signed payment per request, walked by wrk's lua; the gateway is
-# restarted before every run, so one set of PAY_COUNT payments serves every run.
-PAY_N=0
-t_gw_paid_start() {
-  restart_paid_gateway
-  PAY_N=${PAY_COUNT:-$((WARMUP * 20000 + 5000))}
-  sign_payments "$(t_gw_paid_url)" "$PAY_N" paid.bench "$TMP/payments.txt"
+# gw_paid, gw_paid_dead: a distinct pre-signed payment per request, walked by wrk's lua; the
+# gateway is restarted before every run, so one set of payments per target serves every run.
+declare -A PAY_N=()
+paid_start() {
+  local t=$1
+  restart_paid_gateway "$t"
+  PAY_N[$t]=${PAY_COUNT:-$((WARMUP * 20000 + 5000))}
+  sign_payments "$(paid_url "$t")" "${PAY_N[$t]}" paid.bench "$TMP/$t.payments.txt"
+  [[ -f $TMP/paid.lua ]] && return 0
   {
     cat "$TMP/report.lua"
     cat <<'LUA'
@@ -527,31 +575,44 @@ end
 LUA
   } >"$TMP/paid.lua"
 }
-t_gw_paid_url()     { echo "http://127.0.0.1:$PAID_PORT/fixed/$BODY"; }
-t_gw_paid_pids()    { echo "$PAID_PID"; }
-t_gw_paid_status()  { echo 200; }
-t_gw_paid_script()  { echo "$TMP/paid.lua"; }
-t_gw_paid_args()    { echo "$TMP/payments.txt $WRK_THREADS"; }
-t_gw_paid_prepare() { restart_paid_gateway; }
-t_gw_paid_check() {
-  http_status "$(t_gw_paid_url)" "Host: paid.bench" "PAYMENT-SIGNATURE: $(head -n 1 "$TMP/payments.txt")"
+paid_url() { echo "http://127.0.0.1:${PAID_PORT[$1]}/fixed/$BODY"; }
+paid_check() {
+  http_status "$(paid_url "$1")" "Host: paid.bench" "PAYMENT-SIGNATURE: $(head -n 1 "$TMP/$1.payments.txt")"
 }
 # After the warm-up, sizes the payments for a full run (1.5x the warm-up rate, at least);
-# after a counted run, fails if the payments ran out.
-t_gw_paid_after() {
-  local requests=$1 round=$2 want
+# after a counted run, fails if the payments ran out. gw_paid_dead: fails unless this
+# gateway instance took the dead facilitator out of rotation (the pool was exercised).
+paid_after() {
+  local t=$1 requests=$2 round=$3 want
+  if [[ $t == gw_paid_dead ]] && ! awk -v m="${PAID_LOG_MARK[$t]}" \
+    'NR > m && /taken out of rotation/ && /facilitator=dead/ { f = 1 } END { exit !f }' \
+    "$TMP/$t/gateway.log"; then
+    die "gw_paid_dead: the dead facilitator was never taken out of rotation (see $TMP/$t/gateway.log; KEEP_TMP=1)"
+  fi
   if [[ $round == warmup ]]; then
     [[ -n $PAY_COUNT ]] && return 0
     want=$((requests * DURATION * 3 / (2 * (WARMUP > 0 ? WARMUP : 1)) + 5000))
-    if ((want > PAY_N)); then
-      echo "  signing $want payments for runs of ${DURATION}s"
-      PAY_N=$want
-      sign_payments "$(t_gw_paid_url)" "$PAY_N" paid.bench "$TMP/payments.txt"
+    if ((want > PAY_N[$t])); then
+      echo "  signing $want payments for runs of ${DURATION}s ($t)"
+      PAY_N[$t]=$want
+      sign_payments "$(paid_url "$t")" "${PAY_N[$t]}" paid.bench "$TMP/$t.payments.txt"
     fi
-  elif ((requests > PAY_N)); then
-    die "gw_paid: $requests requests but only $PAY_N pre-signed payments: set PAY_COUNT higher"
+  elif ((requests > PAY_N[$t])); then
+    die "$t: $requests requests but only ${PAY_N[$t]} pre-signed payments: set PAY_COUNT higher"
   fi
 }
+for t in gw_paid gw_paid_dead; do
+  eval "
+t_${t}_start()   { paid_start $t; }
+t_${t}_url()     { paid_url $t; }
+t_${t}_pids()    { echo \"\${PAID_PID[$t]}\"; }
+t_${t}_status()  { echo 200; }
+t_${t}_script()  { echo \"\$TMP/paid.lua\"; }
+t_${t}_args()    { echo \"\$TMP/$t.payments.txt \$WRK_THREADS\"; }
+t_${t}_prepare() { restart_paid_gateway $t; }
+t_${t}_check()   { paid_check $t; }
+t_${t}_after()   { paid_after $t \"\$@\"; }"
+done
 
 # ---- driver --------------------------------------------------------------------------------
 
@@ -657,7 +718,8 @@ ratios_to() {
 ratios_to nginx
 ratios_to bare_pingora
 
-# The targets: free path >= 0.95x bare Pingora and >= 1.0x nginx in req/s; pass >= 0.9x free.
+# The targets: free path >= 0.95x bare Pingora and >= 1.0x nginx in req/s; pass >= 0.9x free;
+# paid with a dead facilitator in the pool >= 0.95x paid with a healthy one.
 goal() {
   local what=$1 t=$2 base=$3 min=$4
   [[ -n ${RPS[$t]:-} && -n ${RPS[$base]:-} ]] || return 0
@@ -669,6 +731,7 @@ echo "targets"
 goal "gateway free / bare Pingora" gw_free bare_pingora 0.95
 goal "gateway free / nginx" gw_free nginx 1.0
 goal "gateway pass / gateway free" gw_pass gw_free 0.9
+goal "paid, dead facilitator / paid" gw_paid_dead gw_paid 0.95
 
 errs=$(awk '{ s += $8 } END { print s + 0 }' "$TMP/results")
 if [[ $errs -gt 0 ]]; then
