@@ -745,27 +745,39 @@ mod tests {
         assert_eq!(c, vec![Conflict(0, 1)]);
     }
 
+    /// A fixed-seed generator for the brute-force comparisons.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn next(&mut self, n: usize) -> usize {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) as usize % n
+        }
+    }
+
+    /// `n` routes drawn from small alphabets, so that many overlap.
+    fn random_routes(rng: &mut Lcg, n: usize, hosts: &[&str], segs: &[&str]) -> Vec<Route> {
+        let methods: [&[&str]; 3] = [&[], &["GET"], &["POST"]];
+        (0..n)
+            .map(|_| {
+                let depth = 1 + rng.next(3);
+                let path: String = (0..depth)
+                    .map(|_| format!("/{}", segs[rng.next(segs.len())]))
+                    .collect();
+                route(hosts[rng.next(hosts.len())], methods[rng.next(3)], &path)
+            })
+            .collect()
+    }
+
     #[test]
     fn conflicts_match_brute_force() {
         // Small alphabets so that many generated routes overlap at equal specificity.
         let hosts = ["*", "a.com", "b.com", "*.com", "a.*"];
         let segs = ["a", "b", "*", "**", "a*", "*b"];
-        let methods: [&[&str]; 3] = [&[], &["GET"], &["POST"]];
-        let mut x: u64 = 12345;
-        let mut next = |n: usize| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (x >> 33) as usize % n
-        };
-        let mut routes = Vec::new();
-        for _ in 0..300 {
-            let depth = 1 + next(3);
-            let path: String = (0..depth)
-                .map(|_| format!("/{}", segs[next(segs.len())]))
-                .collect();
-            routes.push(route(hosts[next(hosts.len())], methods[next(3)], &path));
-        }
+        let routes = random_routes(&mut Lcg(12345), 300, &hosts, &segs);
         let mut naive = Vec::new();
         for a in 0..routes.len() {
             for b in a + 1..routes.len() {
@@ -785,36 +797,22 @@ mod tests {
     fn find_matches_brute_force() {
         let hosts = ["*", "a.com", "b.com", "*.com", "a.*", "c.org"];
         let segs = ["a", "b", "*", "**", "a*", "*b", "c"];
-        let methods: [&[&str]; 3] = [&[], &["GET"], &["POST"]];
-        let mut x: u64 = 777;
-        let mut next = |n: usize| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (x >> 33) as usize % n
-        };
-        let mut routes = Vec::new();
-        for _ in 0..200 {
-            let depth = 1 + next(3);
-            let path: String = (0..depth)
-                .map(|_| format!("/{}", segs[next(segs.len())]))
-                .collect();
-            routes.push(route(hosts[next(hosts.len())], methods[next(3)], &path));
-        }
+        let mut rng = Lcg(777);
+        let routes = random_routes(&mut rng, 200, &hosts, &segs);
         let (r, _) = Router::build(routes.clone());
         let words = ["a", "b", "c", "ab", "ba", "cb"];
         let req_hosts = ["a.com", "b.com", "c.org", "x.com", "a.net"];
         for _ in 0..2000 {
-            let depth = next(4);
+            let depth = rng.next(4);
             let key: String = if depth == 0 {
                 "/".into()
             } else {
                 (0..depth)
-                    .map(|_| format!("/{}", words[next(words.len())]))
+                    .map(|_| format!("/{}", words[rng.next(words.len())]))
                     .collect()
             };
-            let host = req_hosts[next(req_hosts.len())];
-            let bit = Methods::bit(["GET", "POST", "PUT"][next(3)]);
+            let host = req_hosts[rng.next(req_hosts.len())];
+            let bit = Methods::bit(["GET", "POST", "PUT"][rng.next(3)]);
             let naive = (0..routes.len())
                 .filter(|&i| {
                     let rt = &routes[i];
