@@ -348,20 +348,12 @@ async fn origin_trickling_its_headers_is_a_504_and_never_charged() {
     assert_eq!(p.origin.seen.requests(), 2);
 }
 
-/// Anvil account 1 (a public test key): the built-in settler's relayer.
-const RELAYER_KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
-const RELAYER: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
-
 /// A gateway whose only facilitator is the built-in settler, reaching the chain through `rpc`
 /// (1 s per RPC call, 2 s for a receipt).
 fn local_settler_config(origin: &str, dev: &Value, rpc: &str) -> String {
     let mut info = dev.clone();
     info["rpcUrl"] = Value::String(rpc.to_owned());
-    let network = format!("eip155:{}", dev["chainId"].as_u64().expect("chain id"));
-    let fac = format!(
-        "[[facilitators]]\nname = \"self\"\nkind = \"local\"\nrelayer_key = \"{RELAYER_KEY}\"\nnetworks = [\"{network}\"]\ntimeout_ms = 1000\nreceipt_timeout_ms = 2000\n"
-    );
-    paid_config(origin, &info, &fac, "")
+    paid_config(origin, &info, &local_settler_toml(dev, 1000, 2000), "")
 }
 
 async fn relayer_nonce(rpc: &str) -> u64 {

@@ -16,9 +16,6 @@ use crate::support::chain::{authorization_used, balance};
 use crate::support::pay::{self, Auth};
 use crate::support::*;
 
-/// Anvil account 1 (a public test key): the relayer that sends settlements and pays gas.
-const RELAYER_KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
-const RELAYER: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
 const PRICE: u128 = 10_000;
 
 /// A devnet without the node facilitator: only our settler touches the chain.

@@ -45,8 +45,6 @@ use crate::support::chain::{authorization_used, balance};
 use crate::support::pay::{self, Auth};
 use crate::support::*;
 
-/// Anvil account 1 (a public test key): the relayer that sends settlements and pays gas.
-const RELAYER_KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
 /// The `weather` price ($0.01 of a 6-decimal token); no reload changes it.
 const PRICE: u128 = 10_000;
 /// Authorizations are valid this long (and the priced rules offer this `maxTimeoutSeconds`).
@@ -112,60 +110,20 @@ max_timeout_seconds = {VALIDITY_SECS}
 }
 
 fn gateway_config(origin: &str, dev: &Value) -> String {
-    let chain_id = dev["chainId"].as_u64().expect("chain id");
-    let token = &dev["token"];
-    format!(
-        r#"
-[server]
-listen = ["127.0.0.1:0"]
-threads = 1
-grace_period_seconds = 0
-graceful_shutdown_timeout_seconds = 2
-
-[admin]
-listen = "127.0.0.1:0"
-
-[upstreams.origin]
-peers = ["{origin}"]
-
-[[networks]]
-id = "eip155:{chain_id}"
-rpc_urls = ["{rpc}"]
-
-[[assets]]
-id = "tusd"
-network = "eip155:{chain_id}"
-address = "{address}"
-name = "{name}"
-version = "{version}"
-decimals = 6
-usd = true
-
-[[facilitators]]
-name = "self"
-kind = "local"
-relayer_key = "{RELAYER_KEY}"
-networks = ["eip155:{chain_id}"]
-timeout_ms = 5000
-receipt_timeout_ms = 30000
-
-[reload]
-debounce_ms = 50
-
-[logging]
-level = "info"
-access_log = false
-
-[payment]
-pay_to = "{pay_to}"
-networks = ["eip155:{chain_id}"]
-"#,
-        rpc = dev["rpcUrl"].as_str().expect("rpc"),
-        address = token["address"].as_str().expect("address"),
-        name = token["name"].as_str().expect("name"),
-        version = token["version"].as_str().expect("version"),
-        pay_to = dev["payTo"].as_str().expect("payTo"),
-    )
+    // Quiet access log: a soak writes millions of requests.
+    let facilitators = format!(
+        "{}\n[reload]\ndebounce_ms = 50\n",
+        local_settler_toml(dev, 5000, 30000)
+    );
+    let config = paid_config(origin, dev, &facilitators, "").replace(
+        "[logging]\nlevel = \"info\"\n",
+        "[logging]\nlevel = \"info\"\naccess_log = false\n",
+    );
+    assert!(
+        config.contains("access_log = false"),
+        "no [logging] section to quiet"
+    );
+    config
 }
 
 /// A base64 JSON header (`PAYMENT-REQUIRED`, `PAYMENT-RESPONSE`), or `None`.

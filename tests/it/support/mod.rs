@@ -481,6 +481,20 @@ pub fn facilitator_toml(name: &str, url: &str, priority: u32, extra: &str) -> St
     )
 }
 
+/// Anvil account 1 (a public test key): the built-in settler's relayer, which sends
+/// settlements and pays gas.
+pub const RELAYER_KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+pub const RELAYER: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
+
+/// A `[[facilitators]]` table for the built-in settler named `self` on the devnet's chain,
+/// relaying with [`RELAYER_KEY`].
+pub fn local_settler_toml(dev: &Value, timeout_ms: u64, receipt_timeout_ms: u64) -> String {
+    let network = format!("eip155:{}", dev["chainId"].as_u64().expect("chain id"));
+    format!(
+        "[[facilitators]]\nname = \"self\"\nkind = \"local\"\nrelayer_key = \"{RELAYER_KEY}\"\nnetworks = [\"{network}\"]\ntimeout_ms = {timeout_ms}\nreceipt_timeout_ms = {receipt_timeout_ms}\n"
+    )
+}
+
 /// A gateway.toml for payments on a devnet (see `NodeProc` with `lib/devnet.mjs`): the chain
 /// declared with its RPC endpoint, the devnet token as the USD asset, the given facilitators.
 pub fn paid_config(origin: &str, dev: &Value, facilitators: &str, payment_extra: &str) -> String {
