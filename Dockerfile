@@ -10,6 +10,7 @@ RUN apt-get update \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY alloc ./alloc
 COPY templates ./templates
 COPY benches ./benches
 COPY tests ./tests

@@ -13,6 +13,11 @@
 #   nginx         nginx reverse proxy: upstream keepalive, X-Forwarded-* set, access_log off
 #   bare_pingora  examples/bare-pingora.rs: Pingora's proxy with only upstream_peer, the
 #                 gateway's Pingora version, allocator and server settings
+#   pingora_fwd   examples/bare-pingora.rs --forwarded: the same, plus the work nginx is
+#                 configured to do and any production proxy does: X-Forwarded-For/-Proto/-Host
+#                 set, and the gateway's default upstream timeouts (read/write 30 s, idle 60 s).
+#                 gateway free / pingora_fwd is the cost of the gateway's own per-request work
+#                 (routing, metrics, header deadline), not of Pingora or of forwarding
 #   gw_free       the gateway, a free rule
 #   gw_402        the gateway, a priced rule without payment: a 402 answer, origin untouched
 #   gw_pass       the gateway, a priced rule, every request carrying a valid pass token
@@ -53,7 +58,7 @@
 #   ROUNDS=5 DURATION=10 (s per run) WARMUP=2 (s per target, once, not counted)
 #   CONNS=50 WRK_THREADS=1 THREADS=1 (server threads = nginx worker_processes)
 #   BODY=128 (origin response bytes)
-#   TARGETS="origin nginx bare_pingora gw_free gw_402 gw_pass gw_paid gw_paid_dead"
+#   TARGETS="origin nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid gw_paid_dead"
 #   PAY_COUNT (payments pre-signed per run; default: sized from the warm-up rate)
 #   GATEWAY_BIN ORIGIN_BIN BARE_BIN FACILITATOR_BIN PAYMENTS_BIN NGINX_BIN WRK_BIN
 #   KEEP_TMP=1 keeps the temp dir (configs, logs, payments)
@@ -80,7 +85,7 @@ CONNS=${CONNS:-50}
 WRK_THREADS=${WRK_THREADS:-1}
 THREADS=${THREADS:-1}
 BODY=${BODY:-128}
-TARGETS=${TARGETS:-"origin nginx bare_pingora gw_free gw_402 gw_pass gw_paid gw_paid_dead"}
+TARGETS=${TARGETS:-"origin nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid gw_paid_dead"}
 PAY_COUNT=${PAY_COUNT:-}
 GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/x402-gateway}
 ORIGIN_BIN=${ORIGIN_BIN:-$ROOT/target/release/demo-origin}
@@ -99,7 +104,7 @@ if needs gw_free || needs gw_402 || needs gw_pass || needs gw_paid || needs gw_p
   need_bin "$GATEWAY_BIN"; need_bin "$FACILITATOR_BIN"
 fi
 if needs gw_pass || needs gw_paid || needs gw_paid_dead; then need_bin "$PAYMENTS_BIN"; fi
-if needs bare_pingora; then need_bin "$BARE_BIN"; fi
+if needs bare_pingora || needs pingora_fwd; then need_bin "$BARE_BIN"; fi
 if needs nginx; then [[ -x $NGINX_BIN ]] || die "nginx not found: apt-get install -y nginx-light"; fi
 command -v "$WRK_BIN" >/dev/null || die "wrk not found: apt-get install -y wrk"
 command -v perl >/dev/null || command -v python3 >/dev/null || die "need perl or python3 to pick free ports"
@@ -322,6 +327,17 @@ start_bare() {
   wait_port "$BARE_PORT" "$BARE_PID" bare-pingora "$TMP/bare.log"
 }
 
+FWD_PORT= FWD_PID=
+start_fwd() {
+  [[ -n $FWD_PID ]] && return 0
+  start_origin
+  FWD_PORT=$(free_port)
+  "$BARE_BIN" --listen "127.0.0.1:$FWD_PORT" --origin "127.0.0.1:$ORIGIN_PORT" \
+    --threads "$THREADS" --forwarded >"$TMP/fwd.log" 2>&1 &
+  FWD_PID=$!; STARTED+=("$FWD_PID")
+  wait_port "$FWD_PORT" "$FWD_PID" "bare-pingora --forwarded" "$TMP/fwd.log"
+}
+
 FAC_PORT= FAC_PID=
 start_facilitator() {
   [[ -n $FAC_PID ]] && return 0
@@ -483,6 +499,7 @@ declare -A LABEL=(
   [origin]="origin direct"
   [nginx]="nginx proxy"
   [bare_pingora]="bare Pingora"
+  [pingora_fwd]="Pingora + fwd"
   [gw_free]="gateway free"
   [gw_402]="gateway 402"
   [gw_pass]="gateway pass"
@@ -504,6 +521,11 @@ t_bare_pingora_start()  { start_bare; }
 t_bare_pingora_url()    { echo "http://127.0.0.1:$BARE_PORT/fixed/$BODY"; }
 t_bare_pingora_pids()   { echo "$BARE_PID"; }
 t_bare_pingora_status() { echo 200; }
+
+t_pingora_fwd_start()  { start_fwd; }
+t_pingora_fwd_url()    { echo "http://127.0.0.1:$FWD_PORT/fixed/$BODY"; }
+t_pingora_fwd_pids()   { echo "$FWD_PID"; }
+t_pingora_fwd_status() { echo 200; }
 
 t_gw_free_start()  { start_gateway; }
 t_gw_free_url()    { echo "http://127.0.0.1:$GATEWAY_PORT/fixed/$BODY"; }
@@ -717,6 +739,7 @@ ratios_to() {
 }
 ratios_to nginx
 ratios_to bare_pingora
+ratios_to pingora_fwd
 
 # The targets: free path >= 0.95x bare Pingora and >= 1.0x nginx in req/s; pass >= 0.9x free;
 # paid with a dead facilitator in the pool >= 0.95x paid with a healthy one.
@@ -730,6 +753,7 @@ echo
 echo "targets"
 goal "gateway free / bare Pingora" gw_free bare_pingora 0.95
 goal "gateway free / nginx" gw_free nginx 1.0
+goal "Pingora + fwd / nginx (reference)" pingora_fwd nginx 1.0
 goal "gateway pass / gateway free" gw_pass gw_free 0.9
 goal "paid, dead facilitator / paid" gw_paid_dead gw_paid 0.95
 

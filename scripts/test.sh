@@ -17,7 +17,7 @@ if [ ! -f "$stamp" ] || ! cmp -s "$lock" "$stamp"; then
   cp "$lock" "$stamp"
 fi
 
-cargo test --locked "$@"
+cargo test --locked --workspace "$@"
 
 # The shipped example and rule packs must always validate.
 cargo run --locked --quiet --bin x402-gateway -- check -c gateway.toml.example

@@ -13,6 +13,7 @@ use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::http::v2::server::H2Options;
 use pingora::server::ShutdownWatch;
+use pingora::time::fast_timeout::fast_timeout;
 
 use crate::metrics::Metrics;
 
@@ -56,10 +57,10 @@ where
         let read = Arc::new(AtomicBool::new(false));
         let request = HEAD_READ.scope(read.clone(), self.inner.process_new_http(session, shutdown));
         tokio::pin!(request);
-        tokio::select! {
-            biased;
-            done = &mut request => return done,
-            () = tokio::time::sleep(self.timeout) => {}
+        // Pingora's fast timer: rounded to 10 ms and shared by every deadline in the same
+        // tick, registered only if the request is still pending when first polled.
+        if let Ok(done) = fast_timeout(self.timeout, &mut request).await {
+            return done;
         }
         if read.load(Ordering::Acquire) {
             return request.await;

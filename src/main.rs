@@ -4,7 +4,7 @@ use clap::Parser;
 use x402_gateway::cli::{self, Cli, Command};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: x402_alloc::MiMalloc = x402_alloc::MiMalloc;
 
 fn main() {
     let cli = Cli::parse();

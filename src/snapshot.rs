@@ -5,11 +5,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use pingora::lb::LoadBalancer;
 use pingora::lb::selection::RoundRobin;
+use pingora::lb::{Backend, LoadBalancer};
+use prometheus::Histogram;
 
 use crate::config::env::Secret;
 use crate::config::file::{FailurePolicy, LoggingSection, ReloadSection, Settlement};
@@ -82,6 +84,13 @@ pub struct UpstreamPool {
     /// Fingerprint of the section: unchanged pools keep their health state across reloads.
     pub fingerprint: String,
     pub peers: Vec<String>,
+    /// The pool's backends in a fixed order, for round-robin without the load balancer's
+    /// per-call bookkeeping (the load balancer still runs the health checks).
+    pub backends: Vec<Backend>,
+    /// Round-robin position.
+    pub next: AtomicUsize,
+    /// This pool's upstream latency histogram, resolved on first use.
+    pub latency: OnceLock<Histogram>,
 }
 
 impl std::fmt::Debug for UpstreamPool {

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::ToSocketAddrs;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use pingora::lb::LoadBalancer;
@@ -699,6 +700,7 @@ fn build_pool(
         lb.health_check_frequency = Some(interval);
         lb.parallel_health_check = true;
     }
+    let backends = lb.backends().get_backend().iter().cloned().collect();
     Some(Arc::new(UpstreamPool {
         name: name.to_owned(),
         lb: Arc::new(lb),
@@ -713,6 +715,9 @@ fn build_pool(
         health_interval,
         fingerprint: fp,
         peers,
+        backends,
+        next: AtomicUsize::new(0),
+        latency: OnceLock::new(),
     }))
 }
 

@@ -57,7 +57,8 @@ pub struct RequestCtx {
     pub decision: Decision,
     /// Reason code of a local reply.
     pub reason: Option<&'static str>,
-    pub started: Instant,
+    /// When the request began; read only by the access log, so taken only when it is on.
+    pub started: Option<Instant>,
     pub upstream_started: Option<Instant>,
     pub upstream: usize,
     /// Payment accepted for this request, if any.
@@ -71,13 +72,14 @@ pub struct RequestCtx {
 impl RequestCtx {
     pub fn new(snap: Arc<Snapshot>) -> Self {
         let upstream = snap.default_upstream;
+        let started = snap.logging.access_log.then(Instant::now);
         RequestCtx {
             snap,
             rule: None,
             rewrite: None,
             decision: Decision::Unmatched,
             reason: None,
-            started: Instant::now(),
+            started,
             upstream_started: None,
             upstream,
             payment: None,

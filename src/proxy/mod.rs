@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::ErrorType;
 use pingora::http::ResponseHeader;
+use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -154,6 +155,63 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// The response to a paid request: settle (in `after` mode) and add the receipt, or turn
+    /// the response into the settlement failure's reply.
+    async fn paid_response(
+        &self,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(accepted) = ctx.payment.as_mut() else {
+            return Ok(());
+        };
+        let snap = ctx.snap.clone();
+        let status = upstream_response.status.as_u16();
+        match self.payments.on_response(&snap, accepted, status).await {
+            Ok(headers) => {
+                if !headers.is_empty() {
+                    respond::mark_paid_response(upstream_response, &headers)?;
+                }
+                if let Some(state) = &ctx.access {
+                    let extra = self.access.on_paid_response(&snap, state, accepted);
+                    respond::append_headers(upstream_response, &extra)?;
+                }
+                Ok(())
+            }
+            Err(rejection) => {
+                let priced = ctx.priced.clone().or_else(|| {
+                    ctx.rule
+                        .and_then(|i| snap.rules.get(i))
+                        .and_then(|r| match &r.action {
+                            RuleAction::Pay(p) => Some(p.clone()),
+                            _ => None,
+                        })
+                });
+                let reply = match priced {
+                    Some(p) => respond::payment_rejection(
+                        &snap,
+                        &p,
+                        &accepted.resource,
+                        &rejection,
+                        false,
+                        None,
+                    ),
+                    None => {
+                        Reply::error(402, rejection.error.reason(), rejection.error.error_text())
+                    }
+                };
+                ctx.reason = Some(reply.reason);
+                accepted.failure_reply = Some(reply);
+                Error::e_explain(
+                    ErrorType::Custom("settlement_failed"),
+                    "settlement failed after the origin answered",
+                )
+            }
+        }
+    }
+}
+
 fn upstream_error(e: &Error) -> Option<UpstreamError> {
     if e.esource() != &ErrorSource::Upstream {
         return None;
@@ -171,6 +229,11 @@ fn upstream_error(e: &Error) -> Option<UpstreamError> {
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
+
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {
+        // None: the gateway never compresses, and Pingora's default adds a disabled
+        // compression module whose context every request would build and call.
+    }
 
     fn new_ctx(&self) -> RequestCtx {
         crate::header_deadline::head_read();
@@ -206,7 +269,8 @@ impl ProxyHttp for Gateway {
                 }
             };
         }
-        self.access_filter(session, ctx, &snap, rule).await
+        // Boxed: its state is large, and free requests should not carry it.
+        Box::pin(self.access_filter(session, ctx, &snap, rule)).await
     }
 
     async fn upstream_peer(
@@ -276,9 +340,12 @@ impl ProxyHttp for Gateway {
         if let (Some(start), Some(pool)) =
             (ctx.upstream_started, ctx.snap.upstreams.get(ctx.upstream))
         {
-            self.metrics
-                .upstream_latency
-                .with_label_values(&[pool.name.as_str()])
+            pool.latency
+                .get_or_init(|| {
+                    self.metrics
+                        .upstream_latency
+                        .with_label_values(&[pool.name.as_str()])
+                })
                 .observe(start.elapsed().as_secs_f64());
         }
         Ok(())
@@ -298,52 +365,11 @@ impl ProxyHttp for Gateway {
             }
             return Ok(());
         }
-        let Some(accepted) = ctx.payment.as_mut() else {
+        if ctx.payment.is_none() {
             return Ok(());
-        };
-        let snap = ctx.snap.clone();
-        let status = upstream_response.status.as_u16();
-        match self.payments.on_response(&snap, accepted, status).await {
-            Ok(headers) => {
-                if !headers.is_empty() {
-                    respond::mark_paid_response(upstream_response, &headers)?;
-                }
-                if let Some(state) = &ctx.access {
-                    let extra = self.access.on_paid_response(&snap, state, accepted);
-                    respond::append_headers(upstream_response, &extra)?;
-                }
-                Ok(())
-            }
-            Err(rejection) => {
-                let priced = ctx.priced.clone().or_else(|| {
-                    ctx.rule
-                        .and_then(|i| snap.rules.get(i))
-                        .and_then(|r| match &r.action {
-                            RuleAction::Pay(p) => Some(p.clone()),
-                            _ => None,
-                        })
-                });
-                let reply = match priced {
-                    Some(p) => respond::payment_rejection(
-                        &snap,
-                        &p,
-                        &accepted.resource,
-                        &rejection,
-                        false,
-                        None,
-                    ),
-                    None => {
-                        Reply::error(402, rejection.error.reason(), rejection.error.error_text())
-                    }
-                };
-                ctx.reason = Some(reply.reason);
-                accepted.failure_reply = Some(reply);
-                Error::e_explain(
-                    ErrorType::Custom("settlement_failed"),
-                    "settlement failed after the origin answered",
-                )
-            }
         }
+        // Boxed: settlement's state is large, and unpaid responses should not carry it.
+        Box::pin(self.paid_response(upstream_response, ctx)).await
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
@@ -454,7 +480,7 @@ impl ProxyHttp for Gateway {
                 decision = ctx.decision.label(),
                 reason = ctx.reason.unwrap_or(""),
                 audience = ctx.audience(),
-                micros = ctx.started.elapsed().as_micros() as u64,
+                micros = ctx.started.map_or(0, |t| t.elapsed().as_micros() as u64),
                 client = session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
                 generation = ctx.snap.generation,
             );

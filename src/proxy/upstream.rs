@@ -1,18 +1,19 @@
 //! Choosing an upstream peer and preparing the request sent to it.
 
+use std::sync::atomic::Ordering;
+
 use pingora::http::RequestHeader;
+use pingora::lb::Backend;
 use pingora::upstreams::peer::HttpPeer;
 
 use super::respond::UpstreamError;
 use crate::snapshot::UpstreamPool;
 
-/// Picks the next healthy peer of a pool, round-robin.
+/// Picks the next healthy peer of a pool, round-robin. Pools without a health check have
+/// every peer ready; others skip the peers their check marked down.
 pub fn pick_peer(pool: &UpstreamPool) -> Result<Box<HttpPeer>, UpstreamError> {
-    let backend = pool
-        .lb
-        .select(b"", 256)
-        .ok_or(UpstreamError::NoHealthyPeer)?;
-    let mut peer = HttpPeer::new(backend.addr, pool.tls, pool.sni.clone());
+    let backend = next_backend(pool).ok_or(UpstreamError::NoHealthyPeer)?;
+    let mut peer = HttpPeer::new(backend.addr.clone(), pool.tls, pool.sni.clone());
     let o = &mut peer.options;
     o.connection_timeout = Some(pool.connect_timeout);
     o.read_timeout = Some(pool.read_timeout);
@@ -21,6 +22,21 @@ pub fn pick_peer(pool: &UpstreamPool) -> Result<Box<HttpPeer>, UpstreamError> {
     o.verify_cert = pool.verify_cert;
     o.verify_hostname = pool.verify_cert;
     Ok(Box::new(peer))
+}
+
+fn next_backend(pool: &UpstreamPool) -> Option<&Backend> {
+    let n = pool.backends.len();
+    if n == 0 {
+        return None;
+    }
+    let start = pool.next.fetch_add(1, Ordering::Relaxed) % n;
+    if pool.health_interval.is_none() {
+        return pool.backends.get(start);
+    }
+    let backends = pool.lb.backends();
+    (0..n)
+        .filter_map(|i| pool.backends.get((start + i) % n))
+        .find(|b| backends.ready(b))
 }
 
 /// Removes pass credentials (the `X402-Pass` header, a pass `Bearer` token, pass cookies) from
@@ -70,10 +86,21 @@ pub fn prepare_request(
         let xff = match req
             .headers
             .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
+            .map(|v| v.as_bytes())
+            .filter(|v| !v.is_empty())
         {
-            Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-            _ => ip.to_string(),
+            Some(prev) => {
+                let mut v = Vec::with_capacity(prev.len() + 2 + 39);
+                v.extend_from_slice(prev);
+                v.extend_from_slice(b", ");
+                push_ip(&mut v, ip);
+                v
+            }
+            None => {
+                let mut v = Vec::with_capacity(39);
+                push_ip(&mut v, ip);
+                v
+            }
         };
         req.insert_header("x-forwarded-for", xff)?;
     }
@@ -99,4 +126,61 @@ pub fn prepare_request(
         req.remove_header(crate::x402::HEADER_X_PAYMENT);
     }
     Ok(())
+}
+
+/// Appends the textual form of an address: IPv4 digits by hand (the common case, and
+/// `Display` costs a formatter per octet), IPv6 through `Display`.
+fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_ip;
+    use std::net::IpAddr;
+
+    #[test]
+    fn addresses_print_as_display_does() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut samples: Vec<IpAddr> = [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.0.1",
+            "::1",
+            "::ffff:1.2.3.4",
+        ]
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+        for _ in 0..2000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            samples.push(IpAddr::from((seed as u32).to_be_bytes()));
+        }
+        for ip in samples {
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).ok(), Some(ip.to_string()));
+        }
+    }
 }
