@@ -63,8 +63,8 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("{name}/verify"), |b| {
             b.iter(|| pass::verify(&k, black_box(&token), now).expect("valid"))
         });
-        // What a request pays: find the token in the headers, verify (Ed25519: once, then
-        // from the verified-token cache), check scope and method, count it against the quota.
+        // What a request pays: find the token in the headers, verify it (once, then from the
+        // verified-token cache), check scope and method, count it against the quota.
         let engine = PassEngine::default();
         let limited = pass::mint(&k, &claims(u32::MAX)).expect("mint");
         let mut headers = HeaderMap::new();

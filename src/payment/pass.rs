@@ -117,7 +117,9 @@ pub struct PassKeys {
     /// Id of the key that signs new passes (`None`: this gateway only verifies).
     pub signing_kid: Option<String>,
     signer: Option<Signer>,
-    verifiers: Vec<(String, Verifier)>,
+    /// Key id, verifier, and a fingerprint of the key (what the verified-token cache is keyed
+    /// on besides the token, so that a cached token ends with its key).
+    verifiers: Vec<(String, Verifier, [u8; 32])>,
     /// Cookie name for browsers.
     pub cookie: String,
     /// Pass ids revoked in configuration.
@@ -154,11 +156,14 @@ impl PassKeys {
                     if is_signer {
                         signer = Some(Signer::Hmac(mac.clone()));
                     }
-                    verifiers.push((kid, Verifier::Hmac(mac)));
+                    let print = fingerprint(b"hmac-sha256", &secret);
+                    verifiers.push((kid, Verifier::Hmac(mac), print));
                 }
                 (Algorithm::Ed25519, KeyMaterial::Ed25519Private(seed)) => {
                     let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
-                    verifiers.push((kid, Verifier::Ed25519(sk.verifying_key())));
+                    let vk = sk.verifying_key();
+                    let print = fingerprint(b"ed25519", vk.as_bytes());
+                    verifiers.push((kid, Verifier::Ed25519(vk), print));
                     if is_signer {
                         signer = Some(Signer::Ed25519(Box::new(sk)));
                     }
@@ -169,7 +174,8 @@ impl PassKeys {
                     if is_signer {
                         return Err(format!("key `{kid}` has only a public key and cannot sign"));
                     }
-                    verifiers.push((kid, Verifier::Ed25519(vk)));
+                    let print = fingerprint(b"ed25519", vk.as_bytes());
+                    verifiers.push((kid, Verifier::Ed25519(vk), print));
                 }
                 (_, _) => return Err(format!("key `{kid}` does not fit the algorithm")),
             }
@@ -189,7 +195,7 @@ impl PassKeys {
 
     /// The key ids, for `/config`.
     pub fn kids(&self) -> Vec<&str> {
-        self.verifiers.iter().map(|(k, _)| k.as_str()).collect()
+        self.verifiers.iter().map(|(k, _, _)| k.as_str()).collect()
     }
 
     /// Whether this gateway can issue passes.
@@ -200,9 +206,34 @@ impl PassKeys {
     fn verifier(&self, kid: &str) -> Option<&Verifier> {
         self.verifiers
             .iter()
-            .find(|(k, _)| k == kid)
-            .map(|(_, v)| v)
+            .find(|(k, _, _)| k == kid)
+            .map(|(_, v, _)| v)
     }
+
+    fn fingerprint(&self, kid: &str) -> Option<&[u8; 32]> {
+        self.verifiers
+            .iter()
+            .find(|(k, _, _)| k == kid)
+            .map(|(_, _, f)| f)
+    }
+}
+
+/// A digest that names a key without revealing it.
+fn fingerprint(kind: &[u8], key: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(kind);
+    h.update([0]);
+    h.update(key);
+    h.finalize().into()
+}
+
+/// The key id a token names (`x402p1.<kid>.…`).
+fn token_kid(token: &str) -> Result<&str, PassError> {
+    token
+        .strip_prefix(TOKEN_PREFIX)
+        .and_then(|b| b.split_once('.'))
+        .map(|(kid, _)| kid)
+        .ok_or(PassError::Malformed)
 }
 
 /// What a pass covers, besides its host.
@@ -464,8 +495,8 @@ pub struct Admitted {
     pub expires: u64,
 }
 
-/// Runtime pass state shared by every request: request quotas, runtime revocations, and (for
-/// Ed25519) verified tokens, so a token's signature is checked once.
+/// Runtime pass state shared by every request: request quotas, runtime revocations, and
+/// verified tokens, so a token's signature is checked and its claims parsed once.
 pub struct PassEngine {
     quotas: moka::sync::Cache<String, Arc<Quota>>,
     revoked: moka::sync::Cache<String, ()>,
@@ -515,11 +546,18 @@ impl PassEngine {
     }
 
     fn claims(&self, keys: &PassKeys, token: &str, now: u64) -> Result<Arc<Claims>, PassError> {
-        if keys.algorithm == Algorithm::HmacSha256 {
-            // HMAC is cheaper than a cache lookup.
-            return verify(keys, token, now).map(Arc::new);
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(PassError::Malformed);
         }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // Cached under the token and its key's fingerprint: a reload that drops the key or
+        // binds its id to another key misses the cache and fails verification.
+        let key = keys
+            .fingerprint(token_kid(token)?)
+            .ok_or(PassError::UnknownKey)?;
+        let mut h = Sha256::new();
+        h.update(key);
+        h.update(token.as_bytes());
+        let digest: [u8; 32] = h.finalize().into();
         if let Some(c) = self.verified.get(&digest) {
             check_time(&c, now)?;
             if keys.revoked.contains(&c.id) {
@@ -649,6 +687,53 @@ mod tests {
             HashSet::new(),
         )
         .expect("keys")
+    }
+
+    fn single_key(algorithm: Algorithm, kid: &str, m: KeyMaterial, signs: bool) -> PassKeys {
+        PassKeys::new(
+            algorithm,
+            vec![(kid.into(), m)],
+            signs.then_some(kid),
+            "x402_pass".into(),
+            HashSet::new(),
+        )
+        .expect("keys")
+    }
+
+    #[test]
+    fn a_verified_token_does_not_outlive_its_key() {
+        // The verified-token cache lives across reloads; a reload that drops a key, or binds
+        // its id to another key, must end the passes that key signed at once.
+        for algorithm in [Algorithm::Ed25519, Algorithm::HmacSha256] {
+            let material = |b: u8| match algorithm {
+                Algorithm::Ed25519 => KeyMaterial::Ed25519Private([b; 32]),
+                Algorithm::HmacSha256 => KeyMaterial::Hmac(vec![b; 32]),
+            };
+            let old = single_key(algorithm, "k1", material(7), true);
+            let engine = PassEngine::default();
+            let now = unix_now();
+            let token = mint(&old, &claims(ScopeKind::Rule, "/", now + 600, 0)).expect("mint");
+            assert!(engine.claims(&old, &token, now).is_ok(), "{algorithm:?}");
+            assert!(
+                engine.claims(&old, &token, now).is_ok(),
+                "{algorithm:?} cached"
+            );
+
+            let rebound = single_key(algorithm, "k1", material(8), true);
+            assert_eq!(
+                engine.claims(&rebound, &token, now).err(),
+                Some(PassError::BadSignature),
+                "{algorithm:?}: k1 now names another key"
+            );
+            let dropped = single_key(algorithm, "k2", material(7), true);
+            assert_eq!(
+                engine.claims(&dropped, &token, now).err(),
+                Some(PassError::UnknownKey),
+                "{algorithm:?}: k1 is gone"
+            );
+            // The old configuration still accepts it (from the cache).
+            assert!(engine.claims(&old, &token, now).is_ok(), "{algorithm:?}");
+        }
     }
 
     fn claims(scope: ScopeKind, path: &str, exp: u64, n: u32) -> Claims {
