@@ -83,25 +83,19 @@ pub fn prepare_request(
         req.set_raw_path(path.as_bytes())?;
     }
     if let Some(ip) = client_ip {
-        let xff = match req
+        // The client's list (kept as sent, like nginx's `$proxy_add_x_forwarded_for`), then
+        // this client.
+        let prev = req
             .headers
             .get("x-forwarded-for")
             .map(|v| v.as_bytes())
-            .filter(|v| !v.is_empty())
-        {
-            Some(prev) => {
-                let mut v = Vec::with_capacity(prev.len() + 2 + 39);
-                v.extend_from_slice(prev);
-                v.extend_from_slice(b", ");
-                push_ip(&mut v, ip);
-                v
-            }
-            None => {
-                let mut v = Vec::with_capacity(39);
-                push_ip(&mut v, ip);
-                v
-            }
-        };
+            .filter(|v| !v.is_empty());
+        let mut xff = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
+        if let Some(p) = prev {
+            xff.extend_from_slice(p);
+            xff.extend_from_slice(b", ");
+        }
+        push_ip(&mut xff, ip);
         req.insert_header("x-forwarded-for", xff)?;
     }
     if !(trust_forwarded && req.headers.contains_key("x-forwarded-proto")) {
