@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::chain::balance;
+use crate::support::chain::{balance, relayer_nonce};
 use crate::support::faulty::{FaultyServer, RESET_DECLARED, RESET_SENT};
 use crate::support::pay::{self, Auth};
 use crate::support::*;
@@ -354,19 +354,6 @@ fn local_settler_config(origin: &str, dev: &Value, rpc: &str) -> String {
     let mut info = dev.clone();
     info["rpcUrl"] = Value::String(rpc.to_owned());
     paid_config(origin, &info, &local_settler_toml(dev, 1000, 2000), "")
-}
-
-async fn relayer_nonce(rpc: &str) -> u64 {
-    let v: Value = client()
-        .post(rpc)
-        .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_getTransactionCount", "params": [RELAYER, "latest"]}))
-        .send()
-        .await
-        .expect("rpc")
-        .json()
-        .await
-        .expect("json");
-    u64::from_str_radix(text(&v["result"]).trim_start_matches("0x"), 16).expect("hex")
 }
 
 /// The chain node accepts connections and never answers. Once its RPC timeout passes the

@@ -12,7 +12,7 @@ use x402_gateway::config::env::Secret;
 use x402_gateway::facilitator::local::LocalSettler;
 use x402_gateway::snapshot::ChainConf;
 
-use crate::support::chain::{authorization_used, balance};
+use crate::support::chain::{authorization_used, balance, hex_u64, relayer_nonce, rpc as rpc_call};
 use crate::support::pay::{self, Auth};
 use crate::support::*;
 
@@ -202,30 +202,6 @@ fn dead_url() -> String {
 
 fn lower(s: &str) -> String {
     s.to_ascii_lowercase()
-}
-
-async fn rpc_call(url: &str, method: &str, params: Value) -> Value {
-    let v: Value = client()
-        .post(url)
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
-        .send()
-        .await
-        .expect("rpc")
-        .json()
-        .await
-        .expect("rpc json");
-    v.get("result")
-        .cloned()
-        .unwrap_or_else(|| panic!("{method} failed: {v}"))
-}
-
-fn hex_u64(v: &Value) -> u64 {
-    u64::from_str_radix(v.as_str().expect("hex").trim_start_matches("0x"), 16).expect("hex number")
-}
-
-/// The relayer's mined transaction count.
-async fn relayer_nonce(rpc: &str) -> u64 {
-    hex_u64(&rpc_call(rpc, "eth_getTransactionCount", json!([RELAYER, "latest"])).await)
 }
 
 /// A transaction by hash.

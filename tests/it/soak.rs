@@ -41,7 +41,7 @@ use alloy::primitives::{B256, keccak256};
 use alloy::signers::local::PrivateKeySigner;
 use serde_json::{Value, json};
 
-use crate::support::chain::{authorization_used, balance};
+use crate::support::chain::{authorization_used, balance, hex_u64, rpc};
 use crate::support::pay::{self, Auth};
 use crate::support::*;
 
@@ -183,6 +183,13 @@ impl Tally {
             first.push(what);
         }
     }
+
+    /// An answer with a status its class never gets: counted with the start of its body.
+    async fn wrong_status(&self, what: &str, r: reqwest::Response) {
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        self.unexpected(format!("{what}: status {status}: {body:.200}"));
+    }
 }
 
 /// Everything a traffic task needs.
@@ -280,12 +287,7 @@ async fn free_worker(ctx: Arc<Ctx>, w: usize) {
                     .unexpected(format!("{what}: wrong body ({} bytes)", body.len())),
                 Err(e) => ctx.tally.unexpected(format!("{what}: body error {e}")),
             },
-            Ok(r) => {
-                let status = r.status();
-                let body = r.text().await.unwrap_or_default();
-                ctx.tally
-                    .unexpected(format!("{what}: status {status}: {body:.200}"));
-            }
+            Ok(r) => ctx.tally.wrong_status(&what, r).await,
             Err(e) => ctx.tally.unexpected(format!("{what}: {e}")),
         }
     }
@@ -320,12 +322,7 @@ async fn unpaid_worker(ctx: Arc<Ctx>, w: usize) {
                 }
                 Err(e) => ctx.tally.unexpected(format!("{what}: {e}")),
             },
-            Ok(r) => {
-                let status = r.status();
-                let body = r.text().await.unwrap_or_default();
-                ctx.tally
-                    .unexpected(format!("{what}: status {status}: {body:.200}"));
-            }
+            Ok(r) => ctx.tally.wrong_status(&what, r).await,
             Err(e) => ctx.tally.unexpected(format!("{what}: {e}")),
         }
     }
@@ -485,24 +482,6 @@ async fn reloader(ctx: Arc<Ctx>, gw: Arc<Gateway>) {
                 .unexpected(format!("probe /api/extra after reload {k}: {e}")),
         }
     }
-}
-
-async fn rpc(url: &str, method: &str, params: Value) -> Value {
-    let v: Value = client()
-        .post(url)
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
-        .send()
-        .await
-        .expect("rpc")
-        .json()
-        .await
-        .expect("rpc json");
-    assert!(v.get("error").is_none(), "{method}: {v}");
-    v["result"].clone()
-}
-
-fn hex_u64(v: &Value) -> u64 {
-    u64::from_str_radix(v.as_str().expect("hex").trim_start_matches("0x"), 16).expect("hex")
 }
 
 fn topic_address(addr: &str) -> String {

@@ -4,19 +4,43 @@ use serde_json::{Value, json};
 
 use super::client;
 
-async fn eth_call(rpc: &str, to: &str, data: String) -> String {
+/// One JSON-RPC call; panics unless it has a result.
+pub async fn rpc(url: &str, method: &str, params: Value) -> Value {
     let v: Value = client()
-        .post(rpc)
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "eth_call", "params": [{"to": to, "data": data}, "latest"]}))
+        .post(url)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
         .send()
         .await
         .expect("rpc")
         .json()
         .await
         .expect("rpc json");
-    v["result"]
-        .as_str()
-        .unwrap_or_else(|| panic!("eth_call failed: {v}"))
+    v.get("result")
+        .cloned()
+        .unwrap_or_else(|| panic!("{method} failed: {v}"))
+}
+
+/// A JSON-RPC quantity (`"0x…"`) as an integer.
+pub fn hex_u64(v: &Value) -> u64 {
+    u64::from_str_radix(v.as_str().expect("hex").trim_start_matches("0x"), 16).expect("hex number")
+}
+
+/// The mined transaction count of the built-in settler's relayer ([`super::RELAYER`]).
+pub async fn relayer_nonce(url: &str) -> u64 {
+    hex_u64(
+        &rpc(
+            url,
+            "eth_getTransactionCount",
+            json!([super::RELAYER, "latest"]),
+        )
+        .await,
+    )
+}
+
+async fn eth_call(url: &str, to: &str, data: String) -> String {
+    let v = rpc(url, "eth_call", json!([{"to": to, "data": data}, "latest"])).await;
+    v.as_str()
+        .unwrap_or_else(|| panic!("eth_call: not a string: {v}"))
         .to_owned()
 }
 
