@@ -10,16 +10,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-600}"
 
-for tool in cargo node npm cmake; do
-  command -v "$tool" >/dev/null || { echo "missing: $tool (see README, 'Requirements')" >&2; exit 1; }
-done
-
-# The interop harness (anvil, the token), as scripts/test.sh installs it.
-lock=tests/interop/package-lock.json
-stamp=tests/interop/node_modules/.x402-lock-stamp
-if [ ! -f "$stamp" ] || ! cmp -s "$lock" "$stamp"; then
-  npm ci --prefix tests/interop --no-audit --no-fund
-  cp "$lock" "$stamp"
-fi
+scripts/deps.sh
 
 X402_SOAK_SECONDS="$seconds" cargo test --locked --test it soak -- --nocapture --test-threads 1

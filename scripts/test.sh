@@ -5,17 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for tool in cargo node npm cmake; do
-  command -v "$tool" >/dev/null || { echo "missing: $tool (see README, 'Requirements')" >&2; exit 1; }
-done
-
-# The interop harness: exact versions from the lock file, reinstalled when the lock changes.
-lock=tests/interop/package-lock.json
-stamp=tests/interop/node_modules/.x402-lock-stamp
-if [ ! -f "$stamp" ] || ! cmp -s "$lock" "$stamp"; then
-  npm ci --prefix tests/interop --no-audit --no-fund
-  cp "$lock" "$stamp"
-fi
+scripts/deps.sh
 
 cargo test --locked --workspace "$@"
 

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Checks the tools the tests need and installs the interop harness (tests/interop: anvil, the
+# token, the reference x402 packages) at the exact versions of its lock file, again only when
+# the lock changes. Called by scripts/test.sh and scripts/soak.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+for tool in cargo node npm cmake; do
+  command -v "$tool" >/dev/null || { echo "missing: $tool (see README, 'Requirements')" >&2; exit 1; }
+done
+
+lock=tests/interop/package-lock.json
+stamp=tests/interop/node_modules/.x402-lock-stamp
+if [ ! -f "$stamp" ] || ! cmp -s "$lock" "$stamp"; then
+  npm ci --prefix tests/interop --no-audit --no-fund
+  cp "$lock" "$stamp"
+fi
