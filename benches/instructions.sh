@@ -42,47 +42,17 @@ for b in "$GATEWAY_BIN" "$ORIGIN_BIN" "$BARE_BIN"; do
   [[ -x $b ]] || die "$b not found: run cargo build --release --bins --examples first"
 done
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/x402-instr.XXXXXX")
-STARTED=()
-cleanup() {
-  local pid
-  for pid in "${STARTED[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-  for pid in "${STARTED[@]}"; do
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ ${KEEP_TMP:-0} == 1 ]]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-  perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1", LocalPort => 0, ReuseAddr => 1) or die "bind: $!"; print $s->sockport, "\n"'
-}
-wait_port() {
-  local port=$1 pid=$2 what=$3
-  for _ in $(seq 1200); do
-    kill -0 "$pid" 2>/dev/null || die "$what exited during start-up (see $TMP)"
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  die "$what did not listen on port $port"
-}
-stop() {
-  local pid=$1 keep=() p
-  kill -INT "$pid" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  for p in "${STARTED[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
-  STARTED=("${keep[@]}")
-}
+BENCH_NAME=x402-instr
+# shellcheck source=benches/support/common.sh
+source "$ROOT/benches/support/common.sh"
+WAIT_TRIES=1200   # start-up under valgrind is slow
+THREADS=1
+FAC_PORT=$(free_port)   # the gateway's facilitator: never called on these paths
 
 ORIGIN_PORT=$(free_port)
 "$ORIGIN_BIN" --listen "127.0.0.1:$ORIGIN_PORT" --name bench >"$TMP/origin.log" 2>&1 &
 ORIGIN_PID=$!; STARTED+=("$ORIGIN_PID")
-wait_port "$ORIGIN_PORT" "$ORIGIN_PID" demo-origin
+wait_port "$ORIGIN_PORT" "$ORIGIN_PID" demo-origin "$TMP/origin.log"
 
 # The command line of target $1 listening on port $2 (printed one word per line).
 command_of() {
@@ -90,81 +60,14 @@ command_of() {
   mkdir -p "$d"
   case $t in
     nginx)
-      cat >"$d/nginx.conf" <<CONF
-$([[ $(id -u) == 0 ]] && echo "user $(id -un) $(id -gn);")
-daemon off;
-master_process off;
-worker_processes 1;
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $d/client_body;
-  proxy_temp_path $d/proxy;
-  fastcgi_temp_path $d/fastcgi;
-  uwsgi_temp_path $d/uwsgi;
-  scgi_temp_path $d/scgi;
-  upstream origin { server 127.0.0.1:$ORIGIN_PORT; keepalive 128; }
-  server {
-    listen 127.0.0.1:$port;
-    location / {
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-Host \$host;
-    }
-  }
-}
-CONF
+      write_nginx_config "$d" "$port" off 1
       printf '%s\n' "$NGINX_BIN" -p "$d" -e "$d/error.log" -c "$d/nginx.conf" ;;
     bare_pingora)
       printf '%s\n' "$BARE_BIN" --listen "127.0.0.1:$port" --origin "127.0.0.1:$ORIGIN_PORT" ;;
     pingora_fwd)
       printf '%s\n' "$BARE_BIN" --listen "127.0.0.1:$port" --origin "127.0.0.1:$ORIGIN_PORT" --forwarded ;;
     gw_free | gw_402)
-      mkdir -p "$d/rules"
-      cat >"$d/gateway.toml" <<CONF
-[server]
-listen = ["127.0.0.1:$port"]
-threads = 1
-grace_period_seconds = 0
-graceful_shutdown_timeout_seconds = 1
-
-[admin]
-listen = "127.0.0.1:$(free_port)"
-
-[upstreams.origin]
-peers = ["127.0.0.1:$ORIGIN_PORT"]
-
-[payment]
-pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
-networks = ["base-sepolia"]
-
-[[facilitators]]
-name = "unused"
-url = "http://127.0.0.1:$(free_port)"
-
-[reload]
-watch = false
-
-[logging]
-access_log = false
-CONF
-      cat >"$d/rules/bench.toml" <<'CONF'
-[[rule]]
-id = "free"
-prefix = "/fixed/"
-action = "free"
-
-[[rule]]
-id = "weather"
-path = "/api/weather"
-price = "$0.01"
-CONF
+      write_gateway_config "$d" "$port"
       printf '%s\n' "$GATEWAY_BIN" run -c "$d/gateway.toml" ;;
     *) die "unknown target $t" ;;
   esac
@@ -182,13 +85,13 @@ for t in $TARGETS; do
   (cd "$TMP/$t" && exec valgrind --tool=callgrind --callgrind-out-file="$TMP/$t/callgrind.out" \
     "${cmd[@]}" >"$TMP/$t/stdout.log" 2>"$TMP/$t/valgrind.log") &
   pid=$!; STARTED+=("$pid")
-  wait_port "$port" "$pid" "$t"
+  wait_port "$port" "$pid" "$t" "$TMP/$t/valgrind.log"
   "$WRK_BIN" -t1 -c"$CONNS" -d"${WARMUP}s" "http://127.0.0.1:$port$path" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   out=$("$WRK_BIN" -t1 -c"$CONNS" -d"${SECONDS_RUN}s" "http://127.0.0.1:$port$path")
   callgrind_control -d "$pid" >/dev/null 2>&1
   n=$(awk '/requests in/ { print $1 }' <<<"$out")
-  stop "$pid"
+  stop_pid "$pid"
   dump=$(ls "$TMP/$t"/callgrind.out.* 2>/dev/null | sort | tail -n 1)
   [[ -n $dump && ${n:-0} -gt 0 ]] || die "$t: no profile or no requests"
   ir=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')

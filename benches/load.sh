@@ -109,67 +109,11 @@ if needs nginx; then [[ -x $NGINX_BIN ]] || die "nginx not found: apt-get instal
 command -v "$WRK_BIN" >/dev/null || die "wrk not found: apt-get install -y wrk"
 command -v perl >/dev/null || command -v python3 >/dev/null || die "need perl or python3 to pick free ports"
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/x402-load.XXXXXX")
-STARTED=()   # PIDs started here and still running, stopped in reverse order on exit
-
-cleanup() {
-  local i pid
-  for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
-    pid=${STARTED[i]}
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${STARTED[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ ${KEEP_TMP:-0} == 1 ]]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+BENCH_NAME=x402-load
+# shellcheck source=benches/support/common.sh
+source "$ROOT/benches/support/common.sh"
 
 # ---- helpers -------------------------------------------------------------------------------
-
-# A port nobody listens on: bind to port 0 and report what the kernel chose (never the dead
-# facilitator's port, which must stay unused).
-DEAD_FAC_PORT=
-free_port() {
-  local port
-  while :; do
-    if command -v perl >/dev/null; then
-      port=$(perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1", LocalPort => 0, ReuseAddr => 1) or die "bind: $!"; print $s->sockport, "\n"')
-    else
-      port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    fi
-    [[ $port == "$DEAD_FAC_PORT" ]] || break
-  done
-  echo "$port"
-}
-
-# Waits until something accepts connections on 127.0.0.1:$1 (pid $2 must stay alive).
-wait_port() {
-  local port=$1 pid=$2 what=$3 log=${4:-}
-  for _ in $(seq 300); do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      [[ -n $log && -f $log ]] && tail -n 30 "$log" >&2
-      die "$what exited during start-up"
-    fi
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  die "$what did not listen on port $port"
-}
-
-# Stops one process started here (SIGINT: Pingora's fast stop) and forgets its PID.
-stop_pid() {
-  local pid=$1 keep=() p
-  kill -INT "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  for p in "${STARTED[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
-  STARTED=("${keep[@]}")
-}
 
 # The response head (status line and headers, CR stripped) of one GET (HTTP/1.1,
 # Connection: close), without curl. Extra arguments are header lines ("Name: value"); a Host
@@ -268,42 +212,8 @@ start_nginx() {
   [[ -n $NGINX_PID ]] && return 0
   start_origin
   NGINX_PORT=$(free_port)
-  local d=$TMP/nginx user=
-  mkdir -p "$d"
-  [[ $(id -u) == 0 ]] && user="user $(id -un) $(id -gn);"
-  cat >"$d/nginx.conf" <<CONF
-$user
-daemon off;
-master_process on;
-worker_processes $THREADS;
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $d/client_body;
-  proxy_temp_path $d/proxy;
-  fastcgi_temp_path $d/fastcgi;
-  uwsgi_temp_path $d/uwsgi;
-  scgi_temp_path $d/scgi;
-  upstream origin {
-    server 127.0.0.1:$ORIGIN_PORT;
-    keepalive 128;
-  }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-Host \$host;
-    }
-  }
-}
-CONF
+  local d=$TMP/nginx
+  write_nginx_config "$d" "$NGINX_PORT" on "$THREADS"
   "$NGINX_BIN" -p "$d" -e "$d/error.log" -c "$d/nginx.conf" >"$d/stdout.log" 2>&1 &
   NGINX_PID=$!; STARTED+=("$NGINX_PID")
   wait_port "$NGINX_PORT" "$NGINX_PID" nginx "$d/error.log"
@@ -316,26 +226,18 @@ CONF
   NGINX_PIDS="$NGINX_PID $workers"
 }
 
-BARE_PORT= BARE_PID=
+# bare-pingora as target $1 (bare_pingora, pingora_fwd), with extra arguments after it.
+declare -A BARE_PORT=() BARE_PID=()
 start_bare() {
-  [[ -n $BARE_PID ]] && return 0
+  local t=$1
+  shift
+  [[ -n ${BARE_PID[$t]:-} ]] && return 0
   start_origin
-  BARE_PORT=$(free_port)
-  "$BARE_BIN" --listen "127.0.0.1:$BARE_PORT" --origin "127.0.0.1:$ORIGIN_PORT" \
-    --threads "$THREADS" >"$TMP/bare.log" 2>&1 &
-  BARE_PID=$!; STARTED+=("$BARE_PID")
-  wait_port "$BARE_PORT" "$BARE_PID" bare-pingora "$TMP/bare.log"
-}
-
-FWD_PORT= FWD_PID=
-start_fwd() {
-  [[ -n $FWD_PID ]] && return 0
-  start_origin
-  FWD_PORT=$(free_port)
-  "$BARE_BIN" --listen "127.0.0.1:$FWD_PORT" --origin "127.0.0.1:$ORIGIN_PORT" \
-    --threads "$THREADS" --forwarded >"$TMP/fwd.log" 2>&1 &
-  FWD_PID=$!; STARTED+=("$FWD_PID")
-  wait_port "$FWD_PORT" "$FWD_PID" "bare-pingora --forwarded" "$TMP/fwd.log"
+  BARE_PORT[$t]=$(free_port)
+  "$BARE_BIN" --listen "127.0.0.1:${BARE_PORT[$t]}" --origin "127.0.0.1:$ORIGIN_PORT" \
+    --threads "$THREADS" "$@" >"$TMP/$t.log" 2>&1 &
+  BARE_PID[$t]=$!; STARTED+=("${BARE_PID[$t]}")
+  wait_port "${BARE_PORT[$t]}" "${BARE_PID[$t]}" "bare-pingora ($t)" "$TMP/$t.log"
 }
 
 FAC_PORT= FAC_PID=
@@ -345,103 +247,6 @@ start_facilitator() {
   "$FACILITATOR_BIN" --listen "127.0.0.1:$FAC_PORT" >"$TMP/facilitator.log" 2>&1 &
   FAC_PID=$!; STARTED+=("$FAC_PID")
   wait_port "$FAC_PORT" "$FAC_PID" bench-facilitator "$TMP/facilitator.log"
-}
-
-# The pass key of this run (HMAC, 64 hex characters), given to the gateways by environment.
-X402_BENCH_PASS_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
-export X402_BENCH_PASS_KEY
-
-# Writes a gateway folder $1 listening on port $2: one config for every gateway target. Free
-# rule on /fixed/ (any host); the priced rules on the same origin path, told apart by Host
-# (paid.bench: pay each request; pass.bench: pay once, then a pass); /api/weather: a 402.
-# With $3 (a port nobody listens on), the facilitators are a pool: a dead one on that port
-# first (priority 0, default ejection settings), then the bench facilitator (priority 1).
-write_gateway_config() {
-  local d=$1 port=$2 dead_port=${3:-} admin_port facilitators
-  admin_port=$(free_port)
-  facilitators="[[facilitators]]
-name = \"bench\"
-url = \"http://127.0.0.1:$FAC_PORT\"
-timeout_ms = 2000"
-  if [[ -n $dead_port ]]; then
-    facilitators="[[facilitators]]
-name = \"dead\"
-url = \"http://127.0.0.1:$dead_port\"
-networks = [\"base-sepolia\"]
-timeout_ms = 2000
-priority = 0
-weight = 1
-failure_threshold = 3
-max_eject_ms = 30000
-
-$facilitators
-priority = 1"
-  fi
-  mkdir -p "$d/rules"
-  cat >"$d/gateway.toml" <<CONF
-[server]
-listen = ["127.0.0.1:$port"]
-threads = $THREADS
-grace_period_seconds = 0
-graceful_shutdown_timeout_seconds = 1
-
-[admin]
-listen = "127.0.0.1:$admin_port"
-
-[upstreams.origin]
-peers = ["127.0.0.1:$ORIGIN_PORT"]
-
-[payment]
-pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
-networks = ["base-sepolia"]
-
-$facilitators
-
-[passes]
-signing_key = "bench"
-[[passes.keys]]
-id = "bench"
-secret = "\${X402_BENCH_PASS_KEY}"
-
-[reload]
-watch = false
-
-[logging]
-level = "info"
-access_log = false
-
-[ledger]
-path = "receipts.jsonl"
-CONF
-  cat >"$d/rules/bench.toml" <<'CONF'
-[[rule]]
-id = "free"
-prefix = "/fixed/"
-action = "free"
-
-[[rule]]
-id = "weather"
-path = "/api/weather"
-methods = ["GET"]
-price = "$0.01"
-description = "Current weather report"
-mime_type = "application/json"
-
-[[rule]]
-id = "paid"
-host = "paid.bench"
-prefix = "/fixed/"
-price = "$0.01"
-max_timeout_seconds = 86400
-
-[[rule]]
-id = "pass"
-host = "pass.bench"
-prefix = "/fixed/"
-price = "$0.01"
-max_timeout_seconds = 86400
-pass = { ttl = "24h", scope = "rule", max_requests = 4000000000 }
-CONF
 }
 
 # Starts a gateway on folder $1, port $2; sets LAST_PID.
@@ -517,14 +322,14 @@ t_nginx_url()     { echo "http://127.0.0.1:$NGINX_PORT/fixed/$BODY"; }
 t_nginx_pids()    { echo "$NGINX_PIDS"; }
 t_nginx_status()  { echo 200; }
 
-t_bare_pingora_start()  { start_bare; }
-t_bare_pingora_url()    { echo "http://127.0.0.1:$BARE_PORT/fixed/$BODY"; }
-t_bare_pingora_pids()   { echo "$BARE_PID"; }
+t_bare_pingora_start()  { start_bare bare_pingora; }
+t_bare_pingora_url()    { echo "http://127.0.0.1:${BARE_PORT[bare_pingora]}/fixed/$BODY"; }
+t_bare_pingora_pids()   { echo "${BARE_PID[bare_pingora]}"; }
 t_bare_pingora_status() { echo 200; }
 
-t_pingora_fwd_start()  { start_fwd; }
-t_pingora_fwd_url()    { echo "http://127.0.0.1:$FWD_PORT/fixed/$BODY"; }
-t_pingora_fwd_pids()   { echo "$FWD_PID"; }
+t_pingora_fwd_start()  { start_bare pingora_fwd --forwarded; }
+t_pingora_fwd_url()    { echo "http://127.0.0.1:${BARE_PORT[pingora_fwd]}/fixed/$BODY"; }
+t_pingora_fwd_pids()   { echo "${BARE_PID[pingora_fwd]}"; }
 t_pingora_fwd_status() { echo 200; }
 
 t_gw_free_start()  { start_gateway; }
@@ -757,14 +562,15 @@ goal() {
   [[ -n ${RPS[$t]:-} && -n ${RPS[$base]:-} ]] || return 0
   pr=$(paired "$t" "$base" 3); pc=$(paired "$t" "$base" 6)
   awk -v w="$what" -v r="${RPS[$t]}" -v b="${RPS[$base]}" -v m="$min" -v pr="$pr" -v pc="$pc" \
-    'BEGIN { printf "  %-34s %5.2fx req/s per round (goal >= %.2fx: %s)   %5.2fx cpu/req per round   %5.2fx ratio of medians\n", w, pr, m, (pr >= m ? "met" : "MISSED"), pc, r / b }'
+    'BEGIN { v = (m == "ref" ? "(reference)" : sprintf("(goal >= %.2fx: %s)", m, (pr >= m ? "met" : "MISSED")))
+      printf "  %-34s %5.2fx req/s per round %-24s %5.2fx cpu/req per round   %5.2fx ratio of medians\n", w, pr, v, pc, r / b }'
 }
 echo
 echo "targets (median over the rounds of each round's ratio)"
 goal "gateway free / bare Pingora" gw_free bare_pingora 0.95
 goal "gateway free / nginx" gw_free nginx 1.0
-goal "gateway free / Pingora + fwd (ref)" gw_free pingora_fwd 0.95
-goal "Pingora + fwd / nginx (reference)" pingora_fwd nginx 1.0
+goal "gateway free / Pingora + fwd" gw_free pingora_fwd ref
+goal "Pingora + fwd / nginx" pingora_fwd nginx ref
 goal "gateway pass / gateway free" gw_pass gw_free 0.9
 goal "paid, dead facilitator / paid" gw_paid_dead gw_paid 0.95
 

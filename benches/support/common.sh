@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# benches/support/common.sh — what the benchmark scripts share, sourced by benches/load.sh and
+# benches/instructions.sh: the temp dir and the processes started (stopped on exit), free
+# ports, waiting for a listener, and the nginx and gateway configurations they compare.
+#
+# The sourcing script sets first: die(), the prefix of its temp dir in BENCH_NAME; later,
+# before writing configs: ORIGIN_PORT, FAC_PORT, THREADS.
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/${BENCH_NAME}.XXXXXX")
+STARTED=()   # PIDs started here and still running, stopped in reverse order on exit
+
+cleanup() {
+  local i pid
+  for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
+    pid=${STARTED[i]}
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${STARTED[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ ${KEEP_TMP:-0} == 1 ]]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A port nobody listens on: bind to port 0 and report what the kernel chose (never the dead
+# facilitator's port, which must stay unused).
+DEAD_FAC_PORT=
+free_port() {
+  local port
+  while :; do
+    if command -v perl >/dev/null; then
+      port=$(perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1", LocalPort => 0, ReuseAddr => 1) or die "bind: $!"; print $s->sockport, "\n"')
+    else
+      port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    fi
+    [[ $port == "$DEAD_FAC_PORT" ]] || break
+  done
+  echo "$port"
+}
+
+# Waits until something accepts connections on 127.0.0.1:$1 (pid $2 must stay alive), for
+# WAIT_TRIES x 50 ms.
+wait_port() {
+  local port=$1 pid=$2 what=$3 log=${4:-}
+  for _ in $(seq "${WAIT_TRIES:-300}"); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      [[ -n $log && -f $log ]] && tail -n 30 "$log" >&2
+      die "$what exited during start-up"
+    fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  die "$what did not listen on port $port"
+}
+
+# Stops one process started here (SIGINT: Pingora's fast stop) and forgets its PID.
+stop_pid() {
+  local pid=$1 keep=() p
+  kill -INT "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for p in "${STARTED[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+  STARTED=("${keep[@]}")
+}
+
+# Writes an nginx reverse proxy config into folder $1 listening on port $2 in front of the
+# origin: upstream keepalive, X-Forwarded-* set, access log off. $3: master_process (on|off),
+# $4: worker_processes.
+write_nginx_config() {
+  local d=$1 port=$2 master=$3 workers=$4 user=
+  mkdir -p "$d"
+  [[ $(id -u) == 0 ]] && user="user $(id -un) $(id -gn);"
+  cat >"$d/nginx.conf" <<CONF
+$user
+daemon off;
+master_process $master;
+worker_processes $workers;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $d/client_body;
+  proxy_temp_path $d/proxy;
+  fastcgi_temp_path $d/fastcgi;
+  uwsgi_temp_path $d/uwsgi;
+  scgi_temp_path $d/scgi;
+  upstream origin {
+    server 127.0.0.1:$ORIGIN_PORT;
+    keepalive 128;
+  }
+  server {
+    listen 127.0.0.1:$port;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$host;
+    }
+  }
+}
+CONF
+}
+
+# The pass key of this run (HMAC, 64 hex characters), given to the gateways by environment.
+X402_BENCH_PASS_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+export X402_BENCH_PASS_KEY
+
+# Writes a gateway folder $1 listening on port $2: one config for every gateway target. Free
+# rule on /fixed/ (any host); the priced rules on the same origin path, told apart by Host
+# (paid.bench: pay each request; pass.bench: pay once, then a pass); /api/weather: a 402.
+# With $3 (a port nobody listens on), the facilitators are a pool: a dead one on that port
+# first (priority 0, default ejection settings), then the bench facilitator (priority 1).
+write_gateway_config() {
+  local d=$1 port=$2 dead_port=${3:-} admin_port facilitators
+  admin_port=$(free_port)
+  facilitators="[[facilitators]]
+name = \"bench\"
+url = \"http://127.0.0.1:$FAC_PORT\"
+timeout_ms = 2000"
+  if [[ -n $dead_port ]]; then
+    facilitators="[[facilitators]]
+name = \"dead\"
+url = \"http://127.0.0.1:$dead_port\"
+networks = [\"base-sepolia\"]
+timeout_ms = 2000
+priority = 0
+weight = 1
+failure_threshold = 3
+max_eject_ms = 30000
+
+$facilitators
+priority = 1"
+  fi
+  mkdir -p "$d/rules"
+  cat >"$d/gateway.toml" <<CONF
+[server]
+listen = ["127.0.0.1:$port"]
+threads = $THREADS
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 1
+
+[admin]
+listen = "127.0.0.1:$admin_port"
+
+[upstreams.origin]
+peers = ["127.0.0.1:$ORIGIN_PORT"]
+
+[payment]
+pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+networks = ["base-sepolia"]
+
+$facilitators
+
+[passes]
+signing_key = "bench"
+[[passes.keys]]
+id = "bench"
+secret = "\${X402_BENCH_PASS_KEY}"
+
+[reload]
+watch = false
+
+[logging]
+level = "info"
+access_log = false
+
+[ledger]
+path = "receipts.jsonl"
+CONF
+  cat >"$d/rules/bench.toml" <<'CONF'
+[[rule]]
+id = "free"
+prefix = "/fixed/"
+action = "free"
+
+[[rule]]
+id = "weather"
+path = "/api/weather"
+methods = ["GET"]
+price = "$0.01"
+description = "Current weather report"
+mime_type = "application/json"
+
+[[rule]]
+id = "paid"
+host = "paid.bench"
+prefix = "/fixed/"
+price = "$0.01"
+max_timeout_seconds = 86400
+
+[[rule]]
+id = "pass"
+host = "pass.bench"
+prefix = "/fixed/"
+price = "$0.01"
+max_timeout_seconds = 86400
+pass = { ttl = "24h", scope = "rule", max_requests = 4000000000 }
+CONF
+}
