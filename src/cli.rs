@@ -57,18 +57,20 @@ pub fn check(path: &std::path::Path) -> (String, i32) {
                 .iter()
                 .filter(|r| matches!(r.action, RuleAction::Pay(_)))
                 .count();
-            (
-                format!(
-                    "ok: {} rules ({} priced) from {} rule files, {} crawlers, {} upstreams, content {}",
-                    s.rules.len(),
-                    priced,
-                    s.sources.rule_files.len(),
-                    s.crawlers.len(),
-                    s.upstreams.len(),
-                    &s.content_hash[..16]
-                ),
-                0,
-            )
+            let mut report = format!(
+                "ok: {} rules ({} priced) from {} rule files, {} crawlers, {} upstreams, content {}",
+                s.rules.len(),
+                priced,
+                s.sources.rule_files.len(),
+                s.crawlers.len(),
+                s.upstreams.len(),
+                &s.content_hash[..16]
+            );
+            for w in &s.warnings {
+                report.push_str("\nwarning: ");
+                report.push_str(w);
+            }
+            (report, 0)
         }
         Err(issues) => (format!("{issues}\n{} problem(s)", issues.0.len()), 1),
     }

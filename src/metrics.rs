@@ -44,6 +44,9 @@ pub struct Metrics {
     pub facilitator_healthy: IntGaugeVec,
     /// Settlements whose outcome was settled by reading the chain, by result.
     pub settlements_resolved: IntCounterVec,
+    /// Settlements a facilitator reported that the chain did not confirm, by facilitator and
+    /// why (`receipt_missing`, `receipt_mismatch`, `used_elsewhere`): alert on any.
+    pub settlements_unconfirmed: IntCounterVec,
     /// Classified requests (priced or audience-priced rules) by audience kind and purpose.
     pub audience_requests: IntCounterVec,
     /// Requests whose User-Agent claimed a signing crawler without its signature, by crawler.
@@ -209,6 +212,12 @@ impl Metrics {
             "Unknown settlement outcomes resolved from the chain",
             &["result"],
         );
+        let settlements_unconfirmed = counter(
+            &registry,
+            "x402_settlements_unconfirmed_total",
+            "Settlements a facilitator reported that the chain did not confirm",
+            &["facilitator", "why"],
+        );
         let audience_requests = counter(
             &registry,
             "x402_audience_requests_total",
@@ -257,6 +266,7 @@ impl Metrics {
             facilitator_ejections,
             facilitator_healthy,
             settlements_resolved,
+            settlements_unconfirmed,
             requests,
             upstream_latency,
             local_replies,

@@ -16,6 +16,10 @@ pub enum PathError {
     BadEscape,
     #[error("control or NUL byte in request path")]
     ControlByte,
+    #[error(
+        "request target must be origin-form (/path), http(s) absolute-form with a host, or OPTIONS *"
+    )]
+    InvalidTarget,
 }
 
 impl PathError {
@@ -25,7 +29,87 @@ impl PathError {
             PathError::NotAbsolute => "bad_request_path",
             PathError::BadEscape => "bad_percent_encoding",
             PathError::ControlByte => "control_byte_in_path",
+            PathError::InvalidTarget => "invalid_request_target",
         }
+    }
+}
+
+/// The form of an accepted request target (RFC 9112 §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetForm {
+    /// `/path?query`.
+    Origin,
+    /// `http://host/path?query` or `https://…`.
+    Absolute,
+    /// `*`, for `OPTIONS` only.
+    Asterisk,
+}
+
+/// A request target split into the parts the gateway routes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub form: TargetForm,
+    /// The authority of an absolute-form target (`host[:port]`).
+    pub authority: Option<&'a str>,
+    /// The path as sent: starts with `/` (`*` for the asterisk form), not yet canonical.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+}
+
+/// Classifies a raw request target. Only origin-form, `http`/`https` absolute-form with a
+/// non-empty authority, and `*` with `OPTIONS` are accepted: anything else (no leading slash,
+/// another scheme, a scheme without `//`, backslashes or userinfo in the authority, bytes
+/// that are not UTF-8) is [`PathError::InvalidTarget`], since lenient origins resolve such
+/// targets to paths the gateway never priced.
+pub fn parse_target(raw: &[u8], is_options: bool) -> Result<Target<'_>, PathError> {
+    let raw = std::str::from_utf8(raw).map_err(|_| PathError::InvalidTarget)?;
+    if raw.starts_with('/') {
+        let (path, query) = split_query(raw);
+        return Ok(Target {
+            form: TargetForm::Origin,
+            authority: None,
+            path,
+            query,
+        });
+    }
+    if raw == "*" {
+        return if is_options {
+            Ok(Target {
+                form: TargetForm::Asterisk,
+                authority: None,
+                path: raw,
+                query: None,
+            })
+        } else {
+            Err(PathError::InvalidTarget)
+        };
+    }
+    let (scheme, rest) = raw.split_once("://").ok_or(PathError::InvalidTarget)?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err(PathError::InvalidTarget);
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path_and_query) = rest.split_at(end);
+    if authority.is_empty() || authority.contains(['\\', '@', '%']) {
+        return Err(PathError::InvalidTarget);
+    }
+    let (path, query) = match path_and_query.strip_prefix('?') {
+        Some(q) => ("/", Some(q)),
+        None if path_and_query.is_empty() => ("/", None),
+        None => split_query(path_and_query),
+    };
+    Ok(Target {
+        form: TargetForm::Absolute,
+        authority: Some(authority),
+        path,
+        query,
+    })
+}
+
+fn split_query(pq: &str) -> (&str, Option<&str>) {
+    match pq.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (pq, None),
     }
 }
 
@@ -255,6 +339,66 @@ mod tests {
         assert_eq!(c("/paid/x/..;"), "/paid/");
         assert_eq!(c("/a/..b/c"), "/a/..b/c");
         assert_eq!(c("/a/;x/b"), "/a/;x/b");
+    }
+
+    #[test]
+    fn request_targets() {
+        fn t(raw: &str) -> Result<Target<'_>, PathError> {
+            parse_target(raw.as_bytes(), false)
+        }
+        let ok = |raw: &'static str| t(raw).map(|t| (t.form, t.authority, t.path, t.query));
+        assert_eq!(
+            ok("/a/b?x=1"),
+            Ok((TargetForm::Origin, None, "/a/b", Some("x=1")))
+        );
+        assert_eq!(ok("/"), Ok((TargetForm::Origin, None, "/", None)));
+        assert_eq!(
+            ok("http://h.example:8080/a?q"),
+            Ok((
+                TargetForm::Absolute,
+                Some("h.example:8080"),
+                "/a",
+                Some("q")
+            ))
+        );
+        assert_eq!(
+            ok("HTTPS://h"),
+            Ok((TargetForm::Absolute, Some("h"), "/", None))
+        );
+        assert_eq!(
+            ok("http://h?q"),
+            Ok((TargetForm::Absolute, Some("h"), "/", Some("q")))
+        );
+        for bad in [
+            "api/weather",
+            "\\api\\weather",
+            "..//api/weather",
+            "%2Fapi%2Fweather",
+            "x:/api/weather",
+            "http:/api/weather",
+            "http:api/weather",
+            "http:\\\\h/api",
+            "http://h\\x/api",
+            "http:///api",
+            "http://user@h/api",
+            "ws://h/api",
+            "wss://h/api",
+            "ftp://h/api",
+            "h/api?x",
+            "?q",
+            "*",
+            "",
+        ] {
+            assert_eq!(t(bad), Err(PathError::InvalidTarget), "{bad:?}");
+        }
+        assert_eq!(
+            parse_target(b"*", true).map(|t| t.form),
+            Ok(TargetForm::Asterisk)
+        );
+        assert_eq!(
+            parse_target(b"/caf\xff", false),
+            Err(PathError::InvalidTarget)
+        );
     }
 
     #[test]

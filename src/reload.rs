@@ -74,6 +74,9 @@ impl Reloader {
                 }
                 self.generation.store(next, Ordering::Relaxed);
                 let rules = snap.rules.len();
+                for w in &snap.warnings {
+                    tracing::warn!(warning = %w, "configuration warning");
+                }
                 self.config.store(Arc::new(snap));
                 self.metrics.config_generation.set(next as i64);
                 self.metrics.reloads.with_label_values(&["ok"]).inc();

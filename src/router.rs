@@ -14,7 +14,9 @@ const METHOD_NAMES: [&str; 9] = [
 impl Methods {
     pub const ANY: Methods = Methods(0);
 
-    /// The bit of one method name (any case is refused by the HTTP parser, so exact match).
+    /// The bit of one method name. Methods are case-sensitive (RFC 9110 §9.1): `get` is not
+    /// `GET` here. The HTTP parser accepts any case, so routing refuses known methods spelled
+    /// in another case before it gets here.
     pub fn bit(method: &str) -> u16 {
         METHOD_NAMES
             .iter()
@@ -29,6 +31,14 @@ impl Methods {
             .iter()
             .position(|m| *m == upper)
             .map(|i| 1 << i)
+    }
+
+    /// The standard spelling of a known method given in any case (`get` → `GET`).
+    pub fn canonical_name(name: &str) -> Option<&'static str> {
+        METHOD_NAMES
+            .iter()
+            .find(|m| m.eq_ignore_ascii_case(name))
+            .copied()
     }
 
     pub fn matches(self, bit: u16) -> bool {

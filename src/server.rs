@@ -283,5 +283,8 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
         ));
     }
     tracing::info!(listen = ?plain, tls = ?tls_addrs, admin = ?admin_addr, facilitator_api = ?facilitator_api_addr, "x402-gateway starting");
+    for w in &config.load().warnings {
+        tracing::warn!(warning = %w, "configuration warning");
+    }
     server.run_forever()
 }

@@ -19,6 +19,17 @@ use crate::router::{Methods, Router};
 use crate::x402::challenge::Priced;
 use crate::x402::networks::Registry;
 
+/// What happens to a request no rule matches (`[rules] unmatched`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmatched {
+    /// Forwarded to the default upstream, free (default).
+    #[default]
+    Forward,
+    /// Refused with a 403 `no_matching_rule`.
+    Block,
+}
+
 /// What a rule does with a matching request.
 #[derive(Debug, Clone)]
 pub enum RuleAction {
@@ -49,6 +60,8 @@ pub struct Rule {
     pub upstream: usize,
     pub settlement: Settlement,
     pub failure_policy: FailurePolicy,
+    /// Keep the query in the resource URL given to facilitators and the ledger.
+    pub resource_query: bool,
     pub methods: Methods,
     pub host: String,
     pub path: String,
@@ -110,6 +123,10 @@ pub struct PaymentSettings {
     pub max_header_bytes: usize,
     pub forward_payer_headers: bool,
     pub cors_allow_origins: Vec<String>,
+    /// Refused payments per client address allowed per failure window (0: no limit).
+    pub failed_payments_per_client: u32,
+    /// Refused payments per payer allowed per failure window (0: no limit).
+    pub failed_payments_per_payer: u32,
 }
 
 /// A network the built-in settler can send transactions on.
@@ -138,6 +155,18 @@ pub enum FacilitatorKind {
     },
 }
 
+/// How a facilitator's `success: true` is believed (`[[facilitators]] confirm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Confirm {
+    /// The transaction's receipt must show the transfer (payer, payTo, amount, nonce) on
+    /// chain, where the network has `rpc_urls` (default).
+    #[default]
+    Receipt,
+    /// The answer is believed as given.
+    Trust,
+}
+
 /// A configured facilitator.
 #[derive(Debug, Clone)]
 pub struct FacilitatorConf {
@@ -152,6 +181,10 @@ pub struct FacilitatorConf {
     pub weight: u32,
     pub failure_threshold: u32,
     pub max_eject: Duration,
+    /// How a settlement this facilitator reports is believed.
+    pub confirm: Confirm,
+    /// How long to look for the receipt of a transaction it reported.
+    pub confirm_timeout: Duration,
     /// Changes whenever anything above changes: runtime state (health, settlers) is keyed by it.
     pub fingerprint: String,
 }
@@ -250,6 +283,13 @@ pub struct Snapshot {
     pub reload: ReloadSection,
     pub logging: LoggingSection,
     pub case_sensitive: bool,
+    /// What requests no rule matches get.
+    pub unmatched: Unmatched,
+    /// `[server] hosts`: the only Host values served (empty: any).
+    pub hosts: Vec<crate::router::HostPattern>,
+    /// Things that are valid but probably not what the operator wants, each
+    /// `file:line:col: field: message`; `check` prints them and every load logs them.
+    pub warnings: Vec<String>,
     /// The `[[crawler]]` list of every rules file.
     pub crawlers: Arc<crate::audience::CrawlerSet>,
     /// Agents whose Web Bot Auth signatures are accepted.

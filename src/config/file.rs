@@ -30,6 +30,10 @@ pub struct ServerSection {
     /// Longest wait for a complete request head, idle keep-alive time included; then the
     /// connection is closed (default 30 000).
     pub header_read_timeout_ms: Option<Spanned<u64>>,
+    /// The only Host values served (names or globs such as `*.example.com`); any other Host,
+    /// or none, gets a 421 before routing. Default: any host.
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
 }
 
 fn default_grace() -> u64 {
@@ -205,6 +209,26 @@ pub struct PaymentSection {
     /// No facilitator available: `closed` (503) or `open` (serve unpaid, counted).
     #[serde(default)]
     pub on_facilitator_failure: FailurePolicy,
+    /// Payments from one client address that a facilitator may refuse (unfunded or forged
+    /// payments, each a facilitator call) within 10 s; past that, that client's payment
+    /// attempts get a 429 with `Retry-After` until its failures age out. 0: no limit
+    /// (default 50).
+    #[serde(default = "default_client_failures")]
+    pub failed_payments_per_client: u32,
+    /// The same per payer address (default 20).
+    #[serde(default = "default_payer_failures")]
+    pub failed_payments_per_payer: u32,
+    /// Put the query string into resource URLs sent to facilitators and written to the
+    /// ledger (default false: queries may carry personal data or tokens).
+    #[serde(default)]
+    pub resource_query: bool,
+}
+
+fn default_client_failures() -> u32 {
+    50
+}
+fn default_payer_failures() -> u32 {
+    20
 }
 
 fn default_timeout() -> Spanned<u64> {
@@ -233,6 +257,9 @@ impl Default for PaymentSection {
             forward_payer_headers: false,
             cors_allow_origins: default_cors(),
             on_facilitator_failure: FailurePolicy::Closed,
+            failed_payments_per_client: default_client_failures(),
+            failed_payments_per_payer: default_payer_failures(),
+            resource_query: false,
         }
     }
 }
@@ -318,6 +345,18 @@ pub struct FacilitatorSection {
     /// `local`: how long to wait for a transaction receipt.
     #[serde(default = "default_receipt_ms")]
     pub receipt_timeout_ms: u64,
+    /// `receipt` (default): a settlement this facilitator reports counts only once the
+    /// transaction's receipt shows the transfer on chain (where the network has `rpc_urls`);
+    /// `trust`: its answer is believed. The built-in settler checks its own receipts.
+    #[serde(default)]
+    pub confirm: crate::snapshot::Confirm,
+    /// How long to look for that receipt before the settlement counts as unconfirmed.
+    #[serde(default = "default_confirm_ms")]
+    pub confirm_timeout_ms: u64,
+}
+
+fn default_confirm_ms() -> u64 {
+    10_000
 }
 
 fn default_fac_timeout() -> u64 {
@@ -430,6 +469,9 @@ pub struct RulesSection {
     /// Match paths case-sensitively (default false: `/API` is priced like `/api`).
     #[serde(default)]
     pub case_sensitive: bool,
+    /// Requests no rule matches: `forward` (default, free) or `block` (403).
+    #[serde(default)]
+    pub unmatched: crate::snapshot::Unmatched,
 }
 
 fn default_rules_dir() -> Spanned<String> {
@@ -441,6 +483,7 @@ impl Default for RulesSection {
         RulesSection {
             dir: default_rules_dir(),
             case_sensitive: false,
+            unmatched: crate::snapshot::Unmatched::Forward,
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod access;
 pub mod access_file;
 pub mod env;
 pub mod file;
+mod lint;
 pub mod price;
 pub mod rules_file;
 mod validate;

@@ -43,6 +43,9 @@ pub struct RuleDef {
     pub settlement: Option<Settlement>,
     pub max_timeout_seconds: Option<Spanned<u64>>,
     pub on_facilitator_failure: Option<FailurePolicy>,
+    /// Keep the query string in the resource URL sent to facilitators and written to the
+    /// ledger (default `[payment] resource_query`, false).
+    pub resource_query: Option<bool>,
     /// Prices per audience (`human`, `training`, `search`, `user`, `agent`, `verified`).
     pub audiences: Option<Spanned<AudiencesDef>>,
     /// Prices per verified operator.

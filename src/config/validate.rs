@@ -51,6 +51,7 @@ pub fn compile(
     let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (mut grace, mut shutdown, mut pool_size) = (5, 3, 128);
     let mut header_read_timeout = Duration::from_secs(30);
+    let mut hosts = Vec::new();
     match &server {
         // A `[server]` that failed to parse was already reported; "missing" would be noise.
         None if reported(rep, "server") => {}
@@ -122,6 +123,12 @@ pub fn compile(
                     );
                 }
                 header_read_timeout = Duration::from_millis(*t.get_ref());
+            }
+            for h in &s.hosts {
+                match crate::router::HostPattern::parse(h.get_ref()) {
+                    Ok(p) => hosts.push(p),
+                    Err(e) => rep.at(cfg, h.span(), "server.hosts", e),
+                }
             }
         }
     }
@@ -390,6 +397,7 @@ pub fn compile(
         default_timeout: *pay.max_timeout_seconds.get_ref(),
         default_settlement: pay.settlement,
         default_failure_policy: pay.on_facilitator_failure,
+        default_resource_query: pay.resource_query,
         upstream_index: &upstream_index,
         default_upstream,
         case_sensitive,
@@ -454,7 +462,7 @@ pub fn compile(
         hasher.update(s.text.as_bytes());
         hasher.update([0]);
     }
-    Some(Snapshot {
+    let mut snapshot = Snapshot {
         generation,
         content_hash: hex::encode(hasher.finalize()),
         loaded_at: SystemTime::now(),
@@ -475,6 +483,8 @@ pub fn compile(
             max_header_bytes: pay.max_header_bytes,
             forward_payer_headers: pay.forward_payer_headers,
             cors_allow_origins: pay.cors_allow_origins.clone(),
+            failed_payments_per_client: pay.failed_payments_per_client,
+            failed_payments_per_payer: pay.failed_payments_per_payer,
         },
         registry,
         facilitators,
@@ -489,11 +499,16 @@ pub fn compile(
         reload: g.reload.clone(),
         logging: g.logging.clone(),
         case_sensitive,
+        unmatched: g.rules.unmatched,
+        hosts,
+        warnings: Vec::new(),
         crawlers: Arc::new(crawlers),
         web_bot_auth: Arc::new(web_bot_auth),
         passes: pass_keys,
         paywall,
-    })
+    };
+    snapshot.warnings = super::lint::warnings(&snapshot);
+    Some(snapshot)
 }
 
 /// Whether a problem was already recorded for `field` or one of its sub-fields.
@@ -729,6 +744,7 @@ struct RuleCtx<'a> {
     default_timeout: u64,
     default_settlement: super::file::Settlement,
     default_failure_policy: super::file::FailurePolicy,
+    default_resource_query: bool,
     upstream_index: &'a BTreeMap<String, usize>,
     default_upstream: usize,
     case_sensitive: bool,
@@ -940,6 +956,7 @@ fn compile_rule(
         failure_policy: d
             .on_facilitator_failure
             .unwrap_or(ctx.default_failure_policy),
+        resource_query: d.resource_query.unwrap_or(ctx.default_resource_query),
         methods: Methods(methods),
         host: d
             .host
@@ -1372,8 +1389,13 @@ fn compile_facilitator(
     let fingerprint = {
         let mut h = Sha256::new();
         h.update(format!(
-            "{name}|{:?}|{url}|{nets:?}|{}|{}|{}",
-            f.kind, f.timeout_ms, f.max_eject_ms, f.receipt_timeout_ms
+            "{name}|{:?}|{url}|{nets:?}|{}|{}|{}|{:?}|{}",
+            f.kind,
+            f.timeout_ms,
+            f.max_eject_ms,
+            f.receipt_timeout_ms,
+            f.confirm,
+            f.confirm_timeout_ms
         ));
         for (k, v) in &headers {
             h.update(k.as_bytes());
@@ -1405,6 +1427,8 @@ fn compile_facilitator(
         weight: f.weight.max(1),
         failure_threshold: f.failure_threshold.max(1),
         max_eject: Duration::from_millis(f.max_eject_ms.max(1000)),
+        confirm: f.confirm,
+        confirm_timeout: Duration::from_millis(f.confirm_timeout_ms.max(100)),
         fingerprint,
     })
 }

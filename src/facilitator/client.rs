@@ -25,6 +25,11 @@ pub enum FacilitatorError {
     /// The facilitator cannot be used as configured (for example a bad key).
     #[error("facilitator misconfigured: {0}")]
     Config(String),
+    /// A 4xx answer without a verdict (rate limited, unauthorized): the facilitator is up and
+    /// declined the call. Not an outage: it neither ejects the facilitator nor opens a
+    /// fail-open rule.
+    #[error("facilitator declined the call with {status}")]
+    Declined { status: u16 },
 }
 
 impl FacilitatorError {
@@ -32,7 +37,9 @@ impl FacilitatorError {
     pub fn not_sent(&self) -> bool {
         matches!(
             self,
-            FacilitatorError::Connect(_) | FacilitatorError::Config(_)
+            FacilitatorError::Connect(_)
+                | FacilitatorError::Config(_)
+                | FacilitatorError::Declined { status: 429 }
         )
     }
 
@@ -43,6 +50,7 @@ impl FacilitatorError {
             FacilitatorError::Timeout => "timeout",
             FacilitatorError::BadResponse { .. } => "bad_response",
             FacilitatorError::Config(_) => "config",
+            FacilitatorError::Declined { .. } => "declined",
         }
     }
 }
@@ -186,10 +194,16 @@ pub fn parse_verify(status: u16, body: &[u8]) -> Result<VerifyResponse, Facilita
         // payment. Failing over, or the failure policy, decides what the client gets.
         return Err(FacilitatorError::BadResponse { status });
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|_| FacilitatorError::BadResponse { status })?;
+    let no_verdict = || {
+        if (400..500).contains(&status) {
+            FacilitatorError::Declined { status }
+        } else {
+            FacilitatorError::BadResponse { status }
+        }
+    };
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| no_verdict())?;
     if !v.get("isValid").is_some_and(|x| x.is_boolean()) {
-        return Err(FacilitatorError::BadResponse { status });
+        return Err(no_verdict());
     }
     let r: VerifyResponse =
         serde_json::from_value(v).map_err(|_| FacilitatorError::BadResponse { status })?;
@@ -202,6 +216,10 @@ pub fn parse_verify(status: u16, body: &[u8]) -> Result<VerifyResponse, Facilita
 
 /// Parses a `/settle` answer: a JSON object with a `success` key, whatever the status.
 pub fn parse_settle(status: u16, body: &[u8]) -> Result<SettleResponse, FacilitatorError> {
+    if status == 429 {
+        // Rate limited: the call was not acted on, whatever the body says.
+        return Err(FacilitatorError::Declined { status });
+    }
     let v: serde_json::Value =
         serde_json::from_slice(body).map_err(|_| FacilitatorError::BadResponse { status })?;
     if v.get("success").is_none() {
@@ -264,5 +282,18 @@ mod tests {
                 .is_ok_and(|r| !r.succeeded())
         );
         assert!(parse_settle(200, br#"{"ok":1}"#).is_err());
+        // 4xx without a verdict: declined, not an outage; 429 was never acted on.
+        assert_eq!(
+            parse_verify(429, b"slow down").err(),
+            Some(FacilitatorError::Declined { status: 429 })
+        );
+        assert_eq!(
+            parse_verify(401, br#"{"error":"unauthorized"}"#).err(),
+            Some(FacilitatorError::Declined { status: 401 })
+        );
+        assert!(
+            parse_settle(429, br#"{"success":false}"#)
+                .is_err_and(|e| e.not_sent() && e.kind() == "declined")
+        );
     }
 }

@@ -135,7 +135,8 @@ impl Facilitators {
                     .with_label_values(&[fac.name.as_str()])
                     .set(1);
             }
-            Err(FacilitatorError::Config(_)) => {}
+            // Declined calls (4xx, 429) and local misconfiguration say nothing about health.
+            Err(FacilitatorError::Config(_) | FacilitatorError::Declined { .. }) => {}
             Err(_) => {
                 if self.pool.failure(fac) {
                     self.metrics
@@ -215,6 +216,8 @@ impl Facilitators {
         if let Ok(v) = &result {
             self.supported
                 .store(&fac.name, super::supported::parse_kinds(v));
+            self.supported
+                .store_signers(&fac.name, super::supported::parse_signers(v));
         }
         result
     }

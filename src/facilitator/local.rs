@@ -483,6 +483,8 @@ impl LocalSettler {
         let mut resends = 0;
         // The transaction last sent for this authorization, once one was.
         let mut sent_before: Option<String> = None;
+        // Every transaction this call sent: only these are this settlement's own.
+        let mut sent_all: Vec<B256> = Vec::new();
         let (receipt, tx) = loop {
             let sent = match self.send(v.chain, &v.auth).await {
                 Ok(s) => s,
@@ -510,6 +512,7 @@ impl LocalSettler {
             };
             let tx = format!("{:#x}", sent.hash);
             sent_before = Some(tx.clone());
+            sent_all.push(sent.hash);
             match self.wait_receipt(v.chain, &sent, deadline).await {
                 Wait::Receipt(r) => break (r, tx),
                 Wait::TimedOut => {
@@ -525,7 +528,19 @@ impl LocalSettler {
                     if let Ok(true) = v.chain.reader.authorization_used(token, from, nonce).await {
                         let found = v.chain.reader.authorization_tx(token, from, nonce).await;
                         let other = match found {
-                            Ok(Some(other)) => other,
+                            Ok(Some(other)) if sent_all.contains(&other) => other,
+                            // Used by a transaction this call did not send (another
+                            // relayer, the payer, a cancellation): someone else's payment.
+                            Ok(Some(other)) => {
+                                tracing::warn!(network = %v.network, transaction = %other, "authorization used by a transaction this settler did not send");
+                                return failed(
+                                    200,
+                                    reason::NONCE_USED,
+                                    String::new(),
+                                    v.network,
+                                    payer,
+                                );
+                            }
                             // Used, but by no transaction in reach: canceled, or long ago.
                             Ok(None) => {
                                 return failed(
@@ -1506,6 +1521,8 @@ mod tests {
             weight: 1,
             failure_threshold: 3,
             max_eject: Duration::from_secs(30),
+            confirm: crate::snapshot::Confirm::Receipt,
+            confirm_timeout: Duration::from_secs(10),
             fingerprint: fp.into(),
         };
         let a = settlers.get(&fac("a")).expect("a");

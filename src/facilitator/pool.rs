@@ -142,6 +142,8 @@ mod tests {
             weight,
             failure_threshold: 2,
             max_eject: Duration::from_secs(30),
+            confirm: crate::snapshot::Confirm::Receipt,
+            confirm_timeout: Duration::from_secs(10),
             fingerprint: name.into(),
         }
     }

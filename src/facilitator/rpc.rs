@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use alloy::primitives::{Address, B256};
+use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
-use alloy::rpc::types::Filter;
+use alloy::rpc::types::{Filter, TransactionReceipt};
 use alloy::sol_types::SolEvent;
 
 alloy::sol! {
@@ -24,6 +24,37 @@ alloy::sol! {
         function transferWithAuthorization(address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce, bytes signature) external;
         event AuthorizationUsed(address indexed authorizer, bytes32 indexed nonce);
         event Transfer(address indexed from, address indexed to, uint256 value);
+    }
+}
+
+/// One EIP-3009 transfer as the chain should show it: `AuthorizationUsed(payer, nonce)` and
+/// `Transfer(payer, pay_to, value)`, both logged by `token`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpectedTransfer {
+    pub token: Address,
+    pub payer: Address,
+    pub pay_to: Address,
+    pub value: U256,
+    pub nonce: B256,
+}
+
+impl ExpectedTransfer {
+    /// Whether a receipt is a successful transaction that did exactly this transfer.
+    pub fn paid_by(&self, receipt: &TransactionReceipt) -> bool {
+        if !receipt.status() {
+            return false;
+        }
+        let logs = receipt.inner.logs();
+        let from_token = |l: &&alloy::rpc::types::Log| l.inner.address == self.token;
+        let used = logs.iter().filter(from_token).any(|l| {
+            IEip3009::AuthorizationUsed::decode_log_data(&l.inner.data)
+                .is_ok_and(|e| e.authorizer == self.payer && e.nonce == self.nonce)
+        });
+        let moved = logs.iter().filter(from_token).any(|l| {
+            IEip3009::Transfer::decode_log_data(&l.inner.data)
+                .is_ok_and(|t| t.from == self.payer && t.to == self.pay_to && t.value == self.value)
+        });
+        used && moved
     }
 }
 
@@ -109,6 +140,12 @@ impl ChainReader {
                 .await
         })
         .await
+    }
+
+    /// The receipt of a transaction, `None` while the node does not have it.
+    pub async fn receipt(&self, tx: B256) -> Result<Option<TransactionReceipt>, RpcError> {
+        self.first_ok(|p| async move { p.get_transaction_receipt(tx).await })
+            .await
     }
 
     /// The transaction that emitted `AuthorizationUsed(authorizer, nonce)` in recent blocks.

@@ -2,6 +2,7 @@
 //! settlement policy, and receipts. Works on plain HTTP header maps; never touches a socket
 //! except through the facilitator client.
 
+pub mod confirm;
 pub mod decode;
 pub mod ledger;
 pub mod pass;
@@ -14,17 +15,21 @@ use http::HeaderMap;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use alloy::primitives::B256;
+
 use crate::config::file::{FailurePolicy, Settlement};
 use crate::facilitator::FacilitatorError;
 use crate::facilitator::client::FacilitatorRequest;
 use crate::facilitator::dispatch::Facilitators;
 use crate::facilitator::local::Settlers;
+use crate::facilitator::rpc::{ChainReader, ExpectedTransfer};
 use crate::metrics::Metrics;
 use crate::schemes::evm_exact::{self, ExactError};
-use crate::snapshot::{FacilitatorConf, Rule, Snapshot};
+use crate::snapshot::{Confirm, FacilitatorConf, FacilitatorKind, Rule, Snapshot};
 use crate::x402::challenge::{Offer, Priced};
 use crate::x402::codec::{self, DecodeError};
 use crate::x402::types::{RequirementsV1, SettleResponse};
+use confirm::{Lookup, Verdict};
 use ledger::{Ledger, LedgerEntry};
 use replay::{Refused, ReplayGuard, ReplayKey};
 
@@ -59,6 +64,12 @@ pub enum PaymentError {
     NoFacilitator,
     #[error("facilitator unavailable")]
     FacilitatorUnavailable,
+    #[error("the facilitator declined to answer now; try again")]
+    FacilitatorBusy,
+    #[error("no facilitator here takes payments of this x402 version")]
+    UnsupportedVersion,
+    #[error("too many payment attempts; try again later")]
+    RateLimited,
     #[error("settlement failed: {0}")]
     SettleFailed(String),
     #[error("settlement outcome unknown")]
@@ -84,6 +95,9 @@ impl PaymentError {
             PaymentError::Invalid(_) => "facilitator_rejected",
             PaymentError::NoFacilitator => "no_facilitator",
             PaymentError::FacilitatorUnavailable => "facilitator_unavailable",
+            PaymentError::FacilitatorBusy => "facilitator_busy",
+            PaymentError::UnsupportedVersion => "unsupported_version",
+            PaymentError::RateLimited => "too_many_payment_attempts",
             PaymentError::SettleFailed(_) => "settlement_failed",
             PaymentError::SettleUnconfirmed => "settlement_unconfirmed",
         }
@@ -129,6 +143,10 @@ pub enum Stage {
     SettleFailed,
     /// Settlement outcome not known.
     Unknown,
+    /// The facilitator reported a settlement the chain does not confirm.
+    Unconfirmed,
+    /// The authorization was used by a transaction this request did not cause.
+    NotOurs,
 }
 
 /// A payment that passed verification, carried through the request.
@@ -151,6 +169,8 @@ pub struct Accepted {
     pub facilitator: Option<String>,
     pub stage: Stage,
     pub receipt: Option<SettleResponse>,
+    /// The transaction a facilitator named for this settlement, if any.
+    pub claimed_tx: Option<B256>,
     /// Reply to send instead of the origin's response (settlement failed after the origin answered).
     pub failure_reply: Option<crate::proxy::respond::Reply>,
     pub started: Instant,
@@ -158,6 +178,19 @@ pub struct Accepted {
 }
 
 impl Accepted {
+    /// The transfer this payment makes, as the chain should show it.
+    pub fn expected_transfer(&self) -> Option<ExpectedTransfer> {
+        let (token, payer, nonce) = self.chain_ids()?;
+        let r = &self.offer.requirements;
+        Some(ExpectedTransfer {
+            token,
+            payer,
+            pay_to: r.pay_to.parse().ok()?,
+            value: r.amount.parse().ok()?,
+            nonce,
+        })
+    }
+
     /// Token, payer and nonce as chain types.
     pub fn chain_ids(
         &self,
@@ -262,18 +295,15 @@ pub struct Payments {
     verified: moka::sync::Cache<[u8; 32], ()>,
     ledger: Arc<Ledger>,
     metrics: Arc<Metrics>,
+    /// Payments facilitators refused, per client address and per payer.
+    failures_client: FailureWindow,
+    failures_payer: FailureWindow,
 }
 
 impl std::fmt::Debug for Payments {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Payments").finish_non_exhaustive()
     }
-}
-
-/// What the chain says about an authorization.
-enum Resolution {
-    Settled(String),
-    Unknown,
 }
 
 impl Payments {
@@ -287,6 +317,8 @@ impl Payments {
                 .build(),
             ledger: Arc::new(Ledger::default()),
             metrics,
+            failures_client: FailureWindow::default(),
+            failures_payer: FailureWindow::default(),
         }
     }
 
@@ -326,6 +358,7 @@ impl Payments {
         priced: &Priced,
         headers: &HeaderMap,
         url: &str,
+        client: Option<std::net::IpAddr>,
     ) -> Result<Admission, Rejection> {
         let started = Instant::now();
         let found = match decode::find(headers) {
@@ -334,6 +367,16 @@ impl Payments {
             Err(e) => return Err(self.reject(e.into())),
         };
         let version = found.version;
+        if let Some(ip) = client
+            && self
+                .failures_client
+                .exceeded(&ip, snap.payment.failed_payments_per_client)
+        {
+            return Err(self.reject(Rejection {
+                version,
+                ..PaymentError::RateLimited.into()
+            }));
+        }
         let fail = |error: PaymentError, payer: Option<String>| Rejection {
             error,
             version,
@@ -351,6 +394,13 @@ impl Payments {
             evm_exact::check_with_separator(&decoded.payload, req, &separator, unix_now())
                 .map_err(|e| self.reject(fail(PaymentError::Exact(e), None)))?;
         let payer = checked.payer.clone();
+        let payer_key = payer.to_ascii_lowercase();
+        if self
+            .failures_payer
+            .exceeded(&payer_key, snap.payment.failed_payments_per_payer)
+        {
+            return Err(self.reject(fail(PaymentError::RateLimited, Some(payer))));
+        }
         let key = ReplayKey::new(&req.network, &req.asset, &payer, &checked.nonce);
         self.replay
             .reserve(&key, checked.valid_before)
@@ -361,7 +411,13 @@ impl Payments {
                 };
                 self.reject(fail(e, Some(payer.clone())))
             })?;
-        let body = match facilitator_body(version, &decoded.raw, offer, priced, url) {
+        // What facilitators and the ledger see: no query string unless the rule keeps it.
+        let recorded = if rule.resource_query {
+            url
+        } else {
+            url.split('?').next().unwrap_or(url)
+        };
+        let body = match facilitator_body(version, &decoded.raw, offer, priced, recorded) {
             Ok(b) => b,
             Err(e) => {
                 self.replay.release(&key);
@@ -371,7 +427,7 @@ impl Payments {
         let mut accepted = Box::new(Accepted {
             version,
             rule_id: rule.id.clone(),
-            resource: url.to_owned(),
+            resource: recorded.to_owned(),
             offer: offer.clone(),
             payer,
             key,
@@ -383,12 +439,20 @@ impl Payments {
             facilitator: None,
             stage: Stage::Verified,
             receipt: None,
+            claimed_tx: None,
             failure_reply: None,
             started,
             facilitator_time: Duration::ZERO,
         });
         if let Err(e) = self.verify(snap, &mut accepted).await {
             self.replay.release(&accepted.key);
+            if matches!(e, PaymentError::Invalid(_)) {
+                // A facilitator call spent on a payment that does not pay.
+                if let Some(ip) = client {
+                    self.failures_client.count(&ip);
+                }
+                self.failures_payer.count(&payer_key);
+            }
             if self.fails_open(rule, &e) {
                 return Ok(self.served_unpaid(rule, e.reason()));
             }
@@ -432,8 +496,23 @@ impl Payments {
         }
         let candidates = self.candidates(snap, a);
         if candidates.is_empty() {
-            return Err(PaymentError::NoFacilitator);
+            let r = &a.offer.requirements;
+            let other_version = self.facilitators.candidates(
+                snap,
+                if a.version == 1 { 2 } else { 1 },
+                &r.scheme,
+                &r.network,
+                a.offer.v1_network.as_deref(),
+            );
+            // Facilitators serve this network, just not in this protocol version: the client's
+            // choice, not an outage.
+            return Err(if other_version.is_empty() {
+                PaymentError::NoFacilitator
+            } else {
+                PaymentError::UnsupportedVersion
+            });
         }
+        let mut all_declined = true;
         for (n, fac) in candidates.into_iter().enumerate() {
             if n > 0 {
                 self.metrics
@@ -459,15 +538,24 @@ impl Payments {
                     ));
                 }
                 // Verify never moves money: any failure may try the next facilitator.
-                Err(e) => tracing::warn!(facilitator = %fac.name, error = %e, "verify failed"),
+                Err(e) => {
+                    all_declined &= matches!(e, FacilitatorError::Declined { .. });
+                    tracing::warn!(facilitator = %fac.name, error = %e, "verify failed");
+                }
             }
         }
-        Err(PaymentError::FacilitatorUnavailable)
+        Err(if all_declined {
+            PaymentError::FacilitatorBusy
+        } else {
+            PaymentError::FacilitatorUnavailable
+        })
     }
 
     /// Settles through the facilitator that verified, moving on to another only when the call
-    /// provably never reached it. An unknown outcome is resolved by reading the chain, never
-    /// by settling again. Sets `stage` and `receipt` and writes the ledger.
+    /// provably never reached it. A reported success is confirmed on chain (where the network
+    /// has an RPC and the facilitator is not trusted as is); an unclear outcome is resolved
+    /// from the chain, never by settling again, and counts as settled only when this request's
+    /// own transaction made the transfer. Sets `stage` and `receipt` and writes the ledger.
     async fn settle(&self, snap: &Snapshot, a: &mut Accepted, upstream_status: Option<u16>) {
         let mut candidates = self.candidates(snap, a);
         if let Some(name) = &a.facilitator {
@@ -479,7 +567,8 @@ impl Payments {
                 None => candidates.sort_by_key(|f| &f.name != name),
             }
         }
-        let mut outcome: Option<(String, Result<SettleResponse, FacilitatorError>)> = None;
+        let mut outcome: Option<(&FacilitatorConf, Result<SettleResponse, FacilitatorError>)> =
+            None;
         for (n, fac) in candidates.into_iter().enumerate() {
             if n > 0 {
                 self.metrics
@@ -491,72 +580,210 @@ impl Payments {
             let r = self.facilitators.settle(fac, &a.facilitator_body).await;
             a.facilitator_time += t.elapsed();
             let retry = matches!(&r, Err(e) if e.not_sent());
-            outcome = Some((fac.name.clone(), r));
+            outcome = Some((fac, r));
             if !retry {
                 break;
             }
         }
-        let (fac, result) = match outcome {
-            Some(o) => o,
-            None => (
-                String::new(),
-                Err(FacilitatorError::Connect("no facilitator".into())),
-            ),
-        };
         let network = a.offer.requirements.network.clone();
-        let (mut stage, mut receipt, mut reason) = match result {
-            Ok(s) if s.succeeded() => (Stage::Settled, s, None),
-            // A facilitator that says the transaction is still pending, or that another call is
-            // settling the same authorization, has not refused it: the outcome is unknown.
-            Ok(s)
-                if s.success == serde_json::Value::Bool(false)
-                    && !matches!(
-                        s.error_reason.as_deref(),
-                        Some("settlement_pending" | "duplicate_settlement")
-                    ) =>
-            {
-                let reason = s
-                    .error_reason
-                    .clone()
-                    .unwrap_or_else(|| "settlement_failed".into());
-                (Stage::SettleFailed, s, Some(reason))
+        let Some((fac, result)) = outcome else {
+            a.facilitator = Some(String::new());
+            let receipt = failed_receipt(&a.payer, &network, "facilitator_unavailable");
+            self.finish_settlement(
+                snap,
+                a,
+                Stage::SettleFailed,
+                receipt,
+                Some("facilitator_unavailable".into()),
+                upstream_status,
+            );
+            return;
+        };
+        a.facilitator = Some(fac.name.clone());
+        let claim = Claim::of(result);
+        let (stage, receipt, reason) = match claim {
+            Claim::Refused(s, reason) => {
+                if NONCE_USED_REASONS.contains(&reason.as_str()) {
+                    (Stage::NotOurs, s, Some(reason))
+                } else {
+                    (Stage::SettleFailed, s, Some(reason))
+                }
             }
-            Ok(s) => (
-                Stage::Unknown,
-                SettleResponse {
-                    success: false.into(),
-                    ..s
-                },
-                Some("settlement_unconfirmed".into()),
-            ),
-            Err(e) if e.not_sent() => (
+            Claim::Unsent => (
                 Stage::SettleFailed,
                 failed_receipt(&a.payer, &network, "facilitator_unavailable"),
                 Some("facilitator_unavailable".into()),
             ),
-            Err(e) => {
-                tracing::warn!(facilitator = %fac, error = %e, "settlement outcome unknown");
-                (
-                    Stage::Unknown,
-                    failed_receipt(&a.payer, &network, "settlement_unconfirmed"),
-                    Some("settlement_unconfirmed".into()),
-                )
+            Claim::Busy => (
+                Stage::SettleFailed,
+                failed_receipt(&a.payer, &network, "facilitator_busy"),
+                Some("facilitator_busy".into()),
+            ),
+            Claim::Duplicate(s) => (
+                // Another call is settling this very authorization: not this request's.
+                Stage::NotOurs,
+                SettleResponse {
+                    success: false.into(),
+                    ..s
+                },
+                Some("duplicate_settlement".into()),
+            ),
+            Claim::Success(s) => self.confirm_success(snap, a, fac, s).await,
+            Claim::Unclear(tx) => {
+                tracing::warn!(facilitator = %fac.name, transaction = %tx.map(|t| format!("{t:#x}")).unwrap_or_default(), "settlement outcome unknown");
+                let verdict = match self.lookup(snap, a) {
+                    Some((reader, expected)) => {
+                        let is_ours = self.ours(fac, &network);
+                        Lookup {
+                            reader: &reader,
+                            expected,
+                            claimed: tx,
+                            is_ours: &is_ours,
+                        }
+                        .within(RESOLVE_WINDOW, RESOLVE_POLL)
+                        .await
+                    }
+                    None => Verdict::Unknown,
+                };
+                self.count_resolution(&verdict);
+                let tx_text = tx.map(|t| format!("{t:#x}")).unwrap_or_default();
+                match verdict {
+                    Verdict::Ours(tx) => (Stage::Settled, settled_receipt(a, &network, tx), None),
+                    Verdict::NotOurs => (
+                        Stage::NotOurs,
+                        failed_receipt(&a.payer, &network, "payment_already_used"),
+                        Some("payment_already_used".into()),
+                    ),
+                    Verdict::Failed | Verdict::Mismatch => (
+                        Stage::SettleFailed,
+                        SettleResponse {
+                            transaction: tx_text,
+                            ..failed_receipt(&a.payer, &network, "settlement_failed")
+                        },
+                        Some("settlement_failed".into()),
+                    ),
+                    Verdict::Unknown => (
+                        Stage::Unknown,
+                        SettleResponse {
+                            transaction: tx_text,
+                            ..failed_receipt(&a.payer, &network, "settlement_unconfirmed")
+                        },
+                        Some("settlement_unconfirmed".into()),
+                    ),
+                }
             }
         };
-        a.facilitator = Some(fac);
-        if stage == Stage::Unknown
-            && let Resolution::Settled(tx) = self.resolve(snap, a).await
-        {
-            stage = Stage::Settled;
-            reason = None;
-            receipt = SettleResponse {
-                success: true.into(),
-                error_reason: None,
-                payer: Some(a.payer.clone()),
-                transaction: tx,
-                network: network.clone(),
-            };
+        a.claimed_tx = receipt.transaction.parse().ok();
+        self.finish_settlement(snap, a, stage, receipt, reason, upstream_status);
+    }
+
+    /// A facilitator's `success: true`: believed as given for the built-in settler (which
+    /// checks its own receipts), for `confirm = "trust"` and on networks without RPC; otherwise
+    /// the named transaction's receipt must show this transfer.
+    async fn confirm_success(
+        &self,
+        snap: &Snapshot,
+        a: &Accepted,
+        fac: &FacilitatorConf,
+        s: SettleResponse,
+    ) -> (Stage, SettleResponse, Option<String>) {
+        let trusted =
+            fac.confirm == Confirm::Trust || matches!(fac.kind, FacilitatorKind::Local { .. });
+        if trusted {
+            return (Stage::Settled, s, None);
         }
+        let claimed: Option<B256> = s.transaction.parse().ok();
+        let Some((reader, expected)) = self.lookup(snap, a) else {
+            return (Stage::Settled, s, None);
+        };
+        let verdict = match claimed {
+            Some(_) => {
+                let is_ours = self.ours(fac, &a.offer.requirements.network);
+                Lookup {
+                    reader: &reader,
+                    expected,
+                    claimed,
+                    is_ours: &is_ours,
+                }
+                .within(fac.confirm_timeout, RESOLVE_POLL)
+                .await
+            }
+            // Not even a transaction hash.
+            None => Verdict::Mismatch,
+        };
+        let why = match verdict {
+            Verdict::Ours(_) => return (Stage::Settled, s, None),
+            Verdict::NotOurs => "used_elsewhere",
+            Verdict::Mismatch | Verdict::Failed => "receipt_mismatch",
+            Verdict::Unknown => "receipt_missing",
+        };
+        self.metrics
+            .settlements_unconfirmed
+            .with_label_values(&[fac.name.as_str(), why])
+            .inc();
+        tracing::error!(
+            facilitator = %fac.name,
+            transaction = %s.transaction,
+            payer = %a.payer,
+            rule = %a.rule_id,
+            why,
+            "a facilitator reported a settlement the chain does not confirm: nothing served"
+        );
+        let receipt = SettleResponse {
+            success: false.into(),
+            error_reason: Some("settlement_unconfirmed".into()),
+            ..s
+        };
+        (
+            Stage::Unconfirmed,
+            receipt,
+            Some(format!("settlement_unconfirmed: {why}")),
+        )
+    }
+
+    /// The chain reader and the expected transfer for a payment, when its network has RPC.
+    fn lookup(&self, snap: &Snapshot, a: &Accepted) -> Option<(ChainReader, ExpectedTransfer)> {
+        let reader = self
+            .facilitators
+            .reader(snap, &a.offer.requirements.network)?;
+        Some((reader, a.expected_transfer()?))
+    }
+
+    /// Who counts as this request's sender for a facilitator: the signers it declared for the
+    /// network in `/supported` (the built-in settler declares its relayer).
+    fn ours(
+        &self,
+        fac: &FacilitatorConf,
+        network: &str,
+    ) -> impl Fn(alloy::primitives::Address) -> bool + Send + Sync + 'static {
+        let facilitators = self.facilitators.clone();
+        let (name, network) = (fac.name.clone(), network.to_owned());
+        move |addr| facilitators.supported.is_signer(&name, &network, addr)
+    }
+
+    fn count_resolution(&self, v: &Verdict) {
+        let label = match v {
+            Verdict::Ours(_) => "settled",
+            Verdict::NotOurs => "used_elsewhere",
+            Verdict::Failed | Verdict::Mismatch => "failed",
+            Verdict::Unknown => "pending",
+        };
+        self.metrics
+            .settlements_resolved
+            .with_label_values(&[label])
+            .inc();
+    }
+
+    /// Records a settlement's outcome: stage, receipt, replay state, metrics and the ledger.
+    fn finish_settlement(
+        &self,
+        snap: &Snapshot,
+        a: &mut Accepted,
+        stage: Stage,
+        mut receipt: SettleResponse,
+        reason: Option<String>,
+        upstream_status: Option<u16>,
+    ) {
         a.stage = stage;
         let r = &a.offer.requirements;
         let event = match stage {
@@ -581,7 +808,25 @@ impl Payments {
                     .inc();
                 "settle_failed"
             }
-            _ => {
+            Stage::NotOurs => {
+                // Used by something else: never reusable here.
+                self.replay.settled(&a.key);
+                self.metrics
+                    .payments
+                    .with_label_values(&["used_elsewhere", reason.as_deref().unwrap_or("")])
+                    .inc();
+                "used_elsewhere"
+            }
+            Stage::Unconfirmed => {
+                self.replay.unknown(&a.key);
+                self.metrics
+                    .payments
+                    .with_label_values(&["unconfirmed", reason.as_deref().unwrap_or("")])
+                    .inc();
+                self.watch_pending(snap, a);
+                "settle_unconfirmed"
+            }
+            Stage::Verified | Stage::Unknown => {
                 self.replay.unknown(&a.key);
                 self.metrics
                     .payments
@@ -611,46 +856,9 @@ impl Payments {
         a.receipt = Some(receipt);
     }
 
-    /// Reads the chain for a short while: did this authorization go through?
-    async fn resolve(&self, snap: &Snapshot, a: &Accepted) -> Resolution {
-        let Some(reader) = self
-            .facilitators
-            .reader(snap, &a.offer.requirements.network)
-        else {
-            return Resolution::Unknown;
-        };
-        let Some((token, payer, nonce)) = a.chain_ids() else {
-            return Resolution::Unknown;
-        };
-        let deadline = Instant::now() + RESOLVE_WINDOW;
-        loop {
-            if let Ok(true) = reader.authorization_used(token, payer, nonce).await {
-                let tx = reader
-                    .authorization_tx(token, payer, nonce)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|h| format!("{h:#x}"));
-                self.metrics
-                    .settlements_resolved
-                    .with_label_values(&["settled"])
-                    .inc();
-                return Resolution::Settled(tx.unwrap_or_default());
-            }
-            if Instant::now() >= deadline {
-                self.metrics
-                    .settlements_resolved
-                    .with_label_values(&["pending"])
-                    .inc();
-                return Resolution::Unknown;
-            }
-            tokio::time::sleep(RESOLVE_POLL).await;
-        }
-    }
-
-    /// Watches a pending settlement until the chain shows it or the authorization expires,
-    /// and records the outcome. The reservation is released only once it provably never
-    /// settled (expired unused).
+    /// Watches an unresolved settlement until the chain shows whose transaction used the
+    /// authorization, or the authorization expires unused, and records the outcome. The
+    /// reservation is released only once it provably never settled (expired unused).
     fn watch_pending(&self, snap: &Snapshot, a: &Accepted) {
         let Some(reader) = self
             .facilitators
@@ -658,8 +866,16 @@ impl Payments {
         else {
             return;
         };
-        let Some((token, payer, nonce)) = a.chain_ids() else {
+        let Some(expected) = a.expected_transfer() else {
             return;
+        };
+        let is_ours: Box<dyn Fn(alloy::primitives::Address) -> bool + Send + Sync> = match snap
+            .facilitators
+            .iter()
+            .find(|f| Some(&f.name) == a.facilitator.as_ref())
+        {
+            Some(fac) => Box::new(self.ours(fac, &a.offer.requirements.network)),
+            None => Box::new(|_| false),
         };
         let (replay, ledger, metrics) = (
             self.replay.clone(),
@@ -668,64 +884,79 @@ impl Payments {
         );
         let snap_ledger = snap.ledger.clone();
         let record = PendingRecord::from(a);
+        let claimed = a.claimed_tx;
         tokio::spawn(async move {
+            let lookup = Lookup {
+                reader: &reader,
+                expected,
+                claimed,
+                is_ours: &*is_ours,
+            };
             loop {
-                if let Ok(true) = reader.authorization_used(token, payer, nonce).await {
-                    let tx = reader
-                        .authorization_tx(token, payer, nonce)
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(|h| format!("{h:#x}"));
-                    replay.settled(&record.key);
-                    metrics
-                        .settlements_resolved
-                        .with_label_values(&["settled_late"])
-                        .inc();
-                    record.write(
-                        &ledger,
-                        &snap_ledger,
-                        "settled_late",
-                        tx.as_deref().unwrap_or(""),
-                    );
-                    return;
-                }
-                if unix_now() > record.valid_before + 5
-                    && let Ok(false) = reader.authorization_used(token, payer, nonce).await
-                {
-                    replay.release(&record.key);
-                    metrics
-                        .settlements_resolved
-                        .with_label_values(&["expired_unsettled"])
-                        .inc();
-                    record.write(&ledger, &snap_ledger, "expired_unsettled", "");
-                    return;
-                }
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                let (label, tx) = match lookup.look().await {
+                    Verdict::Ours(tx) => {
+                        replay.settled(&record.key);
+                        ("settled_late", tx)
+                    }
+                    Verdict::NotOurs => {
+                        replay.settled(&record.key);
+                        ("used_elsewhere", String::new())
+                    }
+                    _ if unix_now() > record.valid_before + 5 => {
+                        let e = &lookup.expected;
+                        match reader.authorization_used(e.token, e.payer, e.nonce).await {
+                            Ok(false) => {
+                                replay.release(&record.key);
+                                ("expired_unsettled", String::new())
+                            }
+                            // Used, by a transaction not in reach or not ours.
+                            Ok(true) => {
+                                replay.settled(&record.key);
+                                ("used_elsewhere", String::new())
+                            }
+                            Err(_) => {
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                                continue;
+                            }
+                        }
+                    }
+                    _ => {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        continue;
+                    }
+                };
+                metrics
+                    .settlements_resolved
+                    .with_label_values(&[label])
+                    .inc();
+                record.write(&ledger, &snap_ledger, label, &tx);
+                return;
             }
         });
     }
 
     fn settle_error(&self, a: &Accepted) -> PaymentError {
         match a.stage {
-            Stage::Unknown => PaymentError::SettleUnconfirmed,
+            Stage::Unknown | Stage::Unconfirmed => PaymentError::SettleUnconfirmed,
+            Stage::NotOurs => PaymentError::AlreadyUsed,
             _ => {
                 let reason = a
                     .receipt
                     .as_ref()
                     .and_then(|r| r.error_reason.clone())
                     .unwrap_or_else(|| "settlement_failed".into());
-                if reason == "facilitator_unavailable" {
-                    PaymentError::FacilitatorUnavailable
-                } else {
-                    PaymentError::SettleFailed(reason)
+                match reason.as_str() {
+                    "facilitator_unavailable" => PaymentError::FacilitatorUnavailable,
+                    "facilitator_busy" => PaymentError::FacilitatorBusy,
+                    _ => PaymentError::SettleFailed(reason),
                 }
             }
         }
     }
 
+    /// Releases the reservation of a payment that provably did not settle.
     fn release_unless_unknown(&self, a: &Accepted) {
-        if a.stage != Stage::Unknown && a.stage != Stage::Settled {
+        if matches!(a.stage, Stage::Verified | Stage::SettleFailed) {
             self.replay.release(&a.key);
         }
     }
@@ -855,10 +1086,7 @@ impl Payments {
     /// End of the request: a payment that did not settle releases its reservation so the
     /// client may use it again.
     pub fn finish(&self, a: &Accepted) {
-        match a.stage {
-            Stage::Verified | Stage::SettleFailed => self.replay.release(&a.key),
-            Stage::Settled | Stage::Unknown => {}
-        }
+        self.release_unless_unknown(a);
     }
 }
 
@@ -953,6 +1181,66 @@ fn write_ledger(
     }
 }
 
+/// Settle refusals that mean the nonce was already used on chain: someone else's payment.
+const NONCE_USED_REASONS: [&str; 3] = [
+    "invalid_exact_evm_nonce_already_used",
+    "invalid_exact_evm_payload_authorization_nonce_used",
+    "nonce_already_used",
+];
+
+/// What a facilitator's `/settle` answer claims.
+enum Claim {
+    /// `success: true` with a transaction.
+    Success(SettleResponse),
+    /// A refusal: provably not settled by this call.
+    Refused(SettleResponse, String),
+    /// Another call is settling this authorization right now.
+    Duplicate(SettleResponse),
+    /// Pending, a timeout, a broken answer: perhaps settled (by the named transaction, if any).
+    Unclear(Option<B256>),
+    /// The call never reached any facilitator.
+    Unsent,
+    /// The facilitators declined the call (rate limited): not acted on, and not an outage.
+    Busy,
+}
+
+impl Claim {
+    fn of(result: Result<SettleResponse, FacilitatorError>) -> Claim {
+        match result {
+            Ok(s) if s.succeeded() => Claim::Success(s),
+            Ok(s) if s.error_reason.as_deref() == Some("duplicate_settlement") => {
+                Claim::Duplicate(s)
+            }
+            Ok(s) if s.error_reason.as_deref() == Some("settlement_pending") => {
+                Claim::Unclear(s.transaction.parse().ok())
+            }
+            Ok(s) if s.success == serde_json::Value::Bool(false) => {
+                let reason = s
+                    .error_reason
+                    .clone()
+                    .unwrap_or_else(|| "settlement_failed".into());
+                Claim::Refused(s, reason)
+            }
+            // A success flag that is not literally `true`, or one without a transaction.
+            Ok(s) => Claim::Unclear(s.transaction.parse().ok()),
+            Err(FacilitatorError::Declined { .. }) => Claim::Busy,
+            Err(e) if e.not_sent() => Claim::Unsent,
+            Err(_) => Claim::Unclear(None),
+        }
+    }
+}
+
+/// The receipt of a settlement found on chain.
+fn settled_receipt(a: &Accepted, network: &str, tx: String) -> SettleResponse {
+    SettleResponse {
+        success: true.into(),
+        error_reason: None,
+        payer: Some(a.payer.clone()),
+        transaction: tx,
+        network: network.into(),
+    }
+}
+
 fn failed_receipt(payer: &str, network: &str, reason: &str) -> SettleResponse {
     SettleResponse {
         success: false.into(),
@@ -963,7 +1251,55 @@ fn failed_receipt(payer: &str, network: &str, reason: &str) -> SettleResponse {
     }
 }
 
-/// The `/verify` and `/settle` body: the client's payload verbatim and the gateway's own
+/// A v2 payload whose `resource.url` carries more than `url` (the query string the gateway
+/// keeps from facilitators), rewritten with `url`; `None` when it can go verbatim.
+fn v2_payload_without_query(version: u8, raw: &str, url: &str) -> Option<String> {
+    if version != 2 || !raw.contains('?') {
+        return None;
+    }
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(raw).ok()?;
+    let res = v.get_mut("resource")?.as_object_mut()?;
+    let current = res.get("url")?.as_str()?;
+    if current == url || !current.contains('?') {
+        return None;
+    }
+    res.insert("url".into(), serde_json::Value::String(url.to_owned()));
+    serde_json::to_string(&v).ok()
+}
+
+/// Refused payments per key over a sliding window of [`FAILURE_WINDOW`], estimated in
+/// constant memory (Pingora's count-min rate estimator), so a flood of keys costs nothing.
+pub struct FailureWindow(pingora_limits::rate::Rate);
+
+/// How long a refused payment counts against its client and payer.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(10);
+
+impl Default for FailureWindow {
+    fn default() -> Self {
+        FailureWindow(pingora_limits::rate::Rate::new(FAILURE_WINDOW))
+    }
+}
+
+impl FailureWindow {
+    pub fn count<K: std::hash::Hash>(&self, key: &K) {
+        self.0.observe(key, 1);
+    }
+
+    /// Whether `key` has `limit` or more failures in the current or the previous window
+    /// (`limit` 0: never).
+    pub fn exceeded<K: std::hash::Hash>(&self, key: &K, limit: u32) -> bool {
+        if limit == 0 {
+            return false;
+        }
+        let limit = f64::from(limit);
+        let current = self.0.observe(key, 0) as f64;
+        let previous = self.0.rate(key) * FAILURE_WINDOW.as_secs_f64();
+        current >= limit || previous >= limit
+    }
+}
+
+/// The `/verify` and `/settle` body: the client's payload (verbatim, unless its resource URL
+/// carries a query the gateway keeps from facilitators) and the gateway's own
 /// requirements (v2 form, or v1 form with resource details).
 fn facilitator_body(
     version: u8,
@@ -972,8 +1308,11 @@ fn facilitator_body(
     priced: &Priced,
     url: &str,
 ) -> Result<Vec<u8>, PaymentError> {
-    let payload =
-        RawValue::from_string(raw.to_owned()).map_err(|e| PaymentError::Payload(e.to_string()))?;
+    let payload = match v2_payload_without_query(version, raw, url) {
+        Some(p) => RawValue::from_string(p),
+        None => RawValue::from_string(raw.to_owned()),
+    }
+    .map_err(|e| PaymentError::Payload(e.to_string()))?;
     let r = &offer.requirements;
     let reqs = if version == 1 {
         let network = offer

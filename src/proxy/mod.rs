@@ -111,10 +111,14 @@ impl Gateway {
             Outcome::Charge { priced, pass_error } => (priced, pass_error),
         };
         ctx.priced = Some(priced.clone());
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         let req = session.req_header();
         match self
             .payments
-            .gate(snap, rule, &priced, &req.headers, &url)
+            .gate(snap, rule, &priced, &req.headers, &url, client)
             .await
         {
             Ok(Admission::Paid(accepted)) => {
@@ -210,6 +214,12 @@ impl Gateway {
             }
         }
     }
+}
+
+/// An informational (1xx) response other than `101 Switching Protocols`, which is final for
+/// the HTTP exchange (the connection then carries the upgraded protocol).
+fn is_interim(resp: &ResponseHeader) -> bool {
+    resp.status.is_informational() && resp.status != http::StatusCode::SWITCHING_PROTOCOLS
 }
 
 fn upstream_error(e: &Error) -> Option<UpstreamError> {
@@ -357,6 +367,10 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if is_interim(upstream_response) {
+            // `100 Continue`, `103 Early Hints`: not the answer. Only the final status settles.
+            return Ok(());
+        }
         if ctx.decision == Decision::Pass {
             // Paid content reached with a pass: private, like any paid response.
             respond::mark_paid_response(upstream_response, &[])?;
@@ -471,10 +485,15 @@ impl ProxyHttp for Gateway {
         }
         if ctx.snap.logging.access_log {
             let req = session.req_header();
+            let path = match &ctx.rewrite {
+                Some(r) => r.split('?').next().unwrap_or(r),
+                None => req.uri.path(),
+            };
             tracing::info!(
                 target: "access",
                 method = req.method.as_str(),
-                path = req.uri.path(),
+                target_raw = %String::from_utf8_lossy(req.raw_path()),
+                path,
                 status,
                 rule = ctx.rule_id(),
                 decision = ctx.decision.label(),

@@ -5,8 +5,9 @@ use std::borrow::Cow;
 
 use pingora::http::RequestHeader;
 
-use crate::pathnorm::{self, PathError};
-use crate::snapshot::Snapshot;
+use crate::pathnorm::{self, PathError, TargetForm};
+use crate::router::Methods;
+use crate::snapshot::{Snapshot, Unmatched};
 
 /// Why a request is refused before routing (always a 4xx).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,6 +24,12 @@ pub enum RequestError {
     BadHost,
     #[error("request headers are too large")]
     HeadersTooLarge,
+    #[error("method names are case-sensitive: send standard methods in upper case")]
+    BadMethod,
+    #[error("this gateway does not serve that host")]
+    UnknownHost,
+    #[error("no rule matches this request")]
+    Unmatched,
 }
 
 /// Largest request header section (names and values) accepted besides the payment header's own
@@ -127,51 +134,63 @@ pub fn absolute_form_authority(req: &RequestHeader) -> Option<&str> {
         // Origin-form, the common case.
         return None;
     }
-    let raw = std::str::from_utf8(raw).ok()?;
-    let (scheme, rest) = raw.split_once("://")?;
-    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-        return None;
-    }
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    Some(&rest[..end])
+    pathnorm::parse_target(raw, false).ok()?.authority
 }
 
-/// Routes a request against a snapshot. A CORS preflight is routed as the request it asks
-/// about (`Access-Control-Request-Method`), so a GET-only priced rule answers its preflight.
+/// Whether a method is a known method spelled in another case (`get`, `Post`): methods are
+/// case-sensitive, but lenient origins treat `get` as `GET`, so such a request could reach a
+/// priced resource through a rule that names methods. Refused, never routed.
+fn is_miscased_method(method: &str) -> bool {
+    method.bytes().any(|b| b.is_ascii_lowercase()) && Methods::parse(method).is_some()
+}
+
+/// Routes a request against a snapshot. The request target is classified first (only
+/// origin-form, http(s) absolute-form and `OPTIONS *` are accepted), then its path is put in
+/// canonical form: that canonical path is what the rules match and what the origin receives.
+/// A CORS preflight is routed as the request it asks about (`Access-Control-Request-Method`),
+/// so a GET-only priced rule answers its preflight.
 pub fn route(snap: &Snapshot, req: &RequestHeader) -> Result<Routed, RequestError> {
     if headers_too_large(req, snap.payment.max_header_bytes) {
         return Err(RequestError::HeadersTooLarge);
     }
-    let host = request_host(req)?;
-    let raw_path = req.uri.path();
-    if raw_path == "*" && req.method == http::Method::OPTIONS {
-        return Ok(Routed {
-            rule: None,
-            rewrite: None,
-        });
+    let method = req.method.as_str();
+    if is_miscased_method(method) {
+        return Err(RequestError::BadMethod);
     }
-    let canonical = pathnorm::canonical_path(raw_path)?;
+    let target = pathnorm::parse_target(req.raw_path(), req.method == http::Method::OPTIONS)?;
+    let host = request_host(req)?;
+    if !snap.hosts.is_empty() && !snap.hosts.iter().any(|h| h.matches(&host)) {
+        return Err(RequestError::UnknownHost);
+    }
+    if target.form == TargetForm::Asterisk {
+        return match snap.unmatched {
+            Unmatched::Forward => Ok(Routed {
+                rule: None,
+                rewrite: None,
+            }),
+            Unmatched::Block => Err(RequestError::Unmatched),
+        };
+    }
+    let canonical = pathnorm::canonical_path(target.path)?;
     let key = pathnorm::match_key(&canonical, snap.case_sensitive);
     let method = if is_preflight(req) {
-        header(req, "access-control-request-method").map_or("OPTIONS", str::trim)
+        let asked = header(req, "access-control-request-method").map_or("OPTIONS", str::trim);
+        // Browsers send standard methods upper-cased (Fetch's method normalization).
+        Methods::canonical_name(asked).unwrap_or(asked)
     } else {
-        req.method.as_str()
+        method
     };
     let rule = snap.route(&host, method, &key);
-    // Absolute-form targets are always sent upstream in origin-form.
-    let absolute = absolute_form_authority(req).is_some();
+    if rule.is_none() && snap.unmatched == Unmatched::Block {
+        return Err(RequestError::Unmatched);
+    }
+    // The origin receives the canonical origin-form path and the query as sent, whatever form
+    // the target came in.
     let rewrite = match canonical {
-        Cow::Borrowed(p) if absolute => {
-            let mut p = p.to_owned();
-            if let Some(q) = req.uri.query() {
-                p.push('?');
-                p.push_str(q);
-            }
-            Some(p)
-        }
-        Cow::Borrowed(_) => None,
-        Cow::Owned(mut p) => {
-            if let Some(q) = req.uri.query() {
+        Cow::Borrowed(_) if target.form == TargetForm::Origin => None,
+        canonical => {
+            let mut p = canonical.into_owned();
+            if let Some(q) = target.query {
                 p.push('?');
                 p.push_str(q);
             }

@@ -73,6 +73,9 @@ impl From<&RequestError> for Reply {
             RequestError::MissingHost => (400, "missing_host"),
             RequestError::BadHost => (400, "bad_host"),
             RequestError::HeadersTooLarge => (431, "request_headers_too_large"),
+            RequestError::BadMethod => (400, "invalid_method"),
+            RequestError::UnknownHost => (421, "unknown_host"),
+            RequestError::Unmatched => (403, "no_matching_rule"),
         };
         Reply::error(status, reason, &e.to_string())
     }
@@ -287,10 +290,15 @@ pub fn payment_rejection(
         r.error,
         PaymentError::FacilitatorUnavailable
             | PaymentError::NoFacilitator
+            | PaymentError::FacilitatorBusy
             | PaymentError::SettleUnconfirmed
     ) {
         reply.status = 503;
         reply.headers.push(("retry-after", "5".into()));
+    }
+    if r.error == PaymentError::RateLimited {
+        reply.status = 429;
+        reply.headers.push(("retry-after", "1".into()));
     }
     if let Some(receipt) = &r.receipt {
         reply

@@ -207,23 +207,61 @@ async fn verify_fails_over_on_refused_hung_broken_and_garbage_answers() {
 
 #[tokio::test]
 async fn a_lying_settle_is_checked_on_chain_and_never_settled_twice() {
-    let t = Two::start(None, "");
+    let t = Two::start(None, "confirm_timeout_ms = 1500");
     let (payer, _) = t.payer();
     let before = t.balance(&payer).await;
-    // `success: "true"` (a string) without doing anything: the chain shows nothing moved.
-    t.configure_a(json!({"settleOverride": {"status": 200, "body": {"success": "true", "transaction": "0xabc"}, "times": 1}})).await;
+    // `success: true` (the literal) with a transaction hash that does not exist: the chain
+    // shows nothing, so nothing is served and nothing is charged.
+    let made_up = format!("0x{}", "ab".repeat(32));
+    t.configure_a(json!({"settleOverride": {"status": 200, "body": {"success": true, "transaction": made_up, "network": "x", "payer": payer}, "times": 1}})).await;
     let r = t.pay("/api/weather", &t.header("/api/weather").await).await;
-    assert_eq!(r.status(), 503, "outcome unknown: no content, no charge");
+    assert_eq!(r.status(), 503, "unconfirmed: no content");
     assert!(r.headers().get("retry-after").is_some());
     let pr = decode_header(r.headers()["payment-required"].to_str().expect("ascii"));
     assert_eq!(pr["error"], "settlement_unconfirmed");
+    let body = r.text().await.expect("body");
+    assert!(!body.contains("\"origin\""), "the origin's answer leaked: {body}");
     assert_eq!(t.balance(&payer).await, before);
     assert!(
         !t.b_calls().await.contains(&"/settle".to_string()),
-        "an unknown settlement is never retried elsewhere"
+        "an unconfirmed settlement is never retried elsewhere"
     );
     let ledger = std::fs::read_to_string(t.gw.path("receipts.jsonl")).expect("ledger");
-    assert!(ledger.contains("\"settle_pending\""), "{ledger}");
+    assert!(ledger.contains("\"settle_unconfirmed\""), "{ledger}");
+    assert!(!ledger.contains("\"settled\""), "{ledger}");
+    assert_eq!(
+        t.gw.metric(r#"x402_settlements_unconfirmed_total{facilitator="a",why="receipt_missing"}"#)
+            .await,
+        1.0
+    );
+    assert!(
+        t.gw.log_text().contains("the chain does not confirm"),
+        "an error is logged"
+    );
+
+    // A real transaction that is not this payment (an earlier settlement's): refused too.
+    let earlier = t.pay("/api/weather", &t.header("/api/weather").await).await;
+    assert_eq!(earlier.status(), 200, "an honest settlement is served");
+    let real = decode_header(earlier.headers()["payment-response"].to_str().expect("ascii"))
+        ["transaction"]
+        .clone();
+    let paid = t.balance(&payer).await;
+    assert_eq!(paid, before - 10_000);
+    t.configure_a(json!({"settleOverride": {"status": 200, "body": {"success": true, "transaction": real, "network": "x", "payer": payer}, "times": 1}})).await;
+    let r = t.pay("/api/weather", &t.header("/api/weather").await).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(t.balance(&payer).await, paid, "nothing moved for it");
+    assert_eq!(
+        t.gw.metric(r#"x402_settlements_unconfirmed_total{facilitator="a",why="receipt_mismatch"}"#)
+            .await,
+        1.0
+    );
+    // The same answer given as the string "true" is not a success at all: the outcome is
+    // unknown, resolved from the chain, and nothing is served.
+    t.configure_a(json!({"settleOverride": {"status": 200, "body": {"success": "true", "transaction": "0xabc"}, "times": 1}})).await;
+    let r = t.pay("/api/weather", &t.header("/api/weather").await).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(t.balance(&payer).await, paid);
     assert_eq!(
         t.gw.metric(r#"x402_settlements_resolved_total{result="pending"}"#)
             .await,

@@ -757,3 +757,241 @@ async fn forty_plus_hostile_requests_get_their_reasons_and_nothing_leaks() {
         200
     );
 }
+
+/// Rules for the request-target matrix: priced paths, a free area and a free home page, in
+/// front of a lenient origin.
+const TARGET_RULES: &str = r#"
+[[rule]]
+id = "home"
+path = "/"
+action = "free"
+
+[[rule]]
+id = "weather"
+path = "/api/weather"
+methods = ["GET"]
+price = "$0.01"
+
+[[rule]]
+id = "paid"
+prefix = "/paid/"
+price = "$0.01"
+
+[[rule]]
+id = "free"
+prefix = "/free"
+action = "free"
+"#;
+
+/// Every request-target shape an attacker can send, against a lenient origin (which resolves
+/// `api/weather`, `\api\weather`, `x:/api/weather`, `%2F` … to the priced path): each is a 400
+/// before routing or is priced as the path the origin would resolve; free ones reach the
+/// origin in canonical origin-form; the origin never serves a priced path; the access log
+/// records the raw target and the canonical path.
+#[tokio::test]
+async fn odd_request_targets_never_reach_priced_content_on_a_lenient_origin() {
+    let origin = Origin::start_lenient("lenient");
+    let gw = Gateway::start(
+        &config(&origin.addr, "format = \"json\"\n"),
+        &[("rules.toml", TARGET_RULES)],
+    );
+    let host = gw.addr.clone();
+    let ask = |method: &str, target: &str| {
+        let resp = raw_request(
+            &gw.addr,
+            format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        let mut json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        // A 402's reason is the `error` of its PAYMENT-REQUIRED header.
+        if let Some(v) = resp.lines().find_map(|l| {
+            l.strip_prefix("payment-required: ")
+                .or_else(|| l.strip_prefix("PAYMENT-REQUIRED: "))
+        }) {
+            json["error"] = decode_header(v.trim())["error"].clone();
+        }
+        (raw_status(&resp), json)
+    };
+    let a = |p: &str| format!("http://{host}{p}");
+    // (method, target, status, reason). Reason `None`: not checked — answers from the origin,
+    // and the `http:`-scheme targets without `//host` or with a backslash or `@` in the
+    // authority, which Pingora itself refuses with a bare 400 before the gateway sees them.
+    let rows: Vec<(&str, String, u16, Option<&str>)> = vec![
+        (
+            "GET",
+            "api/weather".into(),
+            400,
+            Some("invalid_request_target"),
+        ),
+        (
+            "GET",
+            "\\api\\weather".into(),
+            400,
+            Some("invalid_request_target"),
+        ),
+        ("GET", "paid/x".into(), 400, Some("invalid_request_target")),
+        (
+            "GET",
+            "..\\paid\\x".into(),
+            400,
+            Some("invalid_request_target"),
+        ),
+        (
+            "GET",
+            "%2Fapi%2Fweather".into(),
+            400,
+            Some("invalid_request_target"),
+        ),
+        (
+            "GET",
+            "x:/api/weather".into(),
+            400,
+            Some("invalid_request_target"),
+        ),
+        ("GET", "http:/api/weather".into(), 400, None),
+        ("GET", "http:api/weather".into(), 400, None),
+        ("GET", "http:\\\\h\\api\\weather".into(), 400, None),
+        ("GET", format!("http://{host}\\@x/api/weather"), 400, None),
+        ("GET", "http:///api/weather".into(), 400, None),
+        (
+            "GET",
+            format!("ws://{host}/api/weather"),
+            400,
+            Some("invalid_request_target"),
+        ),
+        (
+            "GET",
+            format!("wss://{host}/paid/x"),
+            400,
+            Some("invalid_request_target"),
+        ),
+        (
+            "GET",
+            format!("ftp://{host}/paid/x"),
+            400,
+            Some("invalid_request_target"),
+        ),
+        (
+            "GET",
+            "?/api/weather".into(),
+            400,
+            Some("invalid_request_target"),
+        ),
+        ("GET", "*".into(), 400, Some("invalid_request_target")),
+        (
+            "GET",
+            "/free/../api/weather".into(),
+            402,
+            Some("payment_required"),
+        ),
+        (
+            "GET",
+            "/free/%2e%2e/api/weather".into(),
+            402,
+            Some("payment_required"),
+        ),
+        (
+            "GET",
+            "/api%2Fweather".into(),
+            402,
+            Some("payment_required"),
+        ),
+        (
+            "GET",
+            "/free%2F..%2Fpaid%2Fx".into(),
+            402,
+            Some("payment_required"),
+        ),
+        (
+            "GET",
+            "/free\\..\\paid\\x".into(),
+            402,
+            Some("payment_required"),
+        ),
+        (
+            "GET",
+            "//api//weather".into(),
+            402,
+            Some("payment_required"),
+        ),
+        (
+            "GET",
+            "/free/..;/paid/x".into(),
+            402,
+            Some("payment_required"),
+        ),
+        ("GET", "/API/Weather".into(), 402, Some("payment_required")),
+        ("GET", a("/api/weather"), 402, Some("payment_required")),
+        ("GET", a("/free/../paid/x"), 402, Some("payment_required")),
+        (
+            "GET",
+            format!("HTTP://{host}/api/weather"),
+            402,
+            Some("payment_required"),
+        ),
+        ("POST", "/paid/x".into(), 402, Some("payment_required")),
+        ("get", "/api/weather".into(), 400, Some("invalid_method")),
+        ("Get", "/api/weather".into(), 400, Some("invalid_method")),
+        ("pOsT", "/paid/x".into(), 400, Some("invalid_method")),
+        ("get", "/free/x".into(), 400, Some("invalid_method")),
+        // Free requests reach the origin, always in canonical origin-form.
+        ("GET", "/free/./x".into(), 200, None),
+        ("GET", a("/free/x?q=1"), 200, None),
+        ("GET", format!("http://{host}"), 200, None),
+        ("OPTIONS", "*".into(), 200, None),
+    ];
+    let mut failures = Vec::new();
+    for (method, target, status, reason) in &rows {
+        let (got, body) = ask(method, target);
+        let got_reason = body["error"].as_str();
+        if got != *status || (reason.is_some() && got_reason != *reason) {
+            failures.push(format!(
+                "{method} {target}: got {got} {got_reason:?}, want {status} {reason:?}"
+            ));
+        }
+        if got == 200 {
+            let sent = body["target"].as_str().unwrap_or("");
+            let expect = match target.as_str() {
+                "*" => "*",
+                t if t.ends_with(&host) => "/",
+                t if t.contains("?q=1") => "/free/x?q=1",
+                _ => "/free/x",
+            };
+            if sent != expect {
+                failures.push(format!(
+                    "{method} {target}: the origin received {sent:?}, want {expect:?}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let served = origin.served().await;
+    let priced: Vec<&String> = served
+        .iter()
+        .filter(|s| {
+            let p = s
+                .split_once(' ')
+                .map_or("", |(_, p)| p)
+                .to_ascii_lowercase();
+            p == "/api/weather" || p.starts_with("/paid/")
+        })
+        .collect();
+    assert!(
+        priced.is_empty(),
+        "the origin served priced content: {priced:?}"
+    );
+    assert_eq!(served.len(), 4, "{served:?}");
+    // The access log has the raw target and the canonical path.
+    let log = gw.log_text();
+    let line = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["target_raw"] == "/free%2F..%2Fpaid%2Fx")
+        .unwrap_or_else(|| panic!("no access line for the encoded target:\n{log}"));
+    assert_eq!(line["path"], "/paid/x", "{line}");
+    assert_eq!(line["rule"], "paid", "{line}");
+}

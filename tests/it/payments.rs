@@ -681,3 +681,179 @@ async fn a_payment_replayed_at_another_replica_moves_nothing_and_serves_nothing(
         .count();
     assert_eq!(settled, 0, "the replica recorded a settlement");
 }
+
+/// Sends `head` and `body` on one connection (the body right away, as clients that do not
+/// wait for `100 Continue` do) and returns every status line received and the final body.
+fn exchange(addr: &str, head: &str, body: &[u8]) -> (Vec<u16>, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    s.write_all(head.as_bytes()).expect("head");
+    s.write_all(body).expect("body");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let statuses = text
+        .split("\r\n")
+        .filter(|l| l.starts_with("HTTP/1.1 "))
+        .filter_map(|l| l.split(' ').nth(1)?.parse().ok())
+        .collect();
+    let body = text.rsplit("\r\n\r\n").next().unwrap_or("").to_owned();
+    (statuses, body)
+}
+
+/// `100 Continue` and `103 Early Hints` are not the answer: a paid request whose origin sends
+/// one and then fails is not charged; one that then succeeds is charged once, on the final
+/// status.
+#[tokio::test]
+async fn interim_responses_never_settle_only_the_final_status_does() {
+    let dev = NodeProc::start("lib/devnet.mjs", &["--payers", "1"]);
+    let origin = Origin::start_lenient("interim-origin");
+    let rules = "[[rule]]\nid = \"interim\"\nprefix = \"/interim/\"\nprice = \"$0.01\"\n";
+    let gw = Gateway::start(
+        &pay_config(&origin.addr, &dev.info, None, ""),
+        &[("rules.toml", rules)],
+    );
+    let (rpc, token) = (
+        dev.info["rpcUrl"].as_str().expect("rpc"),
+        dev.info["token"]["address"].as_str().expect("token"),
+    );
+    let payer = dev.info["payers"][0]["address"].as_str().expect("payer");
+    let key = pay::key(dev.info["payers"][0]["privateKey"].as_str().expect("key"));
+    let start = balance(rpc, token, payer).await;
+    let header_for = |path: &str| {
+        let r = raw_request(
+            &gw.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", gw.addr).as_bytes(),
+        );
+        let v = r
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("payment-required: ")
+                    .or_else(|| l.strip_prefix("PAYMENT-REQUIRED: "))
+            })
+            .expect("challenge");
+        let accepted = decode_header(v.trim())["accepts"][0].clone();
+        pay::v2_header(
+            &accepted,
+            pay::signed_payload(&key, &accepted, &Auth::for_requirements(&accepted)),
+        )
+    };
+    let send = |path: &str, sig: &str| {
+        exchange(
+            &gw.addr,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: {}\r\nExpect: 100-continue\r\nContent-Length: 5\r\nPAYMENT-SIGNATURE: {sig}\r\nConnection: close\r\n\r\n",
+                gw.addr
+            ),
+            b"hello",
+        )
+    };
+    // 100, then 500: nothing charged, no receipt, nothing in the ledger.
+    let sig = header_for("/interim/100/500");
+    let (statuses, _) = send("/interim/100/500", &sig);
+    assert_eq!(statuses.last(), Some(&500), "{statuses:?}");
+    assert_eq!(balance(rpc, token, payer).await, start, "charged for a 500");
+    assert!(
+        std::fs::read_to_string(gw.path("receipts.jsonl"))
+            .unwrap_or_default()
+            .is_empty()
+    );
+    // 103, then 500: the same.
+    let sig = header_for("/interim/103/500");
+    let (statuses, _) = send("/interim/103/500", &sig);
+    assert_eq!(statuses.last(), Some(&500), "{statuses:?}");
+    assert_eq!(balance(rpc, token, payer).await, start, "charged for a 500");
+    // 100, then 200: charged once, on the final status, with the receipt on the 200.
+    let sig = header_for("/interim/100/200");
+    let (statuses, body) = send("/interim/100/200", &sig);
+    assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
+    assert!(body.contains("\"lenient\":true"), "{body}");
+    assert_eq!(balance(rpc, token, payer).await, start - 10_000);
+    let ledger = std::fs::read_to_string(gw.path("receipts.jsonl")).unwrap_or_default();
+    let lines: Vec<Value> = ledger
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("ledger line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{ledger}");
+    assert_eq!(lines[0]["event"], "settled");
+    assert_eq!(lines[0]["upstream_status"], 200);
+}
+
+/// Two replicas, each with its own facilitator (and relayer), given the same payment at the
+/// same instant: both verify it (the nonce is still unused), both settle after a slow origin,
+/// and the chain lets one transaction through. Exactly one client gets the content; the
+/// other's settlement is not its own and serves nothing; one transfer, one `settled` line.
+#[tokio::test]
+async fn the_same_payment_at_two_replicas_at_once_serves_once_and_moves_once() {
+    const SECOND_RELAYER_KEY: &str =
+        "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+    let dev = NodeProc::start("lib/devnet.mjs", &["--payers", "1"]);
+    let rpc = dev.info["rpcUrl"].as_str().expect("rpc").to_owned();
+    let other_fac = NodeProc::start(
+        "lib/facilitator.mjs",
+        &["--rpc-url", &rpc, "--private-key", SECOND_RELAYER_KEY],
+    );
+    let rules = "[[rule]]\nid = \"slow\"\nprefix = \"/slow/\"\nprice = \"$0.01\"\n";
+    let (oa, ob) = (Origin::start("replica-a"), Origin::start("replica-b"));
+    let a = Gateway::start(
+        &pay_config(&oa.addr, &dev.info, None, ""),
+        &[("rules.toml", rules)],
+    );
+    let b_url = other_fac.info["facilitatorUrl"].as_str().expect("fac");
+    let b = Gateway::start(
+        &pay_config(&ob.addr, &dev.info, Some(b_url), ""),
+        &[("rules.toml", rules)],
+    );
+    let token = dev.info["token"]["address"].as_str().expect("token");
+    let payer = dev.info["payers"][0]["address"].as_str().expect("payer");
+    let key = pay::key(dev.info["payers"][0]["privateKey"].as_str().expect("key"));
+    let start = balance(&rpc, token, payer).await;
+    for round in 0..3u128 {
+        let r = client().get(a.url("/slow/600")).send().await.expect("402");
+        let accepted =
+            decode_header(r.headers()["payment-required"].to_str().expect("ascii"))["accepts"][0]
+                .clone();
+        let header = pay::v2_header(
+            &accepted,
+            pay::signed_payload(&key, &accepted, &Auth::for_requirements(&accepted)),
+        );
+        let send = |gw: &Gateway| {
+            client()
+                .get(gw.url("/slow/600"))
+                .header("PAYMENT-SIGNATURE", &header)
+                .send()
+        };
+        let (ra, rb) = tokio::join!(send(&a), send(&b));
+        let mut served = 0;
+        for (name, r) in [("a", ra), ("b", rb)] {
+            let r = r.expect("send");
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap_or_default();
+            if status == 200 {
+                served += 1;
+                assert!(body.contains("replica-"), "{name}: {body}");
+            } else {
+                assert!(
+                    !body.contains("\"origin\":\"replica-"),
+                    "{name} answered {status} with the origin's content: {body}"
+                );
+            }
+        }
+        assert_eq!(served, 1, "round {round}: exactly one replica serves");
+        assert_eq!(
+            balance(&rpc, token, payer).await,
+            start - 10_000 * (round + 1),
+            "round {round}: one transfer"
+        );
+    }
+    let settled = |gw: &Gateway| {
+        std::fs::read_to_string(gw.path("receipts.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"event\":\"settled\""))
+            .count()
+    };
+    assert_eq!(settled(&a) + settled(&b), 3, "one settled line per payment");
+}

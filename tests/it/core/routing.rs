@@ -307,3 +307,93 @@ async fn origin_sees_forwarded_headers() {
     assert!(v["headers"].get("payment-signature").is_none(), "{v}");
     assert!(v["headers"].get("x-payment").is_none(), "{v}");
 }
+
+/// `[server] hosts` answers any other Host (or none, on HTTP/1.0) with a 421 before routing;
+/// `[rules] unmatched = "block"` refuses what no rule matches with a 403; `check` warns when a
+/// host-scoped priced rule leaves other hosts reaching the origin free.
+#[tokio::test]
+async fn hosts_list_and_unmatched_block_close_the_free_side_doors() {
+    let origin = Origin::start("hosts-origin");
+    let rules = r#"
+[[rule]]
+id = "shop"
+host = "shop.test"
+prefix = "/paid/"
+methods = ["GET"]
+price = "$0.01"
+
+[[rule]]
+id = "free"
+prefix = "/free/"
+action = "free"
+"#;
+    let cfg = config(&origin.addr, "")
+        .replace(
+            "threads = 1\n",
+            "threads = 1\nhosts = [\"shop.test\", \"*.cdn.test\"]\n",
+        )
+        .replace("[reload]", "[rules]\nunmatched = \"block\"\n\n[reload]");
+    let gw = Gateway::start(&cfg, &[("rules.toml", rules)]);
+    let c = client();
+    let get =
+        |host: &'static str, path: &'static str| c.get(gw.url(path)).header("host", host).send();
+    let status_reason = |r: reqwest::Response| async move {
+        let s = r.status().as_u16();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        (s, v["error"].as_str().map(str::to_owned))
+    };
+    let before = origin.requests().await;
+    for (host, path, want, reason) in [
+        ("other.test", "/paid/x", 421, Some("unknown_host")),
+        ("other.test", "/free/x", 421, Some("unknown_host")),
+        ("shop.test.evil", "/free/x", 421, Some("unknown_host")),
+        ("shop.test", "/paid/x", 402, None),
+        ("shop.test", "/elsewhere", 403, Some("no_matching_rule")),
+        ("a.cdn.test", "/paid/x", 403, Some("no_matching_rule")),
+    ] {
+        let r = get(host, path).await.expect("send");
+        let (s, why) = status_reason(r).await;
+        assert_eq!(s, want, "{host}{path}");
+        if reason.is_some() {
+            assert_eq!(why.as_deref(), reason, "{host}{path}");
+        }
+    }
+    assert_eq!(
+        origin.requests().await,
+        before,
+        "nothing reached the origin"
+    );
+    for host in ["shop.test", "SHOP.test:8080", "x.cdn.test"] {
+        let r = get(host, "/free/x").await.expect("send");
+        assert_eq!(r.status(), 200, "{host}");
+    }
+    // HTTP/1.0 without a Host names no listed host.
+    let resp = raw_request(&gw.addr, b"GET /free/x HTTP/1.0\r\n\r\n");
+    assert_eq!(raw_status(&resp), 421, "{resp}");
+
+    // `check` warns about the side door when neither defence is on.
+    let open = config(&origin.addr, "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("rules")).expect("rules");
+    std::fs::write(dir.path().join("gateway.toml"), &open).expect("write");
+    std::fs::write(dir.path().join("rules/r.toml"), rules).expect("write");
+    let out = std::process::Command::new(GATEWAY_BIN)
+        .args(["check", "-c"])
+        .arg(dir.path().join("gateway.toml"))
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("warning: ") && text.contains("rule `shop` prices only host `shop.test`"),
+        "{text}"
+    );
+    std::fs::write(dir.path().join("gateway.toml"), &cfg).expect("write");
+    let out = std::process::Command::new(GATEWAY_BIN)
+        .args(["check", "-c"])
+        .arg(dir.path().join("gateway.toml"))
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("warning: "), "{text}");
+}

@@ -61,11 +61,23 @@ pub struct Origin {
 
 impl Origin {
     pub fn start(name: &str) -> Origin {
+        Self::start_with(name, &[])
+    }
+
+    /// The demo origin in `--lenient` mode: it resolves any request target the way lenient
+    /// servers do (no leading slash, backslashes, `%2F`, a scheme without `//`), so a request
+    /// the gateway forwarded under another name shows up as served priced content.
+    pub fn start_lenient(name: &str) -> Origin {
+        Self::start_with(name, &["--lenient"])
+    }
+
+    fn start_with(name: &str, extra: &[&str]) -> Origin {
         let dir = tempfile::tempdir().expect("tempdir");
         let ready = dir.path().join("ready");
         let child = Command::new(ORIGIN_BIN)
             .args(["--listen", "127.0.0.1:0", "--name", name, "--ready-file"])
             .arg(&ready)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -99,6 +111,26 @@ impl Origin {
             .await
             .expect("json");
         v["requests"].as_u64().expect("requests")
+    }
+
+    /// What a lenient origin served: one `METHOD resolved-path` per request.
+    pub async fn served(&self) -> Vec<String> {
+        let v: Value = client()
+            .get(self.url("/__origin/stats"))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("json");
+        v["served"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,6 +1,10 @@
 //! A small origin server for the demo, the tests and the load script. It echoes what it
 //! received, streams bodies of any size, answers any status, stalls, resets mid-body and
 //! accepts WebSocket upgrades, so that the gateway can be checked against a real process.
+//! `--lenient` makes it resolve any request target the way lenient servers do (see
+//! `lenient.rs`), for the bypass tests.
+
+mod lenient;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -236,6 +240,10 @@ async fn main() {
         {
             eprintln!("demo-origin: cannot write ready file");
         }
+    }
+    if std::env::args().any(|a| a == "--lenient") {
+        lenient::run(listener, name).await;
+        return;
     }
     let state = Arc::new(State {
         name,

@@ -1,0 +1,50 @@
+//! Warnings about a valid configuration that probably does not do what its operator wants:
+//! pure checks over a compiled snapshot, printed by `check` and logged on every load.
+
+use crate::config::file::Settlement;
+use crate::snapshot::{Rule, RuleAction, Snapshot, Unmatched};
+
+/// Methods that may change state at the origin.
+const UNSAFE_METHODS: [&str; 4] = ["POST", "PUT", "DELETE", "PATCH"];
+
+/// Every warning for `snap`, as `file:line:col: field: message`.
+pub fn warnings(snap: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    let charged = |r: &&Rule| matches!(r.action, RuleAction::Pay(_)) || r.audiences.is_some();
+    if snap.hosts.is_empty()
+        && snap.unmatched == Unmatched::Forward
+        && let Some(r) = snap.rules.iter().filter(charged).find(|r| r.host != "*")
+    {
+        out.push(format!(
+            "{}: rule.host: rule `{}` prices only host `{}`, but requests no rule matches are \
+             forwarded and `[server] hosts` is not set: the same path under another Host reaches \
+             the origin free. Set `[server] hosts` or `[rules] unmatched = \"block\"`",
+            r.origin, r.id, r.host
+        ));
+    }
+    for r in snap.rules.iter().filter(charged) {
+        if r.shadow || r.settlement != Settlement::After {
+            continue;
+        }
+        // Rules that name the methods that change state (a rule for any method usually
+        // fronts pages; README says what `after` means for it).
+        let unsafe_methods: Vec<&str> = r
+            .methods
+            .names()
+            .into_iter()
+            .filter(|m| UNSAFE_METHODS.contains(m))
+            .collect();
+        if !unsafe_methods.is_empty() {
+            out.push(format!(
+                "{}: rule.settlement: rule `{}` is priced for {} with settlement = \"after\": the \
+                 origin runs before the money moves, and a payer can cancel the authorization \
+                 after it was verified, so a side effect may happen unpaid. Use settlement = \
+                 \"before\" for origins with side effects",
+                r.origin,
+                r.id,
+                unsafe_methods.join(", ")
+            ));
+        }
+    }
+    out
+}

@@ -1,0 +1,123 @@
+//! Whose transaction settled a payment. A facilitator's word is checked on chain: the
+//! transaction it names must show this very transfer (payer, payTo, amount, nonce), and an
+//! authorization found used counts as this request's payment only when the transaction that
+//! used it is the one this request caused (the hash the facilitator returned, or one sent by a
+//! signer the facilitator declared). Anything else used the nonce first: not ours.
+
+use std::time::{Duration, Instant};
+
+use alloy::primitives::{Address, B256};
+
+use crate::facilitator::rpc::{ChainReader, ExpectedTransfer};
+
+/// What the chain says about one settlement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// This request's transaction made the transfer (its hash).
+    Ours(String),
+    /// The authorization was used (or canceled) by a transaction this request did not cause.
+    NotOurs,
+    /// The named transaction did not make the transfer and the authorization is unused.
+    Failed,
+    /// The named transaction made something else than this transfer (a facilitator naming a
+    /// transaction that is not this payment).
+    Mismatch,
+    /// Nothing can be said yet.
+    Unknown,
+}
+
+/// What to look for.
+pub struct Lookup<'a> {
+    pub reader: &'a ChainReader,
+    pub expected: ExpectedTransfer,
+    /// The transaction the facilitator named, when it named one.
+    pub claimed: Option<B256>,
+    /// Whether a transaction sender is one of ours (the facilitator's declared signers, or the
+    /// built-in settler's relayer), for outcomes that named no transaction.
+    pub is_ours: &'a (dyn Fn(Address) -> bool + Send + Sync),
+}
+
+impl std::fmt::Debug for Lookup<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lookup")
+            .field("expected", &self.expected)
+            .field("claimed", &self.claimed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lookup<'_> {
+    /// One look at the chain.
+    pub async fn look(&self) -> Verdict {
+        let e = &self.expected;
+        if let Some(tx) = self.claimed {
+            match self.reader.receipt(tx).await {
+                Ok(Some(r)) if e.paid_by(&r) => return Verdict::Ours(format!("{tx:#x}")),
+                Ok(Some(r)) if r.status() => return Verdict::Mismatch,
+                Ok(Some(_)) => {
+                    // Reverted: perhaps because something else used the nonce first.
+                    return match self.used_by().await {
+                        Some(None) => Verdict::Failed,
+                        Some(Some(_)) => Verdict::NotOurs,
+                        None => Verdict::Unknown,
+                    };
+                }
+                Ok(None) | Err(_) => {}
+            }
+            // No receipt from the node: the token's `AuthorizationUsed` log in the named
+            // transaction is proof enough (the signed authorization fixes payee and amount,
+            // which the gate checked); another transaction using the nonce is not ours.
+            return match self.used_by().await {
+                Some(Some(Some(other))) if other == tx => Verdict::Ours(format!("{tx:#x}")),
+                Some(Some(Some(_))) => Verdict::NotOurs,
+                _ => Verdict::Unknown,
+            };
+        }
+        match self.used_by().await {
+            Some(Some(Some(other))) => match self.reader.receipt(other).await {
+                Ok(Some(r)) if e.paid_by(&r) && (self.is_ours)(r.from) => {
+                    Verdict::Ours(format!("{other:#x}"))
+                }
+                Ok(Some(_)) => Verdict::NotOurs,
+                Ok(None) | Err(_) => Verdict::Unknown,
+            },
+            // Used, by no transaction in reach: canceled, or long ago.
+            Some(Some(None)) => Verdict::NotOurs,
+            Some(None) | None => Verdict::Unknown,
+        }
+    }
+
+    /// Reads the authorization: `None` when the chain cannot be read, `Some(None)` when it is
+    /// unused, `Some(Some(tx))` when used (by `tx`, if a transaction in reach logged it).
+    async fn used_by(&self) -> Option<Option<Option<B256>>> {
+        let e = &self.expected;
+        match self
+            .reader
+            .authorization_used(e.token, e.payer, e.nonce)
+            .await
+        {
+            Ok(false) => Some(None),
+            Ok(true) => match self
+                .reader
+                .authorization_tx(e.token, e.payer, e.nonce)
+                .await
+            {
+                Ok(tx) => Some(Some(tx)),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        }
+    }
+
+    /// Looks until the chain gives an answer or `window` has passed.
+    pub async fn within(&self, window: Duration, poll: Duration) -> Verdict {
+        let deadline = Instant::now() + window;
+        loop {
+            let v = self.look().await;
+            if v != Verdict::Unknown || Instant::now() >= deadline {
+                return v;
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+}
