@@ -216,8 +216,6 @@ impl Facilitators {
         if let Ok(v) = &result {
             self.supported
                 .store(&fac.name, super::supported::parse_kinds(v));
-            self.supported
-                .store_signers(&fac.name, super::supported::parse_signers(v));
         }
         result
     }

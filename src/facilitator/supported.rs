@@ -20,31 +20,6 @@ pub struct Kind {
 #[derive(Debug, Default)]
 pub struct SupportedCache {
     kinds: ArcSwap<HashMap<String, Vec<Kind>>>,
-    /// `signers`: the addresses each facilitator sends transactions from, by CAIP-2 pattern
-    /// (`eip155:*` or a network id).
-    signers: ArcSwap<HashMap<String, Signers>>,
-}
-
-/// A facilitator's signer addresses, by CAIP-2 pattern.
-pub type Signers = Vec<(String, Vec<alloy::primitives::Address>)>;
-
-/// Parses the `signers` map of a v2 `/supported` answer (EVM addresses only).
-pub fn parse_signers(v: &serde_json::Value) -> Signers {
-    v.get("signers")
-        .and_then(|s| s.as_object())
-        .map(|m| {
-            m.iter()
-                .filter(|(k, _)| k.starts_with("eip155:"))
-                .map(|(k, list)| {
-                    let addrs = list
-                        .as_array()
-                        .map(|a| a.iter().filter_map(|x| x.as_str()?.parse().ok()).collect())
-                        .unwrap_or_default();
-                    (k.clone(), addrs)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Parses the `kinds` array of a `/supported` answer.
@@ -70,23 +45,6 @@ impl SupportedCache {
         let mut map = (**self.kinds.load()).clone();
         map.insert(name.to_owned(), kinds);
         self.kinds.store(Arc::new(map));
-    }
-
-    pub fn store_signers(&self, name: &str, signers: Signers) {
-        let mut map = (**self.signers.load()).clone();
-        map.insert(name.to_owned(), signers);
-        self.signers.store(Arc::new(map));
-    }
-
-    /// Whether `addr` is a signer the facilitator declared for `network` (a CAIP-2 id).
-    pub fn is_signer(&self, name: &str, network: &str, addr: alloy::primitives::Address) -> bool {
-        let namespace = network.split(':').next().unwrap_or("");
-        self.signers.load().get(name).is_some_and(|list| {
-            list.iter().any(|(pattern, addrs)| {
-                (pattern == network || pattern.strip_suffix(":*").is_some_and(|ns| ns == namespace))
-                    && addrs.contains(&addr)
-            })
-        })
     }
 
     /// Whether a facilitator may be asked about (version, scheme, network). A facilitator whose

@@ -1,12 +1,13 @@
 //! Whose transaction settled a payment. A facilitator's word is checked on chain: the
 //! transaction it names must show this very transfer (payer, payTo, amount, nonce), and an
 //! authorization found used counts as this request's payment only when the transaction that
-//! used it is the one this request caused (the hash the facilitator returned, or one sent by a
-//! signer the facilitator declared). Anything else used the nonce first: not ours.
+//! used it is the one this request caused — the hash the facilitator (or the built-in settler)
+//! returned. A transaction found without such a hash proves nothing about who sent it: another
+//! replica given the same payment may share the facilitator and its signer.
 
 use std::time::{Duration, Instant};
 
-use alloy::primitives::{Address, B256};
+use alloy::primitives::B256;
 
 use crate::facilitator::rpc::{ChainReader, ExpectedTransfer};
 
@@ -22,6 +23,8 @@ pub enum Verdict {
     /// The named transaction made something else than this transfer (a facilitator naming a
     /// transaction that is not this payment).
     Mismatch,
+    /// Used, but no transaction was named to tell whose it was (the found one, if any).
+    Unattributed(String),
     /// Nothing can be said yet.
     Unknown,
 }
@@ -32,9 +35,6 @@ pub struct Lookup<'a> {
     pub expected: ExpectedTransfer,
     /// The transaction the facilitator named, when it named one.
     pub claimed: Option<B256>,
-    /// Whether a transaction sender is one of ours (the facilitator's declared signers, or the
-    /// built-in settler's relayer), for outcomes that named no transaction.
-    pub is_ours: &'a (dyn Fn(Address) -> bool + Send + Sync),
 }
 
 impl std::fmt::Debug for Lookup<'_> {
@@ -74,15 +74,9 @@ impl Lookup<'_> {
             };
         }
         match self.used_by().await {
-            Some(Some(Some(other))) => match self.reader.receipt(other).await {
-                Ok(Some(r)) if e.paid_by(&r) && (self.is_ours)(r.from) => {
-                    Verdict::Ours(format!("{other:#x}"))
-                }
-                Ok(Some(_)) => Verdict::NotOurs,
-                Ok(None) | Err(_) => Verdict::Unknown,
-            },
-            // Used, by no transaction in reach: canceled, or long ago.
-            Some(Some(None)) => Verdict::NotOurs,
+            Some(Some(other)) => {
+                Verdict::Unattributed(other.map(|t| format!("{t:#x}")).unwrap_or_default())
+            }
             Some(None) | None => Verdict::Unknown,
         }
     }

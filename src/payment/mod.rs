@@ -147,6 +147,8 @@ pub enum Stage {
     Unconfirmed,
     /// The authorization was used by a transaction this request did not cause.
     NotOurs,
+    /// The authorization was used, by a transaction nobody named: not provably this request's.
+    Unattributed,
 }
 
 /// A payment that passed verification, carried through the request.
@@ -601,14 +603,19 @@ impl Payments {
         };
         a.facilitator = Some(fac.name.clone());
         let claim = Claim::of(result);
+        a.claimed_tx = claim.transaction();
         let (stage, receipt, reason) = match claim {
-            Claim::Refused(s, reason) => {
-                if NONCE_USED_REASONS.contains(&reason.as_str()) {
+            Claim::Refused(s, reason) => match self.refusal_on_chain(snap, a).await {
+                // The chain shows the authorization used after all, by the transaction the
+                // facilitator named: a confused facilitator, but a settled payment.
+                Some(Verdict::Ours(tx)) => (Stage::Settled, settled_receipt(a, &network, tx), None),
+                // Used by a transaction this request did not cause: not its payment.
+                Some(_) => (Stage::NotOurs, s, Some(reason)),
+                None if NONCE_USED_REASONS.contains(&reason.as_str()) => {
                     (Stage::NotOurs, s, Some(reason))
-                } else {
-                    (Stage::SettleFailed, s, Some(reason))
                 }
-            }
+                None => (Stage::SettleFailed, s, Some(reason)),
+            },
             Claim::Unsent => (
                 Stage::SettleFailed,
                 failed_receipt(&a.payer, &network, "facilitator_unavailable"),
@@ -630,15 +637,14 @@ impl Payments {
             ),
             Claim::Success(s) => self.confirm_success(snap, a, fac, s).await,
             Claim::Unclear(tx) => {
-                tracing::warn!(facilitator = %fac.name, transaction = %tx.map(|t| format!("{t:#x}")).unwrap_or_default(), "settlement outcome unknown");
+                let tx_text = tx.map(|t| format!("{t:#x}")).unwrap_or_default();
+                tracing::warn!(facilitator = %fac.name, transaction = %tx_text, "settlement outcome unknown");
                 let verdict = match self.lookup(snap, a) {
                     Some((reader, expected)) => {
-                        let is_ours = self.ours(fac, &network);
                         Lookup {
                             reader: &reader,
                             expected,
                             claimed: tx,
-                            is_ours: &is_ours,
                         }
                         .within(RESOLVE_WINDOW, RESOLVE_POLL)
                         .await
@@ -646,7 +652,10 @@ impl Payments {
                     None => Verdict::Unknown,
                 };
                 self.count_resolution(&verdict);
-                let tx_text = tx.map(|t| format!("{t:#x}")).unwrap_or_default();
+                let unresolved = |why: &str, tx: String| SettleResponse {
+                    transaction: tx,
+                    ..failed_receipt(&a.payer, &network, why)
+                };
                 match verdict {
                     Verdict::Ours(tx) => (Stage::Settled, settled_receipt(a, &network, tx), None),
                     Verdict::NotOurs => (
@@ -656,24 +665,25 @@ impl Payments {
                     ),
                     Verdict::Failed | Verdict::Mismatch => (
                         Stage::SettleFailed,
-                        SettleResponse {
-                            transaction: tx_text,
-                            ..failed_receipt(&a.payer, &network, "settlement_failed")
-                        },
+                        unresolved("settlement_failed", tx_text),
                         Some("settlement_failed".into()),
+                    ),
+                    // Used by a transaction nobody named: perhaps this request's, perhaps
+                    // another replica's through the same facilitator. Not served; the ledger
+                    // keeps the transaction for reconciliation.
+                    Verdict::Unattributed(found) => (
+                        Stage::Unattributed,
+                        unresolved("settlement_unconfirmed", found),
+                        Some("settlement_unconfirmed: unattributed".into()),
                     ),
                     Verdict::Unknown => (
                         Stage::Unknown,
-                        SettleResponse {
-                            transaction: tx_text,
-                            ..failed_receipt(&a.payer, &network, "settlement_unconfirmed")
-                        },
+                        unresolved("settlement_unconfirmed", tx_text),
                         Some("settlement_unconfirmed".into()),
                     ),
                 }
             }
         };
-        a.claimed_tx = receipt.transaction.parse().ok();
         self.finish_settlement(snap, a, stage, receipt, reason, upstream_status);
     }
 
@@ -698,12 +708,10 @@ impl Payments {
         };
         let verdict = match claimed {
             Some(_) => {
-                let is_ours = self.ours(fac, &a.offer.requirements.network);
                 Lookup {
                     reader: &reader,
                     expected,
                     claimed,
-                    is_ours: &is_ours,
                 }
                 .within(fac.confirm_timeout, RESOLVE_POLL)
                 .await
@@ -713,7 +721,7 @@ impl Payments {
         };
         let why = match verdict {
             Verdict::Ours(_) => return (Stage::Settled, s, None),
-            Verdict::NotOurs => "used_elsewhere",
+            Verdict::NotOurs | Verdict::Unattributed(_) => "used_elsewhere",
             Verdict::Mismatch | Verdict::Failed => "receipt_mismatch",
             Verdict::Unknown => "receipt_missing",
         };
@@ -749,22 +757,32 @@ impl Payments {
         Some((reader, a.expected_transfer()?))
     }
 
-    /// Who counts as this request's sender for a facilitator: the signers it declared for the
-    /// network in `/supported` (the built-in settler declares its relayer).
-    fn ours(
-        &self,
-        fac: &FacilitatorConf,
-        network: &str,
-    ) -> impl Fn(alloy::primitives::Address) -> bool + Send + Sync + 'static {
-        let facilitators = self.facilitators.clone();
-        let (name, network) = (fac.name.clone(), network.to_owned());
-        move |addr| facilitators.supported.is_signer(&name, &network, addr)
+    /// For a refused settlement: `None` when the chain shows the authorization unused (or
+    /// cannot be read), else whose transaction used it.
+    async fn refusal_on_chain(&self, snap: &Snapshot, a: &Accepted) -> Option<Verdict> {
+        let (reader, expected) = self.lookup(snap, a)?;
+        let e = &expected;
+        if !matches!(
+            reader.authorization_used(e.token, e.payer, e.nonce).await,
+            Ok(true)
+        ) {
+            return None;
+        }
+        let v = Lookup {
+            reader: &reader,
+            expected,
+            claimed: a.claimed_tx,
+        }
+        .look()
+        .await;
+        Some(v)
     }
 
     fn count_resolution(&self, v: &Verdict) {
         let label = match v {
             Verdict::Ours(_) => "settled",
             Verdict::NotOurs => "used_elsewhere",
+            Verdict::Unattributed(_) => "unattributed",
             Verdict::Failed | Verdict::Mismatch => "failed",
             Verdict::Unknown => "pending",
         };
@@ -816,6 +834,22 @@ impl Payments {
                     .with_label_values(&["used_elsewhere", reason.as_deref().unwrap_or("")])
                     .inc();
                 "used_elsewhere"
+            }
+            Stage::Unattributed => {
+                // Used on chain: never reusable, and nothing left to watch.
+                self.replay.settled(&a.key);
+                self.metrics
+                    .payments
+                    .with_label_values(&["unattributed", ""])
+                    .inc();
+                tracing::error!(
+                    facilitator = %a.facilitator.as_deref().unwrap_or(""),
+                    payer = %a.payer,
+                    transaction = %receipt.transaction,
+                    rule = %a.rule_id,
+                    "an unclear settlement was used on chain by a transaction no facilitator named: nothing served; reconcile from the ledger"
+                );
+                "settle_unattributed"
             }
             Stage::Unconfirmed => {
                 self.replay.unknown(&a.key);
@@ -869,14 +903,6 @@ impl Payments {
         let Some(expected) = a.expected_transfer() else {
             return;
         };
-        let is_ours: Box<dyn Fn(alloy::primitives::Address) -> bool + Send + Sync> = match snap
-            .facilitators
-            .iter()
-            .find(|f| Some(&f.name) == a.facilitator.as_ref())
-        {
-            Some(fac) => Box::new(self.ours(fac, &a.offer.requirements.network)),
-            None => Box::new(|_| false),
-        };
         let (replay, ledger, metrics) = (
             self.replay.clone(),
             self.ledger.clone(),
@@ -890,7 +916,6 @@ impl Payments {
                 reader: &reader,
                 expected,
                 claimed,
-                is_ours: &*is_ours,
             };
             loop {
                 let (label, tx) = match lookup.look().await {
@@ -901,6 +926,10 @@ impl Payments {
                     Verdict::NotOurs => {
                         replay.settled(&record.key);
                         ("used_elsewhere", String::new())
+                    }
+                    Verdict::Unattributed(tx) => {
+                        replay.settled(&record.key);
+                        ("used_unattributed", tx)
                     }
                     _ if unix_now() > record.valid_before + 5 => {
                         let e = &lookup.expected;
@@ -937,7 +966,9 @@ impl Payments {
 
     fn settle_error(&self, a: &Accepted) -> PaymentError {
         match a.stage {
-            Stage::Unknown | Stage::Unconfirmed => PaymentError::SettleUnconfirmed,
+            Stage::Unknown | Stage::Unconfirmed | Stage::Unattributed => {
+                PaymentError::SettleUnconfirmed
+            }
             Stage::NotOurs => PaymentError::AlreadyUsed,
             _ => {
                 let reason = a
@@ -1205,6 +1236,17 @@ enum Claim {
 }
 
 impl Claim {
+    /// The transaction the facilitator named for this settlement.
+    fn transaction(&self) -> Option<B256> {
+        match self {
+            Claim::Success(s) | Claim::Refused(s, _) | Claim::Duplicate(s) => {
+                s.transaction.parse().ok()
+            }
+            Claim::Unclear(tx) => *tx,
+            Claim::Unsent | Claim::Busy => None,
+        }
+    }
+
     fn of(result: Result<SettleResponse, FacilitatorError>) -> Claim {
         match result {
             Ok(s) if s.succeeded() => Claim::Success(s),

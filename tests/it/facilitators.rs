@@ -220,7 +220,10 @@ async fn a_lying_settle_is_checked_on_chain_and_never_settled_twice() {
     let pr = decode_header(r.headers()["payment-required"].to_str().expect("ascii"));
     assert_eq!(pr["error"], "settlement_unconfirmed");
     let body = r.text().await.expect("body");
-    assert!(!body.contains("\"origin\""), "the origin's answer leaked: {body}");
+    assert!(
+        !body.contains("\"origin\""),
+        "the origin's answer leaked: {body}"
+    );
     assert_eq!(t.balance(&payer).await, before);
     assert!(
         !t.b_calls().await.contains(&"/settle".to_string()),
@@ -242,8 +245,11 @@ async fn a_lying_settle_is_checked_on_chain_and_never_settled_twice() {
     // A real transaction that is not this payment (an earlier settlement's): refused too.
     let earlier = t.pay("/api/weather", &t.header("/api/weather").await).await;
     assert_eq!(earlier.status(), 200, "an honest settlement is served");
-    let real = decode_header(earlier.headers()["payment-response"].to_str().expect("ascii"))
-        ["transaction"]
+    let real = decode_header(
+        earlier.headers()["payment-response"]
+            .to_str()
+            .expect("ascii"),
+    )["transaction"]
         .clone();
     let paid = t.balance(&payer).await;
     assert_eq!(paid, before - 10_000);
@@ -252,8 +258,10 @@ async fn a_lying_settle_is_checked_on_chain_and_never_settled_twice() {
     assert_eq!(r.status(), 503);
     assert_eq!(t.balance(&payer).await, paid, "nothing moved for it");
     assert_eq!(
-        t.gw.metric(r#"x402_settlements_unconfirmed_total{facilitator="a",why="receipt_mismatch"}"#)
-            .await,
+        t.gw.metric(
+            r#"x402_settlements_unconfirmed_total{facilitator="a",why="receipt_mismatch"}"#
+        )
+        .await,
         1.0
     );
     // The same answer given as the string "true" is not a success at all: the outcome is
@@ -269,30 +277,44 @@ async fn a_lying_settle_is_checked_on_chain_and_never_settled_twice() {
     );
 }
 
+/// A facilitator that settles and then drops the connection named no transaction: the chain
+/// shows the authorization used, but nothing says by whose call (another replica sharing the
+/// facilitator may have sent the same payment). Nothing is served, nothing is settled twice,
+/// and the ledger keeps the transaction found for reconciliation.
 #[tokio::test]
-async fn a_connection_dropped_after_settling_is_resolved_from_the_chain() {
+async fn a_connection_dropped_after_settling_serves_nothing_and_keeps_the_transaction() {
     let t = Two::start(None, "");
     let (payer, _) = t.payer();
     let before = t.balance(&payer).await;
     t.configure_a(json!({"settleDropConnection": 1})).await;
     let r = t.pay("/api/weather", &t.header("/api/weather").await).await;
-    assert_eq!(r.status(), 200, "the chain shows the transfer: serve");
-    let receipt = decode_header(r.headers()["payment-response"].to_str().expect("ascii"));
-    assert_eq!(receipt["success"], true);
-    let tx = s(&receipt["transaction"]);
+    assert_eq!(r.status(), 503, "unattributed: no content");
+    let pr = decode_header(r.headers()["payment-required"].to_str().expect("ascii"));
+    assert_eq!(pr["error"], "settlement_unconfirmed");
+    assert_eq!(
+        t.balance(&payer).await,
+        before - 10_000,
+        "charged exactly once (by the facilitator's transaction)"
+    );
+    assert_eq!(t.a_calls().await, vec!["/verify", "/settle"]);
+    assert!(
+        t.b_calls().await.is_empty(),
+        "never settled again elsewhere"
+    );
+    let ledger: Vec<Value> = std::fs::read_to_string(t.gw.path("receipts.jsonl"))
+        .expect("ledger")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("line"))
+        .collect();
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    assert_eq!(ledger[0]["event"], "settle_unattributed");
+    let tx = s(&ledger[0]["transaction"]);
     assert!(
         tx.starts_with("0x") && tx.len() == 66,
         "the transaction comes from the chain's logs: {tx}"
     );
     assert_eq!(
-        t.balance(&payer).await,
-        before - 10_000,
-        "charged exactly once"
-    );
-    assert_eq!(t.a_calls().await, vec!["/verify", "/settle"]);
-    assert!(t.b_calls().await.is_empty());
-    assert_eq!(
-        t.gw.metric(r#"x402_settlements_resolved_total{result="settled"}"#)
+        t.gw.metric(r#"x402_settlements_resolved_total{result="unattributed"}"#)
             .await,
         1.0
     );

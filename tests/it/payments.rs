@@ -806,11 +806,20 @@ async fn the_same_payment_at_two_replicas_at_once_serves_once_and_moves_once() {
         &pay_config(&ob.addr, &dev.info, Some(b_url), ""),
         &[("rules.toml", rules)],
     );
+    // A third replica shares `a`'s facilitator: the second settle of one authorization then
+    // reaches the same facilitator (a duplicate, or a nonce already used).
+    let oc = Origin::start("replica-c");
+    let c = Gateway::start(
+        &pay_config(&oc.addr, &dev.info, None, ""),
+        &[("rules.toml", rules)],
+    );
     let token = dev.info["token"]["address"].as_str().expect("token");
     let payer = dev.info["payers"][0]["address"].as_str().expect("payer");
     let key = pay::key(dev.info["payers"][0]["privateKey"].as_str().expect("key"));
     let start = balance(&rpc, token, payer).await;
-    for round in 0..3u128 {
+    let pairs = [(&a, &b), (&b, &a), (&a, &c), (&c, &a)];
+    for (round, (first, second)) in pairs.into_iter().enumerate() {
+        let round = round as u128;
         let r = client().get(a.url("/slow/600")).send().await.expect("402");
         let accepted =
             decode_header(r.headers()["payment-required"].to_str().expect("ascii"))["accepts"][0]
@@ -825,16 +834,26 @@ async fn the_same_payment_at_two_replicas_at_once_serves_once_and_moves_once() {
                 .header("PAYMENT-SIGNATURE", &header)
                 .send()
         };
-        let (ra, rb) = tokio::join!(send(&a), send(&b));
+        let (ra, rb) = tokio::join!(send(first), send(second));
         let mut served = 0;
-        for (name, r) in [("a", ra), ("b", rb)] {
+        for (name, r) in [("first", ra), ("second", rb)] {
             let r = r.expect("send");
             let status = r.status().as_u16();
+            let reason = r
+                .headers()
+                .get("payment-required")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| decode_header(v)["error"].clone());
             let body = r.text().await.unwrap_or_default();
             if status == 200 {
                 served += 1;
                 assert!(body.contains("replica-"), "{name}: {body}");
             } else {
+                assert_eq!(
+                    reason.as_ref().and_then(|r| r.as_str()),
+                    Some("payment_already_used"),
+                    "{name} answered {status}"
+                );
                 assert!(
                     !body.contains("\"origin\":\"replica-"),
                     "{name} answered {status} with the origin's content: {body}"
@@ -855,5 +874,9 @@ async fn the_same_payment_at_two_replicas_at_once_serves_once_and_moves_once() {
             .filter(|l| l.contains("\"event\":\"settled\""))
             .count()
     };
-    assert_eq!(settled(&a) + settled(&b), 3, "one settled line per payment");
+    assert_eq!(
+        settled(&a) + settled(&b) + settled(&c),
+        4,
+        "one settled line per payment"
+    );
 }
