@@ -235,10 +235,10 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     if let Some(addr) = &facilitator_api_addr {
         let mut svc = Service::new(
             "facilitator-api".into(),
-            HttpServer::new_app(crate::facilitator::api::FacilitatorApi {
-                config: config.clone(),
-                settlers: settlers.clone(),
-            }),
+            HttpServer::new_app(crate::facilitator::api::FacilitatorApi::new(
+                config.clone(),
+                settlers.clone(),
+            )),
         );
         svc.add_tcp(addr);
         server.add_service(svc);

@@ -277,6 +277,11 @@ pub struct Snapshot {
     pub facilitator_api_settler: Option<String>,
     /// Bearer token the facilitator API requires, when configured.
     pub facilitator_api_token: Option<Secret>,
+    /// Facilitator API calls per second per client address (0: no limit).
+    pub facilitator_api_rate: u32,
+    /// Every `payTo` this configuration names (lower-case): the only recipients the
+    /// facilitator API relays payments to.
+    pub recipients: Vec<String>,
     /// Bearer token the admin listener requires (all but `/healthz` and `/readyz`).
     pub admin_token: Option<Secret>,
     pub ledger: crate::payment::ledger::LedgerConf,

@@ -394,7 +394,20 @@ pub struct FacilitatorApiSection {
     /// Name of a `kind = "local"` facilitator.
     pub settler: Spanned<String>,
     /// When set (`${VAR}`), `/verify` and `/settle` require `Authorization: Bearer <token>`.
+    /// Required when `listen` is not a loopback address.
     pub auth_token: Option<Spanned<String>>,
+    /// Addresses, besides every `pay_to` of this configuration, that payments relayed
+    /// through the API may go to (for other x402 servers using this facilitator).
+    #[serde(default)]
+    pub recipients: Vec<Spanned<String>>,
+    /// `/verify` and `/settle` calls per second from one client address; more get a 429
+    /// (default 20, 0: no limit).
+    #[serde(default = "default_api_rate")]
+    pub requests_per_second_per_client: u32,
+}
+
+fn default_api_rate() -> u32 {
+    20
 }
 
 /// `[reload]`

@@ -357,6 +357,17 @@ pub fn compile(
         .and_then(|t| secret(rep, cfg, t, "facilitator_api.auth_token"));
     let facilitator_api_settler = g.facilitator_api.as_ref().map(|api| {
         check_addr(rep, cfg, &api.listen, "facilitator_api.listen");
+        if api.auth_token.is_none()
+            && let Ok(addr) = api.listen.get_ref().parse::<std::net::SocketAddr>()
+            && !addr.ip().is_loopback()
+        {
+            rep.at(
+                cfg,
+                api.listen.span(),
+                "facilitator_api.listen",
+                "a facilitator API off loopback needs `auth_token` (its relayer pays the gas of every settlement)",
+            );
+        }
         let name = api.settler.get_ref();
         let local = facilitators
             .iter()
@@ -462,6 +473,32 @@ pub fn compile(
         hasher.update(s.text.as_bytes());
         hasher.update([0]);
     }
+    // Every address a payment here may go to: the facilitator API relays only to these.
+    let mut recipients: Vec<String> = rules
+        .iter()
+        .flat_map(|r| {
+            let audience = r.audiences.iter().flat_map(|a| {
+                [&a.human, &a.training, &a.search, &a.user, &a.agent, &a.verified]
+                    .into_iter()
+                    .flatten()
+                    .chain(a.operators.iter().map(|(_, p)| p))
+            });
+            std::iter::once(&r.action).chain(audience)
+        })
+        .filter_map(|a| match a {
+            RuleAction::Pay(p) => Some(p),
+            _ => None,
+        })
+        .flat_map(|p| p.offers.iter().map(|o| o.requirements.pay_to.to_ascii_lowercase()))
+        .chain(default_pay_to.iter().map(|p| p.to_ascii_lowercase()))
+        .collect();
+    for r in g.facilitator_api.iter().flat_map(|api| &api.recipients) {
+        if let Some(a) = checked_address(rep, cfg, r, "facilitator_api.recipients") {
+            recipients.push(a.to_ascii_lowercase());
+        }
+    }
+    recipients.sort();
+    recipients.dedup();
     let mut snapshot = Snapshot {
         generation,
         content_hash: hex::encode(hasher.finalize()),
@@ -490,6 +527,11 @@ pub fn compile(
         facilitators,
         facilitator_api_settler,
         facilitator_api_token,
+        facilitator_api_rate: g
+            .facilitator_api
+            .as_ref()
+            .map_or(0, |api| api.requests_per_second_per_client),
+        recipients,
         admin_token,
         ledger: crate::payment::ledger::LedgerConf {
             path: (!g.ledger.path.is_empty()).then(|| base.join(&g.ledger.path)),
@@ -1431,4 +1473,63 @@ fn compile_facilitator(
         confirm_timeout: Duration::from_millis(f.confirm_timeout_ms.max(100)),
         fingerprint,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use crate::config::load_from_texts;
+
+    const BASE: &str = r#"
+[server]
+listen = ["127.0.0.1:0"]
+
+[upstreams.origin]
+peers = ["127.0.0.1:1"]
+
+[payment]
+pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+networks = ["base-sepolia"]
+"#;
+
+    fn load(extra: &str) -> Result<crate::snapshot::Snapshot, crate::config::Issues> {
+        load_from_texts(
+            Path::new("gateway.toml"),
+            &format!("{BASE}{extra}"),
+            &[(PathBuf::from("rules/r.toml"), String::new())],
+        )
+    }
+
+    #[test]
+    fn a_facilitator_api_off_loopback_needs_a_token() {
+        let api = r#"
+[[networks]]
+id = "eip155:31337"
+rpc_urls = ["http://127.0.0.1:1"]
+
+[[facilitators]]
+name = "self"
+kind = "local"
+relayer_key = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
+networks = ["eip155:31337"]
+
+[facilitator_api]
+listen = "0.0.0.0:9403"
+settler = "self"
+"#;
+        let issues = load(api).err().map(|i| i.to_string()).unwrap_or_default();
+        assert!(
+            issues.contains("facilitator_api.listen: a facilitator API off loopback needs `auth_token`"),
+            "{issues}"
+        );
+        let on_loopback = api.replace("0.0.0.0:9403", "127.0.0.1:9403");
+        assert!(load(&on_loopback).is_ok());
+        let with_token = format!("{api}auth_token = \"t0ken\"\n");
+        let snap = load(&with_token).expect("valid");
+        assert_eq!(
+            snap.recipients,
+            vec!["0x209693bc6afc0c5328ba36faf03c514ef312287c".to_owned()]
+        );
+    }
 }

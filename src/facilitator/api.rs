@@ -26,6 +26,18 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct FacilitatorApi {
     pub config: Arc<ArcSwap<Snapshot>>,
     pub settlers: Arc<Settlers>,
+    /// `/verify` and `/settle` calls per client address in the current second.
+    pub calls: pingora_limits::rate::Rate,
+}
+
+impl FacilitatorApi {
+    pub fn new(config: Arc<ArcSwap<Snapshot>>, settlers: Arc<Settlers>) -> Self {
+        FacilitatorApi {
+            config,
+            settlers,
+            calls: pingora_limits::rate::Rate::new(Duration::from_secs(1)),
+        }
+    }
 }
 
 fn respond(status: u16, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -123,14 +135,27 @@ impl FacilitatorApi {
         {
             return error(401, "unauthorized");
         }
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(ip) = client
+            && snap.facilitator_api_rate != 0
+            && self.calls.observe(&ip, 1) > snap.facilitator_api_rate as isize
+        {
+            let mut r = error(429, "too_many_requests");
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            return r;
+        }
         let body = match read_body(session, MAX_BODY_BYTES).await {
             Ok(b) => b,
             Err(BodyError::TooLarge) => return error(413, "body_too_large"),
             Err(BodyError::Unreadable) => return error(400, "unreadable_body"),
         };
-        if !asset_is_declared(&snap, &body) {
-            // The relayer pays gas only for tokens this gateway knows.
-            let reason = "asset_not_accepted";
+        if let Some(reason) = refusal(&snap, &body) {
+            // The relayer pays gas only for real payments, in tokens this gateway knows, to
+            // recipients this gateway serves.
             return if path == "/verify" {
                 json_response(
                     400,
@@ -155,20 +180,44 @@ impl FacilitatorApi {
     }
 }
 
-/// Whether the requirements in a `/verify` or `/settle` body name a network and asset the
-/// configuration declares (built-in USDC or an `[[assets]]` entry).
-fn asset_is_declared(snap: &Snapshot, body: &[u8]) -> bool {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
-        // Malformed bodies are the settler's to refuse with its own reason.
-        return true;
-    };
+/// Why the API will not relay a `/verify` or `/settle` body, if it will not: an asset the
+/// configuration does not declare (`asset_not_accepted`), a recipient that is no `payTo` of
+/// this configuration (`recipient_not_accepted`), a zero-value authorization (`zero_value`), or
+/// one paying its own signer (`self_transfer`). Malformed bodies are the settler's to refuse
+/// with its own reasons.
+fn refusal(snap: &Snapshot, body: &[u8]) -> Option<&'static str> {
+    let v = serde_json::from_slice::<serde_json::Value>(body).ok()?;
     let req = &v["paymentRequirements"];
-    let (Some(network), Some(asset)) = (req["network"].as_str(), req["asset"].as_str()) else {
-        return true;
-    };
-    snap.registry
-        .network(network)
-        .is_some_and(|n| snap.registry.asset(&n.caip2, asset).is_some())
+    if let (Some(network), Some(asset)) = (req["network"].as_str(), req["asset"].as_str()) {
+        let declared = snap
+            .registry
+            .network(network)
+            .is_some_and(|n| snap.registry.asset(&n.caip2, asset).is_some());
+        if !declared {
+            return Some("asset_not_accepted");
+        }
+    }
+    let lower = |v: &serde_json::Value| v.as_str().map(str::to_ascii_lowercase);
+    let known = |addr: Option<String>| addr.is_some_and(|a| snap.recipients.contains(&a));
+    if req.get("payTo").is_some() && !known(lower(&req["payTo"])) {
+        return Some("recipient_not_accepted");
+    }
+    let auth = &v["paymentPayload"]["payload"]["authorization"];
+    if auth.is_object() {
+        if auth.get("to").is_some() && !known(lower(&auth["to"])) {
+            return Some("recipient_not_accepted");
+        }
+        let value = auth["value"].as_str().map(str::trim);
+        if value.is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b == b'0')) {
+            return Some("zero_value");
+        }
+        if let (Some(from), Some(to)) = (lower(&auth["from"]), lower(&auth["to"]))
+            && from == to
+        {
+            return Some("self_transfer");
+        }
+    }
+    None
 }
 
 #[async_trait]

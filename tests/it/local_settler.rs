@@ -765,12 +765,15 @@ async fn gateway_with_only_a_local_facilitator_is_paid_by_the_reference_client()
 }
 
 #[tokio::test]
-async fn facilitator_api_requires_its_token_and_settles_only_declared_assets() {
+async fn facilitator_api_requires_its_token_and_relays_only_real_payments_to_known_recipients() {
     let dev = Devnet::start(31337, 1);
     let origin = Origin::start("unused-origin");
+    let (payer, _) = dev.payer(0);
     let config = dev.gateway_config(&origin.addr, true).replace(
         "settler = \"self\"\n",
-        "settler = \"self\"\nauth_token = \"${TEST_API_TOKEN}\"\n",
+        &format!(
+            "settler = \"self\"\nauth_token = \"${{TEST_API_TOKEN}}\"\nrequests_per_second_per_client = 12\nrecipients = [\"{payer}\"]\n"
+        ),
     );
     let dir = tempfile::tempdir().expect("dir");
     std::fs::create_dir(dir.path().join("rules")).expect("rules");
@@ -820,5 +823,53 @@ async fn facilitator_api_requires_its_token_and_settles_only_declared_assets() {
         r.json::<Value>().await.expect("json")["errorReason"],
         "asset_not_accepted"
     );
+    // Payments the relayer must not carry: to a stranger, of nothing, to oneself.
+    let stranger = "0x000000000000000000000000000000000000dEaD";
+    let relay = |req: Value| {
+        let body = signed_body(&pay::key(key), &req);
+        post("/settle", Some("Bearer s3cret-token"), body)
+    };
+    let mut to_stranger = dev.requirements();
+    to_stranger["payTo"] = json!(stranger);
+    let mut zero = dev.requirements();
+    zero["amount"] = json!("0");
+    let mut to_self = dev.requirements();
+    to_self["payTo"] = json!(payer);
+    let nonce_before = relayer_nonce(dev.rpc()).await;
+    for (req, want) in [
+        (to_stranger, "recipient_not_accepted"),
+        (zero, "zero_value"),
+        (to_self, "self_transfer"),
+    ] {
+        let r = relay(req).await.expect("send");
+        assert_eq!(r.status(), 400, "{want}");
+        assert_eq!(r.json::<Value>().await.expect("json")["errorReason"], want);
+    }
+    // The authorization's own `to` is checked too, whatever the requirements say.
+    let mut lying = dev.requirements();
+    lying["payTo"] = json!(stranger);
+    let payload = pay::signed_payload(&pay::key(key), &lying, &Auth::for_requirements(&lying));
+    let body = v2_body(&dev.requirements(), payload);
+    let r = post("/verify", Some("Bearer s3cret-token"), body.clone())
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.expect("json")["invalidReason"],
+        "recipient_not_accepted"
+    );
+    assert_eq!(relayer_nonce(dev.rpc()).await, nonce_before, "no gas spent");
+    // More calls per second than allowed from one client: 429 with Retry-After.
+    let mut limited = 0;
+    for _ in 0..30 {
+        let r = post("/verify", Some("Bearer s3cret-token"), body.clone())
+            .await
+            .expect("send");
+        if r.status() == 429 {
+            assert!(r.headers().get("retry-after").is_some());
+            limited += 1;
+        }
+    }
+    assert!(limited > 0, "no call was limited");
     assert!(!gw.log_text().contains("s3cret-token"));
 }
