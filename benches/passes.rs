@@ -24,6 +24,7 @@ fn claims(max_requests: u32) -> Claims {
         exp: now + 3_600,
         max_requests,
         payer: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C".into(),
+        paid: None,
     }
 }
 
@@ -50,6 +51,8 @@ fn bench(c: &mut Criterion) {
         rule: "articles",
         key: "/articles/2026/11/some-story",
         method: Methods::bit("GET"),
+        price: &[],
+        honours: &[],
     };
     let mut g = c.benchmark_group("pass");
     g.throughput(Throughput::Elements(1));

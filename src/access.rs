@@ -95,8 +95,6 @@ pub struct AccessState {
     pub admitted: Option<Admitted>,
     /// A pass to issue once the payment settles.
     pub issue: Option<IssueTarget>,
-    /// The request presented pass credentials: keep them from the origin.
-    pub strip_pass: bool,
     /// Shadow mode: what would have happened.
     pub shadow: Option<&'static str>,
 }
@@ -192,13 +190,14 @@ impl Access {
         self.metrics.passes.with_label_values(&[outcome]).inc();
     }
 
-    /// Checks presented passes; `consume` counts the request against the quota.
+    /// Checks presented passes against a request that costs `priced`; `consume` counts the
+    /// request against the quota.
     fn check_pass(
         &self,
         snap: &Snapshot,
         rule: &Rule,
+        priced: &Priced,
         v: &RequestView<'_>,
-        state: &mut AccessState,
         consume: bool,
     ) -> Option<Result<Admitted, PassError>> {
         let keys = snap.passes.as_ref()?;
@@ -206,12 +205,13 @@ impl Access {
         if tokens.is_empty() {
             return None;
         }
-        state.strip_pass = true;
         let target = pass::Target {
             host: v.host,
             rule: &rule.id,
             key: v.key,
             method: Methods::bit(v.method),
+            price: &priced.price_points,
+            honours: &rule.accept_passes_from,
         };
         Some(self.passes.admit(keys, &tokens, &target, consume))
     }
@@ -253,7 +253,7 @@ impl Access {
             None => crawler_price::Ceiling::None,
         };
         let mut pass_error = None;
-        match self.check_pass(snap, rule, v, state, true) {
+        match self.check_pass(snap, rule, priced, v, true) {
             Some(Ok(a)) => {
                 self.pass_metric("accepted");
                 state.admitted = Some(a);
@@ -309,7 +309,7 @@ impl Access {
                 });
                 if refused {
                     ("crawler_refused", None)
-                } else if let Some(Ok(_)) = self.check_pass(snap, rule, v, state, false) {
+                } else if let Some(Ok(_)) = self.check_pass(snap, rule, priced, v, false) {
                     ("pass", None)
                 } else {
                     match payment::check_locally(snap, priced, v.headers) {
@@ -383,6 +383,17 @@ impl Access {
             exp: now + p.ttl.as_secs(),
             max_requests: p.max_requests.unwrap_or(0),
             payer: a.payer.clone(),
+            paid: a
+                .offer
+                .requirements
+                .amount
+                .parse()
+                .ok()
+                .map(|amount| pass::Paid {
+                    network: a.offer.requirements.network.clone(),
+                    asset: a.offer.requirements.asset.to_ascii_lowercase(),
+                    amount,
+                }),
         };
         let Some(token) = pass::mint(keys, &claims) else {
             tracing::error!(rule = %t.rule, "cannot issue a pass: no signing key");

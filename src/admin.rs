@@ -119,9 +119,11 @@ pub fn readiness(snap: &Snapshot, payments: &Payments) -> (bool, Value) {
     let upstreams_ok = health.iter().all(|(_, healthy, _)| *healthy > 0);
     let unserved = payments.facilitators.supported.unserved(snap);
     let without = payments.facilitators.networks_without_facilitator(snap);
-    let ready = upstreams_ok && without.is_empty();
+    let ledger = payments.ledger().health(&snap.ledger);
+    let ready = upstreams_ok && without.is_empty() && ledger.ok;
     let report = json!({
         "ready": ready,
+        "ledger": ledger,
         "networks_without_healthy_facilitator": without,
         "generation": snap.generation,
         "upstreams": health.iter().map(|(n, h, t)| json!({"name": n, "healthy": h, "peers": t})).collect::<Vec<_>>(),
@@ -218,6 +220,14 @@ pub fn config_view(snap: &Snapshot) -> Value {
             "revoked": k.revoked.len(),
         })),
         "paywall_template": snap.paywall.source,
+        // Networks with JSON-RPC endpoints; the URLs only as `scheme://host[:port]` (hosted
+        // endpoints carry API keys in the path or query).
+        "networks": snap.registry.networks().filter(|n| !n.rpc_urls.is_empty()).map(|n| json!({
+            "id": n.caip2,
+            "v1_name": n.v1_name,
+            "chain_id": n.chain_id,
+            "rpc_urls": n.rpc_urls.iter().map(|u| u.redacted_url()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
         "facilitators": snap.facilitators.iter().map(|f| json!({
             "name": f.name,
             "url": f.url,

@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod reload;
 pub mod router;
 pub mod schemes;
+pub mod secret;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;

@@ -34,6 +34,8 @@ pub struct Metrics {
     /// Paid requests not delivered after their settlement (origin failed after a `before`
     /// settlement, or broke off its body after an `after` one).
     pub failed_deliveries: IntCounter,
+    /// Receipts ledger lines that could not be written.
+    pub ledger_errors: IntCounter,
     /// Connections closed because no complete request head arrived in time.
     pub header_timeouts: IntCounter,
     /// Calls that moved on to the next facilitator, by operation.
@@ -178,6 +180,14 @@ impl Metrics {
         registry
             .register(Box::new(failed_deliveries.clone()))
             .unwrap_or_else(|e| panic!("metric: {e}"));
+        let ledger_errors = IntCounter::new(
+            "x402_ledger_errors_total",
+            "Receipts ledger lines that could not be written",
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(ledger_errors.clone()))
+            .unwrap_or_else(|e| panic!("metric: {e}"));
         let header_timeouts = IntCounter::new(
             "x402_header_timeouts_total",
             "Connections closed because no complete request head arrived in time",
@@ -279,6 +289,7 @@ impl Metrics {
             facilitator_errors,
             payment_overhead,
             failed_deliveries,
+            ledger_errors,
             header_timeouts,
         }
     }

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::*;
-use pingora::server::ShutdownWatch;
 use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 
@@ -177,6 +177,7 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     let metrics = Arc::new(Metrics::new());
     let settlers = Arc::new(crate::facilitator::local::Settlers::default());
     let payments = Arc::new(Payments::new(metrics.clone(), settlers.clone()));
+    let payments_at_exit = payments.clone();
     let access = Arc::new(crate::access::Access::new(metrics.clone()));
     let gateway = |tls: bool| Gateway {
         config: config.clone(),
@@ -286,5 +287,10 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     for w in &config.load().warnings {
         tracing::warn!(warning = %w, "configuration warning");
     }
-    server.run_forever()
+    server.run(RunArgs::default());
+    // Every runtime has stopped: what the ledger holds reaches the disk before the exit.
+    if let Err(e) = payments_at_exit.ledger().sync() {
+        tracing::error!(error = %e, "cannot sync the receipts ledger at shutdown");
+    }
+    Ok(())
 }

@@ -69,6 +69,9 @@ pub struct Rule {
     pub audiences: Option<Arc<crate::audience::AudiencePrices>>,
     /// The pass issued after a settled payment.
     pub pass: Option<Arc<crate::payment::pass::PassPolicy>>,
+    /// Rules whose passes this rule honours whatever they were bought for (`*`: every rule);
+    /// others only where they paid at least this rule's price.
+    pub accept_passes_from: Vec<String>,
     /// `mode = "shadow"`: decide and count, forward without charging.
     pub shadow: bool,
 }
@@ -135,7 +138,7 @@ pub struct ChainConf {
     pub caip2: String,
     pub v1_name: Option<String>,
     pub chain_id: u64,
-    pub rpc_urls: Vec<String>,
+    pub rpc_urls: Vec<Secret>,
 }
 
 /// How a facilitator is reached.

@@ -479,6 +479,32 @@ pub fn literal_prefix(pattern: &str) -> String {
     if out.is_empty() { "/".into() } else { out }
 }
 
+/// Whether every path under a pass `prefix` (routing-key form) is one the rule's `pattern`
+/// matches: the pattern must cover a whole subtree (`/a/**`, or `prefix = "/a/"`) and the
+/// prefix must lie inside it.
+pub fn prefix_inside(prefix: &str, pattern: &str, case_sensitive: bool) -> Result<(), String> {
+    let Some(base) = pattern
+        .strip_suffix("/**")
+        .or_else(|| (pattern == "/**").then_some(""))
+    else {
+        return Err(format!(
+            "a prefix pass needs a rule whose path covers a whole subtree (`prefix = \"/…/\"` or `path = \"/…/**\"`); `{pattern}` does not"
+        ));
+    };
+    if base.contains('*') {
+        return Err(format!(
+            "a prefix pass needs a rule whose path is a literal subtree; `{pattern}` has wildcards before `/**`"
+        ));
+    }
+    let base_key = crate::pathnorm::match_key(base, case_sensitive);
+    if !pass::under_prefix(prefix, &format!("{base_key}/")) {
+        return Err(format!(
+            "must lie inside the rule's path `{pattern}`: a pass for `{prefix}` would open paths this rule does not price"
+        ));
+    }
+    Ok(())
+}
+
 fn ttl(v: &Spanned<toml::Value>) -> Result<Duration, String> {
     let d = match v.get_ref() {
         toml::Value::Integer(i) if *i > 0 => Duration::from_secs(*i as u64),
@@ -611,6 +637,10 @@ pub fn rule_access(
                 match crate::pathnorm::canonical_path(raw) {
                     Ok(c) if !raw.contains('*') => {
                         let key = crate::pathnorm::match_key(&c, actx.case_sensitive);
+                        // The pass must not open more than the rule that sells it.
+                        if let Err(e) = prefix_inside(&key, path_text, actx.case_sensitive) {
+                            rep.at(src, pre.span(), "rule.pass.prefix", e);
+                        }
                         prefix_key = Some(key.into_owned());
                         let trimmed = c.trim_end_matches('/');
                         cookie_path = if trimmed.is_empty() {
@@ -699,6 +729,25 @@ mod tests {
         assert_eq!(literal_prefix("/**"), "/");
         assert_eq!(literal_prefix("/api/weather"), "/api/weather");
         assert_eq!(literal_prefix("/"), "/");
+    }
+
+    #[test]
+    fn prefix_passes_lie_inside_their_rule() {
+        assert!(prefix_inside("/articles/", "/articles/**", false).is_ok());
+        assert!(prefix_inside("/articles/2026/", "/articles/**", false).is_ok());
+        assert!(prefix_inside("/articles", "/articles/**", false).is_ok());
+        assert!(prefix_inside("/anything/", "/**", false).is_ok());
+        assert!(prefix_inside("/", "/**", false).is_ok());
+        // Wider than the rule, beside it, or a rule that is no subtree.
+        assert!(prefix_inside("/", "/articles/**", false).is_err());
+        assert!(prefix_inside("/art/", "/articles/**", false).is_err());
+        assert!(prefix_inside("/articlesx/", "/articles/**", false).is_err());
+        assert!(prefix_inside("/api/weather", "/api/weather", false).is_err());
+        assert!(prefix_inside("/img/", "/img/*.png", false).is_err());
+        assert!(prefix_inside("/a/x/", "/a/*/**", false).is_err());
+        // Routing keys are lower case unless rules are case-sensitive.
+        assert!(prefix_inside("/articles/", "/Articles/**", false).is_ok());
+        assert!(prefix_inside("/articles/", "/Articles/**", true).is_err());
     }
 
     #[test]

@@ -1,39 +1,6 @@
 //! `${VAR}` expansion for secrets. Errors name the variable; values are never printed.
 
-use std::fmt;
-
-/// A string that may hold a secret: its value never appears in Debug output, logs or `/config`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Secret(value)
-    }
-
-    /// The value, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether `headers` carry `Authorization: Bearer <this secret>`, compared in constant time.
-    pub fn is_bearer_of(&self, headers: &http::HeaderMap) -> bool {
-        use subtle::ConstantTimeEq;
-        let given = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("")
-            .trim();
-        given.len() == self.0.len() && bool::from(given.as_bytes().ct_eq(self.0.as_bytes()))
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use crate::secret::Secret;
 
 /// Why a `${VAR}` reference could not be expanded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,7 +40,7 @@ pub fn expand_with(
         }
     }
     out.push_str(rest);
-    Ok(Secret(out))
+    Ok(Secret::new(out))
 }
 
 /// Expands from the process environment.
@@ -89,11 +56,11 @@ mod tests {
     fn expansion() {
         let look = |k: &str| (k == "TOKEN").then(|| "s3cret".to_string());
         assert_eq!(
-            expand_with("Bearer ${TOKEN}", look).map(|s| s.0),
+            expand_with("Bearer ${TOKEN}", look).map(|s| s.expose().to_owned()),
             Ok("Bearer s3cret".into())
         );
         assert_eq!(
-            expand_with("a$$b $x", look).map(|s| s.0),
+            expand_with("a$$b $x", look).map(|s| s.expose().to_owned()),
             Ok("a$b $x".into())
         );
         assert_eq!(

@@ -511,7 +511,8 @@ pub struct LedgerSection {
     /// Rotate when the file would grow past this size (default 64 MiB).
     #[serde(default = "default_ledger_max")]
     pub max_bytes: u64,
-    /// Rotated files kept (default 5).
+    /// Rotated files kept (default 5); 0 never rotates (the file only grows, nothing is
+    /// ever deleted).
     #[serde(default = "default_ledger_keep")]
     pub keep: usize,
 }

@@ -52,6 +52,9 @@ pub struct RuleDef {
     pub operators: Option<Spanned<OperatorsDef>>,
     /// A pass issued after a settled payment.
     pub pass: Option<Spanned<PassDef>>,
+    /// Rule ids whose passes this rule honours at any price (`"*"`: every rule). Without it,
+    /// a pass bought under another rule admits only where it paid at least this rule's price.
+    pub accept_passes_from: Option<Vec<Spanned<String>>>,
     /// `enforce` (default) or `shadow`.
     pub mode: Option<Spanned<ModeDef>>,
 }

@@ -178,12 +178,16 @@ pub fn compile(
         }
         let mut urls = Vec::new();
         for u in &n.rpc_urls {
-            match u.get_ref().parse::<http::Uri>() {
+            // `${VAR}`: hosted endpoints carry API keys in the URL.
+            let Some(url) = secret(rep, cfg, u, "networks.rpc_urls") else {
+                continue;
+            };
+            match url.expose().parse::<http::Uri>() {
                 Ok(uri)
                     if matches!(uri.scheme_str(), Some("http" | "https"))
                         && uri.authority().is_some() =>
                 {
-                    urls.push(u.get_ref().clone())
+                    urls.push(url)
                 }
                 _ => rep.at(cfg, u.span(), "networks.rpc_urls", "must be an http(s) URL"),
             }
@@ -446,6 +450,23 @@ pub fn compile(
             origins.push(pr);
         }
     }
+    // `accept_passes_from` names rules that exist and sell passes.
+    for pr in &origins {
+        for name in pr.def.accept_passes_from.iter().flatten() {
+            let n = name.get_ref();
+            let sells = origins
+                .iter()
+                .any(|o| o.def.id.get_ref() == n && o.def.pass.is_some());
+            if n != "*" && !sells {
+                rep.at(
+                    pr.src,
+                    name.span(),
+                    "rule.accept_passes_from",
+                    format!("no rule `{n}` that issues passes (`pass = {{ … }}`)"),
+                );
+            }
+        }
+    }
     let (router, conflicts) = Router::build(routes);
     for c in conflicts {
         let (a, b) = (origins[c.0], origins[c.1]);
@@ -478,10 +499,17 @@ pub fn compile(
         .iter()
         .flat_map(|r| {
             let audience = r.audiences.iter().flat_map(|a| {
-                [&a.human, &a.training, &a.search, &a.user, &a.agent, &a.verified]
-                    .into_iter()
-                    .flatten()
-                    .chain(a.operators.iter().map(|(_, p)| p))
+                [
+                    &a.human,
+                    &a.training,
+                    &a.search,
+                    &a.user,
+                    &a.agent,
+                    &a.verified,
+                ]
+                .into_iter()
+                .flatten()
+                .chain(a.operators.iter().map(|(_, p)| p))
             });
             std::iter::once(&r.action).chain(audience)
         })
@@ -489,7 +517,11 @@ pub fn compile(
             RuleAction::Pay(p) => Some(p),
             _ => None,
         })
-        .flat_map(|p| p.offers.iter().map(|o| o.requirements.pay_to.to_ascii_lowercase()))
+        .flat_map(|p| {
+            p.offers
+                .iter()
+                .map(|o| o.requirements.pay_to.to_ascii_lowercase())
+        })
         .chain(default_pay_to.iter().map(|p| p.to_ascii_lowercase()))
         .collect();
     for r in g.facilitator_api.iter().flat_map(|api| &api.recipients) {
@@ -1007,6 +1039,12 @@ fn compile_rule(
         path: path_text,
         audiences: access.audiences,
         pass: access.pass,
+        accept_passes_from: d
+            .accept_passes_from
+            .iter()
+            .flatten()
+            .map(|n| n.get_ref().clone())
+            .collect(),
         shadow: access.shadow,
     };
     Some((rule, route))
@@ -1454,7 +1492,15 @@ fn compile_facilitator(
         } = &kind
         {
             h.update(relayer_key.expose().as_bytes());
+            // Debug redacts the RPC URLs: hash them as they are, so a new endpoint makes a
+            // new settler.
             h.update(format!("{chains:?}"));
+            for c in chains {
+                for u in &c.rpc_urls {
+                    h.update(b"|");
+                    h.update(u.expose().as_bytes());
+                }
+            }
         }
         hex::encode(h.finalize())
     };
@@ -1520,7 +1566,9 @@ settler = "self"
 "#;
         let issues = load(api).err().map(|i| i.to_string()).unwrap_or_default();
         assert!(
-            issues.contains("facilitator_api.listen: a facilitator API off loopback needs `auth_token`"),
+            issues.contains(
+                "facilitator_api.listen: a facilitator API off loopback needs `auth_token`"
+            ),
             "{issues}"
         );
         let on_loopback = api.replace("0.0.0.0:9403", "127.0.0.1:9403");

@@ -144,8 +144,10 @@ impl FacilitatorApi {
             && self.calls.observe(&ip, 1) > snap.facilitator_api_rate as isize
         {
             let mut r = error(429, "too_many_requests");
-            r.headers_mut()
-                .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            r.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
             return r;
         }
         let body = match read_body(session, MAX_BODY_BYTES).await {

@@ -73,14 +73,22 @@ pub struct FacilitatorClient {
 
 impl FacilitatorClient {
     pub fn new(metrics: std::sync::Arc<Metrics>) -> Self {
+        // No redirects: a facilitator's answer comes from the configured URL or not at all
+        // (a redirect would send payment payloads and API keys where the operator never chose).
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("x402-gateway/", env!("CARGO_PKG_VERSION")))
             .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .unwrap_or_else(|_| {
+                reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .unwrap_or_default()
+            });
         FacilitatorClient { http, metrics }
     }
 
@@ -180,7 +188,8 @@ fn classify(e: reqwest::Error) -> FacilitatorError {
     if e.is_timeout() {
         FacilitatorError::Timeout
     } else if e.is_connect() {
-        FacilitatorError::Connect(e.to_string())
+        // Without the URL: it may carry an API key.
+        FacilitatorError::Connect(e.without_url().to_string())
     } else {
         // Reset after sending, or a broken body: the request may have been acted on.
         FacilitatorError::BadResponse { status: 0 }

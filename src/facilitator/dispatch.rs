@@ -226,7 +226,8 @@ impl Facilitators {
         if net.rpc_urls.is_empty() {
             return None;
         }
-        let key = format!("{network}|{}", net.rpc_urls.join(","));
+        let urls: Vec<&str> = net.rpc_urls.iter().map(|u| u.expose()).collect();
+        let key = format!("{network}|{}", urls.join(","));
         let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = readers.get(&key) {
             return Some(r.clone());

@@ -1184,13 +1184,13 @@ mod tests {
                 caip2: "eip155:31337".into(),
                 v1_name: None,
                 chain_id: 31337,
-                rpc_urls: vec![format!("http://127.0.0.1:{port}")],
+                rpc_urls: vec![Secret::new(format!("http://127.0.0.1:{port}"))],
             },
             ChainConf {
                 caip2: "eip155:84532".into(),
                 v1_name: Some("base-sepolia".into()),
                 chain_id: 84532,
-                rpc_urls: vec![format!("http://127.0.0.1:{port}")],
+                rpc_urls: vec![Secret::new(format!("http://127.0.0.1:{port}"))],
             },
         ]
     }

@@ -9,8 +9,12 @@ use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::client::RpcClient;
 use alloy::rpc::types::{Filter, TransactionReceipt};
 use alloy::sol_types::SolEvent;
+use alloy::transports::http::Http;
+
+use crate::secret::{self, Secret};
 
 alloy::sol! {
     /// The parts of an EIP-3009 token the gateway reads or calls.
@@ -66,6 +70,7 @@ pub const LOG_LOOKBACK_BLOCKS: u64 = 5_000;
 pub enum RpcError {
     #[error("no RPC endpoint configured")]
     NoEndpoint,
+    /// The URL in its redacted form.
     #[error("bad RPC URL {0}")]
     BadUrl(String),
     #[error("every RPC endpoint failed; last error: {0}")]
@@ -75,7 +80,8 @@ pub enum RpcError {
 /// JSON-RPC access to one chain through several endpoints.
 #[derive(Clone)]
 pub struct ChainReader {
-    providers: Vec<(String, DynProvider)>,
+    /// Each endpoint's URL (a secret: hosted endpoints carry API keys) and provider.
+    providers: Vec<(Secret, DynProvider)>,
     timeout: Duration,
 }
 
@@ -89,15 +95,31 @@ impl std::fmt::Debug for ChainReader {
 
 impl ChainReader {
     /// A reader over `urls`, tried in order; each call gives up after `timeout`.
-    pub fn new(urls: &[String], timeout: Duration) -> Result<Self, RpcError> {
+    pub fn new(urls: &[Secret], timeout: Duration) -> Result<Self, RpcError> {
         if urls.is_empty() {
             return Err(RpcError::NoEndpoint);
         }
+        // One HTTP client for every endpoint, following no redirects: a node that answers
+        // with one is misconfigured or hostile, and must not send the gateway elsewhere.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|_| RpcError::NoEndpoint)?;
         let providers = urls
             .iter()
             .map(|u| {
-                let url = u.parse().map_err(|_| RpcError::BadUrl(u.clone()))?;
-                Ok((u.clone(), ProviderBuilder::new().connect_http(url).erased()))
+                let url = u
+                    .expose()
+                    .parse()
+                    .map_err(|_| RpcError::BadUrl(u.redacted_url()))?;
+                let transport = Http::with_client(http.clone(), url);
+                let client = RpcClient::new(transport, false);
+                Ok((
+                    u.clone(),
+                    ProviderBuilder::new().connect_client(client).erased(),
+                ))
             })
             .collect::<Result<Vec<_>, RpcError>>()?;
         Ok(ChainReader { providers, timeout })
@@ -117,10 +139,17 @@ impl ChainReader {
     {
         let mut last = String::from("no endpoint tried");
         for (url, p) in &self.providers {
+            // Errors quote the URL they called: only its redacted form is kept.
             match tokio::time::timeout(self.timeout, f(p.clone())).await {
                 Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) => last = format!("{url}: {e}"),
-                Err(_) => last = format!("{url}: timed out"),
+                Ok(Err(e)) => {
+                    last = format!(
+                        "{}: {}",
+                        url.redacted_url(),
+                        secret::scrub(&e.to_string(), url.expose())
+                    )
+                }
+                Err(_) => last = format!("{}: timed out", url.redacted_url()),
             }
         }
         Err(RpcError::AllFailed(last))

@@ -177,6 +177,8 @@ pub struct Accepted {
     pub failure_reply: Option<crate::proxy::respond::Reply>,
     pub started: Instant,
     pub facilitator_time: Duration,
+    /// A `delivery_failed` line was written for this payment.
+    pub delivery_recorded: bool,
 }
 
 impl Accepted {
@@ -317,11 +319,16 @@ impl Payments {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(120))
                 .build(),
-            ledger: Arc::new(Ledger::default()),
+            ledger: Arc::new(Ledger::new(metrics.ledger_errors.clone())),
             metrics,
             failures_client: FailureWindow::default(),
             failures_payer: FailureWindow::default(),
         }
+    }
+
+    /// The receipts ledger (health in `/readyz`, sync at shutdown).
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
     fn reject(&self, r: Rejection) -> Rejection {
@@ -445,6 +452,7 @@ impl Payments {
             failure_reply: None,
             started,
             facilitator_time: Duration::ZERO,
+            delivery_recorded: false,
         });
         if let Err(e) = self.verify(snap, &mut accepted).await {
             self.replay.release(&accepted.key);
@@ -1056,7 +1064,7 @@ impl Payments {
                 });
             }
         } else if a.stage == Stage::Settled && status >= 400 {
-            self.record_failed_delivery(snap, a, Some(status));
+            self.record_failed_delivery(snap, a, Some(status), ORIGIN_FAILED);
         }
         self.metrics.payment_overhead.observe(
             a.started
@@ -1080,7 +1088,17 @@ impl Payments {
         }
     }
 
-    fn record_failed_delivery(&self, snap: &Snapshot, a: &Accepted, status: Option<u16>) {
+    fn record_failed_delivery(
+        &self,
+        snap: &Snapshot,
+        a: &mut Accepted,
+        status: Option<u16>,
+        reason: &str,
+    ) {
+        if a.delivery_recorded {
+            return;
+        }
+        a.delivery_recorded = true;
         self.metrics.failed_deliveries.inc();
         let tx = a
             .receipt
@@ -1093,10 +1111,10 @@ impl Payments {
             a,
             "delivery_failed",
             &tx,
-            Some("origin_failed_after_settlement"),
+            Some(reason),
             status,
         );
-        tracing::warn!(rule = %a.rule_id, payer = %a.payer, transaction = %tx, "paid request not delivered");
+        tracing::warn!(rule = %a.rule_id, payer = %a.payer, transaction = %tx, reason, "paid request not delivered");
     }
 
     /// Called when proxying failed after the gate accepted the payment. Returns receipt
@@ -1104,19 +1122,25 @@ impl Payments {
     pub fn on_failure(
         &self,
         snap: &Snapshot,
-        a: &Accepted,
+        a: &mut Accepted,
         settlement_reply: bool,
     ) -> Vec<(&'static str, String)> {
         if a.stage == Stage::Settled && !settlement_reply {
-            self.record_failed_delivery(snap, a, None);
+            self.record_failed_delivery(snap, a, None, ORIGIN_FAILED);
             return self.receipt_headers(a);
         }
         Vec::new()
     }
 
     /// End of the request: a payment that did not settle releases its reservation so the
-    /// client may use it again.
-    pub fn finish(&self, a: &Accepted) {
+    /// client may use it again; a settled one whose response broke off (`interrupted`: why,
+    /// e.g. the client went away mid-body) leaves a `delivery_failed` line, once.
+    pub fn finish(&self, snap: &Snapshot, a: &mut Accepted, interrupted: Option<&str>) {
+        if let Some(why) = interrupted
+            && a.stage == Stage::Settled
+        {
+            self.record_failed_delivery(snap, a, None, why);
+        }
         self.release_unless_unknown(a);
     }
 }
@@ -1172,9 +1196,7 @@ impl PendingRecord {
             reason: None,
             upstream_status: None,
         };
-        if let Err(e) = ledger.append(conf, &entry) {
-            tracing::error!(error = %e, "cannot write the receipts ledger");
-        }
+        ledger.record(conf, &entry);
     }
 }
 
@@ -1207,10 +1229,13 @@ fn write_ledger(
         reason,
         upstream_status: status,
     };
-    if let Err(e) = ledger.append(&snap.ledger, &entry) {
-        tracing::error!(error = %e, "cannot write the receipts ledger");
-    }
+    ledger.record(&snap.ledger, &entry);
 }
+
+/// The `delivery_failed` reason when the origin failed after the payment settled.
+const ORIGIN_FAILED: &str = "origin_failed_after_settlement";
+/// The `delivery_failed` reason when the client went away before the response was complete.
+pub const CLIENT_GONE: &str = "client_disconnected";
 
 /// Settle refusals that mean the nonce was already used on chain: someone else's payment.
 const NONCE_USED_REASONS: [&str; 3] = [

@@ -49,6 +49,9 @@ pub enum PassError {
     Expired,
     #[error("the pass does not cover this request")]
     OutOfScope,
+    /// Bought under another rule for less than this request costs (or in another asset).
+    #[error("the pass was bought for less than this request costs")]
+    Insufficient,
     #[error("the pass has no requests left")]
     Exhausted,
     #[error("the pass was revoked")]
@@ -65,6 +68,7 @@ impl PassError {
             | PassError::NotYetValid => "pass_invalid",
             PassError::Expired => "pass_expired",
             PassError::OutOfScope => "pass_out_of_scope",
+            PassError::Insufficient => "pass_insufficient",
             PassError::Exhausted => "pass_exhausted",
             PassError::Revoked => "pass_revoked",
         }
@@ -74,7 +78,7 @@ impl PassError {
     /// request (an expired pass for this page beats a pass for another page).
     fn rank(self) -> u8 {
         match self {
-            PassError::OutOfScope => 0,
+            PassError::OutOfScope | PassError::Insufficient => 0,
             PassError::Malformed | PassError::UnknownKey | PassError::BadSignature => 1,
             PassError::NotYetValid => 2,
             PassError::Expired | PassError::Exhausted | PassError::Revoked => 3,
@@ -292,6 +296,23 @@ pub struct Claims {
     /// Who paid.
     #[serde(rename = "by")]
     pub payer: String,
+    /// What was paid for it: another rule honours the pass only where it costs no more.
+    #[serde(rename = "pd", default, skip_serializing_if = "Option::is_none")]
+    pub paid: Option<Paid>,
+}
+
+/// The payment a pass was bought with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Paid {
+    /// CAIP-2 network.
+    #[serde(rename = "n")]
+    pub network: String,
+    /// Token address, lower case.
+    #[serde(rename = "t")]
+    pub asset: String,
+    /// Atomic units.
+    #[serde(rename = "a")]
+    pub amount: u128,
 }
 
 /// Where a request goes, for scope checks.
@@ -304,6 +325,11 @@ pub struct Target<'a> {
     pub key: &'a str,
     /// Method bit ([`Methods::bit`]).
     pub method: u16,
+    /// What this request costs, as (network, asset in lower case, atomic amount) offers: a
+    /// pass bought under another rule admits it only if it paid at least as much in one.
+    pub price: &'a [(String, String, u128)],
+    /// Rules whose passes this rule honours at any price (`accept_passes_from`; `*`: all).
+    pub honours: &'a [String],
 }
 
 impl Claims {
@@ -324,10 +350,23 @@ impl Claims {
             ScopeKind::Rule => self.rule == t.rule,
             ScopeKind::Prefix => under_prefix(t.key, &self.path),
         };
-        if ok {
+        if !ok {
+            return Err(PassError::OutOfScope);
+        }
+        if self.rule == t.rule || t.honours.iter().any(|r| r == "*" || *r == self.rule) {
+            return Ok(());
+        }
+        // Another rule (a dearer one inside the prefix, a rule that took over a resource on
+        // reload): only where this pass paid at least its price, in the same asset.
+        let covered = self.paid.as_ref().is_some_and(|p| {
+            t.price.iter().any(|(network, asset, amount)| {
+                *network == p.network && *asset == p.asset && *amount <= p.amount
+            })
+        });
+        if covered {
             Ok(())
         } else {
-            Err(PassError::OutOfScope)
+            Err(PassError::Insufficient)
         }
     }
 }
@@ -748,8 +787,24 @@ mod tests {
             exp,
             max_requests: n,
             payer: "0xabc".into(),
+            paid: Some(Paid {
+                network: "eip155:8453".into(),
+                asset: "0xaa".into(),
+                amount: 100,
+            }),
         }
     }
+
+    fn price(points: &[(&str, &str, u128)]) -> Vec<(String, String, u128)> {
+        points
+            .iter()
+            .map(|(n, a, x)| (n.to_string(), a.to_string(), *x))
+            .collect()
+    }
+
+    /// What every test target costs: exactly what [`claims`] paid.
+    static PRICE: std::sync::LazyLock<Vec<(String, String, u128)>> =
+        std::sync::LazyLock::new(|| price(&[("eip155:8453", "0xaa", 100)]));
 
     fn target<'a>(key: &'a str, rule: &'a str, method: &str) -> Target<'a> {
         Target {
@@ -757,7 +812,67 @@ mod tests {
             rule,
             key,
             method: Methods::bit(method),
+            price: &PRICE,
+            honours: &[],
         }
+    }
+
+    #[test]
+    fn another_rule_honours_a_pass_only_at_no_higher_price() {
+        let keys = hmac_keys("k1");
+        let engine = PassEngine::default();
+        let now = unix_now();
+        let pre = mint(&keys, &claims(ScopeKind::Prefix, "/articles/", now + 60, 0)).expect("m");
+        let at = |rule: &str, points: &[(&str, &str, u128)], honours: &[String]| {
+            let points = price(points);
+            let t = Target {
+                price: &points,
+                honours,
+                ..target("/articles/premium/1", rule, "GET")
+            };
+            engine.admit(&keys, &[&pre], &t, false).map(|_| ())
+        };
+        // The rule that sold it: always, whatever it costs now.
+        assert_eq!(at("articles", &[("eip155:8453", "0xaa", 500)], &[]), Ok(()));
+        // Another rule at the same or a lower price in the same asset.
+        assert_eq!(at("premium", &[("eip155:8453", "0xaa", 100)], &[]), Ok(()));
+        assert_eq!(
+            at(
+                "premium",
+                &[("eip155:1", "0xbb", 1), ("eip155:8453", "0xaa", 99)],
+                &[]
+            ),
+            Ok(())
+        );
+        // Dearer, another asset or network, or free of offers: not covered.
+        let insufficient = Err(PassError::Insufficient);
+        assert_eq!(
+            at("premium", &[("eip155:8453", "0xaa", 101)], &[]),
+            insufficient
+        );
+        assert_eq!(
+            at("premium", &[("eip155:8453", "0xbb", 1)], &[]),
+            insufficient
+        );
+        assert_eq!(at("premium", &[("eip155:1", "0xaa", 1)], &[]), insufficient);
+        assert_eq!(at("premium", &[], &[]), insufficient);
+        assert_eq!(PassError::Insufficient.reason(), "pass_insufficient");
+        // Unless that rule opts in, by name or for every rule.
+        let dear = [("eip155:8453", "0xaa", 10_000)];
+        assert_eq!(at("premium", &dear, &["articles".into()]), Ok(()));
+        assert_eq!(at("premium", &dear, &["*".into()]), Ok(()));
+        assert_eq!(at("premium", &dear, &["other".into()]), insufficient);
+        // A pass that does not say what it paid is honoured by its own rule only.
+        let mut unpriced = claims(ScopeKind::Prefix, "/articles/", now + 60, 0);
+        unpriced.paid = None;
+        let tok = mint(&keys, &unpriced).expect("m");
+        let t = target("/articles/1", "premium", "GET");
+        assert_eq!(
+            engine.admit(&keys, &[&tok], &t, false).map(|_| ()),
+            insufficient
+        );
+        let own = target("/articles/1", "articles", "GET");
+        assert!(engine.admit(&keys, &[&tok], &own, false).is_ok());
     }
 
     #[test]

@@ -222,6 +222,15 @@ fn is_interim(resp: &ResponseHeader) -> bool {
     resp.status.is_informational() && resp.status != http::StatusCode::SWITCHING_PROTOCOLS
 }
 
+/// Why a response that was under way did not reach the client, for the ledger.
+fn delivery_failure(e: &Error) -> &'static str {
+    match e.esource() {
+        ErrorSource::Downstream => crate::payment::CLIENT_GONE,
+        ErrorSource::Upstream => "origin_failed_after_settlement",
+        _ => "proxy_error",
+    }
+}
+
 fn upstream_error(e: &Error) -> Option<UpstreamError> {
     if e.esource() != &ErrorSource::Upstream {
         return None;
@@ -328,9 +337,7 @@ impl ProxyHttp for Gateway {
             ctx.rewrite.as_deref(),
         )?;
         crate::payment::strip_payer_headers(upstream_request);
-        if ctx.access.as_ref().is_some_and(|a| a.strip_pass)
-            && let Some(keys) = &ctx.snap.passes
-        {
+        if let Some(keys) = &ctx.snap.passes {
             upstream::strip_pass(upstream_request, &keys.cookie)?;
         }
         if let Some(p) = &ctx.payment {
@@ -371,8 +378,17 @@ impl ProxyHttp for Gateway {
             // `100 Continue`, `103 Early Hints`: not the answer. Only the final status settles.
             return Ok(());
         }
+        if ctx.access.is_none() {
+            // Free, unmatched and blocked rules: the origin's response as it is.
+            return Ok(());
+        }
+        let vary = if ctx.snap.passes.is_some() {
+            respond::VARY_PRICED_PASSES
+        } else {
+            respond::VARY_PRICED
+        };
+        respond::keep_private(upstream_response, vary)?;
         if ctx.decision == Decision::Pass {
-            // Paid content reached with a pass: private, like any paid response.
             respond::mark_paid_response(upstream_response, &[])?;
             if let Some(state) = &ctx.access {
                 respond::append_headers(upstream_response, &self.access.on_pass_response(state))?;
@@ -441,7 +457,7 @@ impl ProxyHttp for Gateway {
                 },
             },
         };
-        if let (Some(r), Some(p)) = (reply.as_mut(), ctx.payment.as_ref()) {
+        if let (Some(r), Some(p)) = (reply.as_mut(), ctx.payment.as_mut()) {
             r.headers
                 .extend(self.payments.on_failure(&ctx.snap, p, settlement_reply));
         }
@@ -468,10 +484,11 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        if let Some(p) = ctx.payment.take() {
-            self.payments.finish(&p);
+        if let Some(mut p) = ctx.payment.take() {
+            self.payments
+                .finish(&ctx.snap, &mut p, e.map(delivery_failure));
         }
         self.metrics
             .requests

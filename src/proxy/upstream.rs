@@ -40,9 +40,20 @@ fn next_backend(pool: &UpstreamPool) -> Option<&Backend> {
 }
 
 /// Removes pass credentials (the `X402-Pass` header, a pass `Bearer` token, pass cookies) from
-/// a request bound for the origin. Other cookies and authorizations are kept.
+/// a request bound for the origin, whatever rule it matched: a pass is the gateway's
+/// credential, never the origin's to log or replay. Other cookies and authorizations are kept.
 pub fn strip_pass(req: &mut RequestHeader, cookie: &str) -> pingora::Result<()> {
     use crate::payment::pass;
+    let carries_pass = req.headers.contains_key(pass::HEADER)
+        || req.headers.contains_key(http::header::AUTHORIZATION)
+        || req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .any(|v| memchr_str(v.as_bytes(), cookie.as_bytes()));
+    if !carries_pass {
+        return Ok(());
+    }
     req.remove_header(pass::HEADER);
     let bearer_pass = req
         .headers
@@ -67,6 +78,11 @@ pub fn strip_pass(req: &mut RequestHeader, cookie: &str) -> pingora::Result<()> 
         }
     }
     Ok(())
+}
+
+/// Whether `needle` occurs in `hay`.
+fn memchr_str(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Appends `X-Forwarded-For` and sets `X-Forwarded-Proto` / `-Host` unless the client's are

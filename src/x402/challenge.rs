@@ -78,17 +78,32 @@ pub struct Priced {
     pub mime_type: String,
     /// The price in US dollars when it was written as `"$…"` (pay-per-crawl headers).
     pub usd: Option<rust_decimal::Decimal>,
+    /// Each offer as (network, asset address in lower case, atomic amount): what a pass
+    /// bought elsewhere is compared with.
+    pub price_points: Vec<(String, String, u128)>,
 }
 
 impl Priced {
     pub fn new(offers: Vec<Offer>, description: String, mime_type: String) -> Self {
         let requirements_v2 = offers.iter().map(|o| o.requirements.clone()).collect();
+        let price_points = offers
+            .iter()
+            .filter_map(|o| {
+                let r = &o.requirements;
+                Some((
+                    r.network.clone(),
+                    r.asset.to_ascii_lowercase(),
+                    r.amount.parse().ok()?,
+                ))
+            })
+            .collect();
         Priced {
             offers,
             requirements_v2,
             description,
             mime_type,
             usd: None,
+            price_points,
         }
     }
 

@@ -32,8 +32,8 @@ pub struct Network {
     pub chain_id: u64,
     /// The asset USD prices are paid in on this network, if any.
     pub usd_asset: Option<Arc<Asset>>,
-    /// JSON-RPC endpoints, when configured.
-    pub rpc_urls: Vec<String>,
+    /// JSON-RPC endpoints, when configured (may carry API keys: never printed).
+    pub rpc_urls: Vec<crate::secret::Secret>,
 }
 
 struct BuiltIn {
@@ -222,7 +222,7 @@ impl Registry {
     }
 
     /// Sets the JSON-RPC endpoints of a known network.
-    pub fn set_rpc_urls(&mut self, caip2: &str, urls: Vec<String>) {
+    pub fn set_rpc_urls(&mut self, caip2: &str, urls: Vec<crate::secret::Secret>) {
         if let Some(n) = self.networks.get_mut(caip2) {
             n.rpc_urls = urls;
         }

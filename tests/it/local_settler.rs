@@ -66,7 +66,7 @@ impl Devnet {
             caip2: self.network(),
             v1_name: self.info()["v1Network"].as_str().map(str::to_owned),
             chain_id: self.info()["chainId"].as_u64().expect("chain id"),
-            rpc_urls: vec![self.rpc().to_owned()],
+            rpc_urls: vec![Secret::new(self.rpc().to_owned())],
         }
     }
 
@@ -221,7 +221,7 @@ async fn settler_verifies_settles_and_refuses_replays_in_process() {
     let dev = Devnet::start(31337, 1);
     // The first endpoint refuses connections: every call falls back to the second.
     let mut chain = dev.chain_conf();
-    chain.rpc_urls.insert(0, dead_url());
+    chain.rpc_urls.insert(0, Secret::new(dead_url()));
     let settler = dev.settler_with(chain);
     let req = dev.requirements();
     let (payer, key) = dev.payer(0);

@@ -264,6 +264,7 @@ fn claims(id: &str, scope: ScopeKind, path: &str, exp_offset: i64) -> Claims {
         exp: (now as i64 + exp_offset) as u64,
         max_requests: 0,
         payer: "0x0000000000000000000000000000000000000001".into(),
+        paid: None,
     }
 }
 
