@@ -146,13 +146,6 @@ impl Two {
     }
 }
 
-fn dead_url() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}", l.local_addr().expect("addr"));
-    drop(l);
-    url
-}
-
 #[tokio::test]
 async fn verify_fails_over_on_refused_hung_broken_and_garbage_answers() {
     // Refused connections: the preferred facilitator is not there at all.

@@ -471,7 +471,7 @@ async fn stalled_chain_rpc_refuses_payments_without_charging_and_free_routes_flo
         .send()
         .await
         .expect("retry");
-    assert_eq!(r.status(), 200, "{}", gw.log_text());
+    assert_eq!(r.status(), 503, "{}", gw.log_text());
     assert_eq!(
         (
             balance(rpc, token, payer).await,
@@ -481,6 +481,118 @@ async fn stalled_chain_rpc_refuses_payments_without_charging_and_free_routes_flo
     );
     assert_eq!(relayer_nonce(rpc).await, nonce_before + 1);
     assert_eq!(events(&ledger(&gw)), vec!["settled"]);
+}
+
+/// A facilitator and a chain node that answer with redirects: the gateway follows neither
+/// (a redirect would carry payment payloads, API keys and JSON-RPC calls where the operator
+/// never pointed it), so the payment is refused with a 503, the real facilitator and node
+/// behind the redirects hear nothing, and nothing moves. The node's URL comes from `${VAR}`
+/// and carries a key: `/config` and the log show it only as scheme, host and port.
+#[tokio::test]
+async fn redirects_from_facilitators_and_nodes_are_not_followed_and_node_keys_stay_secret() {
+    let dev = NodeProc::start("lib/devnet.mjs", &["--payers", "1"]);
+    let (rpc, token) = (
+        text(&dev.info["rpcUrl"]),
+        text(&dev.info["token"]["address"]),
+    );
+    let (payer, key) = (
+        text(&dev.info["payers"][0]["address"]),
+        text(&dev.info["payers"][0]["privateKey"]),
+    );
+    let network = format!("eip155:{}", dev.info["chainId"].as_u64().expect("chain id"));
+    let fac_url = text(&dev.info["facilitatorUrl"]);
+    let origin = Origin::start("o");
+    let before = balance(rpc, token, payer).await;
+    let nonce_before = relayer_nonce(rpc).await;
+
+    // A facilitator URL that redirects to the real facilitator.
+    let fac_redirect = FaultyServer::redirect(fac_url);
+    let gw = Gateway::start(
+        &paid_config(
+            &origin.addr,
+            &dev.info,
+            &facilitator_toml(
+                "redirecting",
+                &fac_redirect.url(),
+                0,
+                &format!("networks = [\"{network}\"]"),
+            ),
+            "",
+        ),
+        &[("rules.toml", RULES)],
+    );
+    let header = payment_header(&gw, "/paid/x", key).await;
+    let r = client()
+        .get(gw.url("/paid/x"))
+        .header("PAYMENT-SIGNATURE", &header)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.json::<Value>().await.expect("json")["error"],
+        "facilitator_unavailable"
+    );
+    assert!(
+        fac_redirect.seen.requests() > 0,
+        "the facilitator was never called"
+    );
+    let log: Value = client()
+        .get(format!("{fac_url}/__log"))
+        .send()
+        .await
+        .expect("log")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(log, serde_json::json!([]), "a redirect was followed");
+    drop(gw);
+
+    // A node URL, from the environment, with a key in its query, that redirects to the node.
+    let node_redirect = FaultyServer::redirect(rpc);
+    let secret_url = format!("{}/?apikey=NODE-KEY-0123456789", node_redirect.url());
+    let gw = Gateway::start_with_env(
+        &local_settler_config(&origin.addr, &dev.info, "${TEST_NODE_URL}"),
+        &[("rules.toml", RULES)],
+        &[("TEST_NODE_URL", &secret_url)],
+    );
+    let header = payment_header(&gw, "/paid/y", key).await;
+    let r = client()
+        .get(gw.url("/paid/y"))
+        .header("PAYMENT-SIGNATURE", &header)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 503, "{}", gw.log_text());
+    assert!(
+        node_redirect.seen.requests() > 0,
+        "the node was never called"
+    );
+    assert_eq!(
+        relayer_nonce(rpc).await,
+        nonce_before,
+        "a transaction was sent"
+    );
+    assert_eq!(balance(rpc, token, payer).await, before, "tokens moved");
+    assert_eq!(origin.requests().await, 0);
+    let view = gw.config_view().await;
+    let net = view["networks"]
+        .as_array()
+        .expect("networks")
+        .iter()
+        .find(|n| n["id"] == network.as_str())
+        .cloned()
+        .expect("the network in /config");
+    assert_eq!(
+        net["rpc_urls"],
+        serde_json::json!([format!("{}/<redacted>", node_redirect.url())])
+    );
+    assert!(!view.to_string().contains("NODE-KEY"), "{view}");
+    let log = gw.log_text();
+    assert!(
+        !log.contains("NODE-KEY"),
+        "the node's key is in the log:\n{log}"
+    );
 }
 
 /// The node takes the settlement transaction but never answers for its receipt. The settler

@@ -194,12 +194,6 @@ fn signed_body(key: &PrivateKeySigner, req: &Value) -> Vec<u8> {
     )
 }
 
-/// A URL on which nothing listens.
-fn dead_url() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    format!("http://{}", l.local_addr().expect("addr"))
-}
-
 fn lower(s: &str) -> String {
     s.to_ascii_lowercase()
 }

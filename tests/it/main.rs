@@ -5,6 +5,7 @@
 mod support;
 
 mod audiences;
+mod caching;
 mod core;
 mod facilitators;
 mod faults;

@@ -144,6 +144,16 @@ async fn a_pass_after_an_onchain_payment_opens_the_next_requests_then_stops() {
     .expect("a pass signed with the configured key");
     assert_eq!(claims.rule, "articles");
     assert_eq!(claims.max_requests, 3);
+    // What it paid, so that other rules honour it only where they cost no more.
+    let paid = claims.paid.clone().expect("the pass says what it paid");
+    assert_eq!(
+        (paid.network.as_str(), paid.asset.as_str(), paid.amount),
+        (
+            accepted["network"].as_str().expect("network"),
+            token.to_ascii_lowercase().as_str(),
+            10_000
+        )
+    );
     assert_eq!(
         claims.payer.to_ascii_lowercase(),
         payer.to_ascii_lowercase()
@@ -428,4 +438,177 @@ async fn forged_expired_out_of_scope_and_revoked_passes_are_refused() {
         !gw.log_text().contains(PASS_KEY),
         "the secret leaked into the log"
     );
+}
+
+/// A rule that sells prefix passes, with dearer, cheaper and opted-in rules inside its prefix.
+const NESTED_RULES: &str = r#"
+[[rule]]
+id = "articles"
+prefix = "/articles/"
+price = "$0.01"
+pass = { ttl = "1h", scope = "prefix", prefix = "/articles/" }
+
+[[rule]]
+id = "premium"
+prefix = "/articles/premium/"
+price = "$0.05"
+
+[[rule]]
+id = "cheap"
+prefix = "/articles/cheap/"
+price = "$0.005"
+
+[[rule]]
+id = "extras"
+prefix = "/articles/extras/"
+price = "$0.05"
+accept_passes_from = ["articles"]
+"#;
+
+/// A prefix pass opens the rule that sold it and any rule inside its prefix that costs no
+/// more, never a dearer one (unless that rule names the seller in `accept_passes_from`); a
+/// pass that paid in another asset, or says nothing of what it paid, opens only its own rule.
+#[tokio::test]
+async fn a_prefix_pass_opens_no_dearer_rule_inside_its_prefix() {
+    let origin = Origin::start("pass-nested");
+    let gw = Gateway::start_with_env(
+        &config(&origin.addr, &passes("")),
+        &[("rules.toml", NESTED_RULES)],
+        &[("TEST_PASS_KEY", PASS_KEY)],
+    );
+    let challenge = get(&gw.url("/articles/a"), &[]).await;
+    let accepted =
+        decode_header(challenge.header("payment-required").expect("pr"))["accepts"][0].clone();
+    let asset = accepted["asset"]
+        .as_str()
+        .expect("asset")
+        .to_ascii_lowercase();
+    let network = accepted["network"].as_str().expect("network").to_owned();
+    let keys = keys(PASS_KEY);
+    let bought = |id: &str, paid: Option<pass::Paid>| {
+        let mut c = claims(id, ScopeKind::Prefix, "/articles", 600);
+        c.paid = paid;
+        pass::mint(&keys, &c).expect("mint")
+    };
+    let cent = bought(
+        "cent",
+        Some(pass::Paid {
+            network: network.clone(),
+            asset: asset.clone(),
+            amount: 10_000,
+        }),
+    );
+    let other_asset = bought(
+        "other-asset",
+        Some(pass::Paid {
+            network: network.clone(),
+            asset: "0x0000000000000000000000000000000000000bad".into(),
+            amount: 1_000_000_000,
+        }),
+    );
+    let unpriced = bought("unpriced", None);
+
+    let cases: [(&str, &str, u16, &str); 12] = [
+        (&cent, "/articles/a", 200, ""),
+        (&cent, "/articles/cheap/a", 200, ""),
+        (&cent, "/articles/premium/a", 402, "pass_insufficient"),
+        (&cent, "/articles/extras/a", 200, ""),
+        (&other_asset, "/articles/a", 200, ""),
+        (&other_asset, "/articles/cheap/a", 402, "pass_insufficient"),
+        (
+            &other_asset,
+            "/articles/premium/a",
+            402,
+            "pass_insufficient",
+        ),
+        (&other_asset, "/articles/extras/a", 200, ""),
+        (&unpriced, "/articles/a", 200, ""),
+        (&unpriced, "/articles/cheap/a", 402, "pass_insufficient"),
+        (&unpriced, "/articles/premium/a", 402, "pass_insufficient"),
+        (&unpriced, "/articles/extras/a", 200, ""),
+    ];
+    let mut failures = Vec::new();
+    for (token, path, status, reason) in cases {
+        let r = get(&gw.url(path), &[("x402-pass", token)]).await;
+        let got_reason = if r.status == 402 {
+            r.error()
+        } else {
+            String::new()
+        };
+        if r.status != status || got_reason != reason {
+            failures.push(format!(
+                "{path} with pass {}: got {} {got_reason:?}, want {status} {reason:?}",
+                &token[..20],
+                r.status
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(origin.requests().await, 7, "the seven admitted requests");
+    assert_eq!(
+        gw.metric("x402_passes_total{outcome=\"pass_insufficient\"}")
+            .await,
+        5.0
+    );
+}
+
+/// `check` refuses a prefix pass wider than the rule that sells it, and `accept_passes_from`
+/// naming a rule that issues no passes.
+#[test]
+fn check_refuses_a_pass_wider_than_its_rule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("rules")).expect("rules");
+    let cfg = config("127.0.0.1:9", &passes(""));
+    std::fs::write(dir.path().join("gateway.toml"), &cfg).expect("config");
+    let rules = r#"[[rule]]
+id = "articles"
+prefix = "/articles/"
+price = "$0.01"
+pass = { ttl = "1h", scope = "prefix", prefix = "/" }
+
+[[rule]]
+id = "pdfs"
+path = "/docs/*.pdf"
+price = "$0.01"
+pass = { ttl = "1h", scope = "prefix", prefix = "/docs/" }
+
+[[rule]]
+id = "premium"
+prefix = "/articles/premium/"
+price = "$0.05"
+accept_passes_from = ["pdfs-typo"]
+"#;
+    std::fs::write(dir.path().join("rules/a.toml"), rules).expect("rules");
+    let out = std::process::Command::new(GATEWAY_BIN)
+        .args(["check", "-c"])
+        .arg(dir.path().join("gateway.toml"))
+        .env("TEST_PASS_KEY", PASS_KEY)
+        .output()
+        .expect("check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let file = dir.path().join("rules/a.toml").display().to_string();
+    let at = |needle: &str| {
+        let off = rules.find(needle).expect("needle");
+        let before = &rules[..off];
+        let line = before.matches('\n').count() + 1;
+        let col = off - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        format!("{file}:{line}:{col}")
+    };
+    for expected in [
+        format!(
+            "{}: rule.pass.prefix: must lie inside the rule's path `/articles/**`",
+            at("\"/\" }")
+        ),
+        format!(
+            "{}: rule.pass.prefix: a prefix pass needs a rule whose path covers a whole subtree",
+            at("\"/docs/\" }")
+        ),
+        format!(
+            "{}: rule.accept_passes_from: no rule `pdfs-typo` that issues passes",
+            at("\"pdfs-typo\"")
+        ),
+    ] {
+        assert!(err.contains(&expected), "missing\n  {expected}\nin\n{err}");
+    }
 }

@@ -28,6 +28,11 @@ mime_type = "application/json"
 id = "status"
 prefix = "/status"
 price = "$0.01"
+
+[[rule]]
+id = "bytes"
+prefix = "/bytes"
+price = "$0.01"
 "#;
 
 fn pay_config(origin: &str, dev: &Value, facilitator_url: Option<&str>, extra: &str) -> String {
@@ -190,6 +195,32 @@ async fn v2_client_pays_once_and_replay_moves_nothing() {
     );
     assert_eq!(ledger[0]["amount"], "10000");
     assert_eq!(ledger[0]["rule"], "weather");
+    // The query may carry personal data or tokens: neither the ledger nor the facilitator
+    // gets it (the rule does not set `resource_query`).
+    assert_eq!(ledger[0]["resource"], p.gw.url("/api/weather"));
+    let log: Value = client()
+        .get(p.fac("/__log"))
+        .send()
+        .await
+        .expect("log")
+        .json()
+        .await
+        .expect("json");
+    let calls: Vec<&Value> = log
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|e| e["path"] == "/verify" || e["path"] == "/settle")
+        .collect();
+    assert_eq!(calls.len(), 2, "{log}");
+    for c in calls {
+        assert_eq!(
+            c["body"]["paymentPayload"]["resource"]["url"],
+            p.gw.url("/api/weather"),
+            "{c}"
+        );
+        assert!(!c["body"].to_string().contains("Paris"), "{c}");
+    }
 
     // The same header again: refused locally, nothing moves.
     let header = res["paymentHeader"].as_str().expect("header");
@@ -516,6 +547,71 @@ async fn before_mode_settles_first_and_records_a_failed_delivery() {
         .collect();
     assert_eq!(events, vec!["settled", "delivery_failed"], "{ledger:?}");
     assert_eq!(ledger[1]["upstream_status"], 500);
+    assert_eq!(p.gw.metric("x402_failed_deliveries_total").await, 1.0);
+}
+
+/// The client reads the head of a paid 200 MB answer and hangs up: the payment settled (the
+/// status line went out), the body did not arrive, and the ledger says so for the refund
+/// trail: `settled`, then `delivery_failed` with `client_disconnected`, once.
+#[tokio::test]
+async fn a_client_gone_mid_body_after_settlement_is_recorded_as_a_failed_delivery() {
+    use std::io::{Read, Write};
+    let p = Paid::start(31337, 1, "");
+    let (payer, key) = p.payer(0);
+    let before = p.balance(payer).await;
+    let path = "/bytes/200000000";
+    let accepted = p.accepted(path).await;
+    let header = pay::v2_header(
+        &accepted,
+        pay::signed_payload(
+            &pay::key(key),
+            &accepted,
+            &Auth::for_requirements(&accepted),
+        ),
+    );
+    let mut s = std::net::TcpStream::connect(&p.gw.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nPAYMENT-SIGNATURE: {header}\r\n\r\n",
+        p.gw.addr
+    )
+    .expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") || got.len() < 64 * 1024 {
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head:.200}");
+    assert!(head.contains("payment-response:"), "{head:.400}");
+    // Unread data in the socket: closing it resets the connection.
+    drop(s);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let events = loop {
+        let events: Vec<String> = p
+            .ledger()
+            .iter()
+            .map(|l| l["event"].as_str().unwrap_or("").to_owned())
+            .collect();
+        if events.len() >= 2 || std::time::Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        events,
+        vec!["settled", "delivery_failed"],
+        "{}",
+        p.gw.log_text()
+    );
+    let ledger = p.ledger();
+    assert_eq!(ledger[1]["reason"], "client_disconnected");
+    assert_eq!(ledger[1]["transaction"], ledger[0]["transaction"]);
+    assert_eq!(p.balance(payer).await, before - 10_000, "charged once");
     assert_eq!(p.gw.metric("x402_failed_deliveries_total").await, 1.0);
 }
 

@@ -152,6 +152,20 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             );
             r
         }
+        ["cacheable", ..] => {
+            // What a CDN-fronted origin sends: store it everywhere, for a long time.
+            let mut r = response(200, "application/json", full(echo_json(&state, &req)));
+            let h = r.headers_mut();
+            for (k, v) in [
+                ("cache-control", "public, max-age=600, s-maxage=3600"),
+                ("cdn-cache-control", "max-age=3600"),
+                ("surrogate-control", "max-age=3600"),
+                ("vary", "Accept-Encoding"),
+            ] {
+                h.insert(k, hyper::header::HeaderValue::from_static(v));
+            }
+            r
+        }
         ["ws"] => return Ok(upgrade(req)),
         _ => response(200, "application/json", full(echo_json(&state, &req))),
     };

@@ -123,6 +123,7 @@ headers = { Authorization = "Bearer ${X402_TEST_FACILITATOR_TOKEN}", X-Plain = "
     assert_eq!(v["upstreams"][0]["name"], "origin");
     assert_eq!(v["upstreams"][0]["healthy"], 1);
     assert_eq!(v["upstreams"][0]["peers"], 1);
+    assert_eq!(v["ledger"], serde_json::json!({"ok": true, "errors": 0}));
 
     let r = get(&c, &gw.admin_url("/config")).await;
     assert_eq!(r.status, 200);

@@ -63,6 +63,8 @@ enum Kind {
         target: Arc<str>,
         stall: Arc<[&'static str]>,
     },
+    /// Answers every request with `307` to the same path on `target`.
+    Redirect(Arc<str>),
 }
 
 /// Bytes the reset origin declares, and sends before resetting.
@@ -93,6 +95,12 @@ impl FaultyServer {
             target: target.into(),
             stall: stall.into(),
         })
+    }
+
+    /// Redirects every request (307, same path) to `target`: a facilitator or node that
+    /// would send its caller somewhere the operator never configured.
+    pub fn redirect(target: &str) -> FaultyServer {
+        Self::start(Kind::Redirect(target.trim_end_matches('/').into()))
     }
 
     pub fn url(&self) -> String {
@@ -126,6 +134,9 @@ impl FaultyServer {
                                     Kind::Stall => stall(stream).await,
                                     Kind::Rpc { target, stall } => {
                                         serve_rpc(stream, counters, &target, &stall).await
+                                    }
+                                    Kind::Redirect(target) => {
+                                        serve_redirect(stream, counters, &target).await
                                     }
                                 }
                             });
@@ -329,6 +340,25 @@ async fn serve_rpc(mut stream: TcpStream, counters: Arc<Counters>, target: &str,
         if stream.write_all(head.as_bytes()).await.is_err()
             || stream.write_all(&bytes).await.is_err()
         {
+            return;
+        }
+    }
+}
+
+async fn serve_redirect(mut stream: TcpStream, counters: Arc<Counters>, target: &str) {
+    while let Some(head) = read_head(&mut stream).await {
+        counters.requests.fetch_add(1, Ordering::SeqCst);
+        let mut body = head.rest.clone();
+        while (body.len() as u64) < head.content_length {
+            if fill(&mut stream, &mut body).await.is_none() {
+                return;
+            }
+        }
+        let response = format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}{}\r\nContent-Length: 0\r\n\r\n",
+            head.path
+        );
+        if stream.write_all(response.as_bytes()).await.is_err() {
             return;
         }
     }

@@ -360,6 +360,14 @@ impl Gateway {
     }
 }
 
+/// A URL on which nothing listens (a port the OS handed out, then closed).
+pub fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    drop(l);
+    url
+}
+
 /// Sends raw bytes and returns the raw response (until the server closes or 2 s of quiet).
 pub fn raw_request(addr: &str, bytes: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).expect("connect");
