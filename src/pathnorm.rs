@@ -90,7 +90,9 @@ pub fn parse_target(raw: &[u8], is_options: bool) -> Result<Target<'_>, PathErro
     }
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path_and_query) = rest.split_at(end);
-    if authority.is_empty() || authority.contains(['\\', '@', '%']) {
+    // A host name, an IPv4 or bracketed IPv6 literal, and a port: nothing that a lenient
+    // parser could split differently (user info, backslashes, escapes, fragments, spaces).
+    if authority.is_empty() || !authority.bytes().all(is_authority_byte) {
         return Err(PathError::InvalidTarget);
     }
     let (path, query) = match path_and_query.strip_prefix('?') {
@@ -104,6 +106,11 @@ pub fn parse_target(raw: &[u8], is_options: bool) -> Result<Target<'_>, PathErro
         path,
         query,
     })
+}
+
+/// Bytes allowed in an absolute-form target's authority.
+pub fn is_authority_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')
 }
 
 fn split_query(pq: &str) -> (&str, Option<&str>) {
@@ -369,6 +376,10 @@ mod tests {
             ok("http://h?q"),
             Ok((TargetForm::Absolute, Some("h"), "/", Some("q")))
         );
+        assert_eq!(
+            ok("http://[::1]:80/x"),
+            Ok((TargetForm::Absolute, Some("[::1]:80"), "/x", None))
+        );
         for bad in [
             "api/weather",
             "\\api\\weather",
@@ -381,6 +392,9 @@ mod tests {
             "http://h\\x/api",
             "http:///api",
             "http://user@h/api",
+            "http://h#frag/api",
+            "http://h%2e/api",
+            "http://h x/api",
             "ws://h/api",
             "wss://h/api",
             "ftp://h/api",

@@ -995,3 +995,163 @@ async fn odd_request_targets_never_reach_priced_content_on_a_lenient_origin() {
     assert_eq!(line["path"], "/paid/x", "{line}");
     assert_eq!(line["rule"], "paid", "{line}");
 }
+
+/// The same attack over HTTP/2 on a TLS listener, with a real HTTP/2 client: `:path` values
+/// an HTTP library can carry are refused or priced as the path a lenient origin would resolve;
+/// an `:authority` that disagrees with `Host` is refused; miscased methods are refused; free
+/// requests reach the origin in canonical origin-form. `:path` values no library sends (no
+/// leading slash, absolute-form, backslashes), written as raw frames, are malformed under
+/// RFC 9113 §8.3.1 and reset by the HTTP/2 layer before routing. The lenient origin never
+/// serves priced content.
+#[tokio::test]
+async fn odd_targets_over_http2_never_reach_priced_content() {
+    use crate::support::tls::{
+        H2Answer, RawH2, h2_connect, h2_raw_request, h2_request, tls_listener_toml,
+    };
+    let origin = Origin::start_lenient("lenient-h2");
+    let gw = Gateway::start(
+        &config(&origin.addr, &tls_listener_toml()),
+        &[("rules.toml", TARGET_RULES)],
+    );
+    let tls = gw.tls_addr();
+    let send = h2_connect(&tls).await;
+    let port = tls.rsplit(':').next().expect("port").to_owned();
+    let authority = format!("localhost:{port}");
+    // (method, :path, extra headers, status, reason). Reason `None`: not checked (answers from
+    // the origin, and refusals Pingora makes before the gateway sees the request).
+    let other_host = [("host", "evil.example")];
+    type Row<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u16, Option<&'a str>);
+    let rows: Vec<Row<'_>> = vec![
+        ("GET", "*", &[], 400, Some("invalid_request_target")),
+        (
+            "GET",
+            "?/api/weather",
+            &[],
+            400,
+            Some("invalid_request_target"),
+        ),
+        (
+            "GET",
+            "/free/../api/weather",
+            &[],
+            402,
+            Some("payment_required"),
+        ),
+        ("GET", "/api%2Fweather", &[], 402, Some("payment_required")),
+        (
+            "GET",
+            "/free\\..\\paid\\x",
+            &[],
+            402,
+            Some("payment_required"),
+        ),
+        (
+            "GET",
+            "/free/..;/paid/x",
+            &[],
+            402,
+            Some("payment_required"),
+        ),
+        ("GET", "//api//weather", &[], 402, Some("payment_required")),
+        ("GET", "/API/Weather", &[], 402, Some("payment_required")),
+        (
+            "GET",
+            "/free/%2e%2e/paid/x",
+            &[],
+            402,
+            Some("payment_required"),
+        ),
+        // Pingora refuses conflicting authority fields itself (RFC 9113 §8.3.1), bare.
+        ("GET", "/free/x", &other_host, 400, None),
+        ("get", "/api/weather", &[], 400, Some("invalid_method")),
+        ("Get", "/free/x", &[], 400, Some("invalid_method")),
+        ("GET", "/free/./x", &[], 200, None),
+        ("GET", "/free%2Fx", &[], 200, None),
+        ("GET", "/free/x?q=1", &[], 200, None),
+    ];
+    let mut failures = Vec::new();
+    for (method, path, headers, status, reason) in &rows {
+        let answer = h2_request(&send, method, &authority, path, headers).await;
+        let (got, head, body) = match answer {
+            H2Answer::Response(s, h, b) => (s, h, b),
+            H2Answer::Reset(e) => {
+                failures.push(format!(
+                    "{method} {path}: stream reset ({e}), want {status}"
+                ));
+                continue;
+            }
+        };
+        let mut json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if let Some(v) = head.get("payment-required").and_then(|v| v.to_str().ok()) {
+            json["error"] = decode_header(v)["error"].clone();
+        }
+        let got_reason = json["error"].as_str();
+        if got != *status || (reason.is_some() && got_reason != *reason) {
+            failures.push(format!(
+                "{method} {path}: got {got} {got_reason:?}, want {status} {reason:?}"
+            ));
+        }
+        if got == 200 {
+            let sent = json["target"].as_str().unwrap_or("");
+            let expect = if path.contains("?q=1") {
+                "/free/x?q=1"
+            } else {
+                "/free/x"
+            };
+            if sent != expect {
+                failures.push(format!(
+                    "{method} {path}: the origin received {sent:?}, want {expect:?}"
+                ));
+            }
+        }
+    }
+    // Raw frames: what no HTTP library sends. A well-formed request first, so a broken raw
+    // client cannot pass for a refusal.
+    let raw = |path: &'static str| {
+        let (tls, authority) = (tls.clone(), authority.clone());
+        async move {
+            h2_raw_request(
+                &tls,
+                &[
+                    (":method", "GET"),
+                    (":scheme", "https"),
+                    (":authority", &authority),
+                    (":path", path),
+                ],
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        raw("/free/raw").await,
+        RawH2::Answered,
+        "the raw client works"
+    );
+    for path in [
+        "api/weather",
+        "paid/x",
+        "\\api\\weather",
+        "%2Fapi%2Fweather",
+        "x:/api/weather",
+        "https://localhost/api/weather",
+        "http:/api/weather",
+    ] {
+        match raw(path).await {
+            RawH2::Reset(_) | RawH2::GoAway(_) => {}
+            other => failures.push(format!("raw :path {path:?}: {other:?}, want a reset")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let served = origin.served().await;
+    assert!(
+        !served.iter().any(|s| {
+            let p = s
+                .split_once(' ')
+                .map_or("", |(_, p)| p)
+                .to_ascii_lowercase();
+            p == "/api/weather" || p.starts_with("/paid/")
+        }),
+        "the origin served priced content: {served:?}"
+    );
+    assert_eq!(served.len(), 4, "{served:?}");
+}
