@@ -2,6 +2,7 @@
 //! pure checks over a compiled snapshot, printed by `check` and logged on every load.
 
 use crate::config::file::Settlement;
+use crate::router::Methods;
 use crate::snapshot::{Rule, RuleAction, Snapshot, Unmatched};
 
 /// Methods that may change state at the origin.
@@ -26,23 +27,25 @@ pub fn warnings(snap: &Snapshot) -> Vec<String> {
         if r.shadow || r.settlement != Settlement::After {
             continue;
         }
-        // Rules that name the methods that change state (a rule for any method usually
-        // fronts pages; README says what `after` means for it).
-        let unsafe_methods: Vec<&str> = r
-            .methods
-            .names()
-            .into_iter()
-            .filter(|m| UNSAFE_METHODS.contains(m))
-            .collect();
+        // A rule without `methods` takes every method, the state-changing ones included.
+        let unsafe_methods = if r.methods == Methods::ANY {
+            "every method (POST, PUT, DELETE and PATCH included)".to_owned()
+        } else {
+            r.methods
+                .names()
+                .into_iter()
+                .filter(|m| UNSAFE_METHODS.contains(m))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         if !unsafe_methods.is_empty() {
             out.push(format!(
-                "{}: rule.settlement: rule `{}` is priced for {} with settlement = \"after\": the \
-                 origin runs before the money moves, and a payer can cancel the authorization \
-                 after it was verified, so a side effect may happen unpaid. Use settlement = \
-                 \"before\" for origins with side effects",
-                r.origin,
-                r.id,
-                unsafe_methods.join(", ")
+                "{}: rule.settlement: rule `{}` is priced for {unsafe_methods} with settlement = \
+                 \"after\": the origin runs before the money moves, and a payer can cancel the \
+                 authorization after it was verified, so a side effect may happen unpaid. Use \
+                 settlement = \"before\" for origins with side effects, or name the safe \
+                 `methods` it sells (others then fall to other rules or `[rules] unmatched`)",
+                r.origin, r.id,
             ));
         }
     }

@@ -223,16 +223,25 @@ pub fn parse_verify(status: u16, body: &[u8]) -> Result<VerifyResponse, Facilita
     Ok(r)
 }
 
-/// Parses a `/settle` answer: a JSON object with a `success` key, whatever the status.
+/// Parses a `/settle` answer: a JSON object with a `success` key, whatever the status. A
+/// 4xx without one is [`FacilitatorError::Declined`]: the facilitator is up and refused the
+/// call (unauthorized, malformed), which is no outage; only a 429 is known not to have been
+/// acted on.
 pub fn parse_settle(status: u16, body: &[u8]) -> Result<SettleResponse, FacilitatorError> {
     if status == 429 {
         // Rate limited: the call was not acted on, whatever the body says.
         return Err(FacilitatorError::Declined { status });
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|_| FacilitatorError::BadResponse { status })?;
+    let no_verdict = || {
+        if (400..500).contains(&status) {
+            FacilitatorError::Declined { status }
+        } else {
+            FacilitatorError::BadResponse { status }
+        }
+    };
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| no_verdict())?;
     if v.get("success").is_none() {
-        return Err(FacilitatorError::BadResponse { status });
+        return Err(no_verdict());
     }
     let mut r: SettleResponse =
         serde_json::from_value(v).map_err(|_| FacilitatorError::BadResponse { status })?;
@@ -303,6 +312,20 @@ mod tests {
         assert!(
             parse_settle(429, br#"{"success":false}"#)
                 .is_err_and(|e| e.not_sent() && e.kind() == "declined")
+        );
+        // A settle refused without a verdict: declined (no outage), but perhaps acted on.
+        assert!(
+            parse_settle(401, br#"{"error":"unauthorized"}"#)
+                .is_err_and(|e| !e.not_sent() && e == FacilitatorError::Declined { status: 401 })
+        );
+        assert_eq!(
+            parse_settle(502, b"bad gateway").err(),
+            Some(FacilitatorError::BadResponse { status: 502 })
+        );
+        // A verdict on a 4xx is a verdict.
+        assert!(
+            parse_settle(400, br#"{"success":false,"errorReason":"invalid_payload"}"#)
+                .is_ok_and(|r| !r.succeeded())
         );
     }
 }

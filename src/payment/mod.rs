@@ -1290,7 +1290,10 @@ impl Claim {
             }
             // A success flag that is not literally `true`, or one without a transaction.
             Ok(s) => Claim::Unclear(s.transaction.parse().ok()),
-            Err(FacilitatorError::Declined { .. }) => Claim::Busy,
+            // Rate limited: provably not acted on.
+            Err(FacilitatorError::Declined { status: 429 }) => Claim::Busy,
+            // Any other refusal without a verdict: perhaps acted on; the chain tells.
+            Err(FacilitatorError::Declined { .. }) => Claim::Unclear(None),
             Err(e) if e.not_sent() => Claim::Unsent,
             Err(_) => Claim::Unclear(None),
         }

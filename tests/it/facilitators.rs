@@ -573,3 +573,237 @@ async fn cdp_requests_carry_a_jwt_for_the_exact_call() {
     );
     assert!(!gw.log_text().contains("BEGIN EC PRIVATE KEY"));
 }
+
+/// Declines are not outages, and refusals cost the client: a facilitator that answers 429 (or
+/// refuses a settlement with a 401 and no verdict) is never taken out of rotation, and a
+/// fail-open rule does not serve unpaid on it (503 `facilitator_busy`); a v1 payment where no
+/// facilitator takes v1 is `unsupported_version`, not an outage, even on a fail-open rule;
+/// payments the facilitator refuses count per payer and per client address, and past the
+/// limit the next attempt is a 429 `too_many_payment_attempts` with `Retry-After` and no
+/// facilitator call.
+#[tokio::test]
+async fn declines_are_not_outages_and_refused_payments_are_rate_limited() {
+    let dev = NodeProc::start("lib/devnet.mjs", &["--chain-id", "84532", "--payers", "2"]);
+    let fac = s(&dev.info["facilitatorUrl"]);
+    let configure = |cfg: Value| {
+        let url = format!("{fac}/__config");
+        async move {
+            let r = client().post(url).json(&cfg).send().await.expect("config");
+            assert!(r.status().is_success());
+        }
+    };
+    // The facilitator takes v2 payments only.
+    let supported: Value = client()
+        .get(format!("{fac}/supported"))
+        .send()
+        .await
+        .expect("supported")
+        .json()
+        .await
+        .expect("json");
+    let v2: Vec<Value> = supported["kinds"]
+        .as_array()
+        .expect("kinds")
+        .iter()
+        .filter(|k| k["x402Version"] == 2)
+        .cloned()
+        .collect();
+    assert!(!v2.is_empty() && v2.len() < supported["kinds"].as_array().map_or(0, Vec::len));
+    configure(json!({"supportedOverride": {"status": 200, "body": {"kinds": v2, "extensions": [], "signers": {}}}})).await;
+    let origin = Origin::start("o");
+    let gw = Gateway::start(
+        &paid_config(
+            &origin.addr,
+            &dev.info,
+            &facilitator_toml("a", &fac, 0, "failure_threshold = 2"),
+            "failed_payments_per_client = 3\nfailed_payments_per_payer = 2",
+        ),
+        &[("rules.toml", RULES)],
+    );
+    let key = |i: usize| s(&dev.info["payers"][i]["privateKey"]);
+    let accepted = |path: &'static str| {
+        let url = gw.url(path);
+        async move {
+            let r = client().get(url).send().await.expect("get");
+            decode_header(r.headers()["payment-required"].to_str().expect("ascii"))["accepts"][0]
+                .clone()
+        }
+    };
+    let open = accepted("/open/x").await;
+    let v2_payment = |i: usize| {
+        pay::v2_header(
+            &open,
+            pay::signed_payload(&pay::key(&key(i)), &open, &Auth::for_requirements(&open)),
+        )
+    };
+    let send = |name: &'static str, value: String| {
+        let url = gw.url("/open/x");
+        async move {
+            let r = client()
+                .get(url)
+                .header(name, value)
+                .send()
+                .await
+                .expect("send");
+            let status = r.status().as_u16();
+            let retry = r.headers().contains_key("retry-after");
+            let pr = r
+                .headers()
+                .get("payment-required")
+                .map(|v| decode_header(v.to_str().expect("ascii")));
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            let reason = pr
+                .map(|p| p["error"].clone())
+                .unwrap_or_else(|| body["error"].clone());
+            (status, reason, retry)
+        }
+    };
+    let ejections = r#"x402_facilitator_ejections_total{facilitator="a"}"#;
+
+    // Rate limited, three times over the ejection threshold: busy, never unpaid, never ejected.
+    configure(
+        json!({"verifyOverride": {"status": 429, "body": {"error": "slow down"}, "times": 3}}),
+    )
+    .await;
+    for _ in 0..3 {
+        let (status, reason, retry) = send("PAYMENT-SIGNATURE", v2_payment(0)).await;
+        assert_eq!(
+            (status, reason.as_str(), retry),
+            (503, Some("facilitator_busy"), true)
+        );
+    }
+    assert_eq!(gw.metric(ejections).await, 0.0);
+    assert_eq!(
+        origin.requests().await,
+        0,
+        "a decline opened a fail-open rule"
+    );
+
+    // A v1 payment where no facilitator takes v1: the client's choice, not an outage.
+    let v1_offer = {
+        let r = client().get(gw.url("/open/x")).send().await.expect("get");
+        r.json::<Value>().await.expect("v1 body")["accepts"][0].clone()
+    };
+    let v1 = pay::v1_header(
+        v1_offer["network"].as_str().expect("v1 network"),
+        pay::signed_payload(&pay::key(&key(0)), &open, &Auth::for_requirements(&open)),
+    );
+    let (status, reason, _) = send("X-PAYMENT", v1).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (402, Some("unsupported_version"))
+    );
+    assert_eq!(origin.requests().await, 0);
+
+    // Refused payments: two for payer 0 reach the payer limit, one for payer 1 the client's.
+    configure(json!({"verifyOverride": {"status": 200, "body": {"isValid": false, "invalidReason": "insufficient_funds"}, "times": 3}})).await;
+    let verifies = |log: &Value| {
+        log.as_array()
+            .expect("array")
+            .iter()
+            .filter(|e| e["path"] == "/verify")
+            .count()
+    };
+    let log_now = || async {
+        client()
+            .get(format!("{fac}/__log"))
+            .send()
+            .await
+            .expect("log")
+            .json::<Value>()
+            .await
+            .expect("json")
+    };
+    for _ in 0..2 {
+        let (status, reason, _) = send("PAYMENT-SIGNATURE", v2_payment(0)).await;
+        assert_eq!((status, reason.as_str()), (402, Some("insufficient_funds")));
+    }
+    let before = verifies(&log_now().await);
+    let (status, reason, retry) = send("PAYMENT-SIGNATURE", v2_payment(0)).await;
+    assert_eq!(
+        (status, reason.as_str(), retry),
+        (429, Some("too_many_payment_attempts"), true)
+    );
+    assert_eq!(
+        verifies(&log_now().await),
+        before,
+        "a limited payer reached the facilitator"
+    );
+    let (status, reason, _) = send("PAYMENT-SIGNATURE", v2_payment(1)).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (402, Some("insufficient_funds")),
+        "another payer"
+    );
+    let before = verifies(&log_now().await);
+    let (status, reason, retry) = send("PAYMENT-SIGNATURE", v2_payment(1)).await;
+    assert_eq!(
+        (status, reason.as_str(), retry),
+        (429, Some("too_many_payment_attempts"), true),
+        "three refusals from this address"
+    );
+    assert_eq!(verifies(&log_now().await), before);
+    assert_eq!(gw.metric(ejections).await, 0.0);
+    assert_eq!(origin.requests().await, 0);
+}
+
+/// A settlement refused with a 401 and no verdict is a decline, not an outage: the facilitator
+/// stays in rotation however often it happens, the outcome is read from the chain (nothing
+/// moved), and the client is not served.
+#[tokio::test]
+async fn a_settle_declined_without_a_verdict_never_ejects() {
+    let t = Two::start(None, "failure_threshold = 1");
+    let (payer, _) = t.payer();
+    let before = t.balance(&payer).await;
+    t.configure_a(
+        json!({"settleOverride": {"status": 401, "body": {"error": "unauthorized"}, "times": 2}}),
+    )
+    .await;
+    for _ in 0..2 {
+        let header = t.header("/api/weather").await;
+        let r = t.pay("/api/weather", &header).await;
+        assert!(
+            r.status() == 402 || r.status() == 503,
+            "not served: {}",
+            r.status()
+        );
+    }
+    assert_eq!(
+        t.gw.metric(r#"x402_facilitator_ejections_total{facilitator="a"}"#)
+            .await,
+        0.0
+    );
+    assert_eq!(
+        t.b_calls().await,
+        Vec::<String>::new(),
+        "no failover on a decline"
+    );
+    assert_eq!(t.balance(&payer).await, before);
+}
+
+/// `confirm = "trust"` believes a facilitator's `success: true` as given (for facilitators
+/// an operator runs themselves, or networks without RPC): the same made-up transaction that
+/// `receipt` mode refuses is served and recorded, and nothing is counted as unconfirmed.
+#[tokio::test]
+async fn confirm_trust_believes_the_facilitator_as_given() {
+    let t = Two::start(None, "confirm = \"trust\"");
+    let (payer, _) = t.payer();
+    let made_up = format!("0x{}", "cd".repeat(32));
+    t.configure_a(json!({"settleOverride": {"status": 200, "body": {"success": true, "transaction": made_up, "network": "x", "payer": payer}, "times": 1}})).await;
+    let r = t.pay("/api/weather", &t.header("/api/weather").await).await;
+    assert_eq!(r.status(), 200, "trusted as configured");
+    let receipt = decode_header(r.headers()["payment-response"].to_str().expect("ascii"));
+    assert_eq!(receipt["transaction"], made_up.as_str());
+    let ledger = std::fs::read_to_string(t.gw.path("receipts.jsonl")).expect("ledger");
+    assert!(
+        ledger.contains("\"settled\"") && ledger.contains(&made_up),
+        "{ledger}"
+    );
+    assert!(
+        !t.gw
+            .metrics()
+            .await
+            .contains("x402_settlements_unconfirmed_total{"),
+        "nothing was checked"
+    );
+}

@@ -1020,7 +1020,13 @@ async fn odd_targets_over_http2_never_reach_priced_content() {
     // (method, :path, extra headers, status, reason). Reason `None`: not checked (answers from
     // the origin, and refusals Pingora makes before the gateway sees the request).
     let other_host = [("host", "evil.example")];
-    type Row<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u16, Option<&'a str>);
+    type Row<'a> = (
+        &'a str,
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        u16,
+        Option<&'a str>,
+    );
     let rows: Vec<Row<'_>> = vec![
         ("GET", "*", &[], 400, Some("invalid_request_target")),
         (

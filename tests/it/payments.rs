@@ -33,6 +33,12 @@ price = "$0.01"
 id = "bytes"
 prefix = "/bytes"
 price = "$0.01"
+
+[[rule]]
+id = "search"
+prefix = "/search"
+price = "$0.01"
+resource_query = true
 "#;
 
 fn pay_config(origin: &str, dev: &Value, facilitator_url: Option<&str>, extra: &str) -> String {
@@ -242,6 +248,31 @@ async fn v2_client_pays_once_and_replay_moves_nothing() {
     );
     assert_eq!(p.gw.metric(r#"x402_revenue_atomic_total{asset="0x5FbDB2315678afecb367f032d93F642f64180aa3",network="eip155:31337"}"#).await, 10000.0);
     assert_eq!(p.origin.requests().await, 1);
+
+    // A rule that keeps the query (`resource_query = true`): the ledger and the facilitator
+    // see it.
+    let kept = pay_v2(&p.gw.url("/search?q=rome"), key, &[]).await;
+    assert_eq!(kept["status"], 200, "{kept}");
+    let ledger = p.ledger();
+    assert_eq!(ledger[1]["resource"], p.gw.url("/search?q=rome"));
+    let log: Value = client()
+        .get(p.fac("/__log"))
+        .send()
+        .await
+        .expect("log")
+        .json()
+        .await
+        .expect("json");
+    let settle = log
+        .as_array()
+        .expect("array")
+        .iter()
+        .rfind(|e| e["path"] == "/settle")
+        .expect("a settle call");
+    assert_eq!(
+        settle["body"]["paymentPayload"]["resource"]["url"],
+        p.gw.url("/search?q=rome")
+    );
 }
 
 #[tokio::test]

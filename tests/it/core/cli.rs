@@ -390,3 +390,70 @@ async fn explain_prints_the_rule_and_the_exact_challenge() {
     assert_eq!(code, 1);
     assert!(err.contains("site.toml:2:6: rule.price"), "{err}");
 }
+
+/// `check` warns about priced rules that take state-changing methods in `after` mode (the
+/// origin acts before the money moves, and the authorization can be cancelled after verify):
+/// rules that name POST, PUT, DELETE or PATCH, and rules that take every method. Safe-method,
+/// `before`-mode and free rules get no warning.
+#[test]
+fn check_warns_about_priced_write_methods_in_after_mode() {
+    let gateway = r#"[server]
+listen = ["127.0.0.1:0"]
+
+[upstreams.origin]
+peers = ["127.0.0.1:9"]
+
+[payment]
+pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+networks = ["base-sepolia"]
+"#;
+    let rules = r#"[[rule]]
+id = "infer"
+path = "/v1/infer"
+methods = ["POST"]
+price = "$0.01"
+
+[[rule]]
+id = "anything"
+prefix = "/any/"
+price = "$0.01"
+
+[[rule]]
+id = "pages"
+prefix = "/pages/"
+methods = ["GET"]
+price = "$0.01"
+
+[[rule]]
+id = "upfront"
+path = "/v1/write"
+methods = ["PUT"]
+price = "$0.01"
+settlement = "before"
+
+[[rule]]
+id = "open"
+prefix = "/open/"
+action = "free"
+"#;
+    let dir = folder(gateway, &[("r.toml", rules)]);
+    let (code, out, err) = check(dir.path(), &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 2, "{out}");
+    let file = dir.path().join("rules/r.toml").display().to_string();
+    let at = |id: &str| {
+        format!(
+            "warning: {file}:{}: rule.settlement: rule `{id}`",
+            loc(rules, &format!("\"{id}\""))
+        )
+    };
+    assert!(
+        warnings[0].starts_with(&at("infer")) && warnings[0].contains("priced for POST"),
+        "{out}"
+    );
+    assert!(
+        warnings[1].starts_with(&at("anything")) && warnings[1].contains("every method"),
+        "{out}"
+    );
+}
