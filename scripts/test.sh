@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 
 scripts/deps.sh
 
+# Formatting and lints first: they fail fast and cost no test run.
+cargo fmt --all -- --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
 cargo test --locked --workspace "$@"
 
 # The shipped example and rule packs must always validate.

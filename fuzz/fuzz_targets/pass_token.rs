@@ -54,6 +54,11 @@ fuzz_target!(|data: &[u8]| {
             exp: NOW + 3_600,
             max_requests: 3,
             payer: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C".into(),
+            paid: Some(pass::Paid {
+                network: "eip155:8453".into(),
+                asset: "0x833589fcd6edb6e08f4c7c32d4f71b54bda02913".into(),
+                amount: 10_000,
+            }),
         };
         let mut bytes = pass::mint(keys, &claims).expect("mint").into_bytes();
         for edit in rest.chunks_exact(2) {
