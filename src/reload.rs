@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -191,7 +190,7 @@ impl BackgroundService for ReloadService {
                 watched = want;
             }
             let _keep = &watcher;
-            let debounce = Duration::from_millis(snap.reload.debounce_ms);
+            let debounce = snap.reload.debounce;
             tokio::select! {
                 _ = shutdown.changed() => return,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {

@@ -13,9 +13,9 @@ use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer};
 use prometheus::Histogram;
 
-use crate::config::env::Secret;
-use crate::config::file::{FailurePolicy, LoggingSection, ReloadSection, Settlement};
+use crate::payment::{FailurePolicy, Settlement};
 use crate::router::{Methods, Router};
+use crate::secret::Secret;
 use crate::x402::challenge::Priced;
 use crate::x402::networks::Registry;
 
@@ -251,6 +251,33 @@ impl StartupSettings {
     }
 }
 
+/// Log output format (`[logging] format`).
+#[derive(Debug, Clone, Copy, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// How the process logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `x402_gateway=debug,warn`).
+    pub level: String,
+    /// One structured event per request.
+    pub access_log: bool,
+}
+
+/// How configuration changes are picked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadSettings {
+    /// Watch the files (besides SIGHUP).
+    pub watch: bool,
+    /// Quiet time after the last change before reloading.
+    pub debounce: Duration,
+}
+
 /// Where a snapshot was read from.
 #[derive(Debug, Clone)]
 pub struct Sources {
@@ -288,8 +315,8 @@ pub struct Snapshot {
     /// Bearer token the admin listener requires (all but `/healthz` and `/readyz`).
     pub admin_token: Option<Secret>,
     pub ledger: crate::payment::ledger::LedgerConf,
-    pub reload: ReloadSection,
-    pub logging: LoggingSection,
+    pub reload: ReloadSettings,
+    pub logging: LogSettings,
     pub case_sensitive: bool,
     /// What requests no rule matches get.
     pub unmatched: Unmatched,

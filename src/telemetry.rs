@@ -3,13 +3,13 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::file::{LogFormat, LoggingSection};
+use crate::snapshot::{LogFormat, LogSettings};
 
 /// Keeps the background log writer alive; drop it last.
 pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::WorkerGuard>);
 
 /// Installs the global subscriber. `log` records (Pingora's) are bridged at warn and above.
-pub fn init(logging: &LoggingSection) -> LogGuard {
+pub fn init(logging: &LogSettings) -> LogGuard {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| {
             EnvFilter::try_new(format!(

@@ -1,5 +1,7 @@
 //! `gateway.toml` as written: one struct per section, unknown keys refused.
 
+pub use crate::payment::policy::{FailurePolicy, Settlement};
+pub use crate::snapshot::LogFormat;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
@@ -167,16 +169,6 @@ fn default_hc_interval() -> u64 {
 }
 fn one() -> usize {
     1
-}
-
-/// When a payment is settled relative to forwarding.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Settlement {
-    /// Forward, then settle if the origin answered < 400 (default).
-    After,
-    /// Settle, then forward.
-    Before,
 }
 
 /// `[payment]`
@@ -375,17 +367,6 @@ fn default_receipt_ms() -> u64 {
     30_000
 }
 
-/// What happens to a priced request when no facilitator can answer.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, serde::Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum FailurePolicy {
-    /// 503 with `Retry-After`; the origin is not reached (default).
-    #[default]
-    Closed,
-    /// Serve without payment, counted and logged.
-    Open,
-}
-
 /// `[facilitator_api]`: serve `/verify`, `/settle`, `/supported` from the built-in settler.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -431,14 +412,6 @@ impl Default for ReloadSection {
             debounce_ms: default_debounce(),
         }
     }
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Pretty,
-    Json,
 }
 
 /// `[logging]`

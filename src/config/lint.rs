@@ -1,7 +1,7 @@
 //! Warnings about a valid configuration that probably does not do what its operator wants:
 //! pure checks over a compiled snapshot, printed by `check` and logged on every load.
 
-use crate::config::file::Settlement;
+use crate::payment::Settlement;
 use crate::router::Methods;
 use crate::snapshot::{Rule, RuleAction, Snapshot, Unmatched};
 

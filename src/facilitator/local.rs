@@ -18,9 +18,9 @@ use alloy::transports::{TransportError, TransportErrorKind};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::config::env::Secret;
 use crate::facilitator::rpc::{ChainReader, IEip3009, RpcError};
 use crate::schemes::evm_exact::{self, ExactError};
+use crate::secret::Secret;
 use crate::snapshot::{ChainConf, FacilitatorConf, FacilitatorKind};
 use crate::x402::types::{
     ExactEvmPayload, PaymentPayloadV1, PaymentPayloadV2, RequirementsV2, SettleResponse,

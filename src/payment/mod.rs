@@ -6,6 +6,7 @@ pub mod confirm;
 pub mod decode;
 pub mod ledger;
 pub mod pass;
+pub mod policy;
 pub mod replay;
 
 use std::sync::Arc;
@@ -17,7 +18,6 @@ use sha2::{Digest, Sha256};
 
 use alloy::primitives::B256;
 
-use crate::config::file::{FailurePolicy, Settlement};
 use crate::facilitator::FacilitatorError;
 use crate::facilitator::client::FacilitatorRequest;
 use crate::facilitator::dispatch::Facilitators;
@@ -27,10 +27,11 @@ use crate::metrics::Metrics;
 use crate::schemes::evm_exact::{self, ExactError};
 use crate::snapshot::{Confirm, FacilitatorConf, FacilitatorKind, Rule, Snapshot};
 use crate::x402::challenge::{Offer, Priced};
-use crate::x402::codec::{self, DecodeError};
+use crate::x402::codec::DecodeError;
 use crate::x402::types::{RequirementsV1, SettleResponse};
 use confirm::{Lookup, Verdict};
 use ledger::{Ledger, LedgerEntry};
+pub use policy::{FailurePolicy, Settlement};
 use replay::{Refused, ReplayGuard, ReplayKey};
 
 /// Why a request is not (yet) paid. Each variant has one stable reason code.
@@ -173,8 +174,6 @@ pub struct Accepted {
     pub receipt: Option<SettleResponse>,
     /// The transaction a facilitator named for this settlement, if any.
     pub claimed_tx: Option<B256>,
-    /// Reply to send instead of the origin's response (settlement failed after the origin answered).
-    pub failure_reply: Option<crate::proxy::respond::Reply>,
     pub started: Instant,
     pub facilitator_time: Duration,
     /// A `delivery_failed` line was written for this payment.
@@ -211,8 +210,9 @@ impl Accepted {
     }
 }
 
-/// Headers that tell the origin who paid. Clients cannot set them.
-const PAYER_HEADERS: [&str; 6] = [
+/// Headers that tell the origin who paid ([`Payments::upstream_headers`]). Clients cannot set
+/// them: the proxy removes client copies.
+pub const PAYER_HEADERS: [&str; 6] = [
     "x-payment-payer",
     "x-payment-amount",
     "x-payment-asset",
@@ -221,31 +221,10 @@ const PAYER_HEADERS: [&str; 6] = [
     "x-payment-transaction",
 ];
 
-/// Removes client-supplied payer headers from a request bound for the origin. One pass over
-/// the request's header names first: most requests carry none, and each removal by name costs
-/// a parse and a lookup.
-pub fn strip_payer_headers(req: &mut pingora::http::RequestHeader) {
-    if !req
-        .headers
-        .keys()
-        .any(|k| k.as_str().starts_with("x-payment-"))
-    {
-        return;
-    }
-    for h in PAYER_HEADERS {
-        req.remove_header(h);
-    }
-}
-
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// The receipt header value: base64 of the settle response JSON.
-pub fn encode_receipt(r: &SettleResponse) -> String {
-    codec::encode(serde_json::to_string(r).unwrap_or_default().as_bytes())
 }
 
 /// The checks the gate makes before any facilitator call (decode, match, exact-scheme checks
@@ -449,7 +428,6 @@ impl Payments {
             stage: Stage::Verified,
             receipt: None,
             claimed_tx: None,
-            failure_reply: None,
             started,
             facilitator_time: Duration::ZERO,
             delivery_recorded: false,
@@ -1080,8 +1058,8 @@ impl Payments {
         match &a.receipt {
             Some(r) if a.stage == Stage::Settled => {
                 vec![(
-                    crate::proxy::respond::receipt_header(a.version == 1),
-                    encode_receipt(r),
+                    crate::x402::receipt_header(a.version == 1),
+                    r.header_value(),
                 )]
             }
             _ => Vec::new(),

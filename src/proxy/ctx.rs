@@ -67,6 +67,8 @@ pub struct RequestCtx {
     pub access: Option<Box<crate::access::AccessState>>,
     /// The price this request was charged at (its audience's).
     pub priced: Option<Arc<crate::x402::challenge::Priced>>,
+    /// The reply that replaces the origin's response (its payment did not settle).
+    pub failure_reply: Option<super::respond::Reply>,
 }
 
 impl RequestCtx {
@@ -85,6 +87,7 @@ impl RequestCtx {
             payment: None,
             access: None,
             priced: None,
+            failure_reply: None,
         }
     }
 

@@ -206,7 +206,7 @@ impl Gateway {
                     }
                 };
                 ctx.reason = Some(reply.reason);
-                accepted.failure_reply = Some(reply);
+                ctx.failure_reply = Some(reply);
                 Error::e_explain(
                     ErrorType::Custom("settlement_failed"),
                     "settlement failed after the origin answered",
@@ -336,7 +336,7 @@ impl ProxyHttp for Gateway {
             ctx.snap.payment.trust_forwarded_headers,
             ctx.rewrite.as_deref(),
         )?;
-        crate::payment::strip_payer_headers(upstream_request);
+        upstream::strip_payer_headers(upstream_request);
         if let Some(keys) = &ctx.snap.passes {
             upstream::strip_pass(upstream_request, &keys.cookie)?;
         }
@@ -419,11 +419,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let written = session.response_written().is_some();
-        let settlement_reply = ctx
-            .payment
-            .as_ref()
-            .is_some_and(|p| p.failure_reply.is_some());
-        let mut reply = match ctx.payment.as_mut().and_then(|p| p.failure_reply.take()) {
+        let settlement_reply = ctx.failure_reply.is_some();
+        let mut reply = match ctx.failure_reply.take() {
             Some(r) => Some(r),
             None => match upstream_error(e) {
                 Some(u) => {

@@ -11,10 +11,10 @@ use super::request::RequestError;
 use crate::access::Refusal;
 use crate::crawler_price::{self, CrawlerPriceError};
 use crate::payment::pass::PassError;
-use crate::payment::{PaymentError, Rejection, encode_receipt};
+use crate::payment::{PaymentError, Rejection};
 use crate::snapshot::Snapshot;
+use crate::x402::HEADER_PAYMENT_REQUIRED;
 use crate::x402::challenge::Priced;
-use crate::x402::{HEADER_PAYMENT_REQUIRED, HEADER_PAYMENT_RESPONSE, HEADER_X_PAYMENT_RESPONSE};
 
 /// Headers a browser may read from x402 responses.
 pub const EXPOSE_HEADERS: &str =
@@ -301,20 +301,12 @@ pub fn payment_rejection(
         reply.headers.push(("retry-after", "1".into()));
     }
     if let Some(receipt) = &r.receipt {
-        reply
-            .headers
-            .push((receipt_header(r.version == 1), encode_receipt(receipt)));
+        reply.headers.push((
+            crate::x402::receipt_header(r.version == 1),
+            receipt.header_value(),
+        ));
     }
     reply
-}
-
-/// Adds receipt headers for the protocol version the client paid with.
-pub fn receipt_header(v1: bool) -> &'static str {
-    if v1 {
-        HEADER_X_PAYMENT_RESPONSE
-    } else {
-        HEADER_PAYMENT_RESPONSE
-    }
 }
 
 /// Writes a reply. HEAD requests get the headers only.

@@ -80,6 +80,22 @@ pub fn strip_pass(req: &mut RequestHeader, cookie: &str) -> pingora::Result<()> 
     Ok(())
 }
 
+/// Removes client-supplied payer headers ([`crate::payment::PAYER_HEADERS`]) from a request
+/// bound for the origin. One pass over the request's header names first: most requests carry
+/// none, and each removal by name costs a parse and a lookup.
+pub fn strip_payer_headers(req: &mut RequestHeader) {
+    if !req
+        .headers
+        .keys()
+        .any(|k| k.as_str().starts_with("x-payment-"))
+    {
+        return;
+    }
+    for h in crate::payment::PAYER_HEADERS {
+        req.remove_header(h);
+    }
+}
+
 /// Whether `needle` occurs in `hay`.
 fn memchr_str(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)

@@ -16,3 +16,13 @@ pub const HEADER_PAYMENT_REQUIRED: &str = "PAYMENT-REQUIRED";
 pub const HEADER_PAYMENT_RESPONSE: &str = "PAYMENT-RESPONSE";
 /// v1 receipt header.
 pub const HEADER_X_PAYMENT_RESPONSE: &str = "X-PAYMENT-RESPONSE";
+
+/// The receipt header of a protocol version: `X-PAYMENT-RESPONSE` for v1, else
+/// `PAYMENT-RESPONSE`.
+pub fn receipt_header(v1: bool) -> &'static str {
+    if v1 {
+        HEADER_X_PAYMENT_RESPONSE
+    } else {
+        HEADER_PAYMENT_RESPONSE
+    }
+}

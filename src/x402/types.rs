@@ -162,4 +162,9 @@ impl SettleResponse {
     pub fn succeeded(&self) -> bool {
         self.success == Value::Bool(true)
     }
+
+    /// The receipt header value: base64 of this response's JSON.
+    pub fn header_value(&self) -> String {
+        super::codec::encode(serde_json::to_string(self).unwrap_or_default().as_bytes())
+    }
 }

@@ -1,0 +1,25 @@
+//! A priced rule's payment policy: when it settles relative to forwarding, and what happens
+//! when no facilitator can answer. Plain runtime values; the configuration parses into them.
+
+use serde::{Deserialize, Serialize};
+
+/// When a payment is settled relative to forwarding.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Settlement {
+    /// Forward, then settle if the origin answered < 400 (default).
+    After,
+    /// Settle, then forward.
+    Before,
+}
+
+/// What happens to a priced request when no facilitator can answer.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    /// 503 with `Retry-After`; the origin is not reached (default).
+    #[default]
+    Closed,
+    /// Serve without payment, counted and logged.
+    Open,
+}
