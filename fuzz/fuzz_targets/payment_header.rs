@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use x402_gateway::payment::decode::{self, Found};
-use x402_gateway::schemes::evm_exact;
+use x402_gateway::schemes::{EXACT, Scheme, evm_exact};
 use x402_gateway::x402::challenge::{Offer, Priced};
 use x402_gateway::x402::networks::Asset;
 
@@ -23,7 +23,7 @@ fn priced() -> &'static Priced {
             decimals: 6,
             usd: true,
         });
-        let offer = Offer::exact(asset, Some("anvil".into()), 10_000, "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC", 300);
+        let offer = EXACT.offer(asset, Some("anvil".into()), 10_000, "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC", 300);
         Priced::new(vec![offer], "fuzz".into(), "application/json".into())
     })
 }

@@ -19,6 +19,7 @@ use super::price::{self, PriceError};
 use super::rules_file::{ActionDef, RuleDef};
 use super::{Parsed, ParsedRule, Reporter, env};
 use crate::router::{HostPattern, Methods, PathPattern, Route, Router};
+use crate::schemes::{EXACT, Scheme};
 use crate::snapshot::{
     ChainConf, FacilitatorConf, FacilitatorKind, PaymentSettings, Rule, RuleAction, Snapshot,
     Sources, StartupSettings, TlsListen, UpstreamPool,
@@ -1178,7 +1179,7 @@ fn build_offers(
                     continue;
                 };
                 match price::usd_to_atomic(usd, asset.decimals) {
-                    Ok(amount) => offers.push(Offer::exact(
+                    Ok(amount) => offers.push(EXACT.offer(
                         asset,
                         net.v1_name.clone(),
                         amount,
@@ -1229,7 +1230,7 @@ fn build_offers(
                 .registry
                 .network(&asset.network)
                 .and_then(|n| n.v1_name.clone());
-            offers.push(Offer::exact(asset, v1, amount, &pay_to, timeout));
+            offers.push(EXACT.offer(asset, v1, amount, &pay_to, timeout));
         }
     }
     Some(offers)

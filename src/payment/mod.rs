@@ -24,7 +24,7 @@ use crate::facilitator::dispatch::Facilitators;
 use crate::facilitator::local::Settlers;
 use crate::facilitator::rpc::{ChainReader, ExpectedTransfer};
 use crate::metrics::Metrics;
-use crate::schemes::evm_exact::{self, ExactError};
+use crate::schemes::{self, SchemeError};
 use crate::snapshot::{Confirm, FacilitatorConf, FacilitatorKind, Rule, Snapshot};
 use crate::x402::challenge::{Offer, Priced};
 use crate::x402::codec::DecodeError;
@@ -54,7 +54,7 @@ pub enum PaymentError {
     #[error("payment does not match the requirements offered")]
     NoMatch,
     #[error(transparent)]
-    Exact(#[from] ExactError),
+    Scheme(#[from] SchemeError),
     #[error("this payment is already being processed")]
     InFlight,
     #[error("this payment was already used")]
@@ -90,7 +90,7 @@ impl PaymentError {
             PaymentError::UnsupportedScheme => "unsupported_scheme",
             PaymentError::InvalidNetwork => "invalid_network",
             PaymentError::NoMatch => "no_matching_requirements",
-            PaymentError::Exact(e) => e.reason(),
+            PaymentError::Scheme(e) => e.reason(),
             PaymentError::InFlight => "payment_in_flight",
             PaymentError::AlreadyUsed => "payment_already_used",
             PaymentError::Invalid(_) => "facilitator_rejected",
@@ -241,19 +241,9 @@ pub fn check_locally(
         .offers
         .get(decoded.offer)
         .ok_or(PaymentError::NoMatch)?;
-    let req = &offer.requirements;
-    let chain_id = snap
-        .registry
-        .network(&req.network)
-        .map_or(0, |n| n.chain_id);
-    let token = req.asset.parse().map_err(|_| PaymentError::NoMatch)?;
-    let domain = evm_exact::domain(
-        &offer.asset.eip712_name,
-        &offer.asset.eip712_version,
-        chain_id,
-        token,
-    );
-    let checked = evm_exact::check(&decoded.payload, req, &domain, unix_now())?;
+    let scheme =
+        schemes::by_id(&offer.requirements.scheme).ok_or(PaymentError::UnsupportedScheme)?;
+    let checked = scheme.check(&decoded.payload, offer, unix_now())?;
     Ok(checked.payer)
 }
 
@@ -375,12 +365,11 @@ impl Payments {
             .map_err(|e| self.reject(fail(e, None)))?;
         let offer = &priced.offers[decoded.offer];
         let req = &offer.requirements;
-        let separator = offer
-            .eip712_separator
-            .ok_or_else(|| self.reject(fail(PaymentError::NoMatch, None)))?;
-        let checked =
-            evm_exact::check_with_separator(&decoded.payload, req, &separator, unix_now())
-                .map_err(|e| self.reject(fail(PaymentError::Exact(e), None)))?;
+        let scheme = schemes::by_id(&req.scheme)
+            .ok_or_else(|| self.reject(fail(PaymentError::UnsupportedScheme, None)))?;
+        let checked = scheme
+            .check(&decoded.payload, offer, unix_now())
+            .map_err(|e| self.reject(fail(PaymentError::Scheme(e), None)))?;
         let payer = checked.payer.clone();
         let payer_key = payer.to_ascii_lowercase();
         if self

@@ -3,14 +3,80 @@
 //! signature, that the EIP-712 signature recovers the payer. Longer signatures (ERC-1271 and
 //! ERC-6492 smart wallets) are left to the facilitator.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use alloy::primitives::{Address, B256, Signature, U256, keccak256};
 use alloy::sol_types::{Eip712Domain, SolStruct};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
+use super::{Checked, Scheme, SchemeError, SettlePlan};
+use crate::x402::challenge::Offer;
+use crate::x402::networks::{Asset, chain_id_of};
 use crate::x402::types::{ExactEvmPayload, RequirementsV2};
+
+/// The `exact` scheme on EVM networks: an EIP-3009 `transferWithAuthorization` of exactly the
+/// price, checked locally and settled by a facilitator.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExactEvm;
+
+impl Scheme for ExactEvm {
+    fn id(&self) -> &'static str {
+        "exact"
+    }
+
+    /// `extra` is the token's EIP-712 domain `{name, version}`; the domain separator is
+    /// computed here, once per configuration.
+    fn offer(
+        &self,
+        asset: Arc<Asset>,
+        v1_network: Option<String>,
+        amount: u128,
+        pay_to: &str,
+        max_timeout_seconds: u64,
+    ) -> Offer {
+        let mut extra = Map::new();
+        extra.insert("name".into(), Value::String(asset.eip712_name.clone()));
+        extra.insert(
+            "version".into(),
+            Value::String(asset.eip712_version.clone()),
+        );
+        let requirements = RequirementsV2 {
+            scheme: "exact".into(),
+            network: asset.network.clone(),
+            amount: amount.to_string(),
+            asset: asset.address.clone(),
+            pay_to: pay_to.to_owned(),
+            max_timeout_seconds,
+            extra,
+        };
+        let chain_id = chain_id_of(&asset.network).unwrap_or(0);
+        let eip712_separator = asset.address.parse().ok().map(|token| {
+            domain(&asset.eip712_name, &asset.eip712_version, chain_id, token).separator()
+        });
+        Offer {
+            asset,
+            v1_network,
+            requirements,
+            eip712_separator,
+        }
+    }
+
+    fn check(&self, payload: &Value, offer: &Offer, now: u64) -> Result<Checked, SchemeError> {
+        // An asset address that does not parse: no signature can match it.
+        let separator = offer.eip712_separator.ok_or(SchemeError::Unusable)?;
+        Ok(check_with_separator(
+            payload,
+            &offer.requirements,
+            &separator,
+            now,
+        )?)
+    }
+
+    fn settle_plan(&self) -> SettlePlan {
+        SettlePlan::VerifyThenSettle
+    }
+}
 
 alloy::sol! {
     /// The EIP-3009 typed message.
@@ -75,18 +141,6 @@ impl ExactError {
             }
         }
     }
-}
-
-/// What the checks established.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checked {
-    /// The payer, EIP-55 checksummed.
-    pub payer: String,
-    pub valid_before: u64,
-    /// Lower-case `0x…` nonce.
-    pub nonce: String,
-    /// Whether the signature was recovered locally (65 bytes) or left to the facilitator.
-    pub signature_checked: bool,
 }
 
 fn parse_u256_decimal(s: &str) -> Option<U256> {

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use alloy::primitives::B256;
-use serde_json::{Map, Value};
 
 use super::codec;
 use super::networks::Asset;
@@ -13,7 +12,8 @@ use super::types::{
     PaymentRequiredV1, PaymentRequiredV2, RequirementsV1, RequirementsV2, ResourceRef,
 };
 
-/// One way to pay for a rule: a scheme on a network with an asset, amount and recipient.
+/// One way to pay for a rule: a scheme on a network with an asset, amount and recipient. Built
+/// by the scheme (`crate::schemes::Scheme::offer`), once per configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Offer {
     pub asset: Arc<Asset>,
@@ -24,49 +24,6 @@ pub struct Offer {
     /// The asset's EIP-712 domain separator (name, version, chain id, contract), computed once
     /// per configuration instead of on every payment; `None` if the address does not parse.
     pub eip712_separator: Option<B256>,
-}
-
-impl Offer {
-    /// Builds an `exact` offer; `extra` is the token's EIP-712 domain `{name, version}`.
-    pub fn exact(
-        asset: Arc<Asset>,
-        v1_network: Option<String>,
-        amount: u128,
-        pay_to: &str,
-        max_timeout_seconds: u64,
-    ) -> Self {
-        let mut extra = Map::new();
-        extra.insert("name".into(), Value::String(asset.eip712_name.clone()));
-        extra.insert(
-            "version".into(),
-            Value::String(asset.eip712_version.clone()),
-        );
-        let requirements = RequirementsV2 {
-            scheme: "exact".into(),
-            network: asset.network.clone(),
-            amount: amount.to_string(),
-            asset: asset.address.clone(),
-            pay_to: pay_to.to_owned(),
-            max_timeout_seconds,
-            extra,
-        };
-        let chain_id = super::networks::chain_id_of(&asset.network).unwrap_or(0);
-        let eip712_separator = asset.address.parse().ok().map(|token| {
-            crate::schemes::evm_exact::domain(
-                &asset.eip712_name,
-                &asset.eip712_version,
-                chain_id,
-                token,
-            )
-            .separator()
-        });
-        Offer {
-            asset,
-            v1_network,
-            requirements,
-            eip712_separator,
-        }
-    }
 }
 
 /// What a rule charges: its offers plus the resource description.
@@ -168,6 +125,7 @@ impl Priced {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schemes::{EXACT, Scheme};
 
     fn asset() -> Arc<Asset> {
         Arc::new(Asset {
@@ -184,7 +142,7 @@ mod tests {
     #[test]
     fn v2_header_shape_and_order() {
         let p = Priced::new(
-            vec![Offer::exact(
+            vec![EXACT.offer(
                 asset(),
                 Some("base-sepolia".into()),
                 10000,
