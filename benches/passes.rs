@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::HeaderMap;
-use x402_gateway::payment::pass::{
+use x402_gateway::access::pass::{
     self, Algorithm, Claims, KeyMaterial, PassEngine, PassKeys, ScopeKind, Target,
 };
 use x402_gateway::router::Methods;

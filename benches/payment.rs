@@ -20,9 +20,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 mod cpu_time;
 use cpu_time::CpuTime;
 use http::{HeaderMap, HeaderValue};
+use x402_gateway::access::RuleAction;
 use x402_gateway::payment::decode;
 use x402_gateway::schemes::evm_exact::{self, TransferWithAuthorization};
-use x402_gateway::snapshot::RuleAction;
 use x402_gateway::x402::codec;
 
 const CONFIG: &str = r#"

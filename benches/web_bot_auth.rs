@@ -12,7 +12,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use ed25519_dalek::{Signer, SigningKey};
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
-use x402_gateway::webbotauth::{self, BotAuth, BotAuthConf, SignedRequest, TrustedAgent};
+use x402_gateway::access::webbotauth::{self, BotAuth, BotAuthConf, SignedRequest, TrustedAgent};
 
 const AUTHORITY: &str = "example.com";
 const AGENT: &str = "\"https://bot.example\"";

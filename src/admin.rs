@@ -11,10 +11,11 @@ use pingora::protocols::http::ServerSession;
 use serde_json::{Value, json};
 
 use crate::access::Access;
+use crate::access::RuleAction;
+use crate::access::pass;
 use crate::metrics::Metrics;
 use crate::payment::Payments;
-use crate::payment::pass;
-use crate::snapshot::{RuleAction, Snapshot};
+use crate::snapshot::Snapshot;
 
 /// The admin HTTP app.
 pub struct Admin {
@@ -117,8 +118,13 @@ pub fn upstream_health(snap: &Snapshot) -> Vec<(String, usize, usize)> {
 pub fn readiness(snap: &Snapshot, payments: &Payments) -> (bool, Value) {
     let health = upstream_health(snap);
     let upstreams_ok = health.iter().all(|(_, healthy, _)| *healthy > 0);
-    let unserved = payments.facilitators.supported.unserved(snap);
-    let without = payments.facilitators.networks_without_facilitator(snap);
+    let unserved = payments
+        .facilitators
+        .supported
+        .unserved(&snap.facilitators, snap.priced_offers());
+    let without = payments
+        .facilitators
+        .networks_without_facilitator(&snap.facilitators, snap.priced_offers());
     let ledger = payments.ledger().health(&snap.ledger);
     let ready = upstreams_ok && without.is_empty() && ledger.ok;
     let report = json!({
@@ -157,12 +163,12 @@ pub fn config_view(snap: &Snapshot) -> Value {
                 "methods": r.methods.names(),
                 "action": r.action.name(),
                 "upstream": snap.upstreams.get(r.upstream).map(|u| u.name.clone()),
-                "settlement": r.settlement,
+                "settlement": r.payment.settlement,
             });
             if let RuleAction::Pay(p) = &r.action {
                 v["accepts"] = serde_json::to_value(&p.requirements_v2).unwrap_or(Value::Null);
             }
-            if let Some(a) = &r.audiences {
+            if let Some(a) = &r.access.audiences {
                 let name = |x: &Option<RuleAction>| x.as_ref().map(action_view);
                 v["audiences"] = json!({
                     "human": name(&a.human),
@@ -174,7 +180,7 @@ pub fn config_view(snap: &Snapshot) -> Value {
                     "operators": a.operators.iter().map(|(o, x)| (o.clone(), action_view(x))).collect::<serde_json::Map<_, _>>(),
                 });
             }
-            if let Some(p) = &r.pass {
+            if let Some(p) = &r.access.pass {
                 v["pass"] = json!({
                     "ttl_seconds": p.ttl.as_secs(),
                     "scope": p.scope,
@@ -183,7 +189,7 @@ pub fn config_view(snap: &Snapshot) -> Value {
                     "max_requests": p.max_requests,
                 });
             }
-            if r.shadow {
+            if r.access.shadow {
                 v["mode"] = json!("shadow");
             }
             v

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
+use crate::access::RuleAction;
 use crate::config;
 use crate::proxy::{request, respond};
-use crate::snapshot::RuleAction;
 
 /// A reverse proxy that puts an x402 paywall in front of any website or API.
 #[derive(Debug, Parser)]
@@ -132,9 +132,9 @@ pub fn explain(
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        rt.block_on(access.classify(&snap, &view, &mut state))
+        rt.block_on(access.classify(&snap.access_env(), &view, &mut state))
     };
-    let action = match &rule.audiences {
+    let action = match &rule.access.audiences {
         Some(a) => a.resolve(&rule.action, &audience),
         None => &rule.action,
     };
@@ -147,23 +147,24 @@ pub fn explain(
             "web_bot_auth": state.bot_auth,
         },
         "decision": action.name(),
-        "mode": if rule.shadow { "shadow" } else { "enforce" },
+        "mode": if rule.access.shadow { "shadow" } else { "enforce" },
         "upstream": snap.upstreams.get(rule.upstream).map(|u| u.name.clone()),
         "rewritten_path": canonical,
     });
-    if let Some(p) = &rule.pass {
+    if let Some(p) = &rule.access.pass {
         out["pass"] = json!({"ttl_seconds": p.ttl.as_secs(), "scope": p.scope, "max_requests": p.max_requests});
     }
     match action {
         RuleAction::Free => out["status"] = json!("forwarded"),
         RuleAction::Block if audience.is_bot() => {
             out["status"] = json!(403);
-            out["crawlerError"] = json!(crate::crawler_price::CrawlerPriceError::Forbidden.code());
+            out["crawlerError"] =
+                json!(crate::access::crawler_price::CrawlerPriceError::Forbidden.code());
         }
         RuleAction::Block => out["status"] = json!(403),
         RuleAction::Pay(priced) => {
             if let (true, Some(usd)) = (audience.is_bot(), priced.usd) {
-                out["crawlerPrice"] = json!(crate::crawler_price::format_usd(usd));
+                out["crawlerPrice"] = json!(crate::access::crawler_price::format_usd(usd));
             }
             let url = request::resource_url(&snap, &req, routed.rewrite.as_deref(), tls);
             let reply = respond::challenge(
@@ -187,7 +188,7 @@ pub fn explain(
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or(Value::Null);
             out["status"] = json!(402);
-            out["settlement"] = json!(rule.settlement);
+            out["settlement"] = json!(rule.payment.settlement);
             out["paymentRequired"] = decoded;
             out["paymentRequiredHeader"] = json!(header);
             out["v1Body"] = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);

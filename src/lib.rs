@@ -3,11 +3,10 @@
 
 pub mod access;
 pub mod admin;
-pub mod audience;
 pub mod cli;
 pub mod config;
-pub mod crawler_price;
 pub mod facilitator;
+pub mod facilitator_api;
 pub mod header_deadline;
 pub mod health;
 pub mod metrics;
@@ -22,5 +21,4 @@ pub mod server;
 pub mod snapshot;
 pub mod telemetry;
 pub mod template;
-pub mod webbotauth;
 pub mod x402;

@@ -75,7 +75,11 @@ impl BackgroundService for SupportedService {
                         Duration::from_secs(60)
                     };
             }
-            let unserved = self.payments.facilitators.supported.unserved(&snap);
+            let unserved = self
+                .payments
+                .facilitators
+                .supported
+                .unserved(&snap.facilitators, snap.priced_offers());
             if last_unserved.as_ref() != Some(&unserved) {
                 if !unserved.is_empty() {
                     tracing::warn!(routes = %unserved.join("; "), "priced routes on networks no facilitator supports");
@@ -236,7 +240,7 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     if let Some(addr) = &facilitator_api_addr {
         let mut svc = Service::new(
             "facilitator-api".into(),
-            HttpServer::new_app(crate::facilitator::api::FacilitatorApi::new(
+            HttpServer::new_app(crate::facilitator_api::FacilitatorApi::new(
                 config.clone(),
                 settlers.clone(),
             )),

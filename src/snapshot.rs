@@ -13,10 +13,12 @@ use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer};
 use prometheus::Histogram;
 
-use crate::payment::{FailurePolicy, Settlement};
+use crate::access::{AccessEnv, AccessRule, RuleAccess, RuleAction};
+use crate::facilitator::FacilitatorConf;
+use crate::payment::{Limits, PaymentEnv, RulePolicy, RuleRef};
 use crate::router::{Methods, Router};
 use crate::secret::Secret;
-use crate::x402::challenge::Priced;
+use crate::x402::challenge::Offer;
 use crate::x402::networks::Registry;
 
 /// What happens to a request no rule matches (`[rules] unmatched`).
@@ -30,25 +32,6 @@ pub enum Unmatched {
     Block,
 }
 
-/// What a rule does with a matching request.
-#[derive(Debug, Clone)]
-pub enum RuleAction {
-    Free,
-    Block,
-    Pay(Arc<Priced>),
-}
-
-impl RuleAction {
-    /// Label used in metrics and logs.
-    pub fn name(&self) -> &'static str {
-        match self {
-            RuleAction::Free => "free",
-            RuleAction::Block => "block",
-            RuleAction::Pay(_) => "pay",
-        }
-    }
-}
-
 /// One compiled rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -58,29 +41,39 @@ pub struct Rule {
     pub action: RuleAction,
     /// Index into [`Snapshot::upstreams`].
     pub upstream: usize,
-    pub settlement: Settlement,
-    pub failure_policy: FailurePolicy,
-    /// Keep the query in the resource URL given to facilitators and the ledger.
-    pub resource_query: bool,
     pub methods: Methods,
     pub host: String,
     pub path: String,
-    /// Prices per audience and operator (`None`: one price for everyone).
-    pub audiences: Option<Arc<crate::audience::AudiencePrices>>,
-    /// The pass issued after a settled payment.
-    pub pass: Option<Arc<crate::payment::pass::PassPolicy>>,
-    /// Rules whose passes this rule honours whatever they were bought for (`*`: every rule);
-    /// others only where they paid at least this rule's price.
-    pub accept_passes_from: Vec<String>,
-    /// `mode = "shadow"`: decide and count, forward without charging.
-    pub shadow: bool,
+    /// When it settles and what happens when no facilitator answers.
+    pub payment: RulePolicy,
+    /// Audience prices, passes and shadow mode.
+    pub access: RuleAccess,
 }
 
 impl Rule {
+    /// This rule as the access decision sees it.
+    pub fn access_rule(&self) -> AccessRule<'_> {
+        AccessRule {
+            id: &self.id,
+            action: &self.action,
+            access: &self.access,
+        }
+    }
+
+    /// This rule as the payment gate sees it.
+    pub fn payment_rule(&self) -> RuleRef<'_> {
+        RuleRef {
+            id: &self.id,
+            policy: self.payment,
+        }
+    }
+
     /// Whether a request on this rule goes through the access path (audience, passes, shadow);
     /// plain free and block rules do not, so they cost nothing extra.
     pub fn needs_access(&self) -> bool {
-        self.shadow || self.audiences.is_some() || matches!(self.action, RuleAction::Pay(_))
+        self.access.shadow
+            || self.access.audiences.is_some()
+            || matches!(self.action, RuleAction::Pay(_))
     }
 }
 
@@ -130,66 +123,6 @@ pub struct PaymentSettings {
     pub failed_payments_per_client: u32,
     /// Refused payments per payer allowed per failure window (0: no limit).
     pub failed_payments_per_payer: u32,
-}
-
-/// A network the built-in settler can send transactions on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainConf {
-    pub caip2: String,
-    pub v1_name: Option<String>,
-    pub chain_id: u64,
-    pub rpc_urls: Vec<Secret>,
-}
-
-/// How a facilitator is reached.
-#[derive(Debug, Clone)]
-pub enum FacilitatorKind {
-    Http,
-    /// Coinbase CDP: per-request JWT signed with this API key.
-    Cdp {
-        key_id: Secret,
-        key_secret: Secret,
-    },
-    /// The built-in settler.
-    Local {
-        relayer_key: Secret,
-        receipt_timeout: Duration,
-        chains: Vec<ChainConf>,
-    },
-}
-
-/// How a facilitator's `success: true` is believed (`[[facilitators]] confirm`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Confirm {
-    /// The transaction's receipt must show the transfer (payer, payTo, amount, nonce) on
-    /// chain, where the network has `rpc_urls` (default).
-    #[default]
-    Receipt,
-    /// The answer is believed as given.
-    Trust,
-}
-
-/// A configured facilitator.
-#[derive(Debug, Clone)]
-pub struct FacilitatorConf {
-    pub name: String,
-    pub kind: FacilitatorKind,
-    /// Base URL (`http`, `cdp`); empty for `local`.
-    pub url: String,
-    pub networks: Vec<String>,
-    pub timeout: Duration,
-    pub headers: Vec<(String, Secret)>,
-    pub priority: u32,
-    pub weight: u32,
-    pub failure_threshold: u32,
-    pub max_eject: Duration,
-    /// How a settlement this facilitator reports is believed.
-    pub confirm: Confirm,
-    /// How long to look for the receipt of a transaction it reported.
-    pub confirm_timeout: Duration,
-    /// Changes whenever anything above changes: runtime state (health, settlers) is keyed by it.
-    pub fingerprint: String,
 }
 
 /// A TLS listener.
@@ -326,16 +259,48 @@ pub struct Snapshot {
     /// `file:line:col: field: message`; `check` prints them and every load logs them.
     pub warnings: Vec<String>,
     /// The `[[crawler]]` list of every rules file.
-    pub crawlers: Arc<crate::audience::CrawlerSet>,
+    pub crawlers: Arc<crate::access::audience::CrawlerSet>,
     /// Agents whose Web Bot Auth signatures are accepted.
-    pub web_bot_auth: Arc<crate::webbotauth::BotAuthConf>,
+    pub web_bot_auth: Arc<crate::access::webbotauth::BotAuthConf>,
     /// Pass keys (`None`: no `[passes]` section).
-    pub passes: Option<Arc<crate::payment::pass::PassKeys>>,
+    pub passes: Option<Arc<crate::access::pass::PassKeys>>,
     /// The browser paywall page.
     pub paywall: Arc<crate::template::Template>,
 }
 
 impl Snapshot {
+    /// What the access decision reads from this generation.
+    pub fn access_env(&self) -> AccessEnv<'_> {
+        AccessEnv {
+            crawlers: &self.crawlers,
+            web_bot_auth: &self.web_bot_auth,
+            passes: self.passes.as_deref(),
+            max_payment_header_bytes: self.payment.max_header_bytes,
+        }
+    }
+
+    /// What the payment engine reads from this generation.
+    pub fn payment_env(&self) -> PaymentEnv<'_> {
+        PaymentEnv {
+            facilitators: &self.facilitators,
+            registry: &self.registry,
+            ledger: &self.ledger,
+            limits: Limits {
+                max_header_bytes: self.payment.max_header_bytes,
+                failed_per_client: self.payment.failed_payments_per_client,
+                failed_per_payer: self.payment.failed_payments_per_payer,
+            },
+        }
+    }
+
+    /// Every offer of every priced rule, as `(rule id, offer)`.
+    pub fn priced_offers(&self) -> impl Iterator<Item = (&str, &Offer)> {
+        self.rules.iter().flat_map(|r| match &r.action {
+            RuleAction::Pay(p) => p.offers.iter().map(|o| (r.id.as_str(), o)).collect(),
+            _ => Vec::new(),
+        })
+    }
+
     /// The rule for a request, by index into [`Self::rules`].
     pub fn route(&self, host: &str, method: &str, key: &str) -> Option<usize> {
         let mut bit = Methods::bit(method);

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use x402_gateway::payment::pass::{self, Algorithm, Claims, KeyMaterial, PassKeys, ScopeKind};
+use x402_gateway::access::pass::{self, Algorithm, Claims, KeyMaterial, PassKeys, ScopeKind};
 
 const NOW: u64 = 1_800_000_000;
 

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ed25519_dalek::{Signer, SigningKey};
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
-use x402_gateway::webbotauth::{self, BotAuth, BotAuthConf, SignedRequest, TrustedAgent};
+use x402_gateway::access::webbotauth::{self, BotAuth, BotAuthConf, SignedRequest, TrustedAgent};
 
 const AUTHORITY: &str = "example.com";
 const AGENT: &str = "\"https://bot.example\"";

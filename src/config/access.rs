@@ -12,12 +12,12 @@ use toml::Spanned;
 
 use super::access_file::{ModeDef, PassesSection, PaywallSection, WebBotAuthSection};
 use super::{ParsedCrawler, ParsedRule, Reporter, env};
-use crate::audience::{AudiencePrices, Crawler, CrawlerSet};
-use crate::payment::pass::{self, Algorithm, KeyMaterial, PassKeys, PassPolicy, ScopeKind};
+use crate::access::audience::{AudiencePrices, Crawler, CrawlerSet};
+use crate::access::pass::{self, Algorithm, KeyMaterial, PassKeys, PassPolicy, ScopeKind};
+use crate::access::webbotauth::{self, BotAuthConf, TrustedAgent};
+use crate::access::{RuleAccess, RuleAction};
 use crate::router::Methods;
-use crate::snapshot::RuleAction;
 use crate::template::Template;
-use crate::webbotauth::{self, BotAuthConf, TrustedAgent};
 
 /// The built-in paywall page.
 pub const DEFAULT_PAYWALL: &str = include_str!("../../templates/paywall.html");
@@ -452,14 +452,6 @@ pub struct AccessCtx<'a> {
     pub operators: Vec<String>,
     pub passes: Option<&'a PassKeys>,
     pub case_sensitive: bool,
-}
-
-/// A rule's audience prices, pass policy and mode.
-#[derive(Debug, Default)]
-pub struct RuleAccess {
-    pub audiences: Option<Arc<AudiencePrices>>,
-    pub pass: Option<Arc<PassPolicy>>,
-    pub shadow: bool,
 }
 
 /// A price value of `audiences` / `operators`: `"free"`, `"block"` or a price.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::audience::Purpose;
+use crate::access::audience::Purpose;
 
 /// `[rule.audiences]`: a price (same forms as `price`), `"free"` or `"block"` per audience.
 #[derive(Debug, Clone, Default, Deserialize)]

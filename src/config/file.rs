@@ -341,7 +341,7 @@ pub struct FacilitatorSection {
     /// transaction's receipt shows the transfer on chain (where the network has `rpc_urls`);
     /// `trust`: its answer is believed. The built-in settler checks its own receipts.
     #[serde(default)]
-    pub confirm: crate::snapshot::Confirm,
+    pub confirm: crate::facilitator::Confirm,
     /// How long to look for that receipt before the settlement counts as unconfirmed.
     #[serde(default = "default_confirm_ms")]
     pub confirm_timeout_ms: u64,

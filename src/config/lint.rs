@@ -1,9 +1,10 @@
 //! Warnings about a valid configuration that probably does not do what its operator wants:
 //! pure checks over a compiled snapshot, printed by `check` and logged on every load.
 
+use crate::access::RuleAction;
 use crate::payment::Settlement;
 use crate::router::Methods;
-use crate::snapshot::{Rule, RuleAction, Snapshot, Unmatched};
+use crate::snapshot::{Rule, Snapshot, Unmatched};
 
 /// Methods that may change state at the origin.
 const UNSAFE_METHODS: [&str; 4] = ["POST", "PUT", "DELETE", "PATCH"];
@@ -11,7 +12,8 @@ const UNSAFE_METHODS: [&str; 4] = ["POST", "PUT", "DELETE", "PATCH"];
 /// Every warning for `snap`, as `file:line:col: field: message`.
 pub fn warnings(snap: &Snapshot) -> Vec<String> {
     let mut out = Vec::new();
-    let charged = |r: &&Rule| matches!(r.action, RuleAction::Pay(_)) || r.audiences.is_some();
+    let charged =
+        |r: &&Rule| matches!(r.action, RuleAction::Pay(_)) || r.access.audiences.is_some();
     if snap.hosts.is_empty()
         && snap.unmatched == Unmatched::Forward
         && let Some(r) = snap.rules.iter().filter(charged).find(|r| r.host != "*")
@@ -24,7 +26,7 @@ pub fn warnings(snap: &Snapshot) -> Vec<String> {
         ));
     }
     for r in snap.rules.iter().filter(charged) {
-        if r.shadow || r.settlement != Settlement::After {
+        if r.access.shadow || r.payment.settlement != Settlement::After {
             continue;
         }
         // A rule without `methods` takes every method, the state-changing ones included.

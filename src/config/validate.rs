@@ -18,11 +18,13 @@ use super::file::{FacilitatorKind as KindDef, FacilitatorSection, HealthKind, Up
 use super::price::{self, PriceError};
 use super::rules_file::{ActionDef, RuleDef};
 use super::{Parsed, ParsedRule, Reporter, env};
+use crate::access::{RuleAccess, RuleAction};
+use crate::facilitator::{ChainConf, FacilitatorConf, FacilitatorKind};
+use crate::payment::RulePolicy;
 use crate::router::{HostPattern, Methods, PathPattern, Route, Router};
 use crate::schemes::{EXACT, Scheme};
 use crate::snapshot::{
-    ChainConf, FacilitatorConf, FacilitatorKind, PaymentSettings, Rule, RuleAction, Snapshot,
-    Sources, StartupSettings, TlsListen, UpstreamPool,
+    PaymentSettings, Rule, Snapshot, Sources, StartupSettings, TlsListen, UpstreamPool,
 };
 use crate::x402::challenge::{Offer, Priced};
 use crate::x402::networks::{self, Asset, Registry};
@@ -499,7 +501,7 @@ pub fn compile(
     let mut recipients: Vec<String> = rules
         .iter()
         .flat_map(|r| {
-            let audience = r.audiences.iter().flat_map(|a| {
+            let audience = r.access.audiences.iter().flat_map(|a| {
                 [
                     &a.human,
                     &a.training,
@@ -1034,26 +1036,28 @@ fn compile_rule(
         origin: here,
         action,
         upstream,
-        settlement: d.settlement.unwrap_or(ctx.default_settlement),
-        failure_policy: d
-            .on_facilitator_failure
-            .unwrap_or(ctx.default_failure_policy),
-        resource_query: d.resource_query.unwrap_or(ctx.default_resource_query),
         methods: Methods(methods),
         host: d
             .host
             .as_ref()
             .map_or_else(|| "*".into(), |h| h.get_ref().clone()),
         path: path_text,
-        audiences: access.audiences,
-        pass: access.pass,
-        accept_passes_from: d
-            .accept_passes_from
-            .iter()
-            .flatten()
-            .map(|n| n.get_ref().clone())
-            .collect(),
-        shadow: access.shadow,
+        payment: RulePolicy {
+            settlement: d.settlement.unwrap_or(ctx.default_settlement),
+            failure_policy: d
+                .on_facilitator_failure
+                .unwrap_or(ctx.default_failure_policy),
+            resource_query: d.resource_query.unwrap_or(ctx.default_resource_query),
+        },
+        access: RuleAccess {
+            accept_passes_from: d
+                .accept_passes_from
+                .iter()
+                .flatten()
+                .map(|n| n.get_ref().clone())
+                .collect(),
+            ..access
+        },
     };
     Some((rule, route))
 }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use super::conf::FacilitatorConf;
 use crate::metrics::Metrics;
-use crate::snapshot::FacilitatorConf;
 use crate::x402::types::{SettleResponse, VerifyResponse};
 
 /// Why a facilitator call produced no usable answer.

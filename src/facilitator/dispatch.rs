@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use super::cdp::SigningKey;
 use super::client::{FacilitatorClient, FacilitatorError};
+use super::conf::{FacilitatorConf, FacilitatorKind};
 use super::local::Settlers;
 use super::pool::Pool;
 use super::rpc::ChainReader;
 use super::supported::SupportedCache;
 use crate::metrics::Metrics;
-use crate::snapshot::{FacilitatorConf, FacilitatorKind, Snapshot};
+use crate::x402::challenge::Offer;
+use crate::x402::networks::Registry;
 use crate::x402::types::{SettleResponse, VerifyResponse};
 
 /// Timeout of one JSON-RPC read.
@@ -71,7 +73,7 @@ impl Facilitators {
     /// ordered by priority and weight.
     pub fn candidates<'a>(
         &self,
-        snap: &'a Snapshot,
+        facilitators: &'a [FacilitatorConf],
         version: u8,
         scheme: &str,
         network: &str,
@@ -79,7 +81,7 @@ impl Facilitators {
     ) -> Vec<&'a FacilitatorConf> {
         self.pool.order(
             self.supported
-                .candidates(snap, version, scheme, network, v1_name),
+                .candidates(facilitators, version, scheme, network, v1_name),
         )
     }
 
@@ -221,8 +223,8 @@ impl Facilitators {
     }
 
     /// A chain reader for a network, when it has RPC endpoints.
-    pub fn reader(&self, snap: &Snapshot, network: &str) -> Option<ChainReader> {
-        let net = snap.registry.network(network)?;
+    pub fn reader(&self, registry: &Registry, network: &str) -> Option<ChainReader> {
+        let net = registry.network(network)?;
         if net.rpc_urls.is_empty() {
             return None;
         }
@@ -237,27 +239,28 @@ impl Facilitators {
         Some(r)
     }
 
-    /// Whether every network some priced rule offers has a facilitator in rotation.
-    pub fn networks_without_facilitator(&self, snap: &Snapshot) -> Vec<String> {
+    /// The networks of `offers` (each priced rule's, as `(rule id, offer)`) that no
+    /// facilitator in rotation serves.
+    pub fn networks_without_facilitator<'a>(
+        &self,
+        facilitators: &[FacilitatorConf],
+        offers: impl IntoIterator<Item = (&'a str, &'a Offer)>,
+    ) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for rule in &snap.rules {
-            if let crate::snapshot::RuleAction::Pay(p) = &rule.action {
-                for o in &p.offers {
-                    let n = &o.requirements.network;
-                    if out.contains(n) {
-                        continue;
-                    }
-                    let v1 = o.v1_network.as_deref();
-                    let healthy = self
-                        .supported
-                        .candidates(snap, 2, "exact", n, v1)
-                        .into_iter()
-                        .chain(self.supported.candidates(snap, 1, "exact", n, v1))
-                        .any(|f| self.pool.health(f).healthy());
-                    if !healthy {
-                        out.push(n.clone());
-                    }
-                }
+        for (_, o) in offers {
+            let (n, scheme) = (&o.requirements.network, &o.requirements.scheme);
+            if out.contains(n) {
+                continue;
+            }
+            let v1 = o.v1_network.as_deref();
+            let healthy = self
+                .supported
+                .candidates(facilitators, 2, scheme, n, v1)
+                .into_iter()
+                .chain(self.supported.candidates(facilitators, 1, scheme, n, v1))
+                .any(|f| self.pool.health(f).healthy());
+            if !healthy {
+                out.push(n.clone());
             }
         }
         out

@@ -18,10 +18,10 @@ use alloy::transports::{TransportError, TransportErrorKind};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::conf::{ChainConf, FacilitatorConf, FacilitatorKind};
 use crate::facilitator::rpc::{ChainReader, IEip3009, RpcError};
 use crate::schemes::evm_exact::{self, ExactError};
 use crate::secret::Secret;
-use crate::snapshot::{ChainConf, FacilitatorConf, FacilitatorKind};
 use crate::x402::types::{
     ExactEvmPayload, PaymentPayloadV1, PaymentPayloadV2, RequirementsV2, SettleResponse,
     VerifyResponse,
@@ -1521,7 +1521,7 @@ mod tests {
             weight: 1,
             failure_threshold: 3,
             max_eject: Duration::from_secs(30),
-            confirm: crate::snapshot::Confirm::Receipt,
+            confirm: crate::facilitator::Confirm::Receipt,
             confirm_timeout: Duration::from_secs(10),
             fingerprint: fp.into(),
         };

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::snapshot::FacilitatorConf;
+use super::conf::FacilitatorConf;
 
 /// First ejection length; each further one doubles, up to the facilitator's `max_eject`.
 pub const BASE_EJECT: Duration = Duration::from_secs(1);
@@ -128,7 +128,7 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::FacilitatorKind;
+    use crate::facilitator::FacilitatorKind;
 
     fn fac(name: &str, priority: u32, weight: u32) -> FacilitatorConf {
         FacilitatorConf {
@@ -142,7 +142,7 @@ mod tests {
             weight,
             failure_threshold: 2,
             max_eject: Duration::from_secs(30),
-            confirm: crate::snapshot::Confirm::Receipt,
+            confirm: crate::facilitator::Confirm::Receipt,
             confirm_timeout: Duration::from_secs(10),
             fingerprint: name.into(),
         }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::snapshot::{FacilitatorConf, Snapshot};
+use super::conf::FacilitatorConf;
+use crate::x402::challenge::Offer;
 
 /// One supported kind.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -73,35 +74,33 @@ impl SupportedCache {
     /// The facilitators to use for a payment, in configured order.
     pub fn candidates<'a>(
         &self,
-        snap: &'a Snapshot,
+        facilitators: &'a [FacilitatorConf],
         version: u8,
         scheme: &str,
         network: &str,
         v1_name: Option<&str>,
     ) -> Vec<&'a FacilitatorConf> {
-        snap.facilitators
+        facilitators
             .iter()
             .filter(|f| self.allows(f, version, scheme, network, v1_name))
             .collect()
     }
 
-    /// Priced networks that no facilitator can serve, as `rule: network` strings.
-    pub fn unserved(&self, snap: &Snapshot) -> Vec<String> {
+    /// The networks of `offers` (each priced rule's, as `(rule id, offer)`) that no
+    /// facilitator can serve, as `rule: network` strings.
+    pub fn unserved<'a>(
+        &self,
+        facilitators: &[FacilitatorConf],
+        offers: impl IntoIterator<Item = (&'a str, &'a Offer)>,
+    ) -> Vec<String> {
         let mut out = Vec::new();
-        for rule in &snap.rules {
-            if let crate::snapshot::RuleAction::Pay(p) = &rule.action {
-                for o in &p.offers {
-                    let n = &o.requirements.network;
-                    let any = self
-                        .candidates(snap, 2, "exact", n, o.v1_network.as_deref())
-                        .len()
-                        + self
-                            .candidates(snap, 1, "exact", n, o.v1_network.as_deref())
-                            .len();
-                    if any == 0 {
-                        out.push(format!("{}: {n}", rule.id));
-                    }
-                }
+        for (rule, o) in offers {
+            let (n, scheme) = (&o.requirements.network, &o.requirements.scheme);
+            let v1 = o.v1_network.as_deref();
+            let any = self.candidates(facilitators, 2, scheme, n, v1).len()
+                + self.candidates(facilitators, 1, scheme, n, v1).len();
+            if any == 0 {
+                out.push(format!("{rule}: {n}"));
             }
         }
         out

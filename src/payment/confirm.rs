@@ -29,6 +29,37 @@ pub enum Verdict {
     Unknown,
 }
 
+/// How a watched settlement ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// This request's transaction made the transfer after all (its hash).
+    Ours(String),
+    /// Used by a transaction this request did not cause.
+    NotOurs,
+    /// Used by a transaction nobody named (the one found, if any).
+    Unattributed(String),
+    /// The authorization expired unused: provably never settled.
+    ExpiredUnused,
+}
+
+impl Resolution {
+    /// The ledger event and metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Resolution::Ours(_) => "settled_late",
+            Resolution::NotOurs => "used_elsewhere",
+            Resolution::Unattributed(_) => "used_unattributed",
+            Resolution::ExpiredUnused => "expired_unsettled",
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// What to look for.
 pub struct Lookup<'a> {
     pub reader: &'a ChainReader,
@@ -100,6 +131,34 @@ impl Lookup<'_> {
                 Err(_) => None,
             },
             Err(_) => None,
+        }
+    }
+
+    /// Watches a settlement left unresolved until the chain shows whose transaction used the
+    /// authorization, or the authorization has expired (`valid_before`, unix seconds) and the
+    /// chain shows it unused or used by a transaction out of reach.
+    pub async fn until_expiry(&self, valid_before: u64, poll: Duration) -> Resolution {
+        loop {
+            match self.look().await {
+                Verdict::Ours(tx) => return Resolution::Ours(tx),
+                Verdict::NotOurs => return Resolution::NotOurs,
+                Verdict::Unattributed(tx) => return Resolution::Unattributed(tx),
+                _ if unix_now() > valid_before + 5 => {
+                    let e = &self.expected;
+                    match self
+                        .reader
+                        .authorization_used(e.token, e.payer, e.nonce)
+                        .await
+                    {
+                        Ok(false) => return Resolution::ExpiredUnused,
+                        // Used, by a transaction not in reach or not ours.
+                        Ok(true) => return Resolution::NotOurs,
+                        Err(_) => {}
+                    }
+                }
+                _ => {}
+            }
+            tokio::time::sleep(poll).await;
         }
     }
 

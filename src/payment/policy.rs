@@ -4,10 +4,11 @@
 use serde::{Deserialize, Serialize};
 
 /// When a payment is settled relative to forwarding.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Settlement {
     /// Forward, then settle if the origin answered < 400 (default).
+    #[default]
     After,
     /// Settle, then forward.
     Before,
@@ -22,4 +23,13 @@ pub enum FailurePolicy {
     Closed,
     /// Serve without payment, counted and logged.
     Open,
+}
+
+/// A priced rule's payment policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RulePolicy {
+    pub settlement: Settlement,
+    pub failure_policy: FailurePolicy,
+    /// Keep the query in the resource URL given to facilitators and the ledger.
+    pub resource_query: bool,
 }

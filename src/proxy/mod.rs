@@ -19,10 +19,11 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::access::RuleAction;
 use crate::access::{Access, AccessState, Forwarded, Outcome};
 use crate::metrics::{Metrics, status_class};
 use crate::payment::{Admission, PaymentError, Payments};
-use crate::snapshot::{Rule, RuleAction, Snapshot};
+use crate::snapshot::{Rule, Snapshot};
 use ctx::{Decision, RequestCtx};
 use respond::{Reply, UpstreamError};
 
@@ -68,7 +69,7 @@ impl Gateway {
     ) -> Result<bool> {
         let req = session.req_header();
         if request::is_preflight(req) {
-            if rule.shadow {
+            if rule.access.shadow {
                 ctx.decision = Decision::Shadow;
                 return Ok(false);
             }
@@ -86,7 +87,9 @@ impl Gateway {
             let parts =
                 request::AccessParts::of(req, snap.case_sensitive, url.starts_with("https:"));
             let view = parts.view(&req.headers);
-            self.access.decide(snap, rule, &view, &mut state).await
+            self.access
+                .decide(&snap.access_env(), rule.access_rule(), &view, &mut state)
+                .await
         };
         let crawler_usd = state.crawler_usd;
         ctx.access = Some(state);
@@ -118,7 +121,14 @@ impl Gateway {
         let req = session.req_header();
         match self
             .payments
-            .gate(snap, rule, &priced, &req.headers, &url, client)
+            .gate(
+                &snap.payment_env(),
+                rule.payment_rule(),
+                &priced,
+                &req.headers,
+                &url,
+                client,
+            )
             .await
         {
             Ok(Admission::Paid(accepted)) => {
@@ -138,7 +148,7 @@ impl Gateway {
                     .access
                     .as_ref()
                     .and_then(|a| a.audience.as_ref())
-                    .is_some_and(|a| *a == crate::audience::Audience::Human);
+                    .is_some_and(|a| *a == crate::access::audience::Audience::Human);
                 let mut reply = match pass_error {
                     Some(e) if rejection.error == PaymentError::MissingPayment => {
                         respond::pass_refused(snap, &priced, &url, e, browser, origin)
@@ -172,13 +182,19 @@ impl Gateway {
         };
         let snap = ctx.snap.clone();
         let status = upstream_response.status.as_u16();
-        match self.payments.on_response(&snap, accepted, status).await {
+        match self
+            .payments
+            .on_response(&snap.payment_env(), accepted, status)
+            .await
+        {
             Ok(headers) => {
                 if !headers.is_empty() {
                     respond::mark_paid_response(upstream_response, &headers)?;
                 }
                 if let Some(state) = &ctx.access {
-                    let extra = self.access.on_paid_response(&snap, state, accepted);
+                    let extra = self
+                        .access
+                        .on_paid_response(&snap.access_env(), state, accepted);
                     respond::append_headers(upstream_response, &extra)?;
                 }
                 Ok(())
@@ -341,7 +357,10 @@ impl ProxyHttp for Gateway {
             upstream::strip_pass(upstream_request, &keys.cookie)?;
         }
         if let Some(p) = &ctx.payment {
-            for (k, v) in self.payments.upstream_headers(&ctx.snap, p) {
+            for (k, v) in self
+                .payments
+                .upstream_headers(ctx.snap.payment.forward_payer_headers, p)
+            {
                 upstream_request.insert_header(k, v)?;
             }
         }
@@ -455,8 +474,11 @@ impl ProxyHttp for Gateway {
             },
         };
         if let (Some(r), Some(p)) = (reply.as_mut(), ctx.payment.as_mut()) {
-            r.headers
-                .extend(self.payments.on_failure(&ctx.snap, p, settlement_reply));
+            r.headers.extend(self.payments.on_failure(
+                &ctx.snap.payment_env(),
+                p,
+                settlement_reply,
+            ));
         }
         ctx.decision =
             if ctx.decision == Decision::Paid && reply.as_ref().is_some_and(|r| r.status == 402) {
@@ -485,7 +507,7 @@ impl ProxyHttp for Gateway {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if let Some(mut p) = ctx.payment.take() {
             self.payments
-                .finish(&ctx.snap, &mut p, e.map(delivery_failure));
+                .finish(&ctx.snap.payment_env(), &mut p, e.map(delivery_failure));
         }
         self.metrics
             .requests

@@ -267,7 +267,7 @@ impl<'a> AccessParts<'a> {
             Cow::Borrowed(_) => None,
             Cow::Owned(k) => Some(k),
         };
-        let authority = if crate::webbotauth::is_signed(&req.headers) {
+        let authority = if crate::access::webbotauth::is_signed(&req.headers) {
             let raw = req
                 .uri
                 .authority()
@@ -275,7 +275,7 @@ impl<'a> AccessParts<'a> {
                 .or_else(|| absolute_form_authority(req))
                 .or_else(|| header(req, "host"))
                 .unwrap_or("");
-            crate::webbotauth::authority(raw, https)
+            crate::access::webbotauth::authority(raw, https)
         } else {
             String::new()
         };

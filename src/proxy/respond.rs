@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use super::request::RequestError;
 use crate::access::Refusal;
-use crate::crawler_price::{self, CrawlerPriceError};
-use crate::payment::pass::PassError;
+use crate::access::crawler_price::{self, CrawlerPriceError};
+use crate::access::pass::PassError;
 use crate::payment::{PaymentError, Rejection};
 use crate::snapshot::Snapshot;
 use crate::x402::HEADER_PAYMENT_REQUIRED;

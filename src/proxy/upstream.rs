@@ -43,7 +43,7 @@ fn next_backend(pool: &UpstreamPool) -> Option<&Backend> {
 /// a request bound for the origin, whatever rule it matched: a pass is the gateway's
 /// credential, never the origin's to log or replay. Other cookies and authorizations are kept.
 pub fn strip_pass(req: &mut RequestHeader, cookie: &str) -> pingora::Result<()> {
-    use crate::payment::pass;
+    use crate::access::pass;
     let carries_pass = req.headers.contains_key(pass::HEADER)
         || req.headers.contains_key(http::header::AUTHORIZATION)
         || req

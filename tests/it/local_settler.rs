@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use alloy::signers::local::PrivateKeySigner;
 use serde_json::{Value, json};
+use x402_gateway::facilitator::ChainConf;
 use x402_gateway::facilitator::local::LocalSettler;
 use x402_gateway::secret::Secret;
-use x402_gateway::snapshot::ChainConf;
 
 use crate::support::chain::{authorization_used, balance, hex_u64, relayer_nonce, rpc as rpc_call};
 use crate::support::pay::{self, Auth};

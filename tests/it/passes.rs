@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use serde_json::{Value, json};
-use x402_gateway::payment::pass::{self, Algorithm, Claims, KeyMaterial, PassKeys, ScopeKind};
+use x402_gateway::access::pass::{self, Algorithm, Claims, KeyMaterial, PassKeys, ScopeKind};
 use x402_gateway::router::Methods;
 
 use crate::support::chain::balance;

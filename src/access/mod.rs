@@ -3,20 +3,78 @@
 //! a shadow-mode rule would have done, and the pass issued after a settled payment. Works on
 //! plain header maps; the proxy turns the outcome into a reply.
 
+pub mod audience;
+pub mod crawler_price;
+pub mod pass;
+pub mod webbotauth;
+
 use std::sync::Arc;
 
 use http::HeaderMap;
 use rust_decimal::Decimal;
 
-use crate::audience::{self, Audience};
-use crate::crawler_price::{self, CrawlerPriceError};
 use crate::metrics::Metrics;
-use crate::payment::pass::{self, Admitted, Claims, PassEngine, PassError, PassPolicy, ScopeKind};
 use crate::payment::{self, Accepted, PaymentError, Stage};
 use crate::router::Methods;
-use crate::snapshot::{Rule, RuleAction, Snapshot};
-use crate::webbotauth::{self, BotAuth, BotAuthError, SignedRequest};
 use crate::x402::challenge::Priced;
+use audience::Audience;
+use crawler_price::CrawlerPriceError;
+use pass::{Admitted, Claims, PassEngine, PassError, PassPolicy, ScopeKind};
+use webbotauth::{BotAuth, BotAuthError, SignedRequest};
+
+/// What a rule (or one of its audience prices) does with a matching request.
+#[derive(Debug, Clone)]
+pub enum RuleAction {
+    Free,
+    Block,
+    Pay(Arc<Priced>),
+}
+
+impl RuleAction {
+    /// Label used in metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RuleAction::Free => "free",
+            RuleAction::Block => "block",
+            RuleAction::Pay(_) => "pay",
+        }
+    }
+}
+
+/// What the access decision reads from one configuration generation.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessEnv<'a> {
+    /// The `[[crawler]]` list.
+    pub crawlers: &'a audience::CrawlerSet,
+    /// Agents whose Web Bot Auth signatures are accepted.
+    pub web_bot_auth: &'a webbotauth::BotAuthConf,
+    /// Pass keys (`None`: no `[passes]` section).
+    pub passes: Option<&'a pass::PassKeys>,
+    /// Largest payment header (shadow mode's local payment checks).
+    pub max_payment_header_bytes: usize,
+}
+
+/// The rule a request matched, as the access decision sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessRule<'a> {
+    pub id: &'a str,
+    pub action: &'a RuleAction,
+    pub access: &'a RuleAccess,
+}
+
+/// A rule's audience prices, pass policy and mode.
+#[derive(Debug, Clone, Default)]
+pub struct RuleAccess {
+    /// Prices per audience and operator (`None`: one price for everyone).
+    pub audiences: Option<Arc<audience::AudiencePrices>>,
+    /// The pass issued after a settled payment.
+    pub pass: Option<Arc<PassPolicy>>,
+    /// `mode = "shadow"`: decide and count, forward without charging.
+    pub shadow: bool,
+    /// Rules whose passes this rule honours whatever they were bought for (`*`: every rule);
+    /// others only where they paid at least this rule's price.
+    pub accept_passes_from: Vec<String>,
+}
 
 /// The request as the access decision sees it.
 #[derive(Debug, Clone, Copy)]
@@ -126,7 +184,7 @@ impl Access {
     /// Verifies a Web Bot Auth signature when the request carries one and agents are trusted.
     pub async fn verify_bot(
         &self,
-        snap: &Snapshot,
+        env: &AccessEnv<'_>,
         v: &RequestView<'_>,
     ) -> Option<Result<audience::VerifiedAgent, BotAuthError>> {
         if !webbotauth::is_signed(v.headers) {
@@ -140,18 +198,18 @@ impl Access {
             path: v.path,
             query: v.query,
         };
-        Some(self.bot_auth.verify(&snap.web_bot_auth, &req).await)
+        Some(self.bot_auth.verify(env.web_bot_auth, &req).await)
     }
 
     /// Classifies the request (verifying a signature first when there is one), counting the
     /// audience, the Web Bot Auth outcome and spoofed crawler claims.
     pub async fn classify(
         &self,
-        snap: &Snapshot,
+        env: &AccessEnv<'_>,
         v: &RequestView<'_>,
         state: &mut AccessState,
     ) -> Audience {
-        let verified = match self.verify_bot(snap, v).await {
+        let verified = match self.verify_bot(env, v).await {
             None => None,
             Some(Ok(agent)) => {
                 state.bot_auth = Some("verified");
@@ -171,7 +229,7 @@ impl Access {
                 None
             }
         };
-        let a = audience::classify(v.headers, &snap.crawlers, verified.as_ref());
+        let a = audience::classify(v.headers, env.crawlers, verified.as_ref());
         self.metrics
             .audience_requests
             .with_label_values(&[a.kind(), a.purpose_label()])
@@ -194,24 +252,24 @@ impl Access {
     /// request against the quota.
     fn check_pass(
         &self,
-        snap: &Snapshot,
-        rule: &Rule,
+        env: &AccessEnv<'_>,
+        rule: AccessRule<'_>,
         priced: &Priced,
         v: &RequestView<'_>,
         consume: bool,
     ) -> Option<Result<Admitted, PassError>> {
-        let keys = snap.passes.as_ref()?;
+        let keys = env.passes?;
         let tokens = pass::presented(v.headers, &keys.cookie);
         if tokens.is_empty() {
             return None;
         }
         let target = pass::Target {
             host: v.host,
-            rule: &rule.id,
+            rule: rule.id,
             key: v.key,
             method: Methods::bit(v.method),
             price: &priced.price_points,
-            honours: &rule.accept_passes_from,
+            honours: &rule.access.accept_passes_from,
         };
         Some(self.passes.admit(keys, &tokens, &target, consume))
     }
@@ -219,20 +277,20 @@ impl Access {
     /// Decides a request on a rule that [`Rule::needs_access`].
     pub async fn decide(
         &self,
-        snap: &Snapshot,
-        rule: &Rule,
+        env: &AccessEnv<'_>,
+        rule: AccessRule<'_>,
         v: &RequestView<'_>,
         state: &mut AccessState,
     ) -> Outcome {
-        let audience = self.classify(snap, v, state).await;
-        let action = match &rule.audiences {
-            Some(a) => a.resolve(&rule.action, &audience),
-            None => &rule.action,
+        let audience = self.classify(env, v, state).await;
+        let action = match &rule.access.audiences {
+            Some(a) => a.resolve(rule.action, &audience),
+            None => rule.action,
         };
         let bot = audience.is_bot();
         state.audience = Some(audience);
-        if rule.shadow {
-            let decision = self.shadow(snap, rule, action, bot, v, state);
+        if rule.access.shadow {
+            let decision = self.shadow(env, rule, action, bot, v, state);
             state.shadow = Some(decision);
             return Outcome::Forward(Forwarded::Shadow);
         }
@@ -253,7 +311,7 @@ impl Access {
             None => crawler_price::Ceiling::None,
         };
         let mut pass_error = None;
-        match self.check_pass(snap, rule, priced, v, true) {
+        match self.check_pass(env, rule, priced, v, true) {
             Some(Ok(a)) => {
                 self.pass_metric("accepted");
                 state.admitted = Some(a);
@@ -270,10 +328,10 @@ impl Access {
         {
             return Outcome::Refused(e.into());
         }
-        if let Some(policy) = &rule.pass {
+        if let Some(policy) = &rule.access.pass {
             state.issue = Some(IssueTarget {
                 policy: policy.clone(),
-                rule: rule.id.clone(),
+                rule: rule.id.to_owned(),
                 host: v.host.to_owned(),
                 key: v.key.to_owned(),
                 canonical: v.canonical.to_owned(),
@@ -290,8 +348,8 @@ impl Access {
     /// reserved or consumed.
     fn shadow(
         &self,
-        snap: &Snapshot,
-        rule: &Rule,
+        env: &AccessEnv<'_>,
+        rule: AccessRule<'_>,
         action: &RuleAction,
         bot: bool,
         v: &RequestView<'_>,
@@ -309,10 +367,10 @@ impl Access {
                 });
                 if refused {
                     ("crawler_refused", None)
-                } else if let Some(Ok(_)) = self.check_pass(snap, rule, priced, v, false) {
+                } else if let Some(Ok(_)) = self.check_pass(env, rule, priced, v, false) {
                     ("pass", None)
                 } else {
-                    match payment::check_locally(snap, priced, v.headers) {
+                    match payment::check_locally(priced, v.headers, env.max_payment_header_bytes) {
                         Ok(_) => ("paid", Some(priced)),
                         Err(PaymentError::MissingPayment) => ("charge", Some(priced)),
                         Err(_) => ("rejected", Some(priced)),
@@ -322,7 +380,7 @@ impl Access {
         };
         self.metrics
             .shadow_decisions
-            .with_label_values(&[rule.id.as_str(), decision])
+            .with_label_values(&[rule.id, decision])
             .inc();
         let offer = charged.and_then(|p| p.offers.first());
         if let Some(o) = offer
@@ -331,7 +389,7 @@ impl Access {
             self.metrics
                 .shadow_amount
                 .with_label_values(&[
-                    rule.id.as_str(),
+                    rule.id,
                     o.requirements.network.as_str(),
                     o.requirements.asset.as_str(),
                 ])
@@ -352,7 +410,7 @@ impl Access {
     /// `crawler-charged` for bots.
     pub fn on_paid_response(
         &self,
-        snap: &Snapshot,
+        env: &AccessEnv<'_>,
         state: &AccessState,
         a: &Accepted,
     ) -> Vec<(&'static str, String)> {
@@ -363,7 +421,7 @@ impl Access {
         if let Some(usd) = state.crawler_usd {
             out.push((crawler_price::CHARGED, crawler_price::format_usd(usd)));
         }
-        let (Some(t), Some(keys)) = (&state.issue, &snap.passes) else {
+        let (Some(t), Some(keys)) = (&state.issue, env.passes) else {
             return out;
         };
         let now = pass::unix_now();

@@ -1,4 +1,4 @@
-//! The facilitator API listener: serves `POST /verify`, `POST /settle` and `GET /supported`
+//! The facilitator API listener (a service beside the admin listener): serves `POST /verify`, `POST /settle` and `GET /supported`
 //! (x402-notes §3) from the built-in settler named by `[facilitator_api] settler`, so other x402
 //! servers can use the gateway as their facilitator.
 
@@ -13,7 +13,7 @@ use pingora::protocols::http::ServerSession;
 use serde::Serialize;
 use serde_json::json;
 
-use super::local::{LocalSettler, Settlers};
+use crate::facilitator::local::{LocalSettler, Settlers};
 use crate::snapshot::Snapshot;
 
 /// Largest request body accepted; beyond it the answer is 413.

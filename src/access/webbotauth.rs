@@ -15,7 +15,7 @@ use web_bot_auth::keyring::{Algorithm, KeyRing, Thumbprintable};
 use web_bot_auth::message_signatures::{MessageVerifier, SignedMessage};
 use web_bot_auth::{ImplementationError, SignatureAgentLink, WebBotAuthVerifier};
 
-use crate::audience::{Purpose, VerifiedAgent};
+use crate::access::audience::{Purpose, VerifiedAgent};
 
 /// Where an agent publishes its keys, under its origin.
 pub const DIRECTORY_PATH: &str = "/.well-known/http-message-signatures-directory";

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use http::HeaderMap;
 
-use crate::snapshot::RuleAction;
+use super::RuleAction;
 
 /// What a crawler's fetches are for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]

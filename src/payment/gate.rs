@@ -1,0 +1,309 @@
+//! The gate: everything a priced request's payment goes through before the request is
+//! forwarded — decode, match against the offers, the scheme's local checks, the per-client and
+//! per-payer limits, the replay reservation, and the facilitator's verify (cached), then, in
+//! `before` mode, settlement.
+
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use super::replay::{Refused, ReplayKey};
+use super::{
+    Accepted, Admission, PaymentEnv, PaymentError, Payments, Rejection, RuleRef, Settlement, Stage,
+    decode, unix_now,
+};
+use crate::facilitator::client::FacilitatorRequest;
+use crate::facilitator::{FacilitatorConf, FacilitatorError};
+use crate::schemes;
+use crate::x402::challenge::{Offer, Priced};
+use crate::x402::types::RequirementsV1;
+
+/// The checks the gate makes before any facilitator call (decode, match, exact-scheme checks
+/// with signature recovery), without reserving, verifying or settling anything: what shadow
+/// mode uses to say whether a payment would have been accepted. Returns the payer.
+pub fn check_locally(
+    priced: &Priced,
+    headers: &HeaderMap,
+    max_header_bytes: usize,
+) -> Result<String, PaymentError> {
+    let found = decode::find(headers)?.ok_or(PaymentError::MissingPayment)?;
+    let decoded = decode::decode(found, priced, max_header_bytes)?;
+    let offer = priced
+        .offers
+        .get(decoded.offer)
+        .ok_or(PaymentError::NoMatch)?;
+    let scheme =
+        schemes::by_id(&offer.requirements.scheme).ok_or(PaymentError::UnsupportedScheme)?;
+    let checked = scheme.check(&decoded.payload, offer, unix_now())?;
+    Ok(checked.payer)
+}
+
+impl Payments {
+    /// Checks the payment on a priced request. `Ok` means forward; `Err` is the answer.
+    pub async fn gate(
+        &self,
+        env: &PaymentEnv<'_>,
+        rule: RuleRef<'_>,
+        priced: &Priced,
+        headers: &HeaderMap,
+        url: &str,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Admission, Rejection> {
+        let started = Instant::now();
+        let found = match decode::find(headers) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err(PaymentError::MissingPayment.into()),
+            Err(e) => return Err(self.reject(e.into())),
+        };
+        let version = found.version;
+        if let Some(ip) = client
+            && self
+                .failures_client
+                .exceeded(&ip, env.limits.failed_per_client)
+        {
+            return Err(self.reject(Rejection {
+                version,
+                ..PaymentError::RateLimited.into()
+            }));
+        }
+        let fail = |error: PaymentError, payer: Option<String>| Rejection {
+            error,
+            version,
+            payer,
+            receipt: None,
+        };
+        let decoded = decode::decode(found, priced, env.limits.max_header_bytes)
+            .map_err(|e| self.reject(fail(e, None)))?;
+        let offer = &priced.offers[decoded.offer];
+        let req = &offer.requirements;
+        let scheme = schemes::by_id(&req.scheme)
+            .ok_or_else(|| self.reject(fail(PaymentError::UnsupportedScheme, None)))?;
+        let checked = scheme
+            .check(&decoded.payload, offer, unix_now())
+            .map_err(|e| self.reject(fail(PaymentError::Scheme(e), None)))?;
+        let payer = checked.payer.clone();
+        let payer_key = payer.to_ascii_lowercase();
+        if self
+            .failures_payer
+            .exceeded(&payer_key, env.limits.failed_per_payer)
+        {
+            return Err(self.reject(fail(PaymentError::RateLimited, Some(payer))));
+        }
+        let key = ReplayKey::new(&req.network, &req.asset, &payer, &checked.nonce);
+        self.replay
+            .reserve(&key, checked.valid_before)
+            .map_err(|r| {
+                let e = match r {
+                    Refused::InFlight => PaymentError::InFlight,
+                    Refused::AlreadyUsed => PaymentError::AlreadyUsed,
+                };
+                self.reject(fail(e, Some(payer.clone())))
+            })?;
+        // What facilitators and the ledger see: no query string unless the rule keeps it.
+        let recorded = if rule.policy.resource_query {
+            url
+        } else {
+            url.split('?').next().unwrap_or(url)
+        };
+        let body = match facilitator_body(version, &decoded.raw, offer, priced, recorded) {
+            Ok(b) => b,
+            Err(e) => {
+                self.replay.release(&key);
+                return Err(self.reject(fail(e, Some(payer))));
+            }
+        };
+        let mut accepted = Box::new(Accepted {
+            version,
+            rule_id: rule.id.to_owned(),
+            resource: recorded.to_owned(),
+            offer: offer.clone(),
+            payer,
+            key,
+            nonce: checked.nonce.clone(),
+            valid_before: checked.valid_before,
+            settlement: rule.policy.settlement,
+            failure_policy: rule.policy.failure_policy,
+            facilitator_body: body,
+            facilitator: None,
+            stage: Stage::Verified,
+            receipt: None,
+            claimed_tx: None,
+            started,
+            facilitator_time: Duration::ZERO,
+            delivery_recorded: false,
+        });
+        if let Err(e) = self.verify(env, &mut accepted).await {
+            self.replay.release(&accepted.key);
+            if matches!(e, PaymentError::Invalid(_)) {
+                // A facilitator call spent on a payment that does not pay.
+                if let Some(ip) = client {
+                    self.failures_client.count(&ip);
+                }
+                self.failures_payer.count(&payer_key);
+            }
+            if self.fails_open(rule.policy, &e) {
+                return Ok(self.served_unpaid(rule.id, e.reason()));
+            }
+            return Err(self.reject(fail(e, Some(accepted.payer.clone()))));
+        }
+        if accepted.settlement == Settlement::Before {
+            self.settle(env, &mut accepted, None).await;
+            if accepted.stage != Stage::Settled {
+                let error = self.settle_error(&accepted);
+                self.release_unless_unknown(&accepted);
+                if accepted.stage == Stage::SettleFailed && self.fails_open(rule.policy, &error) {
+                    return Ok(self.served_unpaid(rule.id, error.reason()));
+                }
+                let receipt = accepted.receipt.clone();
+                return Err(self.reject(Rejection {
+                    error,
+                    version,
+                    payer: Some(accepted.payer.clone()),
+                    receipt,
+                }));
+            }
+        }
+        Ok(Admission::Paid(accepted))
+    }
+
+    pub(super) fn candidates<'a>(
+        &self,
+        env: &PaymentEnv<'a>,
+        a: &Accepted,
+    ) -> Vec<&'a FacilitatorConf> {
+        let r = &a.offer.requirements;
+        self.facilitators.candidates(
+            env.facilitators,
+            a.version,
+            &r.scheme,
+            &r.network,
+            a.offer.v1_network.as_deref(),
+        )
+    }
+
+    async fn verify(&self, env: &PaymentEnv<'_>, a: &mut Accepted) -> Result<(), PaymentError> {
+        let digest: [u8; 32] = Sha256::digest(&a.facilitator_body).into();
+        if self.verified.get(&digest).is_some() {
+            return Ok(());
+        }
+        let candidates = self.candidates(env, a);
+        if candidates.is_empty() {
+            let r = &a.offer.requirements;
+            let other_version = self.facilitators.candidates(
+                env.facilitators,
+                if a.version == 1 { 2 } else { 1 },
+                &r.scheme,
+                &r.network,
+                a.offer.v1_network.as_deref(),
+            );
+            // Facilitators serve this network, just not in this protocol version: the client's
+            // choice, not an outage.
+            return Err(if other_version.is_empty() {
+                PaymentError::NoFacilitator
+            } else {
+                PaymentError::UnsupportedVersion
+            });
+        }
+        let mut all_declined = true;
+        for (n, fac) in candidates.into_iter().enumerate() {
+            if n > 0 {
+                self.metrics
+                    .facilitator_failovers
+                    .with_label_values(&["verify"])
+                    .inc();
+            }
+            let t = Instant::now();
+            let result = self.facilitators.verify(fac, &a.facilitator_body).await;
+            a.facilitator_time += t.elapsed();
+            match result {
+                Ok(v) if v.valid() => {
+                    self.verified.insert(digest, ());
+                    a.facilitator = Some(fac.name.clone());
+                    return Ok(());
+                }
+                Ok(v) => {
+                    if let Some(p) = v.payer.filter(|p| !p.is_empty()) {
+                        a.payer = p;
+                    }
+                    return Err(PaymentError::Invalid(
+                        v.invalid_reason.unwrap_or_else(|| "invalid_payment".into()),
+                    ));
+                }
+                // Verify never moves money: any failure may try the next facilitator.
+                Err(e) => {
+                    all_declined &= matches!(e, FacilitatorError::Declined { .. });
+                    tracing::warn!(facilitator = %fac.name, error = %e, "verify failed");
+                }
+            }
+        }
+        Err(if all_declined {
+            PaymentError::FacilitatorBusy
+        } else {
+            PaymentError::FacilitatorUnavailable
+        })
+    }
+}
+
+/// A v2 payload whose `resource.url` carries more than `url` (the query string the gateway
+/// keeps from facilitators), rewritten with `url`; `None` when it can go verbatim.
+fn v2_payload_without_query(version: u8, raw: &str, url: &str) -> Option<String> {
+    if version != 2 || !raw.contains('?') {
+        return None;
+    }
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(raw).ok()?;
+    let res = v.get_mut("resource")?.as_object_mut()?;
+    let current = res.get("url")?.as_str()?;
+    if current == url || !current.contains('?') {
+        return None;
+    }
+    res.insert("url".into(), serde_json::Value::String(url.to_owned()));
+    serde_json::to_string(&v).ok()
+}
+
+/// The `/verify` and `/settle` body: the client's payload (verbatim, unless its resource URL
+/// carries a query the gateway keeps from facilitators) and the gateway's own
+/// requirements (v2 form, or v1 form with resource details).
+fn facilitator_body(
+    version: u8,
+    raw: &str,
+    offer: &Offer,
+    priced: &Priced,
+    url: &str,
+) -> Result<Vec<u8>, PaymentError> {
+    let payload = match v2_payload_without_query(version, raw, url) {
+        Some(p) => RawValue::from_string(p),
+        None => RawValue::from_string(raw.to_owned()),
+    }
+    .map_err(|e| PaymentError::Payload(e.to_string()))?;
+    let r = &offer.requirements;
+    let reqs = if version == 1 {
+        let network = offer
+            .v1_network
+            .as_deref()
+            .ok_or(PaymentError::InvalidNetwork)?;
+        serde_json::to_string(&RequirementsV1 {
+            scheme: &r.scheme,
+            network,
+            max_amount_required: &r.amount,
+            resource: url,
+            description: &priced.description,
+            mime_type: &priced.mime_type,
+            pay_to: &r.pay_to,
+            max_timeout_seconds: r.max_timeout_seconds,
+            asset: &r.asset,
+            extra: &r.extra,
+        })
+    } else {
+        serde_json::to_string(r)
+    }
+    .map_err(|e| PaymentError::Payload(e.to_string()))?;
+    let reqs = RawValue::from_string(reqs).map_err(|e| PaymentError::Payload(e.to_string()))?;
+    serde_json::to_vec(&FacilitatorRequest {
+        x402_version: version,
+        payment_payload: &payload,
+        payment_requirements: &reqs,
+    })
+    .map_err(|e| PaymentError::Payload(e.to_string()))
+}
