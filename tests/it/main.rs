@@ -10,6 +10,7 @@ mod core;
 mod facilitators;
 mod faults;
 mod hostile;
+mod layout;
 mod local_settler;
 mod passes;
 mod payments;
