@@ -5,11 +5,13 @@ use std::collections::HashSet;
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::FutureExt;
 use http::HeaderMap;
 use x402_gateway::access::pass::{
     self, Algorithm, Claims, KeyMaterial, PassEngine, PassKeys, ScopeKind, Target,
 };
 use x402_gateway::router::Methods;
+use x402_gateway::state::MemoryStore;
 
 fn claims(max_requests: u32) -> Claims {
     let now = pass::unix_now();
@@ -67,8 +69,10 @@ fn bench(c: &mut Criterion) {
             b.iter(|| pass::verify(&k, black_box(&token), now).expect("valid"))
         });
         // What a request pays: find the token in the headers, verify it (once, then from the
-        // verified-token cache), check scope and method, count it against the quota.
+        // verified-token cache), check revocation, scope and method, count it against the
+        // quota in the (in-memory) state store.
         let engine = PassEngine::default();
+        let store = MemoryStore::default();
         let limited = pass::mint(&k, &claims(u32::MAX)).expect("mint");
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -80,7 +84,12 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("{name}/admit_with_quota"), |b| {
             b.iter(|| {
                 let tokens = pass::presented(black_box(&headers), "x402_pass");
-                engine.admit(&k, &tokens, &target, true).expect("admitted")
+                // The in-memory store never waits: the future is ready on its first poll.
+                engine
+                    .admit(&k, &store, &tokens, &target, true)
+                    .now_or_never()
+                    .expect("ready")
+                    .expect("admitted")
             })
         });
     }

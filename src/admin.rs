@@ -31,7 +31,7 @@ const MAX_REVOKE_BODY: usize = 16 * 1024;
 /// `POST /passes/revoke` with `{"id": "…"}`, `{"ids": […]}` or `{"token": "x402p1.…"}`: the
 /// passes are refused from now on (in this process; list them under `[passes] revoked` to keep
 /// them refused across restarts).
-pub fn revoke(snap: &Snapshot, access: &Access, body: &[u8]) -> (StatusCode, Value) {
+pub async fn revoke(snap: &Snapshot, access: &Access, body: &[u8]) -> (StatusCode, Value) {
     let bad = |m: &str| {
         (
             StatusCode::BAD_REQUEST,
@@ -68,7 +68,13 @@ pub fn revoke(snap: &Snapshot, access: &Access, body: &[u8]) -> (StatusCode, Val
         return bad("give `id`, `ids` or `token`");
     }
     for id in &ids {
-        access.passes.revoke(id);
+        if let Err(e) = access.revoke(id).await {
+            tracing::error!(pass = %id, error = %e, "cannot revoke the pass");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "state_unavailable", "message": e.to_string()}),
+            );
+        }
         tracing::info!(pass = %id, "pass revoked");
     }
     (StatusCode::OK, json!({"revoked": ids}))
@@ -277,7 +283,7 @@ impl ServeHttp for Admin {
                     );
                 }
             }
-            let (status, v) = revoke(&snap, &self.access, &body);
+            let (status, v) = revoke(&snap, &self.access, &body).await;
             return json_response(status, &v);
         }
         match path.as_str() {

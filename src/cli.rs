@@ -123,7 +123,10 @@ pub fn explain(
     };
     // Who is asking: the same classification the proxy makes (a signed request's key
     // directory is fetched from its trusted agent).
-    let access = crate::access::Access::new(std::sync::Arc::new(crate::metrics::Metrics::new()));
+    let access = crate::access::Access::new(
+        std::sync::Arc::new(crate::metrics::Metrics::new()),
+        std::sync::Arc::new(crate::state::MemoryStore::default()),
+    );
     let mut state = crate::access::AccessState::default();
     let audience = {
         let parts = request::AccessParts::of(&req, snap.case_sensitive, tls);

@@ -19,6 +19,7 @@ pub mod schemes;
 pub mod secret;
 pub mod server;
 pub mod snapshot;
+pub mod state;
 pub mod telemetry;
 pub mod template;
 pub mod x402;

@@ -180,9 +180,15 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     let config = Arc::new(ArcSwap::from_pointee(snap));
     let metrics = Arc::new(Metrics::new());
     let settlers = Arc::new(crate::facilitator::local::Settlers::default());
-    let payments = Arc::new(Payments::new(metrics.clone(), settlers.clone()));
+    // What is remembered across requests (payment reservations, pass quotas …).
+    let state: Arc<dyn crate::state::StateStore> = Arc::new(crate::state::MemoryStore::default());
+    let payments = Arc::new(Payments::new(
+        metrics.clone(),
+        settlers.clone(),
+        state.clone(),
+    ));
     let payments_at_exit = payments.clone();
-    let access = Arc::new(crate::access::Access::new(metrics.clone()));
+    let access = Arc::new(crate::access::Access::new(metrics.clone(), state.clone()));
     let gateway = |tls: bool| Gateway {
         config: config.clone(),
         metrics: metrics.clone(),

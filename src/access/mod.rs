@@ -16,6 +16,7 @@ use rust_decimal::Decimal;
 use crate::metrics::Metrics;
 use crate::payment::{self, Accepted, PaymentError, Stage};
 use crate::router::Methods;
+use crate::state::{StateError, StateStore};
 use crate::x402::challenge::Priced;
 use audience::Audience;
 use crawler_price::CrawlerPriceError;
@@ -169,16 +170,26 @@ impl AccessState {
 pub struct Access {
     pub bot_auth: BotAuth,
     pub passes: PassEngine,
+    /// Pass quotas and runtime revocations.
+    state: Arc<dyn StateStore>,
     metrics: Arc<Metrics>,
 }
 
 impl Access {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, state: Arc<dyn StateStore>) -> Self {
         Access {
             bot_auth: BotAuth::default(),
             passes: PassEngine::default(),
+            state,
             metrics,
         }
+    }
+
+    /// Revokes a pass at run time, until no pass signed now can still be valid.
+    pub async fn revoke(&self, id: &str) -> Result<(), StateError> {
+        self.state
+            .revoke(id, pass::unix_now() + pass::MAX_TTL.as_secs())
+            .await
     }
 
     /// Verifies a Web Bot Auth signature when the request carries one and agents are trusted.
@@ -250,7 +261,7 @@ impl Access {
 
     /// Checks presented passes against a request that costs `priced`; `consume` counts the
     /// request against the quota.
-    fn check_pass(
+    async fn check_pass(
         &self,
         env: &AccessEnv<'_>,
         rule: AccessRule<'_>,
@@ -271,7 +282,11 @@ impl Access {
             price: &priced.price_points,
             honours: &rule.access.accept_passes_from,
         };
-        Some(self.passes.admit(keys, &tokens, &target, consume))
+        Some(
+            self.passes
+                .admit(keys, self.state.as_ref(), &tokens, &target, consume)
+                .await,
+        )
     }
 
     /// Decides a request on a rule that [`Rule::needs_access`].
@@ -290,7 +305,7 @@ impl Access {
         let bot = audience.is_bot();
         state.audience = Some(audience);
         if rule.access.shadow {
-            let decision = self.shadow(env, rule, action, bot, v, state);
+            let decision = self.shadow(env, rule, action, bot, v, state).await;
             state.shadow = Some(decision);
             return Outcome::Forward(Forwarded::Shadow);
         }
@@ -311,7 +326,7 @@ impl Access {
             None => crawler_price::Ceiling::None,
         };
         let mut pass_error = None;
-        match self.check_pass(env, rule, priced, v, true) {
+        match self.check_pass(env, rule, priced, v, true).await {
             Some(Ok(a)) => {
                 self.pass_metric("accepted");
                 state.admitted = Some(a);
@@ -346,7 +361,7 @@ impl Access {
 
     /// What an enforcing rule would have done, counted and logged; nothing is charged,
     /// reserved or consumed.
-    fn shadow(
+    async fn shadow(
         &self,
         env: &AccessEnv<'_>,
         rule: AccessRule<'_>,
@@ -367,7 +382,7 @@ impl Access {
                 });
                 if refused {
                     ("crawler_refused", None)
-                } else if let Some(Ok(_)) = self.check_pass(env, rule, priced, v, false) {
+                } else if let Some(Ok(_)) = self.check_pass(env, rule, priced, v, false).await {
                     ("pass", None)
                 } else {
                     match payment::check_locally(priced, v.headers, env.max_payment_header_bytes) {

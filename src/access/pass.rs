@@ -1,12 +1,11 @@
 //! Passes: compact signed tokens issued after a settled payment that let the payer's next
 //! requests through without paying again, bound to a scope, methods, an expiry and a request
 //! quota. Verified locally (HMAC-SHA256 or Ed25519, several verification keys for rotation);
-//! quotas and runtime revocations are counted in memory.
+//! quotas and runtime revocations are kept in the state store.
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -16,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::router::Methods;
+use crate::state::{Quota, StateStore};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -56,6 +56,9 @@ pub enum PassError {
     Exhausted,
     #[error("the pass was revoked")]
     Revoked,
+    /// The state store (quotas, revocations) could not be read.
+    #[error("passes cannot be checked right now")]
+    Unavailable,
 }
 
 impl PassError {
@@ -71,6 +74,7 @@ impl PassError {
             PassError::Insufficient => "pass_insufficient",
             PassError::Exhausted => "pass_exhausted",
             PassError::Revoked => "pass_revoked",
+            PassError::Unavailable => "state_unavailable",
         }
     }
 
@@ -82,6 +86,7 @@ impl PassError {
             PassError::Malformed | PassError::UnknownKey | PassError::BadSignature => 1,
             PassError::NotYetValid => 2,
             PassError::Expired | PassError::Exhausted | PassError::Revoked => 3,
+            PassError::Unavailable => 4,
         }
     }
 }
@@ -506,25 +511,6 @@ pub fn cookie_without(value: &str, cookie: &str) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join("; "))
 }
 
-/// Requests used on a pass, kept until the pass expires.
-struct Quota {
-    used: AtomicU32,
-    until: Instant,
-}
-
-struct UntilExpiry;
-
-impl moka::Expiry<String, Arc<Quota>> for UntilExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Arc<Quota>,
-        created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.until.saturating_duration_since(created_at))
-    }
-}
-
 /// A pass that admitted a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
@@ -534,11 +520,10 @@ pub struct Admitted {
     pub expires: u64,
 }
 
-/// Runtime pass state shared by every request: request quotas, runtime revocations, and
-/// verified tokens, so a token's signature is checked and its claims parsed once.
+/// Pass checks shared by every request: verified tokens are cached in this process (a
+/// token's signature is checked and its claims parsed once); request quotas and runtime
+/// revocations live in the state store.
 pub struct PassEngine {
-    quotas: moka::sync::Cache<String, Arc<Quota>>,
-    revoked: moka::sync::Cache<String, ()>,
     verified: moka::sync::Cache<[u8; 32], Arc<Claims>>,
 }
 
@@ -551,14 +536,6 @@ impl std::fmt::Debug for PassEngine {
 impl Default for PassEngine {
     fn default() -> Self {
         PassEngine {
-            quotas: moka::sync::Cache::builder()
-                .max_capacity(1_000_000)
-                .expire_after(UntilExpiry)
-                .build(),
-            revoked: moka::sync::Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_live(MAX_TTL)
-                .build(),
             verified: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(600))
@@ -575,15 +552,6 @@ pub fn unix_now() -> u64 {
 }
 
 impl PassEngine {
-    /// Revokes a pass id until the longest pass lifetime has passed.
-    pub fn revoke(&self, id: &str) {
-        self.revoked.insert(id.to_owned(), ());
-    }
-
-    pub fn is_revoked(&self, id: &str) -> bool {
-        self.revoked.contains_key(id)
-    }
-
     fn claims(&self, keys: &PassKeys, token: &str, now: u64) -> Result<Arc<Claims>, PassError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(PassError::Malformed);
@@ -611,43 +579,35 @@ impl PassEngine {
 
     /// Checks one token for a request; `consume` counts the request against the quota
     /// (shadow mode only looks).
-    pub fn admit_one(
+    pub async fn admit_one(
         &self,
         keys: &PassKeys,
+        state: &dyn StateStore,
         token: &str,
         target: &Target<'_>,
         consume: bool,
         now: u64,
     ) -> Result<Admitted, PassError> {
         let c = self.claims(keys, token, now)?;
-        if self.is_revoked(&c.id) {
+        if state
+            .revoked(&c.id)
+            .await
+            .map_err(|_| PassError::Unavailable)?
+        {
             return Err(PassError::Revoked);
         }
         c.covers(target)?;
         let remaining = if c.max_requests == 0 {
             None
         } else {
-            let until = Instant::now() + Duration::from_secs(c.exp.saturating_sub(now));
-            let q = self.quotas.get_with_by_ref(&c.id, || {
-                Arc::new(Quota {
-                    used: AtomicU32::new(0),
-                    until,
-                })
-            });
-            let max = c.max_requests;
-            let used = if consume {
-                q.used
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                        (u < max).then_some(u + 1)
-                    })
-                    .map_err(|_| PassError::Exhausted)?
-            } else {
-                q.used.load(Ordering::Acquire)
-            };
-            if used >= max {
-                return Err(PassError::Exhausted);
+            match state
+                .use_quota(&c.id, c.max_requests, c.exp, consume)
+                .await
+                .map_err(|_| PassError::Unavailable)?
+            {
+                Quota::Left(n) => Some(n),
+                Quota::Exhausted => return Err(PassError::Exhausted),
             }
-            Some(max - used - 1)
         };
         Ok(Admitted {
             id: c.id.clone(),
@@ -658,9 +618,10 @@ impl PassEngine {
 
     /// Tries each presented token; the first that admits the request wins. Otherwise the most
     /// relevant failure.
-    pub fn admit(
+    pub async fn admit(
         &self,
         keys: &PassKeys,
+        state: &dyn StateStore,
         tokens: &[&str],
         target: &Target<'_>,
         consume: bool,
@@ -668,7 +629,7 @@ impl PassEngine {
         let now = unix_now();
         let mut worst: Option<PassError> = None;
         for t in tokens {
-            match self.admit_one(keys, t, target, consume, now) {
+            match self.admit_one(keys, state, t, target, consume, now).await {
                 Ok(a) => return Ok(a),
                 Err(e) => {
                     if worst.is_none_or(|w| e.rank() > w.rank()) {
@@ -678,13 +639,6 @@ impl PassEngine {
             }
         }
         Err(worst.unwrap_or(PassError::Malformed))
-    }
-
-    /// Requests used on a pass so far.
-    pub fn used(&self, id: &str) -> u32 {
-        self.quotas
-            .get(id)
-            .map_or(0, |q| q.used.load(Ordering::Acquire))
     }
 }
 
@@ -713,6 +667,44 @@ pub fn set_cookie(name: &str, token: &str, path: &str, max_age: u64, secure: boo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::MemoryStore;
+
+    /// The engine with an in-memory state store, driven synchronously.
+    #[derive(Default)]
+    struct TestEngine {
+        engine: PassEngine,
+        store: MemoryStore,
+    }
+
+    impl TestEngine {
+        fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime")
+                .block_on(f)
+        }
+
+        fn admit(
+            &self,
+            keys: &PassKeys,
+            tokens: &[&str],
+            target: &Target<'_>,
+            consume: bool,
+        ) -> Result<Admitted, PassError> {
+            Self::run(
+                self.engine
+                    .admit(keys, &self.store, tokens, target, consume),
+            )
+        }
+
+        fn revoke(&self, id: &str) {
+            Self::run(self.store.revoke(id, unix_now() + 60)).expect("revoke");
+        }
+
+        fn claims(&self, keys: &PassKeys, token: &str, now: u64) -> Result<Arc<Claims>, PassError> {
+            self.engine.claims(keys, token, now)
+        }
+    }
 
     fn hmac_keys(signing: &str) -> PassKeys {
         PassKeys::new(
@@ -749,7 +741,7 @@ mod tests {
                 Algorithm::HmacSha256 => KeyMaterial::Hmac(vec![b; 32]),
             };
             let old = single_key(algorithm, "k1", material(7), true);
-            let engine = PassEngine::default();
+            let engine = TestEngine::default();
             let now = unix_now();
             let token = mint(&old, &claims(ScopeKind::Rule, "/", now + 600, 0)).expect("mint");
             assert!(engine.claims(&old, &token, now).is_ok(), "{algorithm:?}");
@@ -820,7 +812,7 @@ mod tests {
     #[test]
     fn another_rule_honours_a_pass_only_at_no_higher_price() {
         let keys = hmac_keys("k1");
-        let engine = PassEngine::default();
+        let engine = TestEngine::default();
         let now = unix_now();
         let pre = mint(&keys, &claims(ScopeKind::Prefix, "/articles/", now + 60, 0)).expect("m");
         let at = |rule: &str, points: &[(&str, &str, u128)], honours: &[String]| {
@@ -938,7 +930,7 @@ mod tests {
         let c = claims(ScopeKind::Rule, "", now + 60, 2);
         let token = mint(&signer, &c).expect("mint");
         assert_eq!(verify(&verifier_only, &token, now), Ok(c.clone()));
-        let engine = PassEngine::default();
+        let engine = TestEngine::default();
         let t = target("/anything", "articles", "GET");
         // Cached after the first check; the quota still counts.
         assert_eq!(
@@ -962,7 +954,7 @@ mod tests {
     #[test]
     fn scopes_methods_quota_and_revocation() {
         let keys = hmac_keys("k1");
-        let engine = PassEngine::default();
+        let engine = TestEngine::default();
         let now = unix_now();
         let res = mint(
             &keys,

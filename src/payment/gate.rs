@@ -9,7 +9,7 @@ use http::HeaderMap;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use super::replay::{Refused, ReplayKey};
+use super::replay::ReplayKey;
 use super::{
     Accepted, Admission, PaymentEnv, PaymentError, Payments, Rejection, RuleRef, Settlement, Stage,
     decode, unix_now,
@@ -17,6 +17,7 @@ use super::{
 use crate::facilitator::client::FacilitatorRequest;
 use crate::facilitator::{FacilitatorConf, FacilitatorError};
 use crate::schemes;
+use crate::state::Refused;
 use crate::x402::challenge::{Offer, Priced};
 use crate::x402::types::RequirementsV1;
 
@@ -92,15 +93,18 @@ impl Payments {
             return Err(self.reject(fail(PaymentError::RateLimited, Some(payer))));
         }
         let key = ReplayKey::new(&req.network, &req.asset, &payer, &checked.nonce);
-        self.replay
-            .reserve(&key, checked.valid_before)
-            .map_err(|r| {
-                let e = match r {
-                    Refused::InFlight => PaymentError::InFlight,
-                    Refused::AlreadyUsed => PaymentError::AlreadyUsed,
-                };
-                self.reject(fail(e, Some(payer.clone())))
-            })?;
+        let refused = match self.state.reserve(key.as_str(), checked.valid_before).await {
+            Ok(Ok(())) => None,
+            Ok(Err(Refused::InFlight)) => Some(PaymentError::InFlight),
+            Ok(Err(Refused::AlreadyUsed)) => Some(PaymentError::AlreadyUsed),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reserve a payment");
+                Some(PaymentError::StateUnavailable)
+            }
+        };
+        if let Some(e) = refused {
+            return Err(self.reject(fail(e, Some(payer))));
+        }
         // What facilitators and the ledger see: no query string unless the rule keeps it.
         let recorded = if rule.policy.resource_query {
             url
@@ -110,7 +114,7 @@ impl Payments {
         let body = match facilitator_body(version, &decoded.raw, offer, priced, recorded) {
             Ok(b) => b,
             Err(e) => {
-                self.replay.release(&key);
+                self.release(&key).await;
                 return Err(self.reject(fail(e, Some(payer))));
             }
         };
@@ -135,7 +139,7 @@ impl Payments {
             delivery_recorded: false,
         });
         if let Err(e) = self.verify(env, &mut accepted).await {
-            self.replay.release(&accepted.key);
+            self.release(&accepted.key).await;
             if matches!(e, PaymentError::Invalid(_)) {
                 // A facilitator call spent on a payment that does not pay.
                 if let Some(ip) = client {
@@ -152,7 +156,7 @@ impl Payments {
             self.settle(env, &mut accepted, None).await;
             if accepted.stage != Stage::Settled {
                 let error = self.settle_error(&accepted);
-                self.release_unless_unknown(&accepted);
+                self.release_unless_unknown(&accepted).await;
                 if accepted.stage == Stage::SettleFailed && self.fails_open(rule.policy, &error) {
                     return Ok(self.served_unpaid(rule.id, error.reason()));
                 }
@@ -185,7 +189,8 @@ impl Payments {
 
     async fn verify(&self, env: &PaymentEnv<'_>, a: &mut Accepted) -> Result<(), PaymentError> {
         let digest: [u8; 32] = Sha256::digest(&a.facilitator_body).into();
-        if self.verified.get(&digest).is_some() {
+        // A store that cannot be read means one more verify call, nothing worse.
+        if self.state.verified(&digest).await.unwrap_or(false) {
             return Ok(());
         }
         let candidates = self.candidates(env, a);
@@ -219,7 +224,9 @@ impl Payments {
             a.facilitator_time += t.elapsed();
             match result {
                 Ok(v) if v.valid() => {
-                    self.verified.insert(digest, ());
+                    if let Err(e) = self.state.remember_verified(digest).await {
+                        tracing::warn!(error = %e, "cannot cache a verification");
+                    }
                     a.facilitator = Some(fac.name.clone());
                     return Ok(());
                 }

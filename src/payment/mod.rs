@@ -24,6 +24,7 @@ use crate::facilitator::local::Settlers;
 use crate::facilitator::rpc::ExpectedTransfer;
 use crate::metrics::Metrics;
 use crate::schemes::SchemeError;
+use crate::state::StateStore;
 use crate::x402::challenge::Offer;
 use crate::x402::codec::DecodeError;
 use crate::x402::networks::Registry;
@@ -32,7 +33,7 @@ pub use gate::check_locally;
 use ledger::{Ledger, LedgerConf};
 use limits::FailureWindow;
 pub use policy::{FailurePolicy, RulePolicy, Settlement};
-use replay::{ReplayGuard, ReplayKey};
+use replay::ReplayKey;
 pub use settle::{CLIENT_GONE, RESOLVE_WINDOW};
 
 /// What the payment engine reads from one configuration generation.
@@ -104,6 +105,8 @@ pub enum PaymentError {
     SettleFailed(String),
     #[error("settlement outcome unknown")]
     SettleUnconfirmed,
+    #[error("payments cannot be checked right now")]
+    StateUnavailable,
 }
 
 impl PaymentError {
@@ -130,6 +133,7 @@ impl PaymentError {
             PaymentError::RateLimited => "too_many_payment_attempts",
             PaymentError::SettleFailed(_) => "settlement_failed",
             PaymentError::SettleUnconfirmed => "settlement_unconfirmed",
+            PaymentError::StateUnavailable => "state_unavailable",
         }
     }
 
@@ -268,8 +272,8 @@ pub enum Admission {
 /// The payment engine shared by every request.
 pub struct Payments {
     pub facilitators: Arc<Facilitators>,
-    replay: Arc<ReplayGuard>,
-    verified: moka::sync::Cache<[u8; 32], ()>,
+    /// Payment reservations, the verify cache and pending settlements.
+    state: Arc<dyn StateStore>,
     ledger: Arc<Ledger>,
     metrics: Arc<Metrics>,
     /// Payments facilitators refused, per client address and per payer.
@@ -284,18 +288,22 @@ impl std::fmt::Debug for Payments {
 }
 
 impl Payments {
-    pub fn new(metrics: Arc<Metrics>, settlers: Arc<Settlers>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, settlers: Arc<Settlers>, state: Arc<dyn StateStore>) -> Self {
         Payments {
             facilitators: Arc::new(Facilitators::new(metrics.clone(), settlers)),
-            replay: Arc::new(ReplayGuard::default()),
-            verified: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(120))
-                .build(),
+            state,
             ledger: Arc::new(Ledger::new(metrics.ledger_errors.clone())),
             metrics,
             failures_client: FailureWindow::default(),
             failures_payer: FailureWindow::default(),
+        }
+    }
+
+    /// Releases a reservation: the payment provably did not settle. A store that cannot be
+    /// told keeps it until it expires (the client may then not reuse it sooner).
+    async fn release(&self, key: &ReplayKey) {
+        if let Err(e) = self.state.release(key.as_str()).await {
+            tracing::error!(error = %e, "cannot release a payment reservation");
         }
     }
 

@@ -16,6 +16,7 @@ use super::{
 };
 use crate::facilitator::rpc::{ChainReader, ExpectedTransfer};
 use crate::facilitator::{Confirm, FacilitatorConf, FacilitatorError, FacilitatorKind};
+use crate::state::PendingSettlement;
 use crate::x402::types::SettleResponse;
 
 /// How long to read the chain for a settlement whose outcome the facilitator left unknown
@@ -74,7 +75,8 @@ impl Payments {
                 receipt,
                 Some("facilitator_unavailable".into()),
                 upstream_status,
-            );
+            )
+            .await;
             return;
         };
         a.facilitator = Some(fac.name.clone());
@@ -160,7 +162,8 @@ impl Payments {
                 }
             }
         };
-        self.finish_settlement(env, a, stage, receipt, reason, upstream_status);
+        self.finish_settlement(env, a, stage, receipt, reason, upstream_status)
+            .await;
     }
 
     /// A facilitator's `success: true`: believed as given for the built-in settler (which
@@ -273,7 +276,7 @@ impl Payments {
     }
 
     /// Records a settlement's outcome: stage, receipt, replay state, metrics and the ledger.
-    fn finish_settlement(
+    async fn finish_settlement(
         &self,
         env: &PaymentEnv<'_>,
         a: &mut Accepted,
@@ -283,14 +286,13 @@ impl Payments {
         upstream_status: Option<u16>,
     ) {
         a.stage = stage;
-        let r = &a.offer.requirements;
         let event = match stage {
             Stage::Settled => {
-                self.replay.settled(&a.key);
                 self.metrics
                     .payments
                     .with_label_values(&["settled", ""])
                     .inc();
+                let r = &a.offer.requirements;
                 if let Ok(v) = r.amount.parse::<u64>() {
                     self.metrics
                         .revenue
@@ -308,7 +310,6 @@ impl Payments {
             }
             Stage::NotOurs => {
                 // Used by something else: never reusable here.
-                self.replay.settled(&a.key);
                 self.metrics
                     .payments
                     .with_label_values(&["used_elsewhere", reason.as_deref().unwrap_or("")])
@@ -317,7 +318,6 @@ impl Payments {
             }
             Stage::Unattributed => {
                 // Used on chain: never reusable, and nothing left to watch.
-                self.replay.settled(&a.key);
                 self.metrics
                     .payments
                     .with_label_values(&["unattributed", ""])
@@ -332,31 +332,42 @@ impl Payments {
                 "settle_unattributed"
             }
             Stage::Unconfirmed => {
-                self.replay.unknown(&a.key);
                 self.metrics
                     .payments
                     .with_label_values(&["unconfirmed", reason.as_deref().unwrap_or("")])
                     .inc();
-                self.watch_pending(env, a);
                 "settle_unconfirmed"
             }
             Stage::Verified | Stage::Unknown => {
-                self.replay.unknown(&a.key);
                 self.metrics
                     .payments
                     .with_label_values(&["settle_pending", ""])
                     .inc();
-                self.watch_pending(env, a);
                 "settle_pending"
             }
         };
+        // The reservation: never reusable once the chain may hold the payment; watched
+        // until it resolves when the outcome is open.
+        let marked = match stage {
+            Stage::Settled | Stage::NotOurs | Stage::Unattributed => {
+                self.state.settled(a.key.as_str()).await
+            }
+            Stage::Unconfirmed | Stage::Verified | Stage::Unknown => {
+                self.watch_pending(env, a).await;
+                self.state.unknown(a.key.as_str()).await
+            }
+            Stage::SettleFailed => Ok(()),
+        };
+        if let Err(e) = marked {
+            tracing::error!(error = %e, payer = %a.payer, "cannot record a payment's outcome in the state store");
+        }
         if receipt.payer.is_none() {
             receipt.payer = Some(a.payer.clone());
         }
         if a.version == 1 {
             receipt.network = a.offer.v1_network.clone().unwrap_or_default();
         } else if receipt.network.is_empty() {
-            receipt.network = r.network.clone();
+            receipt.network = a.offer.requirements.network.clone();
         }
         Record::of(a).write(
             &self.ledger,
@@ -372,7 +383,7 @@ impl Payments {
     /// Watches an unresolved settlement until the chain shows whose transaction used the
     /// authorization, or the authorization expires unused, and records the outcome. The
     /// reservation is released only once it provably never settled (expired unused).
-    fn watch_pending(&self, env: &PaymentEnv<'_>, a: &Accepted) {
+    async fn watch_pending(&self, env: &PaymentEnv<'_>, a: &Accepted) {
         let Some(reader) = self
             .facilitators
             .reader(env.registry, &a.offer.requirements.network)
@@ -382,14 +393,18 @@ impl Payments {
         let Some(expected) = a.expected_transfer() else {
             return;
         };
-        let (replay, ledger, metrics) = (
-            self.replay.clone(),
+        let (state, ledger, metrics) = (
+            self.state.clone(),
             self.ledger.clone(),
             self.metrics.clone(),
         );
         let ledger_conf = env.ledger.clone();
         let record = Record::of(a);
         let claimed = a.claimed_tx;
+        let pending = record.pending(claimed);
+        if let Err(e) = state.put_pending(&pending).await {
+            tracing::error!(error = %e, "cannot record a pending settlement in the state store");
+        }
         tokio::spawn(async move {
             let lookup = Lookup {
                 reader: &reader,
@@ -399,20 +414,19 @@ impl Payments {
             let end = lookup
                 .until_expiry(record.valid_before, Duration::from_secs(2))
                 .await;
-            let tx = match &end {
+            let (tx, marked) = match &end {
                 Resolution::ExpiredUnused => {
-                    replay.release(&record.key);
-                    String::new()
+                    (String::new(), state.release(record.key.as_str()).await)
                 }
                 Resolution::Ours(tx) | Resolution::Unattributed(tx) => {
-                    replay.settled(&record.key);
-                    tx.clone()
+                    (tx.clone(), state.settled(record.key.as_str()).await)
                 }
-                Resolution::NotOurs => {
-                    replay.settled(&record.key);
-                    String::new()
-                }
+                Resolution::NotOurs => (String::new(), state.settled(record.key.as_str()).await),
             };
+            let resolved = state.resolve_pending(record.key.as_str()).await;
+            if let Err(e) = marked.and(resolved) {
+                tracing::error!(error = %e, "cannot record a resolved settlement in the state store");
+            }
             metrics
                 .settlements_resolved
                 .with_label_values(&[end.label()])
@@ -443,9 +457,9 @@ impl Payments {
     }
 
     /// Releases the reservation of a payment that provably did not settle.
-    pub(super) fn release_unless_unknown(&self, a: &Accepted) {
+    pub(super) async fn release_unless_unknown(&self, a: &Accepted) {
         if matches!(a.stage, Stage::Verified | Stage::SettleFailed) {
-            self.replay.release(&a.key);
+            self.release(&a.key).await;
         }
     }
     /// Called with the origin's status before any body byte is sent. Settles in `after` mode
@@ -558,13 +572,13 @@ impl Payments {
     /// End of the request: a payment that did not settle releases its reservation so the
     /// client may use it again; a settled one whose response broke off (`interrupted`: why,
     /// e.g. the client went away mid-body) leaves a `delivery_failed` line, once.
-    pub fn finish(&self, env: &PaymentEnv<'_>, a: &mut Accepted, interrupted: Option<&str>) {
+    pub async fn finish(&self, env: &PaymentEnv<'_>, a: &mut Accepted, interrupted: Option<&str>) {
         if let Some(why) = interrupted
             && a.stage == Stage::Settled
         {
             self.record_failed_delivery(env, a, None, why);
         }
-        self.release_unless_unknown(a);
+        self.release_unless_unknown(a).await;
     }
 }
 
@@ -600,6 +614,30 @@ impl Record {
         }
     }
 
+    /// What the state store keeps of a settlement whose outcome is pending.
+    fn pending(&self, claimed: Option<B256>) -> PendingSettlement {
+        PendingSettlement {
+            key: self.key.as_str().to_owned(),
+            valid_before: self.valid_before,
+            rule: self.rule.clone(),
+            resource: self.resource.clone(),
+            payer: self.payer.clone(),
+            amount: self.amount.clone(),
+            asset: self.asset.clone(),
+            network: self.network.clone(),
+            facilitator: self.facilitator.clone(),
+            settlement: self.settlement_name().to_owned(),
+            claimed_tx: claimed.map(|t| format!("{t:#x}")),
+        }
+    }
+
+    fn settlement_name(&self) -> &'static str {
+        match self.settlement {
+            Settlement::Before => "before",
+            Settlement::After => "after",
+        }
+    }
+
     /// The one place a ledger line is written.
     fn write(
         &self,
@@ -621,10 +659,7 @@ impl Record {
             network: &self.network,
             transaction: tx,
             facilitator: &self.facilitator,
-            settlement: match self.settlement {
-                Settlement::Before => "before",
-                Settlement::After => "after",
-            },
+            settlement: self.settlement_name(),
             reason,
             upstream_status,
         };

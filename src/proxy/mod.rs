@@ -507,7 +507,8 @@ impl ProxyHttp for Gateway {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if let Some(mut p) = ctx.payment.take() {
             self.payments
-                .finish(&ctx.snap.payment_env(), &mut p, e.map(delivery_failure));
+                .finish(&ctx.snap.payment_env(), &mut p, e.map(delivery_failure))
+                .await;
         }
         self.metrics
             .requests

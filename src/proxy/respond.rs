@@ -292,6 +292,7 @@ pub fn payment_rejection(
             | PaymentError::NoFacilitator
             | PaymentError::FacilitatorBusy
             | PaymentError::SettleUnconfirmed
+            | PaymentError::StateUnavailable
     ) {
         reply.status = 503;
         reply.headers.push(("retry-after", "5".into()));

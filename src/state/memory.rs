@@ -1,0 +1,356 @@
+//! The in-process state store: bounded caches whose entries expire with what they describe
+//! (a reservation with its authorization, a quota with its pass). Lost at restart, and each
+//! process has its own.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use moka::Expiry;
+use moka::sync::Cache;
+
+use super::{PendingSettlement, Quota, Refused, StateError, StateStore, unix_now};
+
+const IN_FLIGHT: u8 = 0;
+const SETTLED: u8 = 1;
+const UNKNOWN: u8 = 2;
+
+/// How long a reservation outlives its authorization (the chain refuses it by then anyway).
+const RESERVATION_GRACE: Duration = Duration::from_secs(60);
+/// How long a facilitator's verification is reused.
+const VERIFIED_TTL: Duration = Duration::from_secs(120);
+/// Longest a runtime revocation is kept (the longest pass lifetime).
+const REVOCATION_TTL: Duration = Duration::from_secs(30 * 86_400);
+
+#[derive(Debug)]
+struct Reservation {
+    state: AtomicU8,
+    expires: u64,
+}
+
+#[derive(Debug)]
+struct Counter {
+    used: AtomicU32,
+    expires: u64,
+}
+
+/// Entries that live until the unix time they carry (plus a grace period).
+struct UntilExpires;
+
+fn remaining(expires: u64, grace: Duration) -> Option<Duration> {
+    Some(Duration::from_secs(expires.saturating_sub(unix_now())) + grace)
+}
+
+impl Expiry<String, Arc<Reservation>> for UntilExpires {
+    fn expire_after_create(
+        &self,
+        _k: &String,
+        v: &Arc<Reservation>,
+        _at: Instant,
+    ) -> Option<Duration> {
+        remaining(v.expires, RESERVATION_GRACE)
+    }
+}
+
+impl Expiry<String, Arc<Counter>> for UntilExpires {
+    fn expire_after_create(&self, _k: &String, v: &Arc<Counter>, _at: Instant) -> Option<Duration> {
+        remaining(v.expires, Duration::ZERO)
+    }
+}
+
+impl Expiry<String, Arc<PendingSettlement>> for UntilExpires {
+    fn expire_after_create(
+        &self,
+        _k: &String,
+        v: &Arc<PendingSettlement>,
+        _at: Instant,
+    ) -> Option<Duration> {
+        remaining(v.valid_before, RESERVATION_GRACE)
+    }
+}
+
+/// Everything in this process's memory.
+pub struct MemoryStore {
+    reservations: Cache<String, Arc<Reservation>>,
+    verified: Cache<[u8; 32], ()>,
+    quotas: Cache<String, Arc<Counter>>,
+    revoked: Cache<String, ()>,
+    pending: Cache<String, Arc<PendingSettlement>>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("reservations", &self.reservations.entry_count())
+            .field("quotas", &self.quotas.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::with_capacity(1_000_000)
+    }
+}
+
+impl MemoryStore {
+    /// A store holding at most `capacity` entries of each kind (the verify cache a tenth).
+    pub fn with_capacity(capacity: u64) -> Self {
+        MemoryStore {
+            reservations: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(UntilExpires)
+                .build(),
+            verified: Cache::builder()
+                .max_capacity(capacity / 10)
+                .time_to_live(VERIFIED_TTL)
+                .build(),
+            quotas: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(UntilExpires)
+                .build(),
+            revoked: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(REVOCATION_TTL)
+                .build(),
+            pending: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(UntilExpires)
+                .build(),
+        }
+    }
+
+    fn mark(&self, key: &str, state: u8) {
+        if let Some(e) = self.reservations.get(key) {
+            e.state.store(state, Ordering::Release);
+        }
+    }
+}
+
+#[async_trait]
+impl StateStore for MemoryStore {
+    async fn reserve(&self, key: &str, expires: u64) -> Result<Result<(), Refused>, StateError> {
+        let entry = self.reservations.entry_by_ref(key).or_insert_with(|| {
+            Arc::new(Reservation {
+                state: AtomicU8::new(IN_FLIGHT),
+                expires,
+            })
+        });
+        if entry.is_fresh() {
+            return Ok(Ok(()));
+        }
+        Ok(match entry.value().state.load(Ordering::Acquire) {
+            IN_FLIGHT => Err(Refused::InFlight),
+            _ => Err(Refused::AlreadyUsed),
+        })
+    }
+
+    async fn settled(&self, key: &str) -> Result<(), StateError> {
+        self.mark(key, SETTLED);
+        Ok(())
+    }
+
+    async fn unknown(&self, key: &str) -> Result<(), StateError> {
+        self.mark(key, UNKNOWN);
+        Ok(())
+    }
+
+    async fn release(&self, key: &str) -> Result<(), StateError> {
+        self.reservations.invalidate(key);
+        Ok(())
+    }
+
+    async fn verified(&self, digest: &[u8; 32]) -> Result<bool, StateError> {
+        Ok(self.verified.contains_key(digest))
+    }
+
+    async fn remember_verified(&self, digest: [u8; 32]) -> Result<(), StateError> {
+        self.verified.insert(digest, ());
+        Ok(())
+    }
+
+    async fn use_quota(
+        &self,
+        id: &str,
+        max: u32,
+        expires: u64,
+        consume: bool,
+    ) -> Result<Quota, StateError> {
+        let q = self.quotas.get_with_by_ref(id, || {
+            Arc::new(Counter {
+                used: AtomicU32::new(0),
+                expires,
+            })
+        });
+        let used = if consume {
+            match q
+                .used
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                    (u < max).then_some(u + 1)
+                }) {
+                Ok(u) => u,
+                Err(_) => return Ok(Quota::Exhausted),
+            }
+        } else {
+            q.used.load(Ordering::Acquire)
+        };
+        Ok(if used >= max {
+            Quota::Exhausted
+        } else {
+            Quota::Left(max - used - 1)
+        })
+    }
+
+    async fn quota_used(&self, id: &str) -> Result<u32, StateError> {
+        Ok(self
+            .quotas
+            .get(id)
+            .map_or(0, |q| q.used.load(Ordering::Acquire)))
+    }
+
+    async fn revoke(&self, id: &str, _until: u64) -> Result<(), StateError> {
+        self.revoked.insert(id.to_owned(), ());
+        Ok(())
+    }
+
+    async fn revoked(&self, id: &str) -> Result<bool, StateError> {
+        Ok(self.revoked.contains_key(id))
+    }
+
+    async fn put_pending(&self, pending: &PendingSettlement) -> Result<(), StateError> {
+        self.pending
+            .insert(pending.key.clone(), Arc::new(pending.clone()));
+        Ok(())
+    }
+
+    async fn resolve_pending(&self, key: &str) -> Result<(), StateError> {
+        self.pending.invalidate(key);
+        Ok(())
+    }
+
+    async fn pending(&self) -> Result<Vec<PendingSettlement>, StateError> {
+        Ok(self.pending.iter().map(|(_, p)| (*p).clone()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn one_reservation_wins_and_outcomes_stick() {
+        let store = Arc::new(MemoryStore::with_capacity(100));
+        let expires = unix_now() + 300;
+        let wins: usize = (0..8)
+            .map(|_| {
+                let s = store.clone();
+                std::thread::spawn(move || {
+                    block_on(s.reserve("k", expires)).is_ok_and(|r| r.is_ok()) as usize
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap_or(0))
+            .sum();
+        assert_eq!(wins, 1);
+        block_on(async {
+            assert_eq!(
+                store.reserve("k", expires).await,
+                Ok(Err(Refused::InFlight))
+            );
+            store.settled("k").await.expect("settled");
+            assert_eq!(
+                store.reserve("k", expires).await,
+                Ok(Err(Refused::AlreadyUsed))
+            );
+            assert_eq!(store.reserve("k2", expires).await, Ok(Ok(())));
+            store.unknown("k2").await.expect("unknown");
+            assert_eq!(
+                store.reserve("k2", expires).await,
+                Ok(Err(Refused::AlreadyUsed))
+            );
+            store.release("k2").await.expect("release");
+            assert_eq!(store.reserve("k2", expires).await, Ok(Ok(())));
+        });
+    }
+
+    #[test]
+    fn quotas_never_exceed_their_maximum() {
+        let store = Arc::new(MemoryStore::with_capacity(100));
+        let expires = unix_now() + 600;
+        let admitted: usize = (0..16)
+            .map(|_| {
+                let s = store.clone();
+                std::thread::spawn(move || {
+                    block_on(s.use_quota("p", 5, expires, true))
+                        .is_ok_and(|q| q != Quota::Exhausted) as usize
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap_or(0))
+            .sum();
+        assert_eq!(admitted, 5);
+        block_on(async {
+            assert_eq!(store.quota_used("p").await, Ok(5));
+            assert_eq!(
+                store.use_quota("p", 5, expires, false).await,
+                Ok(Quota::Exhausted)
+            );
+            assert_eq!(
+                store.use_quota("q", 2, expires, false).await,
+                Ok(Quota::Left(1))
+            );
+            assert_eq!(
+                store.use_quota("q", 2, expires, true).await,
+                Ok(Quota::Left(1))
+            );
+            assert_eq!(
+                store.use_quota("q", 2, expires, true).await,
+                Ok(Quota::Left(0))
+            );
+            assert_eq!(
+                store.use_quota("q", 2, expires, true).await,
+                Ok(Quota::Exhausted)
+            );
+        });
+    }
+
+    #[test]
+    fn verify_cache_revocations_and_pending_settlements() {
+        let store = MemoryStore::with_capacity(100);
+        block_on(async {
+            assert_eq!(store.verified(&[1; 32]).await, Ok(false));
+            store.remember_verified([1; 32]).await.expect("remember");
+            assert_eq!(store.verified(&[1; 32]).await, Ok(true));
+            assert_eq!(store.revoked("p1").await, Ok(false));
+            store.revoke("p1", unix_now() + 60).await.expect("revoke");
+            assert_eq!(store.revoked("p1").await, Ok(true));
+            let p = PendingSettlement {
+                key: "k".into(),
+                valid_before: unix_now() + 300,
+                rule: "r".into(),
+                resource: "http://h/x".into(),
+                payer: "0x1".into(),
+                amount: "10".into(),
+                asset: "0x2".into(),
+                network: "eip155:1".into(),
+                facilitator: "f".into(),
+                settlement: "after".into(),
+                claimed_tx: None,
+            };
+            store.put_pending(&p).await.expect("put");
+            assert_eq!(store.pending().await, Ok(vec![p]));
+            store.resolve_pending("k").await.expect("resolve");
+            assert_eq!(store.pending().await, Ok(vec![]));
+        });
+    }
+}

@@ -1,0 +1,107 @@
+//! What the gateway remembers across requests, behind one trait: payment reservations, the
+//! verify cache, pass quotas and revocations, and settlements whose outcome is pending. The
+//! in-process [`memory::MemoryStore`] is the default; a shared store plugs in behind the same
+//! trait so that several replicas remember as one.
+
+pub mod memory;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use memory::MemoryStore;
+
+/// The store could not be reached or did not answer in time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Why a payment reservation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Another request with this payment is being processed.
+    InFlight,
+    /// This payment was settled, or may have been.
+    AlreadyUsed,
+}
+
+/// How a request counted against a pass quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// Admitted; this many requests are left after this one.
+    Left(u32),
+    /// No requests left.
+    Exhausted,
+}
+
+/// A settlement whose outcome is not known yet (the facilitator timed out, or reported a
+/// transaction the chain does not show yet): enough to resolve it from the chain and write
+/// the outcome, by whichever process gets to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingSettlement {
+    /// The payment's reservation key.
+    pub key: String,
+    /// Unix seconds after which the authorization can no longer settle.
+    pub valid_before: u64,
+    pub rule: String,
+    pub resource: String,
+    pub payer: String,
+    pub amount: String,
+    pub asset: String,
+    pub network: String,
+    pub facilitator: String,
+    /// `before` or `after`.
+    pub settlement: String,
+    /// The transaction the facilitator named, if any (`0x…`).
+    pub claimed_tx: Option<String>,
+}
+
+/// Everything remembered across requests. Every operation is atomic on its key.
+#[async_trait]
+pub trait StateStore: Send + Sync + std::fmt::Debug {
+    /// Reserves a payment until `expires` (unix seconds). Of concurrent callers with the same
+    /// key exactly one gets `Ok(Ok(()))`.
+    async fn reserve(&self, key: &str, expires: u64) -> Result<Result<(), Refused>, StateError>;
+    /// The reserved payment settled: refuse it until it expires.
+    async fn settled(&self, key: &str) -> Result<(), StateError>;
+    /// The reserved payment's outcome is unknown: refuse it, the chain may have it.
+    async fn unknown(&self, key: &str) -> Result<(), StateError>;
+    /// The reserved payment provably did not settle: it may be used again.
+    async fn release(&self, key: &str) -> Result<(), StateError>;
+
+    /// Whether a facilitator verified this payload (by digest) recently.
+    async fn verified(&self, digest: &[u8; 32]) -> Result<bool, StateError>;
+    /// Remembers a verified payload for a short while.
+    async fn remember_verified(&self, digest: [u8; 32]) -> Result<(), StateError>;
+
+    /// Counts one request against pass `id`'s quota of `max` (kept until `expires`, unix
+    /// seconds), or only looks when `consume` is false. Never more than `max` in total.
+    async fn use_quota(
+        &self,
+        id: &str,
+        max: u32,
+        expires: u64,
+        consume: bool,
+    ) -> Result<Quota, StateError>;
+    /// Requests counted against pass `id` so far.
+    async fn quota_used(&self, id: &str) -> Result<u32, StateError>;
+    /// Revokes pass `id` until `until` (unix seconds, when no pass signed now can be valid).
+    async fn revoke(&self, id: &str, until: u64) -> Result<(), StateError>;
+    /// Whether pass `id` was revoked at run time.
+    async fn revoked(&self, id: &str) -> Result<bool, StateError>;
+
+    /// Records a settlement whose outcome is pending.
+    async fn put_pending(&self, pending: &PendingSettlement) -> Result<(), StateError>;
+    /// The pending settlement was resolved (its outcome is in the ledger).
+    async fn resolve_pending(&self, key: &str) -> Result<(), StateError>;
+    /// Settlements still pending.
+    async fn pending(&self) -> Result<Vec<PendingSettlement>, StateError>;
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
