@@ -109,7 +109,7 @@ pub fn explain(
     let routed = match request::route(&snap, &req) {
         Ok(r) => r,
         Err(e) => {
-            let reply = respond::Reply::from(&e);
+            let reply = respond::request_refused(&e).reply;
             return Ok(
                 json!({"decision": "refused", "status": reply.status, "reason": reply.reason}),
             );
@@ -121,65 +121,93 @@ pub fn explain(
             json!({"decision": "unmatched", "status": "forwarded", "upstream": snap.upstreams[snap.default_upstream].name, "rewritten_path": canonical}),
         );
     };
-    // Who is asking: the same classification the proxy makes (a signed request's key
-    // directory is fetched from its trusted agent).
+    // The access decision the proxy makes (a signed request's key directory is fetched from
+    // its trusted agent; nothing is charged or counted against a pass).
+    let state_store: std::sync::Arc<dyn crate::state::StateStore> =
+        std::sync::Arc::new(crate::state::MemoryStore::default());
     let access = crate::access::Access::new(
         std::sync::Arc::new(crate::metrics::Metrics::new()),
-        std::sync::Arc::new(crate::state::MemoryStore::default()),
+        state_store,
     );
     let mut state = crate::access::AccessState::default();
-    let audience = {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let outcome = {
         let parts = request::AccessParts::of(&req, snap.case_sensitive, tls);
         let view = parts.view(&req.headers);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        rt.block_on(access.classify(&snap.access_env(), &view, &mut state))
-    };
-    let action = match &rule.access.audiences {
-        Some(a) => a.resolve(&rule.action, &audience),
-        None => &rule.action,
+        if rule.needs_access() {
+            Some(rt.block_on(access.decide(
+                &snap.access_env(),
+                rule.access_rule(),
+                &view,
+                &mut state,
+            )))
+        } else {
+            None
+        }
     };
     let mut out = json!({
         "rule": {"id": rule.id, "origin": rule.origin, "host": rule.host, "path": rule.path, "methods": rule.methods.names()},
-        "audience": {
-            "kind": audience.kind(),
-            "purpose": audience.purpose_label(),
-            "description": audience.describe(),
-            "web_bot_auth": state.bot_auth,
-        },
-        "decision": action.name(),
         "mode": if rule.access.shadow { "shadow" } else { "enforce" },
         "upstream": snap.upstreams.get(rule.upstream).map(|u| u.name.clone()),
         "rewritten_path": canonical,
     });
+    if let Some(audience) = &state.audience {
+        out["audience"] = json!({
+            "kind": audience.kind(),
+            "purpose": audience.purpose_label(),
+            "description": audience.describe(),
+            "web_bot_auth": state.bot_auth,
+        });
+    }
     if let Some(p) = &rule.access.pass {
         out["pass"] = json!({"ttl_seconds": p.ttl.as_secs(), "scope": p.scope, "max_requests": p.max_requests});
     }
-    match action {
-        RuleAction::Free => out["status"] = json!("forwarded"),
-        RuleAction::Block if audience.is_bot() => {
-            out["status"] = json!(403);
-            out["crawlerError"] =
-                json!(crate::access::crawler_price::CrawlerPriceError::Forbidden.code());
+    use crate::access::{Forwarded, Outcome};
+    match outcome {
+        None => {
+            out["decision"] = json!(rule.action.name());
+            out["status"] = match rule.action {
+                RuleAction::Block => json!(403),
+                _ => json!("forwarded"),
+            };
         }
-        RuleAction::Block => out["status"] = json!(403),
-        RuleAction::Pay(priced) => {
-            if let (true, Some(usd)) = (audience.is_bot(), priced.usd) {
+        Some(Outcome::Forward(how)) => {
+            out["decision"] = json!(match how {
+                Forwarded::Free => "free",
+                Forwarded::Pass => "pass",
+                Forwarded::Shadow => "shadow",
+            });
+            out["status"] = json!("forwarded");
+            if let Some(would) = state.shadow {
+                out["shadow"] = json!(would);
+            }
+        }
+        Some(Outcome::Refused(r)) => {
+            let a = respond::access_refused(&r, &rule.id, state.crawler_usd);
+            out["decision"] = json!("block");
+            out["status"] = json!(a.reply.status);
+            out["reason"] = json!(a.reply.reason);
+            if let crate::access::Refusal::Crawler(e) = r {
+                out["crawlerError"] = json!(e.code());
+            }
+        }
+        Some(Outcome::Charge { priced, .. }) => {
+            if let Some(usd) = state.crawler_usd {
                 out["crawlerPrice"] = json!(crate::access::crawler_price::format_usd(usd));
             }
             let url = request::resource_url(&snap, &req, routed.rewrite.as_deref(), tls);
-            let reply = respond::challenge(
-                &snap,
-                priced,
-                &url,
-                "payment_required",
-                "payment_required",
-                false,
-                None,
-                None,
-            );
+            let reply = respond::Challenge {
+                snap: &snap,
+                priced: &priced,
+                url: &url,
+                browser: false,
+                origin: None,
+                crawler_usd: None,
+            }
+            .reply("payment_required", "payment_required", None);
             let header = reply
                 .headers
                 .iter()
@@ -190,6 +218,7 @@ pub fn explain(
                 .and_then(|h| crate::x402::codec::decode(h.as_bytes(), 1 << 20).ok())
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or(Value::Null);
+            out["decision"] = json!("pay");
             out["status"] = json!(402);
             out["settlement"] = json!(rule.payment.settlement);
             out["paymentRequired"] = decoded;

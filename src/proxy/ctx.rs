@@ -67,8 +67,10 @@ pub struct RequestCtx {
     pub access: Option<Box<crate::access::AccessState>>,
     /// The price this request was charged at (its audience's).
     pub priced: Option<Arc<crate::x402::challenge::Priced>>,
-    /// The reply that replaces the origin's response (its payment did not settle).
-    pub failure_reply: Option<super::respond::Reply>,
+    /// The answer that replaces the origin's response (its payment did not settle).
+    pub failure: Option<super::respond::Answer>,
+    /// Why no upstream peer could be used, when choosing one already failed.
+    pub upstream_failure: Option<super::respond::UpstreamError>,
 }
 
 impl RequestCtx {
@@ -87,8 +89,41 @@ impl RequestCtx {
             payment: None,
             access: None,
             priced: None,
-            failure_reply: None,
+            failure: None,
+            upstream_failure: None,
         }
+    }
+
+    /// Takes a routing result: the rule (its index returned), the canonical path and the
+    /// rule's upstream.
+    pub fn routed(&mut self, routed: super::request::Routed) -> Option<usize> {
+        self.rule = routed.rule;
+        self.rewrite = routed.rewrite;
+        let i = routed.rule?;
+        if let Some(rule) = self.snap.rules.get(i) {
+            self.upstream = rule.upstream;
+        }
+        Some(i)
+    }
+
+    /// Whether the request was classified as a person in a browser.
+    pub fn is_human(&self) -> bool {
+        self.access
+            .as_ref()
+            .and_then(|a| a.audience.as_ref())
+            .is_some_and(|a| *a == crate::access::audience::Audience::Human)
+    }
+
+    /// The price the request is charged: its audience's, else the rule's own.
+    pub fn charged_price(&self) -> Option<Arc<crate::x402::challenge::Priced>> {
+        self.priced.clone().or_else(|| {
+            self.rule
+                .and_then(|i| self.snap.rules.get(i))
+                .and_then(|r| match &r.action {
+                    crate::access::RuleAction::Pay(p) => Some(p.clone()),
+                    _ => None,
+                })
+        })
     }
 
     /// The audience kind label, or `""` when the request was not classified.

@@ -1,6 +1,8 @@
-//! The Pingora `ProxyHttp` implementation: thin phase methods that load the snapshot, call the
-//! pure routing and payment functions, and write what they return.
+//! The Pingora `ProxyHttp` implementation: thin phase methods that load the snapshot, call
+//! the domain (routing, access, payment), hand its outcome to `respond`, and write what
+//! comes back. The glue between the access decision and the payment gate is in `charge.rs`.
 
+mod charge;
 pub mod ctx;
 pub mod paywall;
 pub mod request;
@@ -19,13 +21,12 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::access::RuleAction;
-use crate::access::{Access, AccessState, Forwarded, Outcome};
+use crate::access::{Access, RuleAction};
 use crate::metrics::{Metrics, status_class};
-use crate::payment::{Admission, PaymentError, Payments};
-use crate::snapshot::{Rule, Snapshot};
+use crate::payment::Payments;
+use crate::snapshot::Snapshot;
 use ctx::{Decision, RequestCtx};
-use respond::{Reply, UpstreamError};
+use respond::{Answer, UpstreamError};
 
 /// The gateway service.
 pub struct Gateway {
@@ -39,196 +40,16 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    async fn reply(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        decision: Decision,
-        reply: &Reply,
-    ) -> Result<bool> {
-        ctx.decision = decision;
-        ctx.reason = Some(reply.reason);
+    /// Writes an answer of the gateway's own and counts the request under its decision.
+    async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx, a: Answer) -> Result<bool> {
+        ctx.decision = a.decision;
+        ctx.reason = Some(a.reply.reason);
         if request::has_body(session.req_header()) {
             // The body was not read: do not try to reuse the connection.
             session.set_keepalive(None);
         }
-        respond::send(session, reply).await?;
+        respond::send(session, &a.reply).await?;
         Ok(true)
-    }
-}
-
-impl Gateway {
-    /// A rule that charges or prices by audience: decide who is asking and what they pay, then
-    /// forward, refuse, or run the payment gate.
-    async fn access_filter(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        snap: &Arc<Snapshot>,
-        rule: &Rule,
-    ) -> Result<bool> {
-        let req = session.req_header();
-        if request::is_preflight(req) {
-            if rule.access.shadow {
-                ctx.decision = Decision::Shadow;
-                return Ok(false);
-            }
-            let origin = req.headers.get("origin").and_then(|v| v.to_str().ok());
-            let asked = req
-                .headers
-                .get("access-control-request-headers")
-                .and_then(|v| v.to_str().ok());
-            let reply = respond::preflight(snap, origin, asked);
-            return self.reply(session, ctx, Decision::Local, &reply).await;
-        }
-        let url = request::resource_url(snap, req, ctx.rewrite.as_deref(), self.tls);
-        let mut state = Box::<AccessState>::default();
-        let outcome = {
-            let parts =
-                request::AccessParts::of(req, snap.case_sensitive, url.starts_with("https:"));
-            let view = parts.view(&req.headers);
-            self.access
-                .decide(&snap.access_env(), rule.access_rule(), &view, &mut state)
-                .await
-        };
-        let crawler_usd = state.crawler_usd;
-        ctx.access = Some(state);
-        let (priced, pass_error) = match outcome {
-            Outcome::Forward(how) => {
-                ctx.decision = match how {
-                    Forwarded::Free => Decision::Free,
-                    Forwarded::Pass => Decision::Pass,
-                    Forwarded::Shadow => Decision::Shadow,
-                };
-                return Ok(false);
-            }
-            Outcome::Refused(r) => {
-                let reply = respond::access_refusal(&r, &rule.id, crawler_usd);
-                let decision = match reply.status {
-                    402 => Decision::Challenged,
-                    403 => Decision::Blocked,
-                    _ => Decision::Local,
-                };
-                return self.reply(session, ctx, decision, &reply).await;
-            }
-            Outcome::Charge { priced, pass_error } => (priced, pass_error),
-        };
-        ctx.priced = Some(priced.clone());
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let req = session.req_header();
-        match self
-            .payments
-            .gate(
-                &snap.payment_env(),
-                rule.payment_rule(),
-                &priced,
-                &req.headers,
-                &url,
-                client,
-            )
-            .await
-        {
-            Ok(Admission::Paid(accepted)) => {
-                ctx.decision = Decision::Paid;
-                ctx.payment = Some(accepted);
-                Ok(false)
-            }
-            Ok(Admission::Unpaid(reason)) => {
-                ctx.decision = Decision::Unpaid;
-                ctx.reason = Some(reason);
-                Ok(false)
-            }
-            Err(rejection) => {
-                let origin = req.headers.get("origin").and_then(|v| v.to_str().ok());
-                // The HTML page is for people; crawlers and agents get the JSON form.
-                let browser = ctx
-                    .access
-                    .as_ref()
-                    .and_then(|a| a.audience.as_ref())
-                    .is_some_and(|a| *a == crate::access::audience::Audience::Human);
-                let mut reply = match pass_error {
-                    Some(e) if rejection.error == PaymentError::MissingPayment => {
-                        respond::pass_refused(snap, &priced, &url, e, browser, origin)
-                    }
-                    _ => {
-                        respond::payment_rejection(snap, &priced, &url, &rejection, browser, origin)
-                    }
-                };
-                respond::add_crawler_price(&mut reply, crawler_usd);
-                let decision = if reply.status == 402 {
-                    Decision::Challenged
-                } else {
-                    Decision::Local
-                };
-                self.reply(session, ctx, decision, &reply).await
-            }
-        }
-    }
-}
-
-impl Gateway {
-    /// The response to a paid request: settle (in `after` mode) and add the receipt, or turn
-    /// the response into the settlement failure's reply.
-    async fn paid_response(
-        &self,
-        upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        let Some(accepted) = ctx.payment.as_mut() else {
-            return Ok(());
-        };
-        let snap = ctx.snap.clone();
-        let status = upstream_response.status.as_u16();
-        match self
-            .payments
-            .on_response(&snap.payment_env(), accepted, status)
-            .await
-        {
-            Ok(headers) => {
-                if !headers.is_empty() {
-                    respond::mark_paid_response(upstream_response, &headers)?;
-                }
-                if let Some(state) = &ctx.access {
-                    let extra = self
-                        .access
-                        .on_paid_response(&snap.access_env(), state, accepted);
-                    respond::append_headers(upstream_response, &extra)?;
-                }
-                Ok(())
-            }
-            Err(rejection) => {
-                let priced = ctx.priced.clone().or_else(|| {
-                    ctx.rule
-                        .and_then(|i| snap.rules.get(i))
-                        .and_then(|r| match &r.action {
-                            RuleAction::Pay(p) => Some(p.clone()),
-                            _ => None,
-                        })
-                });
-                let reply = match priced {
-                    Some(p) => respond::payment_rejection(
-                        &snap,
-                        &p,
-                        &accepted.resource,
-                        &rejection,
-                        false,
-                        None,
-                    ),
-                    None => {
-                        Reply::error(402, rejection.error.reason(), rejection.error.error_text())
-                    }
-                };
-                ctx.reason = Some(reply.reason);
-                ctx.failure_reply = Some(reply);
-                Error::e_explain(
-                    ErrorType::Custom("settlement_failed"),
-                    "settlement failed after the origin answered",
-                )
-            }
-        }
     }
 }
 
@@ -245,20 +66,6 @@ fn delivery_failure(e: &Error) -> &'static str {
         ErrorSource::Upstream => "origin_failed_after_settlement",
         _ => "proxy_error",
     }
-}
-
-fn upstream_error(e: &Error) -> Option<UpstreamError> {
-    if e.esource() != &ErrorSource::Upstream {
-        return None;
-    }
-    Some(match e.etype() {
-        ErrorType::ConnectTimedout
-        | ErrorType::ReadTimedout
-        | ErrorType::WriteTimedout
-        | ErrorType::TLSHandshakeTimedout => UpstreamError::Timeout,
-        ErrorType::InvalidHTTPHeader => UpstreamError::BadResponse,
-        _ => UpstreamError::Unavailable,
-    })
 }
 
 #[async_trait]
@@ -281,31 +88,25 @@ impl ProxyHttp for Gateway {
             Ok(r) => r,
             Err(e) => {
                 return self
-                    .reply(session, ctx, Decision::Local, &Reply::from(&e))
+                    .answer(session, ctx, respond::request_refused(&e))
                     .await;
             }
         };
-        ctx.rule = routed.rule;
-        ctx.rewrite = routed.rewrite;
-        let Some(rule) = routed.rule.and_then(|i| snap.rules.get(i)) else {
+        let Some(rule) = ctx.routed(routed).and_then(|i| snap.rules.get(i)) else {
             return Ok(false);
         };
-        ctx.upstream = rule.upstream;
-        if !rule.needs_access() {
-            // Plain free and block rules: no classification, no allocation.
-            return match &rule.action {
-                RuleAction::Block => {
-                    self.reply(session, ctx, Decision::Blocked, &respond::blocked(&rule.id))
-                        .await
-                }
-                _ => {
-                    ctx.decision = Decision::Free;
-                    Ok(false)
-                }
-            };
+        if rule.needs_access() {
+            // Boxed: its state is large, and free requests should not carry it.
+            return Box::pin(self.access_filter(session, ctx, &snap, rule)).await;
         }
-        // Boxed: its state is large, and free requests should not carry it.
-        Box::pin(self.access_filter(session, ctx, &snap, rule)).await
+        // Plain free and block rules: no classification, no allocation.
+        match &rule.action {
+            RuleAction::Block => self.answer(session, ctx, respond::blocked(&rule.id)).await,
+            _ => {
+                ctx.decision = Decision::Free;
+                Ok(false)
+            }
+        }
     }
 
     async fn upstream_peer(
@@ -323,7 +124,7 @@ impl ProxyHttp for Gateway {
         };
         ctx.upstream_started = Some(Instant::now());
         upstream::pick_peer(pool).or_else(|e| {
-            ctx.reason = Some("no_healthy_upstream");
+            ctx.upstream_failure = Some(e);
             Error::e_explain(ErrorType::ConnectNoRoute, e.to_string()).map_err(|mut err| {
                 err.esource = ErrorSource::Upstream;
                 err
@@ -428,7 +229,7 @@ impl ProxyHttp for Gateway {
             ErrorType::ConnectionClosed | ErrorType::Custom("settlement_failed")
         ) || (error.esource() == &ErrorSource::Downstream
             && matches!(error.etype(), ErrorType::ReadError | ErrorType::WriteError))
-            || ctx.reason == Some("no_healthy_upstream")
+            || ctx.upstream_failure == Some(UpstreamError::NoHealthyPeer)
     }
 
     async fn fail_to_proxy(
@@ -438,40 +239,12 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let written = session.response_written().is_some();
-        let settlement_reply = ctx.failure_reply.is_some();
-        let mut reply = match ctx.failure_reply.take() {
-            Some(r) => Some(r),
-            None => match upstream_error(e) {
-                Some(u) => {
-                    let u = if ctx.reason == Some("no_healthy_upstream") {
-                        UpstreamError::NoHealthyPeer
-                    } else {
-                        u
-                    };
-                    Some(Reply::from(u))
-                }
-                None => match (e.esource(), e.etype()) {
-                    (
-                        ErrorSource::Downstream,
-                        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError,
-                    ) => None,
-                    (ErrorSource::Downstream, _) => {
-                        Some(Reply::error(400, "bad_request", "malformed request"))
-                    }
-                    (_, ErrorType::HTTPStatus(code)) if (400..600).contains(code) => {
-                        Some(Reply::error(
-                            *code,
-                            "upstream_unavailable",
-                            "request could not be proxied",
-                        ))
-                    }
-                    _ => Some(Reply::error(
-                        502,
-                        "proxy_error",
-                        "request could not be proxied",
-                    )),
-                },
-            },
+        let settlement = ctx.failure.take();
+        ctx.decision = respond::failure_decision(settlement.as_ref());
+        let settlement_reply = settlement.is_some();
+        let mut reply = match settlement {
+            Some(a) => Some(a.reply),
+            None => respond::proxy_failure(e, ctx.upstream_failure),
         };
         if let (Some(r), Some(p)) = (reply.as_mut(), ctx.payment.as_mut()) {
             r.headers.extend(self.payments.on_failure(
@@ -480,12 +253,6 @@ impl ProxyHttp for Gateway {
                 settlement_reply,
             ));
         }
-        ctx.decision =
-            if ctx.decision == Decision::Paid && reply.as_ref().is_some_and(|r| r.status == 402) {
-                Decision::Challenged
-            } else {
-                Decision::Failed
-            };
         let code = match reply {
             Some(r) if !written => {
                 ctx.reason = Some(r.reason);

@@ -200,7 +200,7 @@ pub fn route(snap: &Snapshot, req: &RequestHeader) -> Result<Routed, RequestErro
     Ok(Routed { rule, rewrite })
 }
 
-fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+pub fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
 

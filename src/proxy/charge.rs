@@ -1,0 +1,169 @@
+//! The glue between the access decision and the payment gate for rules that charge or price
+//! by audience: decide who is asking, forward or refuse, run the gate; and, on the origin's
+//! answer, settle and add the receipt or replace the answer with the settlement's refusal.
+
+use std::sync::Arc;
+
+use pingora::ErrorType;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+use super::ctx::{Decision, RequestCtx};
+use super::respond::{self, Challenge};
+use super::{Gateway, request};
+use crate::access::{AccessState, Forwarded, Outcome};
+use crate::payment::Admission;
+use crate::snapshot::{Rule, Snapshot};
+
+impl From<Forwarded> for Decision {
+    fn from(f: Forwarded) -> Self {
+        match f {
+            Forwarded::Free => Decision::Free,
+            Forwarded::Pass => Decision::Pass,
+            Forwarded::Shadow => Decision::Shadow,
+        }
+    }
+}
+
+impl Gateway {
+    /// A rule that charges or prices by audience: decide who is asking and what they pay, then
+    /// forward, refuse, or run the payment gate.
+    pub(super) async fn access_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snap: &Arc<Snapshot>,
+        rule: &Rule,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        if request::is_preflight(req) {
+            if rule.access.shadow {
+                ctx.decision = Decision::Shadow;
+                return Ok(false);
+            }
+            let a = respond::preflight(
+                snap,
+                request::header(req, "origin"),
+                request::header(req, "access-control-request-headers"),
+            );
+            return self.answer(session, ctx, a).await;
+        }
+        let url = request::resource_url(snap, req, ctx.rewrite.as_deref(), self.tls);
+        let mut state = Box::<AccessState>::default();
+        let outcome = {
+            let parts =
+                request::AccessParts::of(req, snap.case_sensitive, url.starts_with("https:"));
+            let view = parts.view(&req.headers);
+            self.access
+                .decide(&snap.access_env(), rule.access_rule(), &view, &mut state)
+                .await
+        };
+        let crawler_usd = state.crawler_usd;
+        ctx.access = Some(state);
+        match outcome {
+            Outcome::Forward(how) => {
+                ctx.decision = how.into();
+                Ok(false)
+            }
+            Outcome::Refused(r) => {
+                let a = respond::access_refused(&r, &rule.id, crawler_usd);
+                self.answer(session, ctx, a).await
+            }
+            Outcome::Charge { priced, pass_error } => {
+                ctx.priced = Some(priced.clone());
+                let client = session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip());
+                let req = session.req_header();
+                let admission = self
+                    .payments
+                    .gate(
+                        &snap.payment_env(),
+                        rule.payment_rule(),
+                        &priced,
+                        &req.headers,
+                        &url,
+                        client,
+                    )
+                    .await;
+                match admission {
+                    Ok(Admission::Paid(accepted)) => {
+                        ctx.decision = Decision::Paid;
+                        ctx.payment = Some(accepted);
+                        Ok(false)
+                    }
+                    Ok(Admission::Unpaid(reason)) => {
+                        ctx.decision = Decision::Unpaid;
+                        ctx.reason = Some(reason);
+                        Ok(false)
+                    }
+                    Err(rejection) => {
+                        let challenge = Challenge {
+                            snap,
+                            priced: &priced,
+                            url: &url,
+                            // The HTML page is for people; crawlers and agents get JSON.
+                            browser: ctx.is_human(),
+                            origin: request::header(req, "origin"),
+                            crawler_usd,
+                        };
+                        let a = challenge.refused(&rejection, pass_error);
+                        self.answer(session, ctx, a).await
+                    }
+                }
+            }
+        }
+    }
+
+    /// The response to a paid request: settle (in `after` mode) and add the receipt, or turn
+    /// the response into the settlement failure's answer.
+    pub(super) async fn paid_response(
+        &self,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let priced = ctx.charged_price();
+        let Some(accepted) = ctx.payment.as_mut() else {
+            return Ok(());
+        };
+        let snap = ctx.snap.clone();
+        let status = upstream_response.status.as_u16();
+        match self
+            .payments
+            .on_response(&snap.payment_env(), accepted, status)
+            .await
+        {
+            Ok(receipt) => {
+                if !receipt.is_empty() {
+                    respond::mark_paid_response(upstream_response, &receipt)?;
+                }
+                if let Some(state) = &ctx.access {
+                    let extra = self
+                        .access
+                        .on_paid_response(&snap.access_env(), state, accepted);
+                    respond::append_headers(upstream_response, &extra)?;
+                }
+                Ok(())
+            }
+            Err(rejection) => {
+                let challenge = priced.as_deref().map(|p| Challenge {
+                    snap: &snap,
+                    priced: p,
+                    url: &accepted.resource,
+                    browser: false,
+                    origin: None,
+                    crawler_usd: None,
+                });
+                let a = respond::settlement_failed(challenge, &rejection);
+                ctx.reason = Some(a.reply.reason);
+                ctx.failure = Some(a);
+                Error::e_explain(
+                    ErrorType::Custom("settlement_failed"),
+                    "settlement failed after the origin answered",
+                )
+            }
+        }
+    }
+}
