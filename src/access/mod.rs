@@ -494,3 +494,6 @@ impl Access {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,3 +12,75 @@ pub mod supported;
 
 pub use client::{FacilitatorClient, FacilitatorError};
 pub use conf::{ChainConf, Confirm, FacilitatorConf, FacilitatorKind};
+
+use async_trait::async_trait;
+
+use crate::x402::networks::Registry;
+use crate::x402::types::{SettleResponse, VerifyResponse};
+
+/// The facilitator calls the payment engine makes: which facilitators serve a payment, verify,
+/// settle, and a chain reader for confirming what they report. [`dispatch::Facilitators`] is
+/// the real one; the engine takes any, so it can be exercised without a network.
+#[async_trait]
+pub trait Facilitate: Send + Sync {
+    /// The facilitators to try for a payment, best first.
+    fn candidates<'a>(
+        &self,
+        facilitators: &'a [FacilitatorConf],
+        version: u8,
+        scheme: &str,
+        network: &str,
+        v1_name: Option<&str>,
+    ) -> Vec<&'a FacilitatorConf>;
+
+    /// `/verify` on one facilitator.
+    async fn verify(
+        &self,
+        fac: &FacilitatorConf,
+        body: &[u8],
+    ) -> Result<VerifyResponse, FacilitatorError>;
+
+    /// `/settle` on one facilitator.
+    async fn settle(
+        &self,
+        fac: &FacilitatorConf,
+        body: &[u8],
+    ) -> Result<SettleResponse, FacilitatorError>;
+
+    /// A chain reader for a network, when it has RPC endpoints.
+    fn reader(&self, registry: &Registry, network: &str) -> Option<rpc::ChainReader>;
+}
+
+#[async_trait]
+impl Facilitate for dispatch::Facilitators {
+    fn candidates<'a>(
+        &self,
+        facilitators: &'a [FacilitatorConf],
+        version: u8,
+        scheme: &str,
+        network: &str,
+        v1_name: Option<&str>,
+    ) -> Vec<&'a FacilitatorConf> {
+        dispatch::Facilitators::candidates(self, facilitators, version, scheme, network, v1_name)
+    }
+
+    async fn verify(
+        &self,
+        fac: &FacilitatorConf,
+        body: &[u8],
+    ) -> Result<VerifyResponse, FacilitatorError> {
+        dispatch::Facilitators::verify(self, fac, body).await
+    }
+
+    async fn settle(
+        &self,
+        fac: &FacilitatorConf,
+        body: &[u8],
+    ) -> Result<SettleResponse, FacilitatorError> {
+        dispatch::Facilitators::settle(self, fac, body).await
+    }
+
+    fn reader(&self, registry: &Registry, network: &str) -> Option<rpc::ChainReader> {
+        dispatch::Facilitators::reader(self, registry, network)
+    }
+}

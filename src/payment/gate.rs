@@ -178,7 +178,7 @@ impl Payments {
         a: &Accepted,
     ) -> Vec<&'a FacilitatorConf> {
         let r = &a.offer.requirements;
-        self.facilitators.candidates(
+        self.calls.candidates(
             env.facilitators,
             a.version,
             &r.scheme,
@@ -196,7 +196,7 @@ impl Payments {
         let candidates = self.candidates(env, a);
         if candidates.is_empty() {
             let r = &a.offer.requirements;
-            let other_version = self.facilitators.candidates(
+            let other_version = self.calls.candidates(
                 env.facilitators,
                 if a.version == 1 { 2 } else { 1 },
                 &r.scheme,
@@ -220,7 +220,7 @@ impl Payments {
                     .inc();
             }
             let t = Instant::now();
-            let result = self.facilitators.verify(fac, &a.facilitator_body).await;
+            let result = self.calls.verify(fac, &a.facilitator_body).await;
             a.facilitator_time += t.elapsed();
             match result {
                 Ok(v) if v.valid() => {

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use alloy::primitives::B256;
 
-use crate::facilitator::FacilitatorConf;
 use crate::facilitator::dispatch::Facilitators;
 use crate::facilitator::local::Settlers;
 use crate::facilitator::rpc::ExpectedTransfer;
+use crate::facilitator::{Facilitate, FacilitatorConf};
 use crate::metrics::Metrics;
 use crate::schemes::SchemeError;
 use crate::state::StateStore;
@@ -271,7 +271,11 @@ pub enum Admission {
 
 /// The payment engine shared by every request.
 pub struct Payments {
+    /// The facilitators (their pool, `/supported` lists, settlers) for the services that
+    /// watch them.
     pub facilitators: Arc<Facilitators>,
+    /// The facilitator calls the engine makes (the same facilitators, behind a trait).
+    calls: Arc<dyn Facilitate>,
     /// Payment reservations, the verify cache and pending settlements.
     state: Arc<dyn StateStore>,
     ledger: Arc<Ledger>,
@@ -289,8 +293,20 @@ impl std::fmt::Debug for Payments {
 
 impl Payments {
     pub fn new(metrics: Arc<Metrics>, settlers: Arc<Settlers>, state: Arc<dyn StateStore>) -> Self {
+        let facilitators = Arc::new(Facilitators::new(metrics.clone(), settlers));
+        Self::with_calls(metrics, facilitators.clone(), facilitators, state)
+    }
+
+    /// An engine whose facilitator calls go to `calls` (tests use a scripted one).
+    pub fn with_calls(
+        metrics: Arc<Metrics>,
+        facilitators: Arc<Facilitators>,
+        calls: Arc<dyn Facilitate>,
+        state: Arc<dyn StateStore>,
+    ) -> Self {
         Payments {
-            facilitators: Arc::new(Facilitators::new(metrics.clone(), settlers)),
+            facilitators,
+            calls,
             state,
             ledger: Arc::new(Ledger::new(metrics.ledger_errors.clone())),
             metrics,
@@ -368,3 +384,6 @@ impl Payments {
         out
     }
 }
+
+#[cfg(test)]
+mod tests;

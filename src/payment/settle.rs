@@ -56,7 +56,7 @@ impl Payments {
                     .inc();
             }
             let t = Instant::now();
-            let r = self.facilitators.settle(fac, &a.facilitator_body).await;
+            let r = self.calls.settle(fac, &a.facilitator_body).await;
             a.facilitator_time += t.elapsed();
             let retry = matches!(&r, Err(e) if e.not_sent());
             outcome = Some((fac, r));
@@ -235,7 +235,7 @@ impl Payments {
         a: &Accepted,
     ) -> Option<(ChainReader, ExpectedTransfer)> {
         let reader = self
-            .facilitators
+            .calls
             .reader(env.registry, &a.offer.requirements.network)?;
         Some((reader, a.expected_transfer()?))
     }
@@ -385,7 +385,7 @@ impl Payments {
     /// reservation is released only once it provably never settled (expired unused).
     async fn watch_pending(&self, env: &PaymentEnv<'_>, a: &Accepted) {
         let Some(reader) = self
-            .facilitators
+            .calls
             .reader(env.registry, &a.offer.requirements.network)
         else {
             return;
