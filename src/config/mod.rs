@@ -3,12 +3,12 @@
 
 pub mod access;
 pub mod access_file;
+mod compile;
 pub mod env;
 pub mod file;
 mod lint;
 pub mod price;
 pub mod rules_file;
-mod validate;
 
 use std::fmt;
 use std::ops::Range;
@@ -23,7 +23,7 @@ use access_file::CrawlerDef;
 use file::GatewayFile;
 use rules_file::RuleDef;
 
-pub use validate::compile;
+pub use compile::compile;
 
 /// One problem found in the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,152 @@
+//! Compiles what was read into a [`Snapshot`], checking every value and recording each problem
+//! with its location. Nothing here opens a socket: pools are data until a server runs them.
+
+mod facilitators;
+mod networks;
+mod payment;
+mod prices;
+mod rules;
+mod server;
+mod shared;
+#[cfg(test)]
+mod tests;
+mod upstreams;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use super::{Parsed, Reporter};
+use crate::snapshot::{Snapshot, Sources};
+use rules::RuleCtx;
+
+/// Compiles parsed files. Returns `None` only when a part needed to go on is missing; the
+/// caller treats any recorded issue as failure.
+pub fn compile(
+    p: &Parsed,
+    rep: &mut Reporter,
+    generation: u64,
+    previous: Option<&Snapshot>,
+) -> Option<Snapshot> {
+    let g = &p.gateway;
+    let cfg = 0usize; // gateway.toml is always source 0
+    let base = rep.sources[cfg]
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+
+    let (startup, hosts) = server::startup(rep, cfg, g, &base);
+    let registry = networks::registry(rep, cfg, g);
+    let pay = &g.payment;
+    let payment = payment::payment(rep, cfg, pay, &registry);
+    let upstreams = upstreams::upstreams(rep, cfg, g, previous);
+    let facilitators = facilitators::facilitators(rep, cfg, &base, &registry, &g.facilitators);
+    let admin_token = server::admin_token(rep, cfg, &g.admin);
+    let (facilitator_api_token, facilitator_api_settler) =
+        facilitators::facilitator_api(rep, cfg, g, &facilitators);
+
+    // Audiences and access: trusted bot agents, pass keys, the paywall page, crawlers.
+    let web_bot_auth = super::access::web_bot_auth(rep, cfg, &g.web_bot_auth);
+    let pass_keys = super::access::passes(rep, cfg, g.passes.as_ref());
+    let paywall = super::access::paywall(rep, cfg, &base, &g.paywall);
+    let crawlers = super::access::crawlers(rep, &p.crawlers);
+    let access = super::access::AccessCtx {
+        operators: web_bot_auth
+            .operators()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        passes: pass_keys.as_deref(),
+        case_sensitive: g.rules.case_sensitive,
+    };
+
+    let case_sensitive = g.rules.case_sensitive;
+    let ctx = RuleCtx {
+        access: &access,
+        registry: &registry,
+        default_pay_to: payment.default_pay_to.as_deref(),
+        default_networks: &payment.default_networks,
+        default_timeout: *pay.max_timeout_seconds.get_ref(),
+        default_settlement: pay.settlement,
+        default_failure_policy: pay.on_facilitator_failure,
+        default_resource_query: pay.resource_query,
+        upstream_index: &upstreams.index,
+        default_upstream: upstreams.default,
+        case_sensitive,
+    };
+    let (rules, router) = rules::rules(rep, &p.rules, &ctx);
+
+    if !rep.issues.is_empty() {
+        return None;
+    }
+
+    let content_hash = content_hash(rep);
+    let recipients =
+        facilitators::recipients(rep, cfg, g, &rules, payment.default_pay_to.as_deref());
+    let mut snapshot = Snapshot {
+        generation,
+        content_hash,
+        loaded_at: SystemTime::now(),
+        sources: Sources {
+            config: rep.sources[cfg].path.clone(),
+            rules_dir: p.rules_dir.clone(),
+            rule_files: p.rule_files.clone(),
+        },
+        startup,
+        router,
+        rules,
+        upstreams: upstreams.pools,
+        upstream_index: upstreams.index,
+        default_upstream: upstreams.default,
+        payment: payment.settings,
+        registry,
+        facilitators,
+        facilitator_api_settler,
+        facilitator_api_token,
+        facilitator_api_rate: g
+            .facilitator_api
+            .as_ref()
+            .map_or(0, |api| api.requests_per_second_per_client),
+        recipients,
+        admin_token,
+        ledger: crate::payment::ledger::LedgerConf {
+            path: (!g.ledger.path.is_empty()).then(|| base.join(&g.ledger.path)),
+            max_bytes: g.ledger.max_bytes.max(4096),
+            keep: g.ledger.keep,
+        },
+        reload: crate::snapshot::ReloadSettings {
+            watch: g.reload.watch,
+            debounce: Duration::from_millis(g.reload.debounce_ms),
+        },
+        logging: crate::snapshot::LogSettings {
+            format: g.logging.format,
+            level: g.logging.level.clone(),
+            access_log: g.logging.access_log,
+        },
+        case_sensitive,
+        unmatched: g.rules.unmatched,
+        hosts,
+        warnings: Vec::new(),
+        crawlers: Arc::new(crawlers),
+        web_bot_auth: Arc::new(web_bot_auth),
+        passes: pass_keys,
+        paywall,
+    };
+    snapshot.warnings = super::lint::warnings(&snapshot);
+    Some(snapshot)
+}
+
+/// A hash of every file read, path and text, to tell one configuration from another.
+fn content_hash(rep: &Reporter) -> String {
+    let mut hasher = Sha256::new();
+    for s in &rep.sources {
+        hasher.update(s.path.display().to_string().as_bytes());
+        hasher.update([0]);
+        hasher.update(s.text.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(hasher.finalize())
+}

@@ -1,0 +1,91 @@
+//! The `[payment]` section: the defaults a priced rule falls back on and the settings of the
+//! payment gate.
+
+use toml::Spanned;
+
+use super::shared::{check_timeout, checked_address};
+use crate::config::Reporter;
+use crate::config::file::PaymentSection;
+use crate::snapshot::PaymentSettings;
+use crate::x402::networks::Registry;
+
+/// What `[payment]` compiles to.
+pub(super) struct Payment {
+    /// The checksummed `pay_to` of rules that name none.
+    pub default_pay_to: Option<String>,
+    /// The CAIP-2 ids of the networks of rules that name none.
+    pub default_networks: Vec<Spanned<String>>,
+    pub settings: PaymentSettings,
+}
+
+/// `[payment]` → the rule defaults and the gate's settings.
+pub(super) fn payment(
+    rep: &mut Reporter,
+    cfg: usize,
+    pay: &PaymentSection,
+    registry: &Registry,
+) -> Payment {
+    let default_pay_to = pay
+        .pay_to
+        .as_ref()
+        .and_then(|p| checked_address(rep, cfg, p, "payment.pay_to"));
+    let mut default_networks = Vec::new();
+    for n in &pay.networks {
+        match registry.network(n.get_ref()) {
+            Some(net) => default_networks.push(Spanned::new(n.span(), net.caip2.clone())),
+            None => rep.at(
+                cfg,
+                n.span(),
+                "payment.networks",
+                format!("unknown network `{}`", n.get_ref()),
+            ),
+        }
+    }
+    check_timeout(
+        rep,
+        cfg,
+        &pay.max_timeout_seconds,
+        "payment.max_timeout_seconds",
+    );
+    let public_base_url = pay.public_base_url.as_ref().and_then(|u| {
+        let s = u.get_ref().trim_end_matches('/');
+        match s.parse::<http::Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.authority().is_some()
+                    && uri.query().is_none() =>
+            {
+                Some(s.to_owned())
+            }
+            _ => {
+                rep.at(
+                    cfg,
+                    u.span(),
+                    "payment.public_base_url",
+                    "must be an http(s) URL such as https://example.com",
+                );
+                None
+            }
+        }
+    });
+    if pay.max_header_bytes < 1024 || pay.max_header_bytes > 64 * 1024 {
+        rep.file(
+            &rep.sources[cfg].path.clone(),
+            "payment.max_header_bytes",
+            "must be between 1024 and 65536",
+        );
+    }
+    Payment {
+        default_pay_to,
+        default_networks,
+        settings: PaymentSettings {
+            public_base_url,
+            trust_forwarded_headers: pay.trust_forwarded_headers,
+            max_header_bytes: pay.max_header_bytes,
+            forward_payer_headers: pay.forward_payer_headers,
+            cors_allow_origins: pay.cors_allow_origins.clone(),
+            failed_payments_per_client: pay.failed_payments_per_client,
+            failed_payments_per_payer: pay.failed_payments_per_payer,
+        },
+    }
+}

@@ -1,0 +1,244 @@
+//! Prices: a rule's `price` (or an audience's) parsed and compiled into offers, one per
+//! network, in the rule's or the `[payment]` defaults' currency and recipient.
+
+use std::sync::Arc;
+
+use toml::Spanned;
+
+use super::rules::RuleCtx;
+use super::shared::checked_address;
+use crate::access::RuleAction;
+use crate::config::price::{self, PriceError};
+use crate::config::{ParsedRule, Reporter};
+use crate::schemes::{EXACT, Scheme};
+use crate::x402::challenge::{Offer, Priced};
+
+/// What the `price` key says.
+pub(super) enum PriceSpec {
+    Zero,
+    Usd(rust_decimal::Decimal),
+    Atomic(u128, String),
+}
+
+pub(super) fn parse_price(
+    rep: &mut Reporter,
+    src: usize,
+    v: &Spanned<toml::Value>,
+    field: &str,
+) -> Option<PriceSpec> {
+    let fail = |rep: &mut Reporter, m: String| {
+        rep.at(src, v.span(), field, m);
+        None
+    };
+    match v.get_ref() {
+        toml::Value::Integer(0) => Some(PriceSpec::Zero),
+        toml::Value::Integer(_) | toml::Value::Float(_) => {
+            fail(rep, "a number price must be 0; write dollars as \"$0.01\" or atomic units as { amount, asset }".into())
+        }
+        toml::Value::String(s) => match price::parse_usd(s) {
+            Ok(d) if d.is_zero() => Some(PriceSpec::Zero),
+            Ok(d) => Some(PriceSpec::Usd(d)),
+            Err(e) => fail(rep, e.to_string()),
+        },
+        toml::Value::Table(t) => {
+            let unknown: Vec<&String> = t.keys().filter(|k| *k != "amount" && *k != "asset").collect();
+            if !unknown.is_empty() {
+                return fail(rep, format!("unknown key `{}` in price, expected `amount` and `asset`", unknown[0]));
+            }
+            let amount = match t.get("amount") {
+                Some(toml::Value::String(s)) => price::parse_atomic(s),
+                Some(toml::Value::Integer(i)) if *i >= 0 => Ok(*i as u128),
+                Some(_) => Err(PriceError::BadAtomic("amount".into())),
+                None => return fail(rep, "price table needs `amount`".into()),
+            };
+            let asset = match t.get("asset") {
+                Some(toml::Value::String(s)) => s.clone(),
+                _ => return fail(rep, "price table needs `asset` (an asset id or address)".into()),
+            };
+            match amount {
+                Ok(0) => Some(PriceSpec::Zero),
+                Ok(a) => Some(PriceSpec::Atomic(a, asset)),
+                Err(e) => fail(rep, e.to_string()),
+            }
+        }
+        other => fail(rep, format!("expected \"$0.01\", 0 or {{ amount, asset }}, found {}", other.type_str())),
+    }
+}
+
+/// A compiled price: free for zero, else the offers with the rule's description and, for
+/// `"$…"` prices, the USD amount (for pay-per-crawl headers).
+pub(super) fn priced_action(
+    rep: &mut Reporter,
+    ctx: &RuleCtx<'_>,
+    pr: &ParsedRule,
+    spec: PriceSpec,
+    span: std::ops::Range<usize>,
+    timeout: u64,
+    field: &str,
+) -> Option<RuleAction> {
+    let usd = match &spec {
+        PriceSpec::Zero => return Some(RuleAction::Free),
+        PriceSpec::Usd(d) => Some(*d),
+        PriceSpec::Atomic(..) => None,
+    };
+    let d = &pr.def;
+    let offers = build_offers(rep, ctx, pr, spec, span, timeout, field)?;
+    Some(RuleAction::Pay(Arc::new(
+        Priced::new(
+            offers,
+            d.description.clone().unwrap_or_default(),
+            d.mime_type.clone().unwrap_or_default(),
+        )
+        .with_usd(usd),
+    )))
+}
+
+/// An `audiences` / `operators` value: `"free"`, `"block"`, or a price.
+pub(super) fn price_value(
+    rep: &mut Reporter,
+    ctx: &RuleCtx<'_>,
+    pr: &ParsedRule,
+    v: &Spanned<toml::Value>,
+    timeout: u64,
+    field: &str,
+) -> Option<RuleAction> {
+    match v.get_ref() {
+        toml::Value::String(s) if s == "free" => Some(RuleAction::Free),
+        toml::Value::String(s) if s == "block" => Some(RuleAction::Block),
+        _ => {
+            let spec = parse_price(rep, pr.src, v, field)?;
+            priced_action(rep, ctx, pr, spec, v.span(), timeout, field)
+        }
+    }
+}
+
+fn build_offers(
+    rep: &mut Reporter,
+    ctx: &RuleCtx<'_>,
+    pr: &ParsedRule,
+    spec: PriceSpec,
+    price_span: std::ops::Range<usize>,
+    timeout: u64,
+    field: &str,
+) -> Option<Vec<Offer>> {
+    let src = pr.src;
+    let d = &pr.def;
+    let pay_to = match &d.pay_to {
+        Some(p) => checked_address(rep, src, p, "rule.pay_to")?,
+        None => match ctx.default_pay_to {
+            Some(p) => p.to_owned(),
+            None => {
+                rep.at(
+                    src,
+                    d.id.span(),
+                    "rule.pay_to",
+                    "priced rule needs `pay_to` here or in `[payment]`",
+                );
+                return None;
+            }
+        },
+    };
+    let mut nets: Vec<(String, std::ops::Range<usize>)> = Vec::new();
+    match &d.networks {
+        Some(list) => {
+            for n in list {
+                match ctx.registry.network(n.get_ref()) {
+                    Some(net) => nets.push((net.caip2.clone(), n.span())),
+                    None => rep.at(
+                        src,
+                        n.span(),
+                        "rule.networks",
+                        format!("unknown network `{}`", n.get_ref()),
+                    ),
+                }
+            }
+        }
+        None => nets.extend(
+            ctx.default_networks
+                .iter()
+                .map(|n| (n.get_ref().clone(), price_span.clone())),
+        ),
+    }
+    let mut offers = Vec::new();
+    match spec {
+        PriceSpec::Zero => {}
+        PriceSpec::Usd(usd) => {
+            if nets.is_empty() {
+                rep.at(
+                    src,
+                    price_span,
+                    "rule.networks",
+                    "no networks to offer: set `networks` here or in `[payment]`",
+                );
+                return None;
+            }
+            for (caip2, span) in nets {
+                let Some(net) = ctx.registry.network(&caip2) else {
+                    continue;
+                };
+                let Some(asset) = net.usd_asset.clone() else {
+                    rep.at(
+                        src,
+                        span,
+                        field,
+                        format!("network {caip2} has no USD asset: declare one with `usd = true` or price in atomic units"),
+                    );
+                    continue;
+                };
+                match price::usd_to_atomic(usd, asset.decimals) {
+                    Ok(amount) => offers.push(EXACT.offer(
+                        asset,
+                        net.v1_name.clone(),
+                        amount,
+                        &pay_to,
+                        timeout,
+                    )),
+                    Err(e) => rep.at(src, price_span.clone(), field, e),
+                }
+            }
+        }
+        PriceSpec::Atomic(amount, asset_ref) => {
+            let asset = if asset_ref.starts_with("0x") {
+                let candidates: Vec<String> = if nets.is_empty() {
+                    ctx.registry.networks().map(|n| n.caip2.clone()).collect()
+                } else {
+                    nets.iter().map(|n| n.0.clone()).collect()
+                };
+                candidates
+                    .iter()
+                    .find_map(|n| ctx.registry.asset(n, &asset_ref))
+            } else if asset_ref == "usdc" {
+                nets.first().and_then(|n| ctx.registry.asset(&n.0, "usdc"))
+            } else {
+                ctx.registry.asset_by_id(&asset_ref)
+            };
+            let Some(asset) = asset else {
+                rep.at(
+                    src,
+                    price_span,
+                    field,
+                    format!("unknown asset `{asset_ref}` (declare it under `[[assets]]`)"),
+                );
+                return None;
+            };
+            if !nets.is_empty() && !nets.iter().any(|n| n.0 == asset.network) {
+                rep.at(
+                    src,
+                    price_span,
+                    field,
+                    format!(
+                        "asset `{asset_ref}` is on {}, which this rule does not offer",
+                        asset.network
+                    ),
+                );
+                return None;
+            }
+            let v1 = ctx
+                .registry
+                .network(&asset.network)
+                .and_then(|n| n.v1_name.clone());
+            offers.push(EXACT.offer(asset, v1, amount, &pay_to, timeout));
+        }
+    }
+    Some(offers)
+}

@@ -1,0 +1,280 @@
+//! Rules: each `[[rule]]` compiled (host, path, methods, upstream, action, access), unique
+//! ids, `accept_passes_from` checks, and the router with its conflicts.
+
+use std::collections::{BTreeMap, HashMap};
+
+use toml::Spanned;
+
+use super::prices::{PriceSpec, parse_price, price_value, priced_action};
+use super::shared::check_timeout;
+use crate::access::{RuleAccess, RuleAction};
+use crate::config::rules_file::{ActionDef, RuleDef};
+use crate::config::{ParsedRule, Reporter, access};
+use crate::payment::RulePolicy;
+use crate::router::{HostPattern, Methods, PathPattern, Route, Router};
+use crate::snapshot::Rule;
+use crate::x402::networks::Registry;
+
+/// Every rule, compiled, and the router that picks one per request.
+pub(super) fn rules(
+    rep: &mut Reporter,
+    parsed: &[ParsedRule],
+    ctx: &RuleCtx<'_>,
+) -> (Vec<Rule>, Router) {
+    let mut rules = Vec::new();
+    let mut routes = Vec::new();
+    let mut origins: Vec<&ParsedRule> = Vec::new();
+    let mut ids: HashMap<String, String> = HashMap::new();
+    for pr in parsed {
+        let id = pr.def.id.get_ref();
+        let here = rep.where_is(pr.src, pr.def.id.span());
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            rep.at(
+                pr.src,
+                pr.def.id.span(),
+                "rule.id",
+                "must be non-empty letters, digits, '-', '_' or '.'",
+            );
+        }
+        if let Some(first) = ids.insert(id.clone(), here.clone()) {
+            rep.at(
+                pr.src,
+                pr.def.id.span(),
+                "rule.id",
+                format!("duplicate rule id `{id}`, first at {first}"),
+            );
+        }
+        if let Some((rule, route)) = compile_rule(rep, ctx, pr, here) {
+            rules.push(rule);
+            routes.push(route);
+            origins.push(pr);
+        }
+    }
+    // `accept_passes_from` names rules that exist and sell passes.
+    for pr in &origins {
+        for name in pr.def.accept_passes_from.iter().flatten() {
+            let n = name.get_ref();
+            let sells = origins
+                .iter()
+                .any(|o| o.def.id.get_ref() == n && o.def.pass.is_some());
+            if n != "*" && !sells {
+                rep.at(
+                    pr.src,
+                    name.span(),
+                    "rule.accept_passes_from",
+                    format!("no rule `{n}` that issues passes (`pass = {{ … }}`)"),
+                );
+            }
+        }
+    }
+    let (router, conflicts) = Router::build(routes);
+    for c in conflicts {
+        let (a, b) = (origins[c.0], origins[c.1]);
+        let where_a = rep.where_is(a.src, a.def.id.span());
+        rep.at(
+            b.src,
+            b.def.id.span(),
+            "rule",
+            format!(
+                "rule `{}` and rule `{}` ({where_a}) are equally specific and can match the same request",
+                b.def.id.get_ref(),
+                a.def.id.get_ref()
+            ),
+        );
+    }
+    (rules, router)
+}
+
+pub(super) struct RuleCtx<'a> {
+    pub access: &'a access::AccessCtx<'a>,
+    pub registry: &'a Registry,
+    pub default_pay_to: Option<&'a str>,
+    pub default_networks: &'a [Spanned<String>],
+    pub default_timeout: u64,
+    pub default_settlement: crate::payment::Settlement,
+    pub default_failure_policy: crate::payment::FailurePolicy,
+    pub default_resource_query: bool,
+    pub upstream_index: &'a BTreeMap<String, usize>,
+    pub default_upstream: usize,
+    pub case_sensitive: bool,
+}
+
+fn compile_rule(
+    rep: &mut Reporter,
+    ctx: &RuleCtx<'_>,
+    pr: &ParsedRule,
+    here: String,
+) -> Option<(Rule, Route)> {
+    let src = pr.src;
+    let d: &RuleDef = &pr.def;
+    let issues_before = rep.issues.len();
+
+    let host = match &d.host {
+        Some(h) => HostPattern::parse(h.get_ref()).unwrap_or_else(|e| {
+            rep.at(src, h.span(), "rule.host", e);
+            HostPattern::Any
+        }),
+        None => HostPattern::Any,
+    };
+    let (path_text, path) = match (&d.path, &d.prefix) {
+        (Some(_), Some(p)) => {
+            rep.at(
+                src,
+                p.span(),
+                "rule.prefix",
+                "give either `path` or `prefix`, not both",
+            );
+            (String::new(), None)
+        }
+        (Some(p), None) => (
+            p.get_ref().clone(),
+            PathPattern::glob(p.get_ref(), ctx.case_sensitive)
+                .map_err(|e| rep.at(src, p.span(), "rule.path", e))
+                .ok(),
+        ),
+        (None, Some(p)) => (
+            format!("{}**", p.get_ref().trim_end_matches('/').to_owned() + "/"),
+            PathPattern::prefix(p.get_ref(), ctx.case_sensitive)
+                .map_err(|e| rep.at(src, p.span(), "rule.prefix", e))
+                .ok(),
+        ),
+        (None, None) => (
+            "/**".into(),
+            PathPattern::glob("/**", ctx.case_sensitive).ok(),
+        ),
+    };
+    let mut methods = 0u16;
+    if let Some(ms) = &d.methods {
+        if ms.get_ref().is_empty() {
+            rep.at(
+                src,
+                ms.span(),
+                "rule.methods",
+                "empty list; leave `methods` out to match every method",
+            );
+        }
+        for m in ms.get_ref() {
+            match Methods::parse(m) {
+                Some(b) => methods |= b,
+                None => rep.at(
+                    src,
+                    ms.span(),
+                    "rule.methods",
+                    format!("unknown method `{m}`"),
+                ),
+            }
+        }
+    }
+    let upstream = match &d.upstream {
+        Some(u) => match ctx.upstream_index.get(u.get_ref()) {
+            Some(&i) => i,
+            None => {
+                rep.at(
+                    src,
+                    u.span(),
+                    "rule.upstream",
+                    format!("unknown upstream `{}`", u.get_ref()),
+                );
+                0
+            }
+        },
+        None => ctx.default_upstream,
+    };
+    let timeout = match &d.max_timeout_seconds {
+        Some(t) => {
+            check_timeout(rep, src, t, "rule.max_timeout_seconds");
+            *t.get_ref()
+        }
+        None => ctx.default_timeout,
+    };
+
+    let price = d
+        .price
+        .as_ref()
+        .and_then(|p| parse_price(rep, src, p, "rule.price").map(|s| (s, p.span())));
+    let action_def = d.action.as_ref().map(|a| (*a.get_ref(), a.span()));
+    let action = match (action_def, price) {
+        (Some((ActionDef::Block, _)), None) => RuleAction::Block,
+        (Some((ActionDef::Free, _)), None)
+        | (Some((ActionDef::Free, _)), Some((PriceSpec::Zero, _))) => RuleAction::Free,
+        (Some((ActionDef::Block | ActionDef::Free, span)), Some(_)) => {
+            rep.at(
+                src,
+                span,
+                "rule.action",
+                "a `free` or `block` rule takes no price",
+            );
+            RuleAction::Free
+        }
+        (Some((ActionDef::Pay, span)), None) => {
+            rep.at(src, span, "rule.price", "a `pay` rule needs a price");
+            RuleAction::Free
+        }
+        (None, None) => {
+            if d.price.is_none() {
+                rep.at(
+                    src,
+                    d.id.span(),
+                    "rule.price",
+                    "give a `price`, or `action = \"free\"` / `\"block\"`",
+                );
+            }
+            RuleAction::Free
+        }
+        (_, Some((spec, span))) => priced_action(rep, ctx, pr, spec, span, timeout, "rule.price")
+            .unwrap_or(RuleAction::Free),
+    };
+    let access = access::rule_access(
+        rep,
+        ctx.access,
+        pr,
+        &action,
+        methods,
+        &path_text,
+        &mut |rep: &mut Reporter, v: &Spanned<toml::Value>, field: &str| {
+            price_value(rep, ctx, pr, v, timeout, field)
+        },
+    );
+    if rep.issues.len() > issues_before {
+        return None;
+    }
+    let path = path?;
+    let route = Route {
+        host: host.clone(),
+        methods: Methods(methods),
+        path,
+    };
+    let rule = Rule {
+        id: d.id.get_ref().clone(),
+        origin: here,
+        action,
+        upstream,
+        methods: Methods(methods),
+        host: d
+            .host
+            .as_ref()
+            .map_or_else(|| "*".into(), |h| h.get_ref().clone()),
+        path: path_text,
+        payment: RulePolicy {
+            settlement: d.settlement.unwrap_or(ctx.default_settlement),
+            failure_policy: d
+                .on_facilitator_failure
+                .unwrap_or(ctx.default_failure_policy),
+            resource_query: d.resource_query.unwrap_or(ctx.default_resource_query),
+        },
+        access: RuleAccess {
+            accept_passes_from: d
+                .accept_passes_from
+                .iter()
+                .flatten()
+                .map(|n| n.get_ref().clone())
+                .collect(),
+            ..access
+        },
+    };
+    Some((rule, route))
+}

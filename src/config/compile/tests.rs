@@ -1,0 +1,275 @@
+//! The compiler on configurations held in memory: what a valid one compiles to, and each
+//! problem reported once, at its `file:line:col`, all of them together.
+
+use std::path::{Path, PathBuf};
+
+use crate::access::RuleAction;
+use crate::config::{Issue, Issues, load_from_texts};
+use crate::snapshot::Snapshot;
+
+const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+
+/// A `gateway.toml` with one upstream and base-sepolia as the default network; `extra` is
+/// appended.
+fn gateway(extra: &str) -> String {
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+
+[upstreams.origin]
+peers = ["127.0.0.1:1"]
+
+[payment]
+pay_to = "{PAY_TO}"
+networks = ["base-sepolia"]
+{extra}"#
+    )
+}
+
+/// A `[passes]` section with a literal HMAC key.
+const PASSES: &str = r#"
+[passes]
+signing_key = "k1"
+
+[[passes.keys]]
+id = "k1"
+secret = "test-pass-key-0123456789abcdef-0123456789"
+"#;
+
+/// Compiles `config` as `gateway.toml` with rule files `(name under rules/, text)`.
+fn compile(config: &str, rules: &[(&str, &str)]) -> Result<Snapshot, Issues> {
+    let rules: Vec<(PathBuf, String)> = rules
+        .iter()
+        .map(|(name, text)| (Path::new("rules").join(name), (*text).to_owned()))
+        .collect();
+    load_from_texts(Path::new("gateway.toml"), config, &rules)
+}
+
+/// The issues of a configuration that must not compile.
+fn issues(config: &str, rules: &[(&str, &str)]) -> Vec<Issue> {
+    match compile(config, rules) {
+        Ok(_) => panic!("compiled, expected issues"),
+        Err(Issues(list)) => list,
+    }
+}
+
+/// `file:line:col` of the first occurrence of `needle` in `text`.
+fn at(file: &str, text: &str, needle: &str) -> String {
+    let off = text.find(needle).expect("needle in text");
+    let before = &text[..off];
+    let line = before.matches('\n').count() + 1;
+    let col = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .chars()
+        .count()
+        + 1;
+    format!("{file}:{line}:{col}")
+}
+
+fn located(i: &Issue) -> String {
+    format!("{}:{}:{}", i.file, i.line, i.col)
+}
+
+#[test]
+fn a_minimal_config_with_a_free_and_a_priced_rule_compiles() {
+    let rules = r#"[[rule]]
+id = "health"
+path = "/health"
+action = "free"
+
+[[rule]]
+id = "article"
+prefix = "/articles/"
+methods = ["GET"]
+price = "$0.01"
+"#;
+    let snap = compile(&gateway(""), &[("a.toml", rules)]).expect("valid");
+    assert_eq!(snap.rules.len(), 2);
+    let free = snap
+        .rules
+        .iter()
+        .find(|r| r.id == "health")
+        .expect("health");
+    assert!(matches!(free.action, RuleAction::Free));
+    let priced = snap
+        .rules
+        .iter()
+        .find(|r| r.id == "article")
+        .expect("article");
+    let RuleAction::Pay(p) = &priced.action else {
+        panic!("`article` is not priced: {:?}", priced.action);
+    };
+    assert_eq!(p.offers.len(), 1);
+    let req = &p.offers[0].requirements;
+    assert_eq!(req.network, "eip155:84532");
+    assert_eq!(req.amount, "10000");
+    assert_eq!(req.pay_to, PAY_TO);
+}
+
+#[test]
+fn every_problem_is_reported_at_once_in_file_order() {
+    let config = gateway("").replace(
+        "networks = [\"base-sepolia\"]",
+        "networks = [\"base-sepolia\", \"nope-net\"]",
+    );
+    let rules = r#"[[rule]]
+id = "elsewhere"
+path = "/elsewhere"
+action = "free"
+upstream = "nowhere"
+"#;
+    let found = issues(&config, &[("a.toml", rules)]);
+    let lines: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "{}: payment.networks: unknown network `nope-net`",
+                at("gateway.toml", &config, "\"nope-net\"")
+            ),
+            format!(
+                "{}: rule.upstream: unknown upstream `nowhere`",
+                at("rules/a.toml", rules, "\"nowhere\"")
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_rule_naming_an_unknown_upstream_is_reported() {
+    let rules = r#"[[rule]]
+id = "x"
+path = "/x"
+price = "$0.01"
+upstream = "missing"
+"#;
+    let found = issues(&gateway(""), &[("a.toml", rules)]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].field, "rule.upstream");
+    assert_eq!(found[0].message, "unknown upstream `missing`");
+    assert_eq!(located(&found[0]), at("rules/a.toml", rules, "\"missing\""));
+}
+
+#[test]
+fn a_duplicate_rule_id_names_the_first_location() {
+    let a = r#"[[rule]]
+id = "same"
+path = "/one"
+action = "free"
+"#;
+    let b = r#"[[rule]]
+id = "same"
+path = "/two"
+action = "free"
+"#;
+    let found = issues(&gateway(""), &[("a.toml", a), ("b.toml", b)]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].field, "rule.id");
+    assert_eq!(located(&found[0]), at("rules/b.toml", b, "\"same\""));
+    assert_eq!(
+        found[0].message,
+        format!(
+            "duplicate rule id `same`, first at {}",
+            at("rules/a.toml", a, "\"same\"")
+        )
+    );
+}
+
+#[test]
+fn accept_passes_from_must_name_a_rule_that_sells_passes() {
+    let rules = r#"[[rule]]
+id = "articles"
+prefix = "/articles/"
+price = "$0.01"
+
+[[rule]]
+id = "premium"
+prefix = "/premium/"
+price = "$0.05"
+accept_passes_from = ["articles"]
+"#;
+    let found = issues(&gateway(PASSES), &[("a.toml", rules)]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].field, "rule.accept_passes_from");
+    assert_eq!(
+        found[0].message,
+        "no rule `articles` that issues passes (`pass = { … }`)"
+    );
+    assert_eq!(
+        located(&found[0]),
+        at("rules/a.toml", rules, "\"articles\"]")
+    );
+}
+
+#[test]
+fn a_prefix_pass_wider_than_its_rule_is_refused() {
+    let rules = r#"[[rule]]
+id = "articles"
+prefix = "/articles/"
+price = "$0.01"
+pass = { ttl = "1h", scope = "prefix", prefix = "/" }
+"#;
+    let found = issues(&gateway(PASSES), &[("a.toml", rules)]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].field, "rule.pass.prefix");
+    assert!(
+        found[0]
+            .message
+            .starts_with("must lie inside the rule's path `/articles/**`"),
+        "{}",
+        found[0].message
+    );
+    assert_eq!(located(&found[0]), at("rules/a.toml", rules, "\"/\" }"));
+}
+
+#[test]
+fn a_missing_variable_in_a_facilitator_header_is_named_without_the_value() {
+    let config = gateway(
+        r#"
+[[facilitators]]
+name = "f"
+url = "http://127.0.0.1:1"
+headers = { Authorization = "Bearer s3cret-${X402_COMPILE_TEST_UNSET_TOKEN}" }
+"#,
+    );
+    let found = issues(&config, &[]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let line = found[0].to_string();
+    assert_eq!(
+        line,
+        format!(
+            "{}: facilitators.headers.Authorization: environment variable \
+             `X402_COMPILE_TEST_UNSET_TOKEN` is not set",
+            at("gateway.toml", &config, "\"Bearer")
+        )
+    );
+    assert!(
+        !line.contains("Bearer") && !line.contains("s3cret"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_priced_rule_on_a_network_no_facilitator_lists_is_valid() {
+    let config = gateway(
+        r#"
+[[facilitators]]
+name = "mainnet-only"
+url = "http://127.0.0.1:1"
+networks = ["base"]
+"#,
+    );
+    let rules = r#"[[rule]]
+id = "article"
+path = "/article"
+methods = ["GET"]
+price = "$0.01"
+networks = ["base-sepolia"]
+"#;
+    let snap = compile(&config, &[("a.toml", rules)]).expect("valid");
+    assert_eq!(snap.facilitators.len(), 1);
+    assert_eq!(snap.facilitators[0].networks, ["eip155:8453"]);
+    let RuleAction::Pay(p) = &snap.rules[0].action else {
+        panic!("not priced");
+    };
+    assert_eq!(p.offers[0].requirements.network, "eip155:84532");
+}
