@@ -1,28 +1,28 @@
 //! Settlement: through the facilitator that verified (another only when the call provably
 //! never left), the facilitator's word confirmed on chain, unclear outcomes resolved from the
 //! chain (never by settling again), receipts, failed deliveries, and one ledger writer.
+//!
+//! This file settles and records the outcome; `chain.rs` is the one place that reads the
+//! chain (confirmations, refusals, pending outcomes), `delivery.rs` follows the origin's
+//! answer after the gate, `record.rs` writes the ledger.
 
-use std::time::Duration;
-
-use alloy::primitives::B256;
+mod chain;
+mod delivery;
+mod record;
 
 use std::time::Instant;
 
-use super::confirm::{Lookup, Resolution, Verdict};
-use super::ledger::{Ledger, LedgerConf, LedgerEntry, now_rfc3339};
-use super::replay::ReplayKey;
-use super::{
-    Accepted, FailurePolicy, PaymentEnv, PaymentError, Payments, Rejection, Settlement, Stage,
-};
-use crate::facilitator::rpc::{ChainReader, ExpectedTransfer};
-use crate::facilitator::{Confirm, FacilitatorConf, FacilitatorError, FacilitatorKind};
-use crate::state::PendingSettlement;
+use alloy::primitives::B256;
+
+use super::confirm::{Lookup, Verdict};
+use super::{Accepted, PaymentEnv, PaymentError, Payments, Stage};
+use crate::facilitator::{FacilitatorConf, FacilitatorError};
 use crate::x402::types::SettleResponse;
 
-/// How long to read the chain for a settlement whose outcome the facilitator left unknown
-/// before answering the client; a background watch goes on until the authorization expires.
-pub const RESOLVE_WINDOW: Duration = Duration::from_secs(3);
-const RESOLVE_POLL: Duration = Duration::from_millis(200);
+use chain::RESOLVE_POLL;
+pub use chain::RESOLVE_WINDOW;
+pub use delivery::CLIENT_GONE;
+use record::Record;
 
 impl Payments {
     /// Settles through the facilitator that verified, moving on to another only when the call
@@ -166,115 +166,6 @@ impl Payments {
             .await;
     }
 
-    /// A facilitator's `success: true`: believed as given for the built-in settler (which
-    /// checks its own receipts), for `confirm = "trust"` and on networks without RPC; otherwise
-    /// the named transaction's receipt must show this transfer.
-    async fn confirm_success(
-        &self,
-        env: &PaymentEnv<'_>,
-        a: &Accepted,
-        fac: &FacilitatorConf,
-        s: SettleResponse,
-    ) -> (Stage, SettleResponse, Option<String>) {
-        let trusted =
-            fac.confirm == Confirm::Trust || matches!(fac.kind, FacilitatorKind::Local { .. });
-        if trusted {
-            return (Stage::Settled, s, None);
-        }
-        let claimed: Option<B256> = s.transaction.parse().ok();
-        let Some((reader, expected)) = self.lookup(env, a) else {
-            return (Stage::Settled, s, None);
-        };
-        let verdict = match claimed {
-            Some(_) => {
-                Lookup {
-                    reader: &reader,
-                    expected,
-                    claimed,
-                }
-                .within(fac.confirm_timeout, RESOLVE_POLL)
-                .await
-            }
-            // Not even a transaction hash.
-            None => Verdict::Mismatch,
-        };
-        let why = match verdict {
-            Verdict::Ours(_) => return (Stage::Settled, s, None),
-            Verdict::NotOurs | Verdict::Unattributed(_) => "used_elsewhere",
-            Verdict::Mismatch | Verdict::Failed => "receipt_mismatch",
-            Verdict::Unknown => "receipt_missing",
-        };
-        self.metrics
-            .settlements_unconfirmed
-            .with_label_values(&[fac.name.as_str(), why])
-            .inc();
-        tracing::error!(
-            facilitator = %fac.name,
-            transaction = %s.transaction,
-            payer = %a.payer,
-            rule = %a.rule_id,
-            why,
-            "a facilitator reported a settlement the chain does not confirm: nothing served"
-        );
-        let receipt = SettleResponse {
-            success: false.into(),
-            error_reason: Some("settlement_unconfirmed".into()),
-            ..s
-        };
-        (
-            Stage::Unconfirmed,
-            receipt,
-            Some(format!("settlement_unconfirmed: {why}")),
-        )
-    }
-
-    /// The chain reader and the expected transfer for a payment, when its network has RPC.
-    fn lookup(
-        &self,
-        env: &PaymentEnv<'_>,
-        a: &Accepted,
-    ) -> Option<(ChainReader, ExpectedTransfer)> {
-        let reader = self
-            .calls
-            .reader(env.registry, &a.offer.requirements.network)?;
-        Some((reader, a.expected_transfer()?))
-    }
-
-    /// For a refused settlement: `None` when the chain shows the authorization unused (or
-    /// cannot be read), else whose transaction used it.
-    async fn refusal_on_chain(&self, env: &PaymentEnv<'_>, a: &Accepted) -> Option<Verdict> {
-        let (reader, expected) = self.lookup(env, a)?;
-        let e = &expected;
-        if !matches!(
-            reader.authorization_used(e.token, e.payer, e.nonce).await,
-            Ok(true)
-        ) {
-            return None;
-        }
-        let v = Lookup {
-            reader: &reader,
-            expected,
-            claimed: a.claimed_tx,
-        }
-        .look()
-        .await;
-        Some(v)
-    }
-
-    fn count_resolution(&self, v: &Verdict) {
-        let label = match v {
-            Verdict::Ours(_) => "settled",
-            Verdict::NotOurs => "used_elsewhere",
-            Verdict::Unattributed(_) => "unattributed",
-            Verdict::Failed | Verdict::Mismatch => "failed",
-            Verdict::Unknown => "pending",
-        };
-        self.metrics
-            .settlements_resolved
-            .with_label_values(&[label])
-            .inc();
-    }
-
     /// Records a settlement's outcome: stage, receipt, replay state, metrics and the ledger.
     async fn finish_settlement(
         &self,
@@ -380,61 +271,6 @@ impl Payments {
         a.receipt = Some(receipt);
     }
 
-    /// Watches an unresolved settlement until the chain shows whose transaction used the
-    /// authorization, or the authorization expires unused, and records the outcome. The
-    /// reservation is released only once it provably never settled (expired unused).
-    async fn watch_pending(&self, env: &PaymentEnv<'_>, a: &Accepted) {
-        let Some(reader) = self
-            .calls
-            .reader(env.registry, &a.offer.requirements.network)
-        else {
-            return;
-        };
-        let Some(expected) = a.expected_transfer() else {
-            return;
-        };
-        let (state, ledger, metrics) = (
-            self.state.clone(),
-            self.ledger.clone(),
-            self.metrics.clone(),
-        );
-        let ledger_conf = env.ledger.clone();
-        let record = Record::of(a);
-        let claimed = a.claimed_tx;
-        let pending = record.pending(claimed);
-        if let Err(e) = state.put_pending(&pending).await {
-            tracing::error!(error = %e, "cannot record a pending settlement in the state store");
-        }
-        tokio::spawn(async move {
-            let lookup = Lookup {
-                reader: &reader,
-                expected,
-                claimed,
-            };
-            let end = lookup
-                .until_expiry(record.valid_before, Duration::from_secs(2))
-                .await;
-            let (tx, marked) = match &end {
-                Resolution::ExpiredUnused => {
-                    (String::new(), state.release(record.key.as_str()).await)
-                }
-                Resolution::Ours(tx) | Resolution::Unattributed(tx) => {
-                    (tx.clone(), state.settled(record.key.as_str()).await)
-                }
-                Resolution::NotOurs => (String::new(), state.settled(record.key.as_str()).await),
-            };
-            let resolved = state.resolve_pending(record.key.as_str()).await;
-            if let Err(e) = marked.and(resolved) {
-                tracing::error!(error = %e, "cannot record a resolved settlement in the state store");
-            }
-            metrics
-                .settlements_resolved
-                .with_label_values(&[end.label()])
-                .inc();
-            record.write(&ledger, &ledger_conf, end.label(), &tx, None, None);
-        });
-    }
-
     pub(super) fn settle_error(&self, a: &Accepted) -> PaymentError {
         match a.stage {
             Stage::Unknown | Stage::Unconfirmed | Stage::Unattributed => {
@@ -462,215 +298,7 @@ impl Payments {
             self.release(&a.key).await;
         }
     }
-    /// Called with the origin's status before any body byte is sent. Settles in `after` mode
-    /// when the status is below 400. Returns headers to add, or the reply that replaces the
-    /// origin's response.
-    pub async fn on_response(
-        &self,
-        env: &PaymentEnv<'_>,
-        a: &mut Accepted,
-        status: u16,
-    ) -> Result<Vec<(&'static str, String)>, Rejection> {
-        if a.stage == Stage::Verified {
-            if status >= 400 {
-                // Not served: no settlement; `finish` releases the reservation.
-                self.metrics
-                    .payments
-                    .with_label_values(&["not_settled", "origin_error"])
-                    .inc();
-                return Ok(Vec::new());
-            }
-            self.settle(env, a, Some(status)).await;
-            if a.stage != Stage::Settled {
-                let error = self.settle_error(a);
-                if a.stage == Stage::SettleFailed
-                    && a.failure_policy == FailurePolicy::Open
-                    && error == PaymentError::FacilitatorUnavailable
-                {
-                    self.metrics
-                        .payments
-                        .with_label_values(&["served_unpaid", error.reason()])
-                        .inc();
-                    tracing::warn!(rule = %a.rule_id, "no facilitator could settle: serving unpaid (failure policy open)");
-                    return Ok(Vec::new());
-                }
-                return Err(Rejection {
-                    error,
-                    version: a.version,
-                    payer: Some(a.payer.clone()),
-                    receipt: a.receipt.clone(),
-                });
-            }
-        } else if a.stage == Stage::Settled && status >= 400 {
-            self.record_failed_delivery(env, a, Some(status), ORIGIN_FAILED);
-        }
-        self.metrics.payment_overhead.observe(
-            a.started
-                .elapsed()
-                .saturating_sub(a.facilitator_time)
-                .as_secs_f64(),
-        );
-        Ok(self.receipt_headers(a))
-    }
-
-    /// Receipt headers for a settled payment.
-    pub fn receipt_headers(&self, a: &Accepted) -> Vec<(&'static str, String)> {
-        match &a.receipt {
-            Some(r) if a.stage == Stage::Settled => {
-                vec![(
-                    crate::x402::receipt_header(a.version == 1),
-                    r.header_value(),
-                )]
-            }
-            _ => Vec::new(),
-        }
-    }
-
-    fn record_failed_delivery(
-        &self,
-        env: &PaymentEnv<'_>,
-        a: &mut Accepted,
-        status: Option<u16>,
-        reason: &str,
-    ) {
-        if a.delivery_recorded {
-            return;
-        }
-        a.delivery_recorded = true;
-        self.metrics.failed_deliveries.inc();
-        let tx = a
-            .receipt
-            .as_ref()
-            .map(|r| r.transaction.clone())
-            .unwrap_or_default();
-        Record::of(a).write(
-            &self.ledger,
-            env.ledger,
-            "delivery_failed",
-            &tx,
-            Some(reason),
-            status,
-        );
-        tracing::warn!(rule = %a.rule_id, payer = %a.payer, transaction = %tx, reason, "paid request not delivered");
-    }
-
-    /// Called when proxying failed after the gate accepted the payment. Returns receipt
-    /// headers for the error reply when the payment was already settled.
-    pub fn on_failure(
-        &self,
-        env: &PaymentEnv<'_>,
-        a: &mut Accepted,
-        settlement_reply: bool,
-    ) -> Vec<(&'static str, String)> {
-        if a.stage == Stage::Settled && !settlement_reply {
-            self.record_failed_delivery(env, a, None, ORIGIN_FAILED);
-            return self.receipt_headers(a);
-        }
-        Vec::new()
-    }
-
-    /// End of the request: a payment that did not settle releases its reservation so the
-    /// client may use it again; a settled one whose response broke off (`interrupted`: why,
-    /// e.g. the client went away mid-body) leaves a `delivery_failed` line, once.
-    pub async fn finish(&self, env: &PaymentEnv<'_>, a: &mut Accepted, interrupted: Option<&str>) {
-        if let Some(why) = interrupted
-            && a.stage == Stage::Settled
-        {
-            self.record_failed_delivery(env, a, None, why);
-        }
-        self.release_unless_unknown(a).await;
-    }
 }
-
-/// What a ledger line says of a payment, owned so that a background watch can write it later.
-#[derive(Debug, Clone)]
-struct Record {
-    key: ReplayKey,
-    valid_before: u64,
-    rule: String,
-    resource: String,
-    payer: String,
-    amount: String,
-    asset: String,
-    network: String,
-    facilitator: String,
-    settlement: Settlement,
-}
-
-impl Record {
-    fn of(a: &Accepted) -> Self {
-        let r = &a.offer.requirements;
-        Record {
-            key: a.key.clone(),
-            valid_before: a.valid_before,
-            rule: a.rule_id.clone(),
-            resource: a.resource.clone(),
-            payer: a.payer.clone(),
-            amount: r.amount.clone(),
-            asset: r.asset.clone(),
-            network: r.network.clone(),
-            facilitator: a.facilitator.clone().unwrap_or_default(),
-            settlement: a.settlement,
-        }
-    }
-
-    /// What the state store keeps of a settlement whose outcome is pending.
-    fn pending(&self, claimed: Option<B256>) -> PendingSettlement {
-        PendingSettlement {
-            key: self.key.as_str().to_owned(),
-            valid_before: self.valid_before,
-            rule: self.rule.clone(),
-            resource: self.resource.clone(),
-            payer: self.payer.clone(),
-            amount: self.amount.clone(),
-            asset: self.asset.clone(),
-            network: self.network.clone(),
-            facilitator: self.facilitator.clone(),
-            settlement: self.settlement_name().to_owned(),
-            claimed_tx: claimed.map(|t| format!("{t:#x}")),
-        }
-    }
-
-    fn settlement_name(&self) -> &'static str {
-        match self.settlement {
-            Settlement::Before => "before",
-            Settlement::After => "after",
-        }
-    }
-
-    /// The one place a ledger line is written.
-    fn write(
-        &self,
-        ledger: &Ledger,
-        conf: &LedgerConf,
-        event: &str,
-        tx: &str,
-        reason: Option<&str>,
-        upstream_status: Option<u16>,
-    ) {
-        let entry = LedgerEntry {
-            time: now_rfc3339(),
-            event,
-            rule: &self.rule,
-            resource: &self.resource,
-            payer: &self.payer,
-            amount: &self.amount,
-            asset: &self.asset,
-            network: &self.network,
-            transaction: tx,
-            facilitator: &self.facilitator,
-            settlement: self.settlement_name(),
-            reason,
-            upstream_status,
-        };
-        ledger.record(conf, &entry);
-    }
-}
-
-/// The `delivery_failed` reason when the origin failed after the payment settled.
-const ORIGIN_FAILED: &str = "origin_failed_after_settlement";
-/// The `delivery_failed` reason when the client went away before the response was complete.
-pub const CLIENT_GONE: &str = "client_disconnected";
 
 /// Settle refusals that mean the nonce was already used on chain: someone else's payment.
 const NONCE_USED_REASONS: [&str; 3] = [

@@ -1,0 +1,133 @@
+//! After the gate: settling in `after` mode once the origin's status is known, receipt
+//! headers, and `delivery_failed` ledger lines for paid requests the client did not get.
+
+use super::record::Record;
+use crate::payment::{
+    Accepted, FailurePolicy, PaymentEnv, PaymentError, Payments, Rejection, Stage,
+};
+
+/// The `delivery_failed` reason when the origin failed after the payment settled.
+const ORIGIN_FAILED: &str = "origin_failed_after_settlement";
+/// The `delivery_failed` reason when the client went away before the response was complete.
+pub const CLIENT_GONE: &str = "client_disconnected";
+
+impl Payments {
+    /// Called with the origin's status before any body byte is sent. Settles in `after` mode
+    /// when the status is below 400. Returns headers to add, or the reply that replaces the
+    /// origin's response.
+    pub async fn on_response(
+        &self,
+        env: &PaymentEnv<'_>,
+        a: &mut Accepted,
+        status: u16,
+    ) -> Result<Vec<(&'static str, String)>, Rejection> {
+        if a.stage == Stage::Verified {
+            if status >= 400 {
+                // Not served: no settlement; `finish` releases the reservation.
+                self.metrics
+                    .payments
+                    .with_label_values(&["not_settled", "origin_error"])
+                    .inc();
+                return Ok(Vec::new());
+            }
+            self.settle(env, a, Some(status)).await;
+            if a.stage != Stage::Settled {
+                let error = self.settle_error(a);
+                if a.stage == Stage::SettleFailed
+                    && a.failure_policy == FailurePolicy::Open
+                    && error == PaymentError::FacilitatorUnavailable
+                {
+                    self.metrics
+                        .payments
+                        .with_label_values(&["served_unpaid", error.reason()])
+                        .inc();
+                    tracing::warn!(rule = %a.rule_id, "no facilitator could settle: serving unpaid (failure policy open)");
+                    return Ok(Vec::new());
+                }
+                return Err(Rejection {
+                    error,
+                    version: a.version,
+                    payer: Some(a.payer.clone()),
+                    receipt: a.receipt.clone(),
+                });
+            }
+        } else if a.stage == Stage::Settled && status >= 400 {
+            self.record_failed_delivery(env, a, Some(status), ORIGIN_FAILED);
+        }
+        self.metrics.payment_overhead.observe(
+            a.started
+                .elapsed()
+                .saturating_sub(a.facilitator_time)
+                .as_secs_f64(),
+        );
+        Ok(self.receipt_headers(a))
+    }
+
+    /// Receipt headers for a settled payment.
+    pub fn receipt_headers(&self, a: &Accepted) -> Vec<(&'static str, String)> {
+        match &a.receipt {
+            Some(r) if a.stage == Stage::Settled => {
+                vec![(
+                    crate::x402::receipt_header(a.version == 1),
+                    r.header_value(),
+                )]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    pub(super) fn record_failed_delivery(
+        &self,
+        env: &PaymentEnv<'_>,
+        a: &mut Accepted,
+        status: Option<u16>,
+        reason: &str,
+    ) {
+        if a.delivery_recorded {
+            return;
+        }
+        a.delivery_recorded = true;
+        self.metrics.failed_deliveries.inc();
+        let tx = a
+            .receipt
+            .as_ref()
+            .map(|r| r.transaction.clone())
+            .unwrap_or_default();
+        Record::of(a).write(
+            &self.ledger,
+            env.ledger,
+            "delivery_failed",
+            &tx,
+            Some(reason),
+            status,
+        );
+        tracing::warn!(rule = %a.rule_id, payer = %a.payer, transaction = %tx, reason, "paid request not delivered");
+    }
+
+    /// Called when proxying failed after the gate accepted the payment. Returns receipt
+    /// headers for the error reply when the payment was already settled.
+    pub fn on_failure(
+        &self,
+        env: &PaymentEnv<'_>,
+        a: &mut Accepted,
+        settlement_reply: bool,
+    ) -> Vec<(&'static str, String)> {
+        if a.stage == Stage::Settled && !settlement_reply {
+            self.record_failed_delivery(env, a, None, ORIGIN_FAILED);
+            return self.receipt_headers(a);
+        }
+        Vec::new()
+    }
+
+    /// End of the request: a payment that did not settle releases its reservation so the
+    /// client may use it again; a settled one whose response broke off (`interrupted`: why,
+    /// e.g. the client went away mid-body) leaves a `delivery_failed` line, once.
+    pub async fn finish(&self, env: &PaymentEnv<'_>, a: &mut Accepted, interrupted: Option<&str>) {
+        if let Some(why) = interrupted
+            && a.stage == Stage::Settled
+        {
+            self.record_failed_delivery(env, a, None, why);
+        }
+        self.release_unless_unknown(a).await;
+    }
+}

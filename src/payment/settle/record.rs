@@ -1,0 +1,94 @@
+//! The one ledger writer: what a ledger line says of a payment, owned so that a background
+//! watch can write it later, and what the state store keeps of a pending settlement.
+
+use alloy::primitives::B256;
+
+use crate::payment::ledger::{Ledger, LedgerConf, LedgerEntry, now_rfc3339};
+use crate::payment::replay::ReplayKey;
+use crate::payment::{Accepted, Settlement};
+use crate::state::PendingSettlement;
+
+/// What a ledger line says of a payment, owned so that a background watch can write it later.
+#[derive(Debug, Clone)]
+pub(super) struct Record {
+    pub(super) key: ReplayKey,
+    pub(super) valid_before: u64,
+    pub(super) rule: String,
+    pub(super) resource: String,
+    pub(super) payer: String,
+    pub(super) amount: String,
+    pub(super) asset: String,
+    pub(super) network: String,
+    pub(super) facilitator: String,
+    pub(super) settlement: Settlement,
+}
+
+impl Record {
+    pub(super) fn of(a: &Accepted) -> Self {
+        let r = &a.offer.requirements;
+        Record {
+            key: a.key.clone(),
+            valid_before: a.valid_before,
+            rule: a.rule_id.clone(),
+            resource: a.resource.clone(),
+            payer: a.payer.clone(),
+            amount: r.amount.clone(),
+            asset: r.asset.clone(),
+            network: r.network.clone(),
+            facilitator: a.facilitator.clone().unwrap_or_default(),
+            settlement: a.settlement,
+        }
+    }
+
+    /// What the state store keeps of a settlement whose outcome is pending.
+    pub(super) fn pending(&self, claimed: Option<B256>) -> PendingSettlement {
+        PendingSettlement {
+            key: self.key.as_str().to_owned(),
+            valid_before: self.valid_before,
+            rule: self.rule.clone(),
+            resource: self.resource.clone(),
+            payer: self.payer.clone(),
+            amount: self.amount.clone(),
+            asset: self.asset.clone(),
+            network: self.network.clone(),
+            facilitator: self.facilitator.clone(),
+            settlement: self.settlement_name().to_owned(),
+            claimed_tx: claimed.map(|t| format!("{t:#x}")),
+        }
+    }
+
+    pub(super) fn settlement_name(&self) -> &'static str {
+        match self.settlement {
+            Settlement::Before => "before",
+            Settlement::After => "after",
+        }
+    }
+
+    /// The one place a ledger line is written.
+    pub(super) fn write(
+        &self,
+        ledger: &Ledger,
+        conf: &LedgerConf,
+        event: &str,
+        tx: &str,
+        reason: Option<&str>,
+        upstream_status: Option<u16>,
+    ) {
+        let entry = LedgerEntry {
+            time: now_rfc3339(),
+            event,
+            rule: &self.rule,
+            resource: &self.resource,
+            payer: &self.payer,
+            amount: &self.amount,
+            asset: &self.asset,
+            network: &self.network,
+            transaction: tx,
+            facilitator: &self.facilitator,
+            settlement: self.settlement_name(),
+            reason,
+            upstream_status,
+        };
+        ledger.record(conf, &entry);
+    }
+}
