@@ -1,6 +1,13 @@
 //! Pass verification speed: the work a request carrying a pass costs the gateway (HMAC-SHA256
 //! and Ed25519, the bare signature check and the full admission with scope and quota).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "benchmarks: a failed set-up step ends the run"
+)]
+
 use std::collections::HashSet;
 use std::hint::black_box;
 

@@ -9,6 +9,13 @@
 //! Targets (issue 2): match median under 1 µs at 10 000 rules; building a 10 000-rule
 //! snapshot under 200 ms.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "benchmarks: a failed set-up step ends the run"
+)]
+
 use std::hint::black_box;
 use std::path::Path;
 

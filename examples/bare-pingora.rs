@@ -10,6 +10,13 @@
 //!
 //! `bare-pingora --listen 127.0.0.1:8500 --origin 127.0.0.1:8080 [--threads 1] [--forwarded]`
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark tool: a failed set-up step ends the run"
+)]
+
 use std::time::Duration;
 
 use async_trait::async_trait;

@@ -63,6 +63,10 @@ pub struct Metrics {
     pub shadow_amount: IntCounterVec,
 }
 
+#[allow(
+    clippy::panic,
+    reason = "start-up only: fixed metric names and labels register once or the build is broken"
+)]
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
@@ -71,6 +75,10 @@ fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounte
     c
 }
 
+#[allow(
+    clippy::panic,
+    reason = "start-up only: fixed metric names and labels register once or the build is broken"
+)]
 fn histogram(
     reg: &Registry,
     name: &str,
@@ -87,6 +95,10 @@ fn histogram(
 
 impl Metrics {
     /// Creates and registers every metric. Names are fixed, so this cannot fail at run time.
+    #[allow(
+        clippy::panic,
+        reason = "start-up only: fixed metric names and labels register once or the build is broken"
+    )]
     pub fn new() -> Self {
         let registry = Registry::new();
         let latency_buckets = vec![

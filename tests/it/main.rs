@@ -2,6 +2,13 @@
 //! payments, a real chain, token, facilitator and x402 clients. One test binary, so the
 //! gateway is built once.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests: a failed step fails the test"
+)]
+
 mod support;
 
 mod audiences;
