@@ -120,8 +120,13 @@ pub fn upstream_health(snap: &Snapshot) -> Vec<(String, usize, usize)> {
         .collect()
 }
 
-/// The readiness report and whether the gateway is ready.
-pub fn readiness(snap: &Snapshot, payments: &Payments) -> (bool, Value) {
+/// The readiness report and whether the gateway is ready. `store` is how the state store
+/// answered a ping just now.
+pub fn readiness(
+    snap: &Snapshot,
+    payments: &Payments,
+    store: Result<(), crate::state::StateError>,
+) -> (bool, Value) {
     let health = upstream_health(snap);
     let upstreams_ok = health.iter().all(|(_, healthy, _)| *healthy > 0);
     let unserved = payments
@@ -132,10 +137,16 @@ pub fn readiness(snap: &Snapshot, payments: &Payments) -> (bool, Value) {
         .facilitators
         .networks_without_facilitator(&snap.facilitators, snap.priced_offers());
     let ledger = payments.ledger().health(&snap.ledger);
-    let ready = upstreams_ok && without.is_empty() && ledger.ok;
+    let store_ok = store.is_ok();
+    let ready = upstreams_ok && without.is_empty() && ledger.ok && store_ok;
     let report = json!({
         "ready": ready,
         "ledger": ledger,
+        "state": {
+            "backend": payments.state().backend(),
+            "ok": store_ok,
+            "error": store.err().map(|e| e.to_string()),
+        },
         "networks_without_healthy_facilitator": without,
         "generation": snap.generation,
         "upstreams": health.iter().map(|(n, h, t)| json!({"name": n, "healthy": h, "peers": t})).collect::<Vec<_>>(),
@@ -232,6 +243,7 @@ pub fn config_view(snap: &Snapshot) -> Value {
             "revoked": k.revoked.len(),
         })),
         "paywall_template": snap.paywall.source,
+        "state": snap.startup.state.public(),
         // Networks with JSON-RPC endpoints; the URLs only as `scheme://host[:port]` (hosted
         // endpoints carry API keys in the path or query).
         "networks": snap.registry.networks().filter(|n| !n.rpc_urls.is_empty()).map(|n| json!({
@@ -302,7 +314,8 @@ impl ServeHttp for Admin {
             }
             "/healthz" => respond(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                let (ready, report) = readiness(&snap, &self.payments);
+                let store = self.payments.state().ping().await;
+                let (ready, report) = readiness(&snap, &self.payments, store);
                 json_response(
                     if ready {
                         StatusCode::OK

@@ -61,6 +61,14 @@ pub struct Metrics {
     pub shadow_decisions: IntCounterVec,
     /// What shadow-mode rules would have charged, in atomic units.
     pub shadow_amount: IntCounterVec,
+    /// State store command latency by operation.
+    pub state_seconds: HistogramVec,
+    /// State store commands that failed or timed out, by operation.
+    pub state_errors: IntCounterVec,
+    /// 1 while the shared state store answers.
+    pub state_up: IntGauge,
+    /// Times the shared state store answered again after failing.
+    pub state_reconnects: IntCounter,
 }
 
 #[allow(
@@ -276,7 +284,42 @@ impl Metrics {
             "Atomic units shadow-mode rules would have charged",
             &["rule", "network", "asset"],
         );
+        let state_seconds = histogram(
+            &registry,
+            "x402_state_seconds",
+            "State store command latency by operation",
+            &["op"],
+            vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ],
+        );
+        let state_errors = counter(
+            &registry,
+            "x402_state_errors_total",
+            "State store commands that failed or timed out, by operation",
+            &["op"],
+        );
+        let state_up = IntGauge::new(
+            "x402_state_up",
+            "1 while the state store answers (always 1 for the memory backend)",
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(state_up.clone()))
+            .unwrap_or_else(|e| panic!("metric: {e}"));
+        let state_reconnects = IntCounter::new(
+            "x402_state_reconnects_total",
+            "Times the shared state store answered again after failing",
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(state_reconnects.clone()))
+            .unwrap_or_else(|e| panic!("metric: {e}"));
         Metrics {
+            state_seconds,
+            state_errors,
+            state_up,
+            state_reconnects,
             registry,
             audience_requests,
             spoofed_crawlers,

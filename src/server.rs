@@ -134,6 +134,29 @@ impl BackgroundService for ReadyFile {
     }
 }
 
+/// The state store `[state]` names. A shared store connects in the background: start-up does
+/// not wait for it, `/readyz` says when it answers.
+fn open_state(
+    conf: &crate::state::StateConf,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<dyn crate::state::StateStore>, String> {
+    use crate::state::{Backend, MemoryStore, OnUnavailable, OpenOnFailure, RedisStore};
+    Ok(match &conf.backend {
+        Backend::Memory => {
+            metrics.state_up.set(1);
+            Arc::new(MemoryStore::default())
+        }
+        Backend::Redis(r) => {
+            let shared = RedisStore::start(r, metrics.clone())?;
+            tracing::info!(url = %r.url.redacted_url(), replica = %conf.replica_id, "state store: redis");
+            match conf.on_unavailable {
+                OnUnavailable::Closed => shared,
+                OnUnavailable::Open => Arc::new(OpenOnFailure::new(shared)),
+            }
+        }
+    })
+}
+
 /// Loads the configuration, builds every service and runs until a signal stops the process.
 pub fn run(opts: RunOptions) -> Result<(), String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -181,7 +204,7 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     let metrics = Arc::new(Metrics::new());
     let settlers = Arc::new(crate::facilitator::local::Settlers::default());
     // What is remembered across requests (payment reservations, pass quotas …).
-    let state: Arc<dyn crate::state::StateStore> = Arc::new(crate::state::MemoryStore::default());
+    let state = open_state(&startup.state, &metrics)?;
     let payments = Arc::new(Payments::new(
         metrics.clone(),
         settlers.clone(),

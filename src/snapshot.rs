@@ -147,6 +147,8 @@ pub struct StartupSettings {
     /// Longest wait for a complete request head on a downstream connection.
     pub header_read_timeout: Duration,
     pub facilitator_api: Option<String>,
+    /// `[state]`: the store and this replica's name.
+    pub state: crate::state::StateConf,
 }
 
 impl StartupSettings {
@@ -179,6 +181,9 @@ impl StartupSettings {
         }
         if self.facilitator_api != other.facilitator_api {
             out.push("facilitator_api.listen");
+        }
+        if self.state != other.state {
+            out.push("state");
         }
         out
     }

@@ -254,11 +254,12 @@ fn parse_gateway(rep: &mut Reporter, src: usize) -> GatewayFile {
             "web_bot_auth" => g.web_bot_auth = section(rep, src, k, value).unwrap_or_default(),
             "passes" => g.passes = section(rep, src, k, value),
             "paywall" => g.paywall = section(rep, src, k, value).unwrap_or_default(),
+            "state" => g.state = section(rep, src, k, value).unwrap_or_default(),
             other => rep.at(
                 src,
                 key.span(),
                 other,
-                "unknown section, expected one of `server`, `admin`, `upstreams`, `payment`, `networks`, `assets`, `facilitators`, `reload`, `logging`, `rules`, `ledger`, `facilitator_api`, `web_bot_auth`, `passes`, `paywall`",
+                "unknown section, expected one of `server`, `admin`, `upstreams`, `payment`, `networks`, `assets`, `facilitators`, `reload`, `logging`, `rules`, `ledger`, `facilitator_api`, `web_bot_auth`, `passes`, `paywall`, `state`",
             ),
         }
     }

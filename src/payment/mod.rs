@@ -323,6 +323,11 @@ impl Payments {
         }
     }
 
+    /// The state store (health in `/readyz`).
+    pub fn state(&self) -> &Arc<dyn StateStore> {
+        &self.state
+    }
+
     /// The receipts ledger (health in `/readyz`, sync at shutdown).
     pub fn ledger(&self) -> &Ledger {
         &self.ledger

@@ -146,6 +146,20 @@ impl StateStore for Down {
     async fn pending(&self) -> Result<Vec<PendingSettlement>, StateError> {
         Err(StateError::Unavailable("down".into()))
     }
+    async fn lease_pending(
+        &self,
+        _: &str,
+        _: &str,
+        _: std::time::Duration,
+    ) -> Result<bool, StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
+    fn backend(&self) -> &'static str {
+        "down"
+    }
+    async fn ping(&self) -> Result<(), StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
 }
 
 /// A fresh EIP-3009 nonce.

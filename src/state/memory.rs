@@ -2,8 +2,9 @@
 //! (a reservation with its authorization, a quota with its pass). Lost at restart, and each
 //! process has its own.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -77,6 +78,8 @@ pub struct MemoryStore {
     quotas: Cache<String, Arc<Counter>>,
     revoked: Cache<String, ()>,
     pending: Cache<String, Arc<PendingSettlement>>,
+    /// Leases on pending settlements: owner and end.
+    leases: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -118,6 +121,7 @@ impl MemoryStore {
                 .max_capacity(capacity)
                 .expire_after(UntilExpires)
                 .build(),
+            leases: Mutex::new(HashMap::new()),
         }
     }
 
@@ -226,11 +230,47 @@ impl StateStore for MemoryStore {
 
     async fn resolve_pending(&self, key: &str) -> Result<(), StateError> {
         self.pending.invalidate(key);
+        if let Ok(mut leases) = self.leases.lock() {
+            leases.remove(key);
+        }
         Ok(())
     }
 
     async fn pending(&self) -> Result<Vec<PendingSettlement>, StateError> {
         Ok(self.pending.iter().map(|(_, p)| (*p).clone()).collect())
+    }
+
+    async fn lease_pending(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, StateError> {
+        let mut leases = self
+            .leases
+            .lock()
+            .map_err(|_| StateError::Unavailable("lease table poisoned".into()))?;
+        let now = Instant::now();
+        leases.retain(|_, (_, end)| *end > now);
+        match leases.get_mut(key) {
+            Some((holder, end)) if holder == owner => {
+                *end = now + lease;
+                Ok(true)
+            }
+            Some(_) => Ok(false),
+            None => {
+                leases.insert(key.to_owned(), (owner.to_owned(), now + lease));
+                Ok(true)
+            }
+        }
+    }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn ping(&self) -> Result<(), StateError> {
+        Ok(())
     }
 }
 

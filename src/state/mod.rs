@@ -1,14 +1,86 @@
 //! What the gateway remembers across requests, behind one trait: payment reservations, the
 //! verify cache, pass quotas and revocations, and settlements whose outcome is pending. The
-//! in-process [`memory::MemoryStore`] is the default; a shared store plugs in behind the same
-//! trait so that several replicas remember as one.
+//! in-process [`memory::MemoryStore`] is the default; [`redis::RedisStore`] is shared by every
+//! replica in front of one Redis (or Valkey, or Redis Cluster), so that they remember as one.
 
 pub mod memory;
+pub mod open;
+pub mod redis;
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::secret::Secret;
 pub use memory::MemoryStore;
+pub use open::OpenOnFailure;
+pub use redis::RedisStore;
+
+/// What priced requests get while a shared store cannot be reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnavailable {
+    /// 503 `state_unavailable`: nothing is charged, nothing is served unpaid.
+    #[default]
+    Closed,
+    /// Go on with what this replica knows: reservations and quotas in its own memory, the
+    /// chain's nonce as the last guard against a second charge.
+    Open,
+}
+
+/// How to reach a Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConf {
+    /// `redis://`, `rediss://` or `redis+unix://` (may hold a password: never printed).
+    pub url: Secret,
+    /// More Redis Cluster nodes; empty for a single server.
+    pub cluster: Vec<Secret>,
+    pub key_prefix: String,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub pool_size: usize,
+}
+
+/// Which store backs the gateway's memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Backend {
+    #[default]
+    Memory,
+    Redis(RedisConf),
+}
+
+/// `[state]` compiled. Read at start-up only: a change needs a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateConf {
+    pub backend: Backend,
+    pub on_unavailable: OnUnavailable,
+    /// This replica's name in the ledger and logs.
+    pub replica_id: String,
+}
+
+impl StateConf {
+    /// What `/config` shows: the backend and its settings, never a password.
+    pub fn public(&self) -> serde_json::Value {
+        match &self.backend {
+            Backend::Memory => serde_json::json!({
+                "backend": "memory",
+                "replica_id": self.replica_id,
+            }),
+            Backend::Redis(r) => serde_json::json!({
+                "backend": "redis",
+                "url": r.url.redacted_url(),
+                "cluster": r.cluster.iter().map(Secret::redacted_url).collect::<Vec<_>>(),
+                "key_prefix": r.key_prefix,
+                "connect_timeout_ms": r.connect_timeout.as_millis() as u64,
+                "command_timeout_ms": r.command_timeout.as_millis() as u64,
+                "pool_size": r.pool_size,
+                "on_unavailable": self.on_unavailable,
+                "replica_id": self.replica_id,
+            }),
+        }
+    }
+}
 
 /// The store could not be reached or did not answer in time.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,6 +169,19 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     async fn resolve_pending(&self, key: &str) -> Result<(), StateError>;
     /// Settlements still pending.
     async fn pending(&self) -> Result<Vec<PendingSettlement>, StateError>;
+    /// Takes (or renews) the lease on pending settlement `key` for `owner` during `lease`:
+    /// whoever holds it watches the chain for that settlement. False: another owner holds it.
+    async fn lease_pending(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, StateError>;
+
+    /// `memory`, `redis` …
+    fn backend(&self) -> &'static str;
+    /// Whether the store answers now (a round trip for a shared store).
+    async fn ping(&self) -> Result<(), StateError>;
 }
 
 /// Unix seconds now.

@@ -8,6 +8,7 @@ mod prices;
 mod rules;
 mod server;
 mod shared;
+mod state;
 #[cfg(test)]
 mod tests;
 mod upstreams;
@@ -38,7 +39,8 @@ pub fn compile(
         .map(Path::to_path_buf)
         .unwrap_or_default();
 
-    let (startup, hosts) = server::startup(rep, cfg, g, &base);
+    let (mut startup, hosts) = server::startup(rep, cfg, g, &base);
+    startup.state = state::state(rep, cfg, &g.state);
     let registry = networks::registry(rep, cfg, g);
     let pay = &g.payment;
     let payment = payment::payment(rep, cfg, pay, &registry);

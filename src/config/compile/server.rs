@@ -134,6 +134,7 @@ pub(super) fn startup(
             .facilitator_api
             .as_ref()
             .map(|a| a.listen.get_ref().clone()),
+        state: crate::state::StateConf::default(),
     };
     (startup, hosts)
 }

@@ -84,8 +84,14 @@ impl Challenge<'_> {
     /// failed, the reason when no payment came with it.
     pub fn refused(&self, r: &Rejection, pass_error: Option<PassError>) -> Answer {
         if let (Some(e), PaymentError::MissingPayment) = (pass_error, &r.error) {
-            let reply = self.with_crawler_price(self.reply(e.reason(), e.reason(), None));
-            return Answer::new(reply, Decision::Challenged);
+            let mut reply = self.reply(e.reason(), e.reason(), None);
+            if e == PassError::Unavailable {
+                // No verdict on the pass: the store that counts and revokes passes is down.
+                reply.status = 503;
+                reply.headers.push(("retry-after", "5".into()));
+                return Answer::new(reply, Decision::Local);
+            }
+            return Answer::new(self.with_crawler_price(reply), Decision::Challenged);
         }
         let reason = r.error.reason();
         let unpaid = r.error == PaymentError::MissingPayment;
