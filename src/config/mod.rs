@@ -1,9 +1,8 @@
 //! Configuration: reads `gateway.toml` and the rules folder, reports every problem at once as
 //! `file:line:col: field: message`, and compiles a valid configuration into a [`Snapshot`].
 
-pub mod access;
 pub mod access_file;
-mod compile;
+pub(crate) mod compile;
 pub mod env;
 pub mod file;
 mod lint;

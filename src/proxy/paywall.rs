@@ -109,7 +109,7 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::access::DEFAULT_PAYWALL;
+    use crate::config::compile::paywall::DEFAULT_PAYWALL;
 
     #[test]
     fn units() {

@@ -1,9 +1,13 @@
 //! Compiles what was read into a [`Snapshot`], checking every value and recording each problem
 //! with its location. Nothing here opens a socket: pools are data until a server runs them.
 
+mod access;
+mod agents;
 mod facilitators;
 mod networks;
+mod passes;
 mod payment;
+pub(crate) mod paywall;
 mod prices;
 mod rules;
 mod server;
@@ -51,11 +55,11 @@ pub fn compile(
         facilitators::facilitator_api(rep, cfg, g, &facilitators);
 
     // Audiences and access: trusted bot agents, pass keys, the paywall page, crawlers.
-    let web_bot_auth = super::access::web_bot_auth(rep, cfg, &g.web_bot_auth);
-    let pass_keys = super::access::passes(rep, cfg, g.passes.as_ref());
-    let paywall = super::access::paywall(rep, cfg, &base, &g.paywall);
-    let crawlers = super::access::crawlers(rep, &p.crawlers);
-    let access = super::access::AccessCtx {
+    let web_bot_auth = agents::web_bot_auth(rep, cfg, &g.web_bot_auth);
+    let pass_keys = passes::passes(rep, cfg, g.passes.as_ref());
+    let paywall = paywall::paywall(rep, cfg, &base, &g.paywall);
+    let crawlers = agents::crawlers(rep, &p.crawlers);
+    let access = access::AccessCtx {
         operators: web_bot_auth
             .operators()
             .into_iter()

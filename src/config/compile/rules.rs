@@ -5,11 +5,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use toml::Spanned;
 
+use super::access;
 use super::prices::{PriceSpec, parse_price, price_value, priced_action};
 use super::shared::check_timeout;
 use crate::access::{RuleAccess, RuleAction};
 use crate::config::rules_file::{ActionDef, RuleDef};
-use crate::config::{ParsedRule, Reporter, access};
+use crate::config::{ParsedRule, Reporter};
 use crate::payment::RulePolicy;
 use crate::router::{HostPattern, Methods, PathPattern, Route, Router};
 use crate::snapshot::Rule;
