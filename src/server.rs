@@ -95,6 +95,29 @@ impl BackgroundService for SupportedService {
     }
 }
 
+/// How often the shared store is searched for settlements in flight whose replica stopped.
+const PENDING_SWEEP: Duration = Duration::from_secs(2);
+
+/// Takes over settlements in flight from replicas that stopped renewing their lease.
+struct PendingService {
+    config: Arc<ArcSwap<Snapshot>>,
+    payments: Arc<Payments>,
+}
+
+#[async_trait]
+impl BackgroundService for PendingService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(PENDING_SWEEP) => {}
+            }
+            let snap = self.config.load_full();
+            self.payments.sweep_pending(&snap.payment_env()).await;
+        }
+    }
+}
+
 /// Writes the ready file once every address accepts connections.
 struct ReadyFile {
     path: PathBuf,
@@ -205,11 +228,10 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     let settlers = Arc::new(crate::facilitator::local::Settlers::default());
     // What is remembered across requests (payment reservations, pass quotas …).
     let state = open_state(&startup.state, &metrics)?;
-    let payments = Arc::new(Payments::new(
-        metrics.clone(),
-        settlers.clone(),
-        state.clone(),
-    ));
+    let payments = Arc::new(
+        Payments::new(metrics.clone(), settlers.clone(), state.clone())
+            .with_replica(&startup.state.replica_id),
+    );
     let payments_at_exit = payments.clone();
     let access = Arc::new(crate::access::Access::new(metrics.clone(), state.clone()));
     let gateway = |tls: bool| Gateway {
@@ -289,6 +311,16 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
             config: config.clone(),
         },
     ));
+    if state.backend() != "memory" {
+        // Settlements in flight of replicas that stopped, resolved from the chain.
+        server.add_service(background_service(
+            "pending-settlements",
+            PendingService {
+                config: config.clone(),
+                payments: payments.clone(),
+            },
+        ));
+    }
     server.add_service(background_service(
         "facilitators",
         SupportedService {

@@ -30,6 +30,9 @@ pub struct LedgerEntry<'a> {
     pub reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<u16>,
+    /// The replica that wrote the line (`[state] replica_id`).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub replica: &'a str,
 }
 
 /// Ledger settings.
@@ -230,6 +233,7 @@ mod tests {
             settlement: "after",
             reason: None,
             upstream_status: Some(200),
+            replica: "",
         }
     }
 

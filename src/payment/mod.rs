@@ -283,6 +283,12 @@ pub struct Payments {
     /// Payments facilitators refused, per client address and per payer.
     failures_client: FailureWindow,
     failures_payer: FailureWindow,
+    /// This replica's name in the ledger.
+    replica: String,
+    /// This process's name on leases of settlements in flight (unique per start).
+    instance: String,
+    /// Leases this process holds on settlements in flight.
+    leases: Arc<settle::Leases>,
 }
 
 impl std::fmt::Debug for Payments {
@@ -312,7 +318,16 @@ impl Payments {
             metrics,
             failures_client: FailureWindow::default(),
             failures_payer: FailureWindow::default(),
+            replica: String::new(),
+            instance: instance_id(),
+            leases: Arc::default(),
         }
+    }
+
+    /// Names this replica in ledger lines (`[state] replica_id`).
+    pub fn with_replica(mut self, replica: &str) -> Self {
+        self.replica = replica.to_owned();
+        self
     }
 
     /// Releases a reservation: the payment provably did not settle. A store that cannot be
@@ -392,3 +407,16 @@ impl Payments {
 
 #[cfg(test)]
 mod tests;
+
+/// A name for this process that no other process shares: process id and a random part.
+fn instance_id() -> String {
+    let mut random = [0u8; 8];
+    if getrandom::fill(&mut random).is_err() {
+        // No randomness: the start time still tells two starts of one process id apart.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        random = (nanos as u64).to_le_bytes();
+    }
+    format!("{}-{}", std::process::id(), hex::encode(random))
+}

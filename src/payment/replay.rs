@@ -15,6 +15,11 @@ impl ReplayKey {
         ))
     }
 
+    /// A key read back from the state store.
+    pub fn from_stored(key: &str) -> Self {
+        ReplayKey(key.to_owned())
+    }
+
     /// The key as stored.
     pub fn as_str(&self) -> &str {
         &self.0

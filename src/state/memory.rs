@@ -386,11 +386,22 @@ mod tests {
                 facilitator: "f".into(),
                 settlement: "after".into(),
                 claimed_tx: None,
+                pay_to: "0x3".into(),
+                nonce: "0x4".into(),
+                replica: "a".into(),
             };
             store.put_pending(&p).await.expect("put");
             assert_eq!(store.pending().await, Ok(vec![p]));
+            // One owner at a time; the holder renews, the other waits for the lease to end.
+            let lease = Duration::from_millis(200);
+            assert_eq!(store.lease_pending("k", "a", lease).await, Ok(true));
+            assert_eq!(store.lease_pending("k", "b", lease).await, Ok(false));
+            assert_eq!(store.lease_pending("k", "a", lease).await, Ok(true));
+            std::thread::sleep(Duration::from_millis(250));
+            assert_eq!(store.lease_pending("k", "b", lease).await, Ok(true));
             store.resolve_pending("k").await.expect("resolve");
             assert_eq!(store.pending().await, Ok(vec![]));
+            assert_eq!(store.lease_pending("k", "a", lease).await, Ok(true));
         });
     }
 }

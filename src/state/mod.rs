@@ -127,6 +127,14 @@ pub struct PendingSettlement {
     pub settlement: String,
     /// The transaction the facilitator named, if any (`0x…`).
     pub claimed_tx: Option<String>,
+    /// Recipient and EIP-3009 nonce: what to look for on chain.
+    #[serde(default)]
+    pub pay_to: String,
+    #[serde(default)]
+    pub nonce: String,
+    /// The replica that started the settlement.
+    #[serde(default)]
+    pub replica: String,
 }
 
 /// Everything remembered across requests. Every operation is atomic on its key.

@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use alloy::primitives::B256;
 
-use super::record::Record;
 use crate::facilitator::rpc::{ChainReader, ExpectedTransfer};
 use crate::facilitator::{Confirm, FacilitatorConf, FacilitatorKind};
-use crate::payment::confirm::{Lookup, Resolution, Verdict};
+use crate::payment::confirm::{Lookup, Verdict};
 use crate::payment::{Accepted, PaymentEnv, Payments, Stage};
 use crate::x402::types::SettleResponse;
 
@@ -134,56 +133,26 @@ impl Payments {
 
     /// Watches an unresolved settlement until the chain shows whose transaction used the
     /// authorization, or the authorization expires unused, and records the outcome. The
-    /// reservation is released only once it provably never settled (expired unused).
+    /// reservation is released only once it provably never settled (expired unused). The
+    /// record in the state store names the transaction the facilitator claimed, so a replica
+    /// that takes it over looks for the same one.
     pub(super) async fn watch_pending(&self, env: &PaymentEnv<'_>, a: &Accepted) {
-        let Some(reader) = self
-            .calls
-            .reader(env.registry, &a.offer.requirements.network)
-        else {
-            return;
-        };
-        let Some(expected) = a.expected_transfer() else {
-            return;
-        };
-        let (state, ledger, metrics) = (
-            self.state.clone(),
-            self.ledger.clone(),
-            self.metrics.clone(),
-        );
-        let ledger_conf = env.ledger.clone();
-        let record = Record::of(a);
+        let resolver = self.resolver(env);
+        let record = self.record(a);
         let claimed = a.claimed_tx;
-        let pending = record.pending(claimed);
-        if let Err(e) = state.put_pending(&pending).await {
+        if let Err(e) = self.state.put_pending(&record.pending(claimed)).await {
             tracing::error!(error = %e, "cannot record a pending settlement in the state store");
         }
-        tokio::spawn(async move {
-            let lookup = Lookup {
-                reader: &reader,
-                expected,
-                claimed,
-            };
-            let end = lookup
-                .until_expiry(record.valid_before, Duration::from_secs(2))
-                .await;
-            let (tx, marked) = match &end {
-                Resolution::ExpiredUnused => {
-                    (String::new(), state.release(record.key.as_str()).await)
-                }
-                Resolution::Ours(tx) | Resolution::Unattributed(tx) => {
-                    (tx.clone(), state.settled(record.key.as_str()).await)
-                }
-                Resolution::NotOurs => (String::new(), state.settled(record.key.as_str()).await),
-            };
-            let resolved = state.resolve_pending(record.key.as_str()).await;
-            if let Err(e) = marked.and(resolved) {
-                tracing::error!(error = %e, "cannot record a resolved settlement in the state store");
-            }
-            metrics
-                .settlements_resolved
-                .with_label_values(&[end.label()])
-                .inc();
-            record.write(&ledger, &ledger_conf, end.label(), &tx, None, None);
-        });
+        let found = self
+            .calls
+            .reader(env.registry, &a.offer.requirements.network)
+            .zip(a.expected_transfer());
+        let Some((reader, expected)) = found else {
+            // No chain to read on this network: nobody can resolve it; the ledger says
+            // `settle_pending` and the reservation stays refused until it expires.
+            resolver.end(a.key.as_str()).await;
+            return;
+        };
+        tokio::spawn(resolver.resolve(record, reader, expected, claimed, false));
     }
 }

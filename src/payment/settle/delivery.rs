@@ -1,7 +1,6 @@
 //! After the gate: settling in `after` mode once the origin's status is known, receipt
 //! headers, and `delivery_failed` ledger lines for paid requests the client did not get.
 
-use super::record::Record;
 use crate::payment::{
     Accepted, FailurePolicy, PaymentEnv, PaymentError, Payments, Rejection, Stage,
 };
@@ -93,7 +92,7 @@ impl Payments {
             .as_ref()
             .map(|r| r.transaction.clone())
             .unwrap_or_default();
-        Record::of(a).write(
+        self.record(a).write(
             &self.ledger,
             env.ledger,
             "delivery_failed",

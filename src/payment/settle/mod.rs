@@ -8,6 +8,7 @@
 
 mod chain;
 mod delivery;
+mod pending;
 mod record;
 
 use std::time::Instant;
@@ -22,7 +23,7 @@ use crate::x402::types::SettleResponse;
 use chain::RESOLVE_POLL;
 pub use chain::RESOLVE_WINDOW;
 pub use delivery::CLIENT_GONE;
-use record::Record;
+pub use pending::Leases;
 
 impl Payments {
     /// Settles through the facilitator that verified, moving on to another only when the call
@@ -46,6 +47,7 @@ impl Payments {
                 None => candidates.sort_by_key(|f| &f.name != name),
             }
         }
+        self.begin_pending(a).await;
         let mut outcome: Option<(&FacilitatorConf, Result<SettleResponse, FacilitatorError>)> =
             None;
         for (n, fac) in candidates.into_iter().enumerate() {
@@ -244,7 +246,6 @@ impl Payments {
                 self.state.settled(a.key.as_str()).await
             }
             Stage::Unconfirmed | Stage::Verified | Stage::Unknown => {
-                self.watch_pending(env, a).await;
                 self.state.unknown(a.key.as_str()).await
             }
             Stage::SettleFailed => Ok(()),
@@ -260,7 +261,7 @@ impl Payments {
         } else if receipt.network.is_empty() {
             receipt.network = a.offer.requirements.network.clone();
         }
-        Record::of(a).write(
+        self.record(a).write(
             &self.ledger,
             env.ledger,
             event,
@@ -269,6 +270,13 @@ impl Payments {
             upstream_status,
         );
         a.receipt = Some(receipt);
+        // The ledger has the outcome; an open one is watched until the chain resolves it.
+        match stage {
+            Stage::Unconfirmed | Stage::Verified | Stage::Unknown => {
+                self.watch_pending(env, a).await;
+            }
+            _ => self.end_pending(env, a).await,
+        }
     }
 
     pub(super) fn settle_error(&self, a: &Accepted) -> PaymentError {

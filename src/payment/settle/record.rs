@@ -6,6 +6,7 @@ use alloy::primitives::B256;
 use crate::payment::ledger::{Ledger, LedgerConf, LedgerEntry, now_rfc3339};
 use crate::payment::replay::ReplayKey;
 use crate::payment::{Accepted, Settlement};
+use crate::facilitator::rpc::ExpectedTransfer;
 use crate::state::PendingSettlement;
 
 /// What a ledger line says of a payment, owned so that a background watch can write it later.
@@ -21,10 +22,14 @@ pub(super) struct Record {
     pub(super) network: String,
     pub(super) facilitator: String,
     pub(super) settlement: Settlement,
+    pub(super) pay_to: String,
+    pub(super) nonce: String,
+    /// The replica writing the line.
+    pub(super) replica: String,
 }
 
 impl Record {
-    pub(super) fn of(a: &Accepted) -> Self {
+    pub(super) fn of(a: &Accepted, replica: &str) -> Self {
         let r = &a.offer.requirements;
         Record {
             key: a.key.clone(),
@@ -37,7 +42,48 @@ impl Record {
             network: r.network.clone(),
             facilitator: a.facilitator.clone().unwrap_or_default(),
             settlement: a.settlement,
+            pay_to: r.pay_to.clone(),
+            nonce: a.nonce.clone(),
+            replica: replica.to_owned(),
         }
+    }
+
+    /// A pending settlement another replica started, to be resolved and written by
+    /// `replica`. `None` for a record too old to know what to look for.
+    pub(super) fn from_pending(p: &PendingSettlement, replica: &str) -> Option<Self> {
+        if p.pay_to.is_empty() || p.nonce.is_empty() {
+            return None;
+        }
+        Some(Record {
+            key: ReplayKey::from_stored(&p.key),
+            valid_before: p.valid_before,
+            rule: p.rule.clone(),
+            resource: p.resource.clone(),
+            payer: p.payer.clone(),
+            amount: p.amount.clone(),
+            asset: p.asset.clone(),
+            network: p.network.clone(),
+            facilitator: p.facilitator.clone(),
+            settlement: if p.settlement == "before" {
+                Settlement::Before
+            } else {
+                Settlement::After
+            },
+            pay_to: p.pay_to.clone(),
+            nonce: p.nonce.clone(),
+            replica: replica.to_owned(),
+        })
+    }
+
+    /// The transfer this payment makes, as the chain should show it.
+    pub(super) fn expected_transfer(&self) -> Option<ExpectedTransfer> {
+        Some(ExpectedTransfer {
+            token: self.asset.parse().ok()?,
+            payer: self.payer.parse().ok()?,
+            pay_to: self.pay_to.parse().ok()?,
+            value: self.amount.parse().ok()?,
+            nonce: self.nonce.parse().ok()?,
+        })
     }
 
     /// What the state store keeps of a settlement whose outcome is pending.
@@ -54,6 +100,9 @@ impl Record {
             facilitator: self.facilitator.clone(),
             settlement: self.settlement_name().to_owned(),
             claimed_tx: claimed.map(|t| format!("{t:#x}")),
+            pay_to: self.pay_to.clone(),
+            nonce: self.nonce.clone(),
+            replica: self.replica.clone(),
         }
     }
 
@@ -88,6 +137,7 @@ impl Record {
             settlement: self.settlement_name(),
             reason,
             upstream_status,
+            replica: &self.replica,
         };
         ledger.record(conf, &entry);
     }

@@ -1,0 +1,203 @@
+//! Settlements in flight, recorded in the state store so that the ledger stays complete when
+//! a replica dies: a record is written before the first `/settle` call and removed once the
+//! ledger has the outcome, under a lease this replica renews while it works on it. Any
+//! replica takes over a record whose lease ran out and resolves it from the chain.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alloy::primitives::B256;
+use tokio::task::AbortHandle;
+
+use super::record::Record;
+use crate::facilitator::rpc::{ChainReader, ExpectedTransfer};
+use crate::metrics::Metrics;
+use crate::payment::confirm::{Lookup, Resolution, Verdict};
+use crate::payment::ledger::{Ledger, LedgerConf};
+use crate::payment::{Accepted, PaymentEnv, Payments};
+use crate::state::StateStore;
+
+/// How long a lease on a pending settlement lasts without renewal.
+const LEASE: Duration = Duration::from_secs(10);
+/// How often a held lease is renewed.
+const RENEW: Duration = Duration::from_secs(3);
+/// How often the chain is read while a settlement is watched.
+const WATCH_POLL: Duration = Duration::from_secs(2);
+
+/// Leases this replica holds, each with the task that renews it.
+#[derive(Debug, Default)]
+pub struct Leases(Mutex<HashMap<String, AbortHandle>>);
+
+impl Leases {
+    fn holds(&self, key: &str) -> bool {
+        self.0.lock().is_ok_and(|m| m.contains_key(key))
+    }
+
+    fn insert(&self, key: String, task: AbortHandle) {
+        if let Ok(mut m) = self.0.lock()
+            && let Some(old) = m.insert(key, task)
+        {
+            old.abort();
+        }
+    }
+
+    fn remove(&self, key: &str) {
+        if let Some(task) = self.0.lock().ok().and_then(|mut m| m.remove(key)) {
+            task.abort();
+        }
+    }
+}
+
+/// Everything a background resolution needs, owned.
+#[derive(Clone)]
+pub(super) struct Resolver {
+    state: Arc<dyn StateStore>,
+    ledger: Arc<Ledger>,
+    metrics: Arc<Metrics>,
+    leases: Arc<Leases>,
+    ledger_conf: LedgerConf,
+}
+
+impl Resolver {
+    /// The outcome is in the ledger: stop renewing the lease and drop the record.
+    pub(super) async fn end(&self, key: &str) {
+        self.leases.remove(key);
+        if let Err(e) = self.state.resolve_pending(key).await {
+            tracing::error!(error = %e, "cannot remove a resolved settlement from the state store");
+        }
+    }
+
+    /// Watches the chain until it shows whose transaction used the authorization, or the
+    /// authorization expired unused; marks the reservation, writes the ledger line and drops
+    /// the record. `recovered`: the record was taken over from another replica, so a
+    /// transaction that made exactly this transfer is this payment's settlement.
+    pub(super) async fn resolve(
+        self,
+        record: Record,
+        reader: ChainReader,
+        expected: ExpectedTransfer,
+        claimed: Option<B256>,
+        recovered: bool,
+    ) {
+        let lookup = Lookup {
+            reader: &reader,
+            expected,
+            claimed,
+        };
+        let mut end = lookup.until_expiry(record.valid_before, WATCH_POLL).await;
+        if recovered
+            && let Resolution::Unattributed(tx) = &end
+            && let Ok(hash) = tx.parse::<B256>()
+        {
+            let named = Lookup {
+                reader: &reader,
+                expected: lookup.expected,
+                claimed: Some(hash),
+            };
+            if let Verdict::Ours(tx) = named.look().await {
+                end = Resolution::Ours(tx);
+            }
+        }
+        let key = record.key.as_str();
+        let (tx, marked) = match &end {
+            Resolution::ExpiredUnused => (String::new(), self.state.release(key).await),
+            Resolution::Ours(tx) | Resolution::Unattributed(tx) => {
+                (tx.clone(), self.state.settled(key).await)
+            }
+            Resolution::NotOurs => (String::new(), self.state.settled(key).await),
+        };
+        if let Err(e) = marked {
+            tracing::error!(error = %e, "cannot record a resolved settlement in the state store");
+        }
+        self.metrics
+            .settlements_resolved
+            .with_label_values(&[end.label()])
+            .inc();
+        let reason = recovered.then_some("recovered_from_another_replica");
+        record.write(&self.ledger, &self.ledger_conf, end.label(), &tx, reason, None);
+        self.end(key).await;
+    }
+}
+
+impl Payments {
+    /// What a ledger line of this replica says of `a`.
+    pub(super) fn record(&self, a: &Accepted) -> Record {
+        Record::of(a, &self.replica)
+    }
+
+    pub(super) fn resolver(&self, env: &PaymentEnv<'_>) -> Resolver {
+        Resolver {
+            state: self.state.clone(),
+            ledger: self.ledger.clone(),
+            metrics: self.metrics.clone(),
+            leases: self.leases.clone(),
+            ledger_conf: env.ledger.clone(),
+        }
+    }
+
+    /// Before the first `/settle` call: records that this payment may move money, under this
+    /// replica's lease.
+    pub(super) async fn begin_pending(&self, a: &Accepted) {
+        let record = self.record(a);
+        if let Err(e) = self.state.put_pending(&record.pending(None)).await {
+            tracing::error!(error = %e, payer = %a.payer, "cannot record a settlement in flight in the state store");
+        }
+        self.hold_lease(record.key.as_str()).await;
+    }
+
+    /// The outcome is in the ledger.
+    pub(super) async fn end_pending(&self, env: &PaymentEnv<'_>, a: &Accepted) {
+        self.resolver(env).end(a.key.as_str()).await;
+    }
+
+    /// Takes the lease on `key` and renews it until the record is resolved. False: another
+    /// replica holds it.
+    async fn hold_lease(&self, key: &str) -> bool {
+        match self.state.lease_pending(key, &self.instance, LEASE).await {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the lease on a settlement in flight");
+            }
+        }
+        let (state, owned, owner) = (self.state.clone(), key.to_owned(), self.instance.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RENEW).await;
+                if let Err(e) = state.lease_pending(&owned, &owner, LEASE).await {
+                    tracing::warn!(error = %e, "cannot renew the lease on a settlement in flight");
+                }
+            }
+        });
+        self.leases.insert(key.to_owned(), task.abort_handle());
+        true
+    }
+
+    /// Takes over settlements whose replica stopped renewing their lease (it died between
+    /// settling and recording) and resolves each from the chain in the background.
+    pub async fn sweep_pending(&self, env: &PaymentEnv<'_>) {
+        let Ok(list) = self.state.pending().await else {
+            return;
+        };
+        for p in list {
+            if self.leases.holds(&p.key) || !self.hold_lease(&p.key).await {
+                continue;
+            }
+            let resolver = self.resolver(env);
+            let found = Record::from_pending(&p, &self.replica).and_then(|record| {
+                let reader = self.calls.reader(env.registry, &record.network)?;
+                let expected = record.expected_transfer()?;
+                Some((record, reader, expected))
+            });
+            let Some((record, reader, expected)) = found else {
+                // Nothing to look for on chain here: leave it to a replica that can.
+                self.leases.remove(&p.key);
+                continue;
+            };
+            tracing::warn!(replica = %p.replica, payer = %p.payer, "taking over a settlement in flight from a replica that stopped");
+            let claimed = p.claimed_tx.as_deref().and_then(|t| t.parse().ok());
+            tokio::spawn(resolver.resolve(record, reader, expected, claimed, true));
+        }
+    }
+}
