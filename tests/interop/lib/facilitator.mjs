@@ -12,7 +12,7 @@
 //   GET  /__log      every request received (except /__*), oldest first
 //   POST /__log/clear
 //   GET  /__config   current fault-injection config
-//   POST /__config   merge {style, delayMs, verifyDelayMs, settleDelayMs,
+//   POST /__config   merge {style, delayMs, verifyDelayMs, settleDelayMs, settleReplyDelayMs,
 //                          verifyOverride, settleOverride, supportedOverride,
 //                          verifyDropConnection, settleDropConnection} (see README)
 //
@@ -161,6 +161,8 @@ export async function startFacilitator({
     delayMs: Number(delayMs) || 0,
     verifyDelayMs: null, // null = use delayMs
     settleDelayMs: null,
+    // Delay after /settle was processed (the transfer is on chain), before the answer.
+    settleReplyDelayMs: 0,
     verifyOverride: null, // {status, body, times?}: answer this instead of processing
     settleOverride: null,
     supportedOverride: null,
@@ -323,6 +325,7 @@ export async function startFacilitator({
         status = err?.badJson ? 400 : 500;
         payload = { error: String(err?.message ?? err) };
       }
+      if (url.pathname === "/settle" && config.settleReplyDelayMs > 0) await sleep(config.settleReplyDelayMs);
       entry.response = { status, body: payload, durationMs: Date.now() - t0 };
       const dropKey = url.pathname === "/settle" ? "settleDropConnection" : url.pathname === "/verify" ? "verifyDropConnection" : null;
       if (dropKey && config[dropKey]) {
