@@ -8,6 +8,7 @@ pub mod file;
 mod lint;
 pub mod price;
 pub mod rules_file;
+pub mod state_file;
 
 use std::fmt;
 use std::ops::Range;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::config::Reporter;
-use crate::config::file::StateSection;
+use crate::config::state_file::StateSection;
 use crate::state::{Backend, RedisConf, StateConf};
 
 use super::shared::secret;

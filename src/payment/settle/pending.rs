@@ -115,7 +115,14 @@ impl Resolver {
             .with_label_values(&[end.label()])
             .inc();
         let reason = recovered.then_some("recovered_from_another_replica");
-        record.write(&self.ledger, &self.ledger_conf, end.label(), &tx, reason, None);
+        record.write(
+            &self.ledger,
+            &self.ledger_conf,
+            end.label(),
+            &tx,
+            reason,
+            None,
+        );
         self.end(key).await;
     }
 }

@@ -3,10 +3,10 @@
 
 use alloy::primitives::B256;
 
+use crate::facilitator::rpc::ExpectedTransfer;
 use crate::payment::ledger::{Ledger, LedgerConf, LedgerEntry, now_rfc3339};
 use crate::payment::replay::ReplayKey;
 use crate::payment::{Accepted, Settlement};
-use crate::facilitator::rpc::ExpectedTransfer;
 use crate::state::PendingSettlement;
 
 /// What a ledger line says of a payment, owned so that a background watch can write it later.

@@ -4,6 +4,8 @@
 //! a cluster too. Revocations are also kept in a local copy refreshed several times a second,
 //! so checking one costs no round trip.
 
+mod conn;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -11,13 +13,11 @@ use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use async_trait::async_trait;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::Script;
 
 use super::{PendingSettlement, Quota, RedisConf, Refused, StateError, StateStore, unix_now};
 use crate::metrics::Metrics;
+use conn::{Conn, Factory, MAX_BACKOFF, state_runtime};
 
 /// How long a reservation outlives its authorization (the chain refuses it by then anyway).
 const RESERVATION_GRACE: u64 = 60;
@@ -27,8 +27,6 @@ const VERIFIED_TTL: u64 = 120;
 const REVOCATION_POLL: Duration = Duration::from_millis(200);
 /// A copy of the revocations older than this is not trusted: passes then wait for the store.
 const REVOCATION_STALE: Duration = Duration::from_secs(2);
-/// Longest pause between two connection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Reserves a payment: the previous state when there is one, else a new in-flight entry.
 const RESERVE: &str = r"
@@ -59,41 +57,6 @@ if h == false or h == ARGV[1] then
 end
 return 0
 ";
-
-/// One connection to a single server or to a cluster; both multiplex every caller.
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
-}
 
 /// The Redis-backed store.
 pub struct RedisStore {
@@ -303,79 +266,6 @@ impl RedisStore {
         self.revoked_synced
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Release);
     }
-}
-
-/// Opens connections the way `[state]` says.
-#[derive(Clone)]
-struct Factory {
-    single: Option<redis::Client>,
-    cluster: Option<ClusterClient>,
-    connect_timeout: Duration,
-    command_timeout: Duration,
-}
-
-impl Factory {
-    fn new(conf: &RedisConf) -> Result<Self, String> {
-        let redact = |e: redis::RedisError| crate::secret::scrub(&e.to_string(), conf.url.expose());
-        if conf.cluster.is_empty() {
-            let client = redis::Client::open(conf.url.expose()).map_err(redact)?;
-            Ok(Factory {
-                single: Some(client),
-                cluster: None,
-                connect_timeout: conf.connect_timeout,
-                command_timeout: conf.command_timeout,
-            })
-        } else {
-            let nodes: Vec<&str> = std::iter::once(conf.url.expose())
-                .chain(conf.cluster.iter().map(|s| s.expose()))
-                .collect();
-            let client = ClusterClient::builder(nodes)
-                .connection_timeout(conf.connect_timeout)
-                .response_timeout(conf.command_timeout)
-                .build()
-                .map_err(redact)?;
-            Ok(Factory {
-                single: None,
-                cluster: Some(client),
-                connect_timeout: conf.connect_timeout,
-                command_timeout: conf.command_timeout,
-            })
-        }
-    }
-
-    async fn open(&self) -> redis::RedisResult<Conn> {
-        if let Some(c) = &self.cluster {
-            return Ok(Conn::Cluster(c.get_async_connection().await?));
-        }
-        let Some(client) = &self.single else {
-            return Err(redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "no state store configured",
-            )));
-        };
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.command_timeout))
-            .set_max_delay(MAX_BACKOFF);
-        Ok(Conn::Single(
-            client.get_connection_manager_with_config(config).await?,
-        ))
-    }
-}
-
-/// A runtime of its own for the store's connections, on a thread that lives as long as the
-/// process.
-fn state_runtime() -> Result<tokio::runtime::Handle, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("state store runtime: {e}"))?;
-    let handle = rt.handle().clone();
-    std::thread::Builder::new()
-        .name("x402-state".into())
-        .spawn(move || rt.block_on(std::future::pending::<()>()))
-        .map_err(|e| format!("state store thread: {e}"))?;
-    Ok(handle)
 }
 
 #[async_trait]
