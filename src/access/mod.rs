@@ -209,7 +209,13 @@ impl Access {
             path: v.path,
             query: v.query,
         };
-        Some(self.bot_auth.verify(env.web_bot_auth, &req).await)
+        Some(if self.state.backend() == "memory" {
+            self.bot_auth.verify(env.web_bot_auth, &req).await
+        } else {
+            self.bot_auth
+                .verify_shared(env.web_bot_auth, &req, &*self.state)
+                .await
+        })
     }
 
     /// Classifies the request (verifying a signature first when there is one), counting the

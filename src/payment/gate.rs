@@ -9,6 +9,7 @@ use http::HeaderMap;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use super::limits::FAILURE_WINDOW;
 use super::replay::ReplayKey;
 use super::{
     Accepted, Admission, PaymentEnv, PaymentError, Payments, Rejection, RuleRef, Settlement, Stage,
@@ -42,6 +43,14 @@ pub fn check_locally(
 }
 
 impl Payments {
+    /// Counts a refused attempt in the state store, so that every replica sharing it limits
+    /// the key (a store that cannot count leaves the limit to this replica's own window).
+    async fn count_refusal(&self, key: &str, limit: u32) {
+        if let Err(e) = self.state.count_refusal(key, FAILURE_WINDOW, limit).await {
+            tracing::debug!(error = %e, "cannot count a refused payment in the state store");
+        }
+    }
+
     /// Checks the payment on a priced request. `Ok` means forward; `Err` is the answer.
     pub async fn gate(
         &self,
@@ -60,9 +69,10 @@ impl Payments {
         };
         let version = found.version;
         if let Some(ip) = client
-            && self
+            && (self
                 .failures_client
                 .exceeded(&ip, env.limits.failed_per_client)
+                || (env.limits.failed_per_client > 0 && self.state.limited(&client_key(ip))))
         {
             return Err(self.reject(Rejection {
                 version,
@@ -89,6 +99,7 @@ impl Payments {
         if self
             .failures_payer
             .exceeded(&payer_key, env.limits.failed_per_payer)
+            || (env.limits.failed_per_payer > 0 && self.state.limited(&payer_limit_key(&payer_key)))
         {
             return Err(self.reject(fail(PaymentError::RateLimited, Some(payer))));
         }
@@ -144,8 +155,12 @@ impl Payments {
                 // A facilitator call spent on a payment that does not pay.
                 if let Some(ip) = client {
                     self.failures_client.count(&ip);
+                    self.count_refusal(&client_key(ip), env.limits.failed_per_client)
+                        .await;
                 }
                 self.failures_payer.count(&payer_key);
+                self.count_refusal(&payer_limit_key(&payer_key), env.limits.failed_per_payer)
+                    .await;
             }
             if self.fails_open(rule.policy, &e) {
                 return Ok(self.served_unpaid(rule.id, e.reason()));
@@ -313,4 +328,14 @@ fn facilitator_body(
         payment_requirements: &reqs,
     })
     .map_err(|e| PaymentError::Payload(e.to_string()))
+}
+
+/// A client address as the shared limit of refused attempts names it.
+fn client_key(ip: std::net::IpAddr) -> String {
+    format!("client:{ip}")
+}
+
+/// A payer (lower case) as the shared limit of refused attempts names it.
+fn payer_limit_key(payer: &str) -> String {
+    format!("payer:{payer}")
 }

@@ -154,6 +154,20 @@ impl StateStore for Down {
     ) -> Result<bool, StateError> {
         Err(StateError::Unavailable("down".into()))
     }
+    async fn first_seen(&self, _: &[u8; 32], _: u64) -> Result<bool, StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
+    async fn count_refusal(
+        &self,
+        _: &str,
+        _: std::time::Duration,
+        _: u32,
+    ) -> Result<(), StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
+    fn limited(&self, _: &str) -> bool {
+        false
+    }
     fn backend(&self) -> &'static str {
         "down"
     }

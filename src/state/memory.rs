@@ -60,6 +60,12 @@ impl Expiry<String, Arc<Counter>> for UntilExpires {
     }
 }
 
+impl Expiry<[u8; 32], u64> for UntilExpires {
+    fn expire_after_create(&self, _k: &[u8; 32], until: &u64, _at: Instant) -> Option<Duration> {
+        remaining(*until, Duration::ZERO)
+    }
+}
+
 impl Expiry<String, Arc<PendingSettlement>> for UntilExpires {
     fn expire_after_create(
         &self,
@@ -78,6 +84,8 @@ pub struct MemoryStore {
     quotas: Cache<String, Arc<Counter>>,
     revoked: Cache<String, ()>,
     pending: Cache<String, Arc<PendingSettlement>>,
+    /// Signatures seen, until they expire.
+    seen: Cache<[u8; 32], u64>,
     /// Leases on pending settlements: owner and end.
     leases: Mutex<HashMap<String, (String, Instant)>>,
 }
@@ -118,6 +126,10 @@ impl MemoryStore {
                 .time_to_live(REVOCATION_TTL)
                 .build(),
             pending: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(UntilExpires)
+                .build(),
+            seen: Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(UntilExpires)
                 .build(),
@@ -263,6 +275,18 @@ impl StateStore for MemoryStore {
                 Ok(true)
             }
         }
+    }
+
+    async fn first_seen(&self, key: &[u8; 32], until: u64) -> Result<bool, StateError> {
+        Ok(self.seen.entry_by_ref(key).or_insert(until).is_fresh())
+    }
+
+    async fn count_refusal(&self, _: &str, _: Duration, _: u32) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    fn limited(&self, _: &str) -> bool {
+        false
     }
 
     fn backend(&self) -> &'static str {

@@ -186,6 +186,21 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
         lease: Duration,
     ) -> Result<bool, StateError>;
 
+    /// Whether `key` (a signature's replay identity) is seen here for the first time; it is
+    /// remembered until `until` (unix seconds). Of concurrent callers exactly one gets `true`.
+    async fn first_seen(&self, key: &[u8; 32], until: u64) -> Result<bool, StateError>;
+    /// Counts a refused payment attempt of `key` (a client address or a payer) in a window of
+    /// `window`; at `limit` the key is limited for the rest of the window, on every replica
+    /// sharing the store. The memory store leaves counting to the caller's own window.
+    async fn count_refusal(
+        &self,
+        key: &str,
+        window: Duration,
+        limit: u32,
+    ) -> Result<(), StateError>;
+    /// Whether `key` reached its limit of refused attempts (no round trip: a local copy).
+    fn limited(&self, key: &str) -> bool;
+
     /// `memory`, `redis` …
     fn backend(&self) -> &'static str;
     /// Whether the store answers now (a round trip for a shared store).

@@ -104,6 +104,20 @@ impl StateStore for OpenOnFailure {
     ) -> Result<bool, StateError> {
         either!(self.lease_pending(key, owner, lease))
     }
+    async fn first_seen(&self, key: &[u8; 32], until: u64) -> Result<bool, StateError> {
+        either!(self.first_seen(key, until))
+    }
+    async fn count_refusal(
+        &self,
+        key: &str,
+        window: Duration,
+        limit: u32,
+    ) -> Result<(), StateError> {
+        either!(self.count_refusal(key, window, limit))
+    }
+    fn limited(&self, key: &str) -> bool {
+        self.shared.limited(key)
+    }
     fn backend(&self) -> &'static str {
         self.shared.backend()
     }

@@ -130,6 +130,8 @@ pub struct Parsed {
     pub(super) keyid: String,
     pub(super) replay_keys: [[u8; 32]; 2],
     pub(super) until: Instant,
+    /// The same end in unix seconds, for a shared replay memory.
+    pub(super) until_unix: u64,
 }
 
 impl Parsed {
@@ -217,5 +219,6 @@ pub fn parse(
         keyid,
         replay_keys: [sig_key, nonce_key],
         until: Instant::now() + Duration::from_secs(remaining),
+        until_unix: (now.max(0) as u64).saturating_add(remaining),
     })
 }

@@ -18,6 +18,7 @@ use web_bot_auth::ImplementationError;
 use web_bot_auth::keyring::KeyRing;
 
 use crate::access::audience::{Purpose, VerifiedAgent};
+use crate::state::StateStore;
 use directory::{Directory, DirectoryExpiry};
 pub use directory::{cache_ttl, parse_directory};
 pub use message::{Parsed, SignedRequest, authority, is_signed, parse};
@@ -141,6 +142,8 @@ pub enum BotAuthError {
     TooLong,
     #[error("signature was already used")]
     Replayed,
+    #[error("the shared replay memory did not answer")]
+    StateUnavailable,
 }
 
 impl BotAuthError {
@@ -157,6 +160,7 @@ impl BotAuthError {
             BotAuthError::NotYetValid => "not_yet_valid",
             BotAuthError::TooLong => "validity_too_long",
             BotAuthError::Replayed => "replayed",
+            BotAuthError::StateUnavailable => "state_unavailable",
         }
     }
 }
@@ -235,6 +239,32 @@ impl BotAuth {
             return Err(BotAuthError::DirectoryUnavailable);
         };
         self.finish(conf, parsed, ring, &origin)
+    }
+
+    /// [`Self::verify`], with the replay memory shared by every replica using `shared` as
+    /// well as this process's own: a signature is accepted once across all of them. A store
+    /// that does not answer makes the signature count as unverified.
+    pub async fn verify_shared(
+        &self,
+        conf: &BotAuthConf,
+        req: &SignedRequest<'_>,
+        shared: &dyn StateStore,
+    ) -> Result<VerifiedAgent, BotAuthError> {
+        let parsed = parse(conf, req, unix_now())?;
+        let (keys, until) = (parsed.replay_keys, parsed.until_unix);
+        let (dir, origin) = self.key_for(conf, &parsed).await?;
+        let Directory::Keys { ring, .. } = &*dir else {
+            return Err(BotAuthError::DirectoryUnavailable);
+        };
+        let agent = self.finish(conf, parsed, ring, &origin)?;
+        for key in keys {
+            match shared.first_seen(&key, until).await {
+                Ok(true) => {}
+                Ok(false) => return Err(BotAuthError::Replayed),
+                Err(_) => return Err(BotAuthError::StateUnavailable),
+            }
+        }
+        Ok(agent)
     }
 
     /// The synchronous tail of [`Self::verify`], once the key is at hand.

@@ -1,31 +1,33 @@
 //! The shared state store on Redis (or Valkey, or Redis Cluster): every replica in front of
 //! one Redis sees the same reservations, verify cache, pass quotas, revocations and pending
 //! settlements. Each operation is one atomic command or one single-key script, so it runs on
-//! a cluster too. Revocations are also kept in a local copy refreshed several times a second,
-//! so checking one costs no round trip.
+//! a cluster too. Revocations and limited keys are also kept in a local copy refreshed several
+//! times a second, so checking one costs no round trip (until the copy of the revocations is
+//! first loaded, or when it went stale, the check asks Redis).
 
 mod conn;
+mod mirror;
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use redis::Script;
 
 use super::{PendingSettlement, Quota, RedisConf, Refused, StateError, StateStore, unix_now};
 use crate::metrics::Metrics;
 use conn::{Conn, Factory, MAX_BACKOFF, state_runtime};
+use mirror::Mirror;
 
 /// How long a reservation outlives its authorization (the chain refuses it by then anyway).
 const RESERVATION_GRACE: u64 = 60;
 /// How long a facilitator's verification is reused.
 const VERIFIED_TTL: u64 = 120;
-/// How often each replica refreshes its copy of the revocations.
+/// How often each replica refreshes its copies of the mirrored sets (revocations, limits).
 const REVOCATION_POLL: Duration = Duration::from_millis(200);
-/// A copy of the revocations older than this is not trusted: passes then wait for the store.
+/// A copy of the revocations older than this is not trusted: passes then ask the store.
 const REVOCATION_STALE: Duration = Duration::from_secs(2);
 
 /// Reserves a payment: the previous state when there is one, else a new in-flight entry.
@@ -48,6 +50,13 @@ end
 return max - used - 1
 ";
 
+/// Counts a refusal in a window that starts with the first one; returns the count.
+const REFUSALS: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+";
+
 /// Takes or renews a lease for its owner.
 const LEASE: &str = r"
 local h = redis.call('GET', KEYS[1])
@@ -68,14 +77,14 @@ pub struct RedisStore {
     metrics: Arc<Metrics>,
     /// Whether the last command succeeded (for counting recoveries).
     up: AtomicBool,
-    /// The local copy of the revocations (pass id → unix seconds until) and when it was
-    /// last refreshed (milliseconds since `epoch`).
-    revoked: ArcSwap<HashMap<String, u64>>,
-    revoked_synced: AtomicU64,
-    epoch: Instant,
+    /// Pass revocations (pass id → until), mirrored.
+    revoked: Mirror,
+    /// Client addresses and payers past their limit of refused attempts, mirrored.
+    limited: Mirror,
     reserve: Script,
     quota: Script,
     lease: Script,
+    refusals: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -106,12 +115,12 @@ impl RedisStore {
             next: AtomicUsize::new(0),
             metrics,
             up: AtomicBool::new(false),
-            revoked: ArcSwap::from_pointee(HashMap::new()),
-            revoked_synced: AtomicU64::new(u64::MAX),
-            epoch: Instant::now(),
+            revoked: Mirror::new(&conf.key_prefix, "revoked", "revocations"),
+            limited: Mirror::new(&conf.key_prefix, "limited", "limits"),
             reserve: Script::new(RESERVE),
             quota: Script::new(QUOTA),
             lease: Script::new(LEASE),
+            refusals: Script::new(REFUSALS),
         });
         let factory = Factory::new(conf)?;
         let handle = state_runtime()?;
@@ -120,7 +129,7 @@ impl RedisStore {
             handle.spawn(async move { store.connect(slot, &factory).await });
         }
         let poller = store.clone();
-        handle.spawn(async move { poller.poll_revocations().await });
+        handle.spawn(async move { poller.poll_mirrors().await });
         Ok(store)
     }
 
@@ -153,14 +162,6 @@ impl RedisStore {
 
     fn key(&self, kind: &str, id: &str) -> String {
         format!("{}{kind}:{id}", self.prefix)
-    }
-
-    /// The revocations live under one hash tag so that the set and its version share a slot.
-    fn revocation_keys(&self) -> (String, String) {
-        (
-            format!("{}{{revoked}}:set", self.prefix),
-            format!("{}{{revoked}}:version", self.prefix),
-        )
     }
 
     /// Runs one operation with the command timeout, timing it and counting failures.
@@ -213,58 +214,16 @@ impl RedisStore {
         .await
     }
 
-    /// Keeps the local copy of the revocations fresh: reads the version every
-    /// [`REVOCATION_POLL`] and the set when it changed (or after a reconnect).
-    async fn poll_revocations(&self) {
-        let (set, version) = self.revocation_keys();
-        let mut seen: Option<i64> = None;
+    /// Keeps the mirrored sets fresh, a few times a second.
+    async fn poll_mirrors(&self) {
         loop {
             if let Ok(mut c) = self.conn() {
-                let v: Result<Option<i64>, _> = self
-                    .run(
-                        "revocations",
-                        redis::cmd("GET").arg(&version).query_async(&mut c),
-                    )
-                    .await;
-                match v {
-                    Ok(v) if v == seen && seen.is_some() => self.mark_synced(),
-                    Ok(v) => {
-                        let now = unix_now();
-                        let listed: Result<Vec<(String, u64)>, _> = self
-                            .run(
-                                "revocations",
-                                redis::cmd("ZRANGE")
-                                    .arg(&set)
-                                    .arg(now)
-                                    .arg("+inf")
-                                    .arg("BYSCORE")
-                                    .arg("WITHSCORES")
-                                    .query_async(&mut c),
-                            )
-                            .await;
-                        if let Ok(list) = listed {
-                            self.revoked.store(Arc::new(list.into_iter().collect()));
-                            seen = v.or(Some(0));
-                            self.mark_synced();
-                            // Expired revocations leave the set now and then.
-                            let _: Result<i64, _> = redis::cmd("ZREMRANGEBYSCORE")
-                                .arg(&set)
-                                .arg("-inf")
-                                .arg(format!("({now}"))
-                                .query_async(&mut c)
-                                .await;
-                        }
-                    }
-                    Err(_) => seen = None,
+                for m in [&self.revoked, &self.limited] {
+                    let _ = self.run(m.op, m.refresh(&mut c)).await;
                 }
             }
             tokio::time::sleep(REVOCATION_POLL).await;
         }
-    }
-
-    fn mark_synced(&self) {
-        self.revoked_synced
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Release);
     }
 }
 
@@ -373,42 +332,22 @@ impl StateStore for RedisStore {
 
     async fn revoke(&self, id: &str, until: u64) -> Result<(), StateError> {
         let mut c = self.conn()?;
-        let (set, version) = self.revocation_keys();
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("ZADD")
-            .arg(&set)
-            .arg(until)
-            .arg(id)
-            .ignore()
-            .cmd("INCR")
-            .arg(&version)
-            .ignore();
-        self.run(
-            "revoke",
-            async move { pipe.query_async::<()>(&mut c).await },
-        )
-        .await?;
         // This replica knows at once; the others within a poll.
-        let mut copy = HashMap::clone(&self.revoked.load());
-        copy.insert(id.to_owned(), until);
-        self.revoked.store(Arc::new(copy));
-        Ok(())
+        self.run("revoke", self.revoked.add(&mut c, id, until))
+            .await
     }
 
     async fn revoked(&self, id: &str) -> Result<bool, StateError> {
-        let synced = self.revoked_synced.load(Ordering::Acquire);
-        let age = (self.epoch.elapsed().as_millis() as u64).saturating_sub(synced);
-        if synced == u64::MAX || age > REVOCATION_STALE.as_millis() as u64 {
-            return Err(StateError::Unavailable(
-                "revocations not refreshed recently".into(),
-            ));
+        if let Some(age) = self.revoked.age()
+            && age <= REVOCATION_STALE
+        {
+            return Ok(self.revoked.contains(id));
         }
-        Ok(self
-            .revoked
-            .load()
-            .get(id)
-            .is_some_and(|until| *until >= unix_now()))
+        // The copy is not loaded yet (just connected) or too old (the store was away): ask
+        // the store itself, so a pass waits only for a store that cannot answer.
+        let mut c = self.conn()?;
+        self.run("revoked", self.revoked.contains_in_store(&mut c, id))
+            .await
     }
 
     async fn put_pending(&self, pending: &PendingSettlement) -> Result<(), StateError> {
@@ -479,6 +418,56 @@ impl StateStore for RedisStore {
             })
             .await?;
         Ok(got == 1)
+    }
+
+    async fn first_seen(&self, key: &[u8; 32], until: u64) -> Result<bool, StateError> {
+        let mut c = self.conn()?;
+        let k = self.key("seen", &hex::encode(key));
+        let set: Option<String> = self
+            .run("first_seen", async move {
+                redis::cmd("SET")
+                    .arg(&k)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("EXAT")
+                    .arg(until.max(unix_now() + 1))
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(set.is_some())
+    }
+
+    async fn count_refusal(
+        &self,
+        key: &str,
+        window: Duration,
+        limit: u32,
+    ) -> Result<(), StateError> {
+        if limit == 0 {
+            return Ok(());
+        }
+        let mut c = self.conn()?;
+        let k = self.key("refused", key);
+        let n: u32 = self
+            .run("count_refusal", async {
+                self.refusals
+                    .key(&k)
+                    .arg(window.as_millis() as u64)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        if n >= limit {
+            let until = unix_now() + window.as_secs().max(1);
+            self.run("count_refusal", self.limited.add(&mut c, key, until))
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn limited(&self, key: &str) -> bool {
+        self.limited.contains(key)
     }
 
     fn backend(&self) -> &'static str {
