@@ -2,7 +2,8 @@
 //! one Redis sees the same reservations, verify cache, pass quotas, revocations and pending
 //! settlements. Each operation is one atomic command or one single-key script, so it runs on
 //! a cluster too. Revocations are also kept in a local copy refreshed several times a second,
-//! so checking one costs no round trip.
+//! so checking one costs no round trip (until the copy is first loaded, or when it went stale,
+//! the check asks Redis).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ const RESERVATION_GRACE: u64 = 60;
 const VERIFIED_TTL: u64 = 120;
 /// How often each replica refreshes its copy of the revocations.
 const REVOCATION_POLL: Duration = Duration::from_millis(200);
-/// A copy of the revocations older than this is not trusted: passes then wait for the store.
+/// A copy of the revocations older than this is not trusted: passes then ask the store.
 const REVOCATION_STALE: Duration = Duration::from_secs(2);
 /// Longest pause between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -509,16 +510,27 @@ impl StateStore for RedisStore {
     async fn revoked(&self, id: &str) -> Result<bool, StateError> {
         let synced = self.revoked_synced.load(Ordering::Acquire);
         let age = (self.epoch.elapsed().as_millis() as u64).saturating_sub(synced);
-        if synced == u64::MAX || age > REVOCATION_STALE.as_millis() as u64 {
-            return Err(StateError::Unavailable(
-                "revocations not refreshed recently".into(),
-            ));
+        if synced != u64::MAX && age <= REVOCATION_STALE.as_millis() as u64 {
+            return Ok(self
+                .revoked
+                .load()
+                .get(id)
+                .is_some_and(|until| *until >= unix_now()));
         }
-        Ok(self
-            .revoked
-            .load()
-            .get(id)
-            .is_some_and(|until| *until >= unix_now()))
+        // The copy is not loaded yet (just connected) or too old (the store was away): ask
+        // the store itself, so a pass waits only for a store that cannot answer.
+        let mut c = self.conn()?;
+        let (set, _) = self.revocation_keys();
+        let until: Option<f64> = self
+            .run("revoked", async move {
+                redis::cmd("ZSCORE")
+                    .arg(&set)
+                    .arg(id)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(until.is_some_and(|until| until >= unix_now() as f64))
     }
 
     async fn put_pending(&self, pending: &PendingSettlement) -> Result<(), StateError> {
