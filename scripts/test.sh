@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, and integration tests that start the real gateway in front of
 # the demo origin, a local chain (anvil), our EIP-3009 token, a real x402 facilitator and the
-# reference x402 clients. Needs Rust, Node.js 20+, cmake and chromium (see README).
+# reference x402 clients. Needs Rust, Node.js 20+, cmake, chromium and redis-server (see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -21,4 +21,5 @@ mod layout;
 mod local_settler;
 mod passes;
 mod payments;
+mod replicas;
 mod soak;

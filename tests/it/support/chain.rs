@@ -68,3 +68,24 @@ pub async fn authorization_used(rpc: &str, token: &str, authorizer: &str, nonce:
     .await;
     out.ends_with('1')
 }
+
+/// The token's `Transfer` logs from `from`, over the whole chain: one per transfer the payer
+/// made.
+pub async fn transfers_from(url: &str, token: &str, from: &str) -> usize {
+    let transfer = format!(
+        "{:#x}",
+        alloy::primitives::keccak256("Transfer(address,address,uint256)")
+    );
+    let logs = rpc(
+        url,
+        "eth_getLogs",
+        json!([{
+            "address": token,
+            "fromBlock": "0x0",
+            "toBlock": "latest",
+            "topics": [transfer, format!("0x{}", word(from))],
+        }]),
+    )
+    .await;
+    logs.as_array().expect("logs").len()
+}

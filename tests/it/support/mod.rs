@@ -7,6 +7,7 @@ pub mod botauth;
 pub mod chain;
 pub mod faulty;
 pub mod pay;
+pub mod redis;
 pub mod tls;
 
 use std::io::{BufRead, BufReader, Read, Write};

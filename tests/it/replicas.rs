@@ -1,0 +1,870 @@
+//! Replicas sharing one state store: three gateway processes with the same configuration and
+//! `[state] backend = "redis"` in front of one origin, a real Redis (or a three-master Redis
+//! Cluster), and for payments a real chain and facilitator. One payment sent to every replica
+//! at once is served and settled once; a pass quota and a revocation hold across replicas;
+//! when Redis goes away priced requests are refused without charging while free ones flow, and
+//! the replicas recover on their own; a Redis that lost everything does not let a settled
+//! payment pay twice.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use x402_gateway::access::pass::{self, Algorithm, Claims, KeyMaterial, PassKeys, ScopeKind};
+use x402_gateway::router::Methods;
+
+use crate::support::chain::{balance, transfers_from};
+use crate::support::pay::{self, Auth};
+use crate::support::redis::{Redis, RedisCluster};
+use crate::support::*;
+
+/// The price of `/api/weather`, in the token's atomic units.
+const PRICE: u128 = 10_000;
+
+/// The HMAC key the replicas sign and check passes with (from `${TEST_PASS_KEY}`).
+const PASS_KEY: &str = "replica-pass-key-0123456789abcdef-012345";
+
+const RULES: &str = r#"
+[[rule]]
+id = "weather"
+path = "/api/weather"
+price = "$0.01"
+
+[[rule]]
+id = "articles"
+prefix = "/articles/"
+price = "$0.01"
+pass = { ttl = "1h", scope = "prefix", prefix = "/articles/", max_requests = 10 }
+
+[[rule]]
+id = "free"
+prefix = "/free/"
+action = "free"
+"#;
+
+const PASSES: &str = r#"
+[passes]
+signing_key = "k1"
+
+[[passes.keys]]
+id = "k1"
+secret = "${TEST_PASS_KEY}"
+"#;
+
+/// A `[state]` section on Redis: `urls[0]` as `url`, the rest as `cluster`.
+fn state(urls: &[String], replica: &str) -> String {
+    let (first, rest) = urls.split_first().expect("a url");
+    let cluster = if rest.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "cluster = [{}]\n",
+            rest.iter()
+                .map(|u| format!("\"{u}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    format!(
+        "\n[state]\nbackend = \"redis\"\nurl = \"{first}\"\n{cluster}replica_id = \"{replica}\"\n"
+    )
+}
+
+const REPLICAS: [&str; 3] = ["a", "b", "c"];
+
+/// Starts one gateway per replica id with `config(replica id)`, and waits until each one's
+/// state store answers.
+async fn replicas(config: impl Fn(&str) -> String, env: &[(&str, &str)]) -> Vec<Gateway> {
+    let gws: Vec<Gateway> = REPLICAS
+        .iter()
+        .map(|r| Gateway::start_with_env(&config(r), &[("rules.toml", RULES)], env))
+        .collect();
+    for gw in &gws {
+        wait_state(gw, true).await;
+    }
+    gws
+}
+
+/// `/readyz`: its status and report.
+async fn readyz(gw: &Gateway) -> (u16, Value) {
+    let r = client()
+        .get(gw.admin_url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("readyz json"))
+}
+
+/// Polls `/readyz` until its `state.ok` is `ok`; returns the report.
+async fn wait_state(gw: &Gateway, ok: bool) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, report) = readyz(gw).await;
+        if report["state"]["ok"] == ok {
+            return (status, report);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "state.ok never became {ok}: {report}\nlog:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One answer, with the reason of a gateway refusal.
+#[derive(Debug)]
+struct Got {
+    status: u16,
+    reason: String,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Got {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+async fn get(url: &str, headers: &[(&str, &str)]) -> Got {
+    let mut rb = client().get(url);
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    let r = rb.send().await.expect("send");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.text().await.expect("body");
+    let reason = match headers
+        .get("payment-required")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(pr) => decode_header(pr)["error"].as_str().unwrap_or("").to_owned(),
+        None => serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_default(),
+    };
+    Got {
+        status,
+        reason,
+        headers,
+        body,
+    }
+}
+
+/// Sends every `(url, header value)` at once (all spawned before any is awaited), each with
+/// the header `name`; the answers in the same order.
+async fn all_at_once(name: &'static str, requests: Vec<(String, String)>) -> Vec<Got> {
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|(url, value)| tokio::spawn(async move { get(&url, &[(name, &value)]).await }))
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("join"));
+    }
+    out
+}
+
+/// How many answers had each `status reason`.
+fn tally(got: &[Got]) -> BTreeMap<String, usize> {
+    let mut t = BTreeMap::new();
+    for g in got {
+        *t.entry(format!("{} {}", g.status, g.reason)).or_insert(0) += 1;
+    }
+    t
+}
+
+/// A devnet (chain, token, facilitator), one origin and three replicas on one Redis (or
+/// cluster).
+struct Paid {
+    dev: NodeProc,
+    origin: Origin,
+    gws: Vec<Gateway>,
+}
+
+impl Paid {
+    /// `state_for(replica id)` is the `[state]` section; `env` is every replica's environment.
+    async fn start(state_for: impl Fn(&str) -> String, env: &[(&str, &str)]) -> Paid {
+        let dev = NodeProc::start("lib/devnet.mjs", &["--chain-id", "31337", "--payers", "1"]);
+        let origin = Origin::start("replicas-origin");
+        let fac = dev.info["facilitatorUrl"].as_str().expect("fac").to_owned();
+        let mut env = env.to_vec();
+        env.push(("TEST_PASS_KEY", PASS_KEY));
+        let gws = replicas(
+            |r| {
+                paid_config(
+                    &origin.addr,
+                    &dev.info,
+                    &facilitator_toml("devnet", &fac, 0, ""),
+                    &format!("{}{PASSES}", state_for(r)),
+                )
+            },
+            &env,
+        )
+        .await;
+        Paid { dev, origin, gws }
+    }
+
+    fn rpc(&self) -> &str {
+        self.dev.info["rpcUrl"].as_str().expect("rpc")
+    }
+    fn token(&self) -> &str {
+        self.dev.info["token"]["address"].as_str().expect("token")
+    }
+    fn payer(&self) -> &str {
+        self.dev.info["payers"][0]["address"]
+            .as_str()
+            .expect("payer")
+    }
+    fn pay_to(&self) -> &str {
+        self.dev.info["payTo"].as_str().expect("payTo")
+    }
+
+    /// The payer's and the merchant's balances and the payer's transfers on chain.
+    async fn money(&self) -> (u128, u128, usize) {
+        (
+            balance(self.rpc(), self.token(), self.payer()).await,
+            balance(self.rpc(), self.token(), self.pay_to()).await,
+            transfers_from(self.rpc(), self.token(), self.payer()).await,
+        )
+    }
+
+    /// A fresh payment for `/api/weather`, signed by the payer, as a `PAYMENT-SIGNATURE`.
+    async fn payment(&self) -> String {
+        let r = get(&self.gws[0].url("/api/weather"), &[]).await;
+        assert_eq!(r.status, 402, "{}", r.body);
+        let accepted =
+            decode_header(r.header("payment-required").expect("PAYMENT-REQUIRED"))["accepts"][0]
+                .clone();
+        let key = pay::key(
+            self.dev.info["payers"][0]["privateKey"]
+                .as_str()
+                .expect("key"),
+        );
+        pay::v2_header(
+            &accepted,
+            pay::signed_payload(&key, &accepted, &Auth::for_requirements(&accepted)),
+        )
+    }
+
+    /// `/settle` calls the facilitator received.
+    async fn settles(&self) -> usize {
+        let fac = self.dev.info["facilitatorUrl"].as_str().expect("fac");
+        let log: Value = client()
+            .get(format!("{fac}/__log"))
+            .send()
+            .await
+            .expect("facilitator log")
+            .json()
+            .await
+            .expect("json");
+        log.as_array()
+            .expect("array")
+            .iter()
+            .filter(|e| e["path"] == "/settle")
+            .count()
+    }
+
+    /// Every replica's ledger lines.
+    fn ledger(&self) -> Vec<Value> {
+        self.gws
+            .iter()
+            .flat_map(|gw| {
+                std::fs::read_to_string(gw.path("receipts.jsonl"))
+                    .unwrap_or_default()
+                    .lines()
+                    .map(|l| serde_json::from_str::<Value>(l).expect("ledger line"))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn settled_lines(&self) -> usize {
+        self.ledger()
+            .iter()
+            .filter(|e| e["event"] == "settled")
+            .count()
+    }
+
+    fn logs(&self) -> String {
+        self.gws
+            .iter()
+            .zip(REPLICAS)
+            .map(|(gw, r)| format!("--- replica {r}:\n{}", gw.log_text()))
+            .collect()
+    }
+}
+
+/// One signed payment sent as twelve simultaneous copies, four to each replica: one is served
+/// and settled, the others are refused as in flight or used, and the chain moved the price
+/// once.
+async fn one_payment_twelve_copies(p: &Paid) {
+    let header = p.payment().await;
+    let (payer_before, merchant_before, transfers_before) = p.money().await;
+    let served_before = p.origin.requests().await;
+    let got = all_at_once(
+        "payment-signature",
+        (0..12)
+            .map(|i| (p.gws[i % 3].url("/api/weather"), header.clone()))
+            .collect(),
+    )
+    .await;
+    let t = tally(&got);
+    eprintln!("twelve copies of one payment: {t:?}");
+    let ok: Vec<&Got> = got.iter().filter(|g| g.status < 300).collect();
+    assert_eq!(
+        ok.len(),
+        1,
+        "exactly one copy is served: {t:?}\n{}",
+        p.logs()
+    );
+    assert_eq!(ok[0].status, 200, "{t:?}");
+    let receipt = decode_header(ok[0].header("payment-response").expect("receipt"));
+    assert_eq!(receipt["success"], true, "{receipt}");
+    for g in got.iter().filter(|g| g.status >= 300) {
+        assert_eq!(g.status, 402, "{t:?}");
+        assert!(
+            ["payment_in_flight", "payment_already_used"].contains(&g.reason.as_str()),
+            "a copy refused for another reason: {t:?}"
+        );
+    }
+    assert_eq!(
+        p.origin.requests().await - served_before,
+        1,
+        "the origin served the payment once"
+    );
+    let (payer_after, merchant_after, transfers_after) = p.money().await;
+    assert_eq!(payer_after, payer_before - PRICE, "the payer paid once");
+    assert_eq!(
+        merchant_after,
+        merchant_before + PRICE,
+        "the merchant got it once"
+    );
+    assert_eq!(
+        transfers_after - transfers_before,
+        1,
+        "one transfer on chain"
+    );
+    assert_eq!(p.settles().await, 1, "one /settle call in all");
+    assert_eq!(
+        p.settled_lines(),
+        1,
+        "one settled line in the three ledgers"
+    );
+}
+
+/// A pass signed with the replicas' key for `/articles/` (prefix scope).
+fn mint_pass(id: &str, max_requests: u32) -> String {
+    let keys = PassKeys::new(
+        Algorithm::HmacSha256,
+        vec![("k1".into(), KeyMaterial::Hmac(PASS_KEY.as_bytes().to_vec()))],
+        Some("k1"),
+        "x402_pass".into(),
+        HashSet::new(),
+    )
+    .expect("keys");
+    let now = pay::now();
+    pass::mint(
+        &keys,
+        &Claims {
+            id: id.into(),
+            rule: "articles".into(),
+            host: "127.0.0.1".into(),
+            scope: ScopeKind::Prefix,
+            path: "/articles".into(),
+            methods: Methods::bit("GET"),
+            iat: now - 10,
+            exp: now + 600,
+            max_requests,
+            payer: "0x0000000000000000000000000000000000000001".into(),
+            paid: None,
+        },
+    )
+    .expect("mint")
+}
+
+/// A pass good for ten requests, used thirty times at once, round-robin over the replicas:
+/// ten are admitted (each told a different number of requests left), twenty are refused.
+async fn pass_quota_shared(gws: &[Gateway], origin: &Origin, id: &str) {
+    let token = mint_pass(id, 10);
+    let served_before = origin.requests().await;
+    let got = all_at_once(
+        "x402-pass",
+        (0..30)
+            .map(|i| (gws[i % 3].url(&format!("/articles/{i}")), token.clone()))
+            .collect(),
+    )
+    .await;
+    let t = tally(&got);
+    let admitted: Vec<&Got> = got.iter().filter(|g| g.status < 300).collect();
+    assert_eq!(admitted.len(), 10, "{t:?}");
+    assert!(admitted.iter().all(|g| g.status == 200), "{t:?}");
+    let mut left: Vec<u32> = admitted
+        .iter()
+        .map(|g| {
+            g.header("x402-pass-remaining")
+                .expect("X402-Pass-Remaining")
+                .parse()
+                .expect("a number")
+        })
+        .collect();
+    left.sort_unstable();
+    assert_eq!(
+        left,
+        (0..10).collect::<Vec<u32>>(),
+        "each admitted request counted once"
+    );
+    assert_eq!(
+        t.get("402 pass_exhausted"),
+        Some(&20),
+        "the other twenty are refused as exhausted: {t:?}"
+    );
+    assert_eq!(origin.requests().await - served_before, 10);
+    // Exhausted everywhere afterwards.
+    for gw in gws {
+        let r = get(&gw.url("/articles/after"), &[("x402-pass", &token)]).await;
+        assert_eq!((r.status, r.reason.as_str()), (402, "pass_exhausted"));
+    }
+}
+
+#[tokio::test]
+async fn one_payment_sent_to_three_replicas_at_once_is_served_and_settled_once() {
+    let redis = Redis::start();
+    let p = Paid::start(|r| state(&[redis.url()], r), &[]).await;
+    one_payment_twelve_copies(&p).await;
+    // The store holds the payment as settled: a copy sent later to any replica is refused
+    // without a facilitator call.
+    let header = p.payment().await;
+    let first = get(
+        &p.gws[2].url("/api/weather"),
+        &[("payment-signature", &header)],
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let settles = p.settles().await;
+    for gw in &p.gws {
+        let r = get(&gw.url("/api/weather"), &[("payment-signature", &header)]).await;
+        assert_eq!((r.status, r.reason.as_str()), (402, "payment_already_used"));
+    }
+    assert_eq!(p.settles().await, settles);
+    let keys = redis.command(&["DBSIZE"]).expect("DBSIZE");
+    assert_ne!(keys, "0", "the replicas keep their state in Redis");
+}
+
+#[tokio::test]
+async fn a_pass_quota_is_counted_once_across_replicas() {
+    let redis = Redis::start();
+    let origin = Origin::start("replicas-pass-origin");
+    let gws = replicas(
+        |r| {
+            config(
+                &origin.addr,
+                &format!("{}{PASSES}", state(&[redis.url()], r)),
+            )
+        },
+        &[("TEST_PASS_KEY", PASS_KEY)],
+    )
+    .await;
+    pass_quota_shared(&gws, &origin, "quota-1").await;
+    assert_eq!(
+        redis
+            .command(&["GET", "x402:q:quota-1"])
+            .expect("GET quota"),
+        "10",
+        "the count lives in Redis"
+    );
+}
+
+#[tokio::test]
+async fn a_pass_revoked_at_one_replica_is_refused_at_the_others_within_a_second() {
+    let redis = Redis::start();
+    let origin = Origin::start("replicas-revoke-origin");
+    let gws = replicas(
+        |r| {
+            config(
+                &origin.addr,
+                &format!("{}{PASSES}", state(&[redis.url()], r)),
+            )
+        },
+        &[("TEST_PASS_KEY", PASS_KEY)],
+    )
+    .await;
+    let token = mint_pass("revoke-me", 0);
+    let other = mint_pass("keep-me", 0);
+    for gw in &gws {
+        let r = get(&gw.url("/articles/x"), &[("x402-pass", &token)]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // Each replica has loaded its copy of the revocations (a read of the version, then of the
+    // set), so what is measured below is the copy's refresh, not a first load.
+    const LOADS: &str = r#"x402_state_seconds_count{op="revocations"}"#;
+    const LOOKUPS: &str = r#"x402_state_seconds_count{op="revoked"}"#;
+    for gw in &gws {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while gw.metric(LOADS).await < 2.0 {
+            assert!(Instant::now() < deadline, "{}", gw.metrics().await);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let lookups_before = [gws[1].metric(LOOKUPS).await, gws[2].metric(LOOKUPS).await];
+
+    let started = Instant::now();
+    let r = client()
+        .post(gws[0].admin_url("/passes/revoke"))
+        .json(&json!({"id": "revoke-me"}))
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.expect("json")["revoked"],
+        json!(["revoke-me"])
+    );
+    // The replica that revoked it knows at once.
+    let r = get(&gws[0].url("/articles/x"), &[("x402-pass", &token)]).await;
+    assert_eq!((r.status, r.reason.as_str()), (402, "pass_revoked"));
+
+    // The others within a second: poll both, note when each first refuses it.
+    let mut refused_after: [Option<Duration>; 2] = [None, None];
+    while refused_after.iter().any(Option::is_none) {
+        for (i, gw) in gws[1..].iter().enumerate() {
+            if refused_after[i].is_some() {
+                continue;
+            }
+            let r = get(&gw.url("/articles/x"), &[("x402-pass", &token)]).await;
+            match (r.status, r.reason.as_str()) {
+                (402, "pass_revoked") => refused_after[i] = Some(started.elapsed()),
+                (200, _) => {}
+                other => panic!("replica {}: {other:?} {}", REPLICAS[i + 1], r.body),
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the revocation never reached every replica: {refused_after:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let slowest = refused_after
+        .iter()
+        .flatten()
+        .max()
+        .copied()
+        .expect("times");
+    eprintln!("revocation reached the other replicas after {refused_after:?}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "revocation took {slowest:?} to reach every replica"
+    );
+    assert_eq!(
+        [gws[1].metric(LOOKUPS).await, gws[2].metric(LOOKUPS).await],
+        lookups_before,
+        "the other replicas learnt it from their refreshed copy, not by asking Redis"
+    );
+    // It stays revoked everywhere, and only that pass is.
+    for gw in &gws {
+        let r = get(&gw.url("/articles/y"), &[("x402-pass", &token)]).await;
+        assert_eq!((r.status, r.reason.as_str()), (402, "pass_revoked"));
+        let r = get(&gw.url("/articles/y"), &[("x402-pass", &other)]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+}
+
+/// Sends `header: value` to `url` again while the answer is a 503 (a replica still
+/// reconnecting), for at most 15 s; the first other answer.
+async fn past_503(url: &str, header: &str, value: &str) -> Got {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = get(url, &[(header, value)]).await;
+        if r.status != 503 || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn while_redis_is_down_priced_requests_get_503_without_charge_and_recover_after() {
+    let mut redis = Redis::start();
+    let url = redis.url();
+    // The url through `${VAR}`, as deployments write it.
+    let p = Paid::start(
+        |r| {
+            format!(
+                "\n[state]\nbackend = \"redis\"\nurl = \"${{X402_TEST_REDIS}}\"\nreplica_id = \"{r}\"\n"
+            )
+        },
+        &[("X402_TEST_REDIS", &url)],
+    )
+    .await;
+    let view = p.gws[1].config_view().await;
+    assert_eq!(view["state"]["backend"], "redis", "{}", view["state"]);
+    assert_eq!(view["state"]["on_unavailable"], "closed");
+    assert_eq!(view["state"]["replica_id"], "b");
+
+    // Working before the outage: a payment, a pass with a quota, a pass without one.
+    let before_outage = p.payment().await;
+    let r = get(
+        &p.gws[0].url("/api/weather"),
+        &[("payment-signature", &before_outage)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}\n{}", r.body, p.logs());
+    let counted = mint_pass("outage-counted", 10);
+    let unlimited = mint_pass("outage-unlimited", 0);
+    for token in [&counted, &unlimited] {
+        let r = get(&p.gws[0].url("/articles/a"), &[("x402-pass", token)]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+
+    redis.stop();
+    let stopped = Instant::now();
+    let (payer_before, merchant_before, transfers_before) = p.money().await;
+    let settles_before = p.settles().await;
+    let served_before = p.origin.requests().await;
+
+    // Priced requests with a valid payment: 503 state_unavailable at every replica.
+    let mut during = Vec::new();
+    for _ in &p.gws {
+        during.push(p.payment().await);
+    }
+    for (gw, header) in p.gws.iter().zip(&during) {
+        let r = get(&gw.url("/api/weather"), &[("payment-signature", header)]).await;
+        assert_eq!(
+            (r.status, r.reason.as_str()),
+            (503, "state_unavailable"),
+            "{}",
+            r.body
+        );
+        assert!(
+            r.header("retry-after").is_some(),
+            "a 503 says when to retry"
+        );
+        assert!(
+            r.header("payment-response").is_none(),
+            "nothing was settled"
+        );
+        // A pass whose quota lives in the store cannot be checked either.
+        let r = get(&gw.url("/articles/b"), &[("x402-pass", &counted)]).await;
+        assert_eq!(
+            (r.status, r.reason.as_str()),
+            (503, "state_unavailable"),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(
+        p.origin.requests().await,
+        served_before,
+        "the origin was not reached for them"
+    );
+    // Free requests flow.
+    for gw in &p.gws {
+        let r = get(&gw.url("/free/ping"), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert_eq!(p.origin.requests().await, served_before + 3);
+    // Every replica reports the store down.
+    for gw in &p.gws {
+        let (status, report) = wait_state(gw, false).await;
+        assert_eq!(status, 503, "{report}");
+        assert_eq!(report["ready"], false);
+        assert_eq!(report["state"]["backend"], "redis");
+        assert!(
+            report["state"]["error"]
+                .as_str()
+                .is_some_and(|e| !e.is_empty()),
+            "{report}"
+        );
+        assert_eq!(gw.metric("x402_state_up").await, 0.0);
+        assert!(
+            gw.metric(r#"x402_state_errors_total{op="reserve"}"#).await >= 1.0,
+            "{}",
+            gw.metrics().await
+        );
+    }
+    // A pass without a quota is checked against the replica's copy of the revocations, which
+    // is trusted for a short while only: then it is refused too.
+    for gw in &p.gws {
+        let r = loop {
+            let r = get(&gw.url("/articles/c"), &[("x402-pass", &unlimited)]).await;
+            if r.status != 200 || stopped.elapsed() > Duration::from_secs(10) {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            (r.status, r.reason.as_str()),
+            (503, "state_unavailable"),
+            "{}",
+            r.body
+        );
+    }
+    eprintln!(
+        "a pass without a quota was refused {:?} after Redis stopped",
+        stopped.elapsed()
+    );
+    assert_eq!(
+        p.money().await,
+        (payer_before, merchant_before, transfers_before),
+        "nothing was charged"
+    );
+    assert_eq!(p.settles().await, settles_before, "nothing was settled");
+
+    // Redis back, empty, on the same port: the same gateways take payments and passes again.
+    redis.restart();
+    let served_before = p.origin.requests().await;
+    for (i, gw) in p.gws.iter().enumerate() {
+        // The payment refused during the outage was never reserved nor charged: it pays now.
+        let r = past_503(&gw.url("/api/weather"), "payment-signature", &during[i]).await;
+        assert_eq!(
+            r.status,
+            200,
+            "replica {}: {} {}\n{}",
+            REPLICAS[i],
+            r.reason,
+            r.body,
+            p.logs()
+        );
+        for token in [&counted, &unlimited] {
+            let r = past_503(&gw.url("/articles/d"), "x402-pass", token).await;
+            assert_eq!(r.status, 200, "{} {}", r.reason, r.body);
+        }
+        let (status, report) = wait_state(gw, true).await;
+        assert_eq!(status, 200, "{report}");
+        assert_eq!(gw.metric("x402_state_up").await, 1.0);
+        assert!(gw.metric("x402_state_reconnects_total").await >= 2.0);
+    }
+    assert_eq!(p.origin.requests().await, served_before + 3 * 3);
+    let (payer_after, merchant_after, transfers_after) = p.money().await;
+    assert_eq!(payer_after, payer_before - 3 * PRICE);
+    assert_eq!(merchant_after, merchant_before + 3 * PRICE);
+    assert_eq!(transfers_after, transfers_before + 3);
+    assert_eq!(p.settled_lines(), 4, "one before the outage, three after");
+}
+
+#[tokio::test]
+async fn a_redis_restarted_empty_does_not_let_a_settled_payment_pay_again() {
+    let mut redis = Redis::start();
+    let p = Paid::start(|r| state(&[redis.url()], r), &[]).await;
+    let header = p.payment().await;
+    let r = get(
+        &p.gws[0].url("/api/weather"),
+        &[("payment-signature", &header)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}\n{}", r.body, p.logs());
+    let (payer_before, merchant_before, transfers_before) = p.money().await;
+    assert_eq!(transfers_before, 1);
+    let served_before = p.origin.requests().await;
+
+    // Everything the replicas shared is gone.
+    redis.restart();
+    assert_eq!(redis.command(&["DBSIZE"]).expect("DBSIZE"), "0");
+
+    // The same payment at the two other replicas: the store no longer knows it, the chain
+    // does. Retry while a replica is still reconnecting (503).
+    for gw in &p.gws[1..] {
+        let r = past_503(&gw.url("/api/weather"), "payment-signature", &header).await;
+        eprintln!(
+            "replay after the store was emptied: {} {}",
+            r.status, r.reason
+        );
+        assert_eq!(r.status, 402, "{} {}\n{}", r.reason, r.body, p.logs());
+        assert!(
+            [
+                "payment_already_used",
+                "invalid_exact_evm_payload_authorization_nonce_used",
+                "invalid_exact_evm_nonce_already_used",
+            ]
+            .contains(&r.reason.as_str()),
+            "refused for an unexpected reason: {} {}",
+            r.reason,
+            r.body
+        );
+        assert!(r.header("payment-response").is_none());
+    }
+    assert_eq!(
+        p.origin.requests().await,
+        served_before,
+        "the replays never reached the origin"
+    );
+    assert_eq!(
+        p.money().await,
+        (payer_before, merchant_before, transfers_before),
+        "the chain shows one transfer"
+    );
+    assert_eq!(p.settles().await, 1, "the replays were never settled");
+    assert_eq!(p.settled_lines(), 1);
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_one_payment_settles_once_and_a_pass_quota_holds() {
+    let cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    let p = Paid::start(|r| state(&urls, r), &[]).await;
+    let view = p.gws[0].config_view().await;
+    assert_eq!(
+        view["state"]["cluster"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        view["state"]
+    );
+    one_payment_twelve_copies(&p).await;
+    pass_quota_shared(&p.gws, &p.origin, "cluster-quota").await;
+    // The keys are spread over the masters, not all on one.
+    let sizes: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.command(&["DBSIZE"]).expect("DBSIZE"))
+        .collect();
+    assert!(
+        sizes.iter().filter(|s| *s != "0").count() >= 2,
+        "keys on one master only: {sizes:?}"
+    );
+}
+
+#[tokio::test]
+async fn memory_is_the_default_store_and_check_wants_a_url_for_redis() {
+    let origin = Origin::start("replicas-default-origin");
+    let gw = Gateway::start_with_env(
+        &config(&origin.addr, PASSES),
+        &[("rules.toml", RULES)],
+        &[("TEST_PASS_KEY", PASS_KEY)],
+    );
+    let view = gw.config_view().await;
+    assert_eq!(view["state"]["backend"], "memory", "{}", view["state"]);
+    assert!(view["state"].get("url").is_none(), "{}", view["state"]);
+    let (_, report) = readyz(&gw).await;
+    assert_eq!(report["state"]["backend"], "memory", "{report}");
+    assert_eq!(report["state"]["ok"], true, "{report}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("rules")).expect("rules");
+    let cfg = config(
+        "127.0.0.1:9",
+        &format!("{PASSES}\n[state]\nbackend = \"redis\"\nreplica_id = \"a\"\n"),
+    );
+    let file = dir.path().join("gateway.toml");
+    std::fs::write(&file, &cfg).expect("config");
+    std::fs::write(dir.path().join("rules/a.toml"), RULES).expect("rules");
+    let out = std::process::Command::new(GATEWAY_BIN)
+        .args(["check", "-c"])
+        .arg(&file)
+        .env("TEST_PASS_KEY", PASS_KEY)
+        .output()
+        .expect("check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let off = cfg.find("\"redis\"").expect("backend value");
+    let line = cfg[..off].matches('\n').count() + 1;
+    let col = off - cfg[..off].rfind('\n').map_or(0, |i| i + 1) + 1;
+    let expected = format!(
+        "{}:{line}:{col}: state.url: the `redis` backend needs a url",
+        file.display()
+    );
+    assert!(err.contains(&expected), "missing\n  {expected}\nin\n{err}");
+}
