@@ -801,6 +801,116 @@ async fn a_redis_restarted_empty_does_not_let_a_settled_payment_pay_again() {
     assert_eq!(p.settled_lines(), 1);
 }
 
+/// A replica killed after its facilitator put the transfer on chain and before the replica
+/// recorded it leaves its settlement in flight in the store; another replica takes it over
+/// once the lease runs out, finds the transfer on chain and writes it to its own ledger, so
+/// the ledgers together hold every transfer.
+#[tokio::test]
+async fn a_replica_killed_between_settling_and_recording_is_resolved_by_another() {
+    let redis = Redis::start();
+    let mut p = Paid::start(|r| state(&[redis.url()], r), &[]).await;
+    let fac = p.dev.info["facilitatorUrl"]
+        .as_str()
+        .expect("fac")
+        .to_owned();
+    // The facilitator settles at once and holds its answer for a minute.
+    let r = client()
+        .post(format!("{fac}/__config"))
+        .json(&json!({"settleReplyDelayMs": 60_000}))
+        .send()
+        .await
+        .expect("facilitator config");
+    assert_eq!(r.status().as_u16(), 200);
+    let header = p.payment().await;
+    let url = p.gws[0].url("/api/weather");
+    let sent = header.clone();
+    let request = tokio::spawn(async move {
+        client()
+            .get(url)
+            .header("payment-signature", sent)
+            .send()
+            .await
+    });
+    // The transfer is on chain and the replica waits for the facilitator's answer.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p.money().await.2 == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no transfer on chain
+{}",
+            p.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        redis.command(&["HLEN", "x402:pending:all"]).expect("HLEN"),
+        "1",
+        "the settlement in flight is recorded in the store"
+    );
+    p.gws[0].signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(p.gws[0].wait_exit(Duration::from_secs(10)));
+    assert!(
+        request.await.expect("join").is_err(),
+        "the killed replica never answered"
+    );
+    assert!(p.ledger().is_empty(), "nothing was recorded yet");
+
+    // Another replica resolves it from the chain once the lease has run out.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let line = loop {
+        if let Some(l) = p
+            .ledger()
+            .into_iter()
+            .find(|l| l["reason"] == "recovered_from_another_replica")
+        {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replica took the settlement over
+{}",
+            p.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(line["event"], "settled_late", "{line}");
+    assert!(line["replica"] == "b" || line["replica"] == "c", "{line}");
+    assert_eq!(
+        line["payer"].as_str().map(str::to_lowercase),
+        Some(p.payer().to_lowercase())
+    );
+    assert_eq!(line["amount"], PRICE.to_string());
+    assert!(
+        line["transaction"]
+            .as_str()
+            .is_some_and(|t| t.len() == 66 && t.starts_with("0x")),
+        "{line}"
+    );
+    // Ledger == chain: one transfer, one line naming it, and the record is gone.
+    let (_, _, transfers) = p.money().await;
+    assert_eq!(transfers, 1);
+    let with_tx: Vec<Value> = p
+        .ledger()
+        .into_iter()
+        .filter(|l| !l["transaction"].as_str().unwrap_or("").is_empty())
+        .collect();
+    assert_eq!(with_tx.len(), 1, "{with_tx:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.command(&["HLEN", "x402:pending:all"]).expect("HLEN") != "0" {
+        assert!(Instant::now() < deadline, "the record stayed in the store");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The payment stays spent at the replicas that are left.
+    let r = get(
+        &p.gws[1].url("/api/weather"),
+        &[("payment-signature", &header)],
+    )
+    .await;
+    assert_eq!(r.status, 402, "{}", r.body);
+    assert_eq!(r.reason, "payment_already_used", "{}", r.body);
+    assert_eq!(p.money().await.2, 1);
+}
+
 #[tokio::test]
 async fn on_a_redis_cluster_one_payment_settles_once_and_a_pass_quota_holds() {
     let cluster = RedisCluster::start();
