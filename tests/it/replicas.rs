@@ -911,6 +911,93 @@ async fn a_replica_killed_between_settling_and_recording_is_resolved_by_another(
     assert_eq!(p.money().await.2, 1);
 }
 
+/// Payments a facilitator refuses count against their payer on every replica: past
+/// `failed_payments_per_payer` refusals at one replica, the payer's next attempt at each of the
+/// others is a 429 before any facilitator call.
+#[tokio::test]
+async fn refused_payments_at_one_replica_limit_the_payer_at_every_replica() {
+    let redis = Redis::start();
+    let p = Paid::start(
+        |r| {
+            format!(
+                "failed_payments_per_payer = 2\n{}",
+                state(&[redis.url()], r)
+            )
+        },
+        &[],
+    )
+    .await;
+    let fac = p.dev.info["facilitatorUrl"]
+        .as_str()
+        .expect("fac")
+        .to_owned();
+    let refusal =
+        json!({"isValid": false, "invalidReason": "insufficient_funds", "payer": p.payer()});
+    let r = client()
+        .post(format!("{fac}/__config"))
+        .json(&json!({"verifyOverride": {"status": 200, "body": refusal, "times": 2}}))
+        .send()
+        .await
+        .expect("facilitator config");
+    assert_eq!(r.status().as_u16(), 200);
+    for _ in 0..2 {
+        let header = p.payment().await;
+        let r = get(
+            &p.gws[0].url("/api/weather"),
+            &[("payment-signature", &header)],
+        )
+        .await;
+        assert_eq!(r.status, 402, "{}", r.body);
+    }
+    // The payer is in the shared set of limited keys; wait until the other replicas have read
+    // it (two refreshes of their copy after it got there).
+    let key = format!("payer:{}", p.payer().to_lowercase());
+    let score = redis
+        .command(&["ZSCORE", "x402:{limited}:set", &key])
+        .expect("ZSCORE");
+    assert!(!score.is_empty(), "the payer is limited in the store");
+    const LOADS: &str = r#"x402_state_seconds_count{op="limits"}"#;
+    for gw in &p.gws[1..] {
+        let start = gw.metric(LOADS).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while gw.metric(LOADS).await < start + 2.0 {
+            assert!(Instant::now() < deadline, "no refresh of the limits");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let verifies_before = facilitator_calls(&fac, "/verify").await;
+    for gw in &p.gws[1..] {
+        let header = p.payment().await;
+        let r = get(&gw.url("/api/weather"), &[("payment-signature", &header)]).await;
+        assert_eq!(r.status, 429, "{}", r.body);
+        assert_eq!(r.reason, "too_many_payment_attempts", "{}", r.body);
+        assert!(r.header("retry-after").is_some());
+    }
+    assert_eq!(
+        facilitator_calls(&fac, "/verify").await,
+        verifies_before,
+        "limited attempts never reach the facilitator"
+    );
+    assert_eq!(p.money().await.2, 0, "nothing was charged");
+}
+
+/// Calls the facilitator received on `path`.
+async fn facilitator_calls(fac: &str, path: &str) -> usize {
+    let log: Value = client()
+        .get(format!("{fac}/__log"))
+        .send()
+        .await
+        .expect("facilitator log")
+        .json()
+        .await
+        .expect("json");
+    log.as_array()
+        .expect("array")
+        .iter()
+        .filter(|e| e["path"] == path)
+        .count()
+}
+
 #[tokio::test]
 async fn on_a_redis_cluster_one_payment_settles_once_and_a_pass_quota_holds() {
     let cluster = RedisCluster::start();
