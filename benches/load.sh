@@ -28,6 +28,10 @@
 #                 examples/bench-facilitator.rs (a loopback facilitator that approves at once),
 #                 receipt ledger on. A nonce is accepted once, so this gateway is restarted
 #                 (fresh replay state) before every run and the same payments are replayed.
+#   gw_pass_redis as gw_pass, on a gateway whose state store is a local redis-server (pass
+#                 quotas and revocations shared through it); its CPU includes redis-server's
+#   gw_paid_redis as gw_paid, with the same redis-server as the state store (reservations,
+#                 verify cache, settlements in flight); the store is emptied before each run
 #   gw_paid_dead  as gw_paid, but the network has a pool of two facilitators: first (priority
 #                 0) a dead one, a loopback port nobody listens on (connections refused), then
 #                 (priority 1) the same bench facilitator. Default pool settings, written out
@@ -58,7 +62,8 @@
 #   ROUNDS=5 DURATION=10 (s per run) WARMUP=2 (s per target, once, not counted)
 #   CONNS=50 WRK_THREADS=1 THREADS=1 (server threads = nginx worker_processes)
 #   BODY=128 (origin response bytes)
-#   TARGETS="origin nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid gw_paid_dead"
+#   TARGETS="origin nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid gw_paid_dead
+#            gw_pass_redis gw_paid_redis" (the last two need redis-server)
 #   PAY_COUNT (payments pre-signed per run; default: sized from the warm-up rate)
 #   GATEWAY_BIN ORIGIN_BIN BARE_BIN FACILITATOR_BIN PAYMENTS_BIN NGINX_BIN WRK_BIN
 #   KEEP_TMP=1 keeps the temp dir (configs, logs, payments)
@@ -85,7 +90,7 @@ CONNS=${CONNS:-50}
 WRK_THREADS=${WRK_THREADS:-1}
 THREADS=${THREADS:-1}
 BODY=${BODY:-128}
-TARGETS=${TARGETS:-"origin nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid gw_paid_dead"}
+TARGETS=${TARGETS:-"origin nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid gw_paid_dead gw_pass_redis gw_paid_redis"}
 PAY_COUNT=${PAY_COUNT:-}
 GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/x402-gateway}
 ORIGIN_BIN=${ORIGIN_BIN:-$ROOT/target/release/demo-origin}
@@ -93,6 +98,7 @@ BARE_BIN=${BARE_BIN:-$ROOT/target/release/examples/bare-pingora}
 FACILITATOR_BIN=${FACILITATOR_BIN:-$ROOT/target/release/examples/bench-facilitator}
 PAYMENTS_BIN=${PAYMENTS_BIN:-$ROOT/target/release/examples/bench-payments}
 NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
+REDIS_BIN=${REDIS_BIN:-$(command -v redis-server || echo /usr/bin/redis-server)}
 WRK_BIN=${WRK_BIN:-$(command -v wrk || echo wrk)}
 
 die() { echo "load.sh: $*" >&2; exit 1; }
@@ -100,10 +106,16 @@ read -r -a TLIST <<<"$TARGETS"
 needs() { [[ " ${TLIST[*]} " == *" $1 "* ]]; }
 need_bin() { [[ -x $1 ]] || die "$1 not found: run cargo build --release --bins --examples first"; }
 need_bin "$ORIGIN_BIN"
-if needs gw_free || needs gw_402 || needs gw_pass || needs gw_paid || needs gw_paid_dead; then
+if needs gw_free || needs gw_402 || needs gw_pass || needs gw_paid || needs gw_paid_dead \
+  || needs gw_pass_redis || needs gw_paid_redis; then
   need_bin "$GATEWAY_BIN"; need_bin "$FACILITATOR_BIN"
 fi
-if needs gw_pass || needs gw_paid || needs gw_paid_dead; then need_bin "$PAYMENTS_BIN"; fi
+if needs gw_pass || needs gw_paid || needs gw_paid_dead || needs gw_pass_redis || needs gw_paid_redis; then
+  need_bin "$PAYMENTS_BIN"
+fi
+if needs gw_pass_redis || needs gw_paid_redis; then
+  [[ -x $REDIS_BIN ]] || die "redis-server not found: apt-get install -y redis-server"
+fi
 if needs bare_pingora || needs pingora_fwd; then need_bin "$BARE_BIN"; fi
 if needs nginx; then [[ -x $NGINX_BIN ]] || die "nginx not found: apt-get install -y nginx-light"; fi
 command -v "$WRK_BIN" >/dev/null || die "wrk not found: apt-get install -y wrk"
@@ -268,13 +280,64 @@ start_gateway() {
   GATEWAY_PID=$LAST_PID
 }
 
-# The paid-path gateways (target $1: gw_paid, gw_paid_dead): each its own process in $TMP/$1,
-# restarted before every run (fresh replay guard); gw_paid_dead's has the dead facilitator.
+# A local redis-server, no persistence: the state store of the *_redis targets.
+REDIS_PORT= REDIS_PID=
+start_redis() {
+  [[ -n $REDIS_PID ]] && return 0
+  REDIS_PORT=$(free_port)
+  mkdir -p "$TMP/redis"
+  "$REDIS_BIN" --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$TMP/redis" >"$TMP/redis/redis.log" 2>&1 &
+  REDIS_PID=$!; STARTED+=("$REDIS_PID")
+  wait_port "$REDIS_PORT" "$REDIS_PID" redis-server "$TMP/redis/redis.log"
+}
+redis_state() {
+  printf '[state]\nbackend = "redis"\nurl = "redis://127.0.0.1:%s"\nreplica_id = "bench"\n' "$REDIS_PORT"
+}
+# Empties the store (a fresh replay guard, as a restarted memory gateway has).
+redis_flush() {
+  exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT" || die "redis-server does not answer"
+  printf 'FLUSHALL\r\n' >&3
+  local reply
+  read -r reply <&3
+  exec 3>&-
+  [[ $reply == +OK* ]] || die "FLUSHALL answered $reply"
+}
+# Commands redis-server has processed so far.
+redis_commands() {
+  exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT" || die "redis-server does not answer"
+  printf 'INFO stats\r\n' >&3
+  local line n=0
+  while read -r -t 2 line <&3; do
+    line=${line%$'\r'}
+    [[ $line == total_commands_processed:* ]] && { n=${line#*:}; break; }
+  done
+  exec 3>&-
+  echo "$n"
+}
+
+REDIS_GW_PORT= REDIS_GW_PID=
+start_redis_gateway() {
+  [[ -n $REDIS_GW_PID ]] && return 0
+  start_origin; start_facilitator; start_redis
+  REDIS_GW_PORT=$(free_port)
+  write_gateway_config "$TMP/gateway-redis" "$REDIS_GW_PORT" "" "$(redis_state)"
+  run_gateway "$TMP/gateway-redis" "$REDIS_GW_PORT"
+  REDIS_GW_PID=$LAST_PID
+}
+
+# The paid-path gateways (target $1: gw_paid, gw_paid_dead, gw_paid_redis): each its own
+# process in $TMP/$1, restarted before every run (fresh replay guard; gw_paid_redis's store is
+# emptied); gw_paid_dead's has the dead facilitator.
 declare -A PAID_PORT=() PAID_PID=() PAID_LOG_MARK=()
 restart_paid_gateway() {
-  local t=$1 dead=
+  local t=$1 dead= extra=
   start_origin; start_facilitator
   [[ -n ${PAID_PID[$t]:-} ]] && stop_pid "${PAID_PID[$t]}"
+  if [[ $t == gw_paid_redis ]]; then
+    start_redis; redis_flush
+    extra=$(redis_state)
+  fi
   if [[ $t == gw_paid_dead ]]; then
     if [[ -z $DEAD_FAC_PORT ]]; then DEAD_FAC_PORT=$(free_port); fi
     dead=$DEAD_FAC_PORT
@@ -282,7 +345,7 @@ restart_paid_gateway() {
       || die "gw_paid_dead: something listens on the dead facilitator's port $dead"
   fi
   PAID_PORT[$t]=$(free_port)
-  write_gateway_config "$TMP/$t" "${PAID_PORT[$t]}" "$dead"
+  write_gateway_config "$TMP/$t" "${PAID_PORT[$t]}" "$dead" "$extra"
   # Log lines before this instance: paid_after reads only this instance's.
   PAID_LOG_MARK[$t]=0
   [[ -f $TMP/$t/gateway.log ]] && PAID_LOG_MARK[$t]=$(wc -l <"$TMP/$t/gateway.log")
@@ -310,6 +373,8 @@ declare -A LABEL=(
   [gw_pass]="gateway pass"
   [gw_paid]="gateway paid"
   [gw_paid_dead]="paid, dead fac"
+  [gw_pass_redis]="pass, redis"
+  [gw_paid_redis]="paid, redis"
 )
 
 t_origin_start()  { start_origin; }
@@ -363,7 +428,27 @@ t_gw_pass_status() { echo 200; }
 t_gw_pass_script() { echo "$TMP/pass.lua"; }
 t_gw_pass_check()  { http_status "$(t_gw_pass_url)" "Host: pass.bench" "X402-Pass: $PASS_TOKEN"; }
 
-# gw_paid, gw_paid_dead: a distinct pre-signed payment per request, walked by wrk's lua; the
+# gw_pass_redis: as gw_pass, on the gateway whose state store is redis-server.
+PASS_TOKEN_REDIS=
+t_gw_pass_redis_start() {
+  start_redis_gateway
+  local url head
+  url=$(t_gw_pass_redis_url)
+  sign_payments "$url" 1 pass.bench "$TMP/pass-redis-payment.txt"
+  head=$(http_head "$url" "Host: pass.bench" "PAYMENT-SIGNATURE: $(head -n 1 "$TMP/pass-redis-payment.txt")")
+  PASS_TOKEN_REDIS=$(header_value x402-pass <<<"$head") || die "gw_pass_redis: the paid request got no pass: $head"
+  {
+    cat "$TMP/report.lua"
+    printf 'wrk.headers["Host"] = "pass.bench"\nwrk.headers["X402-Pass"] = "%s"\n' "$PASS_TOKEN_REDIS"
+  } >"$TMP/pass-redis.lua"
+}
+t_gw_pass_redis_url()    { echo "http://127.0.0.1:$REDIS_GW_PORT/fixed/$BODY"; }
+t_gw_pass_redis_pids()   { echo "$REDIS_GW_PID $REDIS_PID"; }
+t_gw_pass_redis_status() { echo 200; }
+t_gw_pass_redis_script() { echo "$TMP/pass-redis.lua"; }
+t_gw_pass_redis_check()  { http_status "$(t_gw_pass_redis_url)" "Host: pass.bench" "X402-Pass: $PASS_TOKEN_REDIS"; }
+
+# gw_paid, gw_paid_dead, gw_paid_redis: a distinct pre-signed payment per request, walked by wrk's lua; the
 # gateway is restarted before every run, so one set of payments per target serves every run.
 declare -A PAY_N=()
 paid_start() {
@@ -428,7 +513,7 @@ paid_after() {
     die "$t: $requests requests but only ${PAY_N[$t]} pre-signed payments: set PAY_COUNT higher"
   fi
 }
-for t in gw_paid gw_paid_dead; do
+for t in gw_paid gw_paid_dead gw_paid_redis; do
   eval "
 t_${t}_start()   { paid_start $t; }
 t_${t}_url()     { paid_url $t; }
@@ -440,6 +525,8 @@ t_${t}_prepare() { restart_paid_gateway $t; }
 t_${t}_check()   { paid_check $t; }
 t_${t}_after()   { paid_after $t \"\$@\"; }"
 done
+# The store's CPU is charged to the target that uses it.
+t_gw_paid_redis_pids() { echo "${PAID_PID[gw_paid_redis]} $REDIS_PID"; }
 
 # ---- driver --------------------------------------------------------------------------------
 
@@ -473,6 +560,8 @@ run_one() {
   script=$TMP/report.lua
   hook script "$t" && script=$("t_${t}_script")
   hook args "$t" && read -r -a args <<<"$("t_${t}_args")"
+  local r0=0
+  [[ $t == *_redis ]] && r0=$(redis_commands)
   # shellcheck disable=SC2086
   c0=$(cpu_ticks $pids); o0=$(cpu_ticks "$ORIGIN_PID")
   out=$("$WRK_BIN" -t"$WRK_THREADS" -c"$CONNS" -d"${secs}s" --latency -s "$script" "$url" -- "${args[@]}")
@@ -481,6 +570,10 @@ run_one() {
   line=$(grep '^RESULT ' <<<"$out") || die "$t: no result from wrk: $out"
   local requests duration_us p50_us p99_us errors non2xx
   eval "$(tr ' ' '\n' <<<"${line#RESULT }" | grep -E '^(requests|duration_us|p50_us|p99_us|errors|non2xx)=')"
+  if [[ $t == *_redis && $round != warmup ]]; then
+    awk -v t="$t" -v r="$round" -v a="$r0" -v b="$(redis_commands)" -v n="$requests" \
+      'BEGIN { if (n > 0) printf "%s %s %.2f\n", t, r, (b - a) / n }' >>"$TMP/redis_commands"
+  fi
   hook after "$t" && "t_${t}_after" "$requests" "$round"
   [[ $round == warmup ]] && return 0
   local rps cpu ocpu
@@ -555,7 +648,8 @@ paired() {
 }
 
 # The targets: free path >= 0.95x bare Pingora and >= 1.0x nginx in req/s; pass >= 0.9x free;
-# paid with a dead facilitator in the pool >= 0.95x paid with a healthy one. Judged on the
+# paid with a dead facilitator in the pool >= 0.95x paid with a healthy one; paid and pass on
+# the redis store >= 0.85x and >= 0.8x their memory-store runs. Judged on the
 # per-round ratio; the ratio of the medians is shown beside it.
 goal() {
   local what=$1 t=$2 base=$3 min=$4 pr pc
@@ -573,6 +667,16 @@ goal "gateway free / Pingora + fwd" gw_free pingora_fwd ref
 goal "Pingora + fwd / nginx" pingora_fwd nginx ref
 goal "gateway pass / gateway free" gw_pass gw_free 0.9
 goal "paid, dead facilitator / paid" gw_paid_dead gw_paid 0.95
+goal "paid, redis / paid (memory)" gw_paid_redis gw_paid 0.85
+goal "pass, redis / pass (memory)" gw_pass_redis gw_pass 0.8
+if [[ -s $TMP/redis_commands ]]; then
+  echo
+  echo "redis commands per request (median over the rounds; the store's own refreshes included)"
+  for t in gw_paid_redis gw_pass_redis; do
+    needs "$t" || continue
+    printf '  %-14s %6.2f\n' "${LABEL[$t]}" "$(awk -v t="$t" '$1 == t { print $3 }' "$TMP/redis_commands" | median)"
+  done
+fi
 
 errs=$(awk '{ s += $8 } END { print s + 0 }' "$TMP/results")
 if [[ $errs -gt 0 ]]; then

@@ -118,8 +118,9 @@ export X402_BENCH_PASS_KEY
 # (paid.bench: pay each request; pass.bench: pay once, then a pass); /api/weather: a 402.
 # With $3 (a port nobody listens on), the facilitators are a pool: a dead one on that port
 # first (priority 0, default ejection settings), then the bench facilitator (priority 1).
+# $4: more configuration appended (e.g. a [state] section).
 write_gateway_config() {
-  local d=$1 port=$2 dead_port=${3:-} admin_port facilitators
+  local d=$1 port=$2 dead_port=${3:-} extra=${4:-} admin_port facilitators
   admin_port=$(free_port)
   facilitators="[[facilitators]]
 name = \"bench\"
@@ -174,6 +175,8 @@ access_log = false
 
 [ledger]
 path = "receipts.jsonl"
+
+$extra
 CONF
   cat >"$d/rules/bench.toml" <<'CONF'
 [[rule]]
