@@ -956,3 +956,80 @@ fn loc_at(text: &str, off: usize) -> String {
         + 1;
     format!("{line}:{col}")
 }
+
+/// Replicas sharing a Redis accept a Web Bot Auth signature once between them: the same
+/// signed request sent to another replica is a replay there, priced as the unverified agent
+/// it then is.
+#[tokio::test]
+async fn a_signature_used_at_one_replica_is_a_replay_at_another() {
+    let redis = crate::support::redis::Redis::start();
+    let key = BotKey::new(1);
+    let dir = Directory::start(botauth::jwks(&[&key]), "max-age=300");
+    let origin = Origin::start("aud-replicas-origin");
+    let state = format!(
+        "\n[state]\nbackend = \"redis\"\nurl = \"{}\"\n",
+        redis.url()
+    );
+    let gws: Vec<Gateway> = (0..2)
+        .map(|_| {
+            Gateway::start(
+                &gateway_toml(&origin.addr, &dir.origin(), &state),
+                &[("site.toml", &rules(&dir.origin()))],
+            )
+        })
+        .collect();
+    // The same authority at both replicas (one site behind a load balancer).
+    let authority = "site.example";
+    let agent = dir.agent_header();
+    let sig = botauth::sign(&key, &Sig::standard(authority, &agent, "nonce-shared"));
+    let send = |gw: &Gateway| {
+        let url = gw.url("/articles/x");
+        let sig = sig.clone();
+        async move {
+            let mut rb = client()
+                .get(url)
+                .header("host", authority)
+                .header("user-agent", "SignedBot/1.0 (+https://bot.example)");
+            for (k, v) in &sig {
+                rb = rb.header(*k, v);
+            }
+            let r = rb.send().await.expect("send");
+            Got {
+                status: r.status().as_u16(),
+                headers: r.headers().clone(),
+                body: r.bytes().await.expect("body"),
+            }
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for gw in &gws {
+        // Each replica's store connection is up before the signature is spent.
+        while client()
+            .get(gw.admin_url("/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .json::<Value>()
+            .await
+            .expect("readyz json")["state"]["ok"]
+            != true
+        {
+            assert!(Instant::now() < deadline, "{}", gw.log_text());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let r = send(&gws[0]).await;
+    assert_eq!(
+        r.amount(),
+        "2000",
+        "verified TestBots pays its operator price"
+    );
+    let r = send(&gws[1]).await;
+    assert_eq!(r.amount(), "20000", "a replay is an unverified agent");
+    assert_eq!(
+        gws[1]
+            .metric("x402_web_bot_auth_total{outcome=\"replayed\"}")
+            .await,
+        1.0
+    );
+}

@@ -1012,6 +1012,36 @@ async fn on_a_redis_cluster_one_payment_settles_once_and_a_pass_quota_holds() {
     );
     one_payment_twelve_copies(&p).await;
     pass_quota_shared(&p.gws, &p.origin, "cluster-quota").await;
+    // A revocation (a set and its version under one hash tag, written in one transaction)
+    // reaches the other replicas.
+    let token = mint_pass("cluster-revoked", 0);
+    let r = get(&p.gws[1].url("/articles/x"), &[("x402-pass", &token)]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = client()
+        .post(p.gws[0].admin_url("/passes/revoke"))
+        .json(&json!({"id": "cluster-revoked"}))
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(
+        r.status(),
+        200,
+        "{}\n{}",
+        r.text().await.unwrap_or_default(),
+        p.logs()
+    );
+    for gw in &p.gws[1..] {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let r = get(&gw.url("/articles/x"), &[("x402-pass", &token)]).await;
+            if (r.status, r.reason.as_str()) == (402, "pass_revoked") {
+                break;
+            }
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert!(Instant::now() < deadline, "the revocation never arrived");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     // The keys are spread over the masters, not all on one.
     let sizes: Vec<String> = cluster
         .nodes
