@@ -273,3 +273,66 @@ networks = ["base-sepolia"]
     };
     assert_eq!(p.offers[0].requirements.network, "eip155:84532");
 }
+
+#[test]
+fn a_redis_state_store_compiles_and_its_password_is_never_shown() {
+    let config = gateway(
+        r#"
+[state]
+backend = "redis"
+url = "redis://gateway:s3cret-pw@127.0.0.1:6379/0"
+cluster = ["redis://gateway:s3cret-pw@127.0.0.1:6380"]
+key_prefix = "shop:"
+command_timeout_ms = 100
+replica_id = "edge-1"
+"#,
+    );
+    let snap = compile(&config, &[]).expect("valid");
+    let state = &snap.startup.state;
+    assert_eq!(state.replica_id, "edge-1");
+    let crate::state::Backend::Redis(r) = &state.backend else {
+        panic!("not redis: {state:?}");
+    };
+    assert_eq!(r.key_prefix, "shop:");
+    assert_eq!(r.command_timeout, std::time::Duration::from_millis(100));
+    assert_eq!(r.cluster.len(), 1);
+    let shown = state.public().to_string();
+    assert!(shown.contains("\"backend\":\"redis\""), "{shown}");
+    assert!(
+        shown.contains("redis://127.0.0.1:6379/<redacted>"),
+        "{shown}"
+    );
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(!format!("{state:?}").contains("s3cret"));
+}
+
+#[test]
+fn state_problems_are_reported_at_their_fields_without_the_url() {
+    let config = gateway(
+        r#"
+[state]
+backend = "redis"
+url = "http://user:s3cret-pw@127.0.0.1:6379"
+pool_size = 0
+key_prefix = "a {b}"
+"#,
+    );
+    let found = issues(&config, &[]);
+    let fields: Vec<&str> = found.iter().map(|i| i.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["state.url", "state.pool_size", "state.key_prefix"],
+        "{found:?}"
+    );
+    assert_eq!(located(&found[0]), at("gateway.toml", &config, "\"http://"));
+    assert!(
+        found.iter().all(|i| !i.message.contains("s3cret")),
+        "{found:?}"
+    );
+    let unknown = issues(&gateway("\n[state]\nbackend = \"etcd\"\n"), &[]);
+    assert_eq!(unknown[0].field, "state.backend");
+    assert_eq!(
+        unknown[0].message,
+        "unknown backend `etcd`, expected `memory` or `redis`"
+    );
+}
