@@ -28,6 +28,7 @@
 #                 examples/bench-facilitator.rs (a loopback facilitator that approves at once),
 #                 receipt ledger on. A nonce is accepted once, so this gateway is restarted
 #                 (fresh replay state) before every run and the same payments are replayed.
+#   gw_free_redis as gw_free, on a gateway whose state store is a local redis-server
 #   gw_pass_redis as gw_pass, on a gateway whose state store is a local redis-server (pass
 #                 quotas and revocations shared through it); its CPU includes redis-server's
 #   gw_paid_redis as gw_paid, with the same redis-server as the state store (reservations,
@@ -63,7 +64,7 @@
 #   CONNS=50 WRK_THREADS=1 THREADS=1 (server threads = nginx worker_processes)
 #   BODY=128 (origin response bytes)
 #   TARGETS="origin nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid gw_paid_dead
-#            gw_pass_redis gw_paid_redis" (the last two need redis-server)
+#            gw_free_redis gw_pass_redis gw_paid_redis" (the last three need redis-server)
 #   PAY_COUNT (payments pre-signed per run; default: sized from the warm-up rate)
 #   GATEWAY_BIN ORIGIN_BIN BARE_BIN FACILITATOR_BIN PAYMENTS_BIN NGINX_BIN WRK_BIN
 #   KEEP_TMP=1 keeps the temp dir (configs, logs, payments)
@@ -90,7 +91,7 @@ CONNS=${CONNS:-50}
 WRK_THREADS=${WRK_THREADS:-1}
 THREADS=${THREADS:-1}
 BODY=${BODY:-128}
-TARGETS=${TARGETS:-"origin nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid gw_paid_dead gw_pass_redis gw_paid_redis"}
+TARGETS=${TARGETS:-"origin nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid gw_paid_dead gw_free_redis gw_pass_redis gw_paid_redis"}
 PAY_COUNT=${PAY_COUNT:-}
 GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/x402-gateway}
 ORIGIN_BIN=${ORIGIN_BIN:-$ROOT/target/release/demo-origin}
@@ -107,13 +108,13 @@ needs() { [[ " ${TLIST[*]} " == *" $1 "* ]]; }
 need_bin() { [[ -x $1 ]] || die "$1 not found: run cargo build --release --bins --examples first"; }
 need_bin "$ORIGIN_BIN"
 if needs gw_free || needs gw_402 || needs gw_pass || needs gw_paid || needs gw_paid_dead \
-  || needs gw_pass_redis || needs gw_paid_redis; then
+  || needs gw_free_redis || needs gw_pass_redis || needs gw_paid_redis; then
   need_bin "$GATEWAY_BIN"; need_bin "$FACILITATOR_BIN"
 fi
 if needs gw_pass || needs gw_paid || needs gw_paid_dead || needs gw_pass_redis || needs gw_paid_redis; then
   need_bin "$PAYMENTS_BIN"
 fi
-if needs gw_pass_redis || needs gw_paid_redis; then
+if needs gw_free_redis || needs gw_pass_redis || needs gw_paid_redis; then
   [[ -x $REDIS_BIN ]] || die "redis-server not found: apt-get install -y redis-server"
 fi
 if needs bare_pingora || needs pingora_fwd; then need_bin "$BARE_BIN"; fi
@@ -373,6 +374,7 @@ declare -A LABEL=(
   [gw_pass]="gateway pass"
   [gw_paid]="gateway paid"
   [gw_paid_dead]="paid, dead fac"
+  [gw_free_redis]="free, redis"
   [gw_pass_redis]="pass, redis"
   [gw_paid_redis]="paid, redis"
 )
@@ -427,6 +429,13 @@ t_gw_pass_pids()   { echo "$GATEWAY_PID"; }
 t_gw_pass_status() { echo 200; }
 t_gw_pass_script() { echo "$TMP/pass.lua"; }
 t_gw_pass_check()  { http_status "$(t_gw_pass_url)" "Host: pass.bench" "X402-Pass: $PASS_TOKEN"; }
+
+# gw_free_redis: the free path of the gateway whose state store is redis-server (it never asks
+# the store: the same work as gw_free).
+t_gw_free_redis_start()  { start_redis_gateway; }
+t_gw_free_redis_url()    { echo "http://127.0.0.1:$REDIS_GW_PORT/fixed/$BODY"; }
+t_gw_free_redis_pids()   { echo "$REDIS_GW_PID"; }
+t_gw_free_redis_status() { echo 200; }
 
 # gw_pass_redis: as gw_pass, on the gateway whose state store is redis-server.
 PASS_TOKEN_REDIS=
@@ -669,10 +678,11 @@ goal "gateway pass / gateway free" gw_pass gw_free 0.9
 goal "paid, dead facilitator / paid" gw_paid_dead gw_paid 0.95
 goal "paid, redis / paid (memory)" gw_paid_redis gw_paid 0.85
 goal "pass, redis / pass (memory)" gw_pass_redis gw_pass 0.8
+goal "free, redis / free (memory)" gw_free_redis gw_free ref
 if [[ -s $TMP/redis_commands ]]; then
   echo
   echo "redis commands per request (median over the rounds; the store's own refreshes included)"
-  for t in gw_paid_redis gw_pass_redis; do
+  for t in gw_free_redis gw_pass_redis gw_paid_redis; do
     needs "$t" || continue
     printf '  %-14s %6.2f\n' "${LABEL[$t]}" "$(awk -v t="$t" '$1 == t { print $3 }' "$TMP/redis_commands" | median)"
   done
