@@ -201,6 +201,26 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// Whether `key` reached its limit of refused attempts (no round trip: a local copy).
     fn limited(&self, key: &str) -> bool;
 
+    /// Records a settlement in flight and takes its lease for `owner`, in one round trip
+    /// where the store can.
+    async fn begin_pending(
+        &self,
+        pending: &PendingSettlement,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, StateError> {
+        self.put_pending(pending).await?;
+        self.lease_pending(&pending.key, owner, lease).await
+    }
+    /// The ledger has a settlement's outcome: marks its reservation settled (when `settled`)
+    /// and drops its record, in one round trip where the store can.
+    async fn conclude_pending(&self, key: &str, settled: bool) -> Result<(), StateError> {
+        if settled {
+            self.settled(key).await?;
+        }
+        self.resolve_pending(key).await
+    }
+
     /// `memory`, `redis` …
     fn backend(&self) -> &'static str;
     /// Whether the store answers now (a round trip for a shared store).

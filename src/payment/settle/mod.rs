@@ -241,16 +241,9 @@ impl Payments {
         };
         // The reservation: never reusable once the chain may hold the payment; watched
         // until it resolves when the outcome is open.
-        let marked = match stage {
-            Stage::Settled | Stage::NotOurs | Stage::Unattributed => {
-                self.state.settled(a.key.as_str()).await
-            }
-            Stage::Unconfirmed | Stage::Verified | Stage::Unknown => {
-                self.state.unknown(a.key.as_str()).await
-            }
-            Stage::SettleFailed => Ok(()),
-        };
-        if let Err(e) = marked {
+        // (A final outcome is marked with the record's removal, after the ledger line.)
+        let open = matches!(stage, Stage::Unconfirmed | Stage::Verified | Stage::Unknown);
+        if open && let Err(e) = self.state.unknown(a.key.as_str()).await {
             tracing::error!(error = %e, payer = %a.payer, "cannot record a payment's outcome in the state store");
         }
         if receipt.payer.is_none() {
@@ -271,11 +264,11 @@ impl Payments {
         );
         a.receipt = Some(receipt);
         // The ledger has the outcome; an open one is watched until the chain resolves it.
-        match stage {
-            Stage::Unconfirmed | Stage::Verified | Stage::Unknown => {
-                self.watch_pending(env, a).await;
-            }
-            _ => self.end_pending(env, a).await,
+        if open {
+            self.watch_pending(env, a).await;
+        } else {
+            let used = matches!(stage, Stage::Settled | Stage::NotOurs | Stage::Unattributed);
+            self.conclude_pending(a, used).await;
         }
     }
 

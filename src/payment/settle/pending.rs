@@ -144,18 +144,32 @@ impl Payments {
     }
 
     /// Before the first `/settle` call: records that this payment may move money, under this
-    /// replica's lease.
+    /// replica's lease (one round trip).
     pub(super) async fn begin_pending(&self, a: &Accepted) {
         let record = self.record(a);
-        if let Err(e) = self.state.put_pending(&record.pending(None)).await {
-            tracing::error!(error = %e, payer = %a.payer, "cannot record a settlement in flight in the state store");
+        match self
+            .state
+            .begin_pending(&record.pending(None), &self.instance, LEASE)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(payer = %a.payer, "another replica holds the lease on this settlement")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, payer = %a.payer, "cannot record a settlement in flight in the state store");
+            }
         }
-        self.hold_lease(record.key.as_str()).await;
+        self.renew_lease(record.key.as_str());
     }
 
-    /// The outcome is in the ledger.
-    pub(super) async fn end_pending(&self, env: &PaymentEnv<'_>, a: &Accepted) {
-        self.resolver(env).end(a.key.as_str()).await;
+    /// The outcome is in the ledger: marks the reservation settled (when `settled`) and drops
+    /// the record, in one round trip.
+    pub(super) async fn conclude_pending(&self, a: &Accepted, settled: bool) {
+        self.leases.remove(a.key.as_str());
+        if let Err(e) = self.state.conclude_pending(a.key.as_str(), settled).await {
+            tracing::error!(error = %e, payer = %a.payer, "cannot record a payment's outcome in the state store");
+        }
     }
 
     /// Takes the lease on `key` and renews it until the record is resolved. False: another
@@ -168,6 +182,12 @@ impl Payments {
                 tracing::warn!(error = %e, "cannot take the lease on a settlement in flight");
             }
         }
+        self.renew_lease(key);
+        true
+    }
+
+    /// Renews the lease on `key` until the record is resolved.
+    fn renew_lease(&self, key: &str) {
         let (state, owned, owner) = (self.state.clone(), key.to_owned(), self.instance.clone());
         let task = tokio::spawn(async move {
             loop {
@@ -178,7 +198,6 @@ impl Payments {
             }
         });
         self.leases.insert(key.to_owned(), task.abort_handle());
-        true
     }
 
     /// Takes over settlements whose replica stopped renewing their lease (it died between

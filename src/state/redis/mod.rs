@@ -367,22 +367,53 @@ impl StateStore for RedisStore {
     }
 
     async fn resolve_pending(&self, key: &str) -> Result<(), StateError> {
+        self.conclude_pending(key, false).await
+    }
+
+    async fn begin_pending(
+        &self,
+        pending: &PendingSettlement,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, StateError> {
         let mut c = self.conn()?;
-        let k = self.key("pending", "all");
-        let lease = self.key("lease", key);
-        let field = key.to_owned();
-        self.run("pending", async move {
-            redis::cmd("HDEL")
-                .arg(&k)
-                .arg(&field)
-                .query_async::<()>(&mut c)
-                .await?;
-            redis::cmd("DEL")
-                .arg(&lease)
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await
+        let body = serde_json::to_string(pending).map_err(unavailable)?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(self.key("pending", "all"))
+            .arg(&pending.key)
+            .arg(&body)
+            .ignore()
+            .cmd("EVAL")
+            .arg(LEASE)
+            .arg(1)
+            .arg(self.key("lease", &pending.key))
+            .arg(owner)
+            .arg(lease.as_millis() as u64);
+        let (got,): (i64,) = self.run("begin_pending", pipe.query_async(&mut c)).await?;
+        Ok(got == 1)
+    }
+
+    async fn conclude_pending(&self, key: &str, settled: bool) -> Result<(), StateError> {
+        let mut c = self.conn()?;
+        let mut pipe = redis::pipe();
+        if settled {
+            pipe.cmd("SET")
+                .arg(self.key("r", key))
+                .arg("s")
+                .arg("XX")
+                .arg("KEEPTTL")
+                .ignore();
+        }
+        pipe.cmd("HDEL")
+            .arg(self.key("pending", "all"))
+            .arg(key)
+            .ignore()
+            .cmd("DEL")
+            .arg(self.key("lease", key))
+            .ignore();
+        self.run("conclude_pending", pipe.query_async::<()>(&mut c))
+            .await
     }
 
     async fn pending(&self) -> Result<Vec<PendingSettlement>, StateError> {
