@@ -998,6 +998,38 @@ async fn facilitator_calls(fac: &str, path: &str) -> usize {
         .count()
 }
 
+/// `on_unavailable = "open"`: while Redis is away a replica goes on with its own memory: a
+/// payment is served and settled once, and a copy of it at the same replica is refused.
+#[tokio::test]
+async fn with_the_open_policy_a_replica_goes_on_alone_while_redis_is_down() {
+    let mut redis = Redis::start();
+    let p = Paid::start(
+        |r| format!("{}on_unavailable = \"open\"\n", state(&[redis.url()], r)),
+        &[],
+    )
+    .await;
+    let header = p.payment().await;
+    redis.stop();
+    wait_state(&p.gws[0], false).await;
+    let r = get(
+        &p.gws[0].url("/api/weather"),
+        &[("payment-signature", &header)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{} {}\n{}", r.reason, r.body, p.logs());
+    assert!(r.header("payment-response").is_some());
+    assert_eq!(p.money().await.2, 1, "one transfer");
+    let again = get(
+        &p.gws[0].url("/api/weather"),
+        &[("payment-signature", &header)],
+    )
+    .await;
+    assert_eq!(again.status, 402, "{}", again.body);
+    assert_eq!(again.reason, "payment_already_used", "{}", again.body);
+    assert_eq!(p.money().await.2, 1, "still one transfer");
+    assert_eq!(p.settled_lines(), 1);
+}
+
 #[tokio::test]
 async fn on_a_redis_cluster_one_payment_settles_once_and_a_pass_quota_holds() {
     let cluster = RedisCluster::start();
