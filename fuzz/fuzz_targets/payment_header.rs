@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use x402_gateway::payment::decode::{self, Found};
 use x402_gateway::schemes::{EXACT, Scheme, evm_exact};
-use x402_gateway::x402::challenge::{Offer, Priced};
+use x402_gateway::x402::challenge::Priced;
 use x402_gateway::x402::networks::Asset;
 
 fn priced() -> &'static Priced {
