@@ -68,6 +68,12 @@ impl Mirror {
         Ok(())
     }
 
+    /// Forgets which version this copy holds, so that the next refresh reads the whole set
+    /// (after an error: a Redis that restarted empty counts its versions from zero again).
+    pub(super) fn forget_version(&self) {
+        self.seen.store(i64::MIN, Ordering::Release);
+    }
+
     /// Whether `name` is in the set now, asking Redis itself (when this copy is not loaded
     /// yet or went stale).
     pub(super) async fn contains_in_store<C: ConnectionLike + Send>(

@@ -219,7 +219,9 @@ impl RedisStore {
         loop {
             if let Ok(mut c) = self.conn() {
                 for m in [&self.revoked, &self.limited] {
-                    let _ = self.run(m.op, m.refresh(&mut c)).await;
+                    if self.run(m.op, m.refresh(&mut c)).await.is_err() {
+                        m.forget_version();
+                    }
                 }
             }
             tokio::time::sleep(REVOCATION_POLL).await;
