@@ -18,7 +18,7 @@ use super::{
 use crate::facilitator::client::FacilitatorRequest;
 use crate::facilitator::{FacilitatorConf, FacilitatorError};
 use crate::schemes;
-use crate::state::Refused;
+use crate::state::{Attempter, Refused};
 use crate::x402::challenge::{Offer, Priced};
 use crate::x402::types::RequirementsV1;
 
@@ -45,8 +45,8 @@ pub fn check_locally(
 impl Payments {
     /// Counts a refused attempt in the state store, so that every replica sharing it limits
     /// the key (a store that cannot count leaves the limit to this replica's own window).
-    async fn count_refusal(&self, key: &str, limit: u32) {
-        if let Err(e) = self.state.count_refusal(key, FAILURE_WINDOW, limit).await {
+    async fn count_refusal(&self, who: Attempter<'_>, limit: u32) {
+        if let Err(e) = self.state.count_refusal(who, FAILURE_WINDOW, limit).await {
             tracing::debug!(error = %e, "cannot count a refused payment in the state store");
         }
     }
@@ -72,7 +72,7 @@ impl Payments {
             && (self
                 .failures_client
                 .exceeded(&ip, env.limits.failed_per_client)
-                || (env.limits.failed_per_client > 0 && self.state.limited(&client_key(ip))))
+                || (env.limits.failed_per_client > 0 && self.state.limited(Attempter::Client(ip))))
         {
             return Err(self.reject(Rejection {
                 version,
@@ -99,7 +99,7 @@ impl Payments {
         if self
             .failures_payer
             .exceeded(&payer_key, env.limits.failed_per_payer)
-            || (env.limits.failed_per_payer > 0 && self.state.limited(&payer_limit_key(&payer_key)))
+            || (env.limits.failed_per_payer > 0 && self.state.limited(Attempter::Payer(&payer_key)))
         {
             return Err(self.reject(fail(PaymentError::RateLimited, Some(payer))));
         }
@@ -155,11 +155,11 @@ impl Payments {
                 // A facilitator call spent on a payment that does not pay.
                 if let Some(ip) = client {
                     self.failures_client.count(&ip);
-                    self.count_refusal(&client_key(ip), env.limits.failed_per_client)
+                    self.count_refusal(Attempter::Client(ip), env.limits.failed_per_client)
                         .await;
                 }
                 self.failures_payer.count(&payer_key);
-                self.count_refusal(&payer_limit_key(&payer_key), env.limits.failed_per_payer)
+                self.count_refusal(Attempter::Payer(&payer_key), env.limits.failed_per_payer)
                     .await;
             }
             if self.fails_open(rule.policy, &e) {
@@ -328,14 +328,4 @@ fn facilitator_body(
         payment_requirements: &reqs,
     })
     .map_err(|e| PaymentError::Payload(e.to_string()))
-}
-
-/// A client address as the shared limit of refused attempts names it.
-fn client_key(ip: std::net::IpAddr) -> String {
-    format!("client:{ip}")
-}
-
-/// A payer (lower case) as the shared limit of refused attempts names it.
-fn payer_limit_key(payer: &str) -> String {
-    format!("payer:{payer}")
 }

@@ -159,13 +159,13 @@ impl StateStore for Down {
     }
     async fn count_refusal(
         &self,
-        _: &str,
+        _: crate::state::Attempter<'_>,
         _: std::time::Duration,
         _: u32,
     ) -> Result<(), StateError> {
         Err(StateError::Unavailable("down".into()))
     }
-    fn limited(&self, _: &str) -> bool {
+    fn limited(&self, _: crate::state::Attempter<'_>) -> bool {
         false
     }
     fn backend(&self) -> &'static str {

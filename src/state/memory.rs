@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use moka::Expiry;
 use moka::sync::Cache;
 
-use super::{PendingSettlement, Quota, Refused, StateError, StateStore, unix_now};
+use super::{Attempter, PendingSettlement, Quota, Refused, StateError, StateStore, unix_now};
 
 const IN_FLIGHT: u8 = 0;
 const SETTLED: u8 = 1;
@@ -281,11 +281,11 @@ impl StateStore for MemoryStore {
         Ok(self.seen.entry_by_ref(key).or_insert(until).is_fresh())
     }
 
-    async fn count_refusal(&self, _: &str, _: Duration, _: u32) -> Result<(), StateError> {
+    async fn count_refusal(&self, _: Attempter<'_>, _: Duration, _: u32) -> Result<(), StateError> {
         Ok(())
     }
 
-    fn limited(&self, _: &str) -> bool {
+    fn limited(&self, _: Attempter<'_>) -> bool {
         false
     }
 

@@ -98,6 +98,25 @@ pub enum Refused {
     AlreadyUsed,
 }
 
+/// Whom refused payment attempts count against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempter<'a> {
+    /// A client address.
+    Client(std::net::IpAddr),
+    /// A payer address, lower case.
+    Payer(&'a str),
+}
+
+impl Attempter<'_> {
+    /// The name the shared store keeps it under.
+    pub fn name(&self) -> String {
+        match self {
+            Attempter::Client(ip) => format!("client:{ip}"),
+            Attempter::Payer(p) => format!("payer:{p}"),
+        }
+    }
+}
+
 /// How a request counted against a pass quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quota {
@@ -189,17 +208,17 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// Whether `key` (a signature's replay identity) is seen here for the first time; it is
     /// remembered until `until` (unix seconds). Of concurrent callers exactly one gets `true`.
     async fn first_seen(&self, key: &[u8; 32], until: u64) -> Result<bool, StateError>;
-    /// Counts a refused payment attempt of `key` (a client address or a payer) in a window of
-    /// `window`; at `limit` the key is limited for the rest of the window, on every replica
-    /// sharing the store. The memory store leaves counting to the caller's own window.
+    /// Counts a refused payment attempt of `who` in a window of `window`; at `limit` it is
+    /// limited for the rest of the window, on every replica sharing the store. The memory
+    /// store leaves counting to the caller's own window.
     async fn count_refusal(
         &self,
-        key: &str,
+        who: Attempter<'_>,
         window: Duration,
         limit: u32,
     ) -> Result<(), StateError>;
-    /// Whether `key` reached its limit of refused attempts (no round trip: a local copy).
-    fn limited(&self, key: &str) -> bool;
+    /// Whether `who` reached its limit of refused attempts (no round trip: a local copy).
+    fn limited(&self, who: Attempter<'_>) -> bool;
 
     /// Records a settlement in flight and takes its lease for `owner`, in one round trip
     /// where the store can.
@@ -223,6 +242,10 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
 
     /// `memory`, `redis` …
     fn backend(&self) -> &'static str;
+    /// Whether other processes share what this store remembers.
+    fn shared(&self) -> bool {
+        false
+    }
     /// Whether the store answers now (a round trip for a shared store).
     async fn ping(&self) -> Result<(), StateError>;
 }

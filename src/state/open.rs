@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{MemoryStore, PendingSettlement, Quota, Refused, StateError, StateStore};
+use super::{Attempter, MemoryStore, PendingSettlement, Quota, Refused, StateError, StateStore};
 
 /// The shared store first, this replica's memory when it fails.
 #[derive(Debug)]
@@ -109,17 +109,20 @@ impl StateStore for OpenOnFailure {
     }
     async fn count_refusal(
         &self,
-        key: &str,
+        who: Attempter<'_>,
         window: Duration,
         limit: u32,
     ) -> Result<(), StateError> {
-        either!(self.count_refusal(key, window, limit))
+        either!(self.count_refusal(who, window, limit))
     }
-    fn limited(&self, key: &str) -> bool {
-        self.shared.limited(key)
+    fn limited(&self, who: Attempter<'_>) -> bool {
+        self.shared.limited(who)
     }
     fn backend(&self) -> &'static str {
         self.shared.backend()
+    }
+    fn shared(&self) -> bool {
+        self.shared.shared()
     }
     async fn ping(&self) -> Result<(), StateError> {
         self.shared.ping().await

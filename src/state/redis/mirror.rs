@@ -89,6 +89,11 @@ impl Mirror {
         Ok(until.is_some_and(|until| until >= unix_now() as f64))
     }
 
+    /// Whether this copy holds no name at all.
+    pub(super) fn is_empty(&self) -> bool {
+        self.names.load().is_empty()
+    }
+
     /// Whether `name` is in the set now, by this copy.
     pub(super) fn contains(&self, name: &str) -> bool {
         self.names

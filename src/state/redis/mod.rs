@@ -16,7 +16,9 @@ use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use redis::Script;
 
-use super::{PendingSettlement, Quota, RedisConf, Refused, StateError, StateStore, unix_now};
+use super::{
+    Attempter, PendingSettlement, Quota, RedisConf, Refused, StateError, StateStore, unix_now,
+};
 use crate::metrics::Metrics;
 use conn::{Conn, Factory, MAX_BACKOFF, state_runtime};
 use mirror::Mirror;
@@ -473,7 +475,7 @@ impl StateStore for RedisStore {
 
     async fn count_refusal(
         &self,
-        key: &str,
+        who: Attempter<'_>,
         window: Duration,
         limit: u32,
     ) -> Result<(), StateError> {
@@ -481,7 +483,8 @@ impl StateStore for RedisStore {
             return Ok(());
         }
         let mut c = self.conn()?;
-        let k = self.key("refused", key);
+        let name = who.name();
+        let k = self.key("refused", &name);
         let n: u32 = self
             .run("count_refusal", async {
                 self.refusals
@@ -493,18 +496,23 @@ impl StateStore for RedisStore {
             .await?;
         if n >= limit {
             let until = unix_now() + window.as_secs().max(1);
-            self.run("count_refusal", self.limited.add(&mut c, key, until))
+            self.run("count_refusal", self.limited.add(&mut c, &name, until))
                 .await?;
         }
         Ok(())
     }
 
-    fn limited(&self, key: &str) -> bool {
-        self.limited.contains(key)
+    fn limited(&self, who: Attempter<'_>) -> bool {
+        // Nobody limited (the usual case): no name to build.
+        !self.limited.is_empty() && self.limited.contains(&who.name())
     }
 
     fn backend(&self) -> &'static str {
         "redis"
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 
     async fn ping(&self) -> Result<(), StateError> {
