@@ -311,7 +311,7 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
             config: config.clone(),
         },
     ));
-    if state.backend() != "memory" {
+    if state.shared() {
         // Settlements in flight of replicas that stopped, resolved from the chain.
         server.add_service(background_service(
             "pending-settlements",

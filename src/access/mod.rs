@@ -209,12 +209,12 @@ impl Access {
             path: v.path,
             query: v.query,
         };
-        Some(if self.state.backend() == "memory" {
-            self.bot_auth.verify(env.web_bot_auth, &req).await
-        } else {
+        Some(if self.state.shared() {
             self.bot_auth
                 .verify_shared(env.web_bot_auth, &req, &*self.state)
                 .await
+        } else {
+            self.bot_auth.verify(env.web_bot_auth, &req).await
         })
     }
 

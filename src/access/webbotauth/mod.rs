@@ -233,12 +233,7 @@ impl BotAuth {
         conf: &BotAuthConf,
         req: &SignedRequest<'_>,
     ) -> Result<VerifiedAgent, BotAuthError> {
-        let parsed = parse(conf, req, unix_now())?;
-        let (dir, origin) = self.key_for(conf, &parsed).await?;
-        let Directory::Keys { ring, .. } = &*dir else {
-            return Err(BotAuthError::DirectoryUnavailable);
-        };
-        self.finish(conf, parsed, ring, &origin)
+        self.verify_with(conf, req, None).await
     }
 
     /// [`Self::verify`], with the replay memory shared by every replica using `shared` as
@@ -250,6 +245,15 @@ impl BotAuth {
         req: &SignedRequest<'_>,
         shared: &dyn StateStore,
     ) -> Result<VerifiedAgent, BotAuthError> {
+        self.verify_with(conf, req, Some(shared)).await
+    }
+
+    async fn verify_with(
+        &self,
+        conf: &BotAuthConf,
+        req: &SignedRequest<'_>,
+        shared: Option<&dyn StateStore>,
+    ) -> Result<VerifiedAgent, BotAuthError> {
         let parsed = parse(conf, req, unix_now())?;
         let (keys, until) = (parsed.replay_keys, parsed.until_unix);
         let (dir, origin) = self.key_for(conf, &parsed).await?;
@@ -257,6 +261,9 @@ impl BotAuth {
             return Err(BotAuthError::DirectoryUnavailable);
         };
         let agent = self.finish(conf, parsed, ring, &origin)?;
+        let Some(shared) = shared else {
+            return Ok(agent);
+        };
         for key in keys {
             match shared.first_seen(&key, until).await {
                 Ok(true) => {}
