@@ -85,6 +85,20 @@ async fn replicas(config: impl Fn(&str) -> String, env: &[(&str, &str)]) -> Vec<
     gws
 }
 
+/// Three replicas on `redis` selling passes (no payments), in front of `origin`.
+async fn pass_replicas(redis: &Redis, origin: &Origin) -> Vec<Gateway> {
+    replicas(
+        |r| {
+            config(
+                &origin.addr,
+                &format!("{}{PASSES}", state(&[redis.url()], r)),
+            )
+        },
+        &[("TEST_PASS_KEY", PASS_KEY)],
+    )
+    .await
+}
+
 /// `/readyz`: its status and report.
 async fn readyz(gw: &Gateway) -> (u16, Value) {
     let r = client()
@@ -251,22 +265,24 @@ impl Paid {
         )
     }
 
-    /// `/settle` calls the facilitator received.
-    async fn settles(&self) -> usize {
-        let fac = self.dev.info["facilitatorUrl"].as_str().expect("fac");
-        let log: Value = client()
-            .get(format!("{fac}/__log"))
+    fn fac(&self) -> &str {
+        self.dev.info["facilitatorUrl"].as_str().expect("fac")
+    }
+
+    /// Merges `patch` into the facilitator's fault injection.
+    async fn fault(&self, patch: Value) {
+        let r = client()
+            .post(format!("{}/__config", self.fac()))
+            .json(&patch)
             .send()
             .await
-            .expect("facilitator log")
-            .json()
-            .await
-            .expect("json");
-        log.as_array()
-            .expect("array")
-            .iter()
-            .filter(|e| e["path"] == "/settle")
-            .count()
+            .expect("facilitator config");
+        assert_eq!(r.status().as_u16(), 200, "{patch}");
+    }
+
+    /// `/settle` calls the facilitator received.
+    async fn settles(&self) -> usize {
+        facilitator_calls(self.fac(), "/settle").await
     }
 
     /// Every replica's ledger lines.
@@ -459,16 +475,7 @@ async fn one_payment_sent_to_three_replicas_at_once_is_served_and_settled_once()
 async fn a_pass_quota_is_counted_once_across_replicas() {
     let redis = Redis::start();
     let origin = Origin::start("replicas-pass-origin");
-    let gws = replicas(
-        |r| {
-            config(
-                &origin.addr,
-                &format!("{}{PASSES}", state(&[redis.url()], r)),
-            )
-        },
-        &[("TEST_PASS_KEY", PASS_KEY)],
-    )
-    .await;
+    let gws = pass_replicas(&redis, &origin).await;
     pass_quota_shared(&gws, &origin, "quota-1").await;
     assert_eq!(
         redis
@@ -483,16 +490,7 @@ async fn a_pass_quota_is_counted_once_across_replicas() {
 async fn a_pass_revoked_at_one_replica_is_refused_at_the_others_within_a_second() {
     let redis = Redis::start();
     let origin = Origin::start("replicas-revoke-origin");
-    let gws = replicas(
-        |r| {
-            config(
-                &origin.addr,
-                &format!("{}{PASSES}", state(&[redis.url()], r)),
-            )
-        },
-        &[("TEST_PASS_KEY", PASS_KEY)],
-    )
-    .await;
+    let gws = pass_replicas(&redis, &origin).await;
     let token = mint_pass("revoke-me", 0);
     let other = mint_pass("keep-me", 0);
     for gw in &gws {
@@ -809,18 +807,8 @@ async fn a_redis_restarted_empty_does_not_let_a_settled_payment_pay_again() {
 async fn a_replica_killed_between_settling_and_recording_is_resolved_by_another() {
     let redis = Redis::start();
     let mut p = Paid::start(|r| state(&[redis.url()], r), &[]).await;
-    let fac = p.dev.info["facilitatorUrl"]
-        .as_str()
-        .expect("fac")
-        .to_owned();
     // The facilitator settles at once and holds its answer for a minute.
-    let r = client()
-        .post(format!("{fac}/__config"))
-        .json(&json!({"settleReplyDelayMs": 60_000}))
-        .send()
-        .await
-        .expect("facilitator config");
-    assert_eq!(r.status().as_u16(), 200);
+    p.fault(json!({"settleReplyDelayMs": 60_000})).await;
     let header = p.payment().await;
     let url = p.gws[0].url("/api/weather");
     let sent = header.clone();
@@ -927,19 +915,10 @@ async fn refused_payments_at_one_replica_limit_the_payer_at_every_replica() {
         &[],
     )
     .await;
-    let fac = p.dev.info["facilitatorUrl"]
-        .as_str()
-        .expect("fac")
-        .to_owned();
     let refusal =
         json!({"isValid": false, "invalidReason": "insufficient_funds", "payer": p.payer()});
-    let r = client()
-        .post(format!("{fac}/__config"))
-        .json(&json!({"verifyOverride": {"status": 200, "body": refusal, "times": 2}}))
-        .send()
-        .await
-        .expect("facilitator config");
-    assert_eq!(r.status().as_u16(), 200);
+    p.fault(json!({"verifyOverride": {"status": 200, "body": refusal, "times": 2}}))
+        .await;
     for _ in 0..2 {
         let header = p.payment().await;
         let r = get(
@@ -965,7 +944,7 @@ async fn refused_payments_at_one_replica_limit_the_payer_at_every_replica() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let verifies_before = facilitator_calls(&fac, "/verify").await;
+    let verifies_before = facilitator_calls(p.fac(), "/verify").await;
     for gw in &p.gws[1..] {
         let header = p.payment().await;
         let r = get(&gw.url("/api/weather"), &[("payment-signature", &header)]).await;
@@ -974,7 +953,7 @@ async fn refused_payments_at_one_replica_limit_the_payer_at_every_replica() {
         assert!(r.header("retry-after").is_some());
     }
     assert_eq!(
-        facilitator_calls(&fac, "/verify").await,
+        facilitator_calls(p.fac(), "/verify").await,
         verifies_before,
         "limited attempts never reach the facilitator"
     );
