@@ -411,24 +411,28 @@ t_gw_402_status() { echo 402; }
 
 # gw_pass: one real payment through the fast facilitator buys a pass; wrk then sends it on
 # every request (X402-Pass header), Host pass.bench.
-PASS_TOKEN=
-t_gw_pass_start() {
-  start_gateway
-  local url head
-  url=$(t_gw_pass_url)
-  sign_payments "$url" 1 pass.bench "$TMP/pass-payment.txt"
-  head=$(http_head "$url" "Host: pass.bench" "PAYMENT-SIGNATURE: $(head -n 1 "$TMP/pass-payment.txt")")
-  PASS_TOKEN=$(header_value x402-pass <<<"$head") || die "gw_pass: the paid request got no pass: $head"
+# Buys a pass for target $1 with one real payment through the fast facilitator; writes the
+# wrk script $TMP/$1.lua that sends it (X402-Pass header, Host pass.bench) on every request.
+declare -A PASS_TOKEN=()
+buy_pass() {
+  local t=$1 url head
+  url=$("t_${t}_url")
+  sign_payments "$url" 1 pass.bench "$TMP/$t-payment.txt"
+  head=$(http_head "$url" "Host: pass.bench" "PAYMENT-SIGNATURE: $(head -n 1 "$TMP/$t-payment.txt")")
+  PASS_TOKEN[$t]=$(header_value x402-pass <<<"$head") || die "$t: the paid request got no pass: $head"
   {
     cat "$TMP/report.lua"
-    printf 'wrk.headers["Host"] = "pass.bench"\nwrk.headers["X402-Pass"] = "%s"\n' "$PASS_TOKEN"
-  } >"$TMP/pass.lua"
+    printf 'wrk.headers["Host"] = "pass.bench"\nwrk.headers["X402-Pass"] = "%s"\n' "${PASS_TOKEN[$t]}"
+  } >"$TMP/$t.lua"
 }
+pass_check() { http_status "$("t_${1}_url")" "Host: pass.bench" "X402-Pass: ${PASS_TOKEN[$1]}"; }
+
+t_gw_pass_start() { start_gateway; buy_pass gw_pass; }
 t_gw_pass_url()    { echo "http://127.0.0.1:$GATEWAY_PORT/fixed/$BODY"; }
 t_gw_pass_pids()   { echo "$GATEWAY_PID"; }
 t_gw_pass_status() { echo 200; }
-t_gw_pass_script() { echo "$TMP/pass.lua"; }
-t_gw_pass_check()  { http_status "$(t_gw_pass_url)" "Host: pass.bench" "X402-Pass: $PASS_TOKEN"; }
+t_gw_pass_script() { echo "$TMP/gw_pass.lua"; }
+t_gw_pass_check()  { pass_check gw_pass; }
 
 # gw_free_redis: the free path of the gateway whose state store is redis-server (it never asks
 # the store: the same work as gw_free).
@@ -438,24 +442,12 @@ t_gw_free_redis_pids()   { echo "$REDIS_GW_PID"; }
 t_gw_free_redis_status() { echo 200; }
 
 # gw_pass_redis: as gw_pass, on the gateway whose state store is redis-server.
-PASS_TOKEN_REDIS=
-t_gw_pass_redis_start() {
-  start_redis_gateway
-  local url head
-  url=$(t_gw_pass_redis_url)
-  sign_payments "$url" 1 pass.bench "$TMP/pass-redis-payment.txt"
-  head=$(http_head "$url" "Host: pass.bench" "PAYMENT-SIGNATURE: $(head -n 1 "$TMP/pass-redis-payment.txt")")
-  PASS_TOKEN_REDIS=$(header_value x402-pass <<<"$head") || die "gw_pass_redis: the paid request got no pass: $head"
-  {
-    cat "$TMP/report.lua"
-    printf 'wrk.headers["Host"] = "pass.bench"\nwrk.headers["X402-Pass"] = "%s"\n' "$PASS_TOKEN_REDIS"
-  } >"$TMP/pass-redis.lua"
-}
+t_gw_pass_redis_start() { start_redis_gateway; buy_pass gw_pass_redis; }
 t_gw_pass_redis_url()    { echo "http://127.0.0.1:$REDIS_GW_PORT/fixed/$BODY"; }
 t_gw_pass_redis_pids()   { echo "$REDIS_GW_PID $REDIS_PID"; }
 t_gw_pass_redis_status() { echo 200; }
-t_gw_pass_redis_script() { echo "$TMP/pass-redis.lua"; }
-t_gw_pass_redis_check()  { http_status "$(t_gw_pass_redis_url)" "Host: pass.bench" "X402-Pass: $PASS_TOKEN_REDIS"; }
+t_gw_pass_redis_script() { echo "$TMP/gw_pass_redis.lua"; }
+t_gw_pass_redis_check()  { pass_check gw_pass_redis; }
 
 # gw_paid, gw_paid_dead, gw_paid_redis: a distinct pre-signed payment per request, walked by wrk's lua; the
 # gateway is restarted before every run, so one set of payments per target serves every run.
