@@ -304,18 +304,37 @@ redis_flush() {
   exec 3>&-
   [[ $reply == +OK* ]] || die "FLUSHALL answered $reply"
 }
-# Commands redis-server has processed so far.
+# Commands redis-server has processed so far, and reads from its clients' sockets (each
+# read is one round trip: a command or a pipeline the gateway sent in one write).
 redis_commands() {
   exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT" || die "redis-server does not answer"
   printf 'INFO stats\r\n' >&3
-  local line n=0
+  local line n=0 reads=0
   while read -r -t 2 line <&3; do
     line=${line%$'\r'}
-    [[ $line == total_commands_processed:* ]] && { n=${line#*:}; break; }
+    [[ $line == total_commands_processed:* ]] && n=${line#*:}
+    [[ $line == total_reads_processed:* ]] && { reads=${line#*:}; break; }
   done
   exec 3>&-
+  echo "$n $reads"
+}
+
+# Store operations the requests of gateway folder $1 waited for so far: one round trip each
+# (a command, or a pipeline sent in one write), from the gateway's x402_state_seconds
+# histogram; the background refreshes of the mirrored sets and the sweeps of pending
+# settlements (revocations, limits, pending, lease) are left out.
+store_waits() {
+  local port line n=0
+  port=$(cat "$1/admin_port")
+  exec 3<>"/dev/tcp/127.0.0.1/$port" || die "admin port $port does not answer"
+  printf 'GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n' >&3
+  n=$(awk '/^x402_state_seconds_count\{/ && !/op="(revocations|limits|pending|lease)"/ { s += $2 }
+           END { print s + 0 }' <&3)
+  exec 3>&- 3<&-
   echo "$n"
 }
+# The gateway folder of a *_redis target.
+redis_dir() { [[ $1 == gw_paid_redis ]] && echo "$TMP/gw_paid_redis" || echo "$TMP/gateway-redis"; }
 
 REDIS_GW_PORT= REDIS_GW_PID=
 start_redis_gateway() {
@@ -561,8 +580,8 @@ run_one() {
   script=$TMP/report.lua
   hook script "$t" && script=$("t_${t}_script")
   hook args "$t" && read -r -a args <<<"$("t_${t}_args")"
-  local r0=0
-  [[ $t == *_redis ]] && r0=$(redis_commands)
+  local r0="0 0" w0=0
+  [[ $t == *_redis ]] && { r0=$(redis_commands); w0=$(store_waits "$(redis_dir "$t")"); }
   # shellcheck disable=SC2086
   c0=$(cpu_ticks $pids); o0=$(cpu_ticks "$ORIGIN_PID")
   out=$("$WRK_BIN" -t"$WRK_THREADS" -c"$CONNS" -d"${secs}s" --latency -s "$script" "$url" -- "${args[@]}")
@@ -572,8 +591,11 @@ run_one() {
   local requests duration_us p50_us p99_us errors non2xx
   eval "$(tr ' ' '\n' <<<"${line#RESULT }" | grep -E '^(requests|duration_us|p50_us|p99_us|errors|non2xx)=')"
   if [[ $t == *_redis && $round != warmup ]]; then
+    # The stats of this very INFO call count too: one command and one read.
     awk -v t="$t" -v r="$round" -v a="$r0" -v b="$(redis_commands)" -v n="$requests" \
-      'BEGIN { if (n > 0) printf "%s %s %.2f\n", t, r, (b - a) / n }' >>"$TMP/redis_commands"
+      -v w0="$w0" -v w1="$(store_waits "$(redis_dir "$t")")" \
+      'BEGIN { split(a, x, " "); split(b, y, " ")
+               if (n > 0) printf "%s %s %.2f %.2f %.2f\n", t, r, (y[1] - x[1] - 1) / n, (w1 - w0) / n, (y[2] - x[2] - 1) / n }' >>"$TMP/redis_commands"
   fi
   hook after "$t" && "t_${t}_after" "$requests" "$round"
   [[ $round == warmup ]] && return 0
@@ -673,10 +695,23 @@ goal "pass, redis / pass (memory)" gw_pass_redis gw_pass 0.8
 goal "free, redis / free (memory)" gw_free_redis gw_free ref
 if [[ -s $TMP/redis_commands ]]; then
   echo
-  echo "redis commands per request (median over the rounds; the store's own refreshes included)"
+  echo "the store per request (median over the rounds): commands redis-server ran (its own"
+  echo "refreshes included), round trips a request waited for (gateway metrics), and socket reads"
+  echo "redis-server made (below 1: concurrent requests share one connection's writes)"
+  printf '  %-14s %9s %12s %13s\n' "" commands "round trips" "socket reads"
   for t in gw_free_redis gw_pass_redis gw_paid_redis; do
     needs "$t" || continue
-    printf '  %-14s %6.2f\n' "${LABEL[$t]}" "$(awk -v t="$t" '$1 == t { print $3 }' "$TMP/redis_commands" | median)"
+    printf '  %-14s %9.2f %12.2f %13.2f\n' "${LABEL[$t]}" \
+      "$(awk -v t="$t" '$1 == t { print $3 }' "$TMP/redis_commands" | median)" \
+      "$(awk -v t="$t" '$1 == t { print $4 }' "$TMP/redis_commands" | median)" \
+      "$(awk -v t="$t" '$1 == t { print $5 }' "$TMP/redis_commands" | median)"
+  done
+  echo "p99 added by the store (median p99 with redis minus median p99 with memory, same run)"
+  for pair in "gw_pass_redis gw_pass" "gw_paid_redis gw_paid"; do
+    read -r a b <<<"$pair"
+    [[ -n ${P99[$a]:-} && -n ${P99[$b]:-} ]] || continue
+    awk -v l="${LABEL[$a]}" -v x="${P99[$a]}" -v y="${P99[$b]}" \
+      'BEGIN { printf "  %-14s %+8.3f ms\n", l, (x - y) / 1000 }'
   done
 fi
 

@@ -141,6 +141,7 @@ $facilitators
 priority = 1"
   fi
   mkdir -p "$d/rules"
+  echo "$admin_port" >"$d/admin_port"
   cat >"$d/gateway.toml" <<CONF
 [server]
 listen = ["127.0.0.1:$port"]

@@ -18,7 +18,7 @@ use super::{
 use crate::facilitator::client::FacilitatorRequest;
 use crate::facilitator::{FacilitatorConf, FacilitatorError};
 use crate::schemes;
-use crate::state::{Attempter, Refused};
+use crate::state::{Admitted, Attempter, Refused};
 use crate::x402::challenge::{Offer, Priced};
 use crate::x402::types::RequirementsV1;
 
@@ -104,31 +104,14 @@ impl Payments {
             return Err(self.reject(fail(PaymentError::RateLimited, Some(payer))));
         }
         let key = ReplayKey::new(&req.network, &req.asset, &payer, &checked.nonce);
-        let refused = match self.state.reserve(key.as_str(), checked.valid_before).await {
-            Ok(Ok(())) => None,
-            Ok(Err(Refused::InFlight)) => Some(PaymentError::InFlight),
-            Ok(Err(Refused::AlreadyUsed)) => Some(PaymentError::AlreadyUsed),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot reserve a payment");
-                Some(PaymentError::StateUnavailable)
-            }
-        };
-        if let Some(e) = refused {
-            return Err(self.reject(fail(e, Some(payer))));
-        }
         // What facilitators and the ledger see: no query string unless the rule keeps it.
         let recorded = if rule.policy.resource_query {
             url
         } else {
             url.split('?').next().unwrap_or(url)
         };
-        let body = match facilitator_body(version, &decoded.raw, offer, priced, recorded) {
-            Ok(b) => b,
-            Err(e) => {
-                self.release(&key).await;
-                return Err(self.reject(fail(e, Some(payer))));
-            }
-        };
+        let body = facilitator_body(version, &decoded.raw, offer, priced, recorded)
+            .map_err(|e| self.reject(fail(e, Some(payer.clone()))))?;
         let mut accepted = Box::new(Accepted {
             version,
             rule_id: rule.id.to_owned(),
@@ -140,6 +123,7 @@ impl Payments {
             valid_before: checked.valid_before,
             settlement: rule.policy.settlement,
             failure_policy: rule.policy.failure_policy,
+            digest: Sha256::digest(&body).into(),
             facilitator_body: body,
             facilitator: None,
             stage: Stage::Verified,
@@ -149,8 +133,31 @@ impl Payments {
             facilitator_time: Duration::ZERO,
             delivery_recorded: false,
         });
-        if let Err(e) = self.verify(env, &mut accepted).await {
-            self.release(&accepted.key).await;
+        // One round trip: the reservation, the record another replica would resolve should
+        // this one stop, and the verify cache.
+        let verified = match self.admit(&accepted).await {
+            Ok(Admitted {
+                reserved: Ok(()),
+                verified,
+            }) => verified,
+            Ok(Admitted {
+                reserved: Err(refused),
+                ..
+            }) => {
+                let e = match refused {
+                    Refused::InFlight => PaymentError::InFlight,
+                    Refused::AlreadyUsed => PaymentError::AlreadyUsed,
+                };
+                return Err(self.reject(fail(e, Some(accepted.payer.clone()))));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reserve a payment");
+                let e = PaymentError::StateUnavailable;
+                return Err(self.reject(fail(e, Some(accepted.payer.clone()))));
+            }
+        };
+        if let Err(e) = self.verify(env, &mut accepted, verified).await {
+            self.release(&accepted.key, None).await;
             if matches!(e, PaymentError::Invalid(_)) {
                 // A facilitator call spent on a payment that does not pay.
                 if let Some(ip) = client {
@@ -202,10 +209,14 @@ impl Payments {
         )
     }
 
-    async fn verify(&self, env: &PaymentEnv<'_>, a: &mut Accepted) -> Result<(), PaymentError> {
-        let digest: [u8; 32] = Sha256::digest(&a.facilitator_body).into();
-        // A store that cannot be read means one more verify call, nothing worse.
-        if self.state.verified(&digest).await.unwrap_or(false) {
+    /// Verifies through a facilitator, unless one did recently (`cached`).
+    async fn verify(
+        &self,
+        env: &PaymentEnv<'_>,
+        a: &mut Accepted,
+        cached: bool,
+    ) -> Result<(), PaymentError> {
+        if cached {
             return Ok(());
         }
         let candidates = self.candidates(env, a);
@@ -238,10 +249,9 @@ impl Payments {
             let result = self.calls.verify(fac, &a.facilitator_body).await;
             a.facilitator_time += t.elapsed();
             match result {
+                // Remembered only if the payment is released unsettled (a settled one cannot
+                // come back).
                 Ok(v) if v.valid() => {
-                    if let Err(e) = self.state.remember_verified(digest).await {
-                        tracing::warn!(error = %e, "cannot cache a verification");
-                    }
                     a.facilitator = Some(fac.name.clone());
                     return Ok(());
                 }

@@ -202,6 +202,8 @@ pub struct Accepted {
     pub failure_policy: FailurePolicy,
     /// Body sent to `/verify` and `/settle`.
     pub facilitator_body: Vec<u8>,
+    /// SHA-256 of that body: its name in the verify cache.
+    pub digest: [u8; 32],
     pub facilitator: Option<String>,
     pub stage: Stage,
     pub receipt: Option<SettleResponse>,
@@ -331,9 +333,16 @@ impl Payments {
     }
 
     /// Releases a reservation: the payment provably did not settle. A store that cannot be
-    /// told keeps it until it expires (the client may then not reuse it sooner).
-    async fn release(&self, key: &ReplayKey) {
-        if let Err(e) = self.state.release(key.as_str()).await {
+    /// told keeps it until it expires (the client may then not reuse it sooner). `verified`:
+    /// a facilitator verified it (the digest of its request body), which the verify cache
+    /// then remembers for the next attempt.
+    async fn release(&self, key: &ReplayKey, verified: Option<[u8; 32]>) {
+        self.leases.remove(key.as_str());
+        let released = match verified {
+            Some(digest) => self.state.release_verified(key.as_str(), digest).await,
+            None => self.state.release(key.as_str()).await,
+        };
+        if let Err(e) = released {
             tracing::error!(error = %e, "cannot release a payment reservation");
         }
     }

@@ -174,7 +174,7 @@ impl StateStore for MemoryStore {
 
     async fn release(&self, key: &str) -> Result<(), StateError> {
         self.reservations.invalidate(key);
-        Ok(())
+        self.resolve_pending(key).await
     }
 
     async fn verified(&self, digest: &[u8; 32]) -> Result<bool, StateError> {

@@ -156,9 +156,41 @@ pub struct PendingSettlement {
     pub replica: String,
 }
 
+/// What admitting a payment found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    /// The reservation: held by this request, or why not.
+    pub reserved: Result<(), Refused>,
+    /// A facilitator verified this payment's request body recently.
+    pub verified: bool,
+}
+
 /// Everything remembered across requests. Every operation is atomic on its key.
 #[async_trait]
 pub trait StateStore: Send + Sync + std::fmt::Debug {
+    /// Admits a payment, in one round trip where the store can: reserves it until `expires`
+    /// (as [`StateStore::reserve`]); when reserved, records it as a settlement that may start,
+    /// under `owner`'s lease (as [`StateStore::begin_pending`]), so that another replica
+    /// resolves it should this one stop; and looks up `digest` in the verify cache.
+    async fn admit(
+        &self,
+        pending: &PendingSettlement,
+        expires: u64,
+        digest: &[u8; 32],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Admitted, StateError> {
+        let reserved = self.reserve(&pending.key, expires).await?;
+        if reserved.is_ok()
+            && let Err(e) = self.begin_pending(pending, owner, lease).await
+        {
+            tracing::warn!(error = %e, "cannot record a payment in flight in the state store");
+        }
+        // A store that cannot be read means one more verify call, nothing worse.
+        let verified = reserved.is_ok() && self.verified(digest).await.unwrap_or(false);
+        Ok(Admitted { reserved, verified })
+    }
+
     /// Reserves a payment until `expires` (unix seconds). Of concurrent callers with the same
     /// key exactly one gets `Ok(Ok(()))`.
     async fn reserve(&self, key: &str, expires: u64) -> Result<Result<(), Refused>, StateError>;
@@ -166,8 +198,15 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     async fn settled(&self, key: &str) -> Result<(), StateError>;
     /// The reserved payment's outcome is unknown: refuse it, the chain may have it.
     async fn unknown(&self, key: &str) -> Result<(), StateError>;
-    /// The reserved payment provably did not settle: it may be used again.
+    /// The reserved payment provably did not settle: it may be used again, and nothing of it
+    /// is pending any more.
     async fn release(&self, key: &str) -> Result<(), StateError>;
+    /// As [`StateStore::release`], and remembers that a facilitator verified the payment's
+    /// request body (`digest`), so that the same payment sent again needs no second `/verify`.
+    async fn release_verified(&self, key: &str, digest: [u8; 32]) -> Result<(), StateError> {
+        self.release(key).await?;
+        self.remember_verified(digest).await
+    }
 
     /// Whether a facilitator verified this payload (by digest) recently.
     async fn verified(&self, digest: &[u8; 32]) -> Result<bool, StateError>;

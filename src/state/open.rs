@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Attempter, MemoryStore, PendingSettlement, Quota, Refused, StateError, StateStore};
+use super::{
+    Admitted, Attempter, MemoryStore, PendingSettlement, Quota, Refused, StateError, StateStore,
+};
 
 /// The shared store first, this replica's memory when it fails.
 #[derive(Debug)]
@@ -53,9 +55,23 @@ impl StateStore for OpenOnFailure {
         let _ = self.local.unknown(key).await;
         either!(self.unknown(key))
     }
+    async fn admit(
+        &self,
+        pending: &PendingSettlement,
+        expires: u64,
+        digest: &[u8; 32],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Admitted, StateError> {
+        either!(self.admit(pending, expires, digest, owner, lease))
+    }
     async fn release(&self, key: &str) -> Result<(), StateError> {
         let _ = self.local.release(key).await;
         either!(self.release(key))
+    }
+    async fn release_verified(&self, key: &str, digest: [u8; 32]) -> Result<(), StateError> {
+        let _ = self.local.release_verified(key, digest).await;
+        either!(self.release_verified(key, digest))
     }
     async fn verified(&self, digest: &[u8; 32]) -> Result<bool, StateError> {
         either!(self.verified(digest))

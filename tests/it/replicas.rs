@@ -679,7 +679,7 @@ async fn while_redis_is_down_priced_requests_get_503_without_charge_and_recover_
         );
         assert_eq!(gw.metric("x402_state_up").await, 0.0);
         assert!(
-            gw.metric(r#"x402_state_errors_total{op="reserve"}"#).await >= 1.0,
+            gw.metric(r#"x402_state_errors_total{op="admit"}"#).await >= 1.0,
             "{}",
             gw.metrics().await
         );
@@ -831,7 +831,9 @@ async fn a_replica_killed_between_settling_and_recording_is_resolved_by_another(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        redis.command(&["HLEN", "x402:pending:all"]).expect("HLEN"),
+        redis
+            .command(&["ZCARD", "x402:pending:index"])
+            .expect("ZCARD"),
         "1",
         "the settlement in flight is recorded in the store"
     );
@@ -884,7 +886,11 @@ async fn a_replica_killed_between_settling_and_recording_is_resolved_by_another(
         .collect();
     assert_eq!(with_tx.len(), 1, "{with_tx:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while redis.command(&["HLEN", "x402:pending:all"]).expect("HLEN") != "0" {
+    while redis
+        .command(&["ZCARD", "x402:pending:index"])
+        .expect("ZCARD")
+        != "0"
+    {
         assert!(Instant::now() < deadline, "the record stayed in the store");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

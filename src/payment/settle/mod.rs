@@ -47,7 +47,6 @@ impl Payments {
                 None => candidates.sort_by_key(|f| &f.name != name),
             }
         }
-        self.begin_pending(a).await;
         let mut outcome: Option<(&FacilitatorConf, Result<SettleResponse, FacilitatorError>)> =
             None;
         for (n, fac) in candidates.into_iter().enumerate() {
@@ -296,7 +295,7 @@ impl Payments {
     /// Releases the reservation of a payment that provably did not settle.
     pub(super) async fn release_unless_unknown(&self, a: &Accepted) {
         if matches!(a.stage, Stage::Verified | Stage::SettleFailed) {
-            self.release(&a.key).await;
+            self.release(&a.key, Some(a.digest)).await;
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Settlements in flight, recorded in the state store so that the ledger stays complete when
-//! a replica dies: a record is written before the first `/settle` call and removed once the
-//! ledger has the outcome, under a lease this replica renews while it works on it. Any
-//! replica takes over a record whose lease ran out and resolves it from the chain.
+//! a replica dies: a record is written when a payment is admitted (with its reservation, in
+//! one round trip) and removed once the ledger has the outcome or the payment is released,
+//! under a lease this replica renews while it works on it. Any replica takes over a record
+//! whose lease ran out and resolves it from the chain.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::payment::confirm::{Lookup, Resolution, Verdict};
 use crate::payment::ledger::{Ledger, LedgerConf};
 use crate::payment::{Accepted, PaymentEnv, Payments};
-use crate::state::StateStore;
+use crate::state::{Admitted, StateError, StateStore};
 
 /// How long a lease on a pending settlement lasts without renewal.
 const LEASE: Duration = Duration::from_secs(10);
@@ -42,7 +43,7 @@ impl Leases {
         }
     }
 
-    fn remove(&self, key: &str) {
+    pub(crate) fn remove(&self, key: &str) {
         if let Some(task) = self.0.lock().ok().and_then(|mut m| m.remove(key)) {
             task.abort();
         }
@@ -143,24 +144,26 @@ impl Payments {
         }
     }
 
-    /// Before the first `/settle` call: records that this payment may move money, under this
-    /// replica's lease (one round trip).
-    pub(super) async fn begin_pending(&self, a: &Accepted) {
+    /// Admits a payment (one round trip): reserves it, records it as a settlement that may
+    /// start, under this replica's lease (renewed from now until the record is resolved, so
+    /// that another replica resolves it only should this one stop), and looks it up in the
+    /// verify cache.
+    pub(in crate::payment) async fn admit(&self, a: &Accepted) -> Result<Admitted, StateError> {
         let record = self.record(a);
-        match self
+        let admitted = self
             .state
-            .begin_pending(&record.pending(None), &self.instance, LEASE)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(payer = %a.payer, "another replica holds the lease on this settlement")
-            }
-            Err(e) => {
-                tracing::error!(error = %e, payer = %a.payer, "cannot record a settlement in flight in the state store");
-            }
+            .admit(
+                &record.pending(None),
+                a.valid_before,
+                &a.digest,
+                &self.instance,
+                LEASE,
+            )
+            .await?;
+        if admitted.reserved.is_ok() {
+            self.renew_lease(record.key.as_str());
         }
-        self.renew_lease(record.key.as_str());
+        Ok(admitted)
     }
 
     /// The outcome is in the ledger: marks the reservation settled (when `settled`) and drops

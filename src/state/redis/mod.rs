@@ -1,7 +1,8 @@
 //! The shared state store on Redis (or Valkey, or Redis Cluster): every replica in front of
 //! one Redis sees the same reservations, verify cache, pass quotas, revocations and pending
-//! settlements. Each operation is one atomic command or one single-key script, so it runs on
-//! a cluster too. Revocations and limited keys are also kept in a local copy refreshed several
+//! settlements. Each operation is one round trip of atomic commands and scripts that each
+//! touch one hash slot (a payment's reservation, record and lease share one), so it runs on a
+//! cluster too; a paid request costs two (admit, conclude). Revocations and limited keys are also kept in a local copy refreshed several
 //! times a second, so checking one costs no round trip (until the copy of the revocations is
 //! first loaded, or when it went stale, the check asks Redis).
 
@@ -17,10 +18,11 @@ use async_trait::async_trait;
 use redis::Script;
 
 use super::{
-    Attempter, PendingSettlement, Quota, RedisConf, Refused, StateError, StateStore, unix_now,
+    Admitted, Attempter, PendingSettlement, Quota, RedisConf, Refused, StateError, StateStore,
+    unix_now,
 };
 use crate::metrics::Metrics;
-use conn::{Conn, Factory, MAX_BACKOFF, state_runtime};
+use conn::{Conn, Factory, MAX_BACKOFF, PerThread, Trip, cmd, state_runtime};
 use mirror::Mirror;
 
 /// How long a reservation outlives its authorization (the chain refuses it by then anyway).
@@ -39,6 +41,22 @@ if v then return v end
 redis.call('SET', KEYS[1], 'i', 'EXAT', ARGV[1])
 return false
 ";
+
+/// Admits a payment: the previous state of its reservation when there is one; else a new
+/// in-flight reservation, its pending-settlement record and the admitting replica's lease.
+/// KEYS: reservation, record, lease (one hash slot); ARGV: expiry (unix seconds), record,
+/// owner, lease (ms).
+const ADMIT: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], 'i', 'EXAT', ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'EXAT', ARGV[1])
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+return false
+";
+
+/// How many pending settlements one sweep reads at most.
+const PENDING_PAGE: isize = 1000;
 
 /// Counts one request against a pass quota without ever passing `max`; returns what is left
 /// after it, or -1 when nothing is.
@@ -76,6 +94,8 @@ pub struct RedisStore {
     /// Connections, filled in by the background connector once each is up.
     conns: Vec<ArcSwapOption<Conn>>,
     next: AtomicUsize,
+    /// Each request thread's own connection (the pool serves until it is up).
+    per_thread: PerThread,
     metrics: Arc<Metrics>,
     /// Whether the last command succeeded (for counting recoveries).
     up: AtomicBool,
@@ -84,6 +104,7 @@ pub struct RedisStore {
     /// Client addresses and payers past their limit of refused attempts, mirrored.
     limited: Mirror,
     reserve: Script,
+    admit: Script,
     quota: Script,
     lease: Script,
     refusals: Script,
@@ -97,6 +118,33 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// The command that runs `script` on `keys` (by its hash, or by its text when `by_text`);
+/// its arguments follow.
+fn script_cmd(script: &Script, code: &str, by_text: bool, keys: &[&str]) -> redis::Cmd {
+    let mut c = if by_text {
+        cmd!("EVAL", code)
+    } else {
+        cmd!("EVALSHA", script.get_hash())
+    };
+    c.arg(keys.len()).arg(keys);
+    c
+}
+
+/// A reservation's previous state as the outcome of reserving it.
+fn reservation(prev: Option<&str>) -> Result<(), Refused> {
+    match prev {
+        None => Ok(()),
+        Some("i") => Err(Refused::InFlight),
+        Some(_) => Err(Refused::AlreadyUsed),
+    }
+}
+
+/// Why one operation failed.
+enum Failure {
+    Redis(redis::RedisError),
+    TimedOut,
+}
+
 /// A Redis error as a store error, without the URL (which may hold a password).
 fn unavailable(e: impl std::fmt::Display) -> StateError {
     StateError::Unavailable(e.to_string())
@@ -108,6 +156,7 @@ impl RedisStore {
     /// free requests never ask). Connections live on a runtime of their own, so no request
     /// thread drives another's commands.
     pub fn start(conf: &RedisConf, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
+        let factory = Factory::new(conf)?;
         let store = Arc::new(RedisStore {
             prefix: conf.key_prefix.clone(),
             command_timeout: conf.command_timeout,
@@ -115,16 +164,17 @@ impl RedisStore {
                 .map(|_| ArcSwapOption::empty())
                 .collect(),
             next: AtomicUsize::new(0),
+            per_thread: PerThread::new(factory.clone()),
             metrics,
             up: AtomicBool::new(false),
             revoked: Mirror::new(&conf.key_prefix, "revoked", "revocations"),
             limited: Mirror::new(&conf.key_prefix, "limited", "limits"),
             reserve: Script::new(RESERVE),
+            admit: Script::new(ADMIT),
             quota: Script::new(QUOTA),
             lease: Script::new(LEASE),
             refusals: Script::new(REFUSALS),
         });
-        let factory = Factory::new(conf)?;
         let handle = state_runtime()?;
         for slot in 0..store.conns.len() {
             let (store, factory) = (store.clone(), factory.clone());
@@ -154,6 +204,9 @@ impl RedisStore {
     }
 
     fn conn(&self) -> Result<Conn, StateError> {
+        if let Some(c) = self.per_thread.get() {
+            return Ok(c);
+        }
         let n = self.conns.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
@@ -166,43 +219,130 @@ impl RedisStore {
         format!("{}{kind}:{id}", self.prefix)
     }
 
+    /// One of a payment's keys (`r` reservation, `p` pending record, `l` lease): all three in
+    /// one hash slot, so that one script may touch them on a cluster.
+    fn payment_key(&self, key: &str, kind: &str) -> String {
+        format!("{}{{{key}}}:{kind}", self.prefix)
+    }
+
+    /// The index of pending settlements (payment keys), which sweeps read.
+    fn pending_index(&self) -> String {
+        format!("{}pending:index", self.prefix)
+    }
+
+    /// Adds a record's payment key to the index (idempotent), as a group of its own.
+    fn index(&self, trip: &mut Trip, key: &str) {
+        trip.group()
+            .tell(cmd!("ZADD", self.pending_index(), unix_now(), key));
+    }
+
+    /// Drops a record's payment key from the index, as a group of its own.
+    fn unindex(&self, trip: &mut Trip, key: &str) {
+        trip.group().tell(cmd!("ZREM", self.pending_index(), key));
+    }
+
+    /// Writes a pending-settlement record (in the current group), kept as long as its
+    /// reservation.
+    fn record(&self, trip: &mut Trip, pending: &PendingSettlement) -> Result<(), StateError> {
+        let body = serde_json::to_string(pending).map_err(unavailable)?;
+        trip.tell(cmd!(
+            "SET",
+            self.payment_key(&pending.key, "p"),
+            body,
+            "EXAT",
+            pending.valid_before.max(unix_now()) + RESERVATION_GRACE
+        ));
+        Ok(())
+    }
+
+    /// Drops a payment's reservation, record and lease, and its entry in the index.
+    fn forget_payment(&self, trip: &mut Trip, key: &str) {
+        trip.group().tell(cmd!(
+            "DEL",
+            self.payment_key(key, "r"),
+            self.payment_key(key, "p"),
+            self.payment_key(key, "l")
+        ));
+        self.unindex(trip, key);
+    }
+
+    /// Runs one round trip built by `build`; when it holds a script the server does not know
+    /// yet (a restart, a failover), once more with the script's text (`build`'s flag).
+    async fn run_trip<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        build: impl Fn(&mut Trip, bool),
+    ) -> Result<T, StateError> {
+        let mut c = self.conn()?;
+        let mut trip = Trip::default();
+        build(&mut trip, false);
+        match self.run_raw(op, c.trip(trip)).await {
+            Err(Failure::Redis(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                let mut trip = Trip::default();
+                build(&mut trip, true);
+                self.run(op, c.trip(trip)).await
+            }
+            other => other.map_err(|e| self.failed(op, e)),
+        }
+    }
+
     /// Runs one operation with the command timeout, timing it and counting failures.
     async fn run<T>(
         &self,
         op: &'static str,
         f: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StateError> {
+        self.run_raw(op, f).await.map_err(|e| self.failed(op, e))
+    }
+
+    /// Runs one operation with the command timeout, timing it; a failure is returned as it
+    /// came (the caller may retry it) and not counted yet.
+    async fn run_raw<T>(
+        &self,
+        op: &'static str,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Failure> {
         let started = Instant::now();
         let out = match tokio::time::timeout(self.command_timeout, f).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(unavailable(e)),
-            Err(_) => Err(StateError::Unavailable("command timed out".into())),
+            Ok(Err(e)) => Err(Failure::Redis(e)),
+            Err(_) => Err(Failure::TimedOut),
         };
         self.metrics
             .state_seconds
             .with_label_values(&[op])
             .observe(started.elapsed().as_secs_f64());
-        match &out {
-            Ok(_) => {
-                if !self.up.swap(true, Ordering::AcqRel) {
-                    self.metrics.state_up.set(1);
-                    self.metrics.state_reconnects.inc();
-                }
-            }
-            Err(e) => {
-                self.metrics.state_errors.with_label_values(&[op]).inc();
-                if self.up.swap(false, Ordering::AcqRel) {
-                    self.metrics.state_up.set(0);
-                    tracing::warn!(op, error = %e, "state store unavailable");
-                }
-            }
+        if out.is_ok() && !self.up.swap(true, Ordering::AcqRel) {
+            self.metrics.state_up.set(1);
+            self.metrics.state_reconnects.inc();
         }
         out
     }
 
+    /// Counts a failed operation and says what it was.
+    fn failed(&self, op: &'static str, failure: Failure) -> StateError {
+        let e = match failure {
+            Failure::Redis(e) => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                    self.per_thread.forget();
+                }
+                unavailable(e)
+            }
+            Failure::TimedOut => StateError::Unavailable("command timed out".into()),
+        };
+        self.metrics.state_errors.with_label_values(&[op]).inc();
+        if self.up.swap(false, Ordering::AcqRel) {
+            self.metrics.state_up.set(0);
+            tracing::warn!(op, error = %e, "state store unavailable");
+        }
+        e
+    }
+
     async fn set_state(&self, op: &'static str, key: &str, state: &str) -> Result<(), StateError> {
         let mut c = self.conn()?;
-        let k = self.key("r", key);
+        let k = self.payment_key(key, "r");
         self.run(op, async move {
             redis::cmd("SET")
                 .arg(&k)
@@ -233,9 +373,46 @@ impl RedisStore {
 
 #[async_trait]
 impl StateStore for RedisStore {
+    async fn admit(
+        &self,
+        pending: &PendingSettlement,
+        expires: u64,
+        digest: &[u8; 32],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Admitted, StateError> {
+        let body = serde_json::to_string(pending).map_err(unavailable)?;
+        let key = pending.key.as_str();
+        let (r, p, l) = (
+            self.payment_key(key, "r"),
+            self.payment_key(key, "p"),
+            self.payment_key(key, "l"),
+        );
+        let (prev, verified): (Option<String>, bool) = self
+            .run_trip("admit", |trip, by_text| {
+                let mut admit = script_cmd(&self.admit, ADMIT, by_text, &[&r, &p, &l]);
+                admit
+                    .arg(expires.max(unix_now()) + RESERVATION_GRACE)
+                    .arg(&body)
+                    .arg(owner)
+                    .arg(lease.as_millis() as u64);
+                trip.group().ask(admit);
+                trip.group()
+                    .ask(cmd!("EXISTS", self.key("v", &hex::encode(digest))));
+                // Also when refused: the key is then indexed already, or settled (a sweep
+                // drops it), and adding it again is harmless.
+                self.index(trip, key);
+            })
+            .await?;
+        Ok(Admitted {
+            reserved: reservation(prev.as_deref()),
+            verified: prev.is_none() && verified,
+        })
+    }
+
     async fn reserve(&self, key: &str, expires: u64) -> Result<Result<(), Refused>, StateError> {
         let mut c = self.conn()?;
-        let k = self.key("r", key);
+        let k = self.payment_key(key, "r");
         let prev: Option<String> = self
             .run("reserve", async {
                 self.reserve
@@ -245,11 +422,7 @@ impl StateStore for RedisStore {
                     .await
             })
             .await?;
-        Ok(match prev.as_deref() {
-            None => Ok(()),
-            Some("i") => Err(Refused::InFlight),
-            Some(_) => Err(Refused::AlreadyUsed),
-        })
+        Ok(reservation(prev.as_deref()))
     }
 
     async fn settled(&self, key: &str) -> Result<(), StateError> {
@@ -261,13 +434,17 @@ impl StateStore for RedisStore {
     }
 
     async fn release(&self, key: &str) -> Result<(), StateError> {
-        let mut c = self.conn()?;
-        let k = self.key("r", key);
-        self.run("release", async move {
-            redis::cmd("DEL").arg(&k).query_async::<i64>(&mut c).await
+        self.run_trip("release", |trip, _| self.forget_payment(trip, key))
+            .await
+    }
+
+    async fn release_verified(&self, key: &str, digest: [u8; 32]) -> Result<(), StateError> {
+        let v = self.key("v", &hex::encode(digest));
+        self.run_trip("release", |trip, _| {
+            self.forget_payment(trip, key);
+            trip.group().tell(cmd!("SET", &v, 1, "EX", VERIFIED_TTL));
         })
         .await
-        .map(|_| ())
     }
 
     async fn verified(&self, digest: &[u8; 32]) -> Result<bool, StateError> {
@@ -355,19 +532,11 @@ impl StateStore for RedisStore {
     }
 
     async fn put_pending(&self, pending: &PendingSettlement) -> Result<(), StateError> {
+        let mut trip = Trip::default();
+        self.record(trip.group(), pending)?;
+        self.index(&mut trip, &pending.key);
         let mut c = self.conn()?;
-        let k = self.key("pending", "all");
-        let body = serde_json::to_string(pending).map_err(unavailable)?;
-        let field = pending.key.clone();
-        self.run("pending", async move {
-            redis::cmd("HSET")
-                .arg(&k)
-                .arg(&field)
-                .arg(&body)
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await
+        self.run("pending", c.trip::<()>(trip)).await
     }
 
     async fn resolve_pending(&self, key: &str) -> Result<(), StateError> {
@@ -380,58 +549,78 @@ impl StateStore for RedisStore {
         owner: &str,
         lease: Duration,
     ) -> Result<bool, StateError> {
-        let mut c = self.conn()?;
-        let body = serde_json::to_string(pending).map_err(unavailable)?;
-        let mut pipe = redis::pipe();
-        pipe.cmd("HSET")
-            .arg(self.key("pending", "all"))
-            .arg(&pending.key)
-            .arg(&body)
-            .ignore()
-            .cmd("EVAL")
-            .arg(LEASE)
-            .arg(1)
-            .arg(self.key("lease", &pending.key))
-            .arg(owner)
-            .arg(lease.as_millis() as u64);
-        let (got,): (i64,) = self.run("begin_pending", pipe.query_async(&mut c)).await?;
+        // Checked once here, so that the trip's builder cannot fail.
+        serde_json::to_string(pending).map_err(unavailable)?;
+        let l = self.payment_key(&pending.key, "l");
+        let (got,): (i64,) = self
+            .run_trip("begin_pending", |trip, by_text| {
+                let _ = self.record(trip.group(), pending);
+                let mut take = script_cmd(&self.lease, LEASE, by_text, &[&l]);
+                take.arg(owner).arg(lease.as_millis() as u64);
+                trip.ask(take);
+                self.index(trip, &pending.key);
+            })
+            .await?;
         Ok(got == 1)
     }
 
     async fn conclude_pending(&self, key: &str, settled: bool) -> Result<(), StateError> {
-        let mut c = self.conn()?;
-        let mut pipe = redis::pipe();
-        if settled {
-            pipe.cmd("SET")
-                .arg(self.key("r", key))
-                .arg("s")
-                .arg("XX")
-                .arg("KEEPTTL")
-                .ignore();
-        }
-        pipe.cmd("HDEL")
-            .arg(self.key("pending", "all"))
-            .arg(key)
-            .ignore()
-            .cmd("DEL")
-            .arg(self.key("lease", key))
-            .ignore();
-        self.run("conclude_pending", pipe.query_async::<()>(&mut c))
-            .await
+        self.run_trip("conclude_pending", |trip, _| {
+            trip.group();
+            if settled {
+                trip.tell(cmd!(
+                    "SET",
+                    self.payment_key(key, "r"),
+                    "s",
+                    "XX",
+                    "KEEPTTL"
+                ));
+            }
+            trip.tell(cmd!(
+                "DEL",
+                self.payment_key(key, "p"),
+                self.payment_key(key, "l")
+            ));
+            self.unindex(trip, key);
+        })
+        .await
     }
 
     async fn pending(&self) -> Result<Vec<PendingSettlement>, StateError> {
         let mut c = self.conn()?;
-        let k = self.key("pending", "all");
-        let bodies: Vec<String> = self
-            .run("pending", async move {
-                redis::cmd("HVALS").arg(&k).query_async(&mut c).await
+        let index = self.pending_index();
+        let keys: Vec<String> = self
+            .run(
+                "pending",
+                cmd!("ZRANGE", &index, 0, PENDING_PAGE - 1).query_async(&mut c),
+            )
+            .await?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bodies: Vec<Option<String>> = self
+            .run_trip("pending", |trip, _| {
+                for k in &keys {
+                    trip.group().ask(cmd!("GET", self.payment_key(k, "p")));
+                }
             })
             .await?;
-        Ok(bodies
-            .iter()
-            .filter_map(|b| serde_json::from_str(b).ok())
-            .collect())
+        let mut found = Vec::new();
+        let mut gone = cmd!("ZREM", &index);
+        for (k, body) in keys.iter().zip(bodies) {
+            match body.and_then(|b| serde_json::from_str::<PendingSettlement>(&b).ok()) {
+                Some(p) => found.push(p),
+                // Settled, released or expired since it was indexed. Should it be admitted
+                // again in the meantime, its replica indexes it again when it renews its lease.
+                None => {
+                    gone.arg(k);
+                }
+            }
+        }
+        if found.len() < keys.len() {
+            self.run("pending", gone.query_async::<()>(&mut c)).await?;
+        }
+        Ok(found)
     }
 
     async fn lease_pending(
@@ -440,16 +629,15 @@ impl StateStore for RedisStore {
         owner: &str,
         lease: Duration,
     ) -> Result<bool, StateError> {
-        let mut c = self.conn()?;
-        let k = self.key("lease", key);
-        let got: i64 = self
-            .run("lease", async {
-                self.lease
-                    .key(&k)
-                    .arg(owner)
-                    .arg(lease.as_millis() as u64)
-                    .invoke_async(&mut c)
-                    .await
+        let l = self.payment_key(key, "l");
+        // The record's key is indexed again with each renewal: a sweep that dropped it while
+        // the payment was being admitted anew loses it for one renewal at most.
+        let (got,): (i64,) = self
+            .run_trip("lease", |trip, by_text| {
+                let mut take = script_cmd(&self.lease, LEASE, by_text, &[&l]);
+                take.arg(owner).arg(lease.as_millis() as u64);
+                trip.group().ask(take);
+                self.index(trip, key);
             })
             .await?;
         Ok(got == 1)
