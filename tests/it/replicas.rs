@@ -455,20 +455,51 @@ async fn one_payment_sent_to_three_replicas_at_once_is_served_and_settled_once()
     // The store holds the payment as settled: a copy sent later to any replica is refused
     // without a facilitator call.
     let header = p.payment().await;
+    let waits_before = store_round_trips(&p.gws[2]).await;
     let first = get(
         &p.gws[2].url("/api/weather"),
         &[("payment-signature", &header)],
     )
     .await;
     assert_eq!(first.status, 200, "{}", first.body);
+    // Two round trips to the store: one before the facilitator is asked (reservation, record
+    // of the settlement in flight, verify cache) and one after the ledger line.
+    assert_eq!(
+        store_round_trips(&p.gws[2]).await - waits_before,
+        2.0,
+        "{}",
+        p.gws[2].metrics().await
+    );
     let settles = p.settles().await;
     for gw in &p.gws {
+        let before = store_round_trips(gw).await;
         let r = get(&gw.url("/api/weather"), &[("payment-signature", &header)]).await;
         assert_eq!((r.status, r.reason.as_str()), (402, "payment_already_used"));
+        assert_eq!(
+            store_round_trips(gw).await - before,
+            1.0,
+            "a copy costs one"
+        );
     }
     assert_eq!(p.settles().await, settles);
     let keys = redis.command(&["DBSIZE"]).expect("DBSIZE");
     assert_ne!(keys, "0", "the replicas keep their state in Redis");
+}
+
+/// Store operations requests at `gw` waited for so far (one round trip each), leaving out the
+/// background ones (copies of the mirrored sets, sweeps of pending settlements, leases).
+async fn store_round_trips(gw: &Gateway) -> f64 {
+    gw.metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("x402_state_seconds_count{"))
+        .filter(|l| {
+            !["revocations", "limits", "pending", "lease"]
+                .iter()
+                .any(|op| l.contains(&format!("op=\"{op}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 #[tokio::test]
@@ -1111,4 +1142,50 @@ async fn memory_is_the_default_store_and_check_wants_a_url_for_redis() {
         file.display()
     );
     assert!(err.contains(&expected), "missing\n  {expected}\nin\n{err}");
+}
+
+/// A payment whose settlement failed before any money moved is released with its
+/// verification remembered in the store: sent again to another replica it settles there
+/// without a second `/verify`, and moves once.
+#[tokio::test]
+async fn a_payment_released_unsettled_is_not_verified_twice_across_replicas() {
+    let redis = Redis::start();
+    let p = Paid::start(|r| state(&[redis.url()], r), &[]).await;
+    p.fault(json!({"settleOverride": {
+        "status": 200,
+        "times": 1,
+        "body": {"success": false, "errorReason": "unexpected_settle_error", "transaction": "", "network": "eip155:31337"},
+    }}))
+    .await;
+    let header = p.payment().await;
+    let verifies = facilitator_calls(p.fac(), "/verify").await;
+    let r = get(
+        &p.gws[0].url("/api/weather"),
+        &[("payment-signature", &header)],
+    )
+    .await;
+    assert_eq!(r.status, 402, "{}", r.body);
+    assert_eq!(p.money().await.2, 0, "nothing moved");
+    assert_eq!(facilitator_calls(p.fac(), "/verify").await, verifies + 1);
+    assert_eq!(
+        redis
+            .command(&["ZCARD", "x402:pending:index"])
+            .expect("ZCARD"),
+        "0",
+        "nothing of it is pending"
+    );
+
+    let r = get(
+        &p.gws[1].url("/api/weather"),
+        &[("payment-signature", &header)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}\n{}", r.body, p.logs());
+    assert_eq!(
+        facilitator_calls(p.fac(), "/verify").await,
+        verifies + 1,
+        "the second replica reused the first one's verification"
+    );
+    assert_eq!(p.money().await.2, 1, "one transfer");
+    assert_eq!(p.settled_lines(), 1);
 }
