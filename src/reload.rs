@@ -1,4 +1,5 @@
-//! Hot reload: SIGHUP and a debounced watch of `gateway.toml` and the rules folder. A reload
+//! Hot reload: SIGHUP and a debounced watch of `gateway.toml` and the rules folder (plain
+//! files, or Kubernetes ConfigMap and Secret mounts that change by swapping links). A reload
 //! builds and validates a new snapshot and swaps it in; an invalid edit keeps the old one and
 //! logs every problem; changes that only apply at start are refused by name.
 
@@ -111,10 +112,51 @@ impl Reloader {
     }
 }
 
-/// Whether a changed path concerns the configuration.
+/// Whether a changed path concerns the configuration: the config file, a `.toml` file in the
+/// rules folder, or an entry of Kubernetes' atomic writer in either folder (a ConfigMap or
+/// Secret mount changes by writing a `..<timestamp>` folder and renaming a `..data_tmp` link
+/// over `..data`; the files themselves are links that never change). Other files there (logs,
+/// the ledger) change all the time under load and must not trigger or hold back a reload.
 fn relevant(path: &Path, config: &Path, rules_dir: &Path) -> bool {
+    let in_folder = |dir: &Path| path.parent() == Some(dir);
+    let kubernetes = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(".."));
     path == config
-        || (path.parent() == Some(rules_dir) && path.extension().is_some_and(|e| e == "toml"))
+        || (in_folder(rules_dir) && (kubernetes || path.extension().is_some_and(|e| e == "toml")))
+        || (kubernetes && config.parent().is_some_and(in_folder))
+}
+
+/// The next changed path that concerns the configuration (the others are dropped here, so
+/// that a busy ledger next to the configuration costs no more than this).
+async fn next_relevant(
+    rx: &mut mpsc::Receiver<PathBuf>,
+    config: &Path,
+    rules_dir: &Path,
+) -> Option<PathBuf> {
+    while let Some(p) = rx.recv().await {
+        if relevant(&p, config, rules_dir) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// The folders to watch for a configuration at `config` with rules in `rules_dir`, with the
+/// folders they resolve to now: a link swapped under them (`..data`) means watching anew.
+fn folders(config: &Path, rules_dir: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let dir = config.parent().unwrap_or(Path::new("/"));
+    let mut out = vec![dir.to_path_buf()];
+    if rules_dir != dir {
+        out.push(rules_dir.to_path_buf());
+    }
+    out.into_iter()
+        .map(|d| {
+            let real = std::fs::canonicalize(&d).unwrap_or_else(|_| d.clone());
+            (d, real)
+        })
+        .collect()
 }
 
 /// Whether a watch event can mean new content. Opening and reading a file is not a change:
@@ -149,17 +191,14 @@ impl BackgroundService for ReloadService {
         };
         let (tx, mut rx) = mpsc::channel::<PathBuf>(256);
         let mut watcher: Option<notify::RecommendedWatcher> = None;
-        let mut watched: Option<(PathBuf, PathBuf)> = None;
+        let mut watched: Option<Vec<(PathBuf, PathBuf)>> = None;
         loop {
             let snap = self.reloader.config.load_full();
             let config_path = absolute(&snap.sources.config);
             let rules_dir = absolute(&snap.sources.rules_dir);
-            let want = snap
-                .reload
-                .watch
-                .then(|| (config_path.clone(), rules_dir.clone()));
+            let want = snap.reload.watch.then(|| folders(&config_path, &rules_dir));
             if want != watched {
-                watcher = want.as_ref().and_then(|(cfg, rules)| {
+                watcher = want.as_ref().and_then(|dirs| {
                     let tx = tx.clone();
                     let mut w =
                         notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
@@ -176,44 +215,70 @@ impl BackgroundService for ReloadService {
                             |e| tracing::error!(error = %e, "cannot watch configuration files"),
                         )
                         .ok()?;
-                    let dir = cfg.parent().unwrap_or(Path::new("/"));
-                    if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
-                        tracing::error!(error = %e, dir = %dir.display(), "cannot watch");
-                    }
-                    if rules.as_path() != dir
-                        && let Err(e) = w.watch(rules, RecursiveMode::NonRecursive)
-                    {
-                        tracing::error!(error = %e, dir = %rules.display(), "cannot watch");
+                    for (dir, _) in dirs {
+                        if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
+                            tracing::error!(error = %e, dir = %dir.display(), "cannot watch");
+                        }
                     }
                     Some(w)
                 });
                 watched = want;
             }
             let _keep = &watcher;
-            let debounce = snap.reload.debounce;
+            let (debounce, max_wait) = (snap.reload.debounce, snap.reload.max_wait);
             tokio::select! {
                 _ = shutdown.changed() => return,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     let r = self.reloader.clone();
                     let _ = tokio::task::spawn_blocking(move || r.reload("SIGHUP")).await;
                 }
-                Some(p) = rx.recv() => {
-                    if !relevant(&p, &config_path, &rules_dir) {
-                        continue;
-                    }
+                Some(_) = next_relevant(&mut rx, &config_path, &rules_dir) => {
                     // Debounce: wait until the configuration files have been quiet for
-                    // `debounce`. Other files in the watched folders (logs, the ledger) change
-                    // all the time under load and must not hold the reload back.
-                    let mut deadline = tokio::time::Instant::now() + debounce;
+                    // `debounce`, but no longer than `max_wait` after this first change, so
+                    // that files rewritten without pause are still reloaded that often.
+                    let latest = tokio::time::Instant::now() + max_wait;
+                    let mut deadline = (tokio::time::Instant::now() + debounce).min(latest);
                     while let Ok(Some(p)) = tokio::time::timeout_at(deadline, rx.recv()).await {
                         if relevant(&p, &config_path, &rules_dir) {
-                            deadline = tokio::time::Instant::now() + debounce;
+                            deadline = (tokio::time::Instant::now() + debounce).min(latest);
                         }
                     }
                     let r = self.reloader.clone();
                     let _ = tokio::task::spawn_blocking(move || r.reload("file change")).await;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_files_and_kubernetes_links_are_relevant_other_files_are_not() {
+        let config = Path::new("/etc/x402/gateway.toml");
+        let rules = Path::new("/etc/x402/rules");
+        let yes = [
+            "/etc/x402/gateway.toml",
+            "/etc/x402/rules/site.toml",
+            "/etc/x402/..data",
+            "/etc/x402/..data_tmp",
+            "/etc/x402/..2026_12_06_10_00_00.123456789",
+            "/etc/x402/rules/..data",
+        ];
+        let no = [
+            "/etc/x402/receipts.jsonl",
+            "/etc/x402/gateway.toml.swp",
+            "/etc/x402/rules/notes.txt",
+            "/etc/x402/other/..data",
+            "/etc/..data",
+        ];
+        for p in yes {
+            assert!(relevant(Path::new(p), config, rules), "{p}");
+        }
+        for p in no {
+            assert!(!relevant(Path::new(p), config, rules), "{p}");
         }
     }
 }

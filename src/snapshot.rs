@@ -214,6 +214,9 @@ pub struct ReloadSettings {
     pub watch: bool,
     /// Quiet time after the last change before reloading.
     pub debounce: Duration,
+    /// Longest wait after the first change of a burst: files that keep changing are still
+    /// reloaded this often.
+    pub max_wait: Duration,
 }
 
 /// Where a snapshot was read from.

@@ -399,10 +399,16 @@ pub struct ReloadSection {
     pub watch: bool,
     #[serde(default = "default_debounce")]
     pub debounce_ms: u64,
+    #[serde(default = "default_max_wait")]
+    pub max_wait_ms: u64,
 }
 
 fn default_debounce() -> u64 {
     200
+}
+
+fn default_max_wait() -> u64 {
+    1000
 }
 
 impl Default for ReloadSection {
@@ -410,6 +416,7 @@ impl Default for ReloadSection {
         ReloadSection {
             watch: true,
             debounce_ms: default_debounce(),
+            max_wait_ms: default_max_wait(),
         }
     }
 }

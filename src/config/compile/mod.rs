@@ -126,6 +126,7 @@ pub fn compile(
         reload: crate::snapshot::ReloadSettings {
             watch: g.reload.watch,
             debounce: Duration::from_millis(g.reload.debounce_ms),
+            max_wait: Duration::from_millis(g.reload.max_wait_ms),
         },
         logging: crate::snapshot::LogSettings {
             format: g.logging.format,

@@ -58,18 +58,6 @@ return false
 /// How many pending settlements one sweep reads at most.
 const PENDING_PAGE: isize = 1000;
 
-/// Counts one request against a pass quota without ever passing `max`; returns what is left
-/// after it, or -1 when nothing is.
-const QUOTA: &str = r"
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local max = tonumber(ARGV[1])
-if used >= max then return -1 end
-if ARGV[3] == '1' then
-  redis.call('SET', KEYS[1], used + 1, 'EXAT', ARGV[2])
-end
-return max - used - 1
-";
-
 /// Counts a refusal in a window that starts with the first one; returns the count.
 const REFUSALS: &str = r"
 local n = redis.call('INCR', KEYS[1])
@@ -105,7 +93,6 @@ pub struct RedisStore {
     limited: Mirror,
     reserve: Script,
     admit: Script,
-    quota: Script,
     lease: Script,
     refusals: Script,
 }
@@ -128,6 +115,14 @@ fn script_cmd(script: &Script, code: &str, by_text: bool, keys: &[&str]) -> redi
     };
     c.arg(keys.len()).arg(keys);
     c
+}
+
+/// What is left of a quota of `max` when this request is the `count`th.
+fn left_after(count: u64, max: u32) -> Quota {
+    match u64::from(max).checked_sub(count) {
+        Some(left) => Quota::Left(u32::try_from(left).unwrap_or(u32::MAX)),
+        None => Quota::Exhausted,
+    }
 }
 
 /// A reservation's previous state as the outcome of reserving it.
@@ -171,7 +166,6 @@ impl RedisStore {
             limited: Mirror::new(&conf.key_prefix, "limited", "limits"),
             reserve: Script::new(RESERVE),
             admit: Script::new(ADMIT),
-            quota: Script::new(QUOTA),
             lease: Script::new(LEASE),
             refusals: Script::new(REFUSALS),
         });
@@ -483,21 +477,31 @@ impl StateStore for RedisStore {
     ) -> Result<Quota, StateError> {
         let mut c = self.conn()?;
         let k = self.key("q", id);
-        let left: i64 = self
-            .run("quota", async {
-                self.quota
-                    .key(&k)
-                    .arg(max)
-                    .arg(expires.max(unix_now() + 1))
-                    .arg(if consume { "1" } else { "0" })
-                    .invoke_async(&mut c)
-                    .await
+        if !consume {
+            let used: Option<u64> = self
+                .run("quota", cmd!("GET", &k).query_async(&mut c))
+                .await?;
+            return Ok(left_after(used.unwrap_or(0) + 1, max));
+        }
+        // One round trip of two plain commands (cheaper for Redis than a script): the count
+        // after this request, and the count's expiry (the pass's own, set again each time).
+        let expires = expires.max(unix_now() + 1);
+        let (count,): (u64,) = self
+            .run_trip("quota", |trip, _| {
+                trip.group()
+                    .ask(cmd!("INCR", &k))
+                    .tell(cmd!("EXPIREAT", &k, expires));
             })
             .await?;
-        Ok(match u32::try_from(left) {
-            Ok(n) => Quota::Left(n),
-            Err(_) => Quota::Exhausted,
-        })
+        let quota = left_after(count, max);
+        if quota == Quota::Exhausted {
+            // Over the maximum: take the count back, so that it says how many were admitted.
+            // Concurrent refusals each take back their own; admissions are never more than
+            // `max`, since each admitted request saw a count of at most `max`.
+            self.run("quota", cmd!("DECR", &k).query_async::<i64>(&mut c))
+                .await?;
+        }
+        Ok(quota)
     }
 
     async fn quota_used(&self, id: &str) -> Result<u32, StateError> {

@@ -324,3 +324,93 @@ async fn reload_under_load_drops_nothing() {
         all_prices.len()
     );
 }
+
+/// Writes a new version of a Kubernetes volume at `dir` the way the kubelet's atomic writer
+/// does: the files into a fresh `..<timestamp>` folder, a `..data_tmp` link to it renamed over
+/// `..data`, the visible names as links into `..data`, then the old folder removed.
+fn kubelet_write(dir: &std::path::Path, version: u32, files: &[(&str, &str)]) {
+    use std::os::unix::fs::symlink;
+    let stamp = format!("..2026_12_06_10_00_00.{version:09}");
+    let fresh = dir.join(&stamp);
+    for (name, body) in files {
+        let path = fresh.join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, body).expect("write");
+    }
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    symlink(&stamp, dir.join("..data_tmp")).expect("..data_tmp");
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("rename over ..data");
+    for (name, _) in files {
+        let top = name.split('/').next().expect("name");
+        let visible = dir.join(top);
+        if std::fs::symlink_metadata(&visible).is_err() {
+            symlink(format!("..data/{top}"), &visible).expect("visible link");
+        }
+    }
+    if let Some(old) = old {
+        std::fs::remove_dir_all(dir.join(old)).expect("remove the old version");
+    }
+}
+
+#[tokio::test]
+async fn a_kubernetes_configmap_update_is_picked_up() {
+    let origin = Origin::start("o1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(&origin.addr, "");
+    kubelet_write(
+        dir.path(),
+        1,
+        &[
+            ("gateway.toml", &config),
+            ("rules/site.toml", &rules("$0.01")),
+        ],
+    );
+    let gw = Gateway::start_in(dir);
+    assert_eq!(price(&gw).await.as_deref(), Some("10000"));
+
+    // Each update swaps `..data`; the files the gateway reads are links that never change,
+    // and the rules folder it watched is removed with the old version.
+    for (version, (price_text, atomic)) in [(2, ("$0.02", "20000")), (3, ("$0.03", "30000"))] {
+        kubelet_write(
+            gw.dir.path(),
+            version,
+            &[
+                ("gateway.toml", &config),
+                ("rules/site.toml", &rules(price_text)),
+            ],
+        );
+        gw.wait_generation(u64::from(version)).await;
+        assert_eq!(price(&gw).await.as_deref(), Some(atomic));
+    }
+    assert_eq!(reloads(&gw, "invalid").await, 0.0);
+}
+
+#[tokio::test]
+async fn rules_rewritten_without_pause_are_still_reloaded_while_it_lasts() {
+    let origin = Origin::start("o1");
+    let config = config(&origin.addr, "")
+        .replace("debounce_ms = 50", "debounce_ms = 300\nmax_wait_ms = 400");
+    let gw = Gateway::start(&config, &[("site.toml", &rules("$0.01"))]);
+    // A new price every 50 ms for 3 s: never 300 ms of quiet.
+    let started = std::time::Instant::now();
+    let mut n = 0u32;
+    let mut generations_while_writing = 0.0;
+    while started.elapsed() < Duration::from_secs(3) {
+        n += 1;
+        gw.write("rules/site.toml", &rules(&format!("$0.{n:02}")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        generations_while_writing = gw.metric("x402_config_generation").await;
+    }
+    assert!(
+        generations_while_writing >= 4.0,
+        "reloaded {generations_while_writing} times while the rules kept changing"
+    );
+    // The last edit applies once the writes stop.
+    let last = format!("{}", n * 10_000);
+    eventually("the last price", Duration::from_secs(5), || {
+        let gw = &gw;
+        let last = last.clone();
+        async move { price(gw).await.as_deref() == Some(last.as_str()) }
+    })
+    .await;
+}
