@@ -580,8 +580,8 @@ run_one() {
   script=$TMP/report.lua
   hook script "$t" && script=$("t_${t}_script")
   hook args "$t" && read -r -a args <<<"$("t_${t}_args")"
-  local r0="0 0" w0=0
-  [[ $t == *_redis ]] && { r0=$(redis_commands); w0=$(store_waits "$(redis_dir "$t")"); }
+  local r0="0 0" w0=0 s0=0
+  [[ $t == *_redis ]] && { r0=$(redis_commands); w0=$(store_waits "$(redis_dir "$t")"); s0=$(cpu_ticks "$REDIS_PID"); }
   # shellcheck disable=SC2086
   c0=$(cpu_ticks $pids); o0=$(cpu_ticks "$ORIGIN_PID")
   out=$("$WRK_BIN" -t"$WRK_THREADS" -c"$CONNS" -d"${secs}s" --latency -s "$script" "$url" -- "${args[@]}")
@@ -594,8 +594,9 @@ run_one() {
     # The stats of this very INFO call count too: one command and one read.
     awk -v t="$t" -v r="$round" -v a="$r0" -v b="$(redis_commands)" -v n="$requests" \
       -v w0="$w0" -v w1="$(store_waits "$(redis_dir "$t")")" \
+      -v s="$(( $(cpu_ticks "$REDIS_PID") - s0 ))" -v tick="$TICK_US" \
       'BEGIN { split(a, x, " "); split(b, y, " ")
-               if (n > 0) printf "%s %s %.2f %.2f %.2f\n", t, r, (y[1] - x[1] - 1) / n, (w1 - w0) / n, (y[2] - x[2] - 1) / n }' >>"$TMP/redis_commands"
+               if (n > 0) printf "%s %s %.2f %.2f %.2f %.2f\n", t, r, (y[1] - x[1] - 1) / n, (w1 - w0) / n, (y[2] - x[2] - 1) / n, s * tick / n }' >>"$TMP/redis_commands"
   fi
   hook after "$t" && "t_${t}_after" "$requests" "$round"
   [[ $round == warmup ]] && return 0
@@ -697,14 +698,16 @@ if [[ -s $TMP/redis_commands ]]; then
   echo
   echo "the store per request (median over the rounds): commands redis-server ran (its own"
   echo "refreshes included), round trips a request waited for (gateway metrics), and socket reads"
-  echo "redis-server made (below 1: concurrent requests share one connection's writes)"
-  printf '  %-14s %9s %12s %13s\n' "" commands "round trips" "socket reads"
+  echo "redis-server made (below 1: concurrent requests share one connection's writes), and"
+  echo "redis-server's CPU (part of the target's cpu/req above; elsewhere in a real deployment)"
+  printf '  %-14s %9s %12s %13s %16s\n' "" commands "round trips" "socket reads" "redis us/req"
   for t in gw_free_redis gw_pass_redis gw_paid_redis; do
     needs "$t" || continue
-    printf '  %-14s %9.2f %12.2f %13.2f\n' "${LABEL[$t]}" \
+    printf '  %-14s %9.2f %12.2f %13.2f %16.2f\n' "${LABEL[$t]}" \
       "$(awk -v t="$t" '$1 == t { print $3 }' "$TMP/redis_commands" | median)" \
       "$(awk -v t="$t" '$1 == t { print $4 }' "$TMP/redis_commands" | median)" \
-      "$(awk -v t="$t" '$1 == t { print $5 }' "$TMP/redis_commands" | median)"
+      "$(awk -v t="$t" '$1 == t { print $5 }' "$TMP/redis_commands" | median)" \
+      "$(awk -v t="$t" '$1 == t { print $6 }' "$TMP/redis_commands" | median)"
   done
   echo "p99 added by the store (median p99 with redis minus median p99 with memory, same run)"
   for pair in "gw_pass_redis gw_pass" "gw_paid_redis gw_paid"; do

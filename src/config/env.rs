@@ -1,4 +1,5 @@
-//! `${VAR}` expansion for secrets. Errors name the variable; values are never printed.
+//! `${VAR}` and `${VAR:-default}` expansion for secrets. Errors name the variable; values
+//! are never printed.
 
 pub use crate::secret::Secret;
 
@@ -13,7 +14,8 @@ pub enum EnvError {
     BadName,
 }
 
-/// Expands every `${VAR}` in `input` using `lookup`. `$$` is a literal `$`.
+/// Expands every `${VAR}` in `input` using `lookup`; `${VAR:-default}` gives `default` when
+/// `VAR` is unset or empty. `$$` is a literal `$`.
 pub fn expand_with(
     input: &str,
     lookup: impl Fn(&str) -> Option<String>,
@@ -28,11 +30,20 @@ pub fn expand_with(
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{') {
             let end = body.find('}').ok_or(EnvError::Unterminated)?;
-            let name = &body[..end];
+            let (name, default) = match body[..end].split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (&body[..end], None),
+            };
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 return Err(EnvError::BadName);
             }
-            out.push_str(&lookup(name).ok_or_else(|| EnvError::Missing(name.into()))?);
+            let value = match (lookup(name), default) {
+                (Some(v), Some(d)) if v.is_empty() => d.to_owned(),
+                (Some(v), _) => v,
+                (None, Some(d)) => d.to_owned(),
+                (None, None) => return Err(EnvError::Missing(name.into())),
+            };
+            out.push_str(&value);
             rest = &body[end + 1..];
         } else {
             out.push('$');
@@ -68,6 +79,25 @@ mod tests {
             Err(EnvError::Missing("NOPE".into()))
         );
         assert_eq!(expand_with("${TOKEN", look), Err(EnvError::Unterminated));
+        let text = |input: &str| expand_with(input, look).map(|s| s.expose().to_owned());
+        assert_eq!(text("${TOKEN:-other}"), Ok("s3cret".into()));
+        assert_eq!(text("${NOPE:-other}"), Ok("other".into()));
+        assert_eq!(text("x${NOPE:-}y"), Ok("xy".into()));
+        assert_eq!(
+            text("redis://${NOPE:-127.0.0.1:6379}/0"),
+            Ok("redis://127.0.0.1:6379/0".into())
+        );
+        let empty = |k: &str| (k == "EMPTY").then(String::new);
+        assert_eq!(
+            expand_with("${EMPTY:-d}", empty).map(|s| s.expose().to_owned()),
+            Ok("d".into())
+        );
+        assert_eq!(
+            expand_with("${EMPTY}", empty).map(|s| s.expose().to_owned()),
+            Ok(String::new())
+        );
+        assert_eq!(text("${:-d}"), Err(EnvError::BadName));
+        assert_eq!(text("${NO PE:-d}"), Err(EnvError::BadName));
         assert_eq!(
             format!("{:?}", expand_with("${TOKEN}", look)),
             "Ok(<redacted>)"

@@ -517,6 +517,69 @@ async fn a_pass_quota_is_counted_once_across_replicas() {
     );
 }
 
+/// A large quota is counted in blocks each replica takes from the store: still never more
+/// than `max_requests` in total, and a block left unused goes back to the store.
+#[tokio::test]
+async fn a_large_pass_quota_counted_in_blocks_admits_exactly_its_maximum() {
+    let redis = Redis::start();
+    let origin = Origin::start("replicas-blocks-origin");
+    let gws = pass_replicas(&redis, &origin).await;
+    // 640 requests: blocks of up to ten (1/64 of what is left), one at a time near the end.
+    let token = mint_pass("blocks", 640);
+    let mut admitted = 0;
+    for round in 0..30 {
+        let got = all_at_once(
+            "x402-pass",
+            (0..30)
+                .map(|i| {
+                    let gw = &gws[(i + round) % 3];
+                    (gw.url(&format!("/articles/{round}-{i}")), token.clone())
+                })
+                .collect(),
+        )
+        .await;
+        for g in &got {
+            match g.status {
+                200 => admitted += 1,
+                402 => assert_eq!(g.reason, "pass_exhausted", "{}", g.body),
+                other => panic!("unexpected {other}: {}", g.body),
+            }
+        }
+    }
+    assert_eq!(admitted, 640, "900 asked, exactly the maximum admitted");
+    assert_eq!(
+        redis.command(&["GET", "x402:q:blocks"]).expect("GET"),
+        "640"
+    );
+
+    // A block taken and then left unused goes back: the store counts only what was used.
+    let token = mint_pass("returned", 6400);
+    for gw in &gws {
+        for i in 0..3 {
+            let r = get(
+                &gw.url(&format!("/articles/r{i}")),
+                &[("x402-pass", &token)],
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    }
+    let taken: u64 = redis
+        .command(&["GET", "x402:q:returned"])
+        .expect("GET")
+        .parse()
+        .expect("count");
+    assert!(taken > 9, "the replicas took blocks: {taken}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.command(&["GET", "x402:q:returned"]).expect("GET") != "9" {
+        assert!(
+            Instant::now() < deadline,
+            "unused blocks were not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_pass_revoked_at_one_replica_is_refused_at_the_others_within_a_second() {
     let redis = Redis::start();

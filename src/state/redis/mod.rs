@@ -8,6 +8,7 @@
 
 mod conn;
 mod mirror;
+mod quota;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,6 +25,7 @@ use super::{
 use crate::metrics::Metrics;
 use conn::{Conn, Factory, MAX_BACKOFF, PerThread, Trip, cmd, state_runtime};
 use mirror::Mirror;
+use quota::Blocks;
 
 /// How long a reservation outlives its authorization (the chain refuses it by then anyway).
 const RESERVATION_GRACE: u64 = 60;
@@ -58,6 +60,12 @@ return false
 /// How many pending settlements one sweep reads at most.
 const PENDING_PAGE: isize = 1000;
 
+/// Gives unused requests of a quota back, unless the count expired with its pass.
+const GIVE_BACK: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECRBY', KEYS[1], ARGV[1]) end
+return 0
+";
+
 /// Counts a refusal in a window that starts with the first one; returns the count.
 const REFUSALS: &str = r"
 local n = redis.call('INCR', KEYS[1])
@@ -91,6 +99,8 @@ pub struct RedisStore {
     revoked: Mirror,
     /// Client addresses and payers past their limit of refused attempts, mirrored.
     limited: Mirror,
+    /// Blocks of large pass quotas this replica holds.
+    blocks: Blocks,
     reserve: Script,
     admit: Script,
     lease: Script,
@@ -164,6 +174,7 @@ impl RedisStore {
             up: AtomicBool::new(false),
             revoked: Mirror::new(&conf.key_prefix, "revoked", "revocations"),
             limited: Mirror::new(&conf.key_prefix, "limited", "limits"),
+            blocks: Blocks::default(),
             reserve: Script::new(RESERVE),
             admit: Script::new(ADMIT),
             lease: Script::new(LEASE),
@@ -359,6 +370,12 @@ impl RedisStore {
                         m.forget_version();
                     }
                 }
+                for (id, units) in self.blocks.idle() {
+                    let back = cmd!("EVAL", GIVE_BACK, 1, self.key("q", &id), units);
+                    if let Err(e) = self.run("quota", back.query_async::<i64>(&mut c)).await {
+                        tracing::debug!(error = %e, "cannot give an unused block of a pass quota back");
+                    }
+                }
             }
             tokio::time::sleep(REVOCATION_POLL).await;
         }
@@ -481,27 +498,43 @@ impl StateStore for RedisStore {
             let used: Option<u64> = self
                 .run("quota", cmd!("GET", &k).query_async(&mut c))
                 .await?;
-            return Ok(left_after(used.unwrap_or(0) + 1, max));
+            // Requests this replica holds are counted in the store but still to be had.
+            let used = used.unwrap_or(0).saturating_sub(self.blocks.held(id));
+            return Ok(left_after(used + 1, max));
+        }
+        if let Some(left) = self.blocks.take(id) {
+            return Ok(Quota::Left(u32::try_from(left).unwrap_or(u32::MAX)));
         }
         // One round trip of two plain commands (cheaper for Redis than a script): the count
-        // after this request, and the count's expiry (the pass's own, set again each time).
+        // after this request's block, and the count's expiry (the pass's own, set each time).
         let expires = expires.max(unix_now() + 1);
+        let size = self.blocks.size(id);
         let (count,): (u64,) = self
             .run_trip("quota", |trip, _| {
                 trip.group()
-                    .ask(cmd!("INCR", &k))
+                    .ask(cmd!("INCRBY", &k, size))
                     .tell(cmd!("EXPIREAT", &k, expires));
             })
             .await?;
-        let quota = left_after(count, max);
-        if quota == Quota::Exhausted {
-            // Over the maximum: take the count back, so that it says how many were admitted.
-            // Concurrent refusals each take back their own; admissions are never more than
-            // `max`, since each admitted request saw a count of at most `max`.
-            self.run("quota", cmd!("DECR", &k).query_async::<i64>(&mut c))
-                .await?;
+        let max = u64::from(max);
+        let got = quota::granted(count.saturating_sub(size), size, max);
+        if got < size {
+            // Past the maximum: take back what does not fit, so that the count says how many
+            // were admitted or are held. Concurrent takers each take back their own excess;
+            // admissions are never more than `max`.
+            self.run(
+                "quota",
+                cmd!("DECRBY", &k, size - got).query_async::<i64>(&mut c),
+            )
+            .await?;
         }
-        Ok(quota)
+        if got == 0 {
+            return Ok(Quota::Exhausted);
+        }
+        let store_left = max.saturating_sub(count);
+        self.blocks.keep(id, got - 1, store_left);
+        let left = got - 1 + store_left;
+        Ok(Quota::Left(u32::try_from(left).unwrap_or(u32::MAX)))
     }
 
     async fn quota_used(&self, id: &str) -> Result<u32, StateError> {
@@ -512,7 +545,9 @@ impl StateStore for RedisStore {
                 redis::cmd("GET").arg(&k).query_async(&mut c).await
             })
             .await?;
-        Ok(used.unwrap_or(0))
+        // Requests this replica holds are counted in the store but not used yet.
+        let held = u32::try_from(self.blocks.held(id)).unwrap_or(u32::MAX);
+        Ok(used.unwrap_or(0).saturating_sub(held))
     }
 
     async fn revoke(&self, id: &str, until: u64) -> Result<(), StateError> {
