@@ -138,9 +138,20 @@ pub fn readiness(
         .networks_without_facilitator(&snap.facilitators, snap.priced_offers());
     let ledger = payments.ledger().health(&snap.ledger);
     let store_ok = store.is_ok();
-    let ready = upstreams_ok && without.is_empty() && ledger.ok && store_ok;
+    // Outages that only take priced routes down (they answer 503 on their own, free routes
+    // keep flowing) make the replica degraded, not unready, unless readiness is strict.
+    let mut degraded = Vec::new();
+    if !without.is_empty() {
+        degraded.push("facilitators");
+    }
+    if !store_ok {
+        degraded.push("state");
+    }
+    let ready = upstreams_ok && ledger.ok && (degraded.is_empty() || !snap.strict_readiness);
     let report = json!({
         "ready": ready,
+        "degraded": degraded,
+        "strict": snap.strict_readiness,
         "ledger": ledger,
         "state": {
             "backend": payments.state().backend(),

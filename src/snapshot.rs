@@ -255,6 +255,8 @@ pub struct Snapshot {
     pub recipients: Vec<String>,
     /// Bearer token the admin listener requires (all but `/healthz` and `/readyz`).
     pub admin_token: Option<Secret>,
+    /// `/readyz` fails on facilitator and state store outages too.
+    pub strict_readiness: bool,
     pub ledger: crate::payment::ledger::LedgerConf,
     pub reload: ReloadSettings,
     pub logging: LogSettings,

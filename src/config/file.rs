@@ -75,6 +75,10 @@ pub struct AdminSection {
     /// When set (`${VAR}`), every endpoint but `/healthz` and `/readyz` requires
     /// `Authorization: Bearer <token>`. Required when `listen` is not a loopback address.
     pub auth_token: Option<Spanned<String>>,
+    /// `/readyz` also fails while a priced network has no healthy facilitator or the shared
+    /// state store is down (by default they are reported, and only take priced routes down).
+    #[serde(default)]
+    pub strict_readiness: bool,
 }
 
 fn default_admin() -> Spanned<String> {
@@ -87,6 +91,7 @@ impl Default for AdminSection {
             listen: default_admin(),
             enabled: true,
             auth_token: None,
+            strict_readiness: false,
         }
     }
 }

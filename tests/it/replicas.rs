@@ -759,11 +759,12 @@ async fn while_redis_is_down_priced_requests_get_503_without_charge_and_recover_
         assert_eq!(r.status, 200, "{}", r.body);
     }
     assert_eq!(p.origin.requests().await, served_before + 3);
-    // Every replica reports the store down.
+    // Every replica reports the store down, and stays ready: its free routes are serving.
     for gw in &p.gws {
         let (status, report) = wait_state(gw, false).await;
-        assert_eq!(status, 503, "{report}");
-        assert_eq!(report["ready"], false);
+        assert_eq!(status, 200, "{report}");
+        assert_eq!(report["ready"], true);
+        assert_eq!(report["degraded"], json!(["state"]), "{report}");
         assert_eq!(report["state"]["backend"], "redis");
         assert!(
             report["state"]["error"]
@@ -1251,4 +1252,40 @@ async fn a_payment_released_unsettled_is_not_verified_twice_across_replicas() {
     );
     assert_eq!(p.money().await.2, 1, "one transfer");
     assert_eq!(p.settled_lines(), 1);
+}
+
+/// `/readyz` with a state store that cannot be reached and no facilitator: ready and degraded
+/// by default (free routes serve, priced ones answer 503 on their own); unready with
+/// `strict_readiness`.
+#[tokio::test]
+async fn strict_readiness_fails_readyz_while_the_store_is_down() {
+    let origin = Origin::start("replicas-strict-origin");
+    let dead = dead_url();
+    let dead = dead.trim_start_matches("http://");
+    let store = format!(
+        "{PASSES}\n[state]\nbackend = \"redis\"\nurl = \"redis://{dead}\"\nreplica_id = \"a\"\n"
+    );
+    for (strict, want) in [(false, 200), (true, 503)] {
+        let mut cfg = config(&origin.addr, &store);
+        if strict {
+            cfg = cfg.replace("[admin]\n", "[admin]\nstrict_readiness = true\n");
+        }
+        let gw = Gateway::start_with_env(
+            &cfg,
+            &[("rules.toml", RULES)],
+            &[("TEST_PASS_KEY", PASS_KEY)],
+        );
+        let (status, report) = readyz(&gw).await;
+        assert_eq!(status, want, "{report}");
+        assert_eq!(report["ready"], !strict, "{report}");
+        assert_eq!(report["strict"], strict, "{report}");
+        // No facilitator answers here either (the default one is not reachable offline).
+        assert_eq!(
+            report["degraded"],
+            json!(["facilitators", "state"]),
+            "{report}"
+        );
+        let r = get(&gw.url("/free/ping"), &[]).await;
+        assert_eq!(r.status, 200, "free routes serve either way: {}", r.body);
+    }
 }

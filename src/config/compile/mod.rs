@@ -118,6 +118,7 @@ pub fn compile(
             .map_or(0, |api| api.requests_per_second_per_client),
         recipients,
         admin_token,
+        strict_readiness: g.admin.strict_readiness,
         ledger: crate::payment::ledger::LedgerConf {
             path: (!g.ledger.path.is_empty()).then(|| base.join(&g.ledger.path)),
             max_bytes: g.ledger.max_bytes.max(4096),
