@@ -14,6 +14,7 @@ mod support;
 mod audiences;
 mod caching;
 mod core;
+mod example;
 mod facilitators;
 mod faults;
 mod hostile;
