@@ -265,6 +265,8 @@ pub struct Snapshot {
     pub unmatched: Unmatched,
     /// `[server] hosts`: the only Host values served (empty: any).
     pub hosts: Vec<crate::router::HostPattern>,
+    /// `[server] trusted_proxies`: peers whose forwarding headers name the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Things that are valid but probably not what the operator wants, each
     /// `file:line:col: field: message`; `check` prints them and every load logs them.
     pub warnings: Vec<String>,

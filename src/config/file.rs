@@ -36,6 +36,10 @@ pub struct ServerSection {
     /// or none, gets a 421 before routing. Default: any host.
     #[serde(default)]
     pub hosts: Vec<Spanned<String>>,
+    /// Proxies (CIDRs or addresses) whose `Forwarded` / `X-Forwarded-For` name the client for
+    /// logs, limits and the ledger. Default: none; the peer is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
 }
 
 fn default_grace() -> u64 {

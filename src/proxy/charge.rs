@@ -72,10 +72,14 @@ impl Gateway {
             }
             Outcome::Charge { priced, pass_error } => {
                 ctx.priced = Some(priced.clone());
-                let client = session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip());
+                let client = super::client::client_ip(
+                    session
+                        .client_addr()
+                        .and_then(|a| a.as_inet())
+                        .map(|a| a.ip()),
+                    &session.req_header().headers,
+                    &snap.trusted_proxies,
+                );
                 let req = session.req_header();
                 let admission = self
                     .payments

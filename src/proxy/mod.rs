@@ -3,6 +3,7 @@
 //! comes back. The glue between the access decision and the payment gate is in `charge.rs`.
 
 mod charge;
+pub mod client;
 pub mod ctx;
 pub mod paywall;
 pub mod request;
@@ -304,9 +305,28 @@ impl ProxyHttp for Gateway {
                 reason = ctx.reason.unwrap_or(""),
                 audience = ctx.audience(),
                 micros = ctx.started.map_or(0, |t| t.elapsed().as_micros() as u64),
-                client = session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
+                client = %client_for_log(session, &ctx.snap.trusted_proxies),
                 generation = ctx.snap.generation,
             );
         }
     }
+}
+
+/// The client as the access log names it: the peer (address and port), or, behind a trusted
+/// proxy, the address it forwarded for.
+fn client_for_log(session: &Session, trusted: &[ipnet::IpNet]) -> String {
+    let peer = session.client_addr();
+    if trusted.is_empty() {
+        return peer.map(|a| a.to_string()).unwrap_or_default();
+    }
+    let ip = peer.and_then(|a| a.as_inet()).map(|a| a.ip());
+    client::client_ip(ip, &session.req_header().headers, trusted)
+        .map(|c| {
+            if Some(c) == ip {
+                peer.map(|a| a.to_string()).unwrap_or_default()
+            } else {
+                c.to_string()
+            }
+        })
+        .unwrap_or_default()
 }

@@ -44,6 +44,7 @@ pub fn compile(
         .unwrap_or_default();
 
     let (mut startup, hosts) = server::startup(rep, cfg, g, &base);
+    let trusted_proxies = server::trusted_proxies(rep, cfg, g);
     startup.state = state::state(rep, cfg, &g.state);
     let registry = networks::registry(rep, cfg, g);
     let pay = &g.payment;
@@ -137,6 +138,7 @@ pub fn compile(
         case_sensitive,
         unmatched: g.rules.unmatched,
         hosts,
+        trusted_proxies,
         warnings: Vec::new(),
         crawlers: Arc::new(crawlers),
         web_bot_auth: Arc::new(web_bot_auth),

@@ -1,14 +1,41 @@
 //! The server's startup settings: listen addresses, TLS listeners, threads and timeouts, the
-//! admin listener and the hosts served.
+//! admin listener, the hosts served and the proxies trusted to name the client.
 
 use std::path::Path;
 use std::time::Duration;
+
+use ipnet::IpNet;
 
 use super::shared::{check_addr, reported, secret};
 use crate::config::file::{AdminSection, GatewayFile};
 use crate::config::{Reporter, env};
 use crate::router::HostPattern;
 use crate::snapshot::{StartupSettings, TlsListen};
+
+/// `[server] trusted_proxies` → the networks whose forwarding headers are believed.
+pub(super) fn trusted_proxies(rep: &mut Reporter, cfg: usize, g: &GatewayFile) -> Vec<IpNet> {
+    let Some(s) = &g.server else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for p in &s.trusted_proxies {
+        let text = p.get_ref().trim();
+        match text
+            .parse::<IpNet>()
+            .ok()
+            .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+        {
+            Some(net) => out.push(net),
+            None => rep.at(
+                cfg,
+                p.span(),
+                "server.trusted_proxies",
+                format!("`{text}` is not a network (`10.0.0.0/8`) or an address"),
+            ),
+        }
+    }
+    out
+}
 
 /// `[server]` and `[admin]` → the startup settings and the hosts served.
 pub(super) fn startup(

@@ -336,3 +336,27 @@ key_prefix = "a {b}"
         "unknown backend `etcd`, expected `memory` or `redis`"
     );
 }
+
+#[test]
+fn trusted_proxies_are_networks_or_addresses() {
+    let good = gateway("").replace(
+        "[server]\n",
+        "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.10\", \"2001:db8::/32\"]\n",
+    );
+    let snap = compile(&good, &[]).expect("compiles");
+    assert_eq!(snap.trusted_proxies.len(), 3);
+    assert!(
+        snap.trusted_proxies[1].contains(&"192.0.2.10".parse::<std::net::IpAddr>().expect("ip"))
+    );
+    let bad = gateway("").replace(
+        "[server]\n",
+        "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"lb.internal\"]\n",
+    );
+    let found = issues(&bad, &[]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].field, "server.trusted_proxies");
+    assert_eq!(
+        located(&found[0]),
+        at("gateway.toml", &bad, "\"lb.internal")
+    );
+}

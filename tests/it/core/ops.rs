@@ -293,3 +293,41 @@ fn an_admin_listener_off_loopback_needs_a_token() {
         "want {want}\n{out}{err}"
     );
 }
+
+/// Behind a trusted proxy the access log names the address it forwarded for; a peer that is
+/// not trusted is the client, whatever its headers say.
+#[tokio::test]
+async fn the_client_behind_a_trusted_proxy_is_the_one_it_forwarded_for() {
+    let origin = Origin::start("o1");
+    let trusted = config(&origin.addr, "").replace(
+        "[server]\n",
+        "[server]\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n",
+    );
+    let plain = config(&origin.addr, "");
+    for (cfg, want) in [
+        (trusted, "client=203.0.113.7 "),
+        (plain, "client=127.0.0.1:"),
+    ] {
+        let gw = Gateway::start(&cfg, &[("site.toml", FREE_RULES)]);
+        let r = client()
+            .get(gw.url("/public/who"))
+            .header("x-forwarded-for", "198.51.100.1, 203.0.113.7, 10.1.2.3")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status().as_u16(), 200);
+        eventually("the access log line", Duration::from_secs(5), || {
+            let log = gw.log_text();
+            let want = want.to_owned();
+            async move {
+                log.lines()
+                    .find(|l| l.contains("path=\"/public/who\""))
+                    .is_some_and(|l| {
+                        assert!(l.contains(&want), "{want} in {l}");
+                        true
+                    })
+            }
+        })
+        .await;
+    }
+}
