@@ -17,6 +17,12 @@ pub struct Metrics {
     /// Requests the gateway answered itself, by reason code.
     pub local_replies: IntCounterVec,
     pub config_generation: IntGauge,
+    /// 1 when the last reload attempt applied (or found nothing changed), 0 when it failed.
+    pub reload_success: IntGauge,
+    /// Unix time of the last configuration load that applied (start-up included).
+    pub reload_timestamp: IntGauge,
+    /// Requests being handled now.
+    pub in_flight: IntGauge,
     /// Reloads by outcome (`ok`, `invalid`, `refused`).
     pub reloads: IntCounterVec,
     /// Healthy peers per upstream.
@@ -69,6 +75,41 @@ pub struct Metrics {
     pub state_up: IntGauge,
     /// Times the shared state store answered again after failing.
     pub state_reconnects: IntCounter,
+}
+
+#[allow(
+    clippy::panic,
+    reason = "start-up only: fixed metric names and labels register once or the build is broken"
+)]
+fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    reg.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    g
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Counts a request in flight for as long as it lives.
+#[derive(Debug)]
+pub struct InFlight(IntGauge);
+
+impl InFlight {
+    pub fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 #[allow(
@@ -307,6 +348,37 @@ impl Metrics {
         registry
             .register(Box::new(state_up.clone()))
             .unwrap_or_else(|e| panic!("metric: {e}"));
+        let reload_success = gauge(
+            &registry,
+            "x402_config_last_reload_success",
+            "1 when the last reload attempt applied or found nothing changed, 0 when it failed",
+        );
+        reload_success.set(1);
+        let reload_timestamp = gauge(
+            &registry,
+            "x402_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last configuration load that applied (start-up included)",
+        );
+        reload_timestamp.set(unix_now());
+        let in_flight = gauge(
+            &registry,
+            "x402_requests_in_flight",
+            "Requests being handled now",
+        );
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "x402_build_info",
+                "The running build: always 1, labelled with its version",
+            ),
+            &["version"],
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(build_info.clone()))
+            .unwrap_or_else(|e| panic!("metric: {e}"));
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         let state_reconnects = IntCounter::new(
             "x402_state_reconnects_total",
             "Times the shared state store answered again after failing",
@@ -316,6 +388,9 @@ impl Metrics {
             .register(Box::new(state_reconnects.clone()))
             .unwrap_or_else(|e| panic!("metric: {e}"));
         Metrics {
+            reload_success,
+            reload_timestamp,
+            in_flight,
             state_seconds,
             state_errors,
             state_up,

@@ -70,6 +70,7 @@ impl Reloader {
             Ok(snap) => {
                 if snap.content_hash == current.content_hash {
                     self.metrics.reloads.with_label_values(&["unchanged"]).inc();
+                    self.metrics.reload_success.set(1);
                     return Ok(current.generation);
                 }
                 self.generation.store(next, Ordering::Relaxed);
@@ -80,6 +81,10 @@ impl Reloader {
                 self.config.store(Arc::new(snap));
                 self.metrics.config_generation.set(next as i64);
                 self.metrics.reloads.with_label_values(&["ok"]).inc();
+                self.metrics.reload_success.set(1);
+                self.metrics
+                    .reload_timestamp
+                    .set(crate::metrics::unix_now());
                 tracing::info!(generation = next, rules, trigger, "configuration reloaded");
                 Ok(next)
             }
@@ -90,6 +95,7 @@ impl Reloader {
                     "invalid"
                 };
                 self.metrics.reloads.with_label_values(&[outcome]).inc();
+                self.metrics.reload_success.set(0);
                 match &e {
                     ReloadError::Invalid(issues) => {
                         for i in &issues.0 {

@@ -71,10 +71,12 @@ pub struct RequestCtx {
     pub failure: Option<super::respond::Answer>,
     /// Why no upstream peer could be used, when choosing one already failed.
     pub upstream_failure: Option<super::respond::UpstreamError>,
+    /// Counts this request in `x402_requests_in_flight` until it is dropped.
+    _in_flight: crate::metrics::InFlight,
 }
 
 impl RequestCtx {
-    pub fn new(snap: Arc<Snapshot>) -> Self {
+    pub fn new(snap: Arc<Snapshot>, in_flight: crate::metrics::InFlight) -> Self {
         let upstream = snap.default_upstream;
         let started = snap.logging.access_log.then(Instant::now);
         RequestCtx {
@@ -91,6 +93,7 @@ impl RequestCtx {
             priced: None,
             failure: None,
             upstream_failure: None,
+            _in_flight: in_flight,
         }
     }
 

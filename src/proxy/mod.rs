@@ -80,7 +80,10 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         crate::header_deadline::head_read();
-        RequestCtx::new(self.config.load_full())
+        RequestCtx::new(
+            self.config.load_full(),
+            crate::metrics::InFlight::new(&self.metrics.in_flight),
+        )
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {

@@ -88,6 +88,46 @@ async fn metrics_count_requests_by_rule_decision_and_status() {
         Some(1.0),
         "{m}"
     );
+    // Every request above has ended; the build and the last load are named.
+    assert_eq!(series(&m, "x402_requests_in_flight", &[]), Some(0.0), "{m}");
+    assert_eq!(
+        series(
+            &m,
+            "x402_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        series(&m, "x402_config_last_reload_success", &[]),
+        Some(1.0)
+    );
+    let loaded =
+        series(&m, "x402_config_last_reload_success_timestamp_seconds", &[]).expect("timestamp");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(loaded <= now && loaded > now - 600.0, "{loaded} {now}");
+}
+
+/// A request the origin is still answering is in flight; once it ends it is not.
+#[tokio::test]
+async fn requests_in_flight_are_counted_while_they_last() {
+    let origin = Origin::start("o1");
+    let gw = Cfg::new(&origin.addr).start(&[("site.toml", FREE_RULES)]);
+    let url = gw.url("/slow/1500");
+    let slow = tokio::spawn(async move { client().get(url).send().await });
+    eventually("one request in flight", Duration::from_secs(5), || async {
+        series(&gw.metrics().await, "x402_requests_in_flight", &[]) == Some(1.0)
+    })
+    .await;
+    assert_eq!(slow.await.expect("join").expect("slow").status(), 200);
+    eventually("none in flight", Duration::from_secs(5), || async {
+        series(&gw.metrics().await, "x402_requests_in_flight", &[]) == Some(0.0)
+    })
+    .await;
 }
 
 #[tokio::test]

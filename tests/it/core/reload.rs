@@ -129,6 +129,7 @@ async fn invalid_edit_keeps_the_old_config_and_is_counted() {
     let view = gw.config_view().await;
     assert_eq!(view["generation"], 1);
     assert_eq!(view["content_hash"], hash);
+    assert_eq!(gw.metric("x402_config_last_reload_success").await, 0.0);
     assert_eq!(price(&gw).await.as_deref(), Some("10000"));
     assert_eq!(get(&c, &gw.url("/public/x")).await.status, 200);
     // The log names the problem with its location.
@@ -148,6 +149,7 @@ async fn invalid_edit_keeps_the_old_config_and_is_counted() {
     gw.write("rules/site.toml", &rules("$0.04"));
     gw.wait_generation(2).await;
     assert_eq!(price(&gw).await.as_deref(), Some("40000"));
+    assert_eq!(gw.metric("x402_config_last_reload_success").await, 1.0);
 }
 
 #[tokio::test]
