@@ -10,6 +10,7 @@ mod gate;
 pub mod ledger;
 pub mod limits;
 pub mod policy;
+pub mod reasons;
 pub mod replay;
 mod settle;
 

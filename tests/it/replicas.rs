@@ -1218,7 +1218,7 @@ async fn a_payment_released_unsettled_is_not_verified_twice_across_replicas() {
     p.fault(json!({"settleOverride": {
         "status": 200,
         "times": 1,
-        "body": {"success": false, "errorReason": "unexpected_settle_error", "transaction": "", "network": "eip155:31337"},
+        "body": {"success": false, "errorReason": "Transaction reverted: out of gas (0x5c1e)", "transaction": "", "network": "eip155:31337"},
     }}))
     .await;
     let header = p.payment().await;
@@ -1231,6 +1231,15 @@ async fn a_payment_released_unsettled_is_not_verified_twice_across_replicas() {
     assert_eq!(r.status, 402, "{}", r.body);
     assert_eq!(p.money().await.2, 0, "nothing moved");
     assert_eq!(facilitator_calls(p.fac(), "/verify").await, verifies + 1);
+    // The facilitator's free text is no metric label.
+    assert_eq!(
+        p.gws[0]
+            .metric(r#"x402_payments_total{outcome="settle_failed",reason="other"}"#)
+            .await,
+        1.0,
+        "{}",
+        p.gws[0].metrics().await
+    );
     assert_eq!(
         redis
             .command(&["ZCARD", "x402:pending:index"])

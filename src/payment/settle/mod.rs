@@ -196,7 +196,10 @@ impl Payments {
             Stage::SettleFailed => {
                 self.metrics
                     .payments
-                    .with_label_values(&["settle_failed", reason.as_deref().unwrap_or("")])
+                    .with_label_values(&[
+                        "settle_failed",
+                        crate::payment::reasons::label(reason.as_deref().unwrap_or("")),
+                    ])
                     .inc();
                 "settle_failed"
             }
@@ -204,7 +207,10 @@ impl Payments {
                 // Used by something else: never reusable here.
                 self.metrics
                     .payments
-                    .with_label_values(&["used_elsewhere", reason.as_deref().unwrap_or("")])
+                    .with_label_values(&[
+                        "used_elsewhere",
+                        crate::payment::reasons::label(reason.as_deref().unwrap_or("")),
+                    ])
                     .inc();
                 "used_elsewhere"
             }
@@ -226,7 +232,10 @@ impl Payments {
             Stage::Unconfirmed => {
                 self.metrics
                     .payments
-                    .with_label_values(&["unconfirmed", reason.as_deref().unwrap_or("")])
+                    .with_label_values(&[
+                        "unconfirmed",
+                        crate::payment::reasons::label(reason.as_deref().unwrap_or("")),
+                    ])
                     .inc();
                 "settle_unconfirmed"
             }
