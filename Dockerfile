@@ -1,5 +1,5 @@
 # x402-gateway container: built in a full Rust image, run from a slim Debian image as a
-# non-root user with the example configuration and rule packs baked in.
+# non-root user with its own configuration (deploy/container/) and the rule packs baked in.
 #   docker build -t x402-gateway .
 #   docker run -p 8402:8402 -v $PWD/my-config:/etc/x402-gateway x402-gateway
 
@@ -23,16 +23,13 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10402 --home-dir /var/lib/x402-gateway --create-home x402
 COPY --from=build /src/target/release/x402-gateway /usr/local/bin/x402-gateway
-COPY gateway.toml.example /etc/x402-gateway/gateway.toml
+# The image's own configuration (deploy/container/gateway.toml: the proxy on every interface,
+# the admin listener on loopback for the health check, JSON logs, the ledger in the writable
+# home), with the shipped rule packs and templates.
+COPY deploy/container/gateway.toml /etc/x402-gateway/gateway.toml
 COPY rules /etc/x402-gateway/rules
 COPY templates /etc/x402-gateway/templates
-# In a container the proxy listens on every interface; the admin listener stays on loopback
-# (the health check runs inside the container). The ledger goes to the writable home.
-RUN sed -i \
-      -e 's|^listen = \["127.0.0.1:8402"\]|listen = ["0.0.0.0:8402"]|' \
-      -e 's|^path = "receipts.jsonl"|path = "/var/lib/x402-gateway/receipts.jsonl"|' \
-      /etc/x402-gateway/gateway.toml \
- && x402-gateway --version \
+RUN x402-gateway --version \
  && x402-gateway check -c /etc/x402-gateway/gateway.toml
 USER x402
 WORKDIR /var/lib/x402-gateway

@@ -300,6 +300,40 @@ fn check_accepts_the_shipped_example() {
     assert!(out.starts_with("ok: "), "{out}");
 }
 
+/// The container image's configuration passes `check` laid out as the Dockerfile lays it out
+/// (rules and templates beside it), and the Dockerfile copies it rather than editing another.
+#[test]
+fn check_accepts_the_container_configuration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        repo().join("deploy/container/gateway.toml"),
+        dir.path().join("gateway.toml"),
+    )
+    .expect("copy the container config");
+    for folder in ["rules", "templates"] {
+        let status = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(repo().join(folder))
+            .arg(dir.path().join(folder))
+            .status()
+            .expect("cp");
+        assert!(status.success(), "copy {folder}");
+    }
+    let config = dir.path().join("gateway.toml");
+    let (code, out, err) = gateway_cli(&["check", "-c", config.to_str().expect("utf-8")], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("ok: "), "{out}");
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).expect("Dockerfile");
+    assert!(
+        dockerfile.contains("COPY deploy/container/gateway.toml /etc/x402-gateway/gateway.toml"),
+        "{dockerfile}"
+    );
+    assert!(
+        !dockerfile.contains("sed "),
+        "the image edits no config with sed"
+    );
+}
+
 #[test]
 fn version_flag() {
     let (code, out, err) = gateway_cli(&["--version"], &[]);
