@@ -2,9 +2,10 @@
 //! one Redis sees the same reservations, verify cache, pass quotas, revocations and pending
 //! settlements. Each operation is one round trip of atomic commands and scripts that each
 //! touch one hash slot (a payment's reservation, record and lease share one), so it runs on a
-//! cluster too; a paid request costs two (admit, conclude). Revocations and limited keys are also kept in a local copy refreshed several
-//! times a second, so checking one costs no round trip (until the copy of the revocations is
-//! first loaded, or when it went stale, the check asks Redis).
+//! cluster too; a paid request costs two (admit, conclude). Revocations and limited keys are
+//! also kept in a local copy refreshed several times a second, so checking one costs no round
+//! trip (until the copy of the revocations is first loaded, or when it went stale, the check
+//! asks Redis); large pass quotas are counted in blocks (`quota.rs`).
 
 mod conn;
 mod mirror;
