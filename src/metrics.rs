@@ -88,13 +88,6 @@ fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
     g
 }
 
-/// Unix seconds now.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// Counts a request in flight for as long as it lives.
 #[derive(Debug)]
 pub struct InFlight(IntGauge);
@@ -359,7 +352,6 @@ impl Metrics {
             "x402_config_last_reload_success_timestamp_seconds",
             "Unix time of the last configuration load that applied (start-up included)",
         );
-        reload_timestamp.set(unix_now());
         let in_flight = gauge(
             &registry,
             "x402_requests_in_flight",

@@ -42,6 +42,9 @@ impl Reloader {
         metrics
             .config_generation
             .set(config.load().generation as i64);
+        metrics
+            .reload_timestamp
+            .set(crate::state::unix_now() as i64);
         Reloader {
             path,
             config,
@@ -84,7 +87,7 @@ impl Reloader {
                 self.metrics.reload_success.set(1);
                 self.metrics
                     .reload_timestamp
-                    .set(crate::metrics::unix_now());
+                    .set(crate::state::unix_now() as i64);
                 tracing::info!(generation = next, rules, trigger, "configuration reloaded");
                 Ok(next)
             }

@@ -493,6 +493,10 @@ impl StateStore for RedisStore {
         expires: u64,
         consume: bool,
     ) -> Result<Quota, StateError> {
+        // A request out of this replica's block: no key to name, no connection to take.
+        if consume && let Some(left) = self.blocks.take(id) {
+            return Ok(Quota::Left(u32::try_from(left).unwrap_or(u32::MAX)));
+        }
         let mut c = self.conn()?;
         let k = self.key("q", id);
         if !consume {
@@ -502,9 +506,6 @@ impl StateStore for RedisStore {
             // Requests this replica holds are counted in the store but still to be had.
             let used = used.unwrap_or(0).saturating_sub(self.blocks.held(id));
             return Ok(left_after(used + 1, max));
-        }
-        if let Some(left) = self.blocks.take(id) {
-            return Ok(Quota::Left(u32::try_from(left).unwrap_or(u32::MAX)));
         }
         // One round trip of two plain commands (cheaper for Redis than a script): the count
         // after this request's block, and the count's expiry (the pass's own, set each time).
