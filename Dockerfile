@@ -1,9 +1,10 @@
-# x402-gateway container: built in a full Rust image, run from a slim Debian image as a
-# non-root user with its own configuration (deploy/container/) and the rule packs baked in.
+# x402-gateway container: built in a full Rust image, run from a slim Debian (trixie) image as
+# a non-root user with its own configuration (deploy/container/) and the rule packs baked in.
+# The demo origin (demo-origin) ships too, for trying it out and for deploy/compose.
 #   docker build -t x402-gateway .
 #   docker run -p 8402:8402 -v $PWD/my-config:/etc/x402-gateway x402-gateway
 
-FROM rust:1.95-slim-bookworm AS build
+FROM rust:1.95-slim-trixie AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake make g++ perl pkg-config \
  && rm -rf /var/lib/apt/lists/*
@@ -14,15 +15,14 @@ COPY alloc ./alloc
 COPY templates ./templates
 COPY benches ./benches
 COPY tests ./tests
-RUN cargo build --release --locked --bin x402-gateway \
- && strip target/release/x402-gateway
+RUN cargo build --release --locked --bin x402-gateway --bin demo-origin
 
-FROM debian:bookworm-slim
+FROM debian:trixie-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl \
+ && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10402 --home-dir /var/lib/x402-gateway --create-home x402
-COPY --from=build /src/target/release/x402-gateway /usr/local/bin/x402-gateway
+COPY --from=build /src/target/release/x402-gateway /src/target/release/demo-origin /usr/local/bin/
 # The image's own configuration (deploy/container/gateway.toml: the proxy on every interface,
 # the admin listener on loopback for the health check, JSON logs, the ledger in the writable
 # home), with the shipped rule packs and templates.
@@ -34,8 +34,9 @@ RUN x402-gateway --version \
 USER x402
 WORKDIR /var/lib/x402-gateway
 EXPOSE 8402
+# The gateway probes its own admin listener: no curl in the image.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-  CMD curl -fsS http://127.0.0.1:9402/healthz || exit 1
+  CMD ["x402-gateway", "probe", "--url", "http://127.0.0.1:9402/healthz"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["x402-gateway"]
 CMD ["run", "-c", "/etc/x402-gateway/gateway.toml"]

@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `explain`, `--version`.
+//! The command line: `run`, `check`, `explain`, `probe`, `--version`.
 
 use std::path::PathBuf;
 
@@ -46,6 +46,70 @@ pub enum Command {
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
     },
+    /// Ask a running gateway's admin listener whether it is alive (exit 0) or not (exit 1):
+    /// a container health check that needs no curl.
+    Probe {
+        /// `http://host:port/path` of the probe (plain HTTP: the admin listener).
+        #[arg(long, default_value = "http://127.0.0.1:9402/healthz")]
+        url: String,
+        /// Give up after this long.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+}
+
+/// Why a probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("`{0}` is not an http://host:port/path URL")]
+    BadUrl(String),
+    #[error("cannot reach {0}: {1}")]
+    Unreachable(String, std::io::Error),
+    #[error("{0} answered `{1}`")]
+    Status(String, String),
+}
+
+/// `probe`: one `GET` over plain HTTP/1.0; `Ok` with the status line on a 2xx answer.
+pub fn probe(url: &str, timeout: std::time::Duration) -> Result<String, ProbeError> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+
+    let bad = || ProbeError::BadUrl(url.to_owned());
+    let uri: http::Uri = url.parse().map_err(|_| bad())?;
+    if uri.scheme_str() != Some("http") {
+        return Err(bad());
+    }
+    let host = uri.host().ok_or_else(bad)?;
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let addr = (host.trim_start_matches('[').trim_end_matches(']'), port)
+        .to_socket_addrs()
+        .map_err(|e| ProbeError::Unreachable(url.to_owned(), e))?
+        .next()
+        .ok_or_else(bad)?;
+    let unreachable = |e| ProbeError::Unreachable(url.to_owned(), e);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(unreachable)?;
+    s.set_read_timeout(Some(timeout)).map_err(unreachable)?;
+    s.set_write_timeout(Some(timeout)).map_err(unreachable)?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n").map_err(unreachable)?;
+    let mut head = Vec::with_capacity(64);
+    let mut byte = [0u8; 1];
+    while head.len() < 256 && !head.ends_with(b"\r\n") {
+        match s.read(&mut byte).map_err(unreachable)? {
+            0 => break,
+            _ => head.push(byte[0]),
+        }
+    }
+    let line = String::from_utf8_lossy(&head).trim_end().to_owned();
+    let ok = line
+        .split(' ')
+        .nth(1)
+        .is_some_and(|code| code.len() == 3 && code.starts_with('2'));
+    if ok && line.starts_with("HTTP/") {
+        Ok(line)
+    } else {
+        Err(ProbeError::Status(url.to_owned(), line))
+    }
 }
 
 /// `check`: the report and the exit code.

@@ -9,6 +9,7 @@ pub mod facilitator;
 pub mod facilitator_api;
 pub mod header_deadline;
 pub mod health;
+pub mod listen_owner;
 pub mod metrics;
 pub mod pathnorm;
 pub mod payment;

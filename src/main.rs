@@ -1,4 +1,4 @@
-//! Command-line entry: parse, then run, check or explain.
+//! Command-line entry: parse, then run, check, explain or probe.
 
 use clap::Parser;
 use x402_gateway::cli::{self, Cli, Command};
@@ -43,6 +43,18 @@ fn main() {
                 1
             }
         },
+        Command::Probe { url, timeout_ms } => {
+            match cli::probe(&url, std::time::Duration::from_millis(timeout_ms)) {
+                Ok(line) => {
+                    println!("{line}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    1
+                }
+            }
+        }
     };
     std::process::exit(code);
 }

@@ -2,8 +2,8 @@
 //! cardinality: rule ids come from configuration, statuses are classes.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// All metrics.
@@ -12,6 +12,8 @@ pub struct Metrics {
     pub registry: Registry,
     /// Requests by rule, decision and status class.
     pub requests: IntCounterVec,
+    /// Time from the request head to the end of its logging, by rule and decision.
+    pub request_duration: HistogramVec,
     /// Time from the upstream connection to its response header, by upstream.
     pub upstream_latency: HistogramVec,
     /// Requests the gateway answered itself, by reason code.
@@ -29,8 +31,11 @@ pub struct Metrics {
     pub upstream_healthy_peers: IntGaugeVec,
     /// Payments by outcome (`settled`, `rejected`, `settle_failed`, ...) and reason.
     pub payments: IntCounterVec,
-    /// Settled revenue in atomic units, by network and asset.
+    /// Settled revenue in atomic units, by network, asset, rule and audience.
     pub revenue: IntCounterVec,
+    /// Settled revenue in US dollars (assets declared worth one dollar a unit), by rule and
+    /// audience.
+    pub revenue_usd: CounterVec,
     /// Facilitator call latency by facilitator and operation.
     pub facilitator_latency: HistogramVec,
     /// Facilitator call errors by facilitator, operation and kind.
@@ -153,6 +158,13 @@ impl Metrics {
             "Requests by rule, decision and status class",
             &["rule", "decision", "status"],
         );
+        let request_duration = histogram(
+            &registry,
+            "x402_request_duration_seconds",
+            "Request duration from its head to its end, by rule and decision",
+            &["rule", "decision"],
+            latency_buckets.clone(),
+        );
         let upstream_latency = histogram(
             &registry,
             "x402_upstream_response_seconds",
@@ -198,8 +210,25 @@ impl Metrics {
             &registry,
             "x402_revenue_atomic_total",
             "Settled amounts in atomic units",
-            &["network", "asset"],
+            &["network", "asset", "rule", "audience"],
         );
+        let revenue_usd = CounterVec::new(
+            Opts::new(
+                "x402_revenue_usd_total",
+                "Settled amounts in US dollars, for assets worth one dollar a unit",
+            ),
+            &["rule", "audience"],
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(revenue_usd.clone()))
+            .unwrap_or_else(|e| panic!("metric: {e}"));
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .unwrap_or_else(|e| panic!("metric: {e}"));
         let facilitator_latency = histogram(
             &registry,
             "x402_facilitator_seconds",
@@ -400,6 +429,7 @@ impl Metrics {
             settlements_resolved,
             settlements_unconfirmed,
             requests,
+            request_duration,
             upstream_latency,
             local_replies,
             config_generation,
@@ -407,6 +437,7 @@ impl Metrics {
             upstream_healthy_peers,
             payments,
             revenue,
+            revenue_usd,
             facilitator_latency,
             facilitator_errors,
             payment_overhead,

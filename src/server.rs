@@ -19,6 +19,7 @@ use pingora::services::listening::Service;
 use crate::admin::Admin;
 use crate::config;
 use crate::header_deadline::HeaderDeadline;
+use crate::listen_owner::Owner;
 use crate::health::HealthService;
 use crate::metrics::Metrics;
 use crate::payment::Payments;
@@ -118,7 +119,18 @@ impl BackgroundService for PendingService {
     }
 }
 
-/// Writes the ready file once every address accepts connections.
+/// Exit status when a listen address turned out to be another process's (only possible for
+/// `:0` addresses, whose port is picked before Pingora binds it): starting again picks another.
+pub const EXIT_ADDRESS_TAKEN: i32 = 3;
+
+/// What became of one listener at start-up.
+enum Ready {
+    Yes,
+    Taken,
+    Never,
+}
+
+/// Writes the ready file once every address accepts connections on this process's sockets.
 struct ReadyFile {
     path: PathBuf,
     report: serde_json::Value,
@@ -131,22 +143,39 @@ impl BackgroundService for ReadyFile {
         let deadline = Instant::now() + Duration::from_secs(60);
         for a in &self.addrs {
             let addr = a.clone();
-            let ok = tokio::task::spawn_blocking(move || {
+            let ready = tokio::task::spawn_blocking(move || {
                 while Instant::now() < deadline {
                     if let Ok(sa) = addr.parse()
                         && TcpStream::connect_timeout(&sa, Duration::from_millis(200)).is_ok()
                     {
-                        return true;
+                        // Something answers: it must be this process, not another program
+                        // that took the port first.
+                        match crate::listen_owner::owner(sa) {
+                            Owner::Us => return Ready::Yes,
+                            Owner::Other => return Ready::Taken,
+                            Owner::Unknown if !cfg!(target_os = "linux") => return Ready::Yes,
+                            Owner::Unknown => {}
+                        }
                     }
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                false
+                Ready::Never
             })
             .await
-            .unwrap_or(false);
-            if !ok {
-                tracing::error!(addr = %a, "listener never became ready");
-                return;
+            .unwrap_or(Ready::Never);
+            match ready {
+                Ready::Yes => {}
+                Ready::Never => {
+                    tracing::error!(addr = %a, "listener never became ready");
+                    return;
+                }
+                Ready::Taken => {
+                    // Nothing was served yet: stop now rather than report another program's
+                    // listener as this one's.
+                    // Written straight to stderr: the log writer is not flushed by an exit.
+                    eprintln!("listen address {a} is taken by another process");
+                    std::process::exit(EXIT_ADDRESS_TAKEN);
+                }
             }
         }
         let tmp = self.path.with_extension("tmp");

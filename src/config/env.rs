@@ -1,5 +1,14 @@
-//! `${VAR}` and `${VAR:-default}` expansion for secrets. Errors name the variable; values
-//! are never printed.
+//! `${VAR}` and `${VAR:-default}` expansion in configuration strings: every string of a
+//! parsed file is expanded in place (keeping its position for error messages), except secret
+//! fields, which are expanded only when compiled into a [`Secret`] so their values are never
+//! printed. Errors name the variable, never a value.
+
+use std::borrow::Cow;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::Reporter;
 
 pub use crate::secret::Secret;
 
@@ -20,6 +29,11 @@ pub fn expand_with(
     input: &str,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<Secret, EnvError> {
+    expand_text(input, lookup).map(Secret::new)
+}
+
+/// As [`expand_with`], for a value that is not secret.
+fn expand_text(input: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, EnvError> {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(i) = rest.find('$') {
@@ -51,7 +65,7 @@ pub fn expand_with(
         }
     }
     out.push_str(rest);
-    Ok(Secret::new(out))
+    Ok(out)
 }
 
 /// Expands from the process environment.
@@ -59,9 +73,112 @@ pub fn expand(input: &str) -> Result<Secret, EnvError> {
     expand_with(input, |k| std::env::var(k).ok())
 }
 
+/// Fields of `gateway.toml` whose values are secrets (`*` stands for any array index or table
+/// key): left as written here and expanded when compiled.
+pub const SECRET_FIELDS: &[&str] = &[
+    "admin.auth_token",
+    "facilitator_api.auth_token",
+    "facilitators.*.api_key_id",
+    "facilitators.*.api_key_secret",
+    "facilitators.*.relayer_key",
+    "facilitators.*.headers.*",
+    "networks.*.rpc_urls.*",
+    "passes.keys.*.secret",
+    "state.url",
+    "state.cluster.*",
+];
+
+/// Expands `${VAR}` in every string of a parsed document but the fields `secret` names,
+/// recording each failure at the string's position (the string stays as written).
+pub fn expand_document(rep: &mut Reporter, src: usize, doc: &mut DeTable<'_>, secret: &[&str]) {
+    let lookup = |k: &str| std::env::var(k).ok();
+    let mut path = Vec::new();
+    for (key, value) in doc.iter_mut() {
+        path.push(key.get_ref().to_string());
+        walk(rep, src, value, &mut path, secret, &lookup);
+        path.pop();
+    }
+}
+
+fn walk(
+    rep: &mut Reporter,
+    src: usize,
+    value: &mut Spanned<DeValue<'_>>,
+    path: &mut Vec<String>,
+    secret: &[&str],
+    lookup: &impl Fn(&str) -> Option<String>,
+) {
+    let span = value.span();
+    match value.get_mut() {
+        DeValue::String(s) => {
+            if !s.contains('$') || is_secret(path, secret) {
+                return;
+            }
+            match expand_text(s, lookup) {
+                Ok(v) => *s = Cow::Owned(v),
+                Err(e) => {
+                    let field: Vec<&str> = path
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|p| !p.starts_with('[') || !p.ends_with(']'))
+                        .collect();
+                    rep.at(src, span, field.join("."), e);
+                }
+            }
+        }
+        DeValue::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                path.push(format!("[{i}]"));
+                walk(rep, src, item, path, secret, lookup);
+                path.pop();
+            }
+        }
+        DeValue::Table(t) => {
+            for (key, v) in t.iter_mut() {
+                path.push(key.get_ref().to_string());
+                walk(rep, src, v, path, secret, lookup);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Whether `path` (keys and `[i]` indices) matches one of the dotted patterns, where `*`
+/// matches one index or key.
+fn is_secret(path: &[String], patterns: &[&str]) -> bool {
+    patterns.iter().any(|p| {
+        let parts: Vec<&str> = p.split('.').collect();
+        parts.len() == path.len()
+            && parts
+                .iter()
+                .zip(path)
+                .all(|(want, got)| *want == "*" || *want == got)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_paths_match_with_wildcards() {
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(is_secret(&p(&["admin", "auth_token"]), SECRET_FIELDS));
+        assert!(is_secret(
+            &p(&["facilitators", "[1]", "headers", "Authorization"]),
+            SECRET_FIELDS
+        ));
+        assert!(is_secret(
+            &p(&["networks", "[0]", "rpc_urls", "[2]"]),
+            SECRET_FIELDS
+        ));
+        assert!(!is_secret(
+            &p(&["facilitators", "[1]", "url"]),
+            SECRET_FIELDS
+        ));
+        assert!(!is_secret(&p(&["admin", "listen"]), SECRET_FIELDS));
+    }
 
     #[test]
     fn expansion() {

@@ -6,6 +6,15 @@ use crate::payment::Settlement;
 use crate::router::Methods;
 use crate::snapshot::{Rule, Snapshot, Unmatched};
 
+/// The `pay_to` of the shipped examples (gateway.toml.example, deploy/): a warning when a
+/// configuration still uses it.
+pub const EXAMPLE_PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+
+/// Whether `addr` is [`EXAMPLE_PAY_TO`] (in any letter case).
+pub fn is_example_pay_to(addr: &str) -> bool {
+    addr.eq_ignore_ascii_case(EXAMPLE_PAY_TO)
+}
+
 /// Methods that may change state at the origin.
 const UNSAFE_METHODS: [&str; 4] = ["POST", "PUT", "DELETE", "PATCH"];
 

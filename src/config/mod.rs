@@ -223,9 +223,10 @@ fn parse_doc<'a>(rep: &mut Reporter, src: usize, text: &'a str) -> Option<DeTabl
 fn parse_gateway(rep: &mut Reporter, src: usize) -> GatewayFile {
     let text = rep.sources[src].text.clone();
     let mut g = GatewayFile::default();
-    let Some(doc) = parse_doc(rep, src, &text) else {
+    let Some(mut doc) = parse_doc(rep, src, &text) else {
         return g;
     };
+    env::expand_document(rep, src, &mut doc, env::SECRET_FIELDS);
     for (key, value) in &doc {
         let k: &str = key.get_ref();
         match k {
@@ -274,9 +275,10 @@ fn parse_rules(
     crawlers: &mut Vec<ParsedCrawler>,
 ) {
     let text = rep.sources[src].text.clone();
-    let Some(doc) = parse_doc(rep, src, &text) else {
+    let Some(mut doc) = parse_doc(rep, src, &text) else {
         return;
     };
+    env::expand_document(rep, src, &mut doc, &[]);
     for (key, value) in &doc {
         let kind = key.get_ref();
         if kind != "rule" && kind != "crawler" {

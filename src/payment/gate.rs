@@ -115,6 +115,7 @@ impl Payments {
         let mut accepted = Box::new(Accepted {
             version,
             rule_id: rule.id.to_owned(),
+            audience: "",
             resource: recorded.to_owned(),
             offer: offer.clone(),
             payer,

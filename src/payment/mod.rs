@@ -191,6 +191,9 @@ pub enum Stage {
 pub struct Accepted {
     pub version: u8,
     pub rule_id: String,
+    /// The audience the request was classified into (`""` when the rule has none): a
+    /// metrics label.
+    pub audience: &'static str,
     pub resource: String,
     pub offer: Offer,
     pub payer: String,

@@ -93,7 +93,8 @@ impl Gateway {
                     )
                     .await;
                 match admission {
-                    Ok(Admission::Paid(accepted)) => {
+                    Ok(Admission::Paid(mut accepted)) => {
+                        accepted.audience = ctx.audience();
                         ctx.decision = Decision::Paid;
                         ctx.payment = Some(accepted);
                         Ok(false)

@@ -57,8 +57,8 @@ pub struct RequestCtx {
     pub decision: Decision,
     /// Reason code of a local reply.
     pub reason: Option<&'static str>,
-    /// When the request began; read only by the access log, so taken only when it is on.
-    pub started: Option<Instant>,
+    /// When the request began (the duration histogram and the access log).
+    pub started: Instant,
     pub upstream_started: Option<Instant>,
     pub upstream: usize,
     /// Payment accepted for this request, if any.
@@ -78,7 +78,7 @@ pub struct RequestCtx {
 impl RequestCtx {
     pub fn new(snap: Arc<Snapshot>, in_flight: crate::metrics::InFlight) -> Self {
         let upstream = snap.default_upstream;
-        let started = snap.logging.access_log.then(Instant::now);
+        let started = Instant::now();
         RequestCtx {
             snap,
             rule: None,

@@ -285,6 +285,10 @@ impl ProxyHttp for Gateway {
             .requests
             .with_label_values(&[ctx.rule_id(), ctx.decision.label(), status_class(status)])
             .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[ctx.rule_id(), ctx.decision.label()])
+            .observe(ctx.started.elapsed().as_secs_f64());
         if let Some(reason) = ctx.reason {
             self.metrics
                 .local_replies
@@ -307,7 +311,7 @@ impl ProxyHttp for Gateway {
                 decision = ctx.decision.label(),
                 reason = ctx.reason.unwrap_or(""),
                 audience = ctx.audience(),
-                micros = ctx.started.map_or(0, |t| t.elapsed().as_micros() as u64),
+                micros = ctx.started.elapsed().as_micros() as u64,
                 client = %client_for_log(session, &ctx.snap.trusted_proxies),
                 generation = ctx.snap.generation,
             );

@@ -145,6 +145,12 @@ pub fn chain_id_of(caip2: &str) -> Option<u64> {
     id.parse().ok()
 }
 
+/// Dollars worth `atomic` units of a one-dollar asset with `decimals` decimals, for metrics
+/// (a float: dashboards sum it; the ledger keeps the exact atomic amount).
+pub fn atomic_to_usd(atomic: u64, decimals: u32) -> f64 {
+    atomic as f64 / 10f64.powi(decimals.min(i32::MAX as u32) as i32)
+}
+
 /// Returns the EIP-55 checksummed form of a hex address, or `None` if it is not one.
 pub fn checksum_address(addr: &str) -> Option<String> {
     let parsed: alloy::primitives::Address = addr.parse().ok()?;
@@ -297,6 +303,13 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn atomic_units_become_dollars() {
+        assert_eq!(super::atomic_to_usd(10_000, 6), 0.01);
+        assert_eq!(super::atomic_to_usd(1_500_000, 6), 1.5);
+        assert_eq!(super::atomic_to_usd(7, 0), 7.0);
+    }
+
     use super::*;
 
     #[test]

@@ -31,11 +31,11 @@ on_facilitator_failure = "open"
 
 /// A devnet whose own facilitator is `a` (fault-injected), a second real facilitator `b`,
 /// and a gateway that prefers `a`.
-struct Two {
-    dev: NodeProc,
+pub(crate) struct Two {
+    pub(crate) dev: NodeProc,
     b: NodeProc,
     _origin: Origin,
-    gw: Gateway,
+    pub(crate) gw: Gateway,
 }
 
 fn s(v: &Value) -> String {
@@ -44,6 +44,12 @@ fn s(v: &Value) -> String {
 
 impl Two {
     fn start(a_url: Option<&str>, a_extra: &str) -> Two {
+        Self::start_with(a_url, a_extra, "")
+    }
+
+    /// As [`Two::start`], with `config_extra` appended to the gateway's configuration (after
+    /// `[payment]`).
+    pub(crate) fn start_with(a_url: Option<&str>, a_extra: &str, config_extra: &str) -> Two {
         let dev = NodeProc::start("lib/devnet.mjs", &["--payers", "2"]);
         let rpc = s(&dev.info["rpcUrl"]);
         let b = NodeProc::start(
@@ -57,7 +63,7 @@ impl Two {
         let facs = facilitator_toml("a", &a_url, 0, a_extra)
             + &facilitator_toml("b", &s(&b.info["facilitatorUrl"]), 1, "");
         let gw = Gateway::start(
-            &paid_config(&origin.addr, &dev.info, &facs, ""),
+            &paid_config(&origin.addr, &dev.info, &facs, config_extra),
             &[("rules.toml", RULES)],
         );
         Two {
@@ -74,13 +80,13 @@ impl Two {
     fn b_url(&self, path: &str) -> String {
         format!("{}{path}", s(&self.b.info["facilitatorUrl"]))
     }
-    fn payer(&self) -> (String, String) {
+    pub(crate) fn payer(&self) -> (String, String) {
         (
             s(&self.dev.info["payers"][0]["address"]),
             s(&self.dev.info["payers"][0]["privateKey"]),
         )
     }
-    async fn balance(&self, who: &str) -> u128 {
+    pub(crate) async fn balance(&self, who: &str) -> u128 {
         balance(
             &s(&self.dev.info["rpcUrl"]),
             &s(&self.dev.info["token"]["address"]),
@@ -88,7 +94,7 @@ impl Two {
         )
         .await
     }
-    async fn configure_a(&self, cfg: Value) {
+    pub(crate) async fn configure_a(&self, cfg: Value) {
         let r = client()
             .post(self.a_url("/__config"))
             .json(&cfg)
@@ -114,14 +120,14 @@ impl Two {
             .filter(|p| p != "/supported")
             .collect()
     }
-    async fn a_calls(&self) -> Vec<String> {
+    pub(crate) async fn a_calls(&self) -> Vec<String> {
         Self::calls(self.a_url("/__log")).await
     }
-    async fn b_calls(&self) -> Vec<String> {
+    pub(crate) async fn b_calls(&self) -> Vec<String> {
         Self::calls(self.b_url("/__log")).await
     }
     /// A fresh signed payment for `path`.
-    async fn header(&self, path: &str) -> String {
+    pub(crate) async fn header(&self, path: &str) -> String {
         let r = client().get(self.gw.url(path)).send().await.expect("get");
         let accepted =
             decode_header(r.headers()["payment-required"].to_str().expect("ascii"))["accepts"][0]
@@ -136,7 +142,7 @@ impl Two {
             ),
         )
     }
-    async fn pay(&self, path: &str, header: &str) -> reqwest::Response {
+    pub(crate) async fn pay(&self, path: &str, header: &str) -> reqwest::Response {
         client()
             .get(self.gw.url(path))
             .header("PAYMENT-SIGNATURE", header)

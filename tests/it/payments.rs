@@ -246,7 +246,12 @@ async fn v2_client_pays_once_and_replay_moves_nothing() {
             .await,
         1.0
     );
-    assert_eq!(p.gw.metric(r#"x402_revenue_atomic_total{asset="0x5FbDB2315678afecb367f032d93F642f64180aa3",network="eip155:31337"}"#).await, 10000.0);
+    assert_eq!(p.gw.metric(r#"x402_revenue_atomic_total{asset="0x5FbDB2315678afecb367f032d93F642f64180aa3",audience="agent",network="eip155:31337",rule="weather"}"#).await, 10000.0);
+    assert_eq!(
+        p.gw.metric(r#"x402_revenue_usd_total{audience="agent",rule="weather"}"#)
+            .await,
+        0.01
+    );
     assert_eq!(p.origin.requests().await, 1);
 
     // A rule that keeps the query (`resource_query = true`): the ledger and the facilitator

@@ -146,6 +146,27 @@ pub fn compile(
         paywall,
     };
     snapshot.warnings = super::lint::warnings(&snapshot);
+    // Payments to the address of the shipped examples reach whoever holds its key.
+    let example_pay_to = g
+        .payment
+        .pay_to
+        .iter()
+        .map(|addr| (cfg, addr, "payment.pay_to"))
+        .chain(p.rules.iter().filter_map(|r| {
+            r.def
+                .pay_to
+                .as_ref()
+                .map(|addr| (r.src, addr, "rule.pay_to"))
+        }))
+        .filter(|(_, addr, _)| super::lint::is_example_pay_to(addr.get_ref()));
+    for (src, addr, field) in example_pay_to {
+        snapshot.warnings.push(format!(
+            "{}: {field}: `{}` is the address of the shipped examples: payments to it are not \
+             yours. Set your own address",
+            rep.where_is(src, addr.span()),
+            addr.get_ref()
+        ));
+    }
     Some(snapshot)
 }
 

@@ -188,8 +188,22 @@ impl Payments {
                 if let Ok(v) = r.amount.parse::<u64>() {
                     self.metrics
                         .revenue
-                        .with_label_values(&[r.network.as_str(), r.asset.as_str()])
+                        .with_label_values(&[
+                            r.network.as_str(),
+                            r.asset.as_str(),
+                            a.rule_id.as_str(),
+                            a.audience,
+                        ])
                         .inc_by(v);
+                    if a.offer.asset.usd {
+                        self.metrics
+                            .revenue_usd
+                            .with_label_values(&[a.rule_id.as_str(), a.audience])
+                            .inc_by(crate::x402::networks::atomic_to_usd(
+                                v,
+                                a.offer.asset.decimals,
+                            ));
+                    }
                 }
                 "settled"
             }

@@ -298,6 +298,20 @@ fn check_accepts_the_shipped_example() {
         gateway_cli(&["check", "-c", example.to_str().expect("utf-8 path")], &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("ok: "), "{out}");
+    // Its pay_to is an example: `check` says so, where it is written.
+    let text = std::fs::read_to_string(&example).expect("example");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("pay_to = \"0x209693Bc6afc0C5328bA36FaF03C514EF312287C\""))
+        .expect("the example's pay_to")
+        + 1;
+    assert!(
+        out.contains(&format!(
+            "warning: {}:{line}:10: payment.pay_to: `0x209693Bc6afc0C5328bA36FaF03C514EF312287C` is the address of the shipped examples",
+            example.display()
+        )),
+        "{out}"
+    );
 }
 
 /// The container image's configuration passes `check` laid out as the Dockerfile lays it out
@@ -438,7 +452,7 @@ listen = ["127.0.0.1:0"]
 peers = ["127.0.0.1:9"]
 
 [payment]
-pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+pay_to = "0x1111111111111111111111111111111111111111"
 networks = ["base-sepolia"]
 "#;
     let rules = r#"[[rule]]

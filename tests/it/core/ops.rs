@@ -371,3 +371,80 @@ async fn the_client_behind_a_trusted_proxy_is_the_one_it_forwarded_for() {
         .await;
     }
 }
+
+/// `${VAR}` and `${VAR:-default}` work in any string field of `gateway.toml` and the rule
+/// files; a secret field is expanded once (a `$` in its value stays), and an unset variable
+/// is reported at its place.
+#[tokio::test]
+async fn any_string_field_takes_environment_variables() {
+    let origin = Origin::start("o1");
+    let pay_to = "0x1111111111111111111111111111111111111111";
+    let cfg = config("${X402_TEST_ORIGIN}", "")
+        .replace(PAY_TO, "${X402_TEST_PAY_TO}")
+        .replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n",
+            "[admin]\nlisten = \"${X402_TEST_ADMIN_LISTEN:-127.0.0.1:0}\"\nauth_token = \"${X402_TEST_ADMIN_TOKEN}\"\n",
+        );
+    let rules = r#"
+[[rule]]
+id = "weather"
+path = "${X402_TEST_PATH}"
+price = "${X402_TEST_PRICE:-$0.05}"
+description = "Weather for ${X402_TEST_CITY}, $$5 a month elsewhere"
+"#;
+    // A token with `$` signs: expanded again it would lose one or fail.
+    let token = "tok$${X402_TEST_CITY}$$";
+    let env = [
+        ("X402_TEST_ORIGIN", origin.addr.as_str()),
+        ("X402_TEST_PAY_TO", pay_to),
+        ("X402_TEST_ADMIN_TOKEN", token),
+        ("X402_TEST_PATH", "/api/weather"),
+        ("X402_TEST_CITY", "Paris"),
+    ];
+    let gw = Gateway::start_with_env(&cfg, &[("site.toml", rules)], &env);
+    let c = client();
+    let r = get(&c, &gw.url("/api/weather")).await;
+    assert_eq!(r.status, 402);
+    let pr = r.payment_required();
+    assert_eq!(pr["accepts"][0]["payTo"], pay_to);
+    assert_eq!(
+        pr["accepts"][0]["amount"], "50000",
+        "the default price applies"
+    );
+    assert_eq!(
+        pr["resource"]["description"],
+        "Weather for Paris, $5 a month elsewhere"
+    );
+    assert_eq!(
+        get(&c, &gw.url("/other")).await.status,
+        200,
+        "origin from ${{…}}"
+    );
+    let with = |t: &str| {
+        c.get(gw.admin_url("/config"))
+            .header("authorization", format!("Bearer {t}"))
+            .send()
+    };
+    assert_eq!(with(token).await.expect("config").status(), 200);
+    assert_eq!(with("tok$Paris$").await.expect("config").status(), 401);
+    drop(gw);
+
+    // Unset variables are reported where they are used, all at once.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("rules")).expect("rules dir");
+    std::fs::write(dir.path().join("gateway.toml"), &cfg).expect("write");
+    std::fs::write(dir.path().join("rules/site.toml"), rules).expect("write");
+    let path = dir.path().join("gateway.toml");
+    let (code, _, err) = gateway_cli(
+        &["check", "-c", path.to_str().expect("utf-8")],
+        &[("X402_TEST_ADMIN_TOKEN", "x"), ("X402_TEST_CITY", "Paris")],
+    );
+    assert_eq!(code, 1, "{err}");
+    for want in [
+        "upstreams.origin.peers: environment variable `X402_TEST_ORIGIN` is not set",
+        "payment.pay_to: environment variable `X402_TEST_PAY_TO` is not set",
+        "site.toml:4:8: rule.path: environment variable `X402_TEST_PATH` is not set",
+    ] {
+        assert!(err.contains(want), "{want} not in:\n{err}");
+    }
+}

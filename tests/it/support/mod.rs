@@ -23,7 +23,7 @@ use tempfile::TempDir;
 pub const GATEWAY_BIN: &str = env!("CARGO_BIN_EXE_x402-gateway");
 pub const ORIGIN_BIN: &str = env!("CARGO_BIN_EXE_demo-origin");
 /// Recipient used by configs that do not need a chain.
-pub const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+pub const PAY_TO: &str = "0x3333333333333333333333333333333333333333";
 
 /// Polls `f` until it returns `Some`, or panics after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -223,8 +223,22 @@ impl Gateway {
         Self::start_in_with_env(dir, &[])
     }
 
-    /// Starts the gateway on an existing folder with extra environment variables.
+    /// Starts the gateway on an existing folder with extra environment variables. A gateway
+    /// that finds one of its `:0` ports taken by another process (it exits with
+    /// `EXIT_ADDRESS_TAKEN`) is started again, with new ports.
     pub fn start_in_with_env(dir: TempDir, env: &[(&str, &str)]) -> Gateway {
+        let mut dir = dir;
+        for _ in 0..4 {
+            match Self::try_start(dir, env) {
+                Ok(gw) => return gw,
+                Err(d) => dir = d,
+            }
+        }
+        panic!("gateway: every start found its port taken");
+    }
+
+    fn try_start(dir: TempDir, env: &[(&str, &str)]) -> Result<Gateway, TempDir> {
+        const EXIT_ADDRESS_TAKEN: i32 = 3;
         let ready = dir.path().join("ready.json");
         let log = dir.path().join("gateway.log");
         let logfile = std::fs::File::create(&log).expect("log file");
@@ -243,24 +257,33 @@ impl Gateway {
             child,
             name: "x402-gateway",
         };
-        let report: Value = wait_for("gateway ready file", Duration::from_secs(20), || {
-            if let Ok(Some(status)) = proc.child.try_wait() {
-                panic!(
-                    "gateway exited with {status}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            read_ready(&ready).and_then(|s| serde_json::from_str(&s).ok())
-        });
+        let report: Option<Value> =
+            wait_for("gateway ready file", Duration::from_secs(20), || {
+                if let Ok(Some(status)) = proc.child.try_wait() {
+                    if status.code() == Some(EXIT_ADDRESS_TAKEN) {
+                        return Some(None);
+                    }
+                    panic!(
+                        "gateway exited with {status}: {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                read_ready(&ready)
+                    .and_then(|s| serde_json::from_str(&s).ok())
+                    .map(Some)
+            });
+        let Some(report) = report else {
+            return Err(dir);
+        };
         let addr = report["listen"][0].as_str().expect("listen").to_owned();
         let admin = report["admin"].as_str().expect("admin").to_owned();
-        Gateway {
+        Ok(Gateway {
             addr,
             admin,
             dir,
             log,
             proc: Some(proc),
-        }
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
