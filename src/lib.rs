@@ -5,6 +5,7 @@ pub mod access;
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod correlation;
 pub mod facilitator;
 pub mod facilitator_api;
 pub mod header_deadline;

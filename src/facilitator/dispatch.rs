@@ -2,6 +2,7 @@
 //! per call) or the built-in settler. Records each call's outcome in the pool's health and
 //! keeps the per-network chain readers used to resolve unknown settlement outcomes.
 
+use crate::correlation::Correlation;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -155,11 +156,12 @@ impl Facilitators {
         }
     }
 
-    /// `/verify` on one facilitator.
+    /// `/verify` on one facilitator, with the request's correlation headers.
     pub async fn verify(
         &self,
         fac: &FacilitatorConf,
         body: &[u8],
+        correlation: &Correlation,
     ) -> Result<VerifyResponse, FacilitatorError> {
         let result = match &fac.kind {
             FacilitatorKind::Local { .. } => match self.settlers.get(fac) {
@@ -171,19 +173,21 @@ impl Facilitators {
                 Err(e) => Err(FacilitatorError::Config(e.to_string())),
             },
             _ => {
-                let auth = self.auth(fac, Op::Verify)?;
-                self.client.verify(fac, body.to_vec(), &auth).await
+                let mut headers = self.auth(fac, Op::Verify)?;
+                headers.extend(correlation.headers());
+                self.client.verify(fac, body.to_vec(), &headers).await
             }
         };
         self.record(fac, &result);
         result
     }
 
-    /// `/settle` on one facilitator.
+    /// `/settle` on one facilitator, with the request's correlation headers.
     pub async fn settle(
         &self,
         fac: &FacilitatorConf,
         body: &[u8],
+        correlation: &Correlation,
     ) -> Result<SettleResponse, FacilitatorError> {
         let result = match &fac.kind {
             FacilitatorKind::Local { .. } => match self.settlers.get(fac) {
@@ -191,8 +195,9 @@ impl Facilitators {
                 Err(e) => Err(FacilitatorError::Config(e.to_string())),
             },
             _ => {
-                let auth = self.auth(fac, Op::Settle)?;
-                self.client.settle(fac, body.to_vec(), &auth).await
+                let mut headers = self.auth(fac, Op::Settle)?;
+                headers.extend(correlation.headers());
+                self.client.settle(fac, body.to_vec(), &headers).await
             }
         };
         self.record(fac, &result);

@@ -13,6 +13,7 @@ pub mod supported;
 pub use client::{FacilitatorClient, FacilitatorError};
 pub use conf::{ChainConf, Confirm, FacilitatorConf, FacilitatorKind};
 
+use crate::correlation::Correlation;
 use async_trait::async_trait;
 
 use crate::x402::networks::Registry;
@@ -33,18 +34,20 @@ pub trait Facilitate: Send + Sync {
         v1_name: Option<&str>,
     ) -> Vec<&'a FacilitatorConf>;
 
-    /// `/verify` on one facilitator.
+    /// `/verify` on one facilitator, carrying the request's correlation headers.
     async fn verify(
         &self,
         fac: &FacilitatorConf,
         body: &[u8],
+        correlation: &Correlation,
     ) -> Result<VerifyResponse, FacilitatorError>;
 
-    /// `/settle` on one facilitator.
+    /// `/settle` on one facilitator, carrying the request's correlation headers.
     async fn settle(
         &self,
         fac: &FacilitatorConf,
         body: &[u8],
+        correlation: &Correlation,
     ) -> Result<SettleResponse, FacilitatorError>;
 
     /// A chain reader for a network, when it has RPC endpoints.
@@ -68,16 +71,18 @@ impl Facilitate for dispatch::Facilitators {
         &self,
         fac: &FacilitatorConf,
         body: &[u8],
+        correlation: &Correlation,
     ) -> Result<VerifyResponse, FacilitatorError> {
-        dispatch::Facilitators::verify(self, fac, body).await
+        dispatch::Facilitators::verify(self, fac, body, correlation).await
     }
 
     async fn settle(
         &self,
         fac: &FacilitatorConf,
         body: &[u8],
+        correlation: &Correlation,
     ) -> Result<SettleResponse, FacilitatorError> {
-        dispatch::Facilitators::settle(self, fac, body).await
+        dispatch::Facilitators::settle(self, fac, body, correlation).await
     }
 
     fn reader(&self, registry: &Registry, network: &str) -> Option<rpc::ChainReader> {

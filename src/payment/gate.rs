@@ -3,6 +3,7 @@
 //! per-payer limits, the replay reservation, and the facilitator's verify (cached), then, in
 //! `before` mode, settlement.
 
+use crate::payment::Caller;
 use std::time::{Duration, Instant};
 
 use http::HeaderMap;
@@ -59,9 +60,10 @@ impl Payments {
         priced: &Priced,
         headers: &HeaderMap,
         url: &str,
-        client: Option<std::net::IpAddr>,
+        caller: Caller<'_>,
     ) -> Result<Admission, Rejection> {
         let started = Instant::now();
+        let client = caller.ip;
         let found = match decode::find(headers) {
             Ok(Some(f)) => f,
             Ok(None) => return Err(PaymentError::MissingPayment.into()),
@@ -116,6 +118,7 @@ impl Payments {
             version,
             rule_id: rule.id.to_owned(),
             audience: "",
+            correlation: caller.correlation.clone(),
             resource: recorded.to_owned(),
             offer: offer.clone(),
             payer,
@@ -247,7 +250,10 @@ impl Payments {
                     .inc();
             }
             let t = Instant::now();
-            let result = self.calls.verify(fac, &a.facilitator_body).await;
+            let result = self
+                .calls
+                .verify(fac, &a.facilitator_body, &a.correlation)
+                .await;
             a.facilitator_time += t.elapsed();
             match result {
                 // Remembered only if the payment is released unsettled (a settled one cannot

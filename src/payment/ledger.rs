@@ -33,6 +33,9 @@ pub struct LedgerEntry<'a> {
     /// The replica that wrote the line (`[state] replica_id`).
     #[serde(skip_serializing_if = "str::is_empty")]
     pub replica: &'a str,
+    /// The id of the request that paid (its `X-Request-Id`).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub request_id: &'a str,
 }
 
 /// Ledger settings.
@@ -234,6 +237,7 @@ mod tests {
             reason: None,
             upstream_status: Some(200),
             replica: "",
+            request_id: "",
         }
     }
 

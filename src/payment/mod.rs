@@ -54,6 +54,14 @@ pub struct RuleRef<'a> {
     pub policy: RulePolicy,
 }
 
+/// Who is paying, as the gate needs it: the client's address (for the per-client limits)
+/// and the request's correlation (sent to facilitators, written to the ledger).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub ip: Option<std::net::IpAddr>,
+    pub correlation: &'a crate::correlation::Correlation,
+}
+
 /// Bounds on what a client may send and try.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -194,6 +202,8 @@ pub struct Accepted {
     /// The audience the request was classified into (`""` when the rule has none): a
     /// metrics label.
     pub audience: &'static str,
+    /// The request's id and trace context: sent to facilitators, written to the ledger.
+    pub correlation: crate::correlation::Correlation,
     pub resource: String,
     pub offer: Offer,
     pub payer: String,

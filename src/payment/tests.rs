@@ -74,6 +74,7 @@ impl Facilitate for Script {
         &self,
         _fac: &FacilitatorConf,
         _body: &[u8],
+        _correlation: &crate::correlation::Correlation,
     ) -> Result<VerifyResponse, FacilitatorError> {
         self.verifies.fetch_add(1, Ordering::SeqCst);
         self.verify
@@ -87,6 +88,7 @@ impl Facilitate for Script {
         &self,
         _fac: &FacilitatorConf,
         _body: &[u8],
+        _correlation: &crate::correlation::Correlation,
     ) -> Result<SettleResponse, FacilitatorError> {
         self.settles.fetch_add(1, Ordering::SeqCst);
         self.settle
@@ -318,7 +320,10 @@ impl Bench {
                 &self.priced,
                 headers,
                 "http://gw.test/api/weather",
-                Some(IpAddr::from([192, 0, 2, 1])),
+                crate::payment::Caller {
+                    ip: Some(IpAddr::from([192, 0, 2, 1])),
+                    correlation: &crate::correlation::Correlation::default(),
+                },
             )
             .await
     }

@@ -13,7 +13,7 @@ use super::ctx::{Decision, RequestCtx};
 use super::respond::{self, Challenge};
 use super::{Gateway, request};
 use crate::access::{AccessState, Forwarded, Outcome};
-use crate::payment::Admission;
+use crate::payment::{Admission, Caller};
 use crate::snapshot::{Rule, Snapshot};
 
 impl From<Forwarded> for Decision {
@@ -89,7 +89,10 @@ impl Gateway {
                         &priced,
                         &req.headers,
                         &url,
-                        client,
+                        Caller {
+                            ip: client,
+                            correlation: &ctx.correlation,
+                        },
                     )
                     .await;
                 match admission {

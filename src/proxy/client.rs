@@ -7,6 +7,11 @@ use std::net::IpAddr;
 use http::HeaderMap;
 use ipnet::IpNet;
 
+/// Whether the peer is one of the trusted proxies (its forwarding headers count).
+pub fn is_trusted(peer: Option<IpAddr>, trusted: &[IpNet]) -> bool {
+    peer.is_some_and(|ip| trusted.iter().any(|n| n.contains(&ip)))
+}
+
 /// The client's address for logs, limits and the ledger. Headers count only when the peer is
 /// trusted: anyone else could write them.
 pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {

@@ -71,6 +71,8 @@ pub struct RequestCtx {
     pub failure: Option<super::respond::Answer>,
     /// Why no upstream peer could be used, when choosing one already failed.
     pub upstream_failure: Option<super::respond::UpstreamError>,
+    /// The request's id and trace context.
+    pub correlation: crate::correlation::Correlation,
     /// Counts this request in `x402_requests_in_flight` until it is dropped.
     _in_flight: crate::metrics::InFlight,
 }
@@ -93,6 +95,7 @@ impl RequestCtx {
             priced: None,
             failure: None,
             upstream_failure: None,
+            correlation: crate::correlation::Correlation::default(),
             _in_flight: in_flight,
         }
     }

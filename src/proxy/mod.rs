@@ -23,6 +23,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::access::{Access, RuleAction};
+use crate::correlation::{Correlation, REQUEST_ID};
 use crate::metrics::{Metrics, status_class};
 use crate::payment::Payments;
 use crate::snapshot::Snapshot;
@@ -49,7 +50,7 @@ impl Gateway {
             // The body was not read: do not try to reuse the connection.
             session.set_keepalive(None);
         }
-        respond::send(session, &a.reply).await?;
+        respond::send(session, &a.reply, &ctx.correlation.request_id).await?;
         Ok(true)
     }
 }
@@ -88,6 +89,14 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snap = ctx.snap.clone();
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.correlation = Correlation::of(
+            &session.req_header().headers,
+            client::is_trusted(peer, &snap.trusted_proxies),
+        );
         let routed = match request::route(&snap, session.req_header()) {
             Ok(r) => r,
             Err(e) => {
@@ -158,6 +167,7 @@ impl ProxyHttp for Gateway {
             ctx.rewrite.as_deref(),
         )?;
         upstream::strip_payer_headers(upstream_request);
+        upstream_request.insert_header(REQUEST_ID, ctx.correlation.request_id.as_str())?;
         if let Some(keys) = &ctx.snap.passes {
             upstream::strip_pass(upstream_request, &keys.cookie)?;
         }
@@ -202,6 +212,7 @@ impl ProxyHttp for Gateway {
             // `100 Continue`, `103 Early Hints`: not the answer. Only the final status settles.
             return Ok(());
         }
+        upstream_response.insert_header(REQUEST_ID, ctx.correlation.request_id.as_str())?;
         if ctx.access.is_none() {
             // Free, unmatched and blocked rules: the origin's response as it is.
             return Ok(());
@@ -263,7 +274,7 @@ impl ProxyHttp for Gateway {
                 // The connection is not reused after this reply (`can_reuse_downstream` below):
                 // say `Connection: close`, or keep-alive clients race into a reset.
                 session.set_keepalive(None);
-                let _ = respond::send(session, &r).await;
+                let _ = respond::send(session, &r, &ctx.correlation.request_id).await;
                 r.status
             }
             _ => 0,
@@ -311,6 +322,7 @@ impl ProxyHttp for Gateway {
                 decision = ctx.decision.label(),
                 reason = ctx.reason.unwrap_or(""),
                 audience = ctx.audience(),
+                request_id = ctx.correlation.request_id.as_str(),
                 micros = ctx.started.elapsed().as_micros() as u64,
                 client = %client_for_log(session, &ctx.snap.trusted_proxies),
                 generation = ctx.snap.generation,

@@ -413,6 +413,7 @@ mod tests {
                 pay_to: "0x3".into(),
                 nonce: "0x4".into(),
                 replica: "a".into(),
+                request_id: "req-1".into(),
             };
             store.put_pending(&p).await.expect("put");
             assert_eq!(store.pending().await, Ok(vec![p]));

@@ -154,6 +154,9 @@ pub struct PendingSettlement {
     /// The replica that started the settlement.
     #[serde(default)]
     pub replica: String,
+    /// The id of the request that paid.
+    #[serde(default)]
+    pub request_id: String,
 }
 
 /// What admitting a payment found.

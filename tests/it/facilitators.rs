@@ -813,3 +813,47 @@ async fn confirm_trust_believes_the_facilitator_as_given() {
         "nothing was checked"
     );
 }
+
+/// A paying client's W3C trace context and the request's id reach the facilitator on both
+/// `/verify` and `/settle`, and the ledger line names the same request.
+#[tokio::test]
+async fn trace_context_and_request_id_reach_the_facilitator() {
+    let t = Two::start(None, "");
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let header = t.header("/api/weather").await;
+    let r = client()
+        .get(t.gw.url("/api/weather"))
+        .header("PAYMENT-SIGNATURE", &header)
+        .header("traceparent", tp)
+        .header("tracestate", "congo=t61rcWkgMzE")
+        .send()
+        .await
+        .expect("pay");
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let log: Value = client()
+        .get(t.a_url("/__log"))
+        .send()
+        .await
+        .expect("log")
+        .json()
+        .await
+        .expect("json");
+    let calls: Vec<&Value> = log
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|e| e["path"] == "/verify" || e["path"] == "/settle")
+        .collect();
+    assert_eq!(calls.len(), 2, "{log}");
+    for c in calls {
+        assert_eq!(c["headers"]["traceparent"], tp, "{c}");
+        assert_eq!(c["headers"]["tracestate"], "congo=t61rcWkgMzE", "{c}");
+        assert_eq!(c["headers"]["x-request-id"], id.as_str(), "{c}");
+    }
+    let ledger = std::fs::read_to_string(t.gw.path("receipts.jsonl")).expect("ledger");
+    assert!(ledger.contains(&format!("\"request_id\":\"{id}\"")), "{ledger}");
+}

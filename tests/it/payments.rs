@@ -219,7 +219,13 @@ async fn v2_client_pays_once_and_replay_moves_nothing() {
         .filter(|e| e["path"] == "/verify" || e["path"] == "/settle")
         .collect();
     assert_eq!(calls.len(), 2, "{log}");
+    // The facilitator and the ledger see the id the client got.
+    let request_id = res["headers"]["x-request-id"]
+        .as_str()
+        .expect("x-request-id");
+    assert_eq!(ledger[0]["request_id"], request_id);
     for c in calls {
+        assert_eq!(c["headers"]["x-request-id"], request_id, "{c}");
         assert_eq!(
             c["body"]["paymentPayload"]["resource"]["url"],
             p.gw.url("/api/weather"),

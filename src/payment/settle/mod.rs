@@ -57,7 +57,10 @@ impl Payments {
                     .inc();
             }
             let t = Instant::now();
-            let r = self.calls.settle(fac, &a.facilitator_body).await;
+            let r = self
+                .calls
+                .settle(fac, &a.facilitator_body, &a.correlation)
+                .await;
             a.facilitator_time += t.elapsed();
             let retry = matches!(&r, Err(e) if e.not_sent());
             outcome = Some((fac, r));

@@ -26,6 +26,8 @@ pub(super) struct Record {
     pub(super) nonce: String,
     /// The replica writing the line.
     pub(super) replica: String,
+    /// The id of the request that paid.
+    pub(super) request_id: String,
 }
 
 impl Record {
@@ -45,6 +47,7 @@ impl Record {
             pay_to: r.pay_to.clone(),
             nonce: a.nonce.clone(),
             replica: replica.to_owned(),
+            request_id: a.correlation.request_id.clone(),
         }
     }
 
@@ -72,6 +75,7 @@ impl Record {
             pay_to: p.pay_to.clone(),
             nonce: p.nonce.clone(),
             replica: replica.to_owned(),
+            request_id: p.request_id.clone(),
         })
     }
 
@@ -103,6 +107,7 @@ impl Record {
             pay_to: self.pay_to.clone(),
             nonce: self.nonce.clone(),
             replica: self.replica.clone(),
+            request_id: self.request_id.clone(),
         }
     }
 
@@ -138,6 +143,7 @@ impl Record {
             reason,
             upstream_status,
             replica: &self.replica,
+            request_id: &self.request_id,
         };
         ledger.record(conf, &entry);
     }

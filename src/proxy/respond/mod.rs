@@ -192,11 +192,14 @@ pub fn append_headers(
     Ok(())
 }
 
-/// Writes a reply. HEAD requests get the headers only.
-pub async fn send(session: &mut Session, reply: &Reply) -> pingora::Result<()> {
-    let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
+/// Writes a reply, with the request's id. HEAD requests get the headers only.
+pub async fn send(session: &mut Session, reply: &Reply, request_id: &str) -> pingora::Result<()> {
+    let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len() + 3))?;
     resp.insert_header("content-type", reply.content_type)?;
     resp.insert_header("content-length", reply.body.len().to_string())?;
+    if !request_id.is_empty() {
+        resp.insert_header(crate::correlation::REQUEST_ID, request_id)?;
+    }
     for (k, v) in &reply.headers {
         resp.append_header(*k, v.as_str())?;
     }

@@ -448,3 +448,90 @@ description = "Weather for ${X402_TEST_CITY}, $$5 a month elsewhere"
         assert!(err.contains(want), "{want} not in:\n{err}");
     }
 }
+
+/// Every request gets an id, generated unless a trusted proxy sent a sane one; the origin, the
+/// access log and the client (on proxied and local answers alike) see the same id, and the
+/// client's W3C trace context reaches the origin unchanged.
+#[tokio::test]
+async fn request_ids_reach_the_origin_the_log_and_the_client() {
+    let origin = Origin::start("o1");
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let c = client();
+    let id_of = |r: &reqwest::Response| {
+        r.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .expect("an x-request-id on every answer")
+    };
+    let generated = |id: &str| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
+
+    // The peer is not a trusted proxy: its id is replaced.
+    let gw = Gateway::start(&config(&origin.addr, ""), &[("site.toml", SITE_RULES)]);
+    let r = c
+        .get(gw.url("/public/a"))
+        .header("x-request-id", "client-chosen")
+        .header("traceparent", tp)
+        .header("tracestate", "vendor=1")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    let id = id_of(&r);
+    assert!(generated(&id), "{id}");
+    let body: Value = r.json().await.expect("origin echo");
+    assert_eq!(body["headers"]["x-request-id"], id.as_str(), "{body}");
+    assert_eq!(body["headers"]["traceparent"], tp);
+    assert_eq!(body["headers"]["tracestate"], "vendor=1");
+    let r = c.get(gw.url("/api/weather")).send().await.expect("get");
+    assert_eq!(r.status(), 402);
+    let local = id_of(&r);
+    assert!(generated(&local) && local != id, "{local}");
+    let r = c.get(gw.url("/admin/x")).send().await.expect("get");
+    assert_eq!(r.status(), 403);
+    assert!(generated(&id_of(&r)));
+    let log_has = |gw: &Gateway, id: &str| {
+        gw.log_text()
+            .lines()
+            .any(|l| l.contains("access") && l.contains(id))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !(log_has(&gw, &id) && log_has(&gw, &local)) {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.log_text());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(gw);
+
+    // Behind a trusted proxy its id is kept, unless it is not a sane one.
+    let cfg = config(&origin.addr, "").replace(
+        "threads = 1\n",
+        "threads = 1\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+    );
+    let gw = Gateway::start(&cfg, &[("site.toml", SITE_RULES)]);
+    let r = c
+        .get(gw.url("/public/a"))
+        .header("x-request-id", "lb-7f3a:1")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(id_of(&r), "lb-7f3a:1");
+    let body: Value = r.json().await.expect("origin echo");
+    assert_eq!(body["headers"]["x-request-id"], "lb-7f3a:1");
+    let r = c
+        .get(gw.url("/public/a"))
+        .header("x-request-id", "two words")
+        .send()
+        .await
+        .expect("get");
+    assert!(generated(&id_of(&r)));
+    // A malformed traceparent is not the gateway's to fix: it reaches the origin as sent, and
+    // is not passed to facilitators.
+    let r = c
+        .get(gw.url("/public/a"))
+        .header("traceparent", "garbage")
+        .send()
+        .await
+        .expect("get");
+    let body: Value = r.json().await.expect("origin echo");
+    assert_eq!(body["headers"]["traceparent"], "garbage");
+}

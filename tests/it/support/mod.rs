@@ -257,21 +257,20 @@ impl Gateway {
             child,
             name: "x402-gateway",
         };
-        let report: Option<Value> =
-            wait_for("gateway ready file", Duration::from_secs(20), || {
-                if let Ok(Some(status)) = proc.child.try_wait() {
-                    if status.code() == Some(EXIT_ADDRESS_TAKEN) {
-                        return Some(None);
-                    }
-                    panic!(
-                        "gateway exited with {status}: {}",
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    );
+        let report: Option<Value> = wait_for("gateway ready file", Duration::from_secs(20), || {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                if status.code() == Some(EXIT_ADDRESS_TAKEN) {
+                    return Some(None);
                 }
-                read_ready(&ready)
-                    .and_then(|s| serde_json::from_str(&s).ok())
-                    .map(Some)
-            });
+                panic!(
+                    "gateway exited with {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            read_ready(&ready)
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .map(Some)
+        });
         let Some(report) = report else {
             return Err(dir);
         };
