@@ -1,5 +1,5 @@
-//! The admin listener (loopback by default): `/metrics`, `/healthz`, `/readyz`, `/config`, and
-//! `POST /passes/revoke`.
+//! The admin listener (loopback by default): `/metrics`, `/healthz`, `/readyz`, `/config`,
+//! `/revenue` (the revenue page), and `POST /passes/revoke`.
 
 use std::sync::Arc;
 
@@ -273,6 +273,84 @@ pub fn config_view(snap: &Snapshot) -> Value {
     })
 }
 
+/// Gathers what the revenue page shows: the ledger's last seven days (read off the request
+/// thread), facilitator health and the shadow-mode counters.
+async fn revenue_page(
+    snap: &Arc<Snapshot>,
+    payments: &Payments,
+    metrics: &Metrics,
+) -> crate::revenue_page::Page {
+    use crate::payment::receipts::{self, Filter};
+    use crate::revenue_page::{FacilitatorRow, Page, ShadowRow};
+
+    let day = |ago: u64| {
+        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(ago * 86_400);
+        humantime::format_rfc3339(t).to_string()[..10].to_owned()
+    };
+    let (today, week_from) = (day(0), day(6));
+    let mut page = Page {
+        today: today.clone(),
+        week_from: week_from.clone(),
+        no_ledger: snap.ledger.path.is_none(),
+        ..Page::default()
+    };
+    if let Some(path) = snap.ledger.path.clone() {
+        let filter = Filter {
+            since: Some(week_from),
+            ..Filter::default()
+        };
+        let read = tokio::task::spawn_blocking(move || receipts::read(&path, &filter))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        page.skipped = read.skipped.len();
+        page.week_summary = receipts::summarize(&read.receipts, &snap.registry);
+        page.today_summary = receipts::summarize(
+            read.receipts.iter().filter(|r| r.time.starts_with(&today)),
+            &snap.registry,
+        );
+        page.recent = read.receipts.iter().rev().take(20).cloned().collect();
+    }
+    page.facilitators = snap
+        .facilitators
+        .iter()
+        .map(|f| FacilitatorRow {
+            name: f.name.clone(),
+            healthy: payments.facilitators.pool.health(f).healthy(),
+        })
+        .collect();
+    for family in metrics.registry.gather() {
+        if family.name() != "x402_shadow_amount_atomic_total" {
+            continue;
+        }
+        for m in family.get_metric() {
+            let label = |name: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default()
+            };
+            let (network, asset) = (label("network"), label("asset"));
+            let atomic = m.get_counter().get_value() as u64;
+            let usd = snap
+                .registry
+                .asset(&network, &asset)
+                .filter(|a| a.usd)
+                .map(|a| crate::x402::networks::atomic_to_usd(atomic, a.decimals));
+            page.shadow.push(ShadowRow {
+                rule: label("rule"),
+                network,
+                asset,
+                atomic,
+                usd,
+            });
+        }
+    }
+    page
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -337,6 +415,14 @@ impl ServeHttp for Admin {
                 )
             }
             "/config" => json_response(StatusCode::OK, &config_view(&snap)),
+            "/revenue" => {
+                let page = revenue_page(&snap, &self.payments, &self.metrics).await;
+                respond(
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    crate::revenue_page::render(&page).into_bytes(),
+                )
+            }
             _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
         }
     }

@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `explain`, `probe`, `--version`.
+//! The command line: `run`, `check`, `explain`, `receipts`, `probe`, `--version`.
 
 use std::path::PathBuf;
 
@@ -46,6 +46,28 @@ pub enum Command {
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
     },
+    /// Summarize the receipts ledger (a table of revenue by rule) or export its lines (CSV or
+    /// JSON), filtered by time and rule.
+    Receipts {
+        /// The configuration: where the ledger is, and which assets are worth a dollar.
+        #[arg(short, long, default_value = "gateway.toml")]
+        config: PathBuf,
+        /// Read this ledger file instead of the configuration's `[ledger] path`.
+        #[arg(long)]
+        ledger: Option<PathBuf>,
+        /// From this day (`2026-12-01`) or time (RFC 3339), inclusive.
+        #[arg(long)]
+        since: Option<String>,
+        /// Up to this day (the whole day) or time, inclusive.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this rule (repeatable).
+        #[arg(long = "rule")]
+        rules: Vec<String>,
+        /// `table` (revenue by rule), `csv` or `json` (the lines, and in JSON a summary).
+        #[arg(long, value_enum, default_value_t = ReceiptsFormat::Table)]
+        format: ReceiptsFormat,
+    },
     /// Ask a running gateway's admin listener whether it is alive (exit 0) or not (exit 1):
     /// a container health check that needs no curl.
     Probe {
@@ -56,6 +78,87 @@ pub enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+}
+
+/// How `receipts` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReceiptsFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+/// What `receipts` reads and how it prints.
+#[derive(Debug, Clone)]
+pub struct ReceiptsArgs {
+    pub config: PathBuf,
+    pub ledger: Option<PathBuf>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub rules: Vec<String>,
+    pub format: ReceiptsFormat,
+}
+
+/// Whether a `--since`/`--until` value is a day (`YYYY-MM-DD`) or an RFC 3339 time.
+fn is_day_or_time(s: &str) -> bool {
+    let day = s.len() == 10
+        && s.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    day || humantime::parse_rfc3339_weak(s).is_ok()
+}
+
+/// `receipts`: the report, or why it cannot be made. The configuration gives the ledger's
+/// path (unless `--ledger` names one) and the dollar value of assets; without a readable
+/// configuration, `--ledger` still works with the built-in assets.
+pub fn receipts(a: &ReceiptsArgs) -> Result<String, String> {
+    use crate::payment::receipts::{self, Filter};
+
+    for (flag, v) in [("--since", &a.since), ("--until", &a.until)] {
+        if let Some(v) = v
+            && !is_day_or_time(v)
+        {
+            return Err(format!(
+                "{flag} {v:?}: expected a day (2026-12-01) or an RFC 3339 time"
+            ));
+        }
+    }
+    let loaded = config::load(&a.config, 1, None);
+    let (path, registry) = match (&a.ledger, loaded) {
+        (Some(p), Ok(s)) => (p.clone(), s.registry.clone()),
+        (Some(p), Err(_)) => (p.clone(), crate::x402::networks::Registry::builtin()),
+        (None, Ok(s)) => match &s.ledger.path {
+            Some(p) => (p.clone(), s.registry.clone()),
+            None => {
+                return Err("the configuration turns the ledger off ([ledger] path = \"\")".into());
+            }
+        },
+        (None, Err(issues)) => return Err(format!("{issues}\n(or name the ledger with --ledger)")),
+    };
+    let filter = Filter {
+        since: a.since.clone(),
+        until: a.until.clone(),
+        rules: a.rules.clone(),
+    };
+    let read = receipts::read(&path, &filter).map_err(|e| format!("{}: {e}", path.display()))?;
+    for at in &read.skipped {
+        eprintln!("warning: {at}: not a ledger line, skipped");
+    }
+    let summary = receipts::summarize(&read.receipts, &registry);
+    Ok(match a.format {
+        ReceiptsFormat::Table => receipts::table(&summary),
+        ReceiptsFormat::Csv => receipts::csv(&read.receipts),
+        ReceiptsFormat::Json => serde_json::to_string_pretty(&json!({
+            "ledger": path.display().to_string(),
+            "summary": summary,
+            "receipts": read.receipts,
+        }))
+        .unwrap_or_default(),
+    })
 }
 
 /// Why a probe failed.

@@ -16,6 +16,7 @@ pub mod pathnorm;
 pub mod payment;
 pub mod proxy;
 pub mod reload;
+pub mod revenue_page;
 pub mod router;
 pub mod schemes;
 pub mod secret;

@@ -1,4 +1,4 @@
-//! Command-line entry: parse, then run, check, explain or probe.
+//! Command-line entry: parse, then run, check, explain, receipts or probe.
 
 use clap::Parser;
 use x402_gateway::cli::{self, Cli, Command};
@@ -36,6 +36,30 @@ fn main() {
         } => match cli::explain(&config, &method, &url, &headers) {
             Ok(v) => {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        },
+        Command::Receipts {
+            config,
+            ledger,
+            since,
+            until,
+            rules,
+            format,
+        } => match cli::receipts(&cli::ReceiptsArgs {
+            config,
+            ledger,
+            since,
+            until,
+            rules,
+            format,
+        }) {
+            Ok(report) => {
+                print!("{report}");
                 0
             }
             Err(e) => {

@@ -117,7 +117,7 @@ impl Payments {
         let mut accepted = Box::new(Accepted {
             version,
             rule_id: rule.id.to_owned(),
-            audience: "",
+            audience: caller.audience,
             correlation: caller.correlation.clone(),
             resource: recorded.to_owned(),
             offer: offer.clone(),

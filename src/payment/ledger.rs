@@ -36,6 +36,9 @@ pub struct LedgerEntry<'a> {
     /// The id of the request that paid (its `X-Request-Id`).
     #[serde(skip_serializing_if = "str::is_empty")]
     pub request_id: &'a str,
+    /// The audience the paying request was classified into, when its rule classifies.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub audience: &'a str,
 }
 
 /// Ledger settings.
@@ -238,6 +241,7 @@ mod tests {
             upstream_status: Some(200),
             replica: "",
             request_id: "",
+            audience: "",
         }
     }
 

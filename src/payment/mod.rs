@@ -11,6 +11,7 @@ pub mod ledger;
 pub mod limits;
 pub mod policy;
 pub mod reasons;
+pub mod receipts;
 pub mod replay;
 mod settle;
 
@@ -59,6 +60,8 @@ pub struct RuleRef<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
     pub ip: Option<std::net::IpAddr>,
+    /// The audience the request was classified into (`""` when its rule does not classify).
+    pub audience: &'static str,
     pub correlation: &'a crate::correlation::Correlation,
 }
 

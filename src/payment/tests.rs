@@ -322,6 +322,7 @@ impl Bench {
                 "http://gw.test/api/weather",
                 crate::payment::Caller {
                     ip: Some(IpAddr::from([192, 0, 2, 1])),
+                    audience: "",
                     correlation: &crate::correlation::Correlation::default(),
                 },
             )

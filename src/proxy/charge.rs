@@ -91,13 +91,13 @@ impl Gateway {
                         &url,
                         Caller {
                             ip: client,
+                            audience: ctx.audience(),
                             correlation: &ctx.correlation,
                         },
                     )
                     .await;
                 match admission {
-                    Ok(Admission::Paid(mut accepted)) => {
-                        accepted.audience = ctx.audience();
+                    Ok(Admission::Paid(accepted)) => {
                         ctx.decision = Decision::Paid;
                         ctx.payment = Some(accepted);
                         Ok(false)

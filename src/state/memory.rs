@@ -414,6 +414,7 @@ mod tests {
                 nonce: "0x4".into(),
                 replica: "a".into(),
                 request_id: "req-1".into(),
+                audience: "agent".into(),
             };
             store.put_pending(&p).await.expect("put");
             assert_eq!(store.pending().await, Ok(vec![p]));

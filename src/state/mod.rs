@@ -157,6 +157,9 @@ pub struct PendingSettlement {
     /// The id of the request that paid.
     #[serde(default)]
     pub request_id: String,
+    /// Its audience.
+    #[serde(default)]
+    pub audience: String,
 }
 
 /// What admitting a payment found.

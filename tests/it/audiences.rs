@@ -2,7 +2,7 @@
 //! headers, Web Bot Auth against a key directory on loopback, shadow mode, the browser paywall
 //! in headless Chromium, and located configuration errors.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -651,47 +651,6 @@ async fn shadow_mode_decides_counts_and_forwards() {
         s.gw.log_text()
             .contains("shadow mode: forwarded without charging")
     );
-}
-
-/// Runs chromium headless on a URL with `args`; fails the test when chromium is missing.
-fn chromium(args: &[&str], url: &str) -> std::process::Output {
-    let bin = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&bin).exists(),
-        "chromium not found at {bin}: install it (apt-get install chromium) or set CHROMIUM"
-    );
-    let profile = tempfile::tempdir().expect("profile");
-    let mut child = Command::new(&bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .arg(url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn chromium");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("chromium did not finish in 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("chromium output")
 }
 
 #[tokio::test]

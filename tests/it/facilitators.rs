@@ -855,5 +855,8 @@ async fn trace_context_and_request_id_reach_the_facilitator() {
         assert_eq!(c["headers"]["x-request-id"], id.as_str(), "{c}");
     }
     let ledger = std::fs::read_to_string(t.gw.path("receipts.jsonl")).expect("ledger");
-    assert!(ledger.contains(&format!("\"request_id\":\"{id}\"")), "{ledger}");
+    assert!(
+        ledger.contains(&format!("\"request_id\":\"{id}\"")),
+        "{ledger}"
+    );
 }

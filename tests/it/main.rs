@@ -25,4 +25,5 @@ mod observability;
 mod passes;
 mod payments;
 mod replicas;
+mod revenue;
 mod soak;

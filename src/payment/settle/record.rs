@@ -28,6 +28,8 @@ pub(super) struct Record {
     pub(super) replica: String,
     /// The id of the request that paid.
     pub(super) request_id: String,
+    /// Its audience (`""` when its rule does not classify).
+    pub(super) audience: String,
 }
 
 impl Record {
@@ -48,6 +50,7 @@ impl Record {
             nonce: a.nonce.clone(),
             replica: replica.to_owned(),
             request_id: a.correlation.request_id.clone(),
+            audience: a.audience.to_owned(),
         }
     }
 
@@ -76,6 +79,7 @@ impl Record {
             nonce: p.nonce.clone(),
             replica: replica.to_owned(),
             request_id: p.request_id.clone(),
+            audience: p.audience.clone(),
         })
     }
 
@@ -108,6 +112,7 @@ impl Record {
             nonce: self.nonce.clone(),
             replica: self.replica.clone(),
             request_id: self.request_id.clone(),
+            audience: self.audience.clone(),
         }
     }
 
@@ -144,6 +149,7 @@ impl Record {
             upstream_status,
             replica: &self.replica,
             request_id: &self.request_id,
+            audience: &self.audience,
         };
         ledger.record(conf, &entry);
     }

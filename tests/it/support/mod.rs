@@ -609,3 +609,44 @@ networks = ["{network}"]
         pay_to = dev["payTo"].as_str().expect("payTo"),
     )
 }
+
+/// Runs chromium headless on a URL with `args`; fails the test when chromium is missing.
+pub fn chromium(args: &[&str], url: &str) -> std::process::Output {
+    let bin = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "chromium not found at {bin}: install it (apt-get install chromium) or set CHROMIUM"
+    );
+    let profile = tempfile::tempdir().expect("profile");
+    let mut child = std::process::Command::new(&bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn chromium");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chromium did not finish in 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("chromium output")
+}
