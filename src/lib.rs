@@ -25,4 +25,5 @@ pub mod snapshot;
 pub mod state;
 pub mod telemetry;
 pub mod template;
+pub mod tls;
 pub mod x402;

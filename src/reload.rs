@@ -126,7 +126,7 @@ impl Reloader {
 /// Secret mount changes by writing a `..<timestamp>` folder and renaming a `..data_tmp` link
 /// over `..data`; the files themselves are links that never change). Other files there (logs,
 /// the ledger) change all the time under load and must not trigger or hold back a reload.
-fn relevant(path: &Path, config: &Path, rules_dir: &Path) -> bool {
+fn relevant(path: &Path, config: &Path, rules_dir: &Path, others: &[PathBuf]) -> bool {
     let in_folder = |dir: &Path| path.parent() == Some(dir);
     let kubernetes = path
         .file_name()
@@ -135,6 +135,9 @@ fn relevant(path: &Path, config: &Path, rules_dir: &Path) -> bool {
     path == config
         || (in_folder(rules_dir) && (kubernetes || path.extension().is_some_and(|e| e == "toml")))
         || (kubernetes && config.parent().is_some_and(in_folder))
+        || others
+            .iter()
+            .any(|o| path == o || (kubernetes && o.parent().is_some_and(&in_folder)))
 }
 
 /// The next changed path that concerns the configuration (the others are dropped here, so
@@ -143,22 +146,26 @@ async fn next_relevant(
     rx: &mut mpsc::Receiver<PathBuf>,
     config: &Path,
     rules_dir: &Path,
+    others: &[PathBuf],
 ) -> Option<PathBuf> {
     while let Some(p) = rx.recv().await {
-        if relevant(&p, config, rules_dir) {
+        if relevant(&p, config, rules_dir, others) {
             return Some(p);
         }
     }
     None
 }
 
-/// The folders to watch for a configuration at `config` with rules in `rules_dir`, with the
-/// folders they resolve to now: a link swapped under them (`..data`) means watching anew.
-fn folders(config: &Path, rules_dir: &Path) -> Vec<(PathBuf, PathBuf)> {
+/// The folders to watch for a configuration at `config` with rules in `rules_dir` and other
+/// files it read (certificates), with the folders they resolve to now: a link swapped under
+/// them (`..data`) means watching anew.
+fn folders(config: &Path, rules_dir: &Path, others: &[PathBuf]) -> Vec<(PathBuf, PathBuf)> {
     let dir = config.parent().unwrap_or(Path::new("/"));
     let mut out = vec![dir.to_path_buf()];
-    if rules_dir != dir {
-        out.push(rules_dir.to_path_buf());
+    for d in std::iter::once(rules_dir).chain(others.iter().filter_map(|o| o.parent())) {
+        if !out.iter().any(|x| x == d) {
+            out.push(d.to_path_buf());
+        }
     }
     out.into_iter()
         .map(|d| {
@@ -205,7 +212,16 @@ impl BackgroundService for ReloadService {
             let snap = self.reloader.config.load_full();
             let config_path = absolute(&snap.sources.config);
             let rules_dir = absolute(&snap.sources.rules_dir);
-            let want = snap.reload.watch.then(|| folders(&config_path, &rules_dir));
+            let others: Vec<PathBuf> = snap
+                .sources
+                .other_files
+                .iter()
+                .map(|p| absolute(p))
+                .collect();
+            let want = snap
+                .reload
+                .watch
+                .then(|| folders(&config_path, &rules_dir, &others));
             if want != watched {
                 watcher = want.as_ref().and_then(|dirs| {
                     let tx = tx.clone();
@@ -241,14 +257,14 @@ impl BackgroundService for ReloadService {
                     let r = self.reloader.clone();
                     let _ = tokio::task::spawn_blocking(move || r.reload("SIGHUP")).await;
                 }
-                Some(_) = next_relevant(&mut rx, &config_path, &rules_dir) => {
+                Some(_) = next_relevant(&mut rx, &config_path, &rules_dir, &others) => {
                     // Debounce: wait until the configuration files have been quiet for
                     // `debounce`, but no longer than `max_wait` after this first change, so
                     // that files rewritten without pause are still reloaded that often.
                     let latest = tokio::time::Instant::now() + max_wait;
                     let mut deadline = (tokio::time::Instant::now() + debounce).min(latest);
                     while let Ok(Some(p)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-                        if relevant(&p, &config_path, &rules_dir) {
+                        if relevant(&p, &config_path, &rules_dir, &others) {
                             deadline = (tokio::time::Instant::now() + debounce).min(latest);
                         }
                     }
@@ -284,10 +300,10 @@ mod tests {
             "/etc/..data",
         ];
         for p in yes {
-            assert!(relevant(Path::new(p), config, rules), "{p}");
+            assert!(relevant(Path::new(p), config, rules, &[]), "{p}");
         }
         for p in no {
-            assert!(!relevant(Path::new(p), config, rules), "{p}");
+            assert!(!relevant(Path::new(p), config, rules, &[]), "{p}");
         }
     }
 }

@@ -292,10 +292,16 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     }
     if !startup.tls.is_empty() {
         let mut svc = proxy_service(true, "x402-gateway-tls");
-        for (t, addr) in startup.tls.iter().zip(&tls_addrs) {
+        for (index, (t, addr)) in startup.tls.iter().zip(&tls_addrs).enumerate() {
             let mut settings =
                 TlsSettings::intermediate(&t.cert.to_string_lossy(), &t.key.to_string_lossy())
                     .map_err(|e| format!("TLS listener {addr}: {e}"))?;
+            // The certificate comes from the current configuration at each handshake, so a
+            // reload that renews it applies to new connections at once.
+            settings.set_cert_resolver(Arc::new(crate::tls::CurrentCert {
+                config: config.clone(),
+                index,
+            }));
             if t.h2 {
                 settings.enable_h2();
             }

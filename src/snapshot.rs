@@ -84,6 +84,8 @@ pub struct UpstreamPool {
     pub tls: bool,
     pub sni: String,
     pub verify_cert: bool,
+    /// CA certificates the peers' certificates are verified against (`ca_file`).
+    pub ca: Option<Arc<pingora::protocols::tls::CaType>>,
     pub host_rewrite: Option<String>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -225,6 +227,8 @@ pub struct Sources {
     pub config: PathBuf,
     pub rules_dir: PathBuf,
     pub rule_files: Vec<PathBuf>,
+    /// Other files read (TLS certificates and keys, CA bundles): a change reloads.
+    pub other_files: Vec<PathBuf>,
 }
 
 /// One configuration generation.
@@ -233,6 +237,9 @@ pub struct Snapshot {
     pub generation: u64,
     /// sha256 over every file read, in order.
     pub content_hash: String,
+    /// The certificate of each TLS listener (`startup.tls`, same order), from this
+    /// generation's files.
+    pub tls_keys: Vec<Arc<rustls::sign::CertifiedKey>>,
     pub loaded_at: SystemTime,
     pub sources: Sources,
     pub startup: StartupSettings,

@@ -117,6 +117,9 @@ pub struct UpstreamSection {
     /// Verify the peer certificate (default true).
     #[serde(default = "yes")]
     pub verify_cert: bool,
+    /// Verify it against these CA certificates (a PEM file, relative to gateway.toml)
+    /// instead of the system's roots: an origin with a private CA.
+    pub ca_file: Option<Spanned<String>>,
     /// Rewrite the Host header to this value (default: keep the client's).
     pub host: Option<Spanned<String>>,
     #[serde(default = "default_connect_ms")]

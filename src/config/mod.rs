@@ -99,6 +99,9 @@ impl Source {
 pub struct Reporter {
     pub sources: Vec<Source>,
     pub issues: Vec<Issue>,
+    /// Other files the configuration read (certificates, keys, CA bundles), with what
+    /// identifies their content: part of the content hash, and watched for changes.
+    pub files_read: Vec<(PathBuf, Vec<u8>)>,
 }
 
 impl Reporter {

@@ -21,6 +21,7 @@ pub fn pick_peer(pool: &UpstreamPool) -> Result<Box<HttpPeer>, UpstreamError> {
     o.idle_timeout = Some(pool.idle_timeout);
     o.verify_cert = pool.verify_cert;
     o.verify_hostname = pool.verify_cert;
+    o.ca = pool.ca.clone();
     Ok(Box::new(peer))
 }
 

@@ -27,3 +27,4 @@ mod payments;
 mod replicas;
 mod revenue;
 mod soak;
+mod tls;

@@ -2,7 +2,8 @@
 //! received, streams bodies of any size, answers any status, stalls, resets mid-body and
 //! accepts WebSocket upgrades, so that the gateway can be checked against a real process.
 //! `--lenient` makes it resolve any request target the way lenient servers do (see
-//! `lenient.rs`), for the bypass tests.
+//! `lenient.rs`), for the bypass tests; `--tls-cert` and `--tls-key` serve it over TLS (the
+//! echo then names the server name the client asked for).
 
 mod lenient;
 
@@ -61,6 +62,42 @@ fn pattern_body(len: u64) -> Body {
     BodyExt::boxed(StreamBody::new(chunks))
 }
 
+/// The server name a TLS client asked for, on requests that came over `--tls-cert`.
+#[derive(Debug, Clone)]
+struct Sni(String);
+
+/// A TLS acceptor for `--tls-cert` and `--tls-key` (PEM files), when both are given.
+fn tls_acceptor() -> Option<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = (arg("--tls-cert")?, arg("--tls-key")?);
+    let chain: Vec<CertificateDer<'static>> = match CertificateDer::pem_file_iter(&cert) {
+        Ok(it) => it.filter_map(Result::ok).collect(),
+        Err(e) => {
+            eprintln!("demo-origin: cannot read {cert}: {e}");
+            std::process::exit(2);
+        }
+    };
+    let key = match PrivateKeyDer::from_pem_file(&key) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("demo-origin: cannot read {key}: {e}");
+            std::process::exit(2);
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+    {
+        Ok(c) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(c))),
+        Err(e) => {
+            eprintln!("demo-origin: bad certificate or key: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
 fn echo_json(state: &State, req: &Request<Incoming>) -> String {
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
@@ -72,15 +109,18 @@ fn echo_json(state: &State, req: &Request<Incoming>) -> String {
             )
         })
         .collect();
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "origin": state.name,
         "method": req.method().as_str(),
         "target": req.uri().to_string(),
         "path": req.uri().path(),
         "query": req.uri().query(),
         "headers": headers,
-    })
-    .to_string()
+    });
+    if let Some(Sni(name)) = req.extensions().get::<Sni>() {
+        v["tls_sni"] = serde_json::Value::String(name.clone());
+    }
+    v.to_string()
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
@@ -263,12 +303,32 @@ async fn main() {
         name,
         requests: AtomicU64::new(0),
     });
+    let tls = tls_acceptor();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        if let Some(acceptor) = tls.clone() {
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let sni = stream.get_ref().1.server_name().map(str::to_owned);
+                let svc = service_fn(move |mut req: Request<Incoming>| {
+                    if let Some(name) = &sni {
+                        req.extensions_mut().insert(Sni(name.clone()));
+                    }
+                    handle(state.clone(), req)
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+            continue;
+        }
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(state.clone(), req));
             let _ = http1::Builder::new()

@@ -44,6 +44,7 @@ pub fn compile(
         .unwrap_or_default();
 
     let (mut startup, hosts) = server::startup(rep, cfg, g, &base);
+    let tls_keys = server::tls_keys(rep, cfg, g, &base);
     let trusted_proxies = server::trusted_proxies(rep, cfg, g);
     startup.state = state::state(rep, cfg, &g.state);
     let registry = networks::registry(rep, cfg, g);
@@ -101,7 +102,9 @@ pub fn compile(
             config: rep.sources[cfg].path.clone(),
             rules_dir: p.rules_dir.clone(),
             rule_files: p.rule_files.clone(),
+            other_files: rep.files_read.iter().map(|(p, _)| p.clone()).collect(),
         },
+        tls_keys,
         startup,
         router,
         rules,
@@ -177,6 +180,12 @@ fn content_hash(rep: &Reporter) -> String {
         hasher.update(s.path.display().to_string().as_bytes());
         hasher.update([0]);
         hasher.update(s.text.as_bytes());
+        hasher.update([0]);
+    }
+    for (path, content) in &rep.files_read {
+        hasher.update(path.display().to_string().as_bytes());
+        hasher.update([0]);
+        hasher.update(content);
         hasher.update([0]);
     }
     hex::encode(hasher.finalize())

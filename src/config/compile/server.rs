@@ -2,6 +2,7 @@
 //! admin listener, the hosts served and the proxies trusted to name the client.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -164,6 +165,32 @@ pub(super) fn startup(
         state: crate::state::StateConf::default(),
     };
     (startup, hosts)
+}
+
+/// The certificate of each TLS listener, loaded and checked (the key matches the chain); the
+/// files' content goes into the content hash, so a renewed certificate reloads.
+pub(super) fn tls_keys(
+    rep: &mut Reporter,
+    cfg: usize,
+    g: &GatewayFile,
+    base: &Path,
+) -> Vec<Arc<rustls::sign::CertifiedKey>> {
+    let mut keys = Vec::new();
+    for t in g.server.iter().flat_map(|s| &s.tls) {
+        let (cert, key) = (base.join(t.cert.get_ref()), base.join(t.key.get_ref()));
+        if !cert.is_file() || !key.is_file() {
+            continue; // reported by `startup`
+        }
+        match crate::tls::load_listener(&cert, &key) {
+            Ok((certified, material)) => {
+                keys.push(certified);
+                rep.files_read.push((cert, material));
+                rep.files_read.push((key, Vec::new()));
+            }
+            Err(e) => rep.at(cfg, t.cert.span(), "server.tls.cert", e),
+        }
+    }
+    keys
 }
 
 /// The admin listener's bearer token, if one is set.

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::ToSocketAddrs;
+use std::path::Path;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -84,10 +85,11 @@ pub(super) fn upstreams(
 fn fingerprint(u: &UpstreamSection) -> String {
     let peers: Vec<&String> = u.peers.get_ref().iter().map(|p| p.get_ref()).collect();
     format!(
-        "{peers:?}|{}|{:?}|{}|{:?}|{}|{}|{}|{}|{:?}",
+        "{peers:?}|{}|{:?}|{}|{:?}|{:?}|{}|{}|{}|{}|{:?}",
         u.tls,
         u.sni.as_ref().map(|s| s.get_ref()),
         u.verify_cert,
+        u.ca_file.as_ref().map(|s| s.get_ref()),
         u.host.as_ref().map(|s| s.get_ref()),
         u.connect_timeout_ms,
         u.read_timeout_ms,
@@ -126,6 +128,25 @@ fn build_pool(
         );
         return None;
     }
+    let ca = sec.ca_file.as_ref().and_then(|f| {
+        let base = rep.sources[src]
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let path = base.join(f.get_ref());
+        match crate::tls::load_ca(&path) {
+            Ok(ca) => {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                rep.files_read.push((path, bytes));
+                Some(ca)
+            }
+            Err(e) => {
+                rep.at(src, f.span(), format!("{field}.ca_file"), e);
+                None
+            }
+        }
+    });
     let mut ok = true;
     let mut peers = Vec::new();
     for p in sec.peers.get_ref() {
@@ -213,6 +234,7 @@ fn build_pool(
                 if sec.tls {
                     check.peer_template.sni = sni.clone();
                     check.peer_template.options.verify_cert = sec.verify_cert;
+                    check.peer_template.options.ca = ca.clone();
                 }
                 match pingora::http::RequestHeader::build("GET", hc.path.as_bytes(), None) {
                     Ok(mut req) => {
@@ -243,6 +265,7 @@ fn build_pool(
         tls: sec.tls,
         sni,
         verify_cert: sec.verify_cert,
+        ca,
         host_rewrite: sec.host.as_ref().map(|h| h.get_ref().clone()),
         connect_timeout: Duration::from_millis(sec.connect_timeout_ms.max(1)),
         read_timeout: Duration::from_millis(sec.read_timeout_ms.max(1)),

@@ -73,7 +73,7 @@ impl Origin {
         Self::start_with(name, &["--lenient"])
     }
 
-    fn start_with(name: &str, extra: &[&str]) -> Origin {
+    pub fn start_with(name: &str, extra: &[&str]) -> Origin {
         let dir = tempfile::tempdir().expect("tempdir");
         let ready = dir.path().join("ready");
         let child = Command::new(ORIGIN_BIN)

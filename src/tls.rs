@@ -1,0 +1,103 @@
+//! TLS certificates: listener certificates loaded (and checked) with every configuration
+//! generation and chosen per handshake from the current one, so a renewed certificate
+//! applies on reload (SIGHUP or a change to its files) without a restart; and the CA
+//! certificates an upstream's certificate is verified against.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use pingora::protocols::tls::CaType;
+use pingora::utils::tls::{WrappedX509, parse_x509};
+
+use crate::snapshot::Snapshot;
+
+/// Why certificate files could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsFileError {
+    #[error("cannot read {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("{0} holds no PEM certificate")]
+    NoCertificate(String),
+    #[error("{0} holds no PEM private key: {1}")]
+    NoKey(String, String),
+    #[error("the private key is of a kind TLS cannot use: {0}")]
+    UnsupportedKey(String),
+    #[error("the private key does not match the certificate")]
+    Mismatch,
+    #[error("{0}: not a CA certificate: {1}")]
+    BadCa(String, String),
+}
+
+/// PEM certificates of a file, in order.
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| TlsFileError::Read(shown.clone(), e))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsFileError::NoCertificate(shown));
+    }
+    Ok(certs)
+}
+
+/// A listener's certificate chain and key, checked to belong together, with the files' bytes
+/// (so a changed file makes a new configuration generation).
+pub fn load_listener(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Arc<CertifiedKey>, Vec<u8>), TlsFileError> {
+    let chain = certificates(cert)?;
+    let key_bytes =
+        std::fs::read(key).map_err(|e| TlsFileError::Read(key.display().to_string(), e))?;
+    let der = PrivateKeyDer::from_pem_slice(&key_bytes)
+        .map_err(|e| TlsFileError::NoKey(key.display().to_string(), e.to_string()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&der)
+        .map_err(|e| TlsFileError::UnsupportedKey(e.to_string()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    if certified.keys_match().is_err() {
+        return Err(TlsFileError::Mismatch);
+    }
+    let mut material: Vec<u8> = certified
+        .cert
+        .iter()
+        .flat_map(|c| c.as_ref().iter().copied())
+        .collect();
+    material.extend_from_slice(&key_bytes);
+    Ok((Arc::new(certified), material))
+}
+
+/// The CA certificates of a PEM file, as Pingora's upstream connector takes them. Each must
+/// parse as a trust anchor (checked here: Pingora's own parsing assumes it does).
+pub fn load_ca(path: &Path) -> Result<Arc<CaType>, TlsFileError> {
+    let certs = certificates(path)?;
+    let mut check = rustls::RootCertStore::empty();
+    let mut wrapped = Vec::with_capacity(certs.len());
+    for c in certs {
+        check
+            .add(c.clone())
+            .map_err(|e| TlsFileError::BadCa(path.display().to_string(), e.to_string()))?;
+        wrapped.push(WrappedX509::new(c.to_vec(), parse_x509));
+    }
+    Ok(Arc::from(wrapped.into_boxed_slice()))
+}
+
+/// The certificate of TLS listener `index`, taken from the current configuration at each
+/// handshake.
+#[derive(Debug)]
+pub struct CurrentCert {
+    pub config: Arc<ArcSwap<Snapshot>>,
+    pub index: usize,
+}
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.config.load().tls_keys.get(self.index).cloned()
+    }
+}
