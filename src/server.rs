@@ -45,10 +45,14 @@ struct SupportedService {
 #[async_trait]
 impl BackgroundService for SupportedService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        use crate::facilitator::probe_log::{ProbeEvent, ProbeLog};
         let mut last_unserved: Option<Vec<String>> = None;
         let mut next_full = Instant::now();
+        let mut log = ProbeLog::default();
         loop {
             let snap = self.config.load_full();
+            let names: Vec<&str> = snap.facilitators.iter().map(|f| f.name.as_str()).collect();
+            log.retain(&names);
             // Settlers of facilitators no longer configured are dropped.
             self.payments
                 .facilitators
@@ -63,9 +67,23 @@ impl BackgroundService for SupportedService {
                 if !full && (health.healthy() || !health.available()) {
                     continue;
                 }
-                if let Err(e) = self.payments.facilitators.probe(fac).await {
-                    failing = true;
-                    tracing::warn!(facilitator = %fac.name, error = %e, "cannot fetch /supported");
+                let outcome = self.payments.facilitators.probe(fac).await;
+                failing |= outcome.is_err();
+                match log.record(
+                    &fac.name,
+                    outcome.map(|_| ()).map_err(|e| e.to_string()),
+                    Instant::now(),
+                ) {
+                    Some(ProbeEvent::Failing { error }) => {
+                        tracing::warn!(facilitator = %fac.name, error = %error, "cannot fetch /supported (retrying every 5 s; said again every 10 minutes while it lasts)");
+                    }
+                    Some(ProbeEvent::StillFailing { error, since }) => {
+                        tracing::warn!(facilitator = %fac.name, error = %error, failing_for_s = since.as_secs(), "still cannot fetch /supported");
+                    }
+                    Some(ProbeEvent::Recovered) => {
+                        tracing::info!(facilitator = %fac.name, "/supported answers again");
+                    }
+                    None => {}
                 }
             }
             if full {

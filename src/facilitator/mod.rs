@@ -7,6 +7,7 @@ pub mod conf;
 pub mod dispatch;
 pub mod local;
 pub mod pool;
+pub mod probe_log;
 pub mod rpc;
 pub mod supported;
 
