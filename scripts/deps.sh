@@ -25,3 +25,11 @@ if [ ! -f "$venv/.x402-req-stamp" ] || ! cmp -s "$req" "$venv/.x402-req-stamp"; 
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
   cp "$req" "$venv/.x402-req-stamp"
 fi
+
+# The wallet paywall page for the browser payment test (the reference @x402/paywall EVM page,
+# pinned and integrity-checked by scripts/paywall-bundle.sh; not committed).
+page=tests/interop/paywall/evm-paywall.html
+if [ ! -f "$page" ] || ! cmp -s scripts/paywall-bundle.sh tests/interop/paywall/.stamp; then
+  scripts/paywall-bundle.sh "$page"
+  cp scripts/paywall-bundle.sh tests/interop/paywall/.stamp
+fi

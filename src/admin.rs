@@ -254,6 +254,7 @@ pub fn config_view(snap: &Snapshot) -> Value {
             "revoked": k.revoked.len(),
         })),
         "paywall_template": snap.paywall.source,
+        "paywall_wallet": snap.wallet_paywall.as_ref().map(|w| w.source.clone()),
         "state": snap.startup.state.public(),
         // Networks with JSON-RPC endpoints; the URLs only as `scheme://host[:port]` (hosted
         // endpoints carry API keys in the path or query).

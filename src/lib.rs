@@ -26,4 +26,5 @@ pub mod state;
 pub mod telemetry;
 pub mod template;
 pub mod tls;
+pub mod wallet_paywall;
 pub mod x402;

@@ -285,6 +285,8 @@ pub struct Snapshot {
     pub passes: Option<Arc<crate::access::pass::PassKeys>>,
     /// The browser paywall page.
     pub paywall: Arc<crate::template::Template>,
+    /// The wallet paywall page (`[paywall] wallet`), when configured.
+    pub wallet_paywall: Option<Arc<crate::wallet_paywall::WalletPage>>,
 }
 
 impl Snapshot {

@@ -172,4 +172,14 @@ pub struct PassKeyDef {
 pub struct PaywallSection {
     /// HTML template, relative to gateway.toml (default: the built-in page).
     pub template: Option<Spanned<String>>,
+    /// The wallet paywall page made by `scripts/paywall-bundle.sh` (the reference
+    /// `@x402/paywall` EVM page), relative to gateway.toml: browsers get it instead of the
+    /// template when the first offer is on an EVM network, and can pay from their wallet.
+    pub wallet: Option<Spanned<String>>,
+    /// The site's name, shown by the wallet page.
+    #[serde(default)]
+    pub app_name: String,
+    /// The site's logo URL, passed to the wallet page.
+    #[serde(default)]
+    pub app_logo: String,
 }

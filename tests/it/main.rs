@@ -28,3 +28,4 @@ mod replicas;
 mod revenue;
 mod soak;
 mod tls;
+mod wallet;

@@ -60,6 +60,7 @@ pub fn compile(
     let web_bot_auth = agents::web_bot_auth(rep, cfg, &g.web_bot_auth);
     let pass_keys = passes::passes(rep, cfg, g.passes.as_ref());
     let paywall = paywall::paywall(rep, cfg, &base, &g.paywall);
+    let wallet_paywall = paywall::wallet(rep, cfg, &base, &g.paywall);
     let crawlers = agents::crawlers(rep, &p.crawlers);
     let access = access::AccessCtx {
         operators: web_bot_auth
@@ -147,6 +148,7 @@ pub fn compile(
         web_bot_auth: Arc::new(web_bot_auth),
         passes: pass_keys,
         paywall,
+        wallet_paywall,
     };
     snapshot.warnings = super::lint::warnings(&snapshot);
     // Payments to the address of the shipped examples reach whoever holds its key.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::config::Reporter;
 use crate::config::access_file::PaywallSection;
 use crate::template::Template;
+use crate::wallet_paywall::WalletPage;
 
 /// The built-in paywall page.
 pub(crate) const DEFAULT_PAYWALL: &str = include_str!("../../../templates/paywall.html");
@@ -49,6 +50,46 @@ pub(super) fn paywall(
             fallback()
         }
     }
+}
+
+/// `[paywall] wallet` → the wallet page, split where each request's requirements go.
+pub(super) fn wallet(
+    rep: &mut Reporter,
+    cfg: usize,
+    base: &Path,
+    s: &PaywallSection,
+) -> Option<Arc<WalletPage>> {
+    let w = s.wallet.as_ref()?;
+    let path = base.join(w.get_ref());
+    let html = match std::fs::read_to_string(&path) {
+        Ok(html) => html,
+        Err(e) => {
+            rep.at(
+                cfg,
+                w.span(),
+                "paywall.wallet",
+                format!(
+                    "cannot read {}: {e} (scripts/paywall-bundle.sh makes it)",
+                    path.display()
+                ),
+            );
+            return None;
+        }
+    };
+    let page = WalletPage::new(&html, &s.app_name, &s.app_logo, &path.display().to_string());
+    if page.is_none() {
+        rep.at(
+            cfg,
+            w.span(),
+            "paywall.wallet",
+            format!(
+                "{} has no </head> to put the payment details before",
+                path.display()
+            ),
+        );
+    }
+    rep.files_read.push((path, html.into_bytes()));
+    page.map(Arc::new)
 }
 
 #[cfg(test)]

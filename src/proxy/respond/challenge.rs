@@ -12,6 +12,7 @@ use crate::access::pass::PassError;
 use crate::payment::{PaymentError, Rejection};
 use crate::proxy::ctx::Decision;
 use crate::snapshot::Snapshot;
+use crate::wallet_paywall::WalletPage;
 use crate::x402::HEADER_PAYMENT_REQUIRED;
 use crate::x402::challenge::Priced;
 
@@ -44,13 +45,21 @@ impl Challenge<'_> {
         let mut headers = cors(self.snap, self.origin);
         let required = self.priced.payment_required_header(error, self.url);
         if self.browser {
-            let page = crate::proxy::paywall::render(
-                &self.snap.paywall,
-                self.priced,
-                self.url,
-                reason,
-                &required,
-            );
+            let page = match &self.snap.wallet_paywall {
+                // A wallet can pay: the reference paywall page with these requirements.
+                Some(wallet) if WalletPage::serves(self.priced) => wallet.render(
+                    self.priced,
+                    &self.priced.payment_required_json(error, self.url),
+                    self.url,
+                ),
+                _ => crate::proxy::paywall::render(
+                    &self.snap.paywall,
+                    self.priced,
+                    self.url,
+                    reason,
+                    &required,
+                ),
+            };
             headers.push((HEADER_PAYMENT_REQUIRED, required));
             headers.push(("cache-control", "no-store".into()));
             return Reply {
