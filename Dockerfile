@@ -17,6 +17,12 @@ COPY benches ./benches
 COPY tests ./tests
 RUN cargo build --release --locked --bin x402-gateway --bin demo-origin
 
+# The wallet paywall page: the reference @x402/paywall EVM page, pinned and integrity-checked.
+FROM node:22-trixie-slim AS paywall
+WORKDIR /src
+COPY scripts/paywall-bundle.sh scripts/paywall-extract.mjs scripts/
+RUN scripts/paywall-bundle.sh /out/evm-paywall.html
+
 FROM debian:trixie-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
@@ -29,6 +35,7 @@ COPY --from=build /src/target/release/x402-gateway /src/target/release/demo-orig
 COPY deploy/container/gateway.toml /etc/x402-gateway/gateway.toml
 COPY rules /etc/x402-gateway/rules
 COPY templates /etc/x402-gateway/templates
+COPY --from=paywall /out/evm-paywall.html /etc/x402-gateway/paywall/evm-paywall.html
 RUN x402-gateway --version \
  && x402-gateway check -c /etc/x402-gateway/gateway.toml
 USER x402

@@ -333,6 +333,14 @@ fn check_accepts_the_container_configuration() {
             .expect("cp");
         assert!(status.success(), "copy {folder}");
     }
+    // The wallet page the image builds with scripts/paywall-bundle.sh (scripts/deps.sh made
+    // the same file for the tests).
+    std::fs::create_dir(dir.path().join("paywall")).expect("mkdir");
+    std::fs::copy(
+        repo().join("tests/interop/paywall/evm-paywall.html"),
+        dir.path().join("paywall/evm-paywall.html"),
+    )
+    .expect("the wallet page (scripts/deps.sh makes it)");
     let config = dir.path().join("gateway.toml");
     let (code, out, err) = gateway_cli(&["check", "-c", config.to_str().expect("utf-8")], &[]);
     assert_eq!(code, 0, "{out}{err}");
@@ -340,6 +348,11 @@ fn check_accepts_the_container_configuration() {
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).expect("Dockerfile");
     assert!(
         dockerfile.contains("COPY deploy/container/gateway.toml /etc/x402-gateway/gateway.toml"),
+        "{dockerfile}"
+    );
+    assert!(
+        dockerfile.contains("RUN scripts/paywall-bundle.sh /out/evm-paywall.html")
+            && dockerfile.contains("/etc/x402-gateway/paywall/evm-paywall.html"),
         "{dockerfile}"
     );
     assert!(
