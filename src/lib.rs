@@ -26,5 +26,6 @@ pub mod state;
 pub mod telemetry;
 pub mod template;
 pub mod tls;
+pub mod traces;
 pub mod wallet_paywall;
 pub mod x402;

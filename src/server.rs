@@ -232,6 +232,13 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let snap = config::load(&opts.config, 1, None).map_err(|issues| issues.to_string())?;
     let _log = crate::telemetry::init(&snap.logging);
+    let traces = match &snap.logging.otlp_endpoint {
+        Some(endpoint) => Some(crate::traces::init(
+            endpoint,
+            &snap.logging.otlp_service_name,
+        )?),
+        None => None,
+    };
 
     let startup = snap.startup.clone();
     let resolve = |addrs: &[String]| -> Result<Vec<String>, String> {
@@ -409,6 +416,9 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     // Every runtime has stopped: what the ledger holds reaches the disk before the exit.
     if let Err(e) = payments_at_exit.ledger().sync() {
         tracing::error!(error = %e, "cannot sync the receipts ledger at shutdown");
+    }
+    if let Some(provider) = &traces {
+        crate::traces::shutdown(provider);
     }
     Ok(())
 }

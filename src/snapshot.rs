@@ -207,6 +207,9 @@ pub struct LogSettings {
     pub level: String,
     /// One structured event per request.
     pub access_log: bool,
+    /// The OTLP/HTTP collector spans are exported to, if any.
+    pub otlp_endpoint: Option<String>,
+    pub otlp_service_name: String,
 }
 
 /// How configuration changes are picked up.

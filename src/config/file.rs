@@ -445,6 +445,16 @@ pub struct LoggingSection {
     /// One structured event per request.
     #[serde(default = "yes")]
     pub access_log: bool,
+    /// Export a trace span per request (and per facilitator call) to this OTLP/HTTP
+    /// collector (`http://host:4318`; spans go to `/v1/traces`). Applies at start.
+    pub otlp_endpoint: Option<Spanned<String>>,
+    /// The `service.name` of the exported spans.
+    #[serde(default = "default_service_name")]
+    pub otlp_service_name: String,
+}
+
+fn default_service_name() -> String {
+    "x402-gateway".into()
 }
 
 fn default_format() -> LogFormat {
@@ -460,6 +470,8 @@ impl Default for LoggingSection {
             format: default_format(),
             level: default_level(),
             access_log: true,
+            otlp_endpoint: None,
+            otlp_service_name: default_service_name(),
         }
     }
 }

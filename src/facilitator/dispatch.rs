@@ -173,9 +173,13 @@ impl Facilitators {
                 Err(e) => Err(FacilitatorError::Config(e.to_string())),
             },
             _ => {
+                let (span, traced) =
+                    crate::traces::facilitator_call(correlation, "verify", &fac.name);
                 let mut headers = self.auth(fac, Op::Verify)?;
-                headers.extend(correlation.headers());
-                self.client.verify(fac, body.to_vec(), &headers).await
+                headers.extend(traced.as_ref().unwrap_or(correlation).headers());
+                let r = self.client.verify(fac, body.to_vec(), &headers).await;
+                end_call(span, r.as_ref().err());
+                r
             }
         };
         self.record(fac, &result);
@@ -195,9 +199,13 @@ impl Facilitators {
                 Err(e) => Err(FacilitatorError::Config(e.to_string())),
             },
             _ => {
+                let (span, traced) =
+                    crate::traces::facilitator_call(correlation, "settle", &fac.name);
                 let mut headers = self.auth(fac, Op::Settle)?;
-                headers.extend(correlation.headers());
-                self.client.settle(fac, body.to_vec(), &headers).await
+                headers.extend(traced.as_ref().unwrap_or(correlation).headers());
+                let r = self.client.settle(fac, body.to_vec(), &headers).await;
+                end_call(span, r.as_ref().err());
+                r
             }
         };
         self.record(fac, &result);
@@ -269,5 +277,16 @@ impl Facilitators {
             }
         }
         out
+    }
+}
+
+/// Ends a facilitator call's span, marked failed when the call failed.
+fn end_call(span: Option<crate::traces::RequestSpan>, error: Option<&FacilitatorError>) {
+    use opentelemetry::trace::{Span, Status};
+    if let Some(mut s) = span {
+        if let Some(e) = error {
+            s.set_status(Status::error(e.to_string()));
+        }
+        s.end();
     }
 }

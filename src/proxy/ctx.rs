@@ -73,6 +73,8 @@ pub struct RequestCtx {
     pub upstream_failure: Option<super::respond::UpstreamError>,
     /// The request's id and trace context.
     pub correlation: crate::correlation::Correlation,
+    /// Its exported trace span, when traces are on.
+    pub span: Option<crate::traces::RequestSpan>,
     /// Counts this request in `x402_requests_in_flight` until it is dropped.
     _in_flight: crate::metrics::InFlight,
 }
@@ -96,6 +98,7 @@ impl RequestCtx {
             failure: None,
             upstream_failure: None,
             correlation: crate::correlation::Correlation::default(),
+            span: None,
             _in_flight: in_flight,
         }
     }

@@ -97,6 +97,10 @@ impl ProxyHttp for Gateway {
             &session.req_header().headers,
             client::is_trusted(peer, &snap.trusted_proxies),
         );
+        ctx.span = crate::traces::start_request(
+            &mut ctx.correlation,
+            session.req_header().method.as_str(),
+        );
         let routed = match request::route(&snap, session.req_header()) {
             Ok(r) => r,
             Err(e) => {
@@ -168,6 +172,18 @@ impl ProxyHttp for Gateway {
         )?;
         upstream::strip_payer_headers(upstream_request);
         upstream_request.insert_header(REQUEST_ID, ctx.correlation.request_id.as_str())?;
+        if ctx.span.is_some() {
+            // Traced: the origin's parent is the gateway's span.
+            if let Some(t) = &ctx.correlation.traceparent {
+                upstream_request.insert_header("traceparent", t.as_str())?;
+            }
+            match &ctx.correlation.tracestate {
+                Some(s) => upstream_request.insert_header("tracestate", s.as_str())?,
+                None => {
+                    upstream_request.remove_header("tracestate");
+                }
+            }
+        }
         if let Some(keys) = &ctx.snap.passes {
             upstream::strip_pass(upstream_request, &keys.cookie)?;
         }
@@ -300,6 +316,20 @@ impl ProxyHttp for Gateway {
             .request_duration
             .with_label_values(&[ctx.rule_id(), ctx.decision.label()])
             .observe(ctx.started.elapsed().as_secs_f64());
+        if let Some(span) = ctx.span.take() {
+            let req = session.req_header();
+            crate::traces::end_request(
+                span,
+                crate::traces::Outcome {
+                    path: req.uri.path(),
+                    status,
+                    rule: ctx.rule_id(),
+                    decision: ctx.decision.label(),
+                    reason: ctx.reason.unwrap_or(""),
+                    audience: ctx.audience(),
+                },
+            );
+        }
         if let Some(reason) = ctx.reason {
             self.metrics
                 .local_replies

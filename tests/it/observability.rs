@@ -359,3 +359,154 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     }
     drop(redis);
 }
+
+/// With `[logging] otlp_endpoint`, every request is a span exported to a local OTLP/HTTP
+/// receiver: a child of the client's `traceparent` when it sent one (the origin then receives
+/// the gateway's span as its parent), with the rule, decision and status; a paid request's
+/// `/verify` and `/settle` calls are child spans, and the facilitator receives them as parents.
+#[tokio::test]
+async fn request_and_facilitator_spans_reach_an_otlp_receiver() {
+    use crate::support::otlp::{OtlpReceiver, attribute};
+    use crate::support::pay::{self, Auth};
+
+    let receiver = OtlpReceiver::start();
+    let dev = NodeProc::start("lib/devnet.mjs", &["--payers", "1"]);
+    let origin = Origin::start("traced-origin");
+    let fac = dev.info["facilitatorUrl"].as_str().expect("fac").to_owned();
+    let cfg = paid_config(&origin.addr, &dev.info, &facilitator_toml("local", &fac, 0, ""), "")
+        .replace(
+            "[logging]\nlevel = \"info\"\n",
+            &format!(
+                "[logging]\nlevel = \"info\"\notlp_endpoint = \"{}\"\notlp_service_name = \"shop-gateway\"\n",
+                receiver.url
+            ),
+        );
+    assert!(cfg.contains("otlp_endpoint"));
+    let gw = Gateway::start(
+        &cfg,
+        &[(
+            "rules.toml",
+            "[[rule]]\nid = \"free\"\nprefix = \"/free\"\naction = \"free\"\n\n[[rule]]\nid = \"weather\"\npath = \"/api/weather\"\nprice = \"$0.01\"\n",
+        )],
+    );
+    let (trace, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let r = client()
+        .get(gw.url("/free/a"))
+        .header("traceparent", format!("00-{trace}-{parent}-01"))
+        .send()
+        .await
+        .expect("get");
+    let request_id = r.headers()["x-request-id"].to_str().expect("id").to_owned();
+    let echo: Value = r.json().await.expect("echo");
+    let seen = echo["headers"]["traceparent"]
+        .as_str()
+        .expect("traceparent")
+        .to_owned();
+    let parts: Vec<&str> = seen.split('-').collect();
+    assert_eq!(parts[1], trace, "same trace: {seen}");
+    assert_ne!(
+        parts[2], parent,
+        "the origin's parent is the gateway's span: {seen}"
+    );
+    let gateway_span = parts[2].to_owned();
+
+    // A paid request, no trace context from the client: a new trace.
+    let challenge = client()
+        .get(gw.url("/api/weather"))
+        .send()
+        .await
+        .expect("402");
+    let accepted = decode_header(
+        challenge.headers()["payment-required"]
+            .to_str()
+            .expect("ascii"),
+    )["accepts"][0]
+        .clone();
+    let key = dev.info["payers"][0]["privateKey"].as_str().expect("key");
+    let header = pay::v2_header(
+        &accepted,
+        pay::signed_payload(
+            &pay::key(key),
+            &accepted,
+            &Auth::for_requirements(&accepted),
+        ),
+    );
+    let r = client()
+        .get(gw.url("/api/weather"))
+        .header("PAYMENT-SIGNATURE", header)
+        .send()
+        .await
+        .expect("pay");
+    assert_eq!(r.status(), 200);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let spans = loop {
+        let spans = receiver.spans();
+        let calls = spans
+            .iter()
+            .filter(|s| s["name"] == "facilitator verify" || s["name"] == "facilitator settle")
+            .count();
+        if calls == 2 && spans.iter().any(|s| s["spanId"] == gateway_span.as_str()) {
+            break spans;
+        }
+        assert!(Instant::now() < deadline, "spans received: {spans:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let free = spans
+        .iter()
+        .find(|s| s["spanId"] == gateway_span.as_str())
+        .expect("the free request's span");
+    assert_eq!(free["traceId"], trace);
+    assert_eq!(free["parentSpanId"], parent);
+    assert_eq!(attribute(free, "x402.rule").as_deref(), Some("free"));
+    assert_eq!(attribute(free, "x402.decision").as_deref(), Some("free"));
+    assert_eq!(
+        attribute(free, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(attribute(free, "x402.request_id"), Some(request_id));
+    assert!(
+        free["resource"].to_string().contains("shop-gateway"),
+        "service.name: {}",
+        free["resource"]
+    );
+
+    let paid = spans
+        .iter()
+        .find(|s| attribute(s, "x402.decision").as_deref() == Some("paid"))
+        .expect("the paid request's span");
+    assert_ne!(paid["traceId"], trace, "a new trace");
+    let log: Value = client()
+        .get(format!("{fac}/__log"))
+        .send()
+        .await
+        .expect("log")
+        .json()
+        .await
+        .expect("json");
+    for op in ["verify", "settle"] {
+        let call = spans
+            .iter()
+            .find(|s| s["name"] == format!("facilitator {op}"))
+            .expect("a facilitator span");
+        assert_eq!(
+            call["parentSpanId"], paid["spanId"],
+            "{op} under the request"
+        );
+        assert_eq!(call["traceId"], paid["traceId"]);
+        let received = log
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|e| e["path"] == format!("/{op}"))
+            .expect("the facilitator call");
+        let tp = received["headers"]["traceparent"]
+            .as_str()
+            .expect("traceparent");
+        assert_eq!(
+            tp.split('-').nth(2),
+            call["spanId"].as_str(),
+            "the facilitator's parent is the call span: {tp}"
+        );
+    }
+}

@@ -138,6 +138,27 @@ pub fn compile(
             format: g.logging.format,
             level: g.logging.level.clone(),
             access_log: g.logging.access_log,
+            otlp_endpoint: g.logging.otlp_endpoint.as_ref().and_then(|e| {
+                let url = e.get_ref().trim_end_matches('/');
+                match url.parse::<http::Uri>() {
+                    Ok(u)
+                        if matches!(u.scheme_str(), Some("http" | "https"))
+                            && u.authority().is_some() =>
+                    {
+                        Some(url.to_owned())
+                    }
+                    _ => {
+                        rep.at(
+                            cfg,
+                            e.span(),
+                            "logging.otlp_endpoint",
+                            "expected an http:// or https:// URL of an OTLP/HTTP collector",
+                        );
+                        None
+                    }
+                }
+            }),
+            otlp_service_name: g.logging.otlp_service_name.clone(),
         },
         case_sensitive,
         unmatched: g.rules.unmatched,

@@ -6,6 +6,7 @@
 pub mod botauth;
 pub mod chain;
 pub mod faulty;
+pub mod otlp;
 pub mod pay;
 pub mod redis;
 pub mod tls;
