@@ -286,7 +286,8 @@ async fn revenue_page(
 
     let day = |ago: u64| {
         let t = std::time::SystemTime::now() - std::time::Duration::from_secs(ago * 86_400);
-        humantime::format_rfc3339(t).to_string()[..10].to_owned()
+        let stamp = humantime::format_rfc3339(t).to_string();
+        stamp.get(..10).unwrap_or(&stamp).to_owned()
     };
     let (today, week_from) = (day(0), day(6));
     let mut page = Page {
