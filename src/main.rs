@@ -9,16 +9,10 @@ static GLOBAL: x402_alloc::MiMalloc = x402_alloc::MiMalloc;
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Run { config, ready_file } => {
-            match x402_gateway::server::run(x402_gateway::server::RunOptions { config, ready_file })
-            {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("{e}");
-                    1
-                }
-            }
-        }
+        Command::Run { config, ready_file } => exit_code(
+            x402_gateway::server::run(x402_gateway::server::RunOptions { config, ready_file }),
+            |()| {},
+        ),
         Command::Check { config } => {
             let (report, code) = cli::check(&config);
             if code == 0 {
@@ -33,16 +27,9 @@ fn main() {
             method,
             url,
             headers,
-        } => match cli::explain(&config, &method, &url, &headers) {
-            Ok(v) => {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                0
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                1
-            }
-        },
+        } => exit_code(cli::explain(&config, &method, &url, &headers), |v| {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }),
         Command::Receipts {
             config,
             ledger,
@@ -50,35 +37,35 @@ fn main() {
             until,
             rules,
             format,
-        } => match cli::receipts(&cli::ReceiptsArgs {
-            config,
-            ledger,
-            since,
-            until,
-            rules,
-            format,
-        }) {
-            Ok(report) => {
-                print!("{report}");
-                0
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                1
-            }
-        },
-        Command::Probe { url, timeout_ms } => {
-            match cli::probe(&url, std::time::Duration::from_millis(timeout_ms)) {
-                Ok(line) => {
-                    println!("{line}");
-                    0
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    1
-                }
-            }
-        }
+        } => exit_code(
+            cli::receipts(&cli::ReceiptsArgs {
+                config,
+                ledger,
+                since,
+                until,
+                rules,
+                format,
+            }),
+            |report| print!("{report}"),
+        ),
+        Command::Probe { url, timeout_ms } => exit_code(
+            cli::probe(&url, std::time::Duration::from_millis(timeout_ms)),
+            |line| println!("{line}"),
+        ),
     };
     std::process::exit(code);
+}
+
+/// 0 after printing a command's result, 1 after printing its error to stderr.
+fn exit_code<T, E: std::fmt::Display>(result: Result<T, E>, print: impl FnOnce(T)) -> i32 {
+    match result {
+        Ok(v) => {
+            print(v);
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
 }

@@ -686,32 +686,7 @@ description = "Annual report <2026>"
     assert!(text.contains("eip155:84532 (base-sepolia)"), "{text}");
     assert!(text.contains(PAY_TO), "{text}");
 
-    let shot_dir = tempfile::tempdir().expect("dir");
-    let png = shot_dir.path().join("paywall.png");
-    let shot = tokio::task::spawn_blocking({
-        let (url, png) = (url.clone(), png.clone());
-        move || {
-            chromium(
-                &[
-                    &format!("--screenshot={}", png.display()),
-                    "--window-size=1024,768",
-                ],
-                &url,
-            )
-        }
-    })
-    .await
-    .expect("join");
-    let bytes = std::fs::read(&png).unwrap_or_else(|e| {
-        panic!(
-            "no screenshot ({e}): {}",
-            String::from_utf8_lossy(&shot.stderr)
-        )
-    });
-    assert!(
-        bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 5_000,
-        "not a rendered PNG"
-    );
+    screenshot(&url, "1024,768", 5_000).await;
     // Chromium was answered with the HTML 402 both times.
     assert!(
         gw.metric("x402_requests_total{decision=\"challenged\",rule=\"report\",status=\"4xx\"}")

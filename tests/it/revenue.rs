@@ -149,32 +149,7 @@ async fn the_revenue_page_and_the_receipts_command_agree_with_the_ledger() {
     assert_eq!(shadow[1], "$0.10", "two shadow requests at $0.05");
     assert!(shadow[2].starts_with("100000 "), "{shadow:?}");
 
-    let dir = tempfile::tempdir().expect("dir");
-    let png = dir.path().join("revenue.png");
-    let shot = tokio::task::spawn_blocking({
-        let (url, png) = (url.clone(), png.clone());
-        move || {
-            chromium(
-                &[
-                    &format!("--screenshot={}", png.display()),
-                    "--window-size=1200,1600",
-                ],
-                &url,
-            )
-        }
-    })
-    .await
-    .expect("join");
-    let bytes = std::fs::read(&png).unwrap_or_else(|e| {
-        panic!(
-            "no screenshot ({e}): {}",
-            String::from_utf8_lossy(&shot.stderr)
-        )
-    });
-    assert!(
-        bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000,
-        "not a rendered page"
-    );
+    screenshot(&url, "1200,1600", 10_000).await;
 
     // The command line reads the same ledger.
     let cfg = t.gw.path("gateway.toml");

@@ -651,3 +651,55 @@ pub fn chromium(args: &[&str], url: &str) -> std::process::Output {
     }
     child.wait_with_output().expect("chromium output")
 }
+
+/// The `/verify` and `/settle` calls a test facilitator (`lib/facilitator.mjs` at
+/// `facilitator_url`) received, oldest first, as it logged them (path, headers, body).
+pub async fn facilitator_calls(facilitator_url: &str) -> Vec<Value> {
+    let log: Value = client()
+        .get(format!("{facilitator_url}/__log"))
+        .send()
+        .await
+        .expect("facilitator log")
+        .json()
+        .await
+        .expect("json");
+    log.as_array()
+        .expect("array")
+        .iter()
+        .filter(|e| e["path"] == "/verify" || e["path"] == "/settle")
+        .cloned()
+        .collect()
+}
+
+/// A headless Chromium screenshot of `url` at `size` (`"1024,768"`): the PNG's bytes, checked
+/// to be a rendered image of at least `min_bytes`.
+pub async fn screenshot(url: &str, size: &str, min_bytes: usize) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("dir");
+    let png = dir.path().join("shot.png");
+    let shot = tokio::task::spawn_blocking({
+        let (url, png, size) = (url.to_owned(), png.clone(), size.to_owned());
+        move || {
+            chromium(
+                &[
+                    &format!("--screenshot={}", png.display()),
+                    &format!("--window-size={size}"),
+                ],
+                &url,
+            )
+        }
+    })
+    .await
+    .expect("join");
+    let bytes = std::fs::read(&png).unwrap_or_else(|e| {
+        panic!(
+            "no screenshot ({e}): {}",
+            String::from_utf8_lossy(&shot.stderr)
+        )
+    });
+    assert!(
+        bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() >= min_bytes,
+        "not a rendered page ({} bytes)",
+        bytes.len()
+    );
+    bytes
+}
