@@ -34,29 +34,36 @@ pub enum TlsFileError {
     BadCa(String, String),
 }
 
-/// PEM certificates of a file, in order.
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
-    let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| TlsFileError::Read(shown.clone(), e))?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
+fn read(path: &Path) -> Result<Vec<u8>, TlsFileError> {
+    std::fs::read(path).map_err(|e| TlsFileError::Read(path.display().to_string(), e))
+}
+
+/// The PEM certificates of a file's bytes, in order.
+fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
         .filter_map(Result::ok)
         .collect();
     if certs.is_empty() {
-        return Err(TlsFileError::NoCertificate(shown));
+        return Err(TlsFileError::NoCertificate(path.display().to_string()));
     }
     Ok(certs)
 }
 
-/// A listener's certificate chain and key, checked to belong together, with the files' bytes
-/// (so a changed file makes a new configuration generation).
-pub fn load_listener(
-    cert: &Path,
-    key: &Path,
-) -> Result<(Arc<CertifiedKey>, Vec<u8>), TlsFileError> {
-    let chain = certificates(cert)?;
-    let key_bytes =
-        std::fs::read(key).map_err(|e| TlsFileError::Read(key.display().to_string(), e))?;
-    let der = PrivateKeyDer::from_pem_slice(&key_bytes)
+/// A TLS listener's certificate and key, and the files as read (their content goes into the
+/// configuration's content hash, so a renewed pair makes a new generation).
+#[derive(Debug)]
+pub struct ListenerFiles {
+    pub certified: Arc<CertifiedKey>,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+/// A listener's certificate chain and key, checked to belong together.
+pub fn load_listener(cert: &Path, key: &Path) -> Result<ListenerFiles, TlsFileError> {
+    let cert_pem = read(cert)?;
+    let chain = certificates(cert, &cert_pem)?;
+    let key_pem = read(key)?;
+    let der = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| TlsFileError::NoKey(key.display().to_string(), e.to_string()))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&der)
         .map_err(|e| TlsFileError::UnsupportedKey(e.to_string()))?;
@@ -64,19 +71,19 @@ pub fn load_listener(
     if certified.keys_match().is_err() {
         return Err(TlsFileError::Mismatch);
     }
-    let mut material: Vec<u8> = certified
-        .cert
-        .iter()
-        .flat_map(|c| c.as_ref().iter().copied())
-        .collect();
-    material.extend_from_slice(&key_bytes);
-    Ok((Arc::new(certified), material))
+    Ok(ListenerFiles {
+        certified: Arc::new(certified),
+        cert_pem,
+        key_pem,
+    })
 }
 
-/// The CA certificates of a PEM file, as Pingora's upstream connector takes them. Each must
-/// parse as a trust anchor (checked here: Pingora's own parsing assumes it does).
-pub fn load_ca(path: &Path) -> Result<Arc<CaType>, TlsFileError> {
-    let certs = certificates(path)?;
+/// The CA certificates of a PEM file, as Pingora's upstream connector takes them, and the
+/// file as read. Each must parse as a trust anchor (checked here: Pingora's own parsing
+/// assumes it does).
+pub fn load_ca(path: &Path) -> Result<(Arc<CaType>, Vec<u8>), TlsFileError> {
+    let pem = read(path)?;
+    let certs = certificates(path, &pem)?;
     let mut check = rustls::RootCertStore::empty();
     let mut wrapped = Vec::with_capacity(certs.len());
     for c in certs {
@@ -85,7 +92,7 @@ pub fn load_ca(path: &Path) -> Result<Arc<CaType>, TlsFileError> {
             .map_err(|e| TlsFileError::BadCa(path.display().to_string(), e.to_string()))?;
         wrapped.push(WrappedX509::new(c.to_vec(), parse_x509));
     }
-    Ok(Arc::from(wrapped.into_boxed_slice()))
+    Ok((Arc::from(wrapped.into_boxed_slice()), pem))
 }
 
 /// The certificate of TLS listener `index`, taken from the current configuration at each

@@ -104,27 +104,11 @@ impl Two {
         assert!(r.status().is_success());
     }
     /// Calls (`/verify`, `/settle`) a facilitator received.
-    async fn calls(url: String) -> Vec<String> {
-        let log: Value = client()
-            .get(url)
-            .send()
-            .await
-            .expect("log")
-            .json()
-            .await
-            .expect("json");
-        log.as_array()
-            .expect("array")
-            .iter()
-            .map(|e| s(&e["path"]))
-            .filter(|p| p != "/supported")
-            .collect()
-    }
     pub(crate) async fn a_calls(&self) -> Vec<String> {
-        Self::calls(self.a_url("/__log")).await
+        facilitator_paths(&self.a_url("")).await
     }
     pub(crate) async fn b_calls(&self) -> Vec<String> {
-        Self::calls(self.b_url("/__log")).await
+        facilitator_paths(&self.b_url("")).await
     }
     /// A fresh signed payment for `path`.
     pub(crate) async fn header(&self, path: &str) -> String {
@@ -539,19 +523,12 @@ async fn cdp_requests_carry_a_jwt_for_the_exact_call() {
         .await
         .expect("pay");
     assert_eq!(r.status(), 200);
-    let log: Value = client()
-        .get(format!("{fac_url}/__log"))
-        .send()
-        .await
-        .expect("log")
-        .json()
-        .await
-        .expect("json");
+    let log = facilitator_log(&fac_url).await;
     let dec = DecodingKey::from_ec_pem(public.as_bytes()).expect("decoding key");
     let mut validation = Validation::new(Algorithm::ES256);
     validation.validate_aud = false;
     let mut seen = Vec::new();
-    for e in log.as_array().expect("array") {
+    for e in &log {
         let auth = s(&e["headers"]["authorization"]);
         let token = auth.strip_prefix("Bearer ").expect("bearer");
         let data = jsonwebtoken::decode::<Value>(token, &dec, &validation)

@@ -156,20 +156,7 @@ impl Paid {
 
     /// Paths of the `/verify` and `/settle` calls the facilitator received.
     async fn facilitator_calls(&self) -> Vec<String> {
-        let log: Value = client()
-            .get(format!("{}/__log", text(&self.dev.info["facilitatorUrl"])))
-            .send()
-            .await
-            .expect("log")
-            .json()
-            .await
-            .expect("json");
-        log.as_array()
-            .expect("array")
-            .iter()
-            .map(|e| text(&e["path"]).to_owned())
-            .filter(|p| p != "/supported")
-            .collect()
+        facilitator_paths(text(&self.dev.info["facilitatorUrl"])).await
     }
 
     fn ledger_events(&self) -> Vec<Value> {
@@ -537,15 +524,8 @@ async fn redirects_from_facilitators_and_nodes_are_not_followed_and_node_keys_st
         fac_redirect.seen.requests() > 0,
         "the facilitator was never called"
     );
-    let log: Value = client()
-        .get(format!("{fac_url}/__log"))
-        .send()
-        .await
-        .expect("log")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(log, serde_json::json!([]), "a redirect was followed");
+    let log = facilitator_log(fac_url).await;
+    assert!(log.is_empty(), "a redirect was followed: {log:?}");
     drop(gw);
 
     // A node URL, from the environment, with a key in its query, that redirects to the node.

@@ -213,21 +213,9 @@ async fn a_pass_after_an_onchain_payment_opens_the_next_requests_then_stops() {
         before - 10_000,
         "one payment"
     );
-    let log: Value = client()
-        .get(format!("{fac_url}/__log"))
-        .send()
-        .await
-        .expect("log")
-        .json()
-        .await
-        .expect("json");
-    let settles = log
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter(|e| e["path"] == "/settle")
-        .count();
-    assert_eq!(settles, 1, "{log}");
+    let log = facilitator_log(&fac_url).await;
+    let settles = log.iter().filter(|e| e["path"] == "/settle").count();
+    assert_eq!(settles, 1, "{log:?}");
     let m = |q: &'static str| gw.metric(q);
     assert_eq!(m("x402_passes_total{outcome=\"issued\"}").await, 1.0);
     assert_eq!(m("x402_passes_total{outcome=\"accepted\"}").await, 3.0);

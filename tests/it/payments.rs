@@ -101,20 +101,7 @@ impl Paid {
 
     /// Requests the facilitator received, by path.
     async fn facilitator_calls(&self) -> Vec<String> {
-        let log: Value = client()
-            .get(self.fac("/__log"))
-            .send()
-            .await
-            .expect("log")
-            .json()
-            .await
-            .expect("json");
-        log.as_array()
-            .expect("array")
-            .iter()
-            .map(|e| e["path"].as_str().unwrap_or("").to_owned())
-            .filter(|p| p != "/supported")
-            .collect()
+        facilitator_paths(&self.fac("")).await
     }
 
     async fn facilitator_config(&self, cfg: Value) {
@@ -204,27 +191,14 @@ async fn v2_client_pays_once_and_replay_moves_nothing() {
     // The query may carry personal data or tokens: neither the ledger nor the facilitator
     // gets it (the rule does not set `resource_query`).
     assert_eq!(ledger[0]["resource"], p.gw.url("/api/weather"));
-    let log: Value = client()
-        .get(p.fac("/__log"))
-        .send()
-        .await
-        .expect("log")
-        .json()
-        .await
-        .expect("json");
-    let calls: Vec<&Value> = log
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter(|e| e["path"] == "/verify" || e["path"] == "/settle")
-        .collect();
-    assert_eq!(calls.len(), 2, "{log}");
+    let calls = facilitator_calls(&p.fac("")).await;
+    assert_eq!(calls.len(), 2, "{calls:?}");
     // The facilitator and the ledger see the id the client got.
     let request_id = res["headers"]["x-request-id"]
         .as_str()
         .expect("x-request-id");
     assert_eq!(ledger[0]["request_id"], request_id);
-    for c in calls {
+    for c in &calls {
         assert_eq!(c["headers"]["x-request-id"], request_id, "{c}");
         assert_eq!(
             c["body"]["paymentPayload"]["resource"]["url"],
@@ -266,17 +240,8 @@ async fn v2_client_pays_once_and_replay_moves_nothing() {
     assert_eq!(kept["status"], 200, "{kept}");
     let ledger = p.ledger();
     assert_eq!(ledger[1]["resource"], p.gw.url("/search?q=rome"));
-    let log: Value = client()
-        .get(p.fac("/__log"))
-        .send()
-        .await
-        .expect("log")
-        .json()
-        .await
-        .expect("json");
+    let log = facilitator_log(&p.fac("")).await;
     let settle = log
-        .as_array()
-        .expect("array")
         .iter()
         .rfind(|e| e["path"] == "/settle")
         .expect("a settle call");

@@ -282,7 +282,7 @@ impl Paid {
 
     /// `/settle` calls the facilitator received.
     async fn settles(&self) -> usize {
-        facilitator_calls(self.fac(), "/settle").await
+        calls_on(self.fac(), "/settle").await
     }
 
     /// Every replica's ledger lines.
@@ -1045,7 +1045,7 @@ async fn refused_payments_at_one_replica_limit_the_payer_at_every_replica() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let verifies_before = facilitator_calls(p.fac(), "/verify").await;
+    let verifies_before = calls_on(p.fac(), "/verify").await;
     for gw in &p.gws[1..] {
         let header = p.payment().await;
         let r = get(&gw.url("/api/weather"), &[("payment-signature", &header)]).await;
@@ -1054,7 +1054,7 @@ async fn refused_payments_at_one_replica_limit_the_payer_at_every_replica() {
         assert!(r.header("retry-after").is_some());
     }
     assert_eq!(
-        facilitator_calls(p.fac(), "/verify").await,
+        calls_on(p.fac(), "/verify").await,
         verifies_before,
         "limited attempts never reach the facilitator"
     );
@@ -1062,17 +1062,9 @@ async fn refused_payments_at_one_replica_limit_the_payer_at_every_replica() {
 }
 
 /// Calls the facilitator received on `path`.
-async fn facilitator_calls(fac: &str, path: &str) -> usize {
-    let log: Value = client()
-        .get(format!("{fac}/__log"))
-        .send()
+async fn calls_on(fac: &str, path: &str) -> usize {
+    facilitator_log(fac)
         .await
-        .expect("facilitator log")
-        .json()
-        .await
-        .expect("json");
-    log.as_array()
-        .expect("array")
         .iter()
         .filter(|e| e["path"] == path)
         .count()
@@ -1222,7 +1214,7 @@ async fn a_payment_released_unsettled_is_not_verified_twice_across_replicas() {
     }}))
     .await;
     let header = p.payment().await;
-    let verifies = facilitator_calls(p.fac(), "/verify").await;
+    let verifies = calls_on(p.fac(), "/verify").await;
     let r = get(
         &p.gws[0].url("/api/weather"),
         &[("payment-signature", &header)],
@@ -1230,7 +1222,7 @@ async fn a_payment_released_unsettled_is_not_verified_twice_across_replicas() {
     .await;
     assert_eq!(r.status, 402, "{}", r.body);
     assert_eq!(p.money().await.2, 0, "nothing moved");
-    assert_eq!(facilitator_calls(p.fac(), "/verify").await, verifies + 1);
+    assert_eq!(calls_on(p.fac(), "/verify").await, verifies + 1);
     // The facilitator's free text is no metric label.
     assert_eq!(
         p.gws[0]
@@ -1255,7 +1247,7 @@ async fn a_payment_released_unsettled_is_not_verified_twice_across_replicas() {
     .await;
     assert_eq!(r.status, 200, "{}\n{}", r.body, p.logs());
     assert_eq!(
-        facilitator_calls(p.fac(), "/verify").await,
+        calls_on(p.fac(), "/verify").await,
         verifies + 1,
         "the second replica reused the first one's verification"
     );

@@ -95,28 +95,23 @@ async fn the_revenue_page_and_the_receipts_command_agree_with_the_ledger() {
         .collect();
     let settled: Vec<&Value> = lines.iter().filter(|l| l["event"] == "settled").collect();
     assert_eq!(settled.len(), 3);
-    let total: u64 = settled
-        .iter()
-        .map(|l| {
-            l["amount"]
-                .as_str()
-                .expect("amount")
-                .parse::<u64>()
-                .expect("n")
-        })
-        .sum();
+    // Atomic units settled on the rules `keep` accepts.
+    let settled_on = |keep: &dyn Fn(&Value) -> bool| -> u64 {
+        settled
+            .iter()
+            .filter(|l| keep(l))
+            .map(|l| {
+                l["amount"]
+                    .as_str()
+                    .expect("amount")
+                    .parse::<u64>()
+                    .expect("n")
+            })
+            .sum()
+    };
+    let total = settled_on(&|_| true);
+    let weather = settled_on(&|l| l["rule"] == "weather");
     let usd = |atomic: u64| format!("${}.{:02}", atomic / 1_000_000, atomic % 1_000_000 / 10_000);
-    let weather: u64 = settled
-        .iter()
-        .filter(|l| l["rule"] == "weather")
-        .map(|l| {
-            l["amount"]
-                .as_str()
-                .expect("amount")
-                .parse::<u64>()
-                .expect("n")
-        })
-        .sum();
     assert!(
         settled.iter().all(|l| l["audience"].is_string()),
         "{settled:?}"

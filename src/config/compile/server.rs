@@ -182,10 +182,10 @@ pub(super) fn tls_keys(
             continue; // reported by `startup`
         }
         match crate::tls::load_listener(&cert, &key) {
-            Ok((certified, material)) => {
-                keys.push(certified);
-                rep.files_read.push((cert, material));
-                rep.files_read.push((key, Vec::new()));
+            Ok(files) => {
+                keys.push(files.certified);
+                rep.files_read.push((cert, files.cert_pem));
+                rep.files_read.push((key, files.key_pem));
             }
             Err(e) => rep.at(cfg, t.cert.span(), "server.tls.cert", e),
         }

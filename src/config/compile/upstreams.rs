@@ -136,9 +136,8 @@ fn build_pool(
             .unwrap_or_default();
         let path = base.join(f.get_ref());
         match crate::tls::load_ca(&path) {
-            Ok(ca) => {
-                let bytes = std::fs::read(&path).unwrap_or_default();
-                rep.files_read.push((path, bytes));
+            Ok((ca, pem)) => {
+                rep.files_read.push((path, pem));
                 Some(ca)
             }
             Err(e) => {

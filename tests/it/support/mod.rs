@@ -652,22 +652,36 @@ pub fn chromium(args: &[&str], url: &str) -> std::process::Output {
     child.wait_with_output().expect("chromium output")
 }
 
-/// The `/verify` and `/settle` calls a test facilitator (`lib/facilitator.mjs` at
-/// `facilitator_url`) received, oldest first, as it logged them (path, headers, body).
-pub async fn facilitator_calls(facilitator_url: &str) -> Vec<Value> {
-    let log: Value = client()
+/// Every request a test facilitator (`lib/facilitator.mjs` at `facilitator_url`) received,
+/// oldest first, as it logged them (method, path, headers, body).
+pub async fn facilitator_log(facilitator_url: &str) -> Vec<Value> {
+    client()
         .get(format!("{facilitator_url}/__log"))
         .send()
         .await
         .expect("facilitator log")
         .json()
         .await
-        .expect("json");
-    log.as_array()
-        .expect("array")
+        .expect("json")
+}
+
+/// The paths a test facilitator was asked for, `/supported` probes left out.
+pub async fn facilitator_paths(facilitator_url: &str) -> Vec<String> {
+    facilitator_log(facilitator_url)
+        .await
         .iter()
+        .filter_map(|e| e["path"].as_str())
+        .filter(|p| *p != "/supported")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The `/verify` and `/settle` calls a test facilitator received, oldest first.
+pub async fn facilitator_calls(facilitator_url: &str) -> Vec<Value> {
+    facilitator_log(facilitator_url)
+        .await
+        .into_iter()
         .filter(|e| e["path"] == "/verify" || e["path"] == "/settle")
-        .cloned()
         .collect()
 }
 
