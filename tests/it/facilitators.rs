@@ -112,19 +112,7 @@ impl Two {
     }
     /// A fresh signed payment for `path`.
     pub(crate) async fn header(&self, path: &str) -> String {
-        let r = client().get(self.gw.url(path)).send().await.expect("get");
-        let accepted =
-            decode_header(r.headers()["payment-required"].to_str().expect("ascii"))["accepts"][0]
-                .clone();
-        let (_, key) = self.payer();
-        pay::v2_header(
-            &accepted,
-            pay::signed_payload(
-                &pay::key(&key),
-                &accepted,
-                &Auth::for_requirements(&accepted),
-            ),
-        )
+        pay::fresh_header(&self.gw, path, &self.payer().1).await
     }
     pub(crate) async fn pay(&self, path: &str, header: &str) -> reqwest::Response {
         client()

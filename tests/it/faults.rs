@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::support::chain::{balance, relayer_nonce};
 use crate::support::faulty::{FaultyServer, RESET_DECLARED, RESET_SENT};
-use crate::support::pay::{self, Auth};
+use crate::support::pay;
 use crate::support::*;
 
 const RULES: &str = r#"
@@ -165,7 +165,7 @@ impl Paid {
 
     /// A fresh signed `PAYMENT-SIGNATURE` for `path`.
     async fn header(&self, path: &str) -> String {
-        payment_header(&self.gw, path, self.payer().1).await
+        pay::fresh_header(&self.gw, path, self.payer().1).await
     }
 }
 
@@ -182,23 +182,6 @@ fn events(ledger: &[Value]) -> Vec<&str> {
         .iter()
         .map(|l| l["event"].as_str().unwrap_or(""))
         .collect()
-}
-
-/// A fresh payment for `path` signed by `key`.
-async fn payment_header(gw: &Gateway, path: &str, key: &str) -> String {
-    let r = client().get(gw.url(path)).send().await.expect("get");
-    assert_eq!(r.status(), 402);
-    let accepted =
-        decode_header(r.headers()["payment-required"].to_str().expect("ascii"))["accepts"][0]
-            .clone();
-    pay::v2_header(
-        &accepted,
-        pay::signed_payload(
-            &pay::key(key),
-            &accepted,
-            &Auth::for_requirements(&accepted),
-        ),
-    )
 }
 
 const SETTLED: &str = r#"x402_payments_total{outcome="settled",reason=""}"#;
@@ -371,7 +354,7 @@ async fn stalled_chain_rpc_refuses_payments_without_charging_and_free_routes_flo
         balance(rpc, token, pay_to).await,
     );
     let nonce_before = relayer_nonce(rpc).await;
-    let header = payment_header(&gw, "/paid/weather", key).await;
+    let header = pay::fresh_header(&gw, "/paid/weather", key).await;
 
     let started = Instant::now();
     let paying = tokio::spawn({
@@ -508,7 +491,7 @@ async fn redirects_from_facilitators_and_nodes_are_not_followed_and_node_keys_st
         ),
         &[("rules.toml", RULES)],
     );
-    let header = payment_header(&gw, "/paid/x", key).await;
+    let header = pay::fresh_header(&gw, "/paid/x", key).await;
     let r = client()
         .get(gw.url("/paid/x"))
         .header("PAYMENT-SIGNATURE", &header)
@@ -536,7 +519,7 @@ async fn redirects_from_facilitators_and_nodes_are_not_followed_and_node_keys_st
         &[("rules.toml", RULES)],
         &[("TEST_NODE_URL", &secret_url)],
     );
-    let header = payment_header(&gw, "/paid/y", key).await;
+    let header = pay::fresh_header(&gw, "/paid/y", key).await;
     let r = client()
         .get(gw.url("/paid/y"))
         .header("PAYMENT-SIGNATURE", &header)
@@ -597,7 +580,7 @@ async fn settlement_whose_receipt_never_comes_is_served_and_charged_once() {
     );
     let before = balance(rpc, token, payer).await;
     let nonce_before = relayer_nonce(rpc).await;
-    let header = payment_header(&gw, "/paid/weather", key).await;
+    let header = pay::fresh_header(&gw, "/paid/weather", key).await;
     let r = client()
         .get(gw.url("/paid/weather"))
         .header("PAYMENT-SIGNATURE", &header)

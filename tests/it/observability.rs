@@ -388,7 +388,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
 #[tokio::test]
 async fn request_and_facilitator_spans_reach_an_otlp_receiver() {
     use crate::support::otlp::{OtlpReceiver, attribute};
-    use crate::support::pay::{self, Auth};
+    use crate::support::pay;
 
     let receiver = OtlpReceiver::start();
     let dev = NodeProc::start("lib/devnet.mjs", &["--payers", "1"]);
@@ -432,26 +432,8 @@ async fn request_and_facilitator_spans_reach_an_otlp_receiver() {
     let gateway_span = parts[2].to_owned();
 
     // A paid request, no trace context from the client: a new trace.
-    let challenge = client()
-        .get(gw.url("/api/weather"))
-        .send()
-        .await
-        .expect("402");
-    let accepted = decode_header(
-        challenge.headers()["payment-required"]
-            .to_str()
-            .expect("ascii"),
-    )["accepts"][0]
-        .clone();
     let key = dev.info["payers"][0]["privateKey"].as_str().expect("key");
-    let header = pay::v2_header(
-        &accepted,
-        pay::signed_payload(
-            &pay::key(key),
-            &accepted,
-            &Auth::for_requirements(&accepted),
-        ),
-    );
+    let header = pay::fresh_header(&gw, "/api/weather", key).await;
     let r = client()
         .get(gw.url("/api/weather"))
         .header("PAYMENT-SIGNATURE", header)

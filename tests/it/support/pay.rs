@@ -120,3 +120,18 @@ pub fn v1_header(network: &str, payload: Value) -> String {
 pub fn key(hex_key: &str) -> PrivateKeySigner {
     hex_key.parse().expect("private key")
 }
+
+/// A fresh v2 payment for `path` of `gw`, signed by `key` (hex) for the first offer of the
+/// 402 the gateway answers now.
+pub async fn fresh_header(gw: &super::Gateway, path: &str, key_hex: &str) -> String {
+    let r = super::client().get(gw.url(path)).send().await.expect("get");
+    assert_eq!(r.status(), 402);
+    let accepted =
+        super::decode_header(r.headers()["payment-required"].to_str().expect("ascii"))["accepts"]
+            [0]
+        .clone();
+    v2_header(
+        &accepted,
+        signed_payload(&key(key_hex), &accepted, &Auth::for_requirements(&accepted)),
+    )
+}
