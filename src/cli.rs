@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `explain`, `receipts`, `probe`, `--version`.
+//! The command line: `run`, `check`, `explain`, `receipts`, `probe`, `discovery`, `--version`.
 
 use std::path::PathBuf;
 
@@ -78,6 +78,48 @@ pub enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Print a discovery document generated from the rules: the `/.well-known/x402` list of
+    /// priced resources or the OpenAPI 3.1 document of priced routes (`x-payment-info`).
+    Discovery {
+        #[arg(short, long, default_value = "gateway.toml")]
+        config: PathBuf,
+        /// `well-known` or `openapi`.
+        #[arg(long, value_enum, default_value_t = DiscoveryFormat::Openapi)]
+        format: DiscoveryFormat,
+        /// Scheme and host resources are named under (default `[payment] public_base_url`).
+        #[arg(long)]
+        base_url: Option<String>,
+    },
+}
+
+/// Which document `discovery` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiscoveryFormat {
+    WellKnown,
+    Openapi,
+}
+
+/// `discovery`: the document as pretty JSON, or why it cannot be made.
+pub fn discovery(
+    path: &std::path::Path,
+    format: DiscoveryFormat,
+    base_url: Option<&str>,
+) -> Result<String, String> {
+    let snap = config::load(path, 1, None).map_err(|i| i.to_string())?;
+    let base = base_url
+        .map(|b| b.trim_end_matches('/').to_owned())
+        .or_else(|| snap.payment.public_base_url.clone())
+        .ok_or(
+            "name the site with --base-url https://example.com (or set [payment] public_base_url)",
+        )?;
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        return Err(format!("--base-url {base}: must be an http(s) URL"));
+    }
+    let doc = match format {
+        DiscoveryFormat::WellKnown => crate::discovery::documents::well_known(&snap, &base),
+        DiscoveryFormat::Openapi => crate::discovery::documents::openapi(&snap, &base),
+    };
+    serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())
 }
 
 /// How `receipts` prints.

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod correlation;
+pub mod discovery;
 pub mod facilitator;
 pub mod facilitator_api;
 pub mod header_deadline;

@@ -1,4 +1,4 @@
-//! Command-line entry: parse, then run, check, explain, receipts or probe.
+//! Command-line entry: parse, then run, check, explain, receipts, probe or discovery.
 
 use clap::Parser;
 use x402_gateway::cli::{self, Cli, Command};
@@ -51,6 +51,14 @@ fn main() {
         Command::Probe { url, timeout_ms } => exit_code(
             cli::probe(&url, std::time::Duration::from_millis(timeout_ms)),
             |line| println!("{line}"),
+        ),
+        Command::Discovery {
+            config,
+            format,
+            base_url,
+        } => exit_code(
+            cli::discovery(&config, format, base_url.as_deref()),
+            |doc| println!("{doc}"),
         ),
     };
     std::process::exit(code);

@@ -48,6 +48,8 @@ pub struct Rule {
     pub payment: RulePolicy,
     /// Audience prices, passes and shadow mode.
     pub access: RuleAccess,
+    /// How discovery surfaces describe it.
+    pub discovery: crate::discovery::RuleDiscovery,
 }
 
 impl Rule {
@@ -125,6 +127,10 @@ pub struct PaymentSettings {
     pub failed_payments_per_client: u32,
     /// Refused payments per payer allowed per failure window (0: no limit).
     pub failed_payments_per_payer: u32,
+    /// How long a `payment-identifier` is remembered (`None`: the extension is off).
+    pub payment_identifier_window: Option<Duration>,
+    /// Payments without a `payment-identifier` are refused.
+    pub require_payment_identifier: bool,
 }
 
 /// A TLS listener.
@@ -290,6 +296,8 @@ pub struct Snapshot {
     pub paywall: Arc<crate::template::Template>,
     /// The wallet paywall page (`[paywall] wallet`), when configured.
     pub wallet_paywall: Option<Arc<crate::wallet_paywall::WalletPage>>,
+    /// `[discovery]`: the documents served and the `bazaar` extension.
+    pub discovery: crate::discovery::DiscoverySettings,
 }
 
 impl Snapshot {
@@ -313,6 +321,10 @@ impl Snapshot {
                 max_header_bytes: self.payment.max_header_bytes,
                 failed_per_client: self.payment.failed_payments_per_client,
                 failed_per_payer: self.payment.failed_payments_per_payer,
+            },
+            identifier: crate::payment::IdentifierConf {
+                window: self.payment.payment_identifier_window,
+                required: self.payment.require_payment_identifier,
             },
         }
     }

@@ -226,6 +226,18 @@ pub struct PaymentSection {
     /// ledger (default false: queries may carry personal data or tokens).
     #[serde(default)]
     pub resource_query: bool,
+    /// How long a payment named by the `payment-identifier` extension is remembered: a retry
+    /// with the same identifier and payload is served again without a second charge (default
+    /// 900 s; 0: the extension is not offered and identifiers are ignored).
+    #[serde(default = "default_identifier_window")]
+    pub payment_identifier_window_seconds: u64,
+    /// Refuse payments that carry no `payment-identifier` (default false).
+    #[serde(default)]
+    pub require_payment_identifier: bool,
+}
+
+fn default_identifier_window() -> u64 {
+    900
 }
 
 fn default_client_failures() -> u32 {
@@ -260,6 +272,8 @@ impl Default for PaymentSection {
             max_header_bytes: default_header_limit(),
             forward_payer_headers: false,
             cors_allow_origins: default_cors(),
+            payment_identifier_window_seconds: default_identifier_window(),
+            require_payment_identifier: false,
             on_facilitator_failure: FailurePolicy::Closed,
             failed_payments_per_client: default_client_failures(),
             failed_payments_per_payer: default_payer_failures(),
@@ -560,4 +574,41 @@ pub struct GatewayFile {
     pub passes: Option<super::access_file::PassesSection>,
     pub paywall: super::access_file::PaywallSection,
     pub state: super::state_file::StateSection,
+    pub discovery: DiscoverySection,
+}
+
+/// `[discovery]`: the `bazaar` extension in 402s and the documents that list priced resources.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverySection {
+    /// Put the `bazaar` extension in the 402s of listed rules (default true).
+    #[serde(default = "yes")]
+    pub bazaar: bool,
+    /// Path of the `/.well-known/x402` document on the public listener (default: not served).
+    pub well_known: Option<Spanned<String>>,
+    /// Path of the OpenAPI 3.1 document of priced routes (default: not served).
+    pub openapi: Option<Spanned<String>>,
+    /// OpenAPI `info.title` (default `x402-gateway`).
+    pub title: Option<String>,
+    /// OpenAPI `info.version` (default `1.0.0`).
+    pub version: Option<String>,
+    /// OpenAPI `info.description`.
+    pub description: Option<String>,
+    /// Signatures proving control of the `payTo` addresses, listed as given.
+    #[serde(default)]
+    pub ownership_proofs: Vec<String>,
+}
+
+impl Default for DiscoverySection {
+    fn default() -> Self {
+        DiscoverySection {
+            bazaar: true,
+            well_known: None,
+            openapi: None,
+            title: None,
+            version: None,
+            description: None,
+            ownership_proofs: Vec::new(),
+        }
+    }
 }

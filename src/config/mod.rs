@@ -259,11 +259,12 @@ fn parse_gateway(rep: &mut Reporter, src: usize) -> GatewayFile {
             "passes" => g.passes = section(rep, src, k, value),
             "paywall" => g.paywall = section(rep, src, k, value).unwrap_or_default(),
             "state" => g.state = section(rep, src, k, value).unwrap_or_default(),
+            "discovery" => g.discovery = section(rep, src, k, value).unwrap_or_default(),
             other => rep.at(
                 src,
                 key.span(),
                 other,
-                "unknown section, expected one of `server`, `admin`, `upstreams`, `payment`, `networks`, `assets`, `facilitators`, `reload`, `logging`, `rules`, `ledger`, `facilitator_api`, `web_bot_auth`, `passes`, `paywall`, `state`",
+                "unknown section, expected one of `server`, `admin`, `upstreams`, `payment`, `networks`, `assets`, `facilitators`, `reload`, `logging`, `rules`, `ledger`, `facilitator_api`, `web_bot_auth`, `passes`, `paywall`, `state`, `discovery`",
             ),
         }
     }

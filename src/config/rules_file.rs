@@ -57,4 +57,30 @@ pub struct RuleDef {
     pub accept_passes_from: Option<Vec<Spanned<String>>>,
     /// `enforce` (default) or `shadow`.
     pub mode: Option<Spanned<ModeDef>>,
+    /// How discovery surfaces describe this rule (the `bazaar` extension of its 402s, the
+    /// `/.well-known/x402` list and the OpenAPI document).
+    pub discovery: Option<Spanned<DiscoveryDef>>,
+}
+
+/// `[rule.discovery]`: what catalogs and agents learn about a priced rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryDef {
+    /// Listed in the `bazaar` extension and the discovery documents (default true).
+    pub listed: Option<bool>,
+    /// The method callers use (default: the rule's first method, else `GET`).
+    pub method: Option<Spanned<String>>,
+    /// `json`, `form-data` or `text`, for `POST`, `PUT` and `PATCH` (default `json`).
+    pub body_type: Option<Spanned<String>>,
+    /// An example input (query parameters, or the body).
+    pub input: Option<toml::Table>,
+    /// JSON Schema of the query parameters or the body.
+    pub input_schema: Option<toml::Table>,
+    /// An example response.
+    pub output_example: Option<toml::Value>,
+    /// JSON Schema of the response.
+    pub output_schema: Option<toml::Table>,
+    /// The path the documents list for a rule whose path is a pattern (`/api/weather` for
+    /// `prefix = "/api/"`); a rule with a literal path lists that path.
+    pub path: Option<Spanned<String>>,
 }

@@ -7,7 +7,9 @@ use serde_json::Value;
 use super::PaymentError;
 use crate::x402::challenge::Priced;
 use crate::x402::codec;
-use crate::x402::types::{PaymentPayloadV1, PaymentPayloadV2, RequirementsV2};
+use crate::x402::types::{
+    DEFAULT_PAYMENT_FLOW, PAYMENT_FLOW, PaymentPayloadV1, PaymentPayloadV2, RequirementsV2,
+};
 use crate::x402::{HEADER_PAYMENT_SIGNATURE, HEADER_X_PAYMENT};
 
 /// The payment header found on a request.
@@ -49,6 +51,8 @@ pub struct Decoded {
     pub payload: Value,
     /// Index of the matched offer in [`Priced::offers`].
     pub offer: usize,
+    /// The v2 payload's `extensions` (`None` for v1).
+    pub extensions: Option<Value>,
 }
 
 fn addr_eq(a: &str, b: &str) -> bool {
@@ -57,6 +61,8 @@ fn addr_eq(a: &str, b: &str) -> bool {
 
 /// Whether a client's echoed `accepted` is one of the gateway's requirements: every field
 /// equal (addresses case-insensitively), and the gateway's `extra` contained in the client's.
+/// A payment flow the client left out is the default one (`authorization`), as clients
+/// that predate flows read every offer; any flow it names must be the offer's.
 pub fn accepted_matches(accepted: &RequirementsV2, ours: &RequirementsV2) -> bool {
     accepted.scheme == ours.scheme
         && accepted.network == ours.network
@@ -64,10 +70,22 @@ pub fn accepted_matches(accepted: &RequirementsV2, ours: &RequirementsV2) -> boo
         && addr_eq(&accepted.asset, &ours.asset)
         && addr_eq(&accepted.pay_to, &ours.pay_to)
         && accepted.max_timeout_seconds == ours.max_timeout_seconds
+        && flow(&accepted.extra) == flow(&ours.extra)
         && ours
             .extra
             .iter()
+            .filter(|(k, _)| k.as_str() != PAYMENT_FLOW)
             .all(|(k, v)| accepted.extra.get(k) == Some(v))
+}
+
+/// The payment flow `extra` names (the default when it names none; `None` when the field is
+/// not a string).
+fn flow(extra: &serde_json::Map<String, Value>) -> Option<&str> {
+    match extra.get(PAYMENT_FLOW) {
+        None | Some(Value::Null) => Some(DEFAULT_PAYMENT_FLOW),
+        Some(Value::String(f)) => Some(f),
+        Some(_) => None,
+    }
 }
 
 /// Decodes a payment header and matches it to an offer of `priced`.
@@ -113,6 +131,7 @@ pub fn decode(found: Found<'_>, priced: &Priced, limit: usize) -> Result<Decoded
             raw,
             payload: p.payload,
             offer,
+            extensions: p.extensions,
         })
     } else {
         let p: PaymentPayloadV1 =
@@ -137,6 +156,7 @@ pub fn decode(found: Found<'_>, priced: &Priced, limit: usize) -> Result<Decoded
             raw,
             payload: p.payload,
             offer,
+            extensions: None,
         })
     }
 }

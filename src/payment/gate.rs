@@ -10,6 +10,7 @@ use http::HeaderMap;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use super::identifier::{self, Lookup};
 use super::limits::FAILURE_WINDOW;
 use super::replay::ReplayKey;
 use super::{
@@ -136,7 +137,21 @@ impl Payments {
             started,
             facilitator_time: Duration::ZERO,
             delivery_recorded: false,
+            identifier: None,
         });
+        // A named payment: claim its identifier, or serve the retry of one that settled.
+        let claim = || identifier::record(&decoded, offer, caller.method, url, rule.id);
+        match self.identify(env, &decoded, claim).await {
+            Ok(Lookup::Unnamed) => {}
+            Ok(Lookup::Claimed(named)) => accepted.identifier = Some(named),
+            Ok(Lookup::Settled(receipt, v)) => {
+                return Ok(Admission::Replayed(vec![(
+                    crate::x402::receipt_header(v == 1),
+                    receipt,
+                )]));
+            }
+            Err(e) => return Err(self.reject(fail(e, Some(accepted.payer.clone())))),
+        }
         // One round trip: the reservation, the record another replica would resolve should
         // this one stop, and the verify cache.
         let verified = match self.admit(&accepted).await {
@@ -152,16 +167,19 @@ impl Payments {
                     Refused::InFlight => PaymentError::InFlight,
                     Refused::AlreadyUsed => PaymentError::AlreadyUsed,
                 };
+                self.forget_identifier(accepted.identifier.as_ref()).await;
                 return Err(self.reject(fail(e, Some(accepted.payer.clone()))));
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot reserve a payment");
+                self.forget_identifier(accepted.identifier.as_ref()).await;
                 let e = PaymentError::StateUnavailable;
                 return Err(self.reject(fail(e, Some(accepted.payer.clone()))));
             }
         };
         if let Err(e) = self.verify(env, &mut accepted, verified).await {
             self.release(&accepted.key, None).await;
+            self.forget_identifier(accepted.identifier.as_ref()).await;
             if matches!(e, PaymentError::Invalid(_)) {
                 // A facilitator call spent on a payment that does not pay.
                 if let Some(ip) = client {

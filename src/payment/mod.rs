@@ -7,6 +7,7 @@
 pub mod confirm;
 pub mod decode;
 mod gate;
+pub mod identifier;
 pub mod ledger;
 pub mod limits;
 pub mod policy;
@@ -46,6 +47,17 @@ pub struct PaymentEnv<'a> {
     pub registry: &'a Registry,
     pub ledger: &'a LedgerConf,
     pub limits: Limits,
+    /// The `payment-identifier` extension.
+    pub identifier: IdentifierConf,
+}
+
+/// How the gate honours `payment-identifier`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdentifierConf {
+    /// How long an identifier is remembered (`None`: the extension is off).
+    pub window: Option<Duration>,
+    /// Payments without one are refused.
+    pub required: bool,
 }
 
 /// The rule a priced request matched, as the gate needs it.
@@ -63,6 +75,8 @@ pub struct Caller<'a> {
     /// The audience the request was classified into (`""` when its rule does not classify).
     pub audience: &'static str,
     pub correlation: &'a crate::correlation::Correlation,
+    /// The request method (what a `payment-identifier` is bound to, with the URL).
+    pub method: &'a str,
 }
 
 /// Bounds on what a client may send and try.
@@ -119,6 +133,14 @@ pub enum PaymentError {
     SettleUnconfirmed,
     #[error("payments cannot be checked right now")]
     StateUnavailable,
+    #[error("the payment-identifier must be 16-128 letters, digits, '-' or '_'")]
+    BadIdentifier,
+    #[error("this gateway requires a payment-identifier with each payment")]
+    IdentifierRequired,
+    #[error("this payment-identifier already names another payment or request")]
+    IdentifierConflict,
+    #[error("the payment named by this payment-identifier is still being processed")]
+    IdentifierInFlight,
 }
 
 impl PaymentError {
@@ -146,6 +168,10 @@ impl PaymentError {
             PaymentError::SettleFailed(_) => "settlement_failed",
             PaymentError::SettleUnconfirmed => "settlement_unconfirmed",
             PaymentError::StateUnavailable => "state_unavailable",
+            PaymentError::BadIdentifier => "invalid_payment_identifier",
+            PaymentError::IdentifierRequired => "payment_identifier_required",
+            PaymentError::IdentifierConflict => "payment_identifier_conflict",
+            PaymentError::IdentifierInFlight => "payment_identifier_in_progress",
         }
     }
 
@@ -230,6 +256,8 @@ pub struct Accepted {
     pub facilitator_time: Duration,
     /// A `delivery_failed` line was written for this payment.
     pub delivery_recorded: bool,
+    /// The `payment-identifier` this payment claimed.
+    pub identifier: Option<identifier::Named>,
 }
 
 impl Accepted {
@@ -286,6 +314,9 @@ pub enum Admission {
     Paid(Box<Accepted>),
     /// No facilitator could check the payment and the rule fails open: forward unpaid.
     Unpaid(&'static str),
+    /// A retry of a payment that already settled (same `payment-identifier`, payment and
+    /// request): forward again, uncharged, with the original receipt header.
+    Replayed(Vec<(&'static str, String)>),
 }
 
 /// The payment engine shared by every request.

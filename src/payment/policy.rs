@@ -14,6 +14,18 @@ pub enum Settlement {
     Before,
 }
 
+impl Settlement {
+    /// The x402 payment flow this settlement is, as offers name it in `extra.paymentFlow`:
+    /// `authorization` (verified before, settled after the origin answered) or `upfront`
+    /// (settled before the origin is asked).
+    pub fn payment_flow(self) -> &'static str {
+        match self {
+            Settlement::After => "authorization",
+            Settlement::Before => "upfront",
+        }
+    }
+}
+
 /// What happens to a priced request when no facilitator can answer.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, Serialize, Default)]
 #[serde(rename_all = "lowercase")]

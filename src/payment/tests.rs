@@ -170,6 +170,29 @@ impl StateStore for Down {
     fn limited(&self, _: crate::state::Attempter<'_>) -> bool {
         false
     }
+    async fn claim_identifier(
+        &self,
+        _: &str,
+        _: &crate::state::Identified,
+        _: u64,
+    ) -> Result<Option<crate::state::Identified>, StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
+    async fn complete_identifier(
+        &self,
+        _: &str,
+        _: &crate::state::Identified,
+        _: u64,
+    ) -> Result<(), StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
+    async fn forget_identifier(
+        &self,
+        _: &str,
+        _: &crate::state::Identified,
+    ) -> Result<(), StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
     fn backend(&self) -> &'static str {
         "down"
     }
@@ -281,6 +304,10 @@ impl Bench {
                 failed_per_client: 3,
                 failed_per_payer: 2,
             },
+            identifier: IdentifierConf {
+                window: Some(Duration::from_secs(900)),
+                required: false,
+            },
         }
     }
 
@@ -290,6 +317,11 @@ impl Bench {
     }
 
     fn payment_with(&self, value: u64, nonce: B256) -> HeaderMap {
+        self.payment_named(value, nonce, None)
+    }
+
+    /// A v2 payment whose `payment-identifier` is `id` (none: no extension).
+    fn payment_named(&self, value: u64, nonce: B256, id: Option<&str>) -> HeaderMap {
         let req = &self.priced.offers[0].requirements;
         let token: Address = req.asset.parse().expect("asset");
         let d = domain("USDC", "2", 84532, token);
@@ -297,7 +329,11 @@ impl Bench {
         let to: Address = PAY_TO.parse().expect("pay_to");
         let payload = sign(&self.key, &d, to, value, now - 60, now + 200, nonce);
         let accepted = serde_json::to_value(req).expect("requirements");
-        let header = json!({"x402Version": 2, "accepted": accepted, "payload": payload});
+        let mut header = json!({"x402Version": 2, "accepted": accepted, "payload": payload});
+        if let Some(id) = id {
+            header["extensions"] =
+                json!({"payment-identifier": {"info": {"required": false, "id": id}}});
+        }
         let mut h = HeaderMap::new();
         h.insert(
             "payment-signature",
@@ -310,6 +346,16 @@ impl Bench {
     }
 
     async fn gate(&self, headers: &HeaderMap, policy: RulePolicy) -> Result<Admission, Rejection> {
+        self.gate_at(headers, policy, "http://gw.test/api/weather")
+            .await
+    }
+
+    async fn gate_at(
+        &self,
+        headers: &HeaderMap,
+        policy: RulePolicy,
+        url: &str,
+    ) -> Result<Admission, Rejection> {
         self.payments
             .gate(
                 &self.env(),
@@ -319,11 +365,12 @@ impl Bench {
                 },
                 &self.priced,
                 headers,
-                "http://gw.test/api/weather",
+                url,
                 crate::payment::Caller {
                     ip: Some(IpAddr::from([192, 0, 2, 1])),
                     audience: "",
                     correlation: &crate::correlation::Correlation::default(),
+                    method: "GET",
                 },
             )
             .await
@@ -339,6 +386,7 @@ impl Bench {
         let mut accepted = match self.gate(headers, policy).await? {
             Admission::Paid(a) => a,
             Admission::Unpaid(reason) => panic!("served unpaid: {reason}"),
+            Admission::Replayed(receipt) => return Ok(receipt),
         };
         let out = self
             .payments
@@ -603,4 +651,78 @@ fn reasons_are_stable() {
             "unsupported_version"
         ])
     );
+}
+
+const PAYMENT_ID: &str = "pay_0123456789abcdef0123";
+
+#[tokio::test]
+async fn a_named_payment_retried_after_settling_is_served_again_uncharged() {
+    let b = Bench::new();
+    let nonce = nonce();
+    let header = b.payment_named(10_000, nonce, Some(PAYMENT_ID));
+    let first = b.request(&header, after(), 200).await.expect("paid");
+    assert_eq!(b.script.calls(), (1, 1));
+    match b.gate(&header, after()).await {
+        Ok(Admission::Replayed(receipt)) => assert_eq!(receipt, first),
+        other => panic!("{other:?}"),
+    }
+    // Served from the record: no facilitator call, no second settlement.
+    assert_eq!(b.script.calls(), (1, 1));
+    // The same payment without its name is what it always was: already used.
+    assert_eq!(
+        error_of(b.gate(&b.payment_with(10_000, nonce), after()).await),
+        PaymentError::AlreadyUsed
+    );
+}
+
+#[tokio::test]
+async fn a_name_bound_to_another_payment_or_request_is_a_conflict() {
+    let b = Bench::new();
+    let header = b.payment_named(10_000, nonce(), Some(PAYMENT_ID));
+    b.request(&header, after(), 200).await.expect("paid");
+    let other_payment = b.payment_named(10_000, nonce(), Some(PAYMENT_ID));
+    assert_eq!(
+        error_of(b.gate(&other_payment, after()).await),
+        PaymentError::IdentifierConflict
+    );
+    assert_eq!(
+        error_of(
+            b.gate_at(&header, after(), "http://gw.test/api/weather?city=Oslo")
+                .await
+        ),
+        PaymentError::IdentifierConflict
+    );
+    assert_eq!(b.script.calls(), (1, 1));
+}
+
+#[tokio::test]
+async fn a_named_payment_in_flight_is_not_replayed_and_an_unserved_one_frees_its_name() {
+    let b = Bench::new();
+    let header = b.payment_named(10_000, nonce(), Some(PAYMENT_ID));
+    let mut first = match b.gate(&header, after()).await {
+        Ok(Admission::Paid(a)) => a,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        error_of(b.gate(&header, after()).await),
+        PaymentError::IdentifierInFlight
+    );
+    // The origin fails: nothing settles, and the name may pay again.
+    let out = b.payments.on_response(&b.env(), &mut first, 503).await;
+    assert_eq!(out, Ok(Vec::new()));
+    b.payments.finish(&b.env(), &mut first, None).await;
+    let again = b.request(&header, after(), 200).await;
+    assert!(again.as_ref().is_ok_and(|r| !r.is_empty()), "{again:?}");
+    assert_eq!(b.script.calls().1, 1);
+}
+
+#[tokio::test]
+async fn a_malformed_name_is_refused_before_any_facilitator_call() {
+    let b = Bench::new();
+    let header = b.payment_named(10_000, nonce(), Some("too-short"));
+    assert_eq!(
+        error_of(b.gate(&header, after()).await),
+        PaymentError::BadIdentifier
+    );
+    assert_eq!(b.script.calls(), (0, 0));
 }

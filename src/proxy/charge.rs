@@ -93,6 +93,7 @@ impl Gateway {
                             ip: client,
                             audience: ctx.audience(),
                             correlation: &ctx.correlation,
+                            method: req.method.as_str(),
                         },
                     )
                     .await;
@@ -100,6 +101,11 @@ impl Gateway {
                     Ok(Admission::Paid(accepted)) => {
                         ctx.decision = Decision::Paid;
                         ctx.payment = Some(accepted);
+                        Ok(false)
+                    }
+                    Ok(Admission::Replayed(receipt)) => {
+                        ctx.decision = Decision::Replayed;
+                        ctx.replayed = Some(receipt);
                         Ok(false)
                     }
                     Ok(Admission::Unpaid(reason)) => {

@@ -28,6 +28,8 @@ pub enum Decision {
     Pass,
     /// A shadow-mode rule: decided and counted, forwarded without charging.
     Shadow,
+    /// The retry of a settled payment (`payment-identifier`): forwarded again, uncharged.
+    Replayed,
 }
 
 impl Decision {
@@ -43,6 +45,7 @@ impl Decision {
             Decision::Failed => "failed",
             Decision::Pass => "pass",
             Decision::Shadow => "shadow",
+            Decision::Replayed => "replayed",
         }
     }
 }
@@ -63,6 +66,8 @@ pub struct RequestCtx {
     pub upstream: usize,
     /// Payment accepted for this request, if any.
     pub payment: Option<Box<crate::payment::Accepted>>,
+    /// The original receipt header of a replayed payment (`payment-identifier`).
+    pub replayed: Option<Vec<(&'static str, String)>>,
     /// Audience, pass and shadow state (rules that charge or price by audience only).
     pub access: Option<Box<crate::access::AccessState>>,
     /// The price this request was charged at (its audience's).
@@ -93,6 +98,7 @@ impl RequestCtx {
             upstream_started: None,
             upstream,
             payment: None,
+            replayed: None,
             access: None,
             priced: None,
             failure: None,

@@ -109,6 +109,12 @@ impl ProxyHttp for Gateway {
                     .await;
             }
         };
+        if let Some(doc) = routed.document {
+            let base = request::resource_url(&snap, session.req_header(), Some(""), self.tls);
+            return self
+                .answer(session, ctx, respond::document(&snap, doc, &base))
+                .await;
+        }
         let Some(rule) = ctx.routed(routed).and_then(|i| snap.rules.get(i)) else {
             return Ok(false);
         };
@@ -244,6 +250,10 @@ impl ProxyHttp for Gateway {
             if let Some(state) = &ctx.access {
                 respond::append_headers(upstream_response, &self.access.on_pass_response(state))?;
             }
+            return Ok(());
+        }
+        if let Some(receipt) = &ctx.replayed {
+            respond::mark_paid_response(upstream_response, receipt)?;
             return Ok(());
         }
         if ctx.payment.is_none() {

@@ -53,6 +53,30 @@ pub struct Routed {
     pub rule: Option<usize>,
     /// The path and query to send upstream, when the canonical path differs from the raw one.
     pub rewrite: Option<String>,
+    /// A discovery document the gateway answers itself.
+    pub document: Option<Document>,
+}
+
+/// The discovery documents served on the public listener (`[discovery]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Document {
+    WellKnown,
+    OpenApi,
+}
+
+/// The discovery document at `canonical`, for `GET` and `HEAD`.
+fn document(snap: &Snapshot, method: &str, canonical: &str) -> Option<Document> {
+    if !matches!(method, "GET" | "HEAD") {
+        return None;
+    }
+    let d = &snap.discovery;
+    if d.well_known.as_deref() == Some(canonical) {
+        Some(Document::WellKnown)
+    } else if d.openapi.as_deref() == Some(canonical) {
+        Some(Document::OpenApi)
+    } else {
+        None
+    }
 }
 
 /// Normalizes a Host value: no port, no trailing dot, lower-case. Borrows when already so.
@@ -167,11 +191,19 @@ pub fn route(snap: &Snapshot, req: &RequestHeader) -> Result<Routed, RequestErro
             Unmatched::Forward => Ok(Routed {
                 rule: None,
                 rewrite: None,
+                document: None,
             }),
             Unmatched::Block => Err(RequestError::Unmatched),
         };
     }
     let canonical = pathnorm::canonical_path(target.path)?;
+    if let Some(doc) = document(snap, method, &canonical) {
+        return Ok(Routed {
+            rule: None,
+            rewrite: None,
+            document: Some(doc),
+        });
+    }
     let key = pathnorm::match_key(&canonical, snap.case_sensitive);
     let method = if is_preflight(req) {
         let asked = header(req, "access-control-request-method").map_or("OPTIONS", str::trim);
@@ -197,7 +229,11 @@ pub fn route(snap: &Snapshot, req: &RequestHeader) -> Result<Routed, RequestErro
             Some(p)
         }
     };
-    Ok(Routed { rule, rewrite })
+    Ok(Routed {
+        rule,
+        rewrite,
+        document: None,
+    })
 }
 
 pub fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {

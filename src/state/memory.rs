@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use moka::Expiry;
 use moka::sync::Cache;
 
-use super::{Attempter, PendingSettlement, Quota, Refused, StateError, StateStore, unix_now};
+use super::{
+    Attempter, Identified, PendingSettlement, Quota, Refused, StateError, StateStore, unix_now,
+};
 
 const IN_FLIGHT: u8 = 0;
 const SETTLED: u8 = 1;
@@ -77,6 +79,26 @@ impl Expiry<String, Arc<PendingSettlement>> for UntilExpires {
     }
 }
 
+impl Expiry<String, Arc<(Identified, u64)>> for UntilExpires {
+    fn expire_after_create(
+        &self,
+        _k: &String,
+        v: &Arc<(Identified, u64)>,
+        _at: Instant,
+    ) -> Option<Duration> {
+        remaining(v.1, Duration::ZERO)
+    }
+    fn expire_after_update(
+        &self,
+        _k: &String,
+        v: &Arc<(Identified, u64)>,
+        _at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        remaining(v.1, Duration::ZERO)
+    }
+}
+
 /// Everything in this process's memory.
 pub struct MemoryStore {
     reservations: Cache<String, Arc<Reservation>>,
@@ -88,6 +110,10 @@ pub struct MemoryStore {
     seen: Cache<[u8; 32], u64>,
     /// Leases on pending settlements: owner and end.
     leases: Mutex<HashMap<String, (String, Instant)>>,
+    /// Payment identifiers and what they name, until their window ends.
+    identifiers: Cache<String, Arc<(Identified, u64)>>,
+    /// Serializes the compare-then-write steps on identifiers.
+    identifier_lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -134,6 +160,11 @@ impl MemoryStore {
                 .expire_after(UntilExpires)
                 .build(),
             leases: Mutex::new(HashMap::new()),
+            identifiers: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(UntilExpires)
+                .build(),
+            identifier_lock: Mutex::new(()),
         }
     }
 
@@ -287,6 +318,45 @@ impl StateStore for MemoryStore {
 
     fn limited(&self, _: Attempter<'_>) -> bool {
         false
+    }
+
+    async fn claim_identifier(
+        &self,
+        id: &str,
+        record: &Identified,
+        until: u64,
+    ) -> Result<Option<Identified>, StateError> {
+        let entry = self
+            .identifiers
+            .entry_by_ref(id)
+            .or_insert_with(|| Arc::new((record.clone(), until)));
+        Ok((!entry.is_fresh()).then(|| entry.into_value().0.clone()))
+    }
+
+    async fn complete_identifier(
+        &self,
+        id: &str,
+        record: &Identified,
+        until: u64,
+    ) -> Result<(), StateError> {
+        let _held = self
+            .identifier_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.identifiers
+            .insert(id.to_owned(), Arc::new((record.clone(), until)));
+        Ok(())
+    }
+
+    async fn forget_identifier(&self, id: &str, record: &Identified) -> Result<(), StateError> {
+        let _held = self
+            .identifier_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.identifiers.get(id).is_some_and(|v| v.0 == *record) {
+            self.identifiers.invalidate(id);
+        }
+        Ok(())
     }
 
     fn backend(&self) -> &'static str {

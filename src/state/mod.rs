@@ -162,6 +162,22 @@ pub struct PendingSettlement {
     pub audience: String,
 }
 
+/// A payment named by the `payment-identifier` extension, as every replica sees it: which
+/// payment and which request it belongs to, and, once settled, its receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identified {
+    /// SHA-256 (hex) of the payment: the signed payload and the offer it accepted.
+    pub payment: String,
+    /// SHA-256 (hex) of the request: method, canonical resource URL, rule.
+    pub request: String,
+    /// The receipt header's value once the payment settled; empty while it is in flight.
+    #[serde(default)]
+    pub receipt: String,
+    /// The protocol version of that receipt.
+    #[serde(default)]
+    pub version: u8,
+}
+
 /// What admitting a payment found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Admitted {
@@ -284,6 +300,26 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
         }
         self.resolve_pending(key).await
     }
+
+    /// Claims payment identifier `id` for `record` (in flight) until `until` (unix seconds).
+    /// `None`: claimed by this call; else what the identifier already names. Of concurrent
+    /// callers exactly one claims it.
+    async fn claim_identifier(
+        &self,
+        id: &str,
+        record: &Identified,
+        until: u64,
+    ) -> Result<Option<Identified>, StateError>;
+    /// The payment named `id` settled: `record` carries its receipt, kept until `until`.
+    async fn complete_identifier(
+        &self,
+        id: &str,
+        record: &Identified,
+        until: u64,
+    ) -> Result<(), StateError>;
+    /// The payment named `id` did not settle: the identifier is free again, if `record`
+    /// (the in-flight claim) still holds it.
+    async fn forget_identifier(&self, id: &str, record: &Identified) -> Result<(), StateError>;
 
     /// `memory`, `redis` …
     fn backend(&self) -> &'static str;

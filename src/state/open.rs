@@ -9,7 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    Admitted, Attempter, MemoryStore, PendingSettlement, Quota, Refused, StateError, StateStore,
+    Admitted, Attempter, Identified, MemoryStore, PendingSettlement, Quota, Refused, StateError,
+    StateStore,
 };
 
 /// The shared store first, this replica's memory when it fails.
@@ -133,6 +134,25 @@ impl StateStore for OpenOnFailure {
     }
     fn limited(&self, who: Attempter<'_>) -> bool {
         self.shared.limited(who)
+    }
+    async fn claim_identifier(
+        &self,
+        id: &str,
+        record: &Identified,
+        until: u64,
+    ) -> Result<Option<Identified>, StateError> {
+        either!(self.claim_identifier(id, record, until))
+    }
+    async fn complete_identifier(
+        &self,
+        id: &str,
+        record: &Identified,
+        until: u64,
+    ) -> Result<(), StateError> {
+        either!(self.complete_identifier(id, record, until))
+    }
+    async fn forget_identifier(&self, id: &str, record: &Identified) -> Result<(), StateError> {
+        either!(self.forget_identifier(id, record))
     }
     fn backend(&self) -> &'static str {
         self.shared.backend()

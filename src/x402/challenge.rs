@@ -38,6 +38,9 @@ pub struct Priced {
     /// Each offer as (network, asset address in lower case, atomic amount): what a pass
     /// bought elsewhere is compared with.
     pub price_points: Vec<(String, String, u128)>,
+    /// The v2 `extensions` object (`bazaar`, `payment-identifier`) as compact JSON, built once
+    /// per configuration.
+    pub extensions: Option<Arc<str>>,
 }
 
 impl Priced {
@@ -61,7 +64,21 @@ impl Priced {
             mime_type,
             usd: None,
             price_points,
+            extensions: None,
         }
+    }
+
+    /// Adds the `extensions` object every v2 402 of this price carries (`None` or an empty
+    /// object: none).
+    pub fn with_extensions(
+        mut self,
+        extensions: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Self {
+        self.extensions = extensions
+            .filter(|e| !e.is_empty())
+            .and_then(|e| serde_json::to_string(e).ok())
+            .map(Arc::from);
+        self
     }
 
     /// Records the USD price this was compiled from.
@@ -82,7 +99,17 @@ impl Priced {
             },
             accepts: &self.requirements_v2,
         };
-        serde_json::to_string(&pr).unwrap_or_default()
+        let mut json = serde_json::to_string(&pr).unwrap_or_default();
+        // `extensions` goes last, as the reference writes it; the object is precomputed.
+        if let Some(ext) = &self.extensions
+            && json.ends_with('}')
+        {
+            json.pop();
+            json.push_str(",\"extensions\":");
+            json.push_str(ext);
+            json.push('}');
+        }
+        json
     }
 
     /// The `PAYMENT-REQUIRED` header value: base64 of [`Self::payment_required_json`].

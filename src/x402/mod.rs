@@ -1,8 +1,9 @@
 //! The x402 protocol with no I/O: wire types, the header codec, the network and asset
-//! registry, and the 402 challenge builder.
+//! registry, the 402 challenge builder and the payload extensions the gateway reads.
 
 pub mod challenge;
 pub mod codec;
+pub mod extensions;
 pub mod networks;
 pub mod types;
 

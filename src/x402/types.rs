@@ -4,6 +4,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// The `extra` key naming an offer's payment flow (`authorization`, `upfront`, `escrow`).
+pub const PAYMENT_FLOW: &str = "paymentFlow";
+/// The flow of an offer that names none.
+pub const DEFAULT_PAYMENT_FLOW: &str = "authorization";
+
 /// `resource` of a v2 `PaymentRequired`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -3,6 +3,7 @@
 
 mod access;
 mod agents;
+mod discovery;
 mod facilitators;
 mod networks;
 mod passes;
@@ -73,6 +74,7 @@ pub fn compile(
     };
 
     let case_sensitive = g.rules.case_sensitive;
+    let discovery = discovery::settings(rep, cfg, &g.discovery);
     let ctx = RuleCtx {
         access: &access,
         registry: &registry,
@@ -85,6 +87,11 @@ pub fn compile(
         upstream_index: &upstreams.index,
         default_upstream: upstreams.default,
         case_sensitive,
+        discovery: &discovery,
+        payment_identifier: payment
+            .settings
+            .payment_identifier_window
+            .map(|_| payment.settings.require_payment_identifier),
     };
     let (rules, router) = rules::rules(rep, &p.rules, &ctx);
 
@@ -170,6 +177,7 @@ pub fn compile(
         passes: pass_keys,
         paywall,
         wallet_paywall,
+        discovery,
     };
     snapshot.warnings = super::lint::warnings(&snapshot);
     // Payments to the address of the shipped examples reach whoever holds its key.

@@ -68,6 +68,20 @@ pub(super) fn payment(
             }
         }
     });
+    if pay.require_payment_identifier && pay.payment_identifier_window_seconds == 0 {
+        rep.file(
+            &rep.sources[cfg].path.clone(),
+            "payment.require_payment_identifier",
+            "needs `payment_identifier_window_seconds` above 0",
+        );
+    }
+    if pay.payment_identifier_window_seconds > 7 * 86_400 {
+        rep.file(
+            &rep.sources[cfg].path.clone(),
+            "payment.payment_identifier_window_seconds",
+            "must be at most 604800 (7 days)",
+        );
+    }
     if pay.max_header_bytes < 1024 || pay.max_header_bytes > 64 * 1024 {
         rep.file(
             &rep.sources[cfg].path.clone(),
@@ -86,6 +100,9 @@ pub(super) fn payment(
             cors_allow_origins: pay.cors_allow_origins.clone(),
             failed_payments_per_client: pay.failed_payments_per_client,
             failed_payments_per_payer: pay.failed_payments_per_payer,
+            payment_identifier_window: (pay.payment_identifier_window_seconds > 0)
+                .then(|| std::time::Duration::from_secs(pay.payment_identifier_window_seconds)),
+            require_payment_identifier: pay.require_payment_identifier,
         },
     }
 }

@@ -12,6 +12,7 @@ use crate::config::price::{self, PriceError};
 use crate::config::{ParsedRule, Reporter};
 use crate::schemes::{EXACT, Scheme};
 use crate::x402::challenge::{Offer, Priced};
+use crate::x402::types::PAYMENT_FLOW;
 
 /// What the `price` key says.
 pub(super) enum PriceSpec {
@@ -65,6 +66,13 @@ pub(super) fn parse_price(
     }
 }
 
+/// What every price of one rule shares: its `max_timeout_seconds` and the `extensions` object
+/// its 402s carry.
+pub(super) struct PerRule<'a> {
+    pub timeout: u64,
+    pub extensions: Option<&'a serde_json::Map<String, serde_json::Value>>,
+}
+
 /// A compiled price: free for zero, else the offers with the rule's description and, for
 /// `"$…"` prices, the USD amount (for pay-per-crawl headers).
 pub(super) fn priced_action(
@@ -73,23 +81,35 @@ pub(super) fn priced_action(
     pr: &ParsedRule,
     spec: PriceSpec,
     span: std::ops::Range<usize>,
-    timeout: u64,
+    per_rule: &PerRule<'_>,
     field: &str,
 ) -> Option<RuleAction> {
+    let timeout = per_rule.timeout;
     let usd = match &spec {
         PriceSpec::Zero => return Some(RuleAction::Free),
         PriceSpec::Usd(d) => Some(*d),
         PriceSpec::Atomic(..) => None,
     };
     let d = &pr.def;
-    let offers = build_offers(rep, ctx, pr, spec, span, timeout, field)?;
+    let mut offers = build_offers(rep, ctx, pr, spec, span, timeout, field)?;
+    // Clients pick offers by flow: settle-after is `authorization`, settle-before `upfront`.
+    let flow = d
+        .settlement
+        .unwrap_or(ctx.default_settlement)
+        .payment_flow();
+    for o in &mut offers {
+        o.requirements
+            .extra
+            .insert(PAYMENT_FLOW.into(), serde_json::Value::String(flow.into()));
+    }
     Some(RuleAction::Pay(Arc::new(
         Priced::new(
             offers,
             d.description.clone().unwrap_or_default(),
             d.mime_type.clone().unwrap_or_default(),
         )
-        .with_usd(usd),
+        .with_usd(usd)
+        .with_extensions(per_rule.extensions),
     )))
 }
 
@@ -99,7 +119,7 @@ pub(super) fn price_value(
     ctx: &RuleCtx<'_>,
     pr: &ParsedRule,
     v: &Spanned<toml::Value>,
-    timeout: u64,
+    per_rule: &PerRule<'_>,
     field: &str,
 ) -> Option<RuleAction> {
     match v.get_ref() {
@@ -107,7 +127,7 @@ pub(super) fn price_value(
         toml::Value::String(s) if s == "block" => Some(RuleAction::Block),
         _ => {
             let spec = parse_price(rep, pr.src, v, field)?;
-            priced_action(rep, ctx, pr, spec, v.span(), timeout, field)
+            priced_action(rep, ctx, pr, spec, v.span(), per_rule, field)
         }
     }
 }

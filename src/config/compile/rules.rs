@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use toml::Spanned;
 
 use super::access;
-use super::prices::{PriceSpec, parse_price, price_value, priced_action};
+use super::prices::{PerRule, PriceSpec, parse_price, price_value, priced_action};
 use super::shared::check_timeout;
 use crate::access::{RuleAccess, RuleAction};
 use crate::config::rules_file::{ActionDef, RuleDef};
@@ -102,6 +102,9 @@ pub(super) struct RuleCtx<'a> {
     pub upstream_index: &'a BTreeMap<String, usize>,
     pub default_upstream: usize,
     pub case_sensitive: bool,
+    pub discovery: &'a crate::discovery::DiscoverySettings,
+    /// `Some(required)` when the gateway honours `payment-identifier`.
+    pub payment_identifier: Option<bool>,
 }
 
 fn compile_rule(
@@ -193,6 +196,20 @@ fn compile_rule(
         None => ctx.default_timeout,
     };
 
+    let discovery = super::discovery::rule(
+        rep,
+        pr,
+        methods,
+        &path_text,
+        path.as_ref(),
+        ctx.case_sensitive,
+    );
+    let extensions =
+        super::discovery::extensions(ctx.discovery, &discovery, ctx.payment_identifier);
+    let per_rule = PerRule {
+        timeout,
+        extensions: Some(&extensions),
+    };
     let price = d
         .price
         .as_ref()
@@ -226,7 +243,7 @@ fn compile_rule(
             }
             RuleAction::Free
         }
-        (_, Some((spec, span))) => priced_action(rep, ctx, pr, spec, span, timeout, "rule.price")
+        (_, Some((spec, span))) => priced_action(rep, ctx, pr, spec, span, &per_rule, "rule.price")
             .unwrap_or(RuleAction::Free),
     };
     let access = access::rule_access(
@@ -237,7 +254,7 @@ fn compile_rule(
         methods,
         &path_text,
         &mut |rep: &mut Reporter, v: &Spanned<toml::Value>, field: &str| {
-            price_value(rep, ctx, pr, v, timeout, field)
+            price_value(rep, ctx, pr, v, &per_rule, field)
         },
     );
     if rep.issues.len() > issues_before {
@@ -267,6 +284,7 @@ fn compile_rule(
                 .unwrap_or(ctx.default_failure_policy),
             resource_query: d.resource_query.unwrap_or(ctx.default_resource_query),
         },
+        discovery,
         access: RuleAccess {
             accept_passes_from: d
                 .accept_passes_from

@@ -288,6 +288,9 @@ impl Payments {
             upstream_status,
         );
         a.receipt = Some(receipt);
+        if stage == Stage::Settled {
+            self.complete_identifier(a).await;
+        }
         // The ledger has the outcome; an open one is watched until the chain resolves it.
         if open {
             self.watch_pending(env, a).await;
@@ -322,6 +325,7 @@ impl Payments {
     pub(super) async fn release_unless_unknown(&self, a: &Accepted) {
         if matches!(a.stage, Stage::Verified | Stage::SettleFailed) {
             self.release(&a.key, Some(a.digest)).await;
+            self.forget_identifier(a.identifier.as_ref()).await;
         }
     }
 }

@@ -103,6 +103,19 @@ impl Challenge<'_> {
             return Answer::new(self.with_crawler_price(reply), Decision::Challenged);
         }
         let reason = r.error.reason();
+        if matches!(
+            r.error,
+            PaymentError::IdentifierConflict | PaymentError::IdentifierInFlight
+        ) {
+            // Not a payment problem: the name is taken (for good, or until the first attempt
+            // ends). A 409 with the reason; no fresh requirements invite paying twice.
+            let mut reply = Reply::error(409, reason, &r.error.to_string());
+            if r.error == PaymentError::IdentifierInFlight {
+                reply.headers.push(("retry-after", "1".into()));
+            }
+            reply.headers.extend(cors(self.snap, self.origin));
+            return Answer::new(reply, Decision::Local);
+        }
         let unpaid = r.error == PaymentError::MissingPayment;
         let challenge = Challenge {
             browser: self.browser && unpaid,

@@ -88,6 +88,33 @@ pub fn request_refused(e: &RequestError) -> Answer {
     Answer::new(Reply::error(status, reason, &e.to_string()), decision)
 }
 
+/// A discovery document (`[discovery]`), generated from this generation's rules; `base` is
+/// the scheme and host resources are named under.
+pub fn document(
+    snap: &crate::snapshot::Snapshot,
+    doc: super::request::Document,
+    base: &str,
+) -> Answer {
+    let value = match doc {
+        super::request::Document::WellKnown => crate::discovery::documents::well_known(snap, base),
+        super::request::Document::OpenApi => crate::discovery::documents::openapi(snap, base),
+    };
+    let body = serde_json::to_vec_pretty(&value).unwrap_or_default();
+    Answer::new(
+        Reply {
+            status: 200,
+            reason: "discovery_document",
+            content_type: "application/json",
+            headers: vec![
+                ("cache-control", "public, max-age=300".into()),
+                ("access-control-allow-origin", "*".into()),
+            ],
+            body: Bytes::from(body),
+        },
+        Decision::Local,
+    )
+}
+
 /// 403 for a `block` rule.
 pub fn blocked(rule_id: &str) -> Answer {
     Answer::new(

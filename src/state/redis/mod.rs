@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use redis::Script;
 
 use super::{
-    Admitted, Attempter, PendingSettlement, Quota, RedisConf, Refused, StateError, StateStore,
-    unix_now,
+    Admitted, Attempter, Identified, PendingSettlement, Quota, RedisConf, Refused, StateError,
+    StateStore, unix_now,
 };
 use crate::metrics::Metrics;
 use conn::{Conn, Factory, MAX_BACKOFF, PerThread, Trip, cmd, state_runtime};
@@ -74,6 +74,17 @@ if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n
 ";
 
+/// Deletes a payment identifier's record if it is still the given in-flight claim.
+const FORGET_IDENTIFIER: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// A payment identifier's record as stored (and compared by `FORGET_IDENTIFIER`).
+fn identified_json(record: &Identified) -> Result<String, StateError> {
+    serde_json::to_string(record).map_err(|e| StateError::Unavailable(e.to_string()))
+}
+
 /// Takes or renews a lease for its owner.
 const LEASE: &str = r"
 local h = redis.call('GET', KEYS[1])
@@ -106,6 +117,7 @@ pub struct RedisStore {
     admit: Script,
     lease: Script,
     refusals: Script,
+    forget: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -180,6 +192,7 @@ impl RedisStore {
             admit: Script::new(ADMIT),
             lease: Script::new(LEASE),
             refusals: Script::new(REFUSALS),
+            forget: Script::new(FORGET_IDENTIFIER),
         });
         let handle = state_runtime()?;
         for slot in 0..store.conns.len() {
@@ -700,6 +713,69 @@ impl StateStore for RedisStore {
             })
             .await?;
         Ok(set.is_some())
+    }
+
+    async fn claim_identifier(
+        &self,
+        id: &str,
+        record: &Identified,
+        until: u64,
+    ) -> Result<Option<Identified>, StateError> {
+        let mut c = self.conn()?;
+        let k = self.key("pid", id);
+        let value = identified_json(record)?;
+        // One command: set if absent, and return what was there.
+        let old: Option<String> = self
+            .run("claim_identifier", async move {
+                redis::cmd("SET")
+                    .arg(&k)
+                    .arg(value)
+                    .arg("NX")
+                    .arg("GET")
+                    .arg("EXAT")
+                    .arg(until.max(unix_now() + 1))
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        old.map(|v| {
+            serde_json::from_str(&v)
+                .map_err(|e| StateError::Unavailable(format!("unreadable identifier record: {e}")))
+        })
+        .transpose()
+    }
+
+    async fn complete_identifier(
+        &self,
+        id: &str,
+        record: &Identified,
+        until: u64,
+    ) -> Result<(), StateError> {
+        let mut c = self.conn()?;
+        let k = self.key("pid", id);
+        let value = identified_json(record)?;
+        self.run("complete_identifier", async move {
+            redis::cmd("SET")
+                .arg(&k)
+                .arg(value)
+                .arg("EXAT")
+                .arg(until.max(unix_now() + 1))
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn forget_identifier(&self, id: &str, record: &Identified) -> Result<(), StateError> {
+        let mut c = self.conn()?;
+        let k = self.key("pid", id);
+        let value = identified_json(record)?;
+        let script = &self.forget;
+        self.run("forget_identifier", async move {
+            script.key(&k).arg(value).invoke_async::<i64>(&mut c).await
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn count_refusal(
