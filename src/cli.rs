@@ -116,8 +116,8 @@ pub fn discovery(
         return Err(format!("--base-url {base}: must be an http(s) URL"));
     }
     let doc = match format {
-        DiscoveryFormat::WellKnown => crate::discovery::documents::well_known(&snap, &base),
-        DiscoveryFormat::Openapi => crate::discovery::documents::openapi(&snap, &base),
+        DiscoveryFormat::WellKnown => crate::proxy::documents::well_known(&snap, &base),
+        DiscoveryFormat::Openapi => crate::proxy::documents::openapi(&snap, &base),
     };
     serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())
 }

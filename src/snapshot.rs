@@ -131,6 +131,8 @@ pub struct PaymentSettings {
     pub payment_identifier_window: Option<Duration>,
     /// Payments without a `payment-identifier` are refused.
     pub require_payment_identifier: bool,
+    /// How long a request waits on the chain for a settlement left pending.
+    pub pending_settlement_wait: Duration,
 }
 
 /// A TLS listener.
@@ -322,6 +324,7 @@ impl Snapshot {
                 failed_per_client: self.payment.failed_payments_per_client,
                 failed_per_payer: self.payment.failed_payments_per_payer,
             },
+            pending_wait: self.payment.pending_settlement_wait,
             identifier: crate::payment::IdentifierConf {
                 window: self.payment.payment_identifier_window,
                 required: self.payment.require_payment_identifier,

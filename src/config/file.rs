@@ -234,6 +234,15 @@ pub struct PaymentSection {
     /// Refuse payments that carry no `payment-identifier` (default false).
     #[serde(default)]
     pub require_payment_identifier: bool,
+    /// How long a request waits for a settlement the facilitator left pending (it named a
+    /// transaction the chain does not show yet) before it is answered without content; the
+    /// ledger line is settled later either way (default 3000).
+    #[serde(default = "default_pending_wait")]
+    pub pending_settlement_wait_ms: u64,
+}
+
+fn default_pending_wait() -> u64 {
+    u64::try_from(crate::payment::RESOLVE_WINDOW.as_millis()).unwrap_or(3_000)
 }
 
 fn default_identifier_window() -> u64 {
@@ -274,6 +283,7 @@ impl Default for PaymentSection {
             cors_allow_origins: default_cors(),
             payment_identifier_window_seconds: default_identifier_window(),
             require_payment_identifier: false,
+            pending_settlement_wait_ms: default_pending_wait(),
             on_facilitator_failure: FailurePolicy::Closed,
             failed_payments_per_client: default_client_failures(),
             failed_payments_per_payer: default_payer_failures(),

@@ -1,8 +1,6 @@
-//! Discovery: what catalogs and agents learn about priced rules without calling the origin —
-//! the `bazaar` extension each 402 carries (this file) and the `/.well-known/x402` and
-//! OpenAPI documents (`documents.rs`), all from the rules alone.
-
-pub mod documents;
+//! Discovery: what catalogs and agents learn about a priced rule without calling the origin —
+//! its compiled `[rule.discovery]`, the `bazaar` extension its 402s carry and the
+//! `payment-identifier` declaration (the documents that list rules are `proxy/documents.rs`).
 
 use serde_json::{Map, Value, json};
 

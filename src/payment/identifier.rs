@@ -99,6 +99,7 @@ impl Payments {
             }));
         };
         if existing.payment != record.payment || existing.request != record.request {
+            tracing::debug!(id, "a payment identifier names another payment or request");
             return Err(PaymentError::IdentifierConflict);
         }
         if existing.receipt.is_empty() {

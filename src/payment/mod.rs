@@ -47,6 +47,8 @@ pub struct PaymentEnv<'a> {
     pub registry: &'a Registry,
     pub ledger: &'a LedgerConf,
     pub limits: Limits,
+    /// How long a request waits on the chain for a settlement a facilitator left pending.
+    pub pending_wait: Duration,
     /// The `payment-identifier` extension.
     pub identifier: IdentifierConf,
 }

@@ -304,6 +304,7 @@ impl Bench {
                 failed_per_client: 3,
                 failed_per_payer: 2,
             },
+            pending_wait: RESOLVE_WINDOW,
             identifier: IdentifierConf {
                 window: Some(Duration::from_secs(900)),
                 required: false,

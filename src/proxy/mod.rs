@@ -5,6 +5,7 @@
 mod charge;
 pub mod client;
 pub mod ctx;
+pub mod documents;
 pub mod paywall;
 pub mod request;
 pub mod respond;

@@ -24,6 +24,7 @@ mod local_settler;
 mod observability;
 mod passes;
 mod payments;
+mod protocol;
 mod replicas;
 mod revenue;
 mod soak;

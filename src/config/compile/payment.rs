@@ -75,6 +75,13 @@ pub(super) fn payment(
             "needs `payment_identifier_window_seconds` above 0",
         );
     }
+    if pay.pending_settlement_wait_ms > 120_000 {
+        rep.file(
+            &rep.sources[cfg].path.clone(),
+            "payment.pending_settlement_wait_ms",
+            "must be at most 120000 (clients and proxies give up long before)",
+        );
+    }
     if pay.payment_identifier_window_seconds > 7 * 86_400 {
         rep.file(
             &rep.sources[cfg].path.clone(),
@@ -103,6 +110,9 @@ pub(super) fn payment(
             payment_identifier_window: (pay.payment_identifier_window_seconds > 0)
                 .then(|| std::time::Duration::from_secs(pay.payment_identifier_window_seconds)),
             require_payment_identifier: pay.require_payment_identifier,
+            pending_settlement_wait: std::time::Duration::from_millis(
+                pay.pending_settlement_wait_ms,
+            ),
         },
     }
 }

@@ -13,7 +13,8 @@ use crate::payment::{Accepted, PaymentEnv, Payments, Stage};
 use crate::x402::types::SettleResponse;
 
 /// How long to read the chain for a settlement whose outcome the facilitator left unknown
-/// before answering the client; a background watch goes on until the authorization expires.
+/// before answering the client, where the configuration says nothing (`[payment]
+/// pending_settlement_wait_ms`); a background watch goes on until the authorization expires.
 pub const RESOLVE_WINDOW: Duration = Duration::from_secs(3);
 pub(super) const RESOLVE_POLL: Duration = Duration::from_millis(200);
 

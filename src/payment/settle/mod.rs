@@ -128,7 +128,7 @@ impl Payments {
                             expected,
                             claimed: tx,
                         }
-                        .within(RESOLVE_WINDOW, RESOLVE_POLL)
+                        .within(env.pending_wait, RESOLVE_POLL)
                         .await
                     }
                     None => Verdict::Unknown,

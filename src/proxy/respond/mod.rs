@@ -96,8 +96,8 @@ pub fn document(
     base: &str,
 ) -> Answer {
     let value = match doc {
-        super::request::Document::WellKnown => crate::discovery::documents::well_known(snap, base),
-        super::request::Document::OpenApi => crate::discovery::documents::openapi(snap, base),
+        super::request::Document::WellKnown => crate::proxy::documents::well_known(snap, base),
+        super::request::Document::OpenApi => crate::proxy::documents::openapi(snap, base),
     };
     let body = serde_json::to_vec_pretty(&value).unwrap_or_default();
     Answer::new(

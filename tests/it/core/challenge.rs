@@ -45,7 +45,19 @@ async fn unpaid_request_gets_v2_header_and_v1_body_in_documented_shapes() {
         compact,
         "header JSON is not compact"
     );
-    assert_eq!(keys(&pr), ["x402Version", "error", "resource", "accepts"]);
+    assert_eq!(
+        keys(&pr),
+        ["x402Version", "error", "resource", "accepts", "extensions"]
+    );
+    // The extensions every priced 402 declares by default: the rule's discovery entry and
+    // payment identifiers (optional for clients).
+    assert_eq!(keys(&pr["extensions"]), ["bazaar", "payment-identifier"]);
+    assert_eq!(pr["extensions"]["bazaar"]["info"]["input"]["type"], "http");
+    assert_eq!(pr["extensions"]["bazaar"]["info"]["input"]["method"], "GET");
+    assert_eq!(
+        pr["extensions"]["payment-identifier"]["info"],
+        serde_json::json!({"required": false})
+    );
     assert_eq!(pr["x402Version"], 2);
     assert_eq!(pr["error"], "payment_required");
     assert_eq!(keys(&pr["resource"]), ["url", "description", "mimeType"]);
@@ -73,9 +85,11 @@ async fn unpaid_request_gets_v2_header_and_v1_body_in_documented_shapes() {
     assert_eq!(a["asset"], BASE_SEPOLIA_USDC);
     assert_eq!(a["payTo"], PAY_TO);
     assert_eq!(a["maxTimeoutSeconds"], 300);
-    assert_eq!(keys(&a["extra"]), ["name", "version"]);
+    assert_eq!(keys(&a["extra"]), ["name", "version", "paymentFlow"]);
     assert_eq!(a["extra"]["name"], "USDC");
     assert_eq!(a["extra"]["version"], "2");
+    // Settled after the origin answered: the `authorization` flow.
+    assert_eq!(a["extra"]["paymentFlow"], "authorization");
 
     // The v1 body, for legacy clients.
     let v1 = r.json();

@@ -1,4 +1,4 @@
-//! The discovery documents, built from a configuration generation and the base URL resources
+//! The discovery documents (`[discovery]`), built from a configuration generation and the base URL resources
 //! are named under: `/.well-known/x402` (`{version, resources, ownershipProofs}`) and an
 //! OpenAPI 3.1 document whose priced operations carry `x-payment-info` and a `402` response.
 

@@ -1,0 +1,349 @@
+//! Protocol parity with the reference packages: the payment flow each offer names, the
+//! `payment-identifier` extension (a retry served again without a second charge, on any
+//! replica sharing the state store; a conflicting reuse refused), the `bazaar` extension as
+//! `@x402/extensions` reads it, and the discovery documents as `@agentcash/discovery` and an
+//! OpenAPI validator read them. Payments are real: a chain, a facilitator, the reference client.
+
+use serde_json::Value;
+
+use crate::support::chain::balance;
+use crate::support::redis::Redis;
+use crate::support::*;
+
+const RULES: &str = r#"
+[[rule]]
+id = "weather"
+path = "/api/weather"
+methods = ["GET"]
+price = "$0.01"
+description = "Current weather"
+mime_type = "application/json"
+
+[rule.discovery]
+input = { city = "Paris" }
+input_schema = { properties = { city = { type = "string", description = "City name" } }, required = ["city"] }
+output_example = { city = "Paris", temperature_c = 18 }
+output_schema = { properties = { temperature_c = { type = "number" } } }
+
+[[rule]]
+id = "summarize"
+path = "/api/summarize"
+methods = ["POST"]
+price = "$0.02"
+settlement = "before"
+description = "Summarize a text"
+
+[rule.discovery]
+body_type = "json"
+input = { text = "A long text" }
+input_schema = { properties = { text = { type = "string" } }, required = ["text"] }
+
+[[rule]]
+id = "reports"
+prefix = "/reports/"
+price = "$0.05"
+description = "Research reports"
+
+[rule.discovery]
+path = "/reports/latest"
+
+[[rule]]
+id = "hidden"
+path = "/api/hidden"
+price = "$0.01"
+
+[rule.discovery]
+listed = false
+"#;
+
+const PAYMENT_ID: &str = "pay_protocol_0123456789abcdef";
+
+/// The fleet's public name: every replica names resources under it, so a payment bound to a
+/// request at one replica is the same request at the other.
+const PUBLIC: &str = "http://api.protocol.test";
+
+/// A devnet, an origin, and replicas `a` and `b` sharing one Redis.
+struct Fleet {
+    dev: NodeProc,
+    _origin: Origin,
+    _redis: Redis,
+    a: Gateway,
+    b: Gateway,
+}
+
+impl Fleet {
+    fn start() -> Fleet {
+        let dev = NodeProc::start("lib/devnet.mjs", &["--chain-id", "31337", "--payers", "1"]);
+        let origin = Origin::start("protocol-origin");
+        let redis = Redis::start();
+        let fac = dev.info["facilitatorUrl"].as_str().expect("fac").to_owned();
+        let replica = |name: &str| {
+            let config = paid_config(
+                &origin.addr,
+                &dev.info,
+                &facilitator_toml("local", &fac, 0, ""),
+                &format!("public_base_url = \"{PUBLIC}\""),
+            ) + &format!(
+                "\n[state]\nbackend = \"redis\"\nurl = \"{}\"\nreplica_id = \"{name}\"\n\n[discovery]\nwell_known = \"/.well-known/x402\"\nopenapi = \"/openapi.json\"\ntitle = \"Protocol test API\"\nownership_proofs = [\"0xproof\"]\n",
+                redis.url()
+            );
+            Gateway::start(&config, &[("rules.toml", RULES)])
+        };
+        let (a, b) = (replica("a"), replica("b"));
+        Fleet {
+            dev,
+            _origin: origin,
+            _redis: redis,
+            a,
+            b,
+        }
+    }
+
+    fn payer(&self) -> (&str, &str) {
+        let p = &self.dev.info["payers"][0];
+        (
+            p["address"].as_str().expect("address"),
+            p["privateKey"].as_str().expect("key"),
+        )
+    }
+
+    async fn balance(&self, who: &str) -> u128 {
+        balance(
+            self.dev.info["rpcUrl"].as_str().expect("rpc"),
+            self.dev.info["token"]["address"].as_str().expect("token"),
+            who,
+        )
+        .await
+    }
+
+    fn pay_to(&self) -> &str {
+        self.dev.info["payTo"].as_str().expect("payTo")
+    }
+
+    /// The reference client's payment for `url` (built, not sent).
+    async fn reference_payment(&self, url: &str, extra: &[&str]) -> Value {
+        let mut args: Vec<String> = vec![
+            "pay".into(),
+            "--url".into(),
+            url.into(),
+            "--private-key".into(),
+            self.payer().1.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = node_json("lib/extensions.mjs", &args, &[]).await;
+        assert!(out["error"].is_null(), "{url}: {out}");
+        out
+    }
+
+    fn ledger(gw: &Gateway) -> Vec<Value> {
+        std::fs::read_to_string(gw.path("receipts.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("ledger line"))
+            .collect()
+    }
+}
+
+async fn send(gw: &Gateway, path: &str, header: &str) -> reqwest::Response {
+    client()
+        .get(gw.url(path))
+        .header("PAYMENT-SIGNATURE", header)
+        .send()
+        .await
+        .expect("paid request")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flows_identifiers_and_discovery_with_the_reference_packages() {
+    let f = Fleet::start();
+    let (payer, _) = f.payer();
+    let (payer_before, merchant_before) = (f.balance(payer).await, f.balance(f.pay_to()).await);
+
+    // Payment flows: the client drops the offer whose flow it does not know (put first, and
+    // cheaper) and pays ours, echoing the flow we marked.
+    let made = f
+        .reference_payment(
+            &f.a.url("/api/weather?city=Paris"),
+            &["--payment-id", PAYMENT_ID, "--unknown-flow"],
+        )
+        .await;
+    let accepted = &made["paymentPayload"]["accepted"];
+    assert_eq!(accepted["extra"]["paymentFlow"], "authorization", "{made}");
+    assert_eq!(accepted["amount"], "10000", "{made}");
+    // The extensions as the reference packages read them.
+    assert_eq!(made["bazaar"]["valid"], true, "{made}");
+    assert_eq!(made["bazaar"]["spec"]["valid"], true, "{made}");
+    assert_eq!(made["bazaar"]["discovery"]["method"], "GET", "{made}");
+    assert_eq!(
+        made["bazaar"]["discovery"]["discoveryInfo"]["input"]["queryParams"]["city"],
+        "Paris"
+    );
+    assert_eq!(made["paymentIdentifier"]["valid"], true, "{made}");
+    assert_eq!(
+        made["paymentPayload"]["extensions"]["payment-identifier"]["info"]["id"],
+        PAYMENT_ID
+    );
+    let header = made["header"].as_str().expect("header").to_owned();
+
+    // Paid once at replica a.
+    let first = send(&f.a, "/api/weather?city=Paris", &header).await;
+    assert_eq!(first.status(), 200);
+    let receipt = first
+        .headers()
+        .get("payment-response")
+        .expect("receipt")
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let tx = decode_header(&receipt)["transaction"]
+        .as_str()
+        .expect("tx")
+        .to_owned();
+    assert_eq!(f.balance(payer).await, payer_before - 10_000);
+    assert_eq!(f.balance(f.pay_to()).await, merchant_before + 10_000);
+
+    // The client lost the answer and retries the same payment: served again, uncharged, with
+    // the same receipt; at replica b as well.
+    for gw in [&f.a, &f.b] {
+        let again = send(gw, "/api/weather?city=Paris", &header).await;
+        if again.status() != 200 {
+            panic!(
+                "retry: {} {}\n{}",
+                again.status(),
+                again.text().await.unwrap_or_default(),
+                gw.log_text()
+            );
+        }
+        assert_eq!(
+            again
+                .headers()
+                .get("payment-response")
+                .map(|v| v.as_bytes()),
+            Some(receipt.as_bytes())
+        );
+        let body: Value = again.json().await.expect("origin json");
+        assert_eq!(body["origin"], "protocol-origin");
+    }
+    assert_eq!(f.balance(payer).await, payer_before - 10_000);
+    assert_eq!(f.balance(f.pay_to()).await, merchant_before + 10_000);
+    let settled: Vec<Value> = [&f.a, &f.b]
+        .iter()
+        .flat_map(|gw| Fleet::ledger(gw))
+        .filter(|l| l["event"] == "settled")
+        .collect();
+    assert_eq!(settled.len(), 1, "{settled:?}");
+    assert_eq!(settled[0]["transaction"], tx.as_str());
+
+    // Another payment under the same name, or the same payment for another request: 409,
+    // nothing moves.
+    let other = f
+        .reference_payment(
+            &f.b.url("/api/weather?city=Paris"),
+            &["--payment-id", PAYMENT_ID],
+        )
+        .await;
+    let conflict = send(
+        &f.b,
+        "/api/weather?city=Paris",
+        other["header"].as_str().expect("h"),
+    )
+    .await;
+    assert_eq!(conflict.status(), 409);
+    let body: Value = conflict.json().await.expect("json");
+    assert_eq!(body["error"], "payment_identifier_conflict");
+    let elsewhere = send(&f.a, "/api/weather?city=Oslo", &header).await;
+    assert_eq!(elsewhere.status(), 409);
+    assert_eq!(f.balance(payer).await, payer_before - 10_000);
+
+    // A settle-before rule is offered as `upfront`, and the client pays it as such.
+    let upfront = f
+        .reference_payment(&f.a.url("/api/summarize"), &["--method", "POST"])
+        .await;
+    assert_eq!(
+        upfront["paymentPayload"]["accepted"]["extra"]["paymentFlow"], "upfront",
+        "{upfront}"
+    );
+    assert_eq!(
+        upfront["bazaar"]["discovery"]["method"], "POST",
+        "{upfront}"
+    );
+    assert_eq!(
+        upfront["paymentPayload"]["extensions"]["bazaar"]["info"]["input"]["bodyType"],
+        "json"
+    );
+    // An unlisted rule carries no bazaar extension.
+    let hidden = f.reference_payment(&f.a.url("/api/hidden"), &[]).await;
+    assert!(hidden["bazaar"].is_null(), "{hidden}");
+
+    // Discovery documents, read by the discovery packages.
+    let d = node_json(
+        "lib/extensions.mjs",
+        &["discover".into(), "--origin".into(), f.a.url("")],
+        &[],
+    )
+    .await;
+    assert!(d["error"].is_null(), "{d}");
+    assert_eq!(d["openapiValid"], true, "{d}");
+    assert_eq!(d["discovery"]["found"], true, "{d}");
+    let endpoints = d["discovery"]["endpoints"].as_array().expect("endpoints");
+    let keys: Vec<String> = endpoints
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["method"].as_str().unwrap_or(""),
+                e["path"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    for want in [
+        "GET /api/weather",
+        "POST /api/summarize",
+        "GET /reports/latest",
+    ] {
+        assert!(
+            keys.iter().any(|k| k == want),
+            "{want} missing from {keys:?} ({d})"
+        );
+    }
+    assert!(!keys.iter().any(|k| k.contains("hidden")), "{keys:?}");
+    let wk = &d["wellKnown"]["body"];
+    assert_eq!(wk["version"], 1, "{d}");
+    assert_eq!(wk["ownershipProofs"][0], "0xproof");
+    let resources: Vec<&str> = wk["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        resources,
+        [
+            format!("{PUBLIC}/api/weather"),
+            format!("{PUBLIC}/api/summarize"),
+            format!("{PUBLIC}/reports/latest")
+        ]
+    );
+    // The command line prints the same document the listener serves.
+    let served: Value = client()
+        .get(f.a.url("/openapi.json"))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    let (code, stdout, stderr) = crate::core::gateway_cli(
+        &[
+            "discovery",
+            "-c",
+            f.a.path("gateway.toml").to_str().expect("path"),
+            "--base-url",
+            PUBLIC,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let printed: Value = serde_json::from_str(&stdout).expect("printed json");
+    assert_eq!(printed, served);
+}
