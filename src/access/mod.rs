@@ -6,6 +6,7 @@
 pub mod audience;
 pub mod crawler_price;
 pub mod pass;
+pub mod siwx;
 pub mod webbotauth;
 
 use std::sync::Arc;

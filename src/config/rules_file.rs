@@ -57,6 +57,9 @@ pub struct RuleDef {
     pub accept_passes_from: Option<Vec<Spanned<String>>>,
     /// `enforce` (default) or `shadow`.
     pub mode: Option<Spanned<ModeDef>>,
+    /// How long a wallet that paid may read the resource again by signing in with it
+    /// (Sign-In-With-X; `"24h"`). Needs `[payment] public_base_url`.
+    pub sign_in_window: Option<Spanned<String>>,
     /// How discovery surfaces describe this rule (the `bazaar` extension of its 402s, the
     /// `/.well-known/x402` list and the OpenAPI document).
     pub discovery: Option<Spanned<DiscoveryDef>>,

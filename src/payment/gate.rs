@@ -138,6 +138,7 @@ impl Payments {
             facilitator_time: Duration::ZERO,
             delivery_recorded: false,
             identifier: None,
+            sign_in: rule.policy.sign_in,
         });
         // A named payment: claim its identifier, or serve the retry of one that settled.
         let claim = || identifier::record(&decoded, offer, caller.method, url, rule.id);

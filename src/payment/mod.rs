@@ -260,6 +260,8 @@ pub struct Accepted {
     pub delivery_recorded: bool,
     /// The `payment-identifier` this payment claimed.
     pub identifier: Option<identifier::Named>,
+    /// How long the payer may sign in to read the resource again (the rule's window).
+    pub sign_in: Option<Duration>,
 }
 
 impl Accepted {

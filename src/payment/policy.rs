@@ -44,4 +44,6 @@ pub struct RulePolicy {
     pub failure_policy: FailurePolicy,
     /// Keep the query in the resource URL given to facilitators and the ledger.
     pub resource_query: bool,
+    /// How long a payer may read what it paid for again by signing in (Sign-In-With-X).
+    pub sign_in: Option<std::time::Duration>,
 }

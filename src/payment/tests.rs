@@ -193,6 +193,12 @@ impl StateStore for Down {
     ) -> Result<(), StateError> {
         Err(StateError::Unavailable("down".into()))
     }
+    async fn remember_paid(&self, _: &[u8; 32], _: u64) -> Result<(), StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
+    async fn paid_within(&self, _: &[u8; 32]) -> Result<bool, StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
     fn backend(&self) -> &'static str {
         "down"
     }

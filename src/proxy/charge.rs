@@ -12,6 +12,7 @@ use pingora::proxy::Session;
 use super::ctx::{Decision, RequestCtx};
 use super::respond::{self, Challenge};
 use super::{Gateway, request};
+use crate::access::siwx;
 use crate::access::{AccessState, Forwarded, Outcome};
 use crate::payment::{Admission, Caller};
 use crate::snapshot::{Rule, Snapshot};
@@ -27,6 +28,36 @@ impl From<Forwarded> for Decision {
 }
 
 impl Gateway {
+    /// Admits a Sign-In-With-X header on a rule with a sign-in window: bound to the configured
+    /// public origin and this resource, signed, used once, by a wallet that paid for it.
+    async fn sign_in(
+        &self,
+        snap: &Snapshot,
+        rule: &Rule,
+        priced: &crate::x402::challenge::Priced,
+        url: &str,
+        header: &[u8],
+    ) -> std::result::Result<(), siwx::SiwxError> {
+        let origin = snap
+            .payment
+            .public_base_url
+            .as_deref()
+            .ok_or(siwx::SiwxError::UriMismatch)?;
+        let chains: Vec<u64> = priced
+            .offers
+            .iter()
+            .filter_map(|o| o.requirements.network.strip_prefix("eip155:")?.parse().ok())
+            .collect();
+        let expect = siwx::Expect {
+            origin,
+            path: crate::x402::extensions::url_path(url),
+            chains: &chains,
+        };
+        let address = siwx::admit(&**self.payments.state(), header, &expect, &rule.id).await?;
+        tracing::debug!(rule = %rule.id, %address, "signed in: a past payer reads again");
+        Ok(())
+    }
+
     /// A rule that charges or prices by audience: decide who is asking and what they pay, then
     /// forward, refuse, or run the payment gate.
     pub(super) async fn access_filter(
@@ -72,6 +103,22 @@ impl Gateway {
             }
             Outcome::Charge { priced, pass_error } => {
                 ctx.priced = Some(priced.clone());
+                // A past payer signing in instead of paying (Sign-In-With-X).
+                let mut sign_in_error = None;
+                if rule.payment.sign_in.is_some()
+                    && let Some(header) = session.req_header().headers.get(siwx::HEADER)
+                {
+                    match self
+                        .sign_in(snap, rule, &priced, &url, header.as_bytes())
+                        .await
+                    {
+                        Ok(()) => {
+                            ctx.decision = Decision::SignedIn;
+                            return Ok(false);
+                        }
+                        Err(e) => sign_in_error = Some(e),
+                    }
+                }
                 let client = super::client::client_ip(
                     session
                         .client_addr()
@@ -123,7 +170,16 @@ impl Gateway {
                             origin: request::header(req, "origin"),
                             crawler_usd,
                         };
-                        let a = challenge.refused(&rejection, pass_error);
+                        let a = match sign_in_error {
+                            // Signed in but not admitted, and no payment came with it.
+                            Some(e)
+                                if rejection.error
+                                    == crate::payment::PaymentError::MissingPayment =>
+                            {
+                                challenge.sign_in_refused(e)
+                            }
+                            _ => challenge.refused(&rejection, pass_error),
+                        };
                         self.answer(session, ctx, a).await
                     }
                 }

@@ -30,6 +30,8 @@ pub enum Decision {
     Shadow,
     /// The retry of a settled payment (`payment-identifier`): forwarded again, uncharged.
     Replayed,
+    /// A past payer signed in (Sign-In-With-X): forwarded without payment.
+    SignedIn,
 }
 
 impl Decision {
@@ -46,6 +48,7 @@ impl Decision {
             Decision::Pass => "pass",
             Decision::Shadow => "shadow",
             Decision::Replayed => "replayed",
+            Decision::SignedIn => "signed_in",
         }
     }
 }

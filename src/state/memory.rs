@@ -114,6 +114,8 @@ pub struct MemoryStore {
     identifiers: Cache<String, Arc<(Identified, u64)>>,
     /// Serializes the compare-then-write steps on identifiers.
     identifier_lock: Mutex<()>,
+    /// Who paid for what (sign-in re-access), until their window ends.
+    paid: Cache<[u8; 32], u64>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -165,6 +167,10 @@ impl MemoryStore {
                 .expire_after(UntilExpires)
                 .build(),
             identifier_lock: Mutex::new(()),
+            paid: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(UntilExpires)
+                .build(),
         }
     }
 
@@ -357,6 +363,15 @@ impl StateStore for MemoryStore {
             self.identifiers.invalidate(id);
         }
         Ok(())
+    }
+
+    async fn remember_paid(&self, key: &[u8; 32], until: u64) -> Result<(), StateError> {
+        self.paid.insert(*key, until);
+        Ok(())
+    }
+
+    async fn paid_within(&self, key: &[u8; 32]) -> Result<bool, StateError> {
+        Ok(self.paid.get(key).is_some_and(|until| until > unix_now()))
     }
 
     fn backend(&self) -> &'static str {

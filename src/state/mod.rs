@@ -321,6 +321,12 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// (the in-flight claim) still holds it.
     async fn forget_identifier(&self, id: &str, record: &Identified) -> Result<(), StateError>;
 
+    /// Records that a payer paid for a resource (`key`, see `access::siwx::paid_key`), until
+    /// `until` (unix seconds; a later payment moves it on).
+    async fn remember_paid(&self, key: &[u8; 32], until: u64) -> Result<(), StateError>;
+    /// Whether [`StateStore::remember_paid`] recorded `key` and it has not expired.
+    async fn paid_within(&self, key: &[u8; 32]) -> Result<bool, StateError>;
+
     /// `memory`, `redis` …
     fn backend(&self) -> &'static str;
     /// Whether other processes share what this store remembers.

@@ -154,6 +154,13 @@ impl StateStore for OpenOnFailure {
     async fn forget_identifier(&self, id: &str, record: &Identified) -> Result<(), StateError> {
         either!(self.forget_identifier(id, record))
     }
+    async fn remember_paid(&self, key: &[u8; 32], until: u64) -> Result<(), StateError> {
+        let _ = self.local.remember_paid(key, until).await;
+        either!(self.remember_paid(key, until))
+    }
+    async fn paid_within(&self, key: &[u8; 32]) -> Result<bool, StateError> {
+        either!(self.paid_within(key))
+    }
     fn backend(&self) -> &'static str {
         self.shared.backend()
     }

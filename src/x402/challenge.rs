@@ -41,6 +41,8 @@ pub struct Priced {
     /// The v2 `extensions` object (`bazaar`, `payment-identifier`) as compact JSON, built once
     /// per configuration.
     pub extensions: Option<Arc<str>>,
+    /// Each 402 offers past payers a Sign-In-With-X challenge (fresh per request).
+    pub sign_in: bool,
 }
 
 impl Priced {
@@ -65,7 +67,14 @@ impl Priced {
             usd: None,
             price_points,
             extensions: None,
+            sign_in: false,
         }
+    }
+
+    /// Offers Sign-In-With-X in every 402 of this price.
+    pub fn with_sign_in(mut self, sign_in: bool) -> Self {
+        self.sign_in = sign_in;
+        self
     }
 
     /// Adds the `extensions` object every v2 402 of this price carries (`None` or an empty
@@ -100,13 +109,34 @@ impl Priced {
             accepts: &self.requirements_v2,
         };
         let mut json = serde_json::to_string(&pr).unwrap_or_default();
-        // `extensions` goes last, as the reference writes it; the object is precomputed.
-        if let Some(ext) = &self.extensions
-            && json.ends_with('}')
-        {
+        // `extensions` goes last, as the reference writes it; the static part is precomputed,
+        // a sign-in challenge (fresh nonce and times) is made per answer.
+        let sign_in = self.sign_in.then(|| {
+            let networks: Vec<&str> = self
+                .offers
+                .iter()
+                .map(|o| o.requirements.network.as_str())
+                .collect();
+            super::extensions::sign_in_challenge(url, &networks, None).to_string()
+        });
+        if (self.extensions.is_some() || sign_in.is_some()) && json.ends_with('}') {
             json.pop();
             json.push_str(",\"extensions\":");
-            json.push_str(ext);
+            match (&self.extensions, &sign_in) {
+                (Some(ext), Some(siwx)) => {
+                    json.push_str(&ext[..ext.len() - 1]);
+                    json.push_str(",\"sign-in-with-x\":");
+                    json.push_str(siwx);
+                    json.push('}');
+                }
+                (Some(ext), None) => json.push_str(ext),
+                (None, Some(siwx)) => {
+                    json.push_str("{\"sign-in-with-x\":");
+                    json.push_str(siwx);
+                    json.push('}');
+                }
+                (None, None) => {}
+            }
             json.push('}');
         }
         json

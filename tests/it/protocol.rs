@@ -347,3 +347,169 @@ async fn flows_identifiers_and_discovery_with_the_reference_packages() {
     let printed: Value = serde_json::from_str(&stdout).expect("printed json");
     assert_eq!(printed, served);
 }
+
+const SIGN_IN_RULES: &str = r#"
+[[rule]]
+id = "article"
+path = "/articles/one"
+methods = ["GET"]
+price = "$0.01"
+description = "One article"
+sign_in_window = "1h"
+"#;
+
+/// The error a 402 names (its v1 body's `error`).
+async fn refusal(res: reqwest::Response) -> (u16, String) {
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    (status, body["error"].as_str().unwrap_or("").to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_past_payer_signs_in_instead_of_paying_again() {
+    let dev = NodeProc::start("lib/devnet.mjs", &["--chain-id", "31337", "--payers", "2"]);
+    let origin = Origin::start("sign-in-origin");
+    let fac = dev.info["facilitatorUrl"].as_str().expect("fac").to_owned();
+    // Sign-ins are bound to the public origin, which here is the gateway's own address: the
+    // reference client signs only for the origin that answered.
+    let port = crate::support::redis::free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let config = paid_config(
+        &origin.addr,
+        &dev.info,
+        &facilitator_toml("local", &fac, 0, ""),
+        &format!("public_base_url = \"{public}\""),
+    )
+    .replace(
+        "listen = [\"127.0.0.1:0\"]",
+        &format!("listen = [\"127.0.0.1:{port}\"]"),
+    );
+    let gw = Gateway::start(&config, &[("rules.toml", SIGN_IN_RULES)]);
+    let url = gw.url("/articles/one");
+    let key = |i: usize| {
+        dev.info["payers"][i]["privateKey"]
+            .as_str()
+            .expect("key")
+            .to_owned()
+    };
+    let payer = dev.info["payers"][0]["address"]
+        .as_str()
+        .expect("address")
+        .to_owned();
+    let (rpc, token) = (
+        dev.info["rpcUrl"].as_str().expect("rpc"),
+        dev.info["token"]["address"].as_str().expect("token"),
+    );
+    let siwx = |mode: &str, k: String, extra: &[&str]| {
+        let mut args: Vec<String> = vec![
+            mode.into(),
+            "--url".into(),
+            url.clone(),
+            "--private-key".into(),
+            k,
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+
+    // The 402 offers sign-in, bound to the public origin and this resource.
+    let r = client().get(&url).send().await.expect("402");
+    let pr = decode_header(
+        r.headers()
+            .get("payment-required")
+            .expect("header")
+            .to_str()
+            .expect("ascii"),
+    );
+    let info = &pr["extensions"]["sign-in-with-x"]["info"];
+    assert_eq!(info["domain"], format!("127.0.0.1:{port}"));
+    assert_eq!(info["uri"], url);
+    assert_eq!(
+        pr["extensions"]["sign-in-with-x"]["supportedChains"][0]["chainId"],
+        "eip155:31337"
+    );
+
+    // Not paid yet: signing in is not enough.
+    let before = node_json("lib/extensions.mjs", &siwx("siwx-fetch", key(0), &[]), &[]).await;
+    assert_eq!(before["status"], 402, "{before}");
+    assert!(
+        before["body"]
+            .as_str()
+            .unwrap_or("")
+            .contains("siwx_not_paid"),
+        "{before}"
+    );
+
+    // Paid once with the reference client.
+    let paid = node_json(
+        "lib/pay-v2.mjs",
+        &["--url".into(), url.clone(), "--private-key".into(), key(0)],
+        &[],
+    )
+    .await;
+    assert_eq!(paid["status"], 200, "{paid}");
+    let after_payment = balance(rpc, token, &payer).await;
+
+    // Signed in: read again without paying (the reference client's own flow).
+    let again = node_json("lib/extensions.mjs", &siwx("siwx-fetch", key(0), &[]), &[]).await;
+    assert_eq!(again["status"], 200, "{again}");
+    assert!(
+        again["body"]
+            .as_str()
+            .unwrap_or("")
+            .contains("sign-in-origin"),
+        "{again}"
+    );
+
+    // A sign-in works once: replayed, it is refused.
+    let made = node_json("lib/extensions.mjs", &siwx("siwx-header", key(0), &[]), &[]).await;
+    assert!(made["error"].is_null(), "{made}");
+    let header = made["header"].as_str().expect("header");
+    let first = client()
+        .get(&url)
+        .header("SIGN-IN-WITH-X", header)
+        .send()
+        .await
+        .expect("sign-in");
+    assert_eq!(first.status(), 200);
+    let replayed = client()
+        .get(&url)
+        .header("SIGN-IN-WITH-X", header)
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(refusal(replayed).await, (402, "invalid_siwx_nonce".into()));
+
+    // Signed for another domain: refused, whatever Host the request names.
+    let other = node_json(
+        "lib/extensions.mjs",
+        &siwx("siwx-header", key(0), &["--domain", "evil.example"]),
+        &[],
+    )
+    .await;
+    let res = client()
+        .get(&url)
+        .header("SIGN-IN-WITH-X", other["header"].as_str().expect("header"))
+        .header("Host", "evil.example")
+        .send()
+        .await
+        .expect("other domain");
+    assert_eq!(
+        refusal(res).await,
+        (402, "invalid_siwx_domain_mismatch".into())
+    );
+
+    // An address that never paid: refused.
+    let stranger = node_json("lib/extensions.mjs", &siwx("siwx-fetch", key(1), &[]), &[]).await;
+    assert_eq!(stranger["status"], 402, "{stranger}");
+    assert!(
+        stranger["body"]
+            .as_str()
+            .unwrap_or("")
+            .contains("siwx_not_paid"),
+        "{stranger}"
+    );
+
+    // Nothing moved after the one payment.
+    assert_eq!(balance(rpc, token, &payer).await, after_payment);
+}

@@ -92,6 +92,7 @@ pub fn compile(
             .settings
             .payment_identifier_window
             .map(|_| payment.settings.require_payment_identifier),
+        public_base_url: payment.settings.public_base_url.as_deref(),
     };
     let (rules, router) = rules::rules(rep, &p.rules, &ctx);
 

@@ -71,6 +71,8 @@ pub(super) fn parse_price(
 pub(super) struct PerRule<'a> {
     pub timeout: u64,
     pub extensions: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    /// Its 402s offer Sign-In-With-X to past payers.
+    pub sign_in: bool,
 }
 
 /// A compiled price: free for zero, else the offers with the rule's description and, for
@@ -109,7 +111,8 @@ pub(super) fn priced_action(
             d.mime_type.clone().unwrap_or_default(),
         )
         .with_usd(usd)
-        .with_extensions(per_rule.extensions),
+        .with_extensions(per_rule.extensions)
+        .with_sign_in(per_rule.sign_in),
     )))
 }
 

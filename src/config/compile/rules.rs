@@ -105,6 +105,40 @@ pub(super) struct RuleCtx<'a> {
     pub discovery: &'a crate::discovery::DiscoverySettings,
     /// `Some(required)` when the gateway honours `payment-identifier`.
     pub payment_identifier: Option<bool>,
+    /// `[payment] public_base_url` (what sign-ins are bound to).
+    pub public_base_url: Option<&'a str>,
+}
+
+/// `sign_in_window`: a duration, on a rule whose resources are named under the configured
+/// public origin (sign-ins are bound to it, never to `Host`).
+fn sign_in_window(
+    rep: &mut Reporter,
+    ctx: &RuleCtx<'_>,
+    pr: &ParsedRule,
+) -> Option<std::time::Duration> {
+    let w = pr.def.sign_in_window.as_ref()?;
+    let window = match humantime::parse_duration(w.get_ref().trim()) {
+        Ok(d) if !d.is_zero() && d <= std::time::Duration::from_secs(365 * 86_400) => d,
+        _ => {
+            rep.at(
+                pr.src,
+                w.span(),
+                "rule.sign_in_window",
+                "must be a duration such as \"24h\" (at most a year)",
+            );
+            return None;
+        }
+    };
+    if ctx.public_base_url.is_none() {
+        rep.at(
+            pr.src,
+            w.span(),
+            "rule.sign_in_window",
+            "needs `[payment] public_base_url`: sign-ins are bound to the public origin",
+        );
+        return None;
+    }
+    Some(window)
 }
 
 fn compile_rule(
@@ -206,9 +240,11 @@ fn compile_rule(
     );
     let extensions =
         super::discovery::extensions(ctx.discovery, &discovery, ctx.payment_identifier);
+    let sign_in = sign_in_window(rep, ctx, pr);
     let per_rule = PerRule {
         timeout,
         extensions: Some(&extensions),
+        sign_in: sign_in.is_some(),
     };
     let price = d
         .price
@@ -283,6 +319,7 @@ fn compile_rule(
                 .on_facilitator_failure
                 .unwrap_or(ctx.default_failure_policy),
             resource_query: d.resource_query.unwrap_or(ctx.default_resource_query),
+            sign_in,
         },
         discovery,
         access: RuleAccess {

@@ -290,6 +290,7 @@ impl Payments {
         a.receipt = Some(receipt);
         if stage == Stage::Settled {
             self.complete_identifier(a).await;
+            self.remember_payer(a).await;
         }
         // The ledger has the outcome; an open one is watched until the chain resolves it.
         if open {
@@ -297,6 +298,23 @@ impl Payments {
         } else {
             let used = matches!(stage, Stage::Settled | Stage::NotOurs | Stage::Unattributed);
             self.conclude_pending(a, used).await;
+        }
+    }
+
+    /// A settled payment on a rule with a sign-in window: its payer may read the resource
+    /// again by signing in until the window ends.
+    async fn remember_payer(&self, a: &Accepted) {
+        let Some(window) = a.sign_in else {
+            return;
+        };
+        let key = crate::x402::extensions::sign_in_paid_key(
+            &a.rule_id,
+            crate::x402::extensions::url_path(&a.resource),
+            &a.payer,
+        );
+        let until = super::unix_now() + window.as_secs();
+        if let Err(e) = self.state.remember_paid(&key, until).await {
+            tracing::error!(error = %e, payer = %a.payer, "cannot record a payer for sign-in re-access");
         }
     }
 

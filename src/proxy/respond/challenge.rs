@@ -86,6 +86,23 @@ impl Challenge<'_> {
         }
     }
 
+    /// A sign-in that does not admit (and no payment): a 402 naming why, with fresh
+    /// requirements and a fresh sign-in challenge; a 503 when the state store cannot say.
+    pub fn sign_in_refused(&self, e: crate::access::siwx::SiwxError) -> Answer {
+        let reason = e.reason();
+        let challenge = Challenge {
+            browser: false,
+            ..*self
+        };
+        let mut reply = challenge.reply(reason, reason, None);
+        if e == crate::access::siwx::SiwxError::Unavailable {
+            reply.status = 503;
+            reply.headers.push(("retry-after", "5".into()));
+            return Answer::new(reply, Decision::Local);
+        }
+        Answer::new(reply, Decision::Challenged)
+    }
+
     /// The answer to a refused payment: facilitator or state trouble is a 503 with
     /// `Retry-After`, too many refused attempts a 429, everything else a 402 carrying fresh
     /// requirements (never the HTML page once a payment was attempted), plus a

@@ -778,6 +778,32 @@ impl StateStore for RedisStore {
         .map(|_| ())
     }
 
+    async fn remember_paid(&self, key: &[u8; 32], until: u64) -> Result<(), StateError> {
+        let mut c = self.conn()?;
+        let k = self.key("paid", &hex::encode(key));
+        self.run("remember_paid", async move {
+            redis::cmd("SET")
+                .arg(&k)
+                .arg(1)
+                .arg("EXAT")
+                .arg(until.max(unix_now() + 1))
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn paid_within(&self, key: &[u8; 32]) -> Result<bool, StateError> {
+        let mut c = self.conn()?;
+        let k = self.key("paid", &hex::encode(key));
+        let n: i64 = self
+            .run("paid_within", async move {
+                redis::cmd("EXISTS").arg(&k).query_async(&mut c).await
+            })
+            .await?;
+        Ok(n == 1)
+    }
+
     async fn count_refusal(
         &self,
         who: Attempter<'_>,

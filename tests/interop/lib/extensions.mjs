@@ -12,6 +12,15 @@
 //        paymentIdentifier: {valid, errors}, validation: <@agentcash/discovery 402 check>,
 //        error}
 //
+//   node lib/extensions.mjs siwx-fetch --url URL --private-key 0x..
+//     The reference Sign-In-With-X client (wrapFetchWithSIWx from @x402/extensions): on a 402
+//     that offers sign-in it signs the challenge and asks again. Prints ONE JSON line:
+//       {status, body, error}
+//
+//   node lib/extensions.mjs siwx-header --url URL --private-key 0x.. [--domain D]
+//     Builds (does not send) a sign-in for the 402's challenge with the reference message
+//     format and signer; --domain signs it for another domain. Prints {header, address, error}.
+//
 //   node lib/extensions.mjs discover --origin URL
 //     Runs @agentcash/discovery on the origin (OpenAPI at /openapi.json), validates the OpenAPI
 //     document with @readme/openapi-parser, and reads /.well-known/x402. Prints ONE JSON line:
@@ -24,6 +33,8 @@ import { x402Client, x402HTTPClient } from "@x402/core/client";
 import { ExactEvmScheme } from "@x402/evm/exact/client";
 import { extractDiscoveryInfo, validateDiscoveryExtension, validateDiscoveryExtensionSpec } from "@x402/extensions/bazaar";
 import { appendPaymentIdentifierToExtensions, validatePaymentIdentifier } from "@x402/extensions/payment-identifier";
+import { createSIWxMessage, encodeSIWxHeader, signEVMMessage, wrapFetchWithSIWx } from "@x402/extensions/sign-in-with-x";
+import { decodePaymentRequiredHeader } from "@x402/core/http";
 import { privateKeyToAccount } from "viem/accounts";
 import { errorText, isMain, parseArgs, printJsonLine } from "./cli.mjs";
 
@@ -80,6 +91,42 @@ export async function pay({ url, privateKey, paymentId, unknownFlow, method = "G
   return out;
 }
 
+/** Fetches `url` through the reference sign-in client. */
+export async function siwxFetch({ url, privateKey }) {
+  const out = { status: null, body: null, error: null };
+  try {
+    const f = wrapFetchWithSIWx(fetch, privateKeyToAccount(privateKey));
+    const res = await f(url, { signal: AbortSignal.timeout(30000) });
+    out.status = res.status;
+    out.body = await res.text();
+  } catch (e) {
+    out.error = errorText(e);
+  }
+  return out;
+}
+
+/** A sign-in for the challenge of the 402 at `url`, signed as the reference client signs. */
+export async function siwxHeader({ url, privateKey, domain }) {
+  const out = { header: null, address: null, error: null };
+  try {
+    const account = privateKeyToAccount(privateKey);
+    const res = await fetch(url, { signal: AbortSignal.timeout(30000) });
+    if (res.status !== 402) throw new Error(`expected a 402, got ${res.status}`);
+    const pr = decodePaymentRequiredHeader(res.headers.get("payment-required"));
+    const ext = pr.extensions?.["sign-in-with-x"];
+    if (!ext) throw new Error("the 402 offers no sign-in");
+    const chain = ext.supportedChains[0];
+    const info = { ...ext.info, chainId: chain.chainId, type: chain.type };
+    if (domain) info.domain = domain;
+    const signature = await signEVMMessage(createSIWxMessage(info, account.address), account);
+    out.address = account.address;
+    out.header = encodeSIWxHeader({ ...info, address: account.address, signature });
+  } catch (e) {
+    out.error = errorText(e);
+  }
+  return out;
+}
+
 /** What the discovery packages make of the gateway's documents. */
 export async function discover({ origin }) {
   const out = { discovery: null, openapiValid: false, openapiErrors: [], warnings: [], wellKnown: null, legacy: null, error: null };
@@ -105,24 +152,40 @@ async function main() {
   const [mode, ...rest] = process.argv.slice(2);
   let a;
   try {
-    a = parseArgs(rest, { url: "str", "private-key": "str", "payment-id": "str", "unknown-flow": "bool", method: "str", origin: "str" });
-    if (mode === "pay" && (!a.url || !a["private-key"])) throw new Error("pay needs --url and --private-key");
-    if (mode === "discover" && !a.origin) throw new Error("discover needs --origin");
-    if (mode !== "pay" && mode !== "discover") throw new Error("mode is pay or discover");
+    a = parseArgs(rest, {
+      url: "str",
+      "private-key": "str",
+      "payment-id": "str",
+      "unknown-flow": "bool",
+      method: "str",
+      origin: "str",
+      domain: "str",
+    });
+    const modes = ["pay", "siwx-fetch", "siwx-header", "discover"];
+    if (!modes.includes(mode)) throw new Error(`mode is one of ${modes.join(", ")}`);
+    if (mode === "discover" ? !a.origin : !a.url || !a["private-key"]) {
+      throw new Error(mode === "discover" ? "discover needs --origin" : `${mode} needs --url and --private-key`);
+    }
   } catch (e) {
     process.stderr.write(`extensions: ${e.message}\n`);
     process.exit(2);
   }
-  const out =
-    mode === "pay"
-      ? await pay({
-          url: a.url,
-          privateKey: a["private-key"],
-          paymentId: a["payment-id"],
-          unknownFlow: !!a["unknown-flow"],
-          method: (a.method ?? "GET").toUpperCase(),
-        })
-      : await discover({ origin: a.origin });
+  const common = { url: a.url, privateKey: a["private-key"] };
+  let out;
+  if (mode === "pay") {
+    out = await pay({
+      ...common,
+      paymentId: a["payment-id"],
+      unknownFlow: !!a["unknown-flow"],
+      method: (a.method ?? "GET").toUpperCase(),
+    });
+  } else if (mode === "siwx-fetch") {
+    out = await siwxFetch(common);
+  } else if (mode === "siwx-header") {
+    out = await siwxHeader({ ...common, domain: a.domain });
+  } else {
+    out = await discover({ origin: a.origin });
+  }
   printJsonLine(out);
 }
 

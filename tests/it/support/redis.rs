@@ -19,7 +19,7 @@ const REDIS_CLI: &str = "redis-cli";
 
 /// A loopback port nothing listens on now: the OS hands one out, the listener is dropped, and
 /// a connection to it is refused.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     loop {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
         let port = l.local_addr().expect("local addr").port();
