@@ -513,3 +513,139 @@ async fn a_past_payer_signs_in_instead_of_paying_again() {
     // Nothing moved after the one payment.
     assert_eq!(balance(rpc, token, &payer).await, after_payment);
 }
+
+const PENDING_RULES: &str = r#"
+[[rule]]
+id = "lands"
+path = "/lands"
+methods = ["GET"]
+price = "$0.01"
+
+[[rule]]
+id = "never"
+path = "/never"
+methods = ["GET"]
+price = "$0.01"
+max_timeout_seconds = 15
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pending_settlement_is_followed_on_chain_until_it_lands_or_expires() {
+    let dev = NodeProc::start("lib/devnet.mjs", &["--chain-id", "31337", "--payers", "1"]);
+    let origin = Origin::start("pending-origin");
+    let fac = dev.info["facilitatorUrl"].as_str().expect("fac").to_owned();
+    let gw = Gateway::start(
+        &paid_config(
+            &origin.addr,
+            &dev.info,
+            &facilitator_toml("local", &fac, 0, ""),
+            "pending_settlement_wait_ms = 8000",
+        ),
+        &[("rules.toml", PENDING_RULES)],
+    );
+    let (payer, key) = (
+        dev.info["payers"][0]["address"].as_str().expect("address"),
+        dev.info["payers"][0]["privateKey"].as_str().expect("key"),
+    );
+    let (rpc, token) = (
+        dev.info["rpcUrl"].as_str().expect("rpc"),
+        dev.info["token"]["address"].as_str().expect("token"),
+    );
+    let pending = |land: Value| {
+        let fac = fac.clone();
+        async move {
+            let r = client()
+                .post(format!("{fac}/__config"))
+                .json(&serde_json::json!({"settlePending": {"landAfterMs": land}}))
+                .send()
+                .await
+                .expect("config");
+            assert!(r.status().is_success());
+        }
+    };
+    let ledger = |gw: &Gateway| -> Vec<Value> {
+        std::fs::read_to_string(gw.path("receipts.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("ledger line"))
+            .collect()
+    };
+    let before = balance(rpc, token, payer).await;
+
+    // The facilitator answers `settlement_pending` and the transaction lands 3 s later: the
+    // gateway follows it on chain and answers 200 with the receipt, charged once.
+    pending(serde_json::json!(3000)).await;
+    let paid = node_json(
+        "lib/pay-v2.mjs",
+        &[
+            "--url".into(),
+            gw.url("/lands"),
+            "--private-key".into(),
+            key.into(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(paid["status"], 200, "{paid}");
+    assert!(
+        paid["body"]
+            .as_str()
+            .unwrap_or("")
+            .contains("pending-origin"),
+        "{paid}"
+    );
+    let tx = paid["receipt"]["transaction"]
+        .as_str()
+        .expect("tx")
+        .to_owned();
+    assert_eq!(paid["receipt"]["success"], true);
+    assert_eq!(balance(rpc, token, payer).await, before - 10_000);
+    let settled: Vec<Value> = ledger(&gw)
+        .into_iter()
+        .filter(|l| l["rule"] == "lands")
+        .collect();
+    assert_eq!(settled.len(), 1, "{settled:?}");
+    assert_eq!(settled[0]["event"], "settled");
+    assert_eq!(settled[0]["transaction"], tx.as_str());
+
+    // One that never lands: no body, nothing charged; the ledger says pending, and once the
+    // authorization expired unused, expired.
+    pending(Value::Null).await;
+    let stuck = node_json(
+        "lib/pay-v2.mjs",
+        &[
+            "--url".into(),
+            gw.url("/never"),
+            "--private-key".into(),
+            key.into(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(stuck["status"], 503, "{stuck}");
+    assert!(
+        !stuck["body"]
+            .as_str()
+            .unwrap_or("")
+            .contains("pending-origin"),
+        "{stuck}"
+    );
+    let events = |gw: &Gateway| -> Vec<String> {
+        ledger(gw)
+            .into_iter()
+            .filter(|l| l["rule"] == "never")
+            .map(|l| l["event"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    assert_eq!(events(&gw), ["settle_pending"]);
+    wait_for(
+        "the pending settlement to expire",
+        std::time::Duration::from_secs(60),
+        || {
+            let e = events(&gw);
+            (e.len() == 2).then_some(e)
+        },
+    );
+    assert_eq!(events(&gw), ["settle_pending", "expired_unsettled"]);
+    assert_eq!(balance(rpc, token, payer).await, before - 10_000);
+}

@@ -14,7 +14,8 @@
 //   GET  /__config   current fault-injection config
 //   POST /__config   merge {style, delayMs, verifyDelayMs, settleDelayMs, settleReplyDelayMs,
 //                          verifyOverride, settleOverride, supportedOverride,
-//                          verifyDropConnection, settleDropConnection} (see README)
+//                          verifyDropConnection, settleDropConnection, settlePending}
+//                    (see README)
 //
 // Status style for *invalid* results (isValid:false / success:false):
 //   200 (default; like Coinbase's example facilitators) or 400 (like x402-rs).
@@ -33,7 +34,7 @@ import { toFacilitatorEvmSigner } from "@x402/evm";
 import { ExactEvmScheme } from "@x402/evm/exact/facilitator";
 import { ExactEvmSchemeV1 } from "@x402/evm/exact/v1/facilitator";
 import { EVM_NETWORK_CHAIN_ID_MAP } from "@x402/evm/v1";
-import { createWalletClient, http as viemHttp, nonceManager, publicActions } from "viem";
+import { createWalletClient, encodeFunctionData, keccak256, http as viemHttp, nonceManager, parseAbi, publicActions } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { anvilAccount, log, makeChain, ROLE_INDEX } from "./chain.mjs";
 import { isMain, parseArgs, printJsonLine, untilShutdown } from "./cli.mjs";
@@ -79,6 +80,10 @@ function payerOf(paymentPayload) {
 function networkOf(paymentPayload, requirements) {
   return paymentPayload?.accepted?.network ?? paymentPayload?.network ?? requirements?.network ?? "";
 }
+
+const TRANSFER_WITH_AUTHORIZATION_ABI = parseAbi([
+  "function transferWithAuthorization(address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce, bytes signature)",
+]);
 
 const ADDRESS_RE = /^0x[0-9a-fA-F]{40}$/;
 const UINT_RE = /^\d{1,78}$/;
@@ -148,7 +153,7 @@ export async function startFacilitator({
   port = 0,
 } = {}) {
   if (!rpcUrl) throw new Error("startFacilitator: rpcUrl is required");
-  const { signer, address } = makeFacilitatorSigner({ rpcUrl, chainId, privateKey });
+  const { signer, address, client } = makeFacilitatorSigner({ rpcUrl, chainId, privateKey });
 
   const network = `eip155:${chainId}`;
   const v1Networks = v1NamesForChainId(chainId);
@@ -170,6 +175,9 @@ export async function startFacilitator({
     // without answering.
     verifyDropConnection: false,
     settleDropConnection: false,
+    // {landAfterMs: N | null}: /settle signs the transfer but answers `settlement_pending`
+    // with its hash at once, then broadcasts it N ms later (null: never).
+    settlePending: null,
   };
   const entries = [];
   let seq = 0;
@@ -228,6 +236,9 @@ export async function startFacilitator({
     }
     const problem = shapeProblem(paymentPayload, paymentRequirements);
     if (problem) return fail(config.style, problem[0], problem[1], payer, network);
+    if (config.settlePending && paymentPayload.payload?.authorization) {
+      return settlePending(paymentPayload, paymentRequirements, payer, network, config.settlePending.landAfterMs);
+    }
     try {
       const r = await facilitator.settle(paymentPayload, paymentRequirements);
       const out = { ...r, payer: r.payer ?? payer };
@@ -239,6 +250,32 @@ export async function startFacilitator({
       log(`facilitator /settle exception: ${err?.stack ?? err}`);
       return fail(500, "unexpected_settle_error", String(err?.message ?? err), payer, network);
     }
+  }
+
+  /**
+   * A settlement whose confirmation "could not be observed": the signed transfer's hash comes
+   * back as `settlement_pending` before the transaction exists anywhere; it is broadcast
+   * `landAfterMs` later (never when null).
+   */
+  async function settlePending(paymentPayload, requirements, payer, network, landAfterMs) {
+    const a = paymentPayload.payload.authorization;
+    const data = encodeFunctionData({
+      abi: TRANSFER_WITH_AUTHORIZATION_ABI,
+      functionName: "transferWithAuthorization",
+      args: [a.from, a.to, BigInt(a.value), BigInt(a.validAfter), BigInt(a.validBefore), a.nonce, paymentPayload.payload.signature],
+    });
+    const request = await client.prepareTransactionRequest({ to: requirements.asset, data, gas: 200000n });
+    const serializedTransaction = await client.signTransaction(request);
+    const transaction = keccak256(serializedTransaction);
+    if (landAfterMs !== null && landAfterMs !== undefined) {
+      setTimeout(() => {
+        client.sendRawTransaction({ serializedTransaction }).catch((e) => log(`pending settlement broadcast failed: ${e?.message ?? e}`));
+      }, Number(landAfterMs));
+    }
+    return [
+      config.style,
+      { success: false, errorReason: "settlement_pending", errorMessage: "broadcast; receipt not observed", transaction, network, payer },
+    ];
   }
 
   async function route(req, entry) {
