@@ -649,3 +649,21 @@ async fn a_pending_settlement_is_followed_on_chain_until_it_lands_or_expires() {
     assert_eq!(events(&gw), ["settle_pending", "expired_unsettled"]);
     assert_eq!(balance(rpc, token, payer).await, before - 10_000);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn our_permit2_and_upto_proxy_settle_with_the_reference_packages() {
+    let out = node_json("lib/upto-contracts.mjs", &[], &[]).await;
+    assert!(out["error"].is_null(), "{out}");
+    let steps = out["steps"].as_object().expect("steps");
+    for name in [
+        "verify",
+        "settle_less_than_ceiling",
+        "replay_refused",
+        "over_ceiling_refused",
+        "other_sender_refused",
+        "other_recipient_refused",
+        "zero_moves_nothing",
+    ] {
+        assert_eq!(steps[name]["ok"], true, "{name}: {}", steps[name]);
+    }
+}

@@ -1,8 +1,8 @@
 #!/usr/bin/env node
-// Compiles contracts/TestUSD.sol and contracts/Multicall3Lite.sol with the pinned `solc`
-// npm package (soljson, no native compiler needed) and writes the committed artifacts
+// Compiles contracts/{TestUSD,Multicall3Lite,Permit2Lite,UptoPermit2Proxy}.sol with the pinned
+// `solc` npm package (soljson, no native compiler needed) and writes the committed artifacts
 //   contracts/TestUSD.json        {contractName, compiler, abi, bytecode, deployedBytecode}
-//   contracts/Multicall3Lite.json (same shape)
+//   contracts/Multicall3Lite.json, Permit2Lite.json, UptoPermit2Proxy.json (same shape)
 // Tests never compile: they load the JSON. Re-run after editing a .sol file:
 //   npm run compile        (or: node contracts/compile.mjs)
 // `node contracts/compile.mjs --check` writes nothing and exits 1 if a committed artifact is stale.
@@ -12,7 +12,7 @@ import { fileURLToPath } from "node:url";
 import solc from "solc";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const CONTRACTS = ["TestUSD", "Multicall3Lite"];
+const CONTRACTS = ["TestUSD", "Multicall3Lite", "Permit2Lite", "UptoPermit2Proxy"];
 const CHECK = process.argv.includes("--check");
 
 const input = {
@@ -29,7 +29,12 @@ const input = {
   },
 };
 
-const output = JSON.parse(solc.compile(JSON.stringify(input)));
+// `import "./X.sol"` resolves to the sources above.
+const findImports = (path) => {
+  const name = path.replace(/^\.\//, "");
+  return existsSync(join(here, name)) ? { contents: readFileSync(join(here, name), "utf8") } : { error: `not found: ${path}` };
+};
+const output = JSON.parse(solc.compile(JSON.stringify(input), { import: findImports }));
 const errors = (output.errors ?? []).filter((e) => e.severity === "error");
 for (const e of output.errors ?? []) process.stderr.write(`${e.formattedMessage}\n`);
 if (errors.length) {

@@ -40,6 +40,13 @@ export const TestUSD = JSON.parse(readFileSync(join(here, "..", "contracts", "Te
 export const Multicall3Lite = JSON.parse(
   readFileSync(join(here, "..", "contracts", "Multicall3Lite.json"), "utf8"),
 );
+export const Permit2Lite = JSON.parse(readFileSync(join(here, "..", "contracts", "Permit2Lite.json"), "utf8"));
+export const UptoPermit2Proxy = JSON.parse(
+  readFileSync(join(here, "..", "contracts", "UptoPermit2Proxy.json"), "utf8"),
+);
+/** Where the reference x402 clients expect Permit2 and the `upto` proxy. */
+export const PERMIT2_ADDRESS = "0x000000000022D473030F116dDEE9F6B43aC78BA3";
+export const UPTO_PROXY_ADDRESS = "0x4020A4f3b7b90ccA423B9fabCc0CE57C6C240002";
 
 /** Writes a diagnostic line to stderr (stdout is reserved for the CLIs' single JSON line). */
 export function log(...args) {
@@ -228,6 +235,36 @@ export async function startAnvil({ chainId = 31337, port = 0, timeoutMs = 20000,
       await testClient.setCode({ address: MULTICALL3_ADDRESS, bytecode: Multicall3Lite.deployedBytecode });
     },
     /**
+     * Puts our Permit2 (signature transfers) at Permit2's canonical address, and our `upto`
+     * proxy at the address the reference x402 packages use: the proxy is deployed (its
+     * constructor bakes Permit2's address into the code), then its runtime code is copied there.
+     */
+    async installPermit2() {
+      await testClient.setCode({ address: PERMIT2_ADDRESS, bytecode: Permit2Lite.deployedBytecode });
+      const w = walletFor(self.accounts.deployer.privateKey);
+      const hash = await w.deployContract({
+        abi: UptoPermit2Proxy.abi,
+        bytecode: UptoPermit2Proxy.bytecode,
+        args: [PERMIT2_ADDRESS],
+      });
+      const receipt = await w.waitForTransactionReceipt({ hash });
+      if (receipt.status !== "success" || !receipt.contractAddress) throw new Error(`upto proxy deploy failed: ${hash}`);
+      const code = await publicClient.getCode({ address: receipt.contractAddress });
+      await testClient.setCode({ address: UPTO_PROXY_ADDRESS, bytecode: code });
+    },
+    /** The payer (by key) lets Permit2 move its tokens (ERC-20 approve, unlimited). */
+    async approvePermit2(token, privateKey) {
+      const w = walletFor(privateKey);
+      const hash = await w.writeContract({
+        address: tokenAddress(token),
+        abi: TestUSD.abi,
+        functionName: "approve",
+        args: [PERMIT2_ADDRESS, 2n ** 256n - 1n],
+      });
+      const receipt = await w.waitForTransactionReceipt({ hash });
+      if (receipt.status !== "success") throw new Error(`approve reverted: ${hash}`);
+    },
+    /**
      * Deploys TestUSD from the deployer account.
      * @returns {Promise<{address, name, version, decimals, symbol}>}
      */
@@ -306,7 +343,8 @@ function tokenAddress(token) {
 }
 
 /**
- * Starts anvil, installs Multicall3Lite, deploys TestUSD and funds payers.
+ * Starts anvil, installs Multicall3Lite, deploys TestUSD, installs Permit2 and the `upto`
+ * proxy, and funds payers.
  * @param {object} [opts]
  * @param {number} [opts.chainId=31337]
  * @param {number} [opts.payers=3]          number of funded payers (first 7 are anvil accounts 3..9,
@@ -327,6 +365,8 @@ export async function startDevChain({
   try {
     await chain.installMulticall3();
     const token = await chain.deployToken({ name: tokenName, version: tokenVersion });
+    // After the token: its address stays the deployer's first contract.
+    await chain.installPermit2();
     const payerList = [];
     for (let i = 0; i < payers; i++) payerList.push(i < MAX_DEFAULT_PAYERS ? chain.defaultPayer(i) : generatePayer());
     for (const p of payerList) await chain.mint(token, p.address, payerBalance);

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // One process = one disposable x402 test network:
-//   anvil (127.0.0.1, OS-chosen port) + Multicall3Lite + TestUSD + N funded payers + facilitator.
+//   anvil (127.0.0.1, OS-chosen port) + Multicall3Lite + Permit2 and the x402 `upto` proxy (our
+//   own contracts at the canonical addresses) + TestUSD + N funded payers + facilitator.
 // Prints ONE JSON line on stdout when everything is ready (logs go to stderr):
 //   {rpcUrl, chainId, network, v1Network, token:{address,name,version,decimals,symbol},
 //    payTo, facilitatorUrl, facilitatorSigner, facilitatorStyle,
@@ -18,6 +19,7 @@
 //   --facilitator-style 200|400  HTTP status for invalid verify/settle results (default 200)
 //   --facilitator-delay-ms N     artificial delay before /verify and /settle (default 0)
 //   --no-facilitator             do not start the facilitator (facilitatorUrl: null)
+//   --permit2-approve            every payer approves Permit2 for the token (for `upto`)
 import { startDevChain, log } from "./chain.mjs";
 import { isMain, parseArgs, printJsonLine, untilShutdown } from "./cli.mjs";
 import { startFacilitator, v1NamesForChainId } from "./facilitator.mjs";
@@ -34,6 +36,7 @@ export async function startDevnet({
   facilitator = true,
   facilitatorStyle = 200,
   facilitatorDelayMs = 0,
+  permit2Approve = false,
 } = {}) {
   const { chain, token, payers: payerList } = await startDevChain({
     chainId,
@@ -44,6 +47,7 @@ export async function startDevnet({
   });
   let fac = null;
   try {
+    if (permit2Approve) for (const p of payerList) await chain.approvePermit2(token, p.privateKey);
     if (facilitator) {
       fac = await startFacilitator({
         rpcUrl: chain.rpcUrl,
@@ -104,6 +108,7 @@ async function main() {
     "facilitator-style": "str",
     "facilitator-delay-ms": "str",
     "no-facilitator": "bool",
+    "permit2-approve": "bool",
   });
   const devnet = await startDevnet({
     chainId: Number(a["chain-id"] ?? 31337),
@@ -114,6 +119,7 @@ async function main() {
     facilitator: !a["no-facilitator"],
     facilitatorStyle: Number(a["facilitator-style"] ?? 200),
     facilitatorDelayMs: Number(a["facilitator-delay-ms"] ?? 0),
+    permit2Approve: !!a["permit2-approve"],
   });
   const shutdown = untilShutdown();
   let stoppingNow = false;

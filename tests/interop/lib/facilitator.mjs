@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // A REAL x402 facilitator for the interop tests: @x402/core's x402Facilitator with
-// @x402/evm's ExactEvmScheme (v2, "eip155:<chainId>") and, when the chain id has a v1
+// @x402/evm's ExactEvmScheme and UptoEvmScheme (Permit2; v2, "eip155:<chainId>") and, when the chain id has a v1
 // network name (84532 -> "base-sepolia"), ExactEvmSchemeV1 for that name. It verifies
 // signatures, simulates and submits transferWithAuthorization on the local anvil.
 //
@@ -33,6 +33,7 @@ import { x402Facilitator } from "@x402/core/facilitator";
 import { toFacilitatorEvmSigner } from "@x402/evm";
 import { ExactEvmScheme } from "@x402/evm/exact/facilitator";
 import { ExactEvmSchemeV1 } from "@x402/evm/exact/v1/facilitator";
+import { UptoEvmScheme } from "@x402/evm/upto/facilitator";
 import { EVM_NETWORK_CHAIN_ID_MAP } from "@x402/evm/v1";
 import { createWalletClient, encodeFunctionData, keccak256, http as viemHttp, nonceManager, parseAbi, publicActions } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
@@ -159,6 +160,7 @@ export async function startFacilitator({
   const v1Networks = v1NamesForChainId(chainId);
   const facilitator = new x402Facilitator();
   facilitator.register(network, new ExactEvmScheme(signer));
+  facilitator.register(network, new UptoEvmScheme(signer));
   if (v1Networks.length) facilitator.registerV1(v1Networks, new ExactEvmSchemeV1(signer));
 
   const config = {
