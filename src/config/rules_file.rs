@@ -57,6 +57,16 @@ pub struct RuleDef {
     pub accept_passes_from: Option<Vec<Spanned<String>>>,
     /// `enforce` (default) or `shadow`.
     pub mode: Option<Spanned<ModeDef>>,
+    /// Schemes offered: `"exact"` (default), `"upto"`, or both (`["exact", "upto"]`).
+    pub schemes: Option<Spanned<Vec<String>>>,
+    /// `upto`: the ceiling a payer signs for (`"$0.05"` or `{ amount, asset }`).
+    pub max_price: Option<Spanned<toml::Value>>,
+    /// `upto`: what sets the charge; `"origin"`: the origin's `Settlement-Overrides` response
+    /// header (`{"amount": "1234"}`, `"50%"` of the ceiling or `"$0.002"`), capped at the
+    /// ceiling and removed before the client sees it; without it the ceiling is charged.
+    pub meter: Option<Spanned<String>>,
+    /// `upto`: the facilitator allowed to settle (its `/supported` `extra.facilitatorAddress`).
+    pub facilitator_address: Option<Spanned<String>>,
     /// How long a wallet that paid may read the resource again by signing in with it
     /// (Sign-In-With-X; `"24h"`). Needs `[payment] public_base_url`.
     pub sign_in_window: Option<Spanned<String>>,

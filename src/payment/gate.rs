@@ -139,6 +139,7 @@ impl Payments {
             delivery_recorded: false,
             identifier: None,
             sign_in: rule.policy.sign_in,
+            charged: None,
         });
         // A named payment: claim its identifier, or serve the retry of one that settled.
         let claim = || identifier::record(&decoded, offer, caller.method, url, rule.id);

@@ -262,9 +262,40 @@ pub struct Accepted {
     pub identifier: Option<identifier::Named>,
     /// How long the payer may sign in to read the resource again (the rule's window).
     pub sign_in: Option<Duration>,
+    /// What a metered (`upto`) payment charges, once the origin answered (at most the
+    /// ceiling); `None`: the offered amount.
+    pub charged: Option<u128>,
 }
 
 impl Accepted {
+    /// The amount this payment moves: the metered charge, else the offered amount.
+    pub fn amount(&self) -> String {
+        match self.charged {
+            Some(c) => c.to_string(),
+            None => self.offer.requirements.amount.clone(),
+        }
+    }
+
+    /// Whether the charge is metered (`upto`): known only once the origin answered.
+    pub fn metered(&self) -> bool {
+        self.offer.requirements.scheme == "upto"
+    }
+
+    /// Sets a metered payment's charge from the origin's `Settlement-Overrides` header
+    /// (`{"amount": "1234"}`, `"50%"` of the ceiling, or `"$0.002"`), capped at the ceiling;
+    /// a missing or unreadable header charges the ceiling. Returns the charge.
+    pub fn meter_from_origin(&mut self, header: Option<&str>) -> u128 {
+        let ceiling: u128 = self.offer.requirements.amount.parse().unwrap_or(0);
+        let stated = header.and_then(|h| {
+            let v: serde_json::Value = serde_json::from_str(h).ok()?;
+            let raw = v.get("amount")?.as_str()?.trim().to_owned();
+            metered_amount(&raw, ceiling, self.offer.asset.decimals)
+        });
+        let charge = stated.map_or(ceiling, |c| c.min(ceiling));
+        self.charged = Some(charge);
+        charge
+    }
+
     /// The transfer this payment makes, as the chain should show it.
     pub fn expected_transfer(&self) -> Option<ExpectedTransfer> {
         let (token, payer, nonce) = self.chain_ids()?;
@@ -273,7 +304,7 @@ impl Accepted {
             token,
             payer,
             pay_to: r.pay_to.parse().ok()?,
-            value: r.amount.parse().ok()?,
+            value: self.amount().parse().ok()?,
             nonce,
         })
     }
@@ -321,6 +352,33 @@ pub enum Admission {
     /// A retry of a payment that already settled (same `payment-identifier`, payment and
     /// request): forward again, uncharged, with the original receipt header.
     Replayed(Vec<(&'static str, String)>),
+}
+
+/// An override amount in atomic units: a plain integer, a percentage of `ceiling` (two
+/// decimals at most), or US dollars (`$0.002`) in an asset with `decimals`.
+pub fn metered_amount(raw: &str, ceiling: u128, decimals: u32) -> Option<u128> {
+    // e.g. "12345", "50%", "12.5%", "$0.002"
+    if let Some(pct) = raw.strip_suffix('%') {
+        let d: rust_decimal::Decimal = pct.parse().ok()?;
+        if d.is_sign_negative() || d.scale() > 2 {
+            return None;
+        }
+        let hundredths =
+            rust_decimal::prelude::ToPrimitive::to_u128(&(d * rust_decimal::Decimal::from(100)))?;
+        return ceiling.checked_mul(hundredths).map(|v| v / 10_000);
+    }
+    if let Some(usd) = raw.strip_prefix('$') {
+        let d: rust_decimal::Decimal = usd.parse().ok()?;
+        let atomic = d.checked_mul(rust_decimal::Decimal::from(10u64.checked_pow(decimals)?))?;
+        if d.is_sign_negative() || !atomic.fract().is_zero() {
+            return None;
+        }
+        return rust_decimal::prelude::ToPrimitive::to_u128(&atomic);
+    }
+    if raw.is_empty() || raw.len() > 39 || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    raw.parse().ok()
 }
 
 /// The payment engine shared by every request.

@@ -733,3 +733,14 @@ async fn a_malformed_name_is_refused_before_any_facilitator_call() {
     );
     assert_eq!(b.script.calls(), (0, 0));
 }
+
+#[test]
+fn metered_amounts_read_like_the_reference_overrides() {
+    assert_eq!(metered_amount("12345", 50_000, 6), Some(12_345));
+    assert_eq!(metered_amount("50%", 50_000, 6), Some(25_000));
+    assert_eq!(metered_amount("12.5%", 50_000, 6), Some(6_250));
+    assert_eq!(metered_amount("$0.002", 50_000, 6), Some(2_000));
+    for bad in ["", "-1", "1.5", "12.345%", "$0.0000001", "abc", "0x10"] {
+        assert_eq!(metered_amount(bad, 50_000, 6), None, "{bad}");
+    }
+}

@@ -17,6 +17,9 @@ use crate::access::{AccessState, Forwarded, Outcome};
 use crate::payment::{Admission, Caller};
 use crate::snapshot::{Rule, Snapshot};
 
+/// The response header an origin states a metered charge in (the reference middleware's).
+const SETTLEMENT_OVERRIDES: &str = "settlement-overrides";
+
 impl From<Forwarded> for Decision {
     fn from(f: Forwarded) -> Self {
         match f {
@@ -200,6 +203,16 @@ impl Gateway {
         };
         let snap = ctx.snap.clone();
         let status = upstream_response.status.as_u16();
+        // A metered (`upto`) charge is what the origin says the response cost, capped at the
+        // ceiling; the statement is for the gateway, never for the client.
+        if accepted.metered() {
+            let stated = upstream_response
+                .headers
+                .get(SETTLEMENT_OVERRIDES)
+                .and_then(|v| v.to_str().ok());
+            accepted.meter_from_origin(stated);
+        }
+        upstream_response.remove_header(SETTLEMENT_OVERRIDES);
         match self
             .payments
             .on_response(&snap.payment_env(), accepted, status)

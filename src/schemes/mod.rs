@@ -1,8 +1,9 @@
-//! Payment schemes: one trait, one file per scheme. A scheme builds the requirements it offers
+//! Payment schemes (`exact`, `upto`): one trait, one file per scheme. A scheme builds the requirements it offers
 //! and checks a payload against them locally, without I/O; the gate and the facilitators do the
 //! rest (verify, settle) as the scheme's settlement plan says.
 
 pub mod evm_exact;
+pub mod evm_upto;
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use crate::x402::challenge::Offer;
 use crate::x402::networks::Asset;
 
 pub use evm_exact::{ExactError, ExactEvm};
+pub use evm_upto::{UptoError, UptoEvm};
 
 /// What a scheme's local checks establish about a payment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +33,8 @@ pub struct Checked {
 pub enum SchemeError {
     #[error(transparent)]
     Exact(#[from] ExactError),
+    #[error(transparent)]
+    Upto(#[from] UptoError),
     /// The offer cannot be paid as configured (an asset address that does not parse).
     #[error("this offer cannot be paid")]
     Unusable,
@@ -41,6 +45,7 @@ impl SchemeError {
     pub fn reason(&self) -> &'static str {
         match self {
             SchemeError::Exact(e) => e.reason(),
+            SchemeError::Upto(e) => e.reason(),
             SchemeError::Unusable => "no_matching_requirements",
         }
     }
@@ -51,6 +56,9 @@ impl SchemeError {
 pub enum SettlePlan {
     /// The facilitator's `/verify`, then `/settle` of the whole amount (`exact`).
     VerifyThenSettle,
+    /// `/verify` of the ceiling, then `/settle` of what the response cost, at most the
+    /// ceiling; nothing when it cost nothing (`upto`).
+    VerifyThenSettleMetered,
 }
 
 /// A payment scheme.
@@ -79,10 +87,14 @@ pub trait Scheme: Send + Sync + std::fmt::Debug {
 /// The `exact` scheme on EVM networks (EIP-3009).
 pub static EXACT: ExactEvm = ExactEvm;
 
+/// The `upto` scheme on EVM networks (Permit2, metered).
+pub static UPTO: UptoEvm = UptoEvm;
+
 /// The scheme named `id`, if the gateway speaks it.
 pub fn by_id(id: &str) -> Option<&'static dyn Scheme> {
     match id {
         "exact" => Some(&EXACT),
+        "upto" => Some(&UPTO),
         _ => None,
     }
 }

@@ -667,3 +667,128 @@ async fn our_permit2_and_upto_proxy_settle_with_the_reference_packages() {
         assert_eq!(steps[name]["ok"], true, "{name}: {}", steps[name]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upto_charges_what_the_origin_states_never_above_the_ceiling() {
+    let dev = NodeProc::start(
+        "lib/devnet.mjs",
+        &["--chain-id", "31337", "--payers", "1", "--permit2-approve"],
+    );
+    let origin = Origin::start("metered-origin");
+    let fac = dev.info["facilitatorUrl"].as_str().expect("fac").to_owned();
+    let signer = dev.info["facilitatorSigner"].as_str().expect("signer");
+    let rules = format!(
+        r#"
+[[rule]]
+id = "completion"
+prefix = "/metered/"
+methods = ["GET"]
+schemes = ["exact", "upto"]
+price = "$0.01"
+max_price = "$0.05"
+meter = "origin"
+facilitator_address = "{signer}"
+"#
+    );
+    let gw = Gateway::start(
+        &paid_config(
+            &origin.addr,
+            &dev.info,
+            &facilitator_toml("local", &fac, 0, ""),
+            "",
+        ),
+        &[("rules.toml", &rules)],
+    );
+    let (payer, key) = (
+        dev.info["payers"][0]["address"].as_str().expect("address"),
+        dev.info["payers"][0]["privateKey"].as_str().expect("key"),
+    );
+    let (rpc, token) = (
+        dev.info["rpcUrl"].as_str().expect("rpc"),
+        dev.info["token"]["address"].as_str().expect("token"),
+    );
+    let pay_to = dev.info["payTo"].as_str().expect("payTo");
+
+    // One 402 offers both: exact at the price, upto at the ceiling through the upto proxy.
+    let r = client()
+        .get(gw.url("/metered/1"))
+        .send()
+        .await
+        .expect("402");
+    let pr = decode_header(
+        r.headers()
+            .get("payment-required")
+            .expect("header")
+            .to_str()
+            .expect("ascii"),
+    );
+    let schemes: Vec<(&str, &str)> = pr["accepts"]
+        .as_array()
+        .expect("accepts")
+        .iter()
+        .map(|a| {
+            (
+                a["scheme"].as_str().unwrap_or(""),
+                a["amount"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(schemes, [("exact", "10000"), ("upto", "50000")]);
+
+    let upto = |amount: &str| {
+        let url = gw.url(&format!("/metered/{amount}"));
+        let key = key.to_owned();
+        async move {
+            node_json(
+                "lib/extensions.mjs",
+                &[
+                    "pay-upto".into(),
+                    "--url".into(),
+                    url,
+                    "--private-key".into(),
+                    key,
+                ],
+                &[],
+            )
+            .await
+        }
+    };
+    let settled_amounts = || -> Vec<String> {
+        std::fs::read_to_string(gw.path("receipts.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["event"] == "settled")
+            .map(|l| l["amount"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+
+    // The origin states 12345: exactly that moves, and the statement never reaches the client.
+    let (p0, m0) = (
+        balance(rpc, token, payer).await,
+        balance(rpc, token, pay_to).await,
+    );
+    let paid = upto("12345").await;
+    assert_eq!(paid["status"], 200, "{paid}");
+    assert_eq!(paid["accepted"]["scheme"], "upto", "{paid}");
+    assert_eq!(paid["receipt"]["success"], true, "{paid}");
+    assert!(
+        paid["headers"].get("settlement-overrides").is_none(),
+        "{paid}"
+    );
+    assert_eq!(balance(rpc, token, payer).await, p0 - 12_345);
+    assert_eq!(balance(rpc, token, pay_to).await, m0 + 12_345);
+
+    // An origin that overstates is capped at the ceiling the payer signed.
+    let over = upto("999999999").await;
+    assert_eq!(over["status"], 200, "{over}");
+    assert_eq!(balance(rpc, token, payer).await, p0 - 12_345 - 50_000);
+
+    // A zero charge moves nothing and names no transaction.
+    let zero = upto("0").await;
+    assert_eq!(zero["status"], 200, "{zero}");
+    assert_eq!(zero["receipt"]["transaction"], "", "{zero}");
+    assert_eq!(balance(rpc, token, payer).await, p0 - 12_345 - 50_000);
+
+    assert_eq!(settled_amounts(), ["12345", "50000", "0"]);
+}

@@ -206,6 +206,16 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             }
             r
         }
+        ["metered", amount] => {
+            // A metered API: it states what the answer cost (the `upto` scheme's charge) in
+            // the reference middleware's `Settlement-Overrides` header.
+            let mut r = response(200, "application/json", full(echo_json(&state, &req)));
+            let stated = serde_json::json!({ "amount": amount }).to_string();
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&stated) {
+                r.headers_mut().insert("settlement-overrides", v);
+            }
+            r
+        }
         ["ws"] => return Ok(upgrade(req)),
         _ => response(200, "application/json", full(echo_json(&state, &req))),
     };

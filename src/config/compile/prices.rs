@@ -10,7 +10,7 @@ use super::shared::checked_address;
 use crate::access::RuleAction;
 use crate::config::price::{self, PriceError};
 use crate::config::{ParsedRule, Reporter};
-use crate::schemes::{EXACT, Scheme};
+use crate::schemes::{EXACT, Scheme, UPTO};
 use crate::x402::challenge::{Offer, Priced};
 use crate::x402::types::PAYMENT_FLOW;
 
@@ -93,7 +93,7 @@ pub(super) fn priced_action(
         PriceSpec::Atomic(..) => None,
     };
     let d = &pr.def;
-    let mut offers = build_offers(rep, ctx, pr, spec, span, timeout, field)?;
+    let mut offers = build_offers(rep, ctx, pr, &EXACT, spec, span, timeout, field)?;
     // Clients pick offers by flow: settle-after is `authorization`, settle-before `upfront`.
     let flow = d
         .settlement
@@ -135,10 +135,74 @@ pub(super) fn price_value(
     }
 }
 
+/// The rule's `upto` offers: its `max_price` as the ceiling on each network, paid through the
+/// `upto` proxy and settled by `facilitator_address`.
+pub(super) fn upto_offers(
+    rep: &mut Reporter,
+    ctx: &RuleCtx<'_>,
+    pr: &ParsedRule,
+    timeout: u64,
+) -> Option<Vec<Offer>> {
+    let d = &pr.def;
+    let Some(max) = &d.max_price else {
+        rep.at(
+            pr.src,
+            d.id.span(),
+            "rule.max_price",
+            "a rule that offers `upto` needs `max_price`, the ceiling payers sign for",
+        );
+        return None;
+    };
+    let facilitator = match &d.facilitator_address {
+        Some(a) => checked_address(rep, pr.src, a, "rule.facilitator_address")?,
+        None => {
+            rep.at(
+                pr.src,
+                d.id.span(),
+                "rule.facilitator_address",
+                "a rule that offers `upto` needs the settling facilitator's address (its /supported extra.facilitatorAddress)",
+            );
+            return None;
+        }
+    };
+    let spec = parse_price(rep, pr.src, max, "rule.max_price")?;
+    if matches!(spec, PriceSpec::Zero) {
+        rep.at(pr.src, max.span(), "rule.max_price", "must be above zero");
+        return None;
+    }
+    let mut offers = build_offers(
+        rep,
+        ctx,
+        pr,
+        &UPTO,
+        spec,
+        max.span(),
+        timeout,
+        "rule.max_price",
+    )?;
+    for o in &mut offers {
+        let extra = &mut o.requirements.extra;
+        extra.insert(
+            crate::schemes::evm_upto::FACILITATOR_ADDRESS.into(),
+            serde_json::Value::String(facilitator.clone()),
+        );
+        extra.insert(
+            PAYMENT_FLOW.into(),
+            serde_json::Value::String(crate::payment::Settlement::After.payment_flow().into()),
+        );
+    }
+    Some(offers)
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site per scheme; a struct would only rename them"
+)]
 fn build_offers(
     rep: &mut Reporter,
     ctx: &RuleCtx<'_>,
     pr: &ParsedRule,
+    scheme: &dyn Scheme,
     spec: PriceSpec,
     price_span: std::ops::Range<usize>,
     timeout: u64,
@@ -209,7 +273,7 @@ fn build_offers(
                     continue;
                 };
                 match price::usd_to_atomic(usd, asset.decimals) {
-                    Ok(amount) => offers.push(EXACT.offer(
+                    Ok(amount) => offers.push(scheme.offer(
                         asset,
                         net.v1_name.clone(),
                         amount,
@@ -260,7 +324,7 @@ fn build_offers(
                 .registry
                 .network(&asset.network)
                 .and_then(|n| n.v1_name.clone());
-            offers.push(EXACT.offer(asset, v1, amount, &pay_to, timeout));
+            offers.push(scheme.offer(asset, v1, amount, &pay_to, timeout));
         }
     }
     Some(offers)

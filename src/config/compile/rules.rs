@@ -109,6 +109,44 @@ pub(super) struct RuleCtx<'a> {
     pub public_base_url: Option<&'a str>,
 }
 
+/// `schemes`: which of `exact` and `upto` the rule offers (default `exact` only).
+fn schemes_of(rep: &mut Reporter, pr: &ParsedRule) -> (bool, bool) {
+    let Some(list) = &pr.def.schemes else {
+        if pr.def.max_price.is_some() {
+            rep.at(
+                pr.src,
+                pr.def.id.span(),
+                "rule.max_price",
+                "`max_price` is the `upto` ceiling: add `schemes = [\"upto\"]`",
+            );
+        }
+        return (true, false);
+    };
+    let (mut exact, mut upto) = (false, false);
+    for s in list.get_ref() {
+        match s.as_str() {
+            "exact" => exact = true,
+            "upto" => upto = true,
+            other => rep.at(
+                pr.src,
+                list.span(),
+                "rule.schemes",
+                format!("unknown scheme `{other}`: `exact` or `upto`"),
+            ),
+        }
+    }
+    if !exact && !upto {
+        rep.at(
+            pr.src,
+            list.span(),
+            "rule.schemes",
+            "name `exact`, `upto` or both",
+        );
+        return (true, false);
+    }
+    (exact, upto)
+}
+
 /// `sign_in_window`: a duration, on a rule whose resources are named under the configured
 /// public origin (sign-ins are bound to it, never to `Host`).
 fn sign_in_window(
@@ -250,8 +288,32 @@ fn compile_rule(
         .price
         .as_ref()
         .and_then(|p| parse_price(rep, src, p, "rule.price").map(|s| (s, p.span())));
+    let (exact, upto) = schemes_of(rep, pr);
     let action_def = d.action.as_ref().map(|a| (*a.get_ref(), a.span()));
+    if upto
+        && !exact
+        && let Some(p) = &d.price
+    {
+        rep.at(
+            src,
+            p.span(),
+            "rule.price",
+            "a rule that offers only `upto` takes `max_price`, not `price` (add \"exact\" to `schemes` to offer both)",
+        );
+    }
     let action = match (action_def, price) {
+        (None, _) if upto && !exact => match super::prices::upto_offers(rep, ctx, pr, timeout) {
+            Some(offers) => RuleAction::Pay(std::sync::Arc::new(
+                crate::x402::challenge::Priced::new(
+                    offers,
+                    d.description.clone().unwrap_or_default(),
+                    d.mime_type.clone().unwrap_or_default(),
+                )
+                .with_extensions(per_rule.extensions)
+                .with_sign_in(per_rule.sign_in),
+            )),
+            None => RuleAction::Free,
+        },
         (Some((ActionDef::Block, _)), None) => RuleAction::Block,
         (Some((ActionDef::Free, _)), None)
         | (Some((ActionDef::Free, _)), Some((PriceSpec::Zero, _))) => RuleAction::Free,
@@ -282,6 +344,49 @@ fn compile_rule(
         (_, Some((spec, span))) => priced_action(rep, ctx, pr, spec, span, &per_rule, "rule.price")
             .unwrap_or(RuleAction::Free),
     };
+    // Both schemes: the `upto` offers beside the `exact` ones, in one 402.
+    let action = match action {
+        RuleAction::Pay(priced) if upto && exact => {
+            match super::prices::upto_offers(rep, ctx, pr, timeout) {
+                Some(more) => {
+                    let mut offers = priced.offers.clone();
+                    offers.extend(more);
+                    RuleAction::Pay(std::sync::Arc::new(
+                        crate::x402::challenge::Priced::new(
+                            offers,
+                            priced.description.clone(),
+                            priced.mime_type.clone(),
+                        )
+                        .with_usd(priced.usd)
+                        .with_extensions(per_rule.extensions)
+                        .with_sign_in(per_rule.sign_in),
+                    ))
+                }
+                None => RuleAction::Pay(priced),
+            }
+        }
+        other => other,
+    };
+    if upto {
+        if d.settlement == Some(crate::payment::Settlement::Before) {
+            rep.at(
+                src,
+                d.id.span(),
+                "rule.settlement",
+                "`upto` charges what the response cost, known only after the origin answered: it settles after (settlement = \"after\")",
+            );
+        }
+        if let Some(m) = &d.meter
+            && m.get_ref() != "origin"
+        {
+            rep.at(
+                src,
+                m.span(),
+                "rule.meter",
+                "only `origin` (the origin's Settlement-Overrides header) is supported",
+            );
+        }
+    }
     let access = access::rule_access(
         rep,
         ctx.access,

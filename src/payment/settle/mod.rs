@@ -37,6 +37,26 @@ impl Payments {
         a: &mut Accepted,
         upstream_status: Option<u16>,
     ) {
+        if a.metered() {
+            let charged = a
+                .charged
+                .unwrap_or_else(|| a.offer.requirements.amount.parse().unwrap_or(0));
+            if charged == 0 {
+                // Nothing to move: no transaction, nothing settled on chain.
+                let receipt = SettleResponse {
+                    success: true.into(),
+                    error_reason: None,
+                    payer: Some(a.payer.clone()),
+                    transaction: String::new(),
+                    network: a.offer.requirements.network.clone(),
+                };
+                self.finish_settlement(env, a, Stage::Settled, receipt, None, upstream_status)
+                    .await;
+                return;
+            }
+            // `/settle` names what the response cost; `/verify` named the ceiling.
+            a.facilitator_body = with_amount(&a.facilitator_body, charged);
+        }
         let mut candidates = self.candidates(env, a);
         if let Some(name) = &a.facilitator {
             match env.facilitators.iter().find(|f| &f.name == name) {
@@ -188,7 +208,7 @@ impl Payments {
                     .with_label_values(&["settled", ""])
                     .inc();
                 let r = &a.offer.requirements;
-                if let Ok(v) = r.amount.parse::<u64>() {
+                if let Ok(v) = a.amount().parse::<u64>() {
                     self.metrics
                         .revenue
                         .with_label_values(&[
@@ -409,6 +429,24 @@ impl Claim {
             Err(_) => Claim::Unclear(None),
         }
     }
+}
+
+/// A facilitator request body with `paymentRequirements.amount` set to `amount` (a metered
+/// charge); the body as it was when it is not one.
+fn with_amount(body: &[u8], amount: u128) -> Vec<u8> {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return body.to_vec();
+    };
+    if let Some(r) = v
+        .get_mut("paymentRequirements")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        r.insert(
+            "amount".into(),
+            serde_json::Value::String(amount.to_string()),
+        );
+    }
+    serde_json::to_vec(&v).unwrap_or_else(|_| body.to_vec())
 }
 
 /// The receipt of a settlement found on chain.

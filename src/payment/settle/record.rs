@@ -41,7 +41,7 @@ impl Record {
             rule: a.rule_id.clone(),
             resource: a.resource.clone(),
             payer: a.payer.clone(),
-            amount: r.amount.clone(),
+            amount: a.amount(),
             asset: r.asset.clone(),
             network: r.network.clone(),
             facilitator: a.facilitator.clone().unwrap_or_default(),

@@ -21,6 +21,10 @@
 //     Builds (does not send) a sign-in for the 402's challenge with the reference message
 //     format and signer; --domain signs it for another domain. Prints {header, address, error}.
 //
+//   node lib/extensions.mjs pay-upto --url URL --private-key 0x..
+//     Pays with the reference `upto` client (@x402/evm/upto/client in @x402/fetch). Prints
+//       {status, headers, body, receipt, accepted, error}
+//
 //   node lib/extensions.mjs discover --origin URL
 //     Runs @agentcash/discovery on the origin (OpenAPI at /openapi.json), validates the OpenAPI
 //     document with @readme/openapi-parser, and reads /.well-known/x402. Prints ONE JSON line:
@@ -31,10 +35,12 @@ import { discoverOriginSchema, getOpenAPI, getWarningsForOpenAPI, probeLegacyWel
 import { validate as validateOpenApi } from "@readme/openapi-parser";
 import { x402Client, x402HTTPClient } from "@x402/core/client";
 import { ExactEvmScheme } from "@x402/evm/exact/client";
+import { UptoEvmScheme } from "@x402/evm/upto/client";
+import { wrapFetchWithPayment } from "@x402/fetch";
 import { extractDiscoveryInfo, validateDiscoveryExtension, validateDiscoveryExtensionSpec } from "@x402/extensions/bazaar";
 import { appendPaymentIdentifierToExtensions, validatePaymentIdentifier } from "@x402/extensions/payment-identifier";
 import { createSIWxMessage, encodeSIWxHeader, signEVMMessage, wrapFetchWithSIWx } from "@x402/extensions/sign-in-with-x";
-import { decodePaymentRequiredHeader } from "@x402/core/http";
+import { decodePaymentRequiredHeader, decodePaymentResponseHeader } from "@x402/core/http";
 import { privateKeyToAccount } from "viem/accounts";
 import { errorText, isMain, parseArgs, printJsonLine } from "./cli.mjs";
 
@@ -85,6 +91,31 @@ export async function pay({ url, privateKey, paymentId, unknownFlow, method = "G
     const [, value] = Object.entries(http.encodePaymentSignatureHeader(payload))[0];
     out.header = value;
     if (out.bazaar) out.bazaar.discovery = extractDiscoveryInfo(payload, payload.accepted);
+  } catch (e) {
+    out.error = errorText(e);
+  }
+  return out;
+}
+
+/** Pays `url` with the reference `upto` client. */
+export async function payUpto({ url, privateKey }) {
+  const out = { status: null, headers: {}, body: null, receipt: null, accepted: null, error: null };
+  try {
+    const client = new x402Client();
+    client.register("eip155:*", new UptoEvmScheme(privateKeyToAccount(privateKey)));
+    client.setSpendControls(false);
+    client.onAfterPaymentCreation(async (ctx) => {
+      out.accepted = ctx.paymentPayload.accepted;
+    });
+    const f = wrapFetchWithPayment(fetch, client);
+    const res = await f(url, { signal: AbortSignal.timeout(30000) });
+    out.status = res.status;
+    res.headers.forEach((v, k) => {
+      out.headers[k] = v;
+    });
+    out.body = await res.text();
+    const rh = res.headers.get("payment-response");
+    if (rh) out.receipt = decodePaymentResponseHeader(rh);
   } catch (e) {
     out.error = errorText(e);
   }
@@ -161,7 +192,7 @@ async function main() {
       origin: "str",
       domain: "str",
     });
-    const modes = ["pay", "siwx-fetch", "siwx-header", "discover"];
+    const modes = ["pay", "pay-upto", "siwx-fetch", "siwx-header", "discover"];
     if (!modes.includes(mode)) throw new Error(`mode is one of ${modes.join(", ")}`);
     if (mode === "discover" ? !a.origin : !a.url || !a["private-key"]) {
       throw new Error(mode === "discover" ? "discover needs --origin" : `${mode} needs --url and --private-key`);
@@ -179,6 +210,8 @@ async function main() {
       unknownFlow: !!a["unknown-flow"],
       method: (a.method ?? "GET").toUpperCase(),
     });
+  } else if (mode === "pay-upto") {
+    out = await payUpto(common);
   } else if (mode === "siwx-fetch") {
     out = await siwxFetch(common);
   } else if (mode === "siwx-header") {
