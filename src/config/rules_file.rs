@@ -61,10 +61,15 @@ pub struct RuleDef {
     pub schemes: Option<Spanned<Vec<String>>>,
     /// `upto`: the ceiling a payer signs for (`"$0.05"` or `{ amount, asset }`).
     pub max_price: Option<Spanned<toml::Value>>,
-    /// `upto`: what sets the charge; `"origin"`: the origin's `Settlement-Overrides` response
-    /// header (`{"amount": "1234"}`, `"50%"` of the ceiling or `"$0.002"`), capped at the
-    /// ceiling and removed before the client sees it; without it the ceiling is charged.
+    /// `upto`: what sets the charge; `"origin"` (default): the origin's `Settlement-Overrides`
+    /// response header (`{"amount": "1234"}`, `"50%"` of the ceiling or `"$0.002"`), capped
+    /// at the ceiling and removed before the client sees it (without it the ceiling is
+    /// charged); `"bytes"` / `"seconds"`: `meter_price` per started KiB of body / second of
+    /// response, settled when the body ended.
     pub meter: Option<Spanned<String>>,
+    /// `upto` with `meter = "bytes"` or `"seconds"`: the price of each started KiB of body, or
+    /// of each started second of response (`"$0.0001"` or `{ amount, asset }`).
+    pub meter_price: Option<Spanned<toml::Value>>,
     /// `upto`: the facilitator allowed to settle (its `/supported` `extra.facilitatorAddress`).
     pub facilitator_address: Option<Spanned<String>>,
     /// How long a wallet that paid may read the resource again by signing in with it

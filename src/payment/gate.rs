@@ -140,6 +140,8 @@ impl Payments {
             identifier: None,
             sign_in: rule.policy.sign_in,
             charged: None,
+            meter: rule.policy.meter,
+            delivered_status: None,
         });
         // A named payment: claim its identifier, or serve the retry of one that settled.
         let claim = || identifier::record(&decoded, offer, caller.method, url, rule.id);

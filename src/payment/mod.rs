@@ -35,7 +35,7 @@ use crate::x402::types::SettleResponse;
 pub use gate::check_locally;
 use ledger::{Ledger, LedgerConf};
 use limits::FailureWindow;
-pub use policy::{FailurePolicy, RulePolicy, Settlement};
+pub use policy::{FailurePolicy, Meter, RulePolicy, Settlement};
 use replay::ReplayKey;
 pub use settle::{CLIENT_GONE, RESOLVE_WINDOW};
 
@@ -265,6 +265,10 @@ pub struct Accepted {
     /// What a metered (`upto`) payment charges, once the origin answered (at most the
     /// ceiling); `None`: the offered amount.
     pub charged: Option<u128>,
+    /// What sets the charge of a metered payment.
+    pub meter: Meter,
+    /// The origin's status of a body-metered response, once its head was passed on.
+    pub delivered_status: Option<u16>,
 }
 
 impl Accepted {
@@ -279,6 +283,19 @@ impl Accepted {
     /// Whether the charge is metered (`upto`): known only once the origin answered.
     pub fn metered(&self) -> bool {
         self.offer.requirements.scheme == "upto"
+    }
+
+    /// Whether a metered payment settles when the body ended (bytes, seconds).
+    pub fn settles_at_body_end(&self) -> bool {
+        self.metered() && self.meter.at_body_end()
+    }
+
+    /// Sets a body-time metered charge: `bytes` of body in `elapsed`, capped at the ceiling.
+    pub fn meter_body(&mut self, bytes: u64, elapsed: Duration) -> u128 {
+        let ceiling: u128 = self.offer.requirements.amount.parse().unwrap_or(0);
+        let charge = self.meter.charge(bytes, elapsed).min(ceiling);
+        self.charged = Some(charge);
+        charge
     }
 
     /// Sets a metered payment's charge from the origin's `Settlement-Overrides` header

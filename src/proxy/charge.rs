@@ -213,6 +213,12 @@ impl Gateway {
             accepted.meter_from_origin(stated);
         }
         upstream_response.remove_header(SETTLEMENT_OVERRIDES);
+        if accepted.settles_at_body_end() && status < 400 {
+            // Charged by the body: counted as it passes, settled when it ended; response time
+            // runs from when the request went to the origin.
+            ctx.response_started =
+                Some(ctx.upstream_started.unwrap_or_else(std::time::Instant::now));
+        }
         match self
             .payments
             .on_response(&snap.payment_env(), accepted, status)

@@ -71,6 +71,10 @@ pub struct RequestCtx {
     pub payment: Option<Box<crate::payment::Accepted>>,
     /// The original receipt header of a replayed payment (`payment-identifier`).
     pub replayed: Option<Vec<(&'static str, String)>>,
+    /// Body bytes passed to the client (counted for body-metered payments only).
+    pub body_bytes: u64,
+    /// When the origin's response head arrived (body-metered payments only).
+    pub response_started: Option<Instant>,
     /// Audience, pass and shadow state (rules that charge or price by audience only).
     pub access: Option<Box<crate::access::AccessState>>,
     /// The price this request was charged at (its audience's).
@@ -102,6 +106,8 @@ impl RequestCtx {
             upstream,
             payment: None,
             replayed: None,
+            body_bytes: 0,
+            response_started: None,
             access: None,
             priced: None,
             failure: None,

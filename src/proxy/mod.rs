@@ -312,8 +312,36 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        // Only a body-metered payment counts what it delivers.
+        if ctx.response_started.is_some()
+            && let Some(b) = body
+        {
+            ctx.body_bytes = ctx.body_bytes.saturating_add(b.len() as u64);
+        }
+        Ok(None)
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let Some(p) = ctx.payment.as_mut()
+            && p.settles_at_body_end()
+        {
+            // The body ended (or broke off): charge what was delivered.
+            let elapsed = ctx
+                .response_started
+                .map(|t| t.elapsed())
+                .unwrap_or_default();
+            self.payments
+                .settle_metered(&ctx.snap.payment_env(), p, ctx.body_bytes, elapsed)
+                .await;
+        }
         if let Some(mut p) = ctx.payment.take() {
             self.payments
                 .finish(&ctx.snap.payment_env(), &mut p, e.map(delivery_failure))

@@ -688,6 +688,26 @@ price = "$0.01"
 max_price = "$0.05"
 meter = "origin"
 facilitator_address = "{signer}"
+
+[[rule]]
+id = "download"
+prefix = "/bytes/"
+methods = ["GET"]
+schemes = ["upto"]
+max_price = "$0.05"
+meter = "bytes"
+meter_price = "$0.0001"
+facilitator_address = "{signer}"
+
+[[rule]]
+id = "stream"
+prefix = "/slow/"
+methods = ["GET"]
+schemes = ["upto"]
+max_price = "$0.05"
+meter = "seconds"
+meter_price = "$0.001"
+facilitator_address = "{signer}"
 "#
     );
     let gw = Gateway::start(
@@ -735,8 +755,8 @@ facilitator_address = "{signer}"
         .collect();
     assert_eq!(schemes, [("exact", "10000"), ("upto", "50000")]);
 
-    let upto = |amount: &str| {
-        let url = gw.url(&format!("/metered/{amount}"));
+    let upto = |path: &str| {
+        let url = gw.url(&format!("/metered/{path}"));
         let key = key.to_owned();
         async move {
             node_json(
@@ -791,4 +811,53 @@ facilitator_address = "{signer}"
     assert_eq!(balance(rpc, token, payer).await, p0 - 12_345 - 50_000);
 
     assert_eq!(settled_amounts(), ["12345", "50000", "0"]);
+
+    // Charged by the body, settled when it ended (the receipt is in the ledger): 10 KiB at
+    // $0.0001 per started KiB is 1000 units; a 10 MB body is capped at the ceiling.
+    let paid_path = |path: &str| {
+        let url = gw.url(path);
+        let key = key.to_owned();
+        async move {
+            node_json(
+                "lib/extensions.mjs",
+                &[
+                    "pay-upto".into(),
+                    "--url".into(),
+                    url,
+                    "--private-key".into(),
+                    key,
+                ],
+                &[],
+            )
+            .await
+        }
+    };
+    let before = balance(rpc, token, payer).await;
+    let small = paid_path("/bytes/10240").await;
+    assert_eq!(small["status"], 200, "{small}");
+    let settled = |n: usize| {
+        wait_for(
+            "the body-metered settlement",
+            std::time::Duration::from_secs(30),
+            || {
+                let s = settled_amounts();
+                (s.len() >= n).then_some(s)
+            },
+        )
+    };
+    assert_eq!(settled(4)[3], "1000");
+    assert_eq!(balance(rpc, token, payer).await, before - 1_000);
+    let big = paid_path("/bytes/10000000").await;
+    assert_eq!(big["status"], 200, "{big}");
+    assert_eq!(settled(5)[4], "50000");
+    assert_eq!(balance(rpc, token, payer).await, before - 1_000 - 50_000);
+
+    // Charged by the second: a response that took 1.5 s pays for 2 started seconds.
+    let slow = paid_path("/slow/1500").await;
+    assert_eq!(slow["status"], 200, "{slow}");
+    assert_eq!(settled(6)[5], "2000");
+    assert_eq!(
+        balance(rpc, token, payer).await,
+        before - 1_000 - 50_000 - 2_000
+    );
 }

@@ -109,6 +109,74 @@ pub(super) struct RuleCtx<'a> {
     pub public_base_url: Option<&'a str>,
 }
 
+/// `meter` (and `meter_price`) of a rule that offers `upto`: the price per KiB or second in
+/// the atomic units of its `upto` offers' asset.
+fn meter_of(rep: &mut Reporter, pr: &ParsedRule, action: &RuleAction) -> crate::payment::Meter {
+    use crate::payment::Meter;
+    let d = &pr.def;
+    let kind = d.meter.as_ref().map_or("origin", |m| m.get_ref().as_str());
+    let per_unit = |rep: &mut Reporter| -> Option<u128> {
+        let Some(p) = &d.meter_price else {
+            rep.at(
+                pr.src,
+                d.id.span(),
+                "rule.meter_price",
+                format!("`meter = \"{kind}\"` needs `meter_price`, the price per unit"),
+            );
+            return None;
+        };
+        let decimals = match action {
+            RuleAction::Pay(priced) => priced
+                .offers
+                .iter()
+                .find(|o| o.requirements.scheme == "upto")
+                .map(|o| o.asset.decimals),
+            _ => None,
+        }?;
+        match p.get_ref() {
+            toml::Value::String(s) if s.starts_with('$') => {
+                match s[1..].parse::<rust_decimal::Decimal>() {
+                    Ok(usd) => crate::config::price::usd_to_atomic(usd, decimals)
+                        .map_err(|e| rep.at(pr.src, p.span(), "rule.meter_price", e))
+                        .ok(),
+                    Err(_) => {
+                        rep.at(pr.src, p.span(), "rule.meter_price", "not a dollar amount");
+                        None
+                    }
+                }
+            }
+            toml::Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                s.parse().ok()
+            }
+            _ => {
+                rep.at(
+                    pr.src,
+                    p.span(),
+                    "rule.meter_price",
+                    "expected \"$0.0001\" or atomic units as a string (\"100\")",
+                );
+                None
+            }
+        }
+    };
+    match kind {
+        "origin" => Meter::Origin,
+        "bytes" => Meter::Bytes(per_unit(rep).unwrap_or(0)),
+        "seconds" => Meter::Seconds(per_unit(rep).unwrap_or(0)),
+        other => {
+            if let Some(m) = &d.meter {
+                rep.at(
+                    pr.src,
+                    m.span(),
+                    "rule.meter",
+                    format!("unknown meter `{other}`: `origin`, `bytes` or `seconds`"),
+                );
+            }
+            Meter::Origin
+        }
+    }
+}
+
 /// `schemes`: which of `exact` and `upto` the rule offers (default `exact` only).
 fn schemes_of(rep: &mut Reporter, pr: &ParsedRule) -> (bool, bool) {
     let Some(list) = &pr.def.schemes else {
@@ -367,26 +435,19 @@ fn compile_rule(
         }
         other => other,
     };
-    if upto {
-        if d.settlement == Some(crate::payment::Settlement::Before) {
-            rep.at(
-                src,
-                d.id.span(),
-                "rule.settlement",
-                "`upto` charges what the response cost, known only after the origin answered: it settles after (settlement = \"after\")",
-            );
-        }
-        if let Some(m) = &d.meter
-            && m.get_ref() != "origin"
-        {
-            rep.at(
-                src,
-                m.span(),
-                "rule.meter",
-                "only `origin` (the origin's Settlement-Overrides header) is supported",
-            );
-        }
+    if upto && d.settlement == Some(crate::payment::Settlement::Before) {
+        rep.at(
+            src,
+            d.id.span(),
+            "rule.settlement",
+            "`upto` charges what the response cost, known only after the origin answered: it settles after (settlement = \"after\")",
+        );
     }
+    let meter = if upto {
+        meter_of(rep, pr, &action)
+    } else {
+        crate::payment::Meter::Origin
+    };
     let access = access::rule_access(
         rep,
         ctx.access,
@@ -425,6 +486,7 @@ fn compile_rule(
                 .unwrap_or(ctx.default_failure_policy),
             resource_query: d.resource_query.unwrap_or(ctx.default_resource_query),
             sign_in,
+            meter,
         },
         discovery,
         access: RuleAccess {

@@ -29,6 +29,11 @@ impl Payments {
                     .inc();
                 return Ok(Vec::new());
             }
+            if a.settles_at_body_end() {
+                // Charged by the body: settled by `settle_metered` once it ended.
+                a.delivered_status = Some(status);
+                return Ok(Vec::new());
+            }
             self.settle(env, a, Some(status)).await;
             if a.stage != Stage::Settled {
                 let error = self.settle_error(a);
@@ -101,6 +106,30 @@ impl Payments {
             status,
         );
         tracing::warn!(rule = %a.rule_id, payer = %a.payer, transaction = %tx, reason, "paid request not delivered");
+    }
+
+    /// The end of a body-metered (`upto` bytes or seconds) response: charges what was
+    /// delivered (`bytes` in `elapsed`), at most the ceiling, and settles it. The body is
+    /// already with the client, so a settlement that fails here is the exposure the rule
+    /// accepted (at most one ceiling per request): it is ledgered as any failed settlement.
+    pub async fn settle_metered(
+        &self,
+        env: &PaymentEnv<'_>,
+        a: &mut Accepted,
+        bytes: u64,
+        elapsed: std::time::Duration,
+    ) {
+        let Some(status) = a.delivered_status else {
+            return;
+        };
+        if a.stage != Stage::Verified || !a.settles_at_body_end() {
+            return;
+        }
+        a.meter_body(bytes, elapsed);
+        self.settle(env, a, Some(status)).await;
+        if a.stage != Stage::Settled {
+            tracing::warn!(rule = %a.rule_id, payer = %a.payer, "a body-metered response was delivered and its settlement failed");
+        }
     }
 
     /// Called when proxying failed after the gate accepted the payment. Returns receipt
