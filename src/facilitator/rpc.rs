@@ -1,5 +1,5 @@
-//! Reading EIP-3009 tokens over JSON-RPC, trying each configured endpoint in turn: whether an
-//! authorization was used, and which transaction used it. Used to resolve settlements whose
+//! Reading EIP-3009 tokens and transactions over JSON-RPC, trying each configured endpoint in
+//! turn: whether an authorization was used, which transaction used it, what a transaction did. Used to resolve settlements whose
 //! outcome a facilitator left unknown, and by the built-in settler.
 
 // The generated bindings mirror the token ABI, whose calls take many arguments.
@@ -167,6 +167,20 @@ impl ChainReader {
                 .authorizationState(authorizer, nonce)
                 .call()
                 .await
+        })
+        .await
+    }
+
+    /// The input (calldata) of a transaction, `None` while the node does not have it.
+    pub async fn transaction_input(
+        &self,
+        tx: B256,
+    ) -> Result<Option<alloy::primitives::Bytes>, RpcError> {
+        self.first_ok(|p| async move {
+            let t = p.get_transaction_by_hash(tx).await?;
+            Ok::<_, alloy::transports::TransportError>(
+                t.map(|t| alloy::consensus::Transaction::input(&t).clone()),
+            )
         })
         .await
     }

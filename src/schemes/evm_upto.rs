@@ -50,6 +50,49 @@ alloy::sol! {
     }
 }
 
+alloy::sol! {
+    /// The `upto` proxy's settlement calls (what a settling transaction's input decodes to).
+    #[allow(missing_docs)]
+    interface IUptoProxy {
+        struct Permitted { address token; uint256 amount; }
+        struct ProxyWitness { address to; address facilitator; uint256 validAfter; }
+        struct PermitTransferFrom { Permitted permitted; uint256 nonce; uint256 deadline; }
+        struct EIP2612Permit { uint256 value; uint256 deadline; bytes32 r; bytes32 s; uint8 v; }
+        function settle(PermitTransferFrom permit, uint256 amount, address owner, ProxyWitness witness, bytes signature) external;
+        function settleWithPermit(EIP2612Permit permit2612, PermitTransferFrom permit, uint256 amount, address owner, ProxyWitness witness, bytes signature) external;
+    }
+}
+
+/// Whether a transaction's `input` is an `upto` settlement of exactly this payment: the
+/// payer's permit `nonce` on `token`, `amount` to `pay_to`.
+pub fn settles(
+    input: &[u8],
+    token: Address,
+    payer: Address,
+    pay_to: Address,
+    nonce: U256,
+    amount: U256,
+) -> bool {
+    use alloy::sol_types::SolCall;
+    let check = |permit: &IUptoProxy::PermitTransferFrom,
+                 a: U256,
+                 owner: Address,
+                 w: &IUptoProxy::ProxyWitness| {
+        permit.nonce == nonce
+            && permit.permitted.token == token
+            && a == amount
+            && owner == payer
+            && w.to == pay_to
+    };
+    if let Ok(c) = IUptoProxy::settleCall::abi_decode(input) {
+        return check(&c.permit, c.amount, c.owner, &c.witness);
+    }
+    if let Ok(c) = IUptoProxy::settleWithPermitCall::abi_decode(input) {
+        return check(&c.permit, c.amount, c.owner, &c.witness);
+    }
+    false
+}
+
 /// The `upto` scheme on EVM networks.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UptoEvm;

@@ -852,6 +852,30 @@ facilitator_address = "{signer}"
     assert_eq!(settled(5)[4], "50000");
     assert_eq!(balance(rpc, token, payer).await, before - 1_000 - 50_000);
 
+    // A facilitator that claims an earlier settlement's transaction for a new payment is not
+    // believed: the named transaction does not settle this permit, so nothing is served.
+    let earlier = paid["receipt"]["transaction"].as_str().expect("tx");
+    let lie = serde_json::json!({"settleOverride": {"status": 200, "times": 1, "body": {
+        "success": true, "transaction": earlier, "network": "eip155:31337", "payer": payer}}});
+    let r = client()
+        .post(format!("{fac}/__config"))
+        .json(&lie)
+        .send()
+        .await
+        .expect("config");
+    assert!(r.status().is_success());
+    let before_lie = balance(rpc, token, payer).await;
+    let lied = upto("777").await;
+    assert_ne!(lied["status"], 200, "{lied}");
+    assert!(
+        !lied["body"]
+            .as_str()
+            .unwrap_or("")
+            .contains("metered-origin"),
+        "{lied}"
+    );
+    assert_eq!(balance(rpc, token, payer).await, before_lie);
+
     // Charged by the second: a response that took 1.5 s pays for 2 started seconds.
     let slow = paid_path("/slow/1500").await;
     assert_eq!(slow["status"], 200, "{slow}");

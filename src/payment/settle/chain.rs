@@ -18,6 +18,53 @@ use crate::x402::types::SettleResponse;
 pub const RESOLVE_WINDOW: Duration = Duration::from_secs(3);
 pub(super) const RESOLVE_POLL: Duration = Duration::from_millis(200);
 
+/// Whether `tx` is this `upto` payment's settlement: a successful call of the canonical
+/// `upto` proxy whose input settles exactly this permit (payer, nonce, token), this charge, to
+/// this recipient (the proxy reverts unless Permit2 moved it). Polled until `patience` ends.
+async fn permit2_settlement(
+    reader: &ChainReader,
+    a: &Accepted,
+    tx: B256,
+    patience: Duration,
+) -> Verdict {
+    use crate::schemes::evm_upto::{UPTO_PROXY, settles};
+    let r = &a.offer.requirements;
+    let parsed = (|| {
+        Some((
+            r.asset.parse().ok()?,
+            a.payer.parse().ok()?,
+            r.pay_to.parse().ok()?,
+            a.nonce.strip_prefix("permit2:")?.parse().ok()?,
+            a.amount().parse().ok()?,
+        ))
+    })();
+    let Some((token, payer, pay_to, nonce, amount)) = parsed else {
+        return Verdict::Mismatch;
+    };
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        if let Ok(Some(receipt)) = reader.receipt(tx).await {
+            if !receipt.status() {
+                return Verdict::Failed;
+            }
+            if receipt.to != Some(UPTO_PROXY) {
+                return Verdict::Mismatch;
+            }
+            return match reader.transaction_input(tx).await {
+                Ok(Some(input)) if settles(&input, token, payer, pay_to, nonce, amount) => {
+                    Verdict::Ours(format!("{tx:#x}"))
+                }
+                Ok(Some(_)) => Verdict::Mismatch,
+                _ => Verdict::Unknown,
+            };
+        }
+        if std::time::Instant::now() >= deadline {
+            return Verdict::Unknown;
+        }
+        tokio::time::sleep(RESOLVE_POLL).await;
+    }
+}
+
 impl Payments {
     /// A facilitator's `success: true`: believed as given for the built-in settler (which
     /// checks its own receipts), for `confirm = "trust"` and on networks without RPC; otherwise
@@ -35,6 +82,19 @@ impl Payments {
             return (Stage::Settled, s, None);
         }
         let claimed: Option<B256> = s.transaction.parse().ok();
+        if a.metered() {
+            let Some(reader) = self
+                .calls
+                .reader(env.registry, &a.offer.requirements.network)
+            else {
+                return (Stage::Settled, s, None);
+            };
+            let verdict = match claimed {
+                Some(tx) => permit2_settlement(&reader, a, tx, fac.confirm_timeout).await,
+                None => Verdict::Mismatch,
+            };
+            return self.confirmed(a, fac, s, verdict);
+        }
         let Some((reader, expected)) = self.lookup(env, a) else {
             return (Stage::Settled, s, None);
         };
@@ -51,6 +111,17 @@ impl Payments {
             // Not even a transaction hash.
             None => Verdict::Mismatch,
         };
+        self.confirmed(a, fac, s, verdict)
+    }
+
+    /// What the chain's verdict on a reported success means for the payment.
+    fn confirmed(
+        &self,
+        a: &Accepted,
+        fac: &FacilitatorConf,
+        s: SettleResponse,
+        verdict: Verdict,
+    ) -> (Stage, SettleResponse, Option<String>) {
         let why = match verdict {
             Verdict::Ours(_) => return (Stage::Settled, s, None),
             Verdict::NotOurs | Verdict::Unattributed(_) => "used_elsewhere",
