@@ -8,7 +8,7 @@ use std::sync::{Arc, LazyLock};
 use alloy::primitives::{Address, B256, Signature, U256, keccak256};
 use alloy::sol_types::{Eip712Domain, SolStruct};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{Checked, Scheme, SchemeError, SettlePlan};
 use crate::x402::challenge::Offer;
@@ -35,12 +35,7 @@ impl Scheme for ExactEvm {
         pay_to: &str,
         max_timeout_seconds: u64,
     ) -> Offer {
-        let mut extra = Map::new();
-        extra.insert("name".into(), Value::String(asset.eip712_name.clone()));
-        extra.insert(
-            "version".into(),
-            Value::String(asset.eip712_version.clone()),
-        );
+        let extra = super::token_domain_extra(&asset);
         let requirements = RequirementsV2 {
             scheme: "exact".into(),
             network: asset.network.clone(),

@@ -9,7 +9,7 @@ use std::sync::{Arc, LazyLock};
 use alloy::primitives::{Address, B256, Signature, U256, address, keccak256};
 use alloy::sol_types::{Eip712Domain, SolStruct};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{Checked, Scheme, SchemeError, SettlePlan};
 use crate::x402::challenge::Offer;
@@ -217,12 +217,7 @@ impl Scheme for UptoEvm {
         pay_to: &str,
         max_timeout_seconds: u64,
     ) -> Offer {
-        let mut extra = Map::new();
-        extra.insert("name".into(), Value::String(asset.eip712_name.clone()));
-        extra.insert(
-            "version".into(),
-            Value::String(asset.eip712_version.clone()),
-        );
+        let mut extra = super::token_domain_extra(&asset);
         extra.insert(
             "assetTransferMethod".into(),
             Value::String("permit2".into()),
@@ -369,7 +364,7 @@ mod tests {
     const TOKEN: &str = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
 
     fn req(pay_to: &str) -> RequirementsV2 {
-        let mut extra = Map::new();
+        let mut extra = serde_json::Map::new();
         extra.insert(FACILITATOR_ADDRESS.into(), json!(FACILITATOR));
         RequirementsV2 {
             scheme: "upto".into(),

@@ -84,6 +84,17 @@ pub trait Scheme: Send + Sync + std::fmt::Debug {
     fn settle_plan(&self) -> SettlePlan;
 }
 
+/// An offer's `extra` naming the token's EIP-712 domain (`name`, `version`).
+pub fn token_domain_extra(asset: &Asset) -> serde_json::Map<String, Value> {
+    let mut extra = serde_json::Map::new();
+    extra.insert("name".into(), Value::String(asset.eip712_name.clone()));
+    extra.insert(
+        "version".into(),
+        Value::String(asset.eip712_version.clone()),
+    );
+    extra
+}
+
 /// The `exact` scheme on EVM networks (EIP-3009).
 pub static EXACT: ExactEvm = ExactEvm;
 

@@ -134,14 +134,6 @@ impl Fleet {
         assert!(out["error"].is_null(), "{url}: {out}");
         out
     }
-
-    fn ledger(gw: &Gateway) -> Vec<Value> {
-        std::fs::read_to_string(gw.path("receipts.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("ledger line"))
-            .collect()
-    }
 }
 
 async fn send(gw: &Gateway, path: &str, header: &str) -> reqwest::Response {
@@ -228,7 +220,7 @@ async fn flows_identifiers_and_discovery_with_the_reference_packages() {
     assert_eq!(f.balance(f.pay_to()).await, merchant_before + 10_000);
     let settled: Vec<Value> = [&f.a, &f.b]
         .iter()
-        .flat_map(|gw| Fleet::ledger(gw))
+        .flat_map(|gw| gw.ledger())
         .filter(|l| l["event"] == "settled")
         .collect();
     assert_eq!(settled.len(), 1, "{settled:?}");
@@ -554,21 +546,12 @@ async fn a_pending_settlement_is_followed_on_chain_until_it_lands_or_expires() {
     let pending = |land: Value| {
         let fac = fac.clone();
         async move {
-            let r = client()
-                .post(format!("{fac}/__config"))
-                .json(&serde_json::json!({"settlePending": {"landAfterMs": land}}))
-                .send()
-                .await
-                .expect("config");
-            assert!(r.status().is_success());
+            facilitator_config(
+                &fac,
+                &serde_json::json!({"settlePending": {"landAfterMs": land}}),
+            )
+            .await;
         }
-    };
-    let ledger = |gw: &Gateway| -> Vec<Value> {
-        std::fs::read_to_string(gw.path("receipts.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("ledger line"))
-            .collect()
     };
     let before = balance(rpc, token, payer).await;
 
@@ -600,7 +583,8 @@ async fn a_pending_settlement_is_followed_on_chain_until_it_lands_or_expires() {
         .to_owned();
     assert_eq!(paid["receipt"]["success"], true);
     assert_eq!(balance(rpc, token, payer).await, before - 10_000);
-    let settled: Vec<Value> = ledger(&gw)
+    let settled: Vec<Value> = gw
+        .ledger()
         .into_iter()
         .filter(|l| l["rule"] == "lands")
         .collect();
@@ -631,7 +615,7 @@ async fn a_pending_settlement_is_followed_on_chain_until_it_lands_or_expires() {
         "{stuck}"
     );
     let events = |gw: &Gateway| -> Vec<String> {
-        ledger(gw)
+        gw.ledger()
             .into_iter()
             .filter(|l| l["rule"] == "never")
             .map(|l| l["event"].as_str().unwrap_or("").to_owned())
@@ -755,65 +739,6 @@ facilitator_address = "{signer}"
         .collect();
     assert_eq!(schemes, [("exact", "10000"), ("upto", "50000")]);
 
-    let upto = |path: &str| {
-        let url = gw.url(&format!("/metered/{path}"));
-        let key = key.to_owned();
-        async move {
-            node_json(
-                "lib/extensions.mjs",
-                &[
-                    "pay-upto".into(),
-                    "--url".into(),
-                    url,
-                    "--private-key".into(),
-                    key,
-                ],
-                &[],
-            )
-            .await
-        }
-    };
-    let settled_amounts = || -> Vec<String> {
-        std::fs::read_to_string(gw.path("receipts.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|l| l["event"] == "settled")
-            .map(|l| l["amount"].as_str().unwrap_or("").to_owned())
-            .collect()
-    };
-
-    // The origin states 12345: exactly that moves, and the statement never reaches the client.
-    let (p0, m0) = (
-        balance(rpc, token, payer).await,
-        balance(rpc, token, pay_to).await,
-    );
-    let paid = upto("12345").await;
-    assert_eq!(paid["status"], 200, "{paid}");
-    assert_eq!(paid["accepted"]["scheme"], "upto", "{paid}");
-    assert_eq!(paid["receipt"]["success"], true, "{paid}");
-    assert!(
-        paid["headers"].get("settlement-overrides").is_none(),
-        "{paid}"
-    );
-    assert_eq!(balance(rpc, token, payer).await, p0 - 12_345);
-    assert_eq!(balance(rpc, token, pay_to).await, m0 + 12_345);
-
-    // An origin that overstates is capped at the ceiling the payer signed.
-    let over = upto("999999999").await;
-    assert_eq!(over["status"], 200, "{over}");
-    assert_eq!(balance(rpc, token, payer).await, p0 - 12_345 - 50_000);
-
-    // A zero charge moves nothing and names no transaction.
-    let zero = upto("0").await;
-    assert_eq!(zero["status"], 200, "{zero}");
-    assert_eq!(zero["receipt"]["transaction"], "", "{zero}");
-    assert_eq!(balance(rpc, token, payer).await, p0 - 12_345 - 50_000);
-
-    assert_eq!(settled_amounts(), ["12345", "50000", "0"]);
-
-    // Charged by the body, settled when it ended (the receipt is in the ledger): 10 KiB at
-    // $0.0001 per started KiB is 1000 units; a 10 MB body is capped at the ceiling.
     let paid_path = |path: &str| {
         let url = gw.url(path);
         let key = key.to_owned();
@@ -832,6 +757,45 @@ facilitator_address = "{signer}"
             .await
         }
     };
+    let settled_amounts = || -> Vec<String> {
+        gw.ledger()
+            .into_iter()
+            .filter(|l| l["event"] == "settled")
+            .map(|l| l["amount"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+
+    // The origin states 12345: exactly that moves, and the statement never reaches the client.
+    let (p0, m0) = (
+        balance(rpc, token, payer).await,
+        balance(rpc, token, pay_to).await,
+    );
+    let paid = paid_path("/metered/12345").await;
+    assert_eq!(paid["status"], 200, "{paid}");
+    assert_eq!(paid["accepted"]["scheme"], "upto", "{paid}");
+    assert_eq!(paid["receipt"]["success"], true, "{paid}");
+    assert!(
+        paid["headers"].get("settlement-overrides").is_none(),
+        "{paid}"
+    );
+    assert_eq!(balance(rpc, token, payer).await, p0 - 12_345);
+    assert_eq!(balance(rpc, token, pay_to).await, m0 + 12_345);
+
+    // An origin that overstates is capped at the ceiling the payer signed.
+    let over = paid_path("/metered/999999999").await;
+    assert_eq!(over["status"], 200, "{over}");
+    assert_eq!(balance(rpc, token, payer).await, p0 - 12_345 - 50_000);
+
+    // A zero charge moves nothing and names no transaction.
+    let zero = paid_path("/metered/0").await;
+    assert_eq!(zero["status"], 200, "{zero}");
+    assert_eq!(zero["receipt"]["transaction"], "", "{zero}");
+    assert_eq!(balance(rpc, token, payer).await, p0 - 12_345 - 50_000);
+
+    assert_eq!(settled_amounts(), ["12345", "50000", "0"]);
+
+    // Charged by the body, settled when it ended (the receipt is in the ledger): 10 KiB at
+    // $0.0001 per started KiB is 1000 units; a 10 MB body is capped at the ceiling.
     let before = balance(rpc, token, payer).await;
     let small = paid_path("/bytes/10240").await;
     assert_eq!(small["status"], 200, "{small}");
@@ -857,15 +821,9 @@ facilitator_address = "{signer}"
     let earlier = paid["receipt"]["transaction"].as_str().expect("tx");
     let lie = serde_json::json!({"settleOverride": {"status": 200, "times": 1, "body": {
         "success": true, "transaction": earlier, "network": "eip155:31337", "payer": payer}}});
-    let r = client()
-        .post(format!("{fac}/__config"))
-        .json(&lie)
-        .send()
-        .await
-        .expect("config");
-    assert!(r.status().is_success());
+    facilitator_config(&fac, &lie).await;
     let before_lie = balance(rpc, token, payer).await;
-    let lied = upto("777").await;
+    let lied = paid_path("/metered/777").await;
     assert_ne!(lied["status"], 200, "{lied}");
     assert!(
         !lied["body"]

@@ -344,6 +344,15 @@ impl Gateway {
         }
     }
 
+    /// The receipts ledger's lines (`receipts.jsonl` next to its configuration).
+    pub fn ledger(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.path("receipts.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("ledger line"))
+            .collect()
+    }
+
     pub async fn metrics(&self) -> String {
         client()
             .get(self.admin_url("/metrics"))
@@ -537,6 +546,21 @@ pub async fn node_json(script: &str, args: &[String], env: &[(&str, &str)]) -> V
             String::from_utf8_lossy(&out.stderr)
         )
     })
+}
+
+/// Merges `cfg` into a test facilitator's fault configuration (`POST /__config`).
+pub async fn facilitator_config(facilitator_url: &str, cfg: &Value) {
+    let r = client()
+        .post(format!("{facilitator_url}/__config"))
+        .json(cfg)
+        .send()
+        .await
+        .expect("facilitator config");
+    assert!(
+        r.status().is_success(),
+        "facilitator config refused: {}",
+        r.text().await.unwrap_or_default()
+    );
 }
 
 /// A `[[facilitators]]` entry.
