@@ -446,6 +446,10 @@ impl Access {
         let (Some(t), Some(keys)) = (&state.issue, env.passes) else {
             return out;
         };
+        if a.metered() {
+            // A metered charge (perhaps nothing) buys that one response, not a pass.
+            return out;
+        }
         let now = pass::unix_now();
         let p = &t.policy;
         let claims = Claims {

@@ -119,8 +119,10 @@ pub struct Verified {
     pub until: u64,
 }
 
+/// `host[:port]` of `scheme://host[:port][/path]`.
 fn authority(origin: &str) -> &str {
-    origin.split_once("://").map_or(origin, |(_, a)| a)
+    let rest = origin.split_once("://").map_or(origin, |(_, a)| a);
+    rest.split(['/', '?', '#']).next().unwrap_or(rest)
 }
 
 fn parse_time(s: &str) -> Option<SystemTime> {

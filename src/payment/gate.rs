@@ -145,7 +145,7 @@ impl Payments {
         });
         // A named payment: claim its identifier, or serve the retry of one that settled.
         let claim = || identifier::record(&decoded, offer, caller.method, url, rule.id);
-        match self.identify(env, &decoded, claim).await {
+        match self.identify(env, &decoded, caller.method, claim).await {
             Ok(Lookup::Unnamed) => {}
             Ok(Lookup::Claimed(named)) => accepted.identifier = Some(named),
             Ok(Lookup::Settled(receipt, v)) => {

@@ -1,7 +1,8 @@
 //! The `payment-identifier` extension: a client names its payment so that a retry (after a
 //! dropped connection, say) is served again without a second charge. The name is bound to
 //! the payment and to the request (method, canonical resource URL, rule); the same name with
-//! another payment or request is a conflict. Records live in the state store, so a retry may
+//! another payment or request is a conflict. Only `GET` and `HEAD` are answered again (the
+//! origin answers the retry; nothing is cached); other methods learn that the payment settled. Records live in the state store, so a retry may
 //! land on any replica, and are claimed only after the payment passed its local checks.
 
 use sha2::{Digest, Sha256};
@@ -67,6 +68,7 @@ impl Payments {
         &self,
         env: &PaymentEnv<'_>,
         decoded: &Decoded,
+        method: &str,
         claim: impl FnOnce() -> Identified,
     ) -> Result<Lookup, PaymentError> {
         let Some(window) = env.identifier.window else {
@@ -104,6 +106,11 @@ impl Payments {
         }
         if existing.receipt.is_empty() {
             return Err(PaymentError::IdentifierInFlight);
+        }
+        // The origin answers a replay again: only for methods without side effects (a POST
+        // body is not part of the binding, and running it twice would be unpaid work).
+        if !matches!(method, "GET" | "HEAD") {
+            return Err(PaymentError::IdentifierSettled);
         }
         self.metrics
             .payments

@@ -143,6 +143,10 @@ pub enum PaymentError {
     IdentifierConflict,
     #[error("the payment named by this payment-identifier is still being processed")]
     IdentifierInFlight,
+    #[error(
+        "the payment named by this payment-identifier settled; a request with side effects is not answered twice"
+    )]
+    IdentifierSettled,
 }
 
 impl PaymentError {
@@ -174,6 +178,7 @@ impl PaymentError {
             PaymentError::IdentifierRequired => "payment_identifier_required",
             PaymentError::IdentifierConflict => "payment_identifier_conflict",
             PaymentError::IdentifierInFlight => "payment_identifier_in_progress",
+            PaymentError::IdentifierSettled => "payment_identifier_settled",
         }
     }
 
@@ -380,8 +385,9 @@ pub fn metered_amount(raw: &str, ceiling: u128, decimals: u32) -> Option<u128> {
         if d.is_sign_negative() || d.scale() > 2 {
             return None;
         }
-        let hundredths =
-            rust_decimal::prelude::ToPrimitive::to_u128(&(d * rust_decimal::Decimal::from(100)))?;
+        let hundredths = rust_decimal::prelude::ToPrimitive::to_u128(
+            &d.checked_mul(rust_decimal::Decimal::from(100))?,
+        )?;
         return ceiling.checked_mul(hundredths).map(|v| v / 10_000);
     }
     if let Some(usd) = raw.strip_prefix('$') {

@@ -363,6 +363,16 @@ impl Bench {
         policy: RulePolicy,
         url: &str,
     ) -> Result<Admission, Rejection> {
+        self.gate_with(headers, policy, url, "GET").await
+    }
+
+    async fn gate_with(
+        &self,
+        headers: &HeaderMap,
+        policy: RulePolicy,
+        url: &str,
+        method: &str,
+    ) -> Result<Admission, Rejection> {
         self.payments
             .gate(
                 &self.env(),
@@ -377,7 +387,7 @@ impl Bench {
                     ip: Some(IpAddr::from([192, 0, 2, 1])),
                     audience: "",
                     correlation: &crate::correlation::Correlation::default(),
-                    method: "GET",
+                    method,
                 },
             )
             .await
@@ -740,7 +750,41 @@ fn metered_amounts_read_like_the_reference_overrides() {
     assert_eq!(metered_amount("50%", 50_000, 6), Some(25_000));
     assert_eq!(metered_amount("12.5%", 50_000, 6), Some(6_250));
     assert_eq!(metered_amount("$0.002", 50_000, 6), Some(2_000));
-    for bad in ["", "-1", "1.5", "12.345%", "$0.0000001", "abc", "0x10"] {
+    for bad in [
+        "",
+        "-1",
+        "1.5",
+        "12.345%",
+        "$0.0000001",
+        "abc",
+        "0x10",
+        "79228162514264337593543950335%",
+        "$79228162514264337593543950335",
+    ] {
         assert_eq!(metered_amount(bad, 50_000, 6), None, "{bad}");
     }
+}
+
+#[tokio::test]
+async fn a_named_payment_is_not_answered_twice_for_a_method_with_side_effects() {
+    let b = Bench::new();
+    let header = b.payment_named(10_000, nonce(), Some(PAYMENT_ID));
+    let mut first = match b
+        .gate_with(&header, after(), "http://gw.test/api/weather", "POST")
+        .await
+    {
+        Ok(Admission::Paid(a)) => a,
+        other => panic!("{other:?}"),
+    };
+    let out = b.payments.on_response(&b.env(), &mut first, 200).await;
+    assert!(out.is_ok_and(|r| !r.is_empty()));
+    b.payments.finish(&b.env(), &mut first, None).await;
+    assert_eq!(
+        error_of(
+            b.gate_with(&header, after(), "http://gw.test/api/weather", "POST")
+                .await
+        ),
+        PaymentError::IdentifierSettled
+    );
+    assert_eq!(b.script.calls(), (1, 1));
 }

@@ -17,9 +17,6 @@ use crate::access::{AccessState, Forwarded, Outcome};
 use crate::payment::{Admission, Caller};
 use crate::snapshot::{Rule, Snapshot};
 
-/// The response header an origin states a metered charge in (the reference middleware's).
-const SETTLEMENT_OVERRIDES: &str = "settlement-overrides";
-
 impl From<Forwarded> for Decision {
     fn from(f: Forwarded) -> Self {
         match f {
@@ -208,11 +205,11 @@ impl Gateway {
         if accepted.metered() {
             let stated = upstream_response
                 .headers
-                .get(SETTLEMENT_OVERRIDES)
+                .get(respond::SETTLEMENT_OVERRIDES)
                 .and_then(|v| v.to_str().ok());
             accepted.meter_from_origin(stated);
         }
-        upstream_response.remove_header(SETTLEMENT_OVERRIDES);
+        upstream_response.remove_header(respond::SETTLEMENT_OVERRIDES);
         if accepted.settles_at_body_end() && status < 400 {
             // Charged by the body: counted as it passes, settled when it ended; response time
             // runs from when the request went to the origin.

@@ -246,6 +246,11 @@ impl ProxyHttp for Gateway {
             respond::VARY_PRICED
         };
         respond::keep_private(upstream_response, vary)?;
+        if ctx.payment.is_none() {
+            // A metered charge statement is for the gateway (a paid response reads and drops
+            // it); never for the client, whatever admitted it.
+            upstream_response.remove_header(respond::SETTLEMENT_OVERRIDES);
+        }
         if ctx.decision == Decision::Pass {
             respond::mark_paid_response(upstream_response, &[])?;
             if let Some(state) = &ctx.access {

@@ -95,10 +95,17 @@ pub(super) fn priced_action(
     let d = &pr.def;
     let mut offers = build_offers(rep, ctx, pr, &EXACT, spec, span, timeout, field)?;
     // Clients pick offers by flow: settle-after is `authorization`, settle-before `upfront`.
-    let flow = d
-        .settlement
-        .unwrap_or(ctx.default_settlement)
-        .payment_flow();
+    // A rule that offers `upto` settles after the origin answered, whatever the default.
+    let offers_upto = d
+        .schemes
+        .as_ref()
+        .is_some_and(|s| s.get_ref().iter().any(|x| x == "upto"));
+    let flow = if offers_upto {
+        crate::payment::Settlement::After
+    } else {
+        d.settlement.unwrap_or(ctx.default_settlement)
+    }
+    .payment_flow();
     for o in &mut offers {
         o.requirements
             .extra

@@ -159,10 +159,19 @@ fn meter_of(rep: &mut Reporter, pr: &ParsedRule, action: &RuleAction) -> crate::
             }
         }
     };
+    let priced_unit = |rep: &mut Reporter| {
+        let n = per_unit(rep).unwrap_or(0);
+        if n == 0
+            && let Some(p) = &d.meter_price
+        {
+            rep.at(pr.src, p.span(), "rule.meter_price", "must be above zero");
+        }
+        n
+    };
     match kind {
         "origin" => Meter::Origin,
-        "bytes" => Meter::Bytes(per_unit(rep).unwrap_or(0)),
-        "seconds" => Meter::Seconds(per_unit(rep).unwrap_or(0)),
+        "bytes" => Meter::Bytes(priced_unit(rep)),
+        "seconds" => Meter::Seconds(priced_unit(rep)),
         other => {
             if let Some(m) = &d.meter {
                 rep.at(
@@ -480,7 +489,12 @@ fn compile_rule(
             .map_or_else(|| "*".into(), |h| h.get_ref().clone()),
         path: path_text,
         payment: RulePolicy {
-            settlement: d.settlement.unwrap_or(ctx.default_settlement),
+            // `upto` charges what the response cost: always after the origin answered.
+            settlement: if upto {
+                crate::payment::Settlement::After
+            } else {
+                d.settlement.unwrap_or(ctx.default_settlement)
+            },
             failure_policy: d
                 .on_facilitator_failure
                 .unwrap_or(ctx.default_failure_policy),

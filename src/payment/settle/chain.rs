@@ -21,7 +21,7 @@ pub(super) const RESOLVE_POLL: Duration = Duration::from_millis(200);
 /// Whether `tx` is this `upto` payment's settlement: a successful call of the canonical
 /// `upto` proxy whose input settles exactly this permit (payer, nonce, token), this charge, to
 /// this recipient (the proxy reverts unless Permit2 moved it). Polled until `patience` ends.
-async fn permit2_settlement(
+pub(super) async fn permit2_settlement(
     reader: &ChainReader,
     a: &Accepted,
     tx: B256,

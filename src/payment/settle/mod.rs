@@ -141,8 +141,16 @@ impl Payments {
             Claim::Unclear(tx) => {
                 let tx_text = tx.map(|t| format!("{t:#x}")).unwrap_or_default();
                 tracing::warn!(facilitator = %fac.name, transaction = %tx_text, "settlement outcome unknown");
-                let verdict = match self.lookup(env, a) {
-                    Some((reader, expected)) => {
+                let permit2_reader = a
+                    .metered()
+                    .then(|| self.calls.reader(env.registry, &network))
+                    .flatten();
+                let verdict = match (permit2_reader, tx, self.lookup(env, a)) {
+                    // `upto`: the named transaction must settle this permit and charge.
+                    (Some(reader), Some(tx), _) => {
+                        chain::permit2_settlement(&reader, a, tx, env.pending_wait).await
+                    }
+                    (_, _, Some((reader, expected))) => {
                         Lookup {
                             reader: &reader,
                             expected,
@@ -151,7 +159,7 @@ impl Payments {
                         .within(env.pending_wait, RESOLVE_POLL)
                         .await
                     }
-                    None => Verdict::Unknown,
+                    _ => Verdict::Unknown,
                 };
                 self.count_resolution(&verdict);
                 let unresolved = |why: &str, tx: String| SettleResponse {
@@ -309,8 +317,15 @@ impl Payments {
         );
         a.receipt = Some(receipt);
         if stage == Stage::Settled {
-            self.complete_identifier(a).await;
-            self.remember_payer(a).await;
+            if a.metered() {
+                // A metered charge paid for one response as it came (perhaps a part of it,
+                // perhaps nothing): it buys no replay and no sign-in re-access. The name is
+                // freed; the spent permit answers any copy.
+                self.forget_identifier(a.identifier.as_ref()).await;
+            } else {
+                self.complete_identifier(a).await;
+                self.remember_payer(a).await;
+            }
         }
         // The ledger has the outcome; an open one is watched until the chain resolves it.
         if open {

@@ -122,7 +122,9 @@ impl Challenge<'_> {
         let reason = r.error.reason();
         if matches!(
             r.error,
-            PaymentError::IdentifierConflict | PaymentError::IdentifierInFlight
+            PaymentError::IdentifierConflict
+                | PaymentError::IdentifierInFlight
+                | PaymentError::IdentifierSettled
         ) {
             // Not a payment problem: the name is taken (for good, or until the first attempt
             // ends). A 409 with the reason; no fresh requirements invite paying twice.

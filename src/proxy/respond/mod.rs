@@ -88,6 +88,9 @@ pub fn request_refused(e: &RequestError) -> Answer {
     Answer::new(Reply::error(status, reason, &e.to_string()), decision)
 }
 
+/// The response header an origin states a metered charge in (the reference middleware's).
+pub const SETTLEMENT_OVERRIDES: &str = "settlement-overrides";
+
 /// A discovery document (`[discovery]`), generated from this generation's rules; `base` is
 /// the scheme and host resources are named under.
 pub fn document(
