@@ -47,7 +47,7 @@ pub fn check_locally(
 impl Payments {
     /// Counts a refused attempt in the state store, so that every replica sharing it limits
     /// the key (a store that cannot count leaves the limit to this replica's own window).
-    async fn count_refusal(&self, who: Attempter<'_>, limit: u32) {
+    pub(super) async fn count_refusal(&self, who: Attempter<'_>, limit: u32) {
         if let Err(e) = self.state.count_refusal(who, FAILURE_WINDOW, limit).await {
             tracing::debug!(error = %e, "cannot count a refused payment in the state store");
         }

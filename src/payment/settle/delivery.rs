@@ -129,6 +129,17 @@ impl Payments {
         self.settle(env, a, Some(status)).await;
         if a.stage != Stage::Settled {
             tracing::warn!(rule = %a.rule_id, payer = %a.payer, "a body-metered response was delivered and its settlement failed");
+            // Content went out unpaid: the payer's attempts are limited as for a refused
+            // payment, on every replica sharing the store.
+            if a.stage == Stage::SettleFailed {
+                let payer = a.payer.to_ascii_lowercase();
+                self.failures_payer.count(&payer);
+                self.count_refusal(
+                    crate::state::Attempter::Payer(&payer),
+                    env.limits.failed_per_payer,
+                )
+                .await;
+            }
         }
     }
 
