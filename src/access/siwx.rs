@@ -12,6 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::state::StateStore;
+use crate::x402::url;
 
 /// The request header carrying a sign-in, and the extension's key.
 pub const HEADER: &str = crate::x402::extensions::SIGN_IN_WITH_X;
@@ -119,12 +120,6 @@ pub struct Verified {
     pub until: u64,
 }
 
-/// `host[:port]` of `scheme://host[:port][/path]`.
-fn authority(origin: &str) -> &str {
-    let rest = origin.split_once("://").map_or(origin, |(_, a)| a);
-    rest.split(['/', '?', '#']).next().unwrap_or(rest)
-}
-
 fn parse_time(s: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).ok()
 }
@@ -174,11 +169,12 @@ pub fn message(p: &Proof, chain_id: u64) -> String {
 pub fn verify(header: &[u8], expect: &Expect<'_>, now: SystemTime) -> Result<Verified, SiwxError> {
     let raw = crate::x402::codec::decode(header, MAX_HEADER).map_err(|_| SiwxError::Malformed)?;
     let p: Proof = serde_json::from_slice(&raw).map_err(|_| SiwxError::Malformed)?;
-    if !p.domain.eq_ignore_ascii_case(authority(expect.origin)) {
+    if !p.domain.eq_ignore_ascii_case(url::authority(expect.origin)) {
         return Err(SiwxError::DomainMismatch);
     }
-    let (uri_origin, uri_path) = split_uri(&p.uri).ok_or(SiwxError::UriMismatch)?;
-    if !uri_origin.eq_ignore_ascii_case(expect.origin) || uri_path != expect.path {
+    let uri_origin = url::origin(&p.uri).ok_or(SiwxError::UriMismatch)?;
+    let expected_origin = url::origin(expect.origin).unwrap_or(expect.origin);
+    if !uri_origin.eq_ignore_ascii_case(expected_origin) || url::path(&p.uri) != expect.path {
         return Err(SiwxError::UriMismatch);
     }
     let issued = parse_time(&p.issued_at).ok_or(SiwxError::IssuedAt)?;
@@ -232,16 +228,6 @@ pub fn verify(header: &[u8], expect: &Expect<'_>, now: SystemTime) -> Result<Ver
         nonce: p.nonce,
         until: secs(until),
     })
-}
-
-/// `scheme://authority` and the path (no query) of an absolute URI.
-fn split_uri(uri: &str) -> Option<(&str, &str)> {
-    let (scheme, rest) = uri.split_once("://")?;
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let origin = &uri[..scheme.len() + 3 + end];
-    let after = &rest[end..];
-    let path = after.split(['?', '#']).next().unwrap_or("");
-    Some((origin, if path.is_empty() { "/" } else { path }))
 }
 
 fn nonce_key(nonce: &str) -> [u8; 32] {

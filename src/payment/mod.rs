@@ -285,9 +285,11 @@ impl Accepted {
         }
     }
 
-    /// Whether the charge is metered (`upto`): known only once the origin answered.
+    /// Whether the charge is metered (the scheme settles what the response cost, `upto`):
+    /// known only once the origin answered.
     pub fn metered(&self) -> bool {
-        self.offer.requirements.scheme == "upto"
+        crate::schemes::by_id(&self.offer.requirements.scheme)
+            .is_some_and(|s| s.settle_plan() == crate::schemes::SettlePlan::VerifyThenSettleMetered)
     }
 
     /// Whether a metered payment settles when the body ended (bytes, seconds).

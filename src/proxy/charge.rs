@@ -50,7 +50,7 @@ impl Gateway {
             .collect();
         let expect = siwx::Expect {
             origin,
-            path: crate::x402::extensions::url_path(url),
+            path: crate::x402::url::path(url),
             chains: &chains,
         };
         let address = siwx::admit(&**self.payments.state(), header, &expect, &rule.id).await?;

@@ -43,12 +43,7 @@ fn charged(rule: &Rule) -> Option<&Priced> {
 
 /// The host of a base URL (`https://example.com:8443` → `example.com`).
 fn host_of(base: &str) -> String {
-    let authority = base
-        .split_once("://")
-        .map_or(base, |(_, rest)| rest)
-        .split('/')
-        .next()
-        .unwrap_or("");
+    let authority = crate::x402::url::authority(base);
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),

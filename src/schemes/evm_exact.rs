@@ -5,12 +5,12 @@
 
 use std::sync::{Arc, LazyLock};
 
-use alloy::primitives::{Address, B256, Signature, U256, keccak256};
+use alloy::primitives::{Address, B256, U256, keccak256};
 use alloy::sol_types::{Eip712Domain, SolStruct};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Checked, Scheme, SchemeError, SettlePlan};
+use super::{Checked, Scheme, SchemeError, SettlePlan, Window};
 use crate::x402::challenge::Offer;
 use crate::x402::networks::{Asset, chain_id_of};
 use crate::x402::types::{ExactEvmPayload, RequirementsV2};
@@ -179,16 +179,7 @@ static TYPE_HASH: LazyLock<B256> =
 /// the same as `msg.eip712_signing_hash(domain)` with the domain separator and the type hash
 /// computed once instead of on every request.
 pub fn signing_hash(domain_separator: &B256, msg: &TransferWithAuthorization) -> B256 {
-    let mut data = Vec::with_capacity(32 * 7);
-    data.extend_from_slice(TYPE_HASH.as_slice());
-    data.extend_from_slice(&msg.eip712_encode_data());
-    let struct_hash = keccak256(&data);
-    let mut digest = [0u8; 66];
-    digest[0] = 0x19;
-    digest[1] = 0x01;
-    digest[2..34].copy_from_slice(domain_separator.as_slice());
-    digest[34..].copy_from_slice(struct_hash.as_slice());
-    keccak256(digest)
+    super::eip712_digest(domain_separator, &TYPE_HASH, &msg.eip712_encode_data())
 }
 
 /// Runs every local check of `payload` against the gateway's own `req`. `domain` is the
@@ -225,19 +216,12 @@ pub fn check_with_separator(
         return Err(ExactError::ValueMismatch);
     }
     let valid_after = parse_u64_decimal(&a.valid_after).ok_or(ExactError::NotYetValid)?;
-    if valid_after > now {
-        return Err(ExactError::NotYetValid);
-    }
     let valid_before = parse_u64_decimal(&a.valid_before).ok_or(ExactError::Expired)?;
-    if valid_before < now.saturating_add(VALID_BEFORE_BUFFER_SECS) {
-        return Err(ExactError::Expired);
-    }
-    if valid_before
-        > now
-            .saturating_add(req.max_timeout_seconds)
-            .saturating_add(CLOCK_SKEW_SECS)
-    {
-        return Err(ExactError::TooLong);
+    match super::window(valid_after, valid_before, now, req.max_timeout_seconds) {
+        Window::Usable => {}
+        Window::NotYetValid => return Err(ExactError::NotYetValid),
+        Window::Expired => return Err(ExactError::Expired),
+        Window::TooLong => return Err(ExactError::TooLong),
     }
     let nonce_hex = a.nonce.strip_prefix("0x").ok_or(ExactError::BadNonce)?;
     if nonce_hex.len() != 64 || !nonce_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -254,11 +238,6 @@ pub fn check_with_separator(
     let signature_checked = sig_hex.len() == 130;
     if signature_checked {
         let bytes = hex::decode(sig_hex).map_err(|_| ExactError::BadSignatureEncoding)?;
-        let sig = Signature::try_from(bytes.as_slice()).map_err(|_| ExactError::BadSignature)?;
-        if sig.normalize_s().is_some() {
-            // High-s signatures are malleable copies that EIP-3009 tokens refuse.
-            return Err(ExactError::BadSignature);
-        }
         let msg = TransferWithAuthorization {
             from,
             to,
@@ -267,11 +246,9 @@ pub fn check_with_separator(
             validBefore: U256::from(valid_before),
             nonce,
         };
-        let hash = signing_hash(domain_separator, &msg);
-        let recovered = sig
-            .recover_address_from_prehash(&hash)
-            .map_err(|_| ExactError::BadSignature)?;
-        if recovered != from {
+        // High-s signatures are malleable copies that EIP-3009 tokens refuse.
+        let recovered = super::recover_low_s(&bytes, &signing_hash(domain_separator, &msg));
+        if recovered != Some(from) {
             return Err(ExactError::BadSignature);
         }
     } else if sig_hex.len() < 130 {

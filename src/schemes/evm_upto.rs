@@ -6,12 +6,12 @@
 
 use std::sync::{Arc, LazyLock};
 
-use alloy::primitives::{Address, B256, Signature, U256, address, keccak256};
+use alloy::primitives::{Address, B256, U256, address, keccak256};
 use alloy::sol_types::{Eip712Domain, SolStruct};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Checked, Scheme, SchemeError, SettlePlan};
+use super::{Checked, Scheme, SchemeError, SettlePlan, Window};
 use crate::x402::challenge::Offer;
 use crate::x402::networks::{Asset, chain_id_of};
 use crate::x402::types::RequirementsV2;
@@ -258,7 +258,6 @@ pub fn check(
     permit2_separator: &B256,
     now: u64,
 ) -> Result<Checked, UptoError> {
-    use super::evm_exact::{CLOCK_SKEW_SECS, VALID_BEFORE_BUFFER_SECS};
     let p = UptoPayload::deserialize(payload).map_err(|e| UptoError::Payload(e.to_string()))?;
     let a = &p.permit2_authorization;
     let from = addr(&a.from).ok_or_else(|| UptoError::Payload("from is not an address".into()))?;
@@ -288,21 +287,15 @@ pub fn check(
         return Err(UptoError::FacilitatorMismatch);
     }
     let valid_after = u256(&a.witness.valid_after).ok_or(UptoError::NotYetValid)?;
-    if valid_after > U256::from(now) {
-        return Err(UptoError::NotYetValid);
-    }
     let deadline = u256(&a.deadline)
         .and_then(|d| u64::try_from(d).ok())
         .ok_or(UptoError::Expired)?;
-    if deadline < now.saturating_add(VALID_BEFORE_BUFFER_SECS) {
-        return Err(UptoError::Expired);
-    }
-    if deadline
-        > now
-            .saturating_add(req.max_timeout_seconds)
-            .saturating_add(CLOCK_SKEW_SECS)
-    {
-        return Err(UptoError::TooLong);
+    let after = u64::try_from(valid_after).unwrap_or(u64::MAX);
+    match super::window(after, deadline, now, req.max_timeout_seconds) {
+        Window::Usable => {}
+        Window::NotYetValid => return Err(UptoError::NotYetValid),
+        Window::Expired => return Err(UptoError::Expired),
+        Window::TooLong => return Err(UptoError::TooLong),
     }
     let nonce = u256(&a.nonce).ok_or_else(|| UptoError::Payload("nonce is not a number".into()))?;
     let sig_hex = p
@@ -312,10 +305,6 @@ pub fn check(
     let signature_checked = sig_hex.len() == 130;
     if signature_checked {
         let bytes = hex::decode(sig_hex).map_err(|_| UptoError::BadSignature)?;
-        let sig = Signature::try_from(bytes.as_slice()).map_err(|_| UptoError::BadSignature)?;
-        if sig.normalize_s().is_some() {
-            return Err(UptoError::BadSignature);
-        }
         let msg = PermitWitnessTransferFrom {
             permitted: TokenPermissions { token, amount },
             spender,
@@ -327,19 +316,8 @@ pub fn check(
                 validAfter: valid_after,
             },
         };
-        let mut data = Vec::with_capacity(32 * 6);
-        data.extend_from_slice(TYPE_HASH.as_slice());
-        data.extend_from_slice(&msg.eip712_encode_data());
-        let struct_hash = keccak256(&data);
-        let mut digest = [0u8; 66];
-        digest[0] = 0x19;
-        digest[1] = 0x01;
-        digest[2..34].copy_from_slice(permit2_separator.as_slice());
-        digest[34..].copy_from_slice(struct_hash.as_slice());
-        let recovered = sig
-            .recover_address_from_prehash(&keccak256(digest))
-            .map_err(|_| UptoError::BadSignature)?;
-        if recovered != from {
+        let digest = super::eip712_digest(permit2_separator, &TYPE_HASH, &msg.eip712_encode_data());
+        if super::recover_low_s(&bytes, &digest) != Some(from) {
             return Err(UptoError::BadSignature);
         }
     } else if sig_hex.len() < 130 || !sig_hex.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -7,6 +7,7 @@ pub mod evm_upto;
 
 use std::sync::Arc;
 
+use alloy::primitives::{Address, B256, Signature, keccak256};
 use serde_json::Value;
 
 use crate::x402::challenge::Offer;
@@ -82,6 +83,59 @@ pub trait Scheme: Send + Sync + std::fmt::Debug {
 
     /// What the facilitators do with a payment that passed the checks.
     fn settle_plan(&self) -> SettlePlan;
+}
+
+/// Where a signed validity window (`valid_after`..`valid_before`, unix seconds) stands at
+/// `now` for an offer that allows `max_timeout` seconds: usable, or why not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Window {
+    Usable,
+    NotYetValid,
+    /// Ends too soon for a settlement to land, or has ended.
+    Expired,
+    /// Longer than the offer allows.
+    TooLong,
+}
+
+pub(crate) fn window(valid_after: u64, valid_before: u64, now: u64, max_timeout: u64) -> Window {
+    use evm_exact::{CLOCK_SKEW_SECS, VALID_BEFORE_BUFFER_SECS};
+    if valid_after > now {
+        Window::NotYetValid
+    } else if valid_before < now.saturating_add(VALID_BEFORE_BUFFER_SECS) {
+        Window::Expired
+    } else if valid_before
+        > now
+            .saturating_add(max_timeout)
+            .saturating_add(CLOCK_SKEW_SECS)
+    {
+        Window::TooLong
+    } else {
+        Window::Usable
+    }
+}
+
+/// The EIP-712 digest `keccak256(0x1901 ‖ domainSeparator ‖ keccak256(typeHash ‖ data))`,
+/// with the domain separator and the type hash computed once elsewhere.
+pub(crate) fn eip712_digest(domain_separator: &B256, type_hash: &B256, data: &[u8]) -> B256 {
+    let mut encoded = Vec::with_capacity(32 + data.len());
+    encoded.extend_from_slice(type_hash.as_slice());
+    encoded.extend_from_slice(data);
+    let struct_hash = keccak256(&encoded);
+    let mut digest = [0u8; 66];
+    digest[0] = 0x19;
+    digest[1] = 0x01;
+    digest[2..34].copy_from_slice(domain_separator.as_slice());
+    digest[34..].copy_from_slice(struct_hash.as_slice());
+    keccak256(digest)
+}
+
+/// The signer of `digest` from a 65-byte signature, refusing high-s (malleable) copies.
+pub(crate) fn recover_low_s(signature: &[u8], digest: &B256) -> Option<Address> {
+    let sig = Signature::try_from(signature).ok()?;
+    if sig.normalize_s().is_some() {
+        return None;
+    }
+    sig.recover_address_from_prehash(digest).ok()
 }
 
 /// An offer's `extra` naming the token's EIP-712 domain (`name`, `version`).

@@ -59,9 +59,7 @@ pub fn sign_in_challenge(url: &str, networks: &[&str], statement: Option<&str>) 
         nonce[..16].copy_from_slice(&t.as_nanos().to_be_bytes());
     }
     let now = SystemTime::now();
-    let domain = url.split_once("://").map_or("", |(_, rest)| {
-        rest.split(['/', '?', '#']).next().unwrap_or("")
-    });
+    let domain = super::url::authority(url);
     let mut info = json!({
         "domain": domain,
         "uri": url,
@@ -115,16 +113,6 @@ pub fn sign_in_paid_key(rule: &str, path: &str, payer: &str) -> [u8; 32] {
     }
     h.update(payer.to_ascii_lowercase().as_bytes());
     h.finalize().into()
-}
-
-/// The path of an absolute URL, without its query (`/` when it has none).
-pub fn url_path(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let path = rest.find('/').map_or("/", |i| &rest[i..]);
-    path.split(['?', '#'])
-        .next()
-        .filter(|p| !p.is_empty())
-        .unwrap_or("/")
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod codec;
 pub mod extensions;
 pub mod networks;
 pub mod types;
+pub mod url;
 
 /// v2 request header carrying the payment.
 pub const HEADER_PAYMENT_SIGNATURE: &str = "payment-signature";

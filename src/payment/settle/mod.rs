@@ -344,7 +344,7 @@ impl Payments {
         };
         let key = crate::x402::extensions::sign_in_paid_key(
             &a.rule_id,
-            crate::x402::extensions::url_path(&a.resource),
+            crate::x402::url::path(&a.resource),
             &a.payer,
         );
         let until = super::unix_now() + window.as_secs();
