@@ -122,18 +122,35 @@ impl Fleet {
 
     /// The reference client's payment for `url` (built, not sent).
     async fn reference_payment(&self, url: &str, extra: &[&str]) -> Value {
-        let mut args: Vec<String> = vec![
-            "pay".into(),
-            "--url".into(),
-            url.into(),
-            "--private-key".into(),
-            self.payer().1.into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let out = node_json("lib/extensions.mjs", &args, &[]).await;
+        let out = reference("pay", url, self.payer().1, extra).await;
         assert!(out["error"].is_null(), "{url}: {out}");
         out
     }
+}
+
+/// Runs `lib/extensions.mjs` in `mode` on `url` as the payer holding `key` (the reference
+/// packages' side of each check).
+async fn reference(mode: &str, url: &str, key: &str, extra: &[&str]) -> Value {
+    let mut args: Vec<String> = vec![
+        mode.into(),
+        "--url".into(),
+        url.into(),
+        "--private-key".into(),
+        key.into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    node_json("lib/extensions.mjs", &args, &[]).await
+}
+
+/// Pays `url` with the reference `@x402/fetch` v2 client.
+async fn pay_v2(url: &str, key: &str) -> Value {
+    let args: Vec<String> = vec![
+        "--url".into(),
+        url.into(),
+        "--private-key".into(),
+        key.into(),
+    ];
+    node_json("lib/pay-v2.mjs", &args, &[]).await
 }
 
 async fn send(gw: &Gateway, path: &str, header: &str) -> reqwest::Response {
@@ -392,17 +409,6 @@ async fn a_past_payer_signs_in_instead_of_paying_again() {
         dev.info["rpcUrl"].as_str().expect("rpc"),
         dev.info["token"]["address"].as_str().expect("token"),
     );
-    let siwx = |mode: &str, k: String, extra: &[&str]| {
-        let mut args: Vec<String> = vec![
-            mode.into(),
-            "--url".into(),
-            url.clone(),
-            "--private-key".into(),
-            k,
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
-    };
 
     // The 402 offers sign-in, bound to the public origin and this resource.
     let r = client().get(&url).send().await.expect("402");
@@ -422,7 +428,7 @@ async fn a_past_payer_signs_in_instead_of_paying_again() {
     );
 
     // Not paid yet: signing in is not enough.
-    let before = node_json("lib/extensions.mjs", &siwx("siwx-fetch", key(0), &[]), &[]).await;
+    let before = reference("siwx-fetch", &url, &key(0), &[]).await;
     assert_eq!(before["status"], 402, "{before}");
     assert!(
         before["body"]
@@ -433,17 +439,12 @@ async fn a_past_payer_signs_in_instead_of_paying_again() {
     );
 
     // Paid once with the reference client.
-    let paid = node_json(
-        "lib/pay-v2.mjs",
-        &["--url".into(), url.clone(), "--private-key".into(), key(0)],
-        &[],
-    )
-    .await;
+    let paid = pay_v2(&url, &key(0)).await;
     assert_eq!(paid["status"], 200, "{paid}");
     let after_payment = balance(rpc, token, &payer).await;
 
     // Signed in: read again without paying (the reference client's own flow).
-    let again = node_json("lib/extensions.mjs", &siwx("siwx-fetch", key(0), &[]), &[]).await;
+    let again = reference("siwx-fetch", &url, &key(0), &[]).await;
     assert_eq!(again["status"], 200, "{again}");
     assert!(
         again["body"]
@@ -454,7 +455,7 @@ async fn a_past_payer_signs_in_instead_of_paying_again() {
     );
 
     // A sign-in works once: replayed, it is refused.
-    let made = node_json("lib/extensions.mjs", &siwx("siwx-header", key(0), &[]), &[]).await;
+    let made = reference("siwx-header", &url, &key(0), &[]).await;
     assert!(made["error"].is_null(), "{made}");
     let header = made["header"].as_str().expect("header");
     let first = client()
@@ -473,12 +474,7 @@ async fn a_past_payer_signs_in_instead_of_paying_again() {
     assert_eq!(refusal(replayed).await, (402, "invalid_siwx_nonce".into()));
 
     // Signed for another domain: refused, whatever Host the request names.
-    let other = node_json(
-        "lib/extensions.mjs",
-        &siwx("siwx-header", key(0), &["--domain", "evil.example"]),
-        &[],
-    )
-    .await;
+    let other = reference("siwx-header", &url, &key(0), &["--domain", "evil.example"]).await;
     let res = client()
         .get(&url)
         .header("SIGN-IN-WITH-X", other["header"].as_str().expect("header"))
@@ -492,7 +488,7 @@ async fn a_past_payer_signs_in_instead_of_paying_again() {
     );
 
     // An address that never paid: refused.
-    let stranger = node_json("lib/extensions.mjs", &siwx("siwx-fetch", key(1), &[]), &[]).await;
+    let stranger = reference("siwx-fetch", &url, &key(1), &[]).await;
     assert_eq!(stranger["status"], 402, "{stranger}");
     assert!(
         stranger["body"]
@@ -558,17 +554,7 @@ async fn a_pending_settlement_is_followed_on_chain_until_it_lands_or_expires() {
     // The facilitator answers `settlement_pending` and the transaction lands 3 s later: the
     // gateway follows it on chain and answers 200 with the receipt, charged once.
     pending(serde_json::json!(3000)).await;
-    let paid = node_json(
-        "lib/pay-v2.mjs",
-        &[
-            "--url".into(),
-            gw.url("/lands"),
-            "--private-key".into(),
-            key.into(),
-        ],
-        &[],
-    )
-    .await;
+    let paid = pay_v2(&gw.url("/lands"), key).await;
     assert_eq!(paid["status"], 200, "{paid}");
     assert!(
         paid["body"]
@@ -595,17 +581,7 @@ async fn a_pending_settlement_is_followed_on_chain_until_it_lands_or_expires() {
     // One that never lands: no body, nothing charged; the ledger says pending, and once the
     // authorization expired unused, expired.
     pending(Value::Null).await;
-    let stuck = node_json(
-        "lib/pay-v2.mjs",
-        &[
-            "--url".into(),
-            gw.url("/never"),
-            "--private-key".into(),
-            key.into(),
-        ],
-        &[],
-    )
-    .await;
+    let stuck = pay_v2(&gw.url("/never"), key).await;
     assert_eq!(stuck["status"], 503, "{stuck}");
     assert!(
         !stuck["body"]
@@ -741,21 +717,7 @@ facilitator_address = "{signer}"
 
     let paid_path = |path: &str| {
         let url = gw.url(path);
-        let key = key.to_owned();
-        async move {
-            node_json(
-                "lib/extensions.mjs",
-                &[
-                    "pay-upto".into(),
-                    "--url".into(),
-                    url,
-                    "--private-key".into(),
-                    key,
-                ],
-                &[],
-            )
-            .await
-        }
+        async move { reference("pay-upto", &url, key, &[]).await }
     };
     let settled_amounts = || -> Vec<String> {
         gw.ledger()
