@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # benches/instructions.sh — user-space instructions per request on the free path, counted by
-# callgrind: nginx, bare Pingora, Pingora + fwd and the gateway (free rule, and the 402 answer).
+# callgrind: nginx, bare Pingora, Pingora + fwd and the gateway (free rule, the 402 answer, a
+# pass on every request, and a distinct pre-signed payment on every request settled through the
+# loopback bench facilitator, as in benches/load.sh).
 # Unlike req/s these counts do not move with other load on the machine, so they show small
 # changes that benches/load.sh cannot resolve on a shared machine.
 #
@@ -17,13 +19,15 @@
 # request costs), and instruction cost (a `rep movsb` copy counts once per byte, so large
 # copies look dearer than they are; valgrind hides SHA extensions, so hashing looks dearer).
 #
-# Settings (environment): TARGETS="nginx bare_pingora pingora_fwd gw_free gw_402"
-#   SECONDS_RUN=10 WARMUP=3 CONNS=10 BODY=128 KEEP_TMP=1
-#   GATEWAY_BIN ORIGIN_BIN BARE_BIN NGINX_BIN WRK_BIN
+# Settings (environment): TARGETS="nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid"
+#   SECONDS_RUN=10 WARMUP=3 CONNS=10 BODY=128 KEEP_TMP=1 PAY_COUNT=30000 (payments pre-signed
+#   for gw_paid: warm-up and counted run together must not use them all)
+#   GATEWAY_BIN ORIGIN_BIN BARE_BIN FACILITATOR_BIN PAYMENTS_BIN NGINX_BIN WRK_BIN
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TARGETS=${TARGETS:-"nginx bare_pingora pingora_fwd gw_free gw_402"}
+TARGETS=${TARGETS:-"nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid"}
+PAY_COUNT=${PAY_COUNT:-30000}
 SECONDS_RUN=${SECONDS_RUN:-10}
 WARMUP=${WARMUP:-3}
 CONNS=${CONNS:-10}
@@ -31,6 +35,8 @@ BODY=${BODY:-128}
 GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/x402-gateway}
 ORIGIN_BIN=${ORIGIN_BIN:-$ROOT/target/release/demo-origin}
 BARE_BIN=${BARE_BIN:-$ROOT/target/release/examples/bare-pingora}
+FACILITATOR_BIN=${FACILITATOR_BIN:-$ROOT/target/release/examples/bench-facilitator}
+PAYMENTS_BIN=${PAYMENTS_BIN:-$ROOT/target/release/examples/bench-payments}
 NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 WRK_BIN=${WRK_BIN:-$(command -v wrk || echo wrk)}
 
@@ -38,7 +44,7 @@ die() { echo "instructions.sh: $*" >&2; exit 1; }
 for b in valgrind callgrind_annotate callgrind_control "$WRK_BIN" perl; do
   command -v "$b" >/dev/null || die "$b not found: apt-get install -y valgrind wrk perl"
 done
-for b in "$GATEWAY_BIN" "$ORIGIN_BIN" "$BARE_BIN"; do
+for b in "$GATEWAY_BIN" "$ORIGIN_BIN" "$BARE_BIN" "$FACILITATOR_BIN" "$PAYMENTS_BIN"; do
   [[ -x $b ]] || die "$b not found: run cargo build --release --bins --examples first"
 done
 
@@ -47,7 +53,11 @@ BENCH_NAME=x402-instr
 source "$ROOT/benches/support/common.sh"
 WAIT_TRIES=1200   # start-up under valgrind is slow
 THREADS=1
-FAC_PORT=$(free_port)   # the gateway's facilitator: never called on these paths
+# The gateway's facilitator: approves at once (called on the paid path and to buy the pass).
+FAC_PORT=$(free_port)
+"$FACILITATOR_BIN" --listen "127.0.0.1:$FAC_PORT" >"$TMP/facilitator.log" 2>&1 &
+FAC_PID=$!; STARTED+=("$FAC_PID")
+wait_port "$FAC_PORT" "$FAC_PID" bench-facilitator "$TMP/facilitator.log"
 
 ORIGIN_PORT=$(free_port)
 "$ORIGIN_BIN" --listen "127.0.0.1:$ORIGIN_PORT" --name bench >"$TMP/origin.log" 2>&1 &
@@ -66,7 +76,7 @@ command_of() {
       printf '%s\n' "$BARE_BIN" --listen "127.0.0.1:$port" --origin "127.0.0.1:$ORIGIN_PORT" ;;
     pingora_fwd)
       printf '%s\n' "$BARE_BIN" --listen "127.0.0.1:$port" --origin "127.0.0.1:$ORIGIN_PORT" --forwarded ;;
-    gw_free | gw_402)
+    gw_free | gw_402 | gw_pass | gw_paid)
       write_gateway_config "$d" "$port"
       printf '%s\n' "$GATEWAY_BIN" run -c "$d/gateway.toml" ;;
     *) die "unknown target $t" ;;
@@ -74,7 +84,38 @@ command_of() {
 }
 
 declare -A LABEL=([nginx]="nginx proxy" [bare_pingora]="bare Pingora" [pingora_fwd]="Pingora + fwd"
-  [gw_free]="gateway free" [gw_402]="gateway 402")
+  [gw_free]="gateway free" [gw_402]="gateway 402" [gw_pass]="gateway pass" [gw_paid]="gateway paid")
+
+# The wrk script of target $1 (Host, pass or payments) once its server listens on port $2;
+# empty: plain GETs.
+script_of() {
+  local t=$1 port=$2 url=http://127.0.0.1:$2/fixed/$BODY head token
+  case $t in
+    gw_pass)
+      sign_payments "$url" 1 pass.bench "$TMP/$t/payment.txt"
+      head=$(http_head "$url" "Host: pass.bench" "PAYMENT-SIGNATURE: $(head -n 1 "$TMP/$t/payment.txt")")
+      token=$(header_value x402-pass <<<"$head") || die "$t: the paid request got no pass: $head"
+      printf 'wrk.headers["Host"] = "pass.bench"\nwrk.headers["X402-Pass"] = "%s"\n' "$token" >"$TMP/$t/wrk.lua"
+      echo "$TMP/$t/wrk.lua" ;;
+    gw_paid)
+      sign_payments "$url" "$PAY_COUNT" paid.bench "$TMP/$t/warmup.txt"
+      sign_payments "$url" "$PAY_COUNT" paid.bench "$TMP/$t/run.txt"
+      cat >"$TMP/$t/wrk.lua" <<'LUA'
+local payments, count, i = {}, 0, 0
+local headers = { ["Host"] = "paid.bench" }
+function init(args)
+  for line in io.lines(args[1]) do count = count + 1; payments[count] = line end
+end
+function request()
+  i = i + 1
+  if i > count then error("out of pre-signed payments: set PAY_COUNT higher") end
+  headers["PAYMENT-SIGNATURE"] = payments[i]
+  return wrk.format(nil, nil, headers)
+end
+LUA
+      echo "$TMP/$t/wrk.lua" ;;
+  esac
+}
 declare -A PER_REQ=()
 for t in $TARGETS; do
   [[ -n ${LABEL[$t]:-} ]] || die "unknown target $t"
@@ -86,9 +127,13 @@ for t in $TARGETS; do
     "${cmd[@]}" >"$TMP/$t/stdout.log" 2>"$TMP/$t/valgrind.log") &
   pid=$!; STARTED+=("$pid")
   wait_port "$port" "$pid" "$t" "$TMP/$t/valgrind.log"
-  "$WRK_BIN" -t1 -c"$CONNS" -d"${WARMUP}s" "http://127.0.0.1:$port$path" >/dev/null
+  script=$(script_of "$t" "$port") || die "$t: set-up failed"
+  lua=(); [[ -n $script ]] && lua=(-s "$script")
+  # gw_paid: the warm-up and the counted run each walk their own file of payments.
+  "$WRK_BIN" -t1 -c"$CONNS" -d"${WARMUP}s" "${lua[@]}" "http://127.0.0.1:$port$path" -- "$TMP/$t/warmup.txt" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
-  out=$("$WRK_BIN" -t1 -c"$CONNS" -d"${SECONDS_RUN}s" "http://127.0.0.1:$port$path")
+  out=$("$WRK_BIN" -t1 -c"$CONNS" -d"${SECONDS_RUN}s" "${lua[@]}" "http://127.0.0.1:$port$path" -- "$TMP/$t/run.txt")
+  [[ $t != gw_402 ]] && grep -q 'Non-2xx\|Socket errors' <<<"$out" && die "$t: failed requests: $out"
   callgrind_control -d "$pid" >/dev/null 2>&1
   n=$(awk '/requests in/ { print $1 }' <<<"$out")
   stop_pid "$pid"

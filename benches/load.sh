@@ -6,6 +6,7 @@
 # Fresh machine (Debian/Ubuntu, run from the repository root):
 #   apt-get install -y nginx-light wrk     # plus cmake and a Rust toolchain for the build
 #   cargo build --release --bins --examples
+#   benches/peers/build.sh                 # the x402 peers: x402-axum build, npm packages
 #   benches/load.sh                        # or: ROUNDS=3 DURATION=5 benches/load.sh
 #
 # Targets (all behind the same demo origin, same body, same wrk connections):
@@ -31,6 +32,14 @@
 #   gw_free_redis as gw_free, on a gateway whose state store is a local redis-server
 #   gw_pass_redis as gw_pass, on a gateway whose state store is a local redis-server (pass
 #                 quotas and revocations shared through it); its CPU includes redis-server's
+#   ex_402, ex_paid  the reference Node middleware, @x402/express 2.27 (x402ResourceServer +
+#                 HTTPFacilitatorClient + ExactEvmScheme, tests/interop/lib/express-server.mjs)
+#                 with a handler that returns the origin's body itself (N bytes of "x", no
+#                 proxying: less work than the gateway does), priced as the gateway's rule, its
+#                 /verify and /settle against the same bench facilitator; 402: no payment;
+#                 paid: the same kind of distinct pre-signed payments, signed for its own 402
+#   ax_402, ax_paid  the same with the published x402-axum 2.0.2 paygate in an axum server
+#                 (benches/peers/axum, one tokio thread; built by benches/peers/build.sh)
 #   gw_paid_redis as gw_paid, with the same redis-server as the state store (reservations,
 #                 verify cache, settlements in flight); the store is emptied before each run
 #   gw_paid_dead  as gw_paid, but the network has a pool of two facilitators: first (priority
@@ -64,6 +73,7 @@
 #   CONNS=50 WRK_THREADS=1 THREADS=1 (server threads = nginx worker_processes)
 #   BODY=128 (origin response bytes)
 #   TARGETS="origin nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid gw_paid_dead
+#            ex_402 ex_paid ax_402 ax_paid
 #            gw_free_redis gw_pass_redis gw_paid_redis" (the last three need redis-server)
 #   PAY_COUNT (payments pre-signed per run; default: sized from the warm-up rate)
 #   GATEWAY_BIN ORIGIN_BIN BARE_BIN FACILITATOR_BIN PAYMENTS_BIN NGINX_BIN WRK_BIN
@@ -91,7 +101,7 @@ CONNS=${CONNS:-50}
 WRK_THREADS=${WRK_THREADS:-1}
 THREADS=${THREADS:-1}
 BODY=${BODY:-128}
-TARGETS=${TARGETS:-"origin nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid gw_paid_dead gw_free_redis gw_pass_redis gw_paid_redis"}
+TARGETS=${TARGETS:-"origin nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid gw_paid_dead ex_402 ex_paid ax_402 ax_paid gw_free_redis gw_pass_redis gw_paid_redis"}
 PAY_COUNT=${PAY_COUNT:-}
 GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/x402-gateway}
 ORIGIN_BIN=${ORIGIN_BIN:-$ROOT/target/release/demo-origin}
@@ -101,6 +111,9 @@ PAYMENTS_BIN=${PAYMENTS_BIN:-$ROOT/target/release/examples/bench-payments}
 NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 REDIS_BIN=${REDIS_BIN:-$(command -v redis-server || echo /usr/bin/redis-server)}
 WRK_BIN=${WRK_BIN:-$(command -v wrk || echo wrk)}
+AXUM_BIN=${AXUM_BIN:-$ROOT/target/peers/release/x402-axum-peer}
+NODE_BIN=${NODE_BIN:-$(command -v node || echo node)}
+EXPRESS_JS=$ROOT/tests/interop/lib/express-server.mjs
 
 die() { echo "load.sh: $*" >&2; exit 1; }
 read -r -a TLIST <<<"$TARGETS"
@@ -117,6 +130,16 @@ fi
 if needs gw_free_redis || needs gw_pass_redis || needs gw_paid_redis; then
   [[ -x $REDIS_BIN ]] || die "redis-server not found: apt-get install -y redis-server"
 fi
+if needs ex_402 || needs ex_paid || needs ax_402 || needs ax_paid; then
+  need_bin "$FACILITATOR_BIN"; need_bin "$PAYMENTS_BIN"
+fi
+if needs ax_402 || needs ax_paid; then
+  [[ -x $AXUM_BIN ]] || die "$AXUM_BIN not found: run benches/peers/build.sh first"
+fi
+if needs ex_402 || needs ex_paid; then
+  [[ -d $ROOT/tests/interop/node_modules/@x402/express ]] \
+    || die "@x402/express not installed: run benches/peers/build.sh first"
+fi
 if needs bare_pingora || needs pingora_fwd; then need_bin "$BARE_BIN"; fi
 if needs nginx; then [[ -x $NGINX_BIN ]] || die "nginx not found: apt-get install -y nginx-light"; fi
 command -v "$WRK_BIN" >/dev/null || die "wrk not found: apt-get install -y wrk"
@@ -127,49 +150,6 @@ BENCH_NAME=x402-load
 source "$ROOT/benches/support/common.sh"
 
 # ---- helpers -------------------------------------------------------------------------------
-
-# The response head (status line and headers, CR stripped) of one GET (HTTP/1.1,
-# Connection: close), without curl. Extra arguments are header lines ("Name: value"); a Host
-# among them replaces the URL's.
-http_head() {
-  local url=$1 hostport path line host h
-  shift
-  hostport=${url#http://}; path=/${hostport#*/}; hostport=${hostport%%/*}
-  host=$hostport
-  for h in "$@"; do [[ ${h,,} == host:* ]] && host=${h#*: }; done
-  exec 3<>"/dev/tcp/${hostport%:*}/${hostport#*:}"
-  {
-    printf 'GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n' "$path" "$host"
-    for h in "$@"; do [[ ${h,,} == host:* ]] || printf '%s\r\n' "$h"; done
-    printf '\r\n'
-  } >&3
-  while IFS= read -r line <&3; do
-    line=${line%$'\r'}
-    [[ -z $line ]] && break
-    echo "$line"
-  done
-  exec 3>&- 3<&-
-}
-
-# The status code of one GET (same arguments as http_head).
-http_status() {
-  local line
-  line=$(http_head "$@" | head -n 1)
-  # shellcheck disable=SC2086
-  set -- $line; echo "${2:-none}"
-}
-
-# The value of header $1 (case-insensitive) in a response head read from stdin.
-# Reads all of its input, so that the writer of a pipe never gets SIGPIPE.
-header_value() {
-  local name=${1,,} line found=
-  while IFS= read -r line; do
-    if [[ -z $found && ${line,,} == "$name":* ]]; then
-      line=${line#*:}; found=${line#"${line%%[![:space:]]*}"}
-    fi
-  done
-  [[ -n $found ]] && echo "$found"
-}
 
 # utime+stime (clock ticks) summed over the given PIDs.
 cpu_ticks() {
@@ -373,14 +353,6 @@ restart_paid_gateway() {
   PAID_PID[$t]=$LAST_PID
 }
 
-# Pre-signs $2 payments for the offer of the 402 at gateway URL $1 (Host $3) into file $4.
-sign_payments() {
-  local url=$1 count=$2 host=$3 out=$4 required
-  required=$(http_head "$url" "Host: $host" | header_value payment-required) \
-    || die "no PAYMENT-REQUIRED from $url (Host $host)"
-  "$PAYMENTS_BIN" --required "$required" --count "$count" --out "$out" --valid-seconds 86000
-}
-
 # ---- targets -------------------------------------------------------------------------------
 
 declare -A LABEL=(
@@ -396,6 +368,10 @@ declare -A LABEL=(
   [gw_free_redis]="free, redis"
   [gw_pass_redis]="pass, redis"
   [gw_paid_redis]="paid, redis"
+  [ex_402]="express 402"
+  [ex_paid]="express paid"
+  [ax_402]="x402-axum 402"
+  [ax_paid]="x402-axum paid"
 )
 
 t_origin_start()  { start_origin; }
@@ -476,6 +452,10 @@ paid_start() {
   restart_paid_gateway "$t"
   PAY_N[$t]=${PAY_COUNT:-$((WARMUP * 20000 + 5000))}
   sign_payments "$(paid_url "$t")" "${PAY_N[$t]}" paid.bench "$TMP/$t.payments.txt"
+  paid_script
+}
+# The wrk script of every paid target: a distinct payment per request.
+paid_script() {
   [[ -f $TMP/paid.lua ]] && return 0
   {
     cat "$TMP/report.lua"
@@ -527,7 +507,7 @@ paid_after() {
     if ((want > PAY_N[$t])); then
       echo "  signing $want payments for runs of ${DURATION}s ($t)"
       PAY_N[$t]=$want
-      sign_payments "$(paid_url "$t")" "${PAY_N[$t]}" paid.bench "$TMP/$t.payments.txt"
+      sign_payments "$(pay_url "$t")" "${PAY_N[$t]}" paid.bench "$TMP/$t.payments.txt"
     fi
   elif ((requests > PAY_N[$t])); then
     die "$t: $requests requests but only ${PAY_N[$t]} pre-signed payments: set PAY_COUNT higher"
@@ -547,6 +527,63 @@ t_${t}_after()   { paid_after $t \"\$@\"; }"
 done
 # The store's CPU is charged to the target that uses it.
 t_gw_paid_redis_pids() { echo "${PAID_PID[gw_paid_redis]} $REDIS_PID"; }
+
+# ex_*, ax_*: the x402 peers, each one process (one thread / one event loop) serving the body
+# itself behind its paygate, against the same bench facilitator. They keep no replay state, so
+# one set of pre-signed payments serves every run and they are never restarted.
+PEER_PAY_TO=0x209693Bc6afc0C5328bA36FaF03C514EF312287C
+PEER_ASSET=0x036CbD53842c5426634e7929541eC2318f3dCF7e   # USDC on base-sepolia
+declare -A PEER_PORT=() PEER_PID=()
+start_peer() {
+  local p=$1 port
+  [[ -n ${PEER_PID[$p]:-} ]] && return 0
+  start_origin; start_facilitator
+  port=$(free_port)
+  mkdir -p "$TMP/$p"
+  if [[ $p == express ]]; then
+    (exec "$NODE_BIN" "$EXPRESS_JS" --facilitator-url "http://127.0.0.1:$FAC_PORT" \
+      --pay-to "$PEER_PAY_TO" --token "$PEER_ASSET" --token-name USDC --token-version 2 \
+      --network eip155:84532 --price 10000 --path "/fixed/$BODY" --port "$port" \
+      --max-timeout-seconds 86400 --fixed-body "$BODY" </dev/null >"$TMP/$p/stdout.log" 2>"$TMP/$p/stderr.log") &
+  else
+    (exec "$AXUM_BIN" --listen "127.0.0.1:$port" --facilitator "http://127.0.0.1:$FAC_PORT/" \
+      --body "$BODY" --threads "$THREADS" </dev/null >"$TMP/$p/stdout.log" 2>"$TMP/$p/stderr.log") &
+  fi
+  PEER_PID[$p]=$!; STARTED+=("${PEER_PID[$p]}"); PEER_PORT[$p]=$port
+  wait_port "$port" "${PEER_PID[$p]}" "$p peer" "$TMP/$p/stderr.log"
+}
+peer_url() { echo "http://127.0.0.1:${PEER_PORT[$1]}/fixed/$BODY"; }
+# The URL whose 402 the payments of paid target $1 are signed for.
+pay_url() {
+  case $1 in
+    ex_paid) peer_url express ;;
+    ax_paid) peer_url axum ;;
+    *) paid_url "$1" ;;
+  esac
+}
+peer_paid_start() {
+  local t=$1 p=$2
+  start_peer "$p"
+  PAY_N[$t]=${PAY_COUNT:-$((WARMUP * 5000 + 5000))}
+  sign_payments "$(peer_url "$p")" "${PAY_N[$t]}" paid.bench "$TMP/$t.payments.txt"
+  paid_script
+}
+for pair in "ex express" "ax axum"; do
+  read -r x p <<<"$pair"
+  eval "
+t_${x}_402_start()   { start_peer $p; }
+t_${x}_402_url()     { peer_url $p; }
+t_${x}_402_pids()    { echo \"\${PEER_PID[$p]}\"; }
+t_${x}_402_status()  { echo 402; }
+t_${x}_paid_start()  { peer_paid_start ${x}_paid $p; }
+t_${x}_paid_url()    { peer_url $p; }
+t_${x}_paid_pids()   { echo \"\${PEER_PID[$p]}\"; }
+t_${x}_paid_status() { echo 200; }
+t_${x}_paid_script() { echo \"\$TMP/paid.lua\"; }
+t_${x}_paid_args()   { echo \"\$TMP/${x}_paid.payments.txt \$WRK_THREADS\"; }
+t_${x}_paid_check()  { http_status \"\$(peer_url $p)\" \"PAYMENT-SIGNATURE: \$(head -n 1 \"\$TMP/${x}_paid.payments.txt\")\"; }
+t_${x}_paid_after()  { paid_after ${x}_paid \"\$@\"; }"
+done
 
 # ---- driver --------------------------------------------------------------------------------
 
@@ -671,29 +708,66 @@ paired() {
     END { for (r in x) if (r in y && y[r] > 0) print x[r] / y[r] }' "$TMP/results" | median
 }
 
-# The targets: free path >= 0.95x bare Pingora and >= 1.0x nginx in req/s; pass >= 0.9x free;
+# The targets: free path >= 0.95x bare Pingora, >= 1.0x nginx and >= 0.97x Pingora + fwd in
+# req/s; 402 >= 1.5x nginx; pass >= 0.95x free; paid at <= 3x the free path's CPU per request;
 # paid with a dead facilitator in the pool >= 0.95x paid with a healthy one; paid and pass on
-# the redis store >= 0.85x and >= 0.8x their memory-store runs. Judged on the
-# per-round ratio; the ratio of the medians is shown beside it.
+# the redis store >= 0.85x and >= 0.8x their memory-store runs; against the x402 peers: 402
+# >= 10x @x402/express and >= 1.5x x402-axum, paid >= 5x and >= 1.2x, each at equal or lower
+# CPU per request. Judged on the per-round ratio; the ratio of the medians is shown beside it.
+# $5 (optional): the most CPU per request the target may spend, as a ratio to the base's.
 goal() {
-  local what=$1 t=$2 base=$3 min=$4 pr pc
+  local what=$1 t=$2 base=$3 min=$4 cmax=${5:-} pr pc
   [[ -n ${RPS[$t]:-} && -n ${RPS[$base]:-} ]] || return 0
   pr=$(paired "$t" "$base" 3); pc=$(paired "$t" "$base" 6)
-  awk -v w="$what" -v r="${RPS[$t]}" -v b="${RPS[$base]}" -v m="$min" -v pr="$pr" -v pc="$pc" \
-    'BEGIN { v = (m == "ref" ? "(reference)" : sprintf("(goal >= %.2fx: %s)", m, (pr >= m ? "met" : "MISSED")))
-      printf "  %-34s %5.2fx req/s per round %-24s %5.2fx cpu/req per round   %5.2fx ratio of medians\n", w, pr, v, pc, r / b }'
+  awk -v w="$what" -v r="${RPS[$t]}" -v b="${RPS[$base]}" -v m="$min" -v cm="$cmax" -v pr="$pr" -v pc="$pc" \
+    'BEGIN { ok = (pr >= m) && (cm == "" || pc <= cm)
+      g = sprintf(">= %.2fx", m); if (cm != "") g = g sprintf(", cpu <= %.2fx", cm)
+      v = (m == "ref" ? "(reference)" : sprintf("(goal %s: %s)", g, (ok ? "met" : "MISSED")))
+      printf "  %-34s %5.2fx req/s per round %-36s %5.2fx cpu/req per round   %5.2fx ratio of medians\n", w, pr, v, pc, r / b }'
+}
+# CPU per request of target $2 as a ratio to base $3's, per round: at most $4.
+goal_cpu() {
+  local what=$1 t=$2 base=$3 max=$4 pc
+  [[ -n ${RPS[$t]:-} && -n ${RPS[$base]:-} ]] || return 0
+  pc=$(paired "$t" "$base" 6)
+  awk -v w="$what" -v pc="$pc" -v m="$max" -v a="${CPU[$t]}" -v b="${CPU[$base]}" \
+    'BEGIN { printf "  %-34s %5.2fx cpu/req per round (goal <= %.2fx: %s)   %.2f vs %.2f us/req (medians)\n",
+      w, pc, m, (pc <= m ? "met" : "MISSED"), a, b }'
+}
+# Median req/s of target $2: at least $3.
+goal_rps() {
+  local what=$1 t=$2 min=$3
+  [[ -n ${RPS[$t]:-} ]] || return 0
+  awk -v w="$what" -v r="${RPS[$t]}" -v m="$min" \
+    'BEGIN { printf "  %-34s %8.0f req/s (goal >= %d: %s)\n", w, r, m, (r >= m ? "met" : "MISSED") }'
 }
 echo
 echo "targets (median over the rounds of each round's ratio)"
 goal "gateway free / bare Pingora" gw_free bare_pingora 0.95
 goal "gateway free / nginx" gw_free nginx 1.0
-goal "gateway free / Pingora + fwd" gw_free pingora_fwd ref
+goal "gateway free / Pingora + fwd" gw_free pingora_fwd 0.97
 goal "Pingora + fwd / nginx" pingora_fwd nginx ref
-goal "gateway pass / gateway free" gw_pass gw_free 0.9
+goal "gateway 402 / nginx" gw_402 nginx 1.5
+goal "gateway pass / gateway free" gw_pass gw_free 0.95
+goal_cpu "gateway paid / gateway free" gw_paid gw_free 3
+goal_rps "gateway paid" gw_paid 10000
 goal "paid, dead facilitator / paid" gw_paid_dead gw_paid 0.95
 goal "paid, redis / paid (memory)" gw_paid_redis gw_paid 0.85
 goal "pass, redis / pass (memory)" gw_pass_redis gw_pass 0.8
 goal "free, redis / free (memory)" gw_free_redis gw_free ref
+echo
+echo "against the x402 peers (same run, same facilitator, same wrk settings)"
+goal "gateway 402 / @x402/express 402" gw_402 ex_402 10 1
+goal "gateway 402 / x402-axum 402" gw_402 ax_402 1.5 1
+goal "gateway paid / @x402/express paid" gw_paid ex_paid 5 1
+goal "gateway paid / x402-axum paid" gw_paid ax_paid 1.2 1
+echo
+echo "peak RSS (goal < 64 MiB on every gateway path)"
+for t in "${TLIST[@]}"; do
+  [[ $t == gw_* ]] || continue
+  awk -v l="${LABEL[$t]}" -v k="${RSS[$t]}" \
+    'BEGIN { printf "  %-14s %7.1f MiB %s\n", l, k / 1024, (k < 64 * 1024 ? "met" : "MISSED") }'
+done
 if [[ -s $TMP/redis_commands ]]; then
   echo
   echo "the store per request (median over the rounds): commands redis-server ran (its own"

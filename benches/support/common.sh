@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # benches/support/common.sh — what the benchmark scripts share, sourced by benches/load.sh and
 # benches/instructions.sh: the temp dir and the processes started (stopped on exit), free
-# ports, waiting for a listener, and the nginx and gateway configurations they compare.
+# ports, waiting for a listener, the nginx and gateway configurations they compare, one-off
+# HTTP requests without curl, and pre-signing payments for a 402.
 #
 # The sourcing script sets first: die(), the prefix of its temp dir in BENCH_NAME; later,
 # before writing configs: ORIGIN_PORT, FAC_PORT, THREADS.
@@ -208,4 +209,55 @@ price = "$0.01"
 max_timeout_seconds = 86400
 pass = { ttl = "24h", scope = "rule", max_requests = 4000000000 }
 CONF
+}
+
+# The response head (status line and headers, CR stripped) of one GET (HTTP/1.1,
+# Connection: close), without curl. Extra arguments are header lines ("Name: value"); a Host
+# among them replaces the URL's.
+http_head() {
+  local url=$1 hostport path line host h
+  shift
+  hostport=${url#http://}; path=/${hostport#*/}; hostport=${hostport%%/*}
+  host=$hostport
+  for h in "$@"; do [[ ${h,,} == host:* ]] && host=${h#*: }; done
+  exec 3<>"/dev/tcp/${hostport%:*}/${hostport#*:}"
+  {
+    printf 'GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n' "$path" "$host"
+    for h in "$@"; do [[ ${h,,} == host:* ]] || printf '%s\r\n' "$h"; done
+    printf '\r\n'
+  } >&3
+  while IFS= read -r line <&3; do
+    line=${line%$'\r'}
+    [[ -z $line ]] && break
+    echo "$line"
+  done
+  exec 3>&- 3<&-
+}
+
+# The status code of one GET (same arguments as http_head).
+http_status() {
+  local line
+  line=$(http_head "$@" | head -n 1)
+  # shellcheck disable=SC2086
+  set -- $line; echo "${2:-none}"
+}
+
+# The value of header $1 (case-insensitive) in a response head read from stdin.
+# Reads all of its input, so that the writer of a pipe never gets SIGPIPE.
+header_value() {
+  local name=${1,,} line found=
+  while IFS= read -r line; do
+    if [[ -z $found && ${line,,} == "$name":* ]]; then
+      line=${line#*:}; found=${line#"${line%%[![:space:]]*}"}
+    fi
+  done
+  [[ -n $found ]] && echo "$found"
+}
+
+# Pre-signs $2 payments for the offer of the 402 at URL $1 (Host $3) into file $4.
+sign_payments() {
+  local url=$1 count=$2 host=$3 out=$4 required
+  required=$(http_head "$url" "Host: $host" | header_value payment-required) \
+    || die "no PAYMENT-REQUIRED from $url (Host $host)"
+  "$PAYMENTS_BIN" --required "$required" --count "$count" --out "$out" --valid-seconds 86000
 }

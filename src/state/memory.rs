@@ -38,6 +38,12 @@ struct Counter {
     expires: u64,
 }
 
+/// Where a replay key's reservation is kept.
+fn slot(key: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(key.as_bytes()).into()
+}
+
 /// Entries that live until the unix time they carry (plus a grace period).
 struct UntilExpires;
 
@@ -45,10 +51,10 @@ fn remaining(expires: u64, grace: Duration) -> Option<Duration> {
     Some(Duration::from_secs(expires.saturating_sub(unix_now())) + grace)
 }
 
-impl Expiry<String, Arc<Reservation>> for UntilExpires {
+impl Expiry<[u8; 32], Arc<Reservation>> for UntilExpires {
     fn expire_after_create(
         &self,
-        _k: &String,
+        _k: &[u8; 32],
         v: &Arc<Reservation>,
         _at: Instant,
     ) -> Option<Duration> {
@@ -101,7 +107,9 @@ impl Expiry<String, Arc<(Identified, u64)>> for UntilExpires {
 
 /// Everything in this process's memory.
 pub struct MemoryStore {
-    reservations: Cache<String, Arc<Reservation>>,
+    /// Keyed by the SHA-256 of the replay key: 32 bytes per payment instead of the key's
+    /// text (network, asset, payer and nonce), which lives until the authorization expires.
+    reservations: Cache<[u8; 32], Arc<Reservation>>,
     verified: Cache<[u8; 32], ()>,
     quotas: Cache<String, Arc<Counter>>,
     revoked: Cache<String, ()>,
@@ -175,7 +183,7 @@ impl MemoryStore {
     }
 
     fn mark(&self, key: &str, state: u8) {
-        if let Some(e) = self.reservations.get(key) {
+        if let Some(e) = self.reservations.get(&slot(key)) {
             e.state.store(state, Ordering::Release);
         }
     }
@@ -184,7 +192,7 @@ impl MemoryStore {
 #[async_trait]
 impl StateStore for MemoryStore {
     async fn reserve(&self, key: &str, expires: u64) -> Result<Result<(), Refused>, StateError> {
-        let entry = self.reservations.entry_by_ref(key).or_insert_with(|| {
+        let entry = self.reservations.entry(slot(key)).or_insert_with(|| {
             Arc::new(Reservation {
                 state: AtomicU8::new(IN_FLIGHT),
                 expires,
@@ -210,7 +218,7 @@ impl StateStore for MemoryStore {
     }
 
     async fn release(&self, key: &str) -> Result<(), StateError> {
-        self.reservations.invalidate(key);
+        self.reservations.invalidate(&slot(key));
         self.resolve_pending(key).await
     }
 

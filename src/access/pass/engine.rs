@@ -1,10 +1,9 @@
 //! Admitting a request with a pass: the token's claims (verified once, then cached in this
-//! process under the token and its key), revocation and quota (in the state store), scope.
+//! process under the token, with the fingerprint of the key that verified it), revocation and
+//! quota (in the state store), scope.
 
 use std::sync::Arc;
 use std::time::Duration;
-
-use sha2::{Digest, Sha256};
 
 use super::keys::token_kid;
 use super::{Claims, MAX_TOKEN_BYTES, PassError, PassKeys, Target, check_time, unix_now, verify};
@@ -23,7 +22,17 @@ pub struct Admitted {
 /// token's signature is checked and its claims parsed once); request quotas and runtime
 /// revocations live in the state store.
 pub struct PassEngine {
-    verified: moka::sync::Cache<[u8; 32], Arc<Claims>>,
+    /// Keyed by the whole token (compared byte for byte, hashed with the cache's keyed
+    /// hasher): a hit costs no cryptographic hash. The value keeps the fingerprint of the key
+    /// that verified the token.
+    verified: moka::sync::Cache<Box<str>, Verified>,
+}
+
+/// A token's claims and the key it was verified with.
+#[derive(Clone)]
+struct Verified {
+    key: [u8; 32],
+    claims: Arc<Claims>,
 }
 
 impl std::fmt::Debug for PassEngine {
@@ -35,8 +44,14 @@ impl std::fmt::Debug for PassEngine {
 impl Default for PassEngine {
     fn default() -> Self {
         PassEngine {
-            verified: moka::sync::Cache::builder()
-                .max_capacity(100_000)
+            // Weighed by the bytes a token and its claims take: at most 32 MiB of them.
+            verified: moka::sync::Cache::<Box<str>, Verified>::builder()
+                .weigher(|token, _| {
+                    u32::try_from(token.len())
+                        .unwrap_or(u32::MAX)
+                        .saturating_add(256)
+                })
+                .max_capacity(32 * 1024 * 1024)
                 .time_to_live(Duration::from_secs(600))
                 .build(),
         }
@@ -53,25 +68,29 @@ impl PassEngine {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(PassError::Malformed);
         }
-        // Cached under the token and its key's fingerprint: a reload that drops the key or
-        // binds its id to another key misses the cache and fails verification.
+        // Cached with its key's fingerprint: a reload that drops the key or binds its id to
+        // another key misses the cache and verification decides again.
         let key = keys
             .fingerprint(token_kid(token)?)
             .ok_or(PassError::UnknownKey)?;
-        let mut h = Sha256::new();
-        h.update(key);
-        h.update(token.as_bytes());
-        let digest: [u8; 32] = h.finalize().into();
-        if let Some(c) = self.verified.get(&digest) {
-            check_time(&c, now)?;
-            if keys.revoked.contains(&c.id) {
+        if let Some(v) = self.verified.get(token)
+            && v.key == *key
+        {
+            check_time(&v.claims, now)?;
+            if keys.revoked.contains(&v.claims.id) {
                 return Err(PassError::Revoked);
             }
-            return Ok(c);
+            return Ok(v.claims);
         }
-        let c = Arc::new(verify(keys, token, now)?);
-        self.verified.insert(digest, c.clone());
-        Ok(c)
+        let claims = Arc::new(verify(keys, token, now)?);
+        self.verified.insert(
+            Box::from(token),
+            Verified {
+                key: *key,
+                claims: claims.clone(),
+            },
+        );
+        Ok(claims)
     }
 
     /// Checks one token for a request; `consume` counts the request against the quota

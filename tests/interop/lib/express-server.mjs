@@ -5,10 +5,13 @@
 //
 //   node lib/express-server.mjs --facilitator-url URL --pay-to 0x… --token 0x…
 //        [--token-name "Test USD"] [--token-version 1] [--network eip155:31337]
-//        [--price 10000] [--path /weather] [--port 0]
+//        [--price 10000] [--path /weather] [--port 0] [--max-timeout-seconds 300]
+//        [--fixed-body N]
 //
 // GET <path> costs `--price` atomic units of `--token` on `--network`, paid to `--pay-to`;
-// the handler answers {"weather":"sunny","temperature":21}. Prints ONE JSON line when listening:
+// the handler answers {"weather":"sunny","temperature":21}, or with `--fixed-body N` what the
+// demo origin's /fixed/N answers (N bytes of "x", application/octet-stream: the peer of
+// benches/load.sh). Prints ONE JSON line when listening:
 //   {"url":"http://127.0.0.1:PORT","resource":"http://127.0.0.1:PORT/weather","pid":N}
 // then runs until stdin reaches EOF (when stdin is a pipe) or SIGTERM/SIGINT/SIGHUP.
 // The resource server fetches the facilitator's /supported on the first request.
@@ -34,6 +37,8 @@ export async function startExpressServer({
   price = "10000",
   path = "/weather",
   port = 0,
+  maxTimeoutSeconds = 300,
+  fixedBody,
 }) {
   if (!facilitatorUrl || !payTo || !token) throw new Error("--facilitator-url, --pay-to and --token are required");
   const resourceServer = new x402ResourceServer(new HTTPFacilitatorClient({ url: facilitatorUrl }));
@@ -48,6 +53,7 @@ export async function startExpressServer({
             network,
             payTo,
             price: { amount: String(price), asset: token, extra: { name: tokenName, version: tokenVersion } },
+            maxTimeoutSeconds: Number(maxTimeoutSeconds),
           },
           description: "Weather report",
           mimeType: "application/json",
@@ -56,7 +62,12 @@ export async function startExpressServer({
       resourceServer,
     ),
   );
-  app.get(path, (_req, res) => res.json({ weather: "sunny", temperature: 21 }));
+  if (fixedBody === undefined) {
+    app.get(path, (_req, res) => res.json({ weather: "sunny", temperature: 21 }));
+  } else {
+    const body = Buffer.alloc(Number(fixedBody), "x");
+    app.get(path, (_req, res) => res.type("application/octet-stream").send(body));
+  }
   // Errors from the middleware (for example an unreachable facilitator) as JSON, logged.
   app.use((err, _req, res, _next) => {
     log(`express-server: ${errorText(err)}`);
@@ -87,6 +98,8 @@ async function main() {
     price: "str",
     path: "str",
     port: "str",
+    "max-timeout-seconds": "str",
+    "fixed-body": "str",
   });
   const srv = await startExpressServer({
     facilitatorUrl: a["facilitator-url"],
@@ -98,6 +111,8 @@ async function main() {
     price: a.price,
     path: a.path,
     port: Number(a.port ?? 0),
+    maxTimeoutSeconds: a["max-timeout-seconds"] ?? 300,
+    fixedBody: a["fixed-body"],
   });
   const shutdown = untilShutdown();
   await printJsonLine({ url: srv.url, resource: srv.resource, pid: process.pid });
