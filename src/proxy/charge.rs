@@ -80,11 +80,10 @@ impl Gateway {
             );
             return self.answer(session, ctx, a).await;
         }
-        let url = request::resource_url(snap, req, ctx.rewrite.as_deref(), self.tls);
+        let https = request::resource_is_https(snap, req, self.tls);
         let mut state = Box::<AccessState>::default();
         let outcome = {
-            let parts =
-                request::AccessParts::of(req, snap.case_sensitive, url.starts_with("https:"));
+            let parts = request::AccessParts::of(req, snap.case_sensitive, https);
             let view = parts.view(&req.headers);
             self.access
                 .decide(&snap.access_env(), rule.access_rule(), &view, &mut state)
@@ -103,6 +102,12 @@ impl Gateway {
             }
             Outcome::Charge { priced, pass_error } => {
                 ctx.priced = Some(priced.clone());
+                let url = request::resource_url(
+                    snap,
+                    session.req_header(),
+                    ctx.rewrite.as_deref(),
+                    self.tls,
+                );
                 // A past payer signing in instead of paying (Sign-In-With-X).
                 let mut sign_in_error = None;
                 if rule.payment.sign_in.is_some()

@@ -256,13 +256,7 @@ pub fn resource_url(
         return format!("{base}{path_and_query}");
     }
     let trusted = snap.payment.trust_forwarded_headers;
-    let scheme = trusted
-        .then(|| header(req, "x-forwarded-proto"))
-        .flatten()
-        .and_then(|v| v.split(',').next())
-        .map(str::trim)
-        .filter(|s| *s == "http" || *s == "https")
-        .unwrap_or(if tls { "https" } else { "http" });
+    let scheme = request_scheme(snap, req, tls);
     let forwarded_host = trusted
         .then(|| header(req, "x-forwarded-host"))
         .flatten()
@@ -275,6 +269,27 @@ pub fn resource_url(
         .or_else(|| header(req, "host"))
         .unwrap_or("localhost");
     format!("{scheme}://{host}{path_and_query}")
+}
+
+/// The scheme a client used: a trusted `X-Forwarded-Proto`, else the listener's.
+fn request_scheme<'a>(snap: &Snapshot, req: &'a RequestHeader, tls: bool) -> &'a str {
+    snap.payment
+        .trust_forwarded_headers
+        .then(|| header(req, "x-forwarded-proto"))
+        .flatten()
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(|s| *s == "http" || *s == "https")
+        .unwrap_or(if tls { "https" } else { "http" })
+}
+
+/// Whether [`resource_url`] is an `https` URL, without building it (a request a pass admits
+/// never needs the URL).
+pub fn resource_is_https(snap: &Snapshot, req: &RequestHeader, tls: bool) -> bool {
+    match &snap.payment.public_base_url {
+        Some(base) => base.starts_with("https:"),
+        None => request_scheme(snap, req, tls) == "https",
+    }
 }
 
 /// The parts of a request the access decision reads, borrowed where the request already has
@@ -368,6 +383,52 @@ pub fn has_body(req: &RequestHeader) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn snapshot(payment_extra: &str) -> Snapshot {
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[upstreams.origin]\npeers = [\"127.0.0.1:1\"]\n\n\
+             [payment]\npay_to = \"0x209693Bc6afc0C5328bA36FaF03C514EF312287C\"\n\
+             networks = [\"base-sepolia\"]\n{payment_extra}\n"
+        );
+        crate::config::load_from_texts(std::path::Path::new("gateway.toml"), &text, &[])
+            .expect("config")
+    }
+
+    /// Whether a request's resource URL is https, answered without building it, agrees with
+    /// the URL for every source of the scheme: the public base URL, a trusted or untrusted
+    /// `X-Forwarded-Proto` (well-formed or not), and the listener.
+    #[test]
+    fn the_cheap_scheme_check_agrees_with_the_resource_url() {
+        let snaps = [
+            snapshot(""),
+            snapshot("trust_forwarded_headers = true"),
+            snapshot("public_base_url = \"https://pay.example\""),
+            snapshot("public_base_url = \"http://pay.example\"\ntrust_forwarded_headers = true"),
+        ];
+        for snap in &snaps {
+            for proto in [
+                None,
+                Some("https"),
+                Some("http"),
+                Some("https, http"),
+                Some("ftp"),
+            ] {
+                let mut req = RequestHeader::build("GET", b"/a?b=1", None).expect("req");
+                req.append_header("Host", "h.example").expect("h");
+                if let Some(p) = proto {
+                    req.append_header("X-Forwarded-Proto", p).expect("h");
+                }
+                for tls in [false, true] {
+                    assert_eq!(
+                        resource_is_https(snap, &req, tls),
+                        resource_url(snap, &req, None, tls).starts_with("https:"),
+                        "{proto:?} tls={tls} base={:?}",
+                        snap.payment.public_base_url
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn hosts_normalize() {
