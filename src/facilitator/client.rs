@@ -1,6 +1,8 @@
 //! HTTP client for one facilitator API. Bodies are parsed whatever the status code, and
 //! `isValid` / `success` count only when they are literally `true`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -69,6 +71,39 @@ pub struct FacilitatorRequest<'a> {
 pub struct FacilitatorClient {
     http: reqwest::Client,
     metrics: std::sync::Arc<Metrics>,
+    /// Each facilitator's endpoint URLs, parsed once per base URL instead of per call.
+    endpoints: std::sync::Arc<RwLock<HashMap<String, Arc<Endpoints>>>>,
+}
+
+/// The parsed URLs of one facilitator's endpoints.
+#[derive(Debug)]
+struct Endpoints {
+    verify: Option<reqwest::Url>,
+    settle: Option<reqwest::Url>,
+    supported: Option<reqwest::Url>,
+}
+
+/// Base URLs kept at most (a reload may bring new ones; the map is emptied when full).
+const MAX_ENDPOINTS: usize = 256;
+
+impl Endpoints {
+    fn parse(base: &str) -> Self {
+        let url = |op: &str| reqwest::Url::parse(&format!("{base}/{op}")).ok();
+        Endpoints {
+            verify: url("verify"),
+            settle: url("settle"),
+            supported: url("supported"),
+        }
+    }
+
+    fn get(&self, op: &str) -> Option<&reqwest::Url> {
+        match op {
+            "verify" => self.verify.as_ref(),
+            "settle" => self.settle.as_ref(),
+            "supported" => self.supported.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 impl FacilitatorClient {
@@ -89,7 +124,37 @@ impl FacilitatorClient {
                     .build()
                     .unwrap_or_default()
             });
-        FacilitatorClient { http, metrics }
+        FacilitatorClient {
+            http,
+            metrics,
+            endpoints: Arc::default(),
+        }
+    }
+
+    /// The parsed URL of `op` at `base`.
+    fn endpoint(&self, base: &str, op: &'static str) -> Result<reqwest::Url, FacilitatorError> {
+        let cached = self
+            .endpoints
+            .read()
+            .ok()
+            .and_then(|m| m.get(base).cloned());
+        let endpoints = match cached {
+            Some(e) => e,
+            None => {
+                let e = Arc::new(Endpoints::parse(base));
+                if let Ok(mut m) = self.endpoints.write() {
+                    if m.len() >= MAX_ENDPOINTS {
+                        m.clear();
+                    }
+                    m.insert(base.to_owned(), e.clone());
+                }
+                e
+            }
+        };
+        endpoints
+            .get(op)
+            .cloned()
+            .ok_or_else(|| FacilitatorError::Config("the facilitator URL does not parse".into()))
     }
 
     async fn call(
@@ -99,13 +164,22 @@ impl FacilitatorClient {
         body: Option<Vec<u8>>,
         auth: &[(&'static str, String)],
     ) -> Result<(u16, Vec<u8>), FacilitatorError> {
-        let url = format!("{}/{op}", fac.url);
+        let url = match self.endpoint(&fac.url, op) {
+            Ok(url) => url,
+            Err(e) => {
+                self.metrics
+                    .facilitator_errors
+                    .with_label_values(&[fac.name.as_str(), op, e.kind()])
+                    .inc();
+                return Err(e);
+            }
+        };
         let mut req = match &body {
             Some(_) => self
                 .http
-                .post(&url)
+                .post(url)
                 .header("content-type", "application/json"),
-            None => self.http.get(&url),
+            None => self.http.get(url),
         };
         for (k, v) in &fac.headers {
             req = req.header(k.as_str(), v.expose());
@@ -210,12 +284,19 @@ pub fn parse_verify(status: u16, body: &[u8]) -> Result<VerifyResponse, Facilita
             FacilitatorError::BadResponse { status }
         }
     };
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| no_verdict())?;
-    if !v.get("isValid").is_some_and(|x| x.is_boolean()) {
-        return Err(no_verdict());
-    }
-    let r: VerifyResponse =
-        serde_json::from_value(v).map_err(|_| FacilitatorError::BadResponse { status })?;
+    // The common answer parses straight into its type; anything odd (a field of another
+    // type, a repeated key) is read as a JSON tree first, to tell "no verdict" from "bad".
+    let r = match serde_json::from_slice::<VerifyResponse>(body) {
+        Ok(r) if r.is_valid.is_boolean() => r,
+        Ok(_) => return Err(no_verdict()),
+        Err(_) => {
+            let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| no_verdict())?;
+            if !v.get("isValid").is_some_and(|x| x.is_boolean()) {
+                return Err(no_verdict());
+            }
+            serde_json::from_value(v).map_err(|_| FacilitatorError::BadResponse { status })?
+        }
+    };
     if r.valid() && !(200..300).contains(&status) {
         // A success flag on an error status is not a success.
         return Err(FacilitatorError::BadResponse { status });
@@ -255,6 +336,71 @@ pub fn parse_settle(status: u16, body: &[u8]) -> Result<SettleResponse, Facilita
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Endpoint URLs are the base URL joined with the operation, parsed once per base; a base
+    /// that does not parse is a configuration error, not a call.
+    #[test]
+    fn endpoints_are_parsed_once_per_base() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = FacilitatorClient::new(Arc::new(Metrics::new()));
+        for (base, op, want) in [
+            ("http://127.0.0.1:9", "verify", "http://127.0.0.1:9/verify"),
+            (
+                "https://f.example/x402",
+                "settle",
+                "https://f.example/x402/settle",
+            ),
+            (
+                "https://f.example/x402",
+                "supported",
+                "https://f.example/x402/supported",
+            ),
+        ] {
+            let url = client.endpoint(base, op).expect("parses");
+            assert_eq!(url.as_str(), want);
+        }
+        assert_eq!(client.endpoints.read().expect("lock").len(), 2);
+        assert!(matches!(
+            client.endpoint("not a url", "verify"),
+            Err(FacilitatorError::Config(_))
+        ));
+        for i in 0..MAX_ENDPOINTS + 1 {
+            let _ = client.endpoint(&format!("http://h{i}.example"), "verify");
+        }
+        assert!(client.endpoints.read().expect("lock").len() <= MAX_ENDPOINTS);
+    }
+
+    /// The direct parse and the tree-first reading agree on every odd answer.
+    #[test]
+    fn verify_answers_read_as_before() {
+        // A verdict whose other fields have the wrong type: bad, not "no verdict".
+        assert_eq!(
+            parse_verify(200, br#"{"isValid":false,"invalidReason":5}"#).err(),
+            Some(FacilitatorError::BadResponse { status: 200 })
+        );
+        assert_eq!(
+            parse_verify(400, br#"{"isValid":false,"invalidReason":5}"#).err(),
+            Some(FacilitatorError::BadResponse { status: 400 })
+        );
+        // No boolean isValid: no verdict (declined on a 4xx).
+        for body in [
+            &br#"{"payer":"0x1"}"#[..],
+            br#"{"isValid":null}"#,
+            br#"{"isValid":1}"#,
+            b"[]",
+        ] {
+            assert_eq!(
+                parse_verify(403, body).err(),
+                Some(FacilitatorError::Declined { status: 403 })
+            );
+        }
+        // A repeated key: the last one counts, as in the tree.
+        assert!(parse_verify(200, br#"{"isValid":false,"isValid":true}"#).is_ok_and(|r| r.valid()));
+        // Unknown fields are ignored.
+        assert!(
+            parse_verify(200, br#"{"isValid":true,"extra":{"a":[1]}}"#).is_ok_and(|r| r.valid())
+        );
+    }
 
     #[test]
     fn only_literal_true_counts() {

@@ -88,17 +88,29 @@ fn flow(extra: &serde_json::Map<String, Value>) -> Option<&str> {
     }
 }
 
+/// The version of a payload, read without building the rest.
+#[derive(serde::Deserialize)]
+struct VersionProbe<'a> {
+    #[serde(rename = "x402Version", borrow, default)]
+    version: Option<&'a serde_json::value::RawValue>,
+}
+
 /// Decodes a payment header and matches it to an offer of `priced`.
 pub fn decode(found: Found<'_>, priced: &Priced, limit: usize) -> Result<Decoded, PaymentError> {
     let raw_bytes = codec::decode(found.value, limit).map_err(PaymentError::Decode)?;
     let raw = String::from_utf8(raw_bytes)
         .map_err(|_| PaymentError::Payload("payload is not UTF-8".into()))?;
-    let json: Value =
-        serde_json::from_str(&raw).map_err(|e| PaymentError::Payload(e.to_string()))?;
-    let Some(obj) = json.as_object() else {
+    // One pass over the text for the version (the rest skipped, nothing built), then the
+    // typed parse: no intermediate JSON tree.
+    if !raw.trim_start().starts_with('{') {
+        // Not an object: say whether it is JSON at all.
+        serde_json::from_str::<serde::de::IgnoredAny>(&raw)
+            .map_err(|e| PaymentError::Payload(e.to_string()))?;
         return Err(PaymentError::Payload("payload is not a JSON object".into()));
-    };
-    match obj.get("x402Version").and_then(Value::as_u64) {
+    }
+    let probe: VersionProbe<'_> =
+        serde_json::from_str(&raw).map_err(|e| PaymentError::Payload(e.to_string()))?;
+    match probe.version.and_then(|v| v.get().parse::<u64>().ok()) {
         Some(v) if v == u64::from(found.version) => {}
         Some(_) => return Err(PaymentError::VersionMismatch),
         None => return Err(PaymentError::Payload("missing x402Version".into())),
@@ -158,5 +170,85 @@ pub fn decode(found: Found<'_>, priced: &Priced, limit: usize) -> Result<Decoded
             offer,
             extensions: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schemes::{EXACT, Scheme};
+    use crate::x402::networks::Registry;
+
+    fn priced() -> Priced {
+        let asset = Registry::builtin()
+            .asset("eip155:84532", "usdc")
+            .expect("usdc");
+        let offer = EXACT.offer(
+            asset,
+            Some("base-sepolia".into()),
+            10_000,
+            "0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+            300,
+        );
+        Priced::new(vec![offer], "W".into(), "application/json".into())
+    }
+
+    fn decode_json(version: u8, json: &str) -> Result<Decoded, PaymentError> {
+        let value = codec::encode(json.as_bytes());
+        decode(
+            Found {
+                version,
+                value: value.as_bytes(),
+            },
+            &priced(),
+            64 * 1024,
+        )
+    }
+
+    fn payload_error(r: Result<Decoded, PaymentError>) -> String {
+        match r {
+            Err(PaymentError::Payload(m)) => m,
+            other => panic!("expected a payload error, got {other:?}"),
+        }
+    }
+
+    /// The version is read without building a JSON tree; what is not an object, has no
+    /// numeric version, or names the other version is refused as before.
+    #[test]
+    fn versions_and_shapes() {
+        assert_eq!(
+            payload_error(decode_json(2, "[2]")),
+            "payload is not a JSON object"
+        );
+        assert_eq!(
+            payload_error(decode_json(2, " \"x402Version\"")),
+            "payload is not a JSON object"
+        );
+        assert!(payload_error(decode_json(2, "nope")).contains("expected"));
+        assert!(payload_error(decode_json(2, "{\"x402Version\":2")).contains("EOF"));
+        for missing in [
+            "{}",
+            "{\"x402Version\":null}",
+            "{\"x402Version\":\"2\"}",
+            "{\"x402Version\":2.0}",
+            "{\"x402Version\":-2}",
+            "{\"x402Version\":{\"v\":2}}",
+        ] {
+            assert_eq!(
+                payload_error(decode_json(2, missing)),
+                "missing x402Version",
+                "{missing}"
+            );
+        }
+        assert!(matches!(
+            decode_json(2, "{\"x402Version\":1}"),
+            Err(PaymentError::VersionMismatch)
+        ));
+        assert!(matches!(
+            decode_json(1, "{\"x402Version\":2}"),
+            Err(PaymentError::VersionMismatch)
+        ));
+        // The right version, then the typed parse decides.
+        assert!(payload_error(decode_json(2, "{\"x402Version\":2}")).contains("missing field"));
     }
 }
