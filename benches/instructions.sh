@@ -92,14 +92,14 @@ script_of() {
   local t=$1 port=$2 url=http://127.0.0.1:$2/fixed/$BODY head token
   case $t in
     gw_pass)
-      sign_payments "$url" 1 pass.bench "$TMP/$t/payment.txt"
+      sign_payments "$url" 1 pass.bench "$TMP/$t/payment.txt" || return 1
       head=$(http_head "$url" "Host: pass.bench" "PAYMENT-SIGNATURE: $(head -n 1 "$TMP/$t/payment.txt")")
       token=$(header_value x402-pass <<<"$head") || die "$t: the paid request got no pass: $head"
       printf 'wrk.headers["Host"] = "pass.bench"\nwrk.headers["X402-Pass"] = "%s"\n' "$token" >"$TMP/$t/wrk.lua"
       echo "$TMP/$t/wrk.lua" ;;
     gw_paid)
-      sign_payments "$url" "$PAY_COUNT" paid.bench "$TMP/$t/warmup.txt"
-      sign_payments "$url" "$PAY_COUNT" paid.bench "$TMP/$t/run.txt"
+      sign_payments "$url" "$PAY_COUNT" paid.bench "$TMP/$t/warmup.txt" || return 1
+      sign_payments "$url" "$PAY_COUNT" paid.bench "$TMP/$t/run.txt" || return 1
       cat >"$TMP/$t/wrk.lua" <<'LUA'
 local payments, count, i = {}, 0, 0
 local headers = { ["Host"] = "paid.bench" }

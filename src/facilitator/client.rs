@@ -286,10 +286,18 @@ pub fn parse_verify(status: u16, body: &[u8]) -> Result<VerifyResponse, Facilita
     };
     // The common answer parses straight into its type; anything odd (a field of another
     // type, a repeated key) is read as a JSON tree first, to tell "no verdict" from "bad".
-    let r = match serde_json::from_slice::<VerifyResponse>(body) {
-        Ok(r) if r.is_valid.is_boolean() => r,
-        Ok(_) => return Err(no_verdict()),
-        Err(_) => {
+    // Only an object can carry a verdict: the typed parse would also read an array by
+    // position (`[true]`), so anything else goes the tree-first way.
+    let object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let direct = if object {
+        serde_json::from_slice::<VerifyResponse>(body).ok()
+    } else {
+        None
+    };
+    let r = match direct {
+        Some(r) if r.is_valid.is_boolean() => r,
+        Some(_) => return Err(no_verdict()),
+        None => {
             let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| no_verdict())?;
             if !v.get("isValid").is_some_and(|x| x.is_boolean()) {
                 return Err(no_verdict());
@@ -393,6 +401,15 @@ mod tests {
                 parse_verify(403, body).err(),
                 Some(FacilitatorError::Declined { status: 403 })
             );
+        }
+        // An array is never a verdict, whatever it holds, on any status.
+        for status in [200, 201] {
+            for body in [&b"[true]"[..], b"[true,null,null,\"0x1\"]", b"\n[false]"] {
+                assert_eq!(
+                    parse_verify(status, body).err(),
+                    Some(FacilitatorError::BadResponse { status })
+                );
+            }
         }
         // A repeated key: the last one counts, as in the tree.
         assert!(parse_verify(200, br#"{"isValid":false,"isValid":true}"#).is_ok_and(|r| r.valid()));

@@ -108,9 +108,15 @@ pub fn decode(found: Found<'_>, priced: &Priced, limit: usize) -> Result<Decoded
             .map_err(|e| PaymentError::Payload(e.to_string()))?;
         return Err(PaymentError::Payload("payload is not a JSON object".into()));
     }
-    let probe: VersionProbe<'_> =
-        serde_json::from_str(&raw).map_err(|e| PaymentError::Payload(e.to_string()))?;
-    match probe.version.and_then(|v| v.get().parse::<u64>().ok()) {
+    let version = match serde_json::from_str::<VersionProbe<'_>>(&raw) {
+        Ok(probe) => probe.version.and_then(|v| v.get().parse::<u64>().ok()),
+        // Odd but perhaps valid JSON (a repeated key): read as a tree, the last key winning.
+        Err(_) => serde_json::from_str::<Value>(&raw)
+            .map_err(|e| PaymentError::Payload(e.to_string()))?
+            .get("x402Version")
+            .and_then(Value::as_u64),
+    };
+    match version {
         Some(v) if v == u64::from(found.version) => {}
         Some(_) => return Err(PaymentError::VersionMismatch),
         None => return Err(PaymentError::Payload("missing x402Version".into())),
@@ -246,6 +252,11 @@ mod tests {
         ));
         assert!(matches!(
             decode_json(1, "{\"x402Version\":2}"),
+            Err(PaymentError::VersionMismatch)
+        ));
+        // A repeated version: the last one counts, as in a JSON tree.
+        assert!(matches!(
+            decode_json(2, "{\"x402Version\":2,\"x402Version\":1}"),
             Err(PaymentError::VersionMismatch)
         ));
         // The right version, then the typed parse decides.
