@@ -284,27 +284,12 @@ pub fn parse_verify(status: u16, body: &[u8]) -> Result<VerifyResponse, Facilita
             FacilitatorError::BadResponse { status }
         }
     };
-    // The common answer parses straight into its type; anything odd (a field of another
-    // type, a repeated key) is read as a JSON tree first, to tell "no verdict" from "bad".
-    // Only an object can carry a verdict: the typed parse would also read an array by
-    // position (`[true]`), so anything else goes the tree-first way.
-    let object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-    let direct = if object {
-        serde_json::from_slice::<VerifyResponse>(body).ok()
-    } else {
-        None
-    };
-    let r = match direct {
-        Some(r) if r.is_valid.is_boolean() => r,
-        Some(_) => return Err(no_verdict()),
-        None => {
-            let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| no_verdict())?;
-            if !v.get("isValid").is_some_and(|x| x.is_boolean()) {
-                return Err(no_verdict());
-            }
-            serde_json::from_value(v).map_err(|_| FacilitatorError::BadResponse { status })?
-        }
-    };
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| no_verdict())?;
+    if !v.get("isValid").is_some_and(|x| x.is_boolean()) {
+        return Err(no_verdict());
+    }
+    let r: VerifyResponse =
+        serde_json::from_value(v).map_err(|_| FacilitatorError::BadResponse { status })?;
     if r.valid() && !(200..300).contains(&status) {
         // A success flag on an error status is not a success.
         return Err(FacilitatorError::BadResponse { status });
@@ -378,9 +363,9 @@ mod tests {
         assert!(client.endpoints.read().expect("lock").len() <= MAX_ENDPOINTS);
     }
 
-    /// The direct parse and the tree-first reading agree on every odd answer.
+    /// Odd `/verify` answers: a verdict needs an object with a boolean `isValid`.
     #[test]
-    fn verify_answers_read_as_before() {
+    fn odd_verify_answers() {
         // A verdict whose other fields have the wrong type: bad, not "no verdict".
         assert_eq!(
             parse_verify(200, br#"{"isValid":false,"invalidReason":5}"#).err(),
