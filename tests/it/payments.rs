@@ -135,17 +135,6 @@ impl Paid {
     }
 }
 
-async fn pay_v2(url: &str, key: &str, extra: &[&str]) -> Value {
-    let mut args: Vec<String> = vec![
-        "--url".into(),
-        url.into(),
-        "--private-key".into(),
-        key.into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    node_json("lib/pay-v2.mjs", &args, &[]).await
-}
-
 #[tokio::test]
 async fn v2_client_pays_once_and_replay_moves_nothing() {
     let p = Paid::start(31337, 1, "");

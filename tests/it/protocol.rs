@@ -131,26 +131,9 @@ impl Fleet {
 /// Runs `lib/extensions.mjs` in `mode` on `url` as the payer holding `key` (the reference
 /// packages' side of each check).
 async fn reference(mode: &str, url: &str, key: &str, extra: &[&str]) -> Value {
-    let mut args: Vec<String> = vec![
-        mode.into(),
-        "--url".into(),
-        url.into(),
-        "--private-key".into(),
-        key.into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut args = vec![mode.to_owned()];
+    args.extend(payer_args(url, key, extra));
     node_json("lib/extensions.mjs", &args, &[]).await
-}
-
-/// Pays `url` with the reference `@x402/fetch` v2 client.
-async fn pay_v2(url: &str, key: &str) -> Value {
-    let args: Vec<String> = vec![
-        "--url".into(),
-        url.into(),
-        "--private-key".into(),
-        key.into(),
-    ];
-    node_json("lib/pay-v2.mjs", &args, &[]).await
 }
 
 async fn send(gw: &Gateway, path: &str, header: &str) -> reqwest::Response {
@@ -439,7 +422,7 @@ async fn a_past_payer_signs_in_instead_of_paying_again() {
     );
 
     // Paid once with the reference client.
-    let paid = pay_v2(&url, &key(0)).await;
+    let paid = pay_v2(&url, &key(0), &[]).await;
     assert_eq!(paid["status"], 200, "{paid}");
     let after_payment = balance(rpc, token, &payer).await;
 
@@ -554,7 +537,7 @@ async fn a_pending_settlement_is_followed_on_chain_until_it_lands_or_expires() {
     // The facilitator answers `settlement_pending` and the transaction lands 3 s later: the
     // gateway follows it on chain and answers 200 with the receipt, charged once.
     pending(serde_json::json!(3000)).await;
-    let paid = pay_v2(&gw.url("/lands"), key).await;
+    let paid = pay_v2(&gw.url("/lands"), key, &[]).await;
     assert_eq!(paid["status"], 200, "{paid}");
     assert!(
         paid["body"]
@@ -581,7 +564,7 @@ async fn a_pending_settlement_is_followed_on_chain_until_it_lands_or_expires() {
     // One that never lands: no body, nothing charged; the ledger says pending, and once the
     // authorization expired unused, expired.
     pending(Value::Null).await;
-    let stuck = pay_v2(&gw.url("/never"), key).await;
+    let stuck = pay_v2(&gw.url("/never"), key, &[]).await;
     assert_eq!(stuck["status"], 503, "{stuck}");
     assert!(
         !stuck["body"]

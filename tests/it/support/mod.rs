@@ -522,6 +522,24 @@ impl Drop for NodeProc {
     }
 }
 
+/// Pays `url` with the reference `@x402/fetch` v2 client (`lib/pay-v2.mjs`) as the payer
+/// holding `key`; `extra`: more of its arguments.
+pub async fn pay_v2(url: &str, key: &str, extra: &[&str]) -> Value {
+    node_json("lib/pay-v2.mjs", &payer_args(url, key, extra), &[]).await
+}
+
+/// The arguments of an interop CLI paying `url` with `key`, then `extra`.
+pub fn payer_args(url: &str, key: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--url".into(),
+        url.into(),
+        "--private-key".into(),
+        key.into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 /// Runs a node CLI to completion and parses the JSON line it prints.
 pub async fn node_json(script: &str, args: &[String], env: &[(&str, &str)]) -> Value {
     let interop = repo().join("tests/interop");
