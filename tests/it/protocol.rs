@@ -612,6 +612,42 @@ async fn our_permit2_and_upto_proxy_settle_with_the_reference_packages() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn our_batch_settlement_contracts_work_with_the_reference_packages() {
+    let out = node_json("lib/batch-contracts.mjs", &[], &[]).await;
+    assert!(out["error"].is_null(), "{out}");
+    let steps = out["steps"].as_object().expect("steps");
+    for name in [
+        "channel_id_matches_reference",
+        "deposit_verify",
+        "deposit_settle",
+        "deposit_replay_refused",
+        "voucher_verify",
+        "forged_voucher_refused_by_facilitator",
+        "claim_above_voucher_refused",
+        "claim_above_escrow_refused",
+        "forged_voucher_refused_on_chain",
+        "claim_by_stranger_refused",
+        "batch_signed_by_someone_else_refused",
+        "claim",
+        "claim_replay_is_a_no_op",
+        "settle",
+        "settle_twice_pays_once",
+        "refund_with_claim",
+        "refund_nonce_reuse_refused",
+        "collector_called_directly_refused",
+        "withdraw_delay_out_of_range_refused",
+        "withdraw_before_delay_refused",
+        "claim_during_withdraw_delay",
+        "withdraw_after_delay_takes_only_unclaimed",
+        "withdrawal_cleared",
+        "contract_holds_exactly_what_it_owes",
+        "deposit_nonce_binds_channel",
+    ] {
+        assert_eq!(steps[name]["ok"], true, "{name}: {}", steps[name]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn upto_charges_what_the_origin_states_never_above_the_ceiling() {
     let dev = NodeProc::start(
         "lib/devnet.mjs",

@@ -1,8 +1,10 @@
 #!/usr/bin/env node
-// Compiles contracts/{TestUSD,Multicall3Lite,Permit2Lite,UptoPermit2Proxy}.sol with the pinned
-// `solc` npm package (soljson, no native compiler needed) and writes the committed artifacts
+// Compiles contracts/{TestUSD,Multicall3Lite,Permit2Lite,UptoPermit2Proxy,BatchSettlementLite}.sol
+// with the pinned `solc` npm package (soljson, no native compiler needed) and writes one
+// committed artifact per contract:
 //   contracts/TestUSD.json        {contractName, compiler, abi, bytecode, deployedBytecode}
-//   contracts/Multicall3Lite.json, Permit2Lite.json, UptoPermit2Proxy.json (same shape)
+//   contracts/Multicall3Lite.json, Permit2Lite.json, UptoPermit2Proxy.json,
+//   BatchSettlementLite.json, Erc3009DepositCollectorLite.json (same shape)
 // Tests never compile: they load the JSON. Re-run after editing a .sol file:
 //   npm run compile        (or: node contracts/compile.mjs)
 // `node contracts/compile.mjs --check` writes nothing and exits 1 if a committed artifact is stale.
@@ -12,13 +14,22 @@ import { fileURLToPath } from "node:url";
 import solc from "solc";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const CONTRACTS = ["TestUSD", "Multicall3Lite", "Permit2Lite", "UptoPermit2Proxy"];
+// [source file (without .sol), contract]
+const CONTRACTS = [
+  ["TestUSD", "TestUSD"],
+  ["Multicall3Lite", "Multicall3Lite"],
+  ["Permit2Lite", "Permit2Lite"],
+  ["UptoPermit2Proxy", "UptoPermit2Proxy"],
+  ["BatchSettlementLite", "BatchSettlementLite"],
+  ["BatchSettlementLite", "Erc3009DepositCollectorLite"],
+];
+const SOURCES = [...new Set(CONTRACTS.map(([file]) => file))];
 const CHECK = process.argv.includes("--check");
 
 const input = {
   language: "Solidity",
   sources: Object.fromEntries(
-    CONTRACTS.map((c) => [`${c}.sol`, { content: readFileSync(join(here, `${c}.sol`), "utf8") }]),
+    SOURCES.map((f) => [`${f}.sol`, { content: readFileSync(join(here, `${f}.sol`), "utf8") }]),
   ),
   settings: {
     // "cancun" runs on every anvil hardfork from cancun on (anvil 1.x defaults to a newer one).
@@ -42,8 +53,8 @@ if (errors.length) {
   process.exit(1);
 }
 
-for (const name of CONTRACTS) {
-  const c = output.contracts[`${name}.sol`][name];
+for (const [file, name] of CONTRACTS) {
+  const c = output.contracts[`${file}.sol`][name];
   const artifact = {
     contractName: name,
     compiler: `solc ${solc.version()}`,

@@ -44,9 +44,18 @@ export const Permit2Lite = JSON.parse(readFileSync(join(here, "..", "contracts",
 export const UptoPermit2Proxy = JSON.parse(
   readFileSync(join(here, "..", "contracts", "UptoPermit2Proxy.json"), "utf8"),
 );
+export const BatchSettlementLite = JSON.parse(
+  readFileSync(join(here, "..", "contracts", "BatchSettlementLite.json"), "utf8"),
+);
+export const Erc3009DepositCollectorLite = JSON.parse(
+  readFileSync(join(here, "..", "contracts", "Erc3009DepositCollectorLite.json"), "utf8"),
+);
 /** Where the reference x402 clients expect Permit2 and the `upto` proxy. */
 export const PERMIT2_ADDRESS = "0x000000000022D473030F116dDEE9F6B43aC78BA3";
 export const UPTO_PROXY_ADDRESS = "0x4020A4f3b7b90ccA423B9fabCc0CE57C6C240002";
+/** Where the reference x402 packages expect the `batch-settlement` channel contract and its ERC-3009 deposit collector. */
+export const BATCH_SETTLEMENT_ADDRESS = "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003";
+export const ERC3009_COLLECTOR_ADDRESS = "0x4020806089470a89826cB9fB1f4059150b550004";
 
 /** Writes a diagnostic line to stderr (stdout is reserved for the CLIs' single JSON line). */
 export function log(...args) {
@@ -252,6 +261,24 @@ export async function startAnvil({ chainId = 31337, port = 0, timeoutMs = 20000,
       const code = await publicClient.getCode({ address: receipt.contractAddress });
       await testClient.setCode({ address: UPTO_PROXY_ADDRESS, bytecode: code });
     },
+    /**
+     * Puts our `batch-settlement` channel contract (no constructor state) and our ERC-3009
+     * deposit collector (deployed with the channel contract's address baked in, then its
+     * runtime code copied) at the addresses the reference x402 packages use.
+     */
+    async installBatchSettlement() {
+      await testClient.setCode({ address: BATCH_SETTLEMENT_ADDRESS, bytecode: BatchSettlementLite.deployedBytecode });
+      const w = walletFor(self.accounts.deployer.privateKey);
+      const hash = await w.deployContract({
+        abi: Erc3009DepositCollectorLite.abi,
+        bytecode: Erc3009DepositCollectorLite.bytecode,
+        args: [BATCH_SETTLEMENT_ADDRESS],
+      });
+      const receipt = await w.waitForTransactionReceipt({ hash });
+      if (receipt.status !== "success" || !receipt.contractAddress) throw new Error(`collector deploy failed: ${hash}`);
+      const code = await publicClient.getCode({ address: receipt.contractAddress });
+      await testClient.setCode({ address: ERC3009_COLLECTOR_ADDRESS, bytecode: code });
+    },
     /** The payer (by key) lets Permit2 move its tokens (ERC-20 approve, unlimited). */
     async approvePermit2(token, privateKey) {
       const w = walletFor(privateKey);
@@ -343,8 +370,8 @@ function tokenAddress(token) {
 }
 
 /**
- * Starts anvil, installs Multicall3Lite, deploys TestUSD, installs Permit2 and the `upto`
- * proxy, and funds payers.
+ * Starts anvil, installs Multicall3Lite, deploys TestUSD, installs Permit2, the `upto`
+ * proxy and the `batch-settlement` contracts, and funds payers.
  * @param {object} [opts]
  * @param {number} [opts.chainId=31337]
  * @param {number} [opts.payers=3]          number of funded payers (first 7 are anvil accounts 3..9,
@@ -367,6 +394,7 @@ export async function startDevChain({
     const token = await chain.deployToken({ name: tokenName, version: tokenVersion });
     // After the token: its address stays the deployer's first contract.
     await chain.installPermit2();
+    await chain.installBatchSettlement();
     const payerList = [];
     for (let i = 0; i < payers; i++) payerList.push(i < MAX_DEFAULT_PAYERS ? chain.defaultPayer(i) : generatePayer());
     for (const p of payerList) await chain.mint(token, p.address, payerBalance);
