@@ -47,6 +47,15 @@ pub struct Metrics {
     pub failed_deliveries: IntCounter,
     /// Receipts ledger lines that could not be written.
     pub ledger_errors: IntCounter,
+    /// Payment channels (`batch-settlement`) with a record, by network.
+    pub channels: IntGaugeVec,
+    /// Value the channels' latest vouchers entitle the receiver to that is not claimed on
+    /// chain yet, in atomic units, by network and asset.
+    pub channel_unclaimed: IntGaugeVec,
+    /// Claim and sweep transactions by operation (`claim`, `settle`) and outcome.
+    pub channel_claims: IntCounterVec,
+    /// Time from a claim round's start to its claim transaction's answer.
+    pub channel_claim_seconds: Histogram,
     /// Connections closed because no complete request head arrived in time.
     pub header_timeouts: IntCounter,
     /// Calls that moved on to the next facilitator, by operation.
@@ -234,7 +243,7 @@ impl Metrics {
             "x402_facilitator_seconds",
             "Facilitator call latency",
             &["facilitator", "operation"],
-            latency_buckets,
+            latency_buckets.clone(),
         );
         let facilitator_errors = counter(
             &registry,
@@ -254,6 +263,45 @@ impl Metrics {
         .unwrap_or_else(|e| panic!("metric: {e}"));
         registry
             .register(Box::new(payment_overhead.clone()))
+            .unwrap_or_else(|e| panic!("metric: {e}"));
+        let channels = IntGaugeVec::new(
+            Opts::new(
+                "x402_channels",
+                "Payment channels with a record, by network",
+            ),
+            &["network"],
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(channels.clone()))
+            .unwrap_or_else(|e| panic!("metric: {e}"));
+        let channel_unclaimed = IntGaugeVec::new(
+            Opts::new(
+                "x402_channel_unclaimed_atomic",
+                "Voucher value not claimed on chain yet, in atomic units",
+            ),
+            &["network", "asset"],
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(channel_unclaimed.clone()))
+            .unwrap_or_else(|e| panic!("metric: {e}"));
+        let channel_claims = counter(
+            &registry,
+            "x402_channel_claims_total",
+            "Channel claim and sweep transactions by operation and outcome",
+            &["operation", "outcome"],
+        );
+        let channel_claim_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "x402_channel_claim_seconds",
+                "Time a channel claim transaction took to answer",
+            )
+            .buckets(latency_buckets),
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(channel_claim_seconds.clone()))
             .unwrap_or_else(|e| panic!("metric: {e}"));
         let failed_deliveries = IntCounter::new(
             "x402_failed_deliveries_total",
@@ -444,6 +492,10 @@ impl Metrics {
             failed_deliveries,
             ledger_errors,
             header_timeouts,
+            channels,
+            channel_unclaimed,
+            channel_claims,
+            channel_claim_seconds,
         }
     }
 

@@ -137,6 +137,50 @@ impl BackgroundService for PendingService {
     }
 }
 
+/// How often the claimer looks for channels that are due.
+const CLAIM_TICK: Duration = Duration::from_secs(1);
+
+/// Claims payment channels' latest vouchers on chain (`batch-settlement`): every group on the
+/// configured interval, a group past the threshold or with a timed withdrawal pending at the
+/// next tick, and everything once more when the gateway stops.
+struct ClaimerService {
+    config: Arc<ArcSwap<Snapshot>>,
+    payments: Arc<Payments>,
+}
+
+#[async_trait]
+impl BackgroundService for ClaimerService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut last_all = std::time::Instant::now();
+        loop {
+            let stopping = tokio::select! {
+                _ = shutdown.changed() => true,
+                _ = tokio::time::sleep(CLAIM_TICK) => false,
+            };
+            let snap = self.config.load_full();
+            let offers_channels = snap
+                .priced_offers()
+                .any(|(_, o)| crate::payment::channel::is_channel(o));
+            if offers_channels {
+                let all = stopping || last_all.elapsed() >= snap.channels.claim_interval;
+                if all {
+                    last_all = std::time::Instant::now();
+                }
+                let report = self
+                    .payments
+                    .claim_channels(&snap.payment_env(), &snap.channels, all)
+                    .await;
+                if report.claim_transactions > 0 || report.failures > 0 {
+                    tracing::info!(?report, "channel claimer pass");
+                }
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+}
+
 /// Exit status when a listen address turned out to be another process's (only possible for
 /// `:0` addresses, whose port is picked before Pingora binds it): starting again picks another.
 pub const EXIT_ADDRESS_TAKEN: i32 = 3;
@@ -381,6 +425,13 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
             },
         ));
     }
+    server.add_service(background_service(
+        "channel-claimer",
+        ClaimerService {
+            config: config.clone(),
+            payments: payments.clone(),
+        },
+    ));
     server.add_service(background_service(
         "facilitators",
         SupportedService {

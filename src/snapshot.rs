@@ -300,6 +300,8 @@ pub struct Snapshot {
     pub wallet_paywall: Option<Arc<crate::wallet_paywall::WalletPage>>,
     /// `[discovery]`: the documents served and the `bazaar` extension.
     pub discovery: crate::discovery::DiscoverySettings,
+    /// `batch-settlement` channels: who authorizes their claims, and when the claimer runs.
+    pub channels: crate::payment::channel::claimer::ChannelsConf,
 }
 
 impl Snapshot {

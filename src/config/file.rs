@@ -239,6 +239,25 @@ pub struct PaymentSection {
     /// ledger line is settled later either way (default 3000).
     #[serde(default = "default_pending_wait")]
     pub pending_settlement_wait_ms: u64,
+    /// `batch-settlement`: every channel's unclaimed vouchers are claimed on chain at least
+    /// this often, in seconds (default 60).
+    #[serde(default = "default_claim_interval")]
+    pub channel_claim_interval_seconds: u64,
+    /// `batch-settlement`: a receiver's unclaimed value (atomic units) that is claimed at once,
+    /// without waiting for the interval (default 0: only on the interval).
+    #[serde(default)]
+    pub channel_claim_threshold: u64,
+    /// `batch-settlement`: channels claimed in one transaction at most (default 100).
+    #[serde(default = "default_claims_per_transaction")]
+    pub channel_claims_per_transaction: usize,
+}
+
+fn default_claim_interval() -> u64 {
+    60
+}
+
+fn default_claims_per_transaction() -> usize {
+    100
 }
 
 fn default_pending_wait() -> u64 {
@@ -284,6 +303,9 @@ impl Default for PaymentSection {
             payment_identifier_window_seconds: default_identifier_window(),
             require_payment_identifier: false,
             pending_settlement_wait_ms: default_pending_wait(),
+            channel_claim_interval_seconds: default_claim_interval(),
+            channel_claim_threshold: 0,
+            channel_claims_per_transaction: default_claims_per_transaction(),
             on_facilitator_failure: FailurePolicy::Closed,
             failed_payments_per_client: default_client_failures(),
             failed_payments_per_payer: default_payer_failures(),

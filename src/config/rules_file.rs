@@ -57,7 +57,8 @@ pub struct RuleDef {
     pub accept_passes_from: Option<Vec<Spanned<String>>>,
     /// `enforce` (default) or `shadow`.
     pub mode: Option<Spanned<ModeDef>>,
-    /// Schemes offered: `"exact"` (default), `"upto"`, or both (`["exact", "upto"]`).
+    /// Schemes offered: `"exact"` (default), `"upto"`, `"batch-settlement"`, or several
+    /// (`["exact", "upto"]`).
     pub schemes: Option<Spanned<Vec<String>>>,
     /// `upto`: the ceiling a payer signs for (`"$0.05"` or `{ amount, asset }`).
     pub max_price: Option<Spanned<toml::Value>>,
@@ -72,6 +73,16 @@ pub struct RuleDef {
     pub meter_price: Option<Spanned<toml::Value>>,
     /// `upto`: the facilitator allowed to settle (its `/supported` `extra.facilitatorAddress`).
     pub facilitator_address: Option<Spanned<String>>,
+    /// `batch-settlement`: who authorizes claims and refunds of the rule's channels: a private
+    /// key (`"${RECEIVER_AUTHORIZER_KEY}"`, the gateway signs) or an address (the facilitator
+    /// signs; its `/supported` `extra.receiverAuthorizer`).
+    pub receiver_authorizer: Option<Spanned<String>>,
+    /// `batch-settlement`: how long a payer's timed withdrawal waits, in seconds (900 to
+    /// 2592000; default 900): the time the claimer has to claim before escrow leaves.
+    pub withdraw_delay_seconds: Option<Spanned<u64>>,
+    /// `batch-settlement`: the deposit the 402 asks a new channel for (`"$5"` or
+    /// `{ amount, asset }`; default ten requests' worth). Reference clients deposit it.
+    pub min_deposit: Option<Spanned<toml::Value>>,
     /// How long a wallet that paid may read the resource again by signing in with it
     /// (Sign-In-With-X; `"24h"`). Needs `[payment] public_base_url`.
     pub sign_in_window: Option<Spanned<String>>,

@@ -87,11 +87,35 @@ impl Payments {
             version,
             payer,
             receipt: None,
+            corrective: None,
         };
         let decoded = decode::decode(found, priced, env.limits.max_header_bytes)
             .map_err(|e| self.reject(fail(e, None)))?;
         let offer = &priced.offers[decoded.offer];
         let req = &offer.requirements;
+        if super::channel::is_channel(offer) {
+            // What facilitators and the ledger see: no query string unless the rule keeps it.
+            let recorded = if rule.policy.resource_query {
+                url
+            } else {
+                url.split('?').next().unwrap_or(url)
+            };
+            let body = facilitator_body(version, &decoded.raw, offer, priced, recorded)
+                .map_err(|e| self.reject(fail(e, None)))?;
+            return self
+                .channel_gate(
+                    env,
+                    rule,
+                    priced,
+                    offer,
+                    &decoded.payload,
+                    body,
+                    recorded,
+                    caller,
+                    started,
+                )
+                .await;
+        }
         let scheme = schemes::by_id(&req.scheme)
             .ok_or_else(|| self.reject(fail(PaymentError::UnsupportedScheme, None)))?;
         let checked = scheme
@@ -142,6 +166,7 @@ impl Payments {
             charged: None,
             meter: rule.policy.meter,
             delivered_status: None,
+            channel: None,
         });
         // A named payment: claim its identifier, or serve the retry of one that settled.
         let claim = || identifier::record(&decoded, offer, caller.method, url, rule.id);
@@ -214,6 +239,7 @@ impl Payments {
                     version,
                     payer: Some(accepted.payer.clone()),
                     receipt,
+                    corrective: None,
                 }));
             }
         }
@@ -245,6 +271,16 @@ impl Payments {
         if cached {
             return Ok(());
         }
+        self.verify_extra(env, a).await.map(|_| ())
+    }
+
+    /// Verifies through a facilitator; a valid answer's `extra` (a channel's on-chain state)
+    /// comes back.
+    pub(super) async fn verify_extra(
+        &self,
+        env: &PaymentEnv<'_>,
+        a: &mut Accepted,
+    ) -> Result<Option<serde_json::Value>, PaymentError> {
         let candidates = self.candidates(env, a);
         if candidates.is_empty() {
             let r = &a.offer.requirements;
@@ -282,7 +318,7 @@ impl Payments {
                 // come back).
                 Ok(v) if v.valid() => {
                     a.facilitator = Some(fac.name.clone());
-                    return Ok(());
+                    return Ok(v.extra);
                 }
                 Ok(v) => {
                     if let Some(p) = v.payer.filter(|p| !p.is_empty()) {

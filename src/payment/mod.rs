@@ -4,6 +4,7 @@
 //! the values of one configuration generation ([`PaymentEnv`]); never touches a socket except
 //! through the facilitator client.
 
+pub mod channel;
 pub mod confirm;
 pub mod decode;
 mod gate;
@@ -200,6 +201,9 @@ pub struct Rejection {
     pub payer: Option<String>,
     /// A failed settlement's receipt, sent back in the receipt header.
     pub receipt: Option<SettleResponse>,
+    /// The 402 to answer instead of the rule's own: a channel's corrective requirements
+    /// (its state and latest voucher, which the client resynchronizes from).
+    pub corrective: Option<Box<crate::x402::challenge::Priced>>,
 }
 
 impl From<PaymentError> for Rejection {
@@ -209,6 +213,7 @@ impl From<PaymentError> for Rejection {
             version: 2,
             payer: None,
             receipt: None,
+            corrective: None,
         }
     }
 }
@@ -274,6 +279,8 @@ pub struct Accepted {
     pub meter: Meter,
     /// The origin's status of a body-metered response, once its head was passed on.
     pub delivered_status: Option<u16>,
+    /// A channel payment (`batch-settlement`): its turn on the channel.
+    pub channel: Option<Box<channel::Ticket>>,
 }
 
 impl Accepted {

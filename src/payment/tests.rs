@@ -199,6 +199,18 @@ impl StateStore for Down {
     async fn paid_within(&self, _: &[u8; 32]) -> Result<bool, StateError> {
         Err(StateError::Unavailable("down".into()))
     }
+    async fn channel(&self, _: &str) -> Result<Option<(u64, Vec<u8>)>, StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
+    async fn swap_channel(&self, _: &str, _: u64, _: &[u8]) -> Result<bool, StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
+    async fn channel_ids(&self) -> Result<Vec<String>, StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
+    async fn lease(&self, _: &str, _: &str, _: Duration) -> Result<bool, StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
     fn backend(&self) -> &'static str {
         "down"
     }

@@ -168,7 +168,8 @@ impl Gateway {
                     Err(rejection) => {
                         let challenge = Challenge {
                             snap,
-                            priced: &priced,
+                            // A channel's corrective 402 carries its state in the offer.
+                            priced: rejection.corrective.as_deref().unwrap_or(&priced),
                             url: &url,
                             // The HTML page is for people; crawlers and agents get JSON.
                             browser: ctx.is_human(),

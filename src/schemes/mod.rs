@@ -1,7 +1,8 @@
-//! Payment schemes (`exact`, `upto`): one trait, one file per scheme. A scheme builds the requirements it offers
+//! Payment schemes (`exact`, `upto`, `batch-settlement`): one trait, one file per scheme. A scheme builds the requirements it offers
 //! and checks a payload against them locally, without I/O; the gate and the facilitators do the
 //! rest (verify, settle) as the scheme's settlement plan says.
 
+pub mod evm_batch;
 pub mod evm_exact;
 pub mod evm_upto;
 
@@ -13,6 +14,7 @@ use serde_json::Value;
 use crate::x402::challenge::Offer;
 use crate::x402::networks::Asset;
 
+pub use evm_batch::{BatchError, BatchEvm};
 pub use evm_exact::{ExactError, ExactEvm};
 pub use evm_upto::{UptoError, UptoEvm};
 
@@ -36,6 +38,8 @@ pub enum SchemeError {
     Exact(#[from] ExactError),
     #[error(transparent)]
     Upto(#[from] UptoError),
+    #[error(transparent)]
+    Batch(#[from] BatchError),
     /// The offer cannot be paid as configured (an asset address that does not parse).
     #[error("this offer cannot be paid")]
     Unusable,
@@ -47,6 +51,7 @@ impl SchemeError {
         match self {
             SchemeError::Exact(e) => e.reason(),
             SchemeError::Upto(e) => e.reason(),
+            SchemeError::Batch(e) => e.reason(),
             SchemeError::Unusable => "no_matching_requirements",
         }
     }
@@ -60,6 +65,10 @@ pub enum SettlePlan {
     /// `/verify` of the ceiling, then `/settle` of what the response cost, at most the
     /// ceiling; nothing when it cost nothing (`upto`).
     VerifyThenSettleMetered,
+    /// Channel payments (`batch-settlement`): a deposit goes through the facilitator's
+    /// `/verify` and `/settle`; a voucher is checked here against the channel's state and
+    /// claimed on chain later, with many others.
+    Channel,
 }
 
 /// A payment scheme.
@@ -155,11 +164,15 @@ pub static EXACT: ExactEvm = ExactEvm;
 /// The `upto` scheme on EVM networks (Permit2, metered).
 pub static UPTO: UptoEvm = UptoEvm;
 
+/// The `batch-settlement` scheme on EVM networks (channels, vouchers).
+pub static BATCH: BatchEvm = BatchEvm;
+
 /// The scheme named `id`, if the gateway speaks it.
 pub fn by_id(id: &str) -> Option<&'static dyn Scheme> {
     match id {
         "exact" => Some(&EXACT),
         "upto" => Some(&UPTO),
+        evm_batch::SCHEME => Some(&BATCH),
         _ => None,
     }
 }

@@ -124,7 +124,13 @@ pub struct MemoryStore {
     identifier_lock: Mutex<()>,
     /// Who paid for what (sign-in re-access), until their window ends.
     paid: Cache<[u8; 32], u64>,
+    /// Payment channels' records and their versions (kept until the process ends: a
+    /// channel's latest voucher is money until it is claimed).
+    channels: Mutex<HashMap<String, Versioned>>,
 }
+
+/// A channel record and its version.
+type Versioned = (u64, Arc<[u8]>);
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -179,6 +185,7 @@ impl MemoryStore {
                 .max_capacity(capacity)
                 .expire_after(UntilExpires)
                 .build(),
+            channels: Mutex::new(HashMap::new()),
         }
     }
 
@@ -380,6 +387,46 @@ impl StateStore for MemoryStore {
 
     async fn paid_within(&self, key: &[u8; 32]) -> Result<bool, StateError> {
         Ok(self.paid.get(key).is_some_and(|until| until > unix_now()))
+    }
+
+    async fn channel(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StateError> {
+        let channels = self
+            .channels
+            .lock()
+            .map_err(|_| StateError::Unavailable("channel table poisoned".into()))?;
+        Ok(channels.get(id).map(|(v, r)| (*v, r.to_vec())))
+    }
+
+    async fn swap_channel(
+        &self,
+        id: &str,
+        version: u64,
+        record: &[u8],
+    ) -> Result<bool, StateError> {
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| StateError::Unavailable("channel table poisoned".into()))?;
+        let current = channels.get(id).map_or(0, |(v, _)| *v);
+        if current != version {
+            return Ok(false);
+        }
+        channels.insert(id.to_owned(), (version + 1, Arc::from(record)));
+        Ok(true)
+    }
+
+    async fn channel_ids(&self) -> Result<Vec<String>, StateError> {
+        let channels = self
+            .channels
+            .lock()
+            .map_err(|_| StateError::Unavailable("channel table poisoned".into()))?;
+        Ok(channels.keys().cloned().collect())
+    }
+
+    async fn lease(&self, name: &str, owner: &str, lease: Duration) -> Result<bool, StateError> {
+        // Named leases share the table of pending settlements' leases under their own prefix.
+        self.lease_pending(&format!("lease\u{0}{name}"), owner, lease)
+            .await
     }
 
     fn backend(&self) -> &'static str {

@@ -327,6 +327,18 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// Whether [`StateStore::remember_paid`] recorded `key` and it has not expired.
     async fn paid_within(&self, key: &[u8; 32]) -> Result<bool, StateError>;
 
+    /// A payment channel's record (`batch-settlement`): its version and bytes, if any.
+    async fn channel(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StateError>;
+    /// Writes channel `id`'s record if its version is still `version` (0: none yet); the new
+    /// version is `version + 1`. False: another request, or another replica, changed it first.
+    async fn swap_channel(&self, id: &str, version: u64, record: &[u8])
+    -> Result<bool, StateError>;
+    /// Every channel with a record (what the claimer walks).
+    async fn channel_ids(&self) -> Result<Vec<String>, StateError>;
+    /// Takes (or renews) the lease `name` for `owner` during `lease`; false: another owner
+    /// holds it. One replica at a time does the work a lease names (the claimer's).
+    async fn lease(&self, name: &str, owner: &str, lease: Duration) -> Result<bool, StateError>;
+
     /// `memory`, `redis` …
     fn backend(&self) -> &'static str;
     /// Whether other processes share what this store remembers.

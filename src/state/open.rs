@@ -161,6 +161,25 @@ impl StateStore for OpenOnFailure {
     async fn paid_within(&self, key: &[u8; 32]) -> Result<bool, StateError> {
         either!(self.paid_within(key))
     }
+    // Channel state never falls back to this replica's memory: two replicas each charging a
+    // channel from their own copy would serve two requests for one voucher step.
+    async fn channel(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StateError> {
+        self.shared.channel(id).await
+    }
+    async fn swap_channel(
+        &self,
+        id: &str,
+        version: u64,
+        record: &[u8],
+    ) -> Result<bool, StateError> {
+        self.shared.swap_channel(id, version, record).await
+    }
+    async fn channel_ids(&self) -> Result<Vec<String>, StateError> {
+        self.shared.channel_ids().await
+    }
+    async fn lease(&self, name: &str, owner: &str, lease: Duration) -> Result<bool, StateError> {
+        self.shared.lease(name, owner, lease).await
+    }
     fn backend(&self) -> &'static str {
         self.shared.backend()
     }

@@ -223,6 +223,17 @@ impl Priced {
     }
 
     /// Records the USD price this was compiled from.
+    /// The same 402 with other offers (a corrective 402 carrying a channel's state),
+    /// serialized per answer rather than from templates.
+    pub fn with_offers(&self, offers: Vec<Offer>) -> Priced {
+        let mut p = self.clone();
+        p.requirements_v2 = offers.iter().map(|o| o.requirements.clone()).collect();
+        p.offers = offers;
+        p.v2_template = None;
+        p.v1_template = None;
+        p
+    }
+
     pub fn with_usd(mut self, usd: Option<rust_decimal::Decimal>) -> Self {
         self.usd = usd;
         self

@@ -136,6 +136,9 @@ pub struct VerifyResponse {
     pub invalid_message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payer: Option<String>,
+    /// Scheme-specific state (`batch-settlement`: the channel's balance and claimed total).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<Value>,
 }
 
 impl VerifyResponse {
@@ -160,6 +163,12 @@ pub struct SettleResponse {
     pub transaction: String,
     #[serde(default)]
     pub network: String,
+    /// What was charged, where the scheme says (`batch-settlement`: empty for a voucher).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    /// Scheme-specific detail (`batch-settlement`: `channelState`, `chargedAmount`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<Value>,
 }
 
 impl SettleResponse {

@@ -13,6 +13,7 @@ mod support;
 
 mod audiences;
 mod caching;
+mod channels;
 mod core;
 mod deploy;
 mod example;

@@ -179,6 +179,12 @@ pub fn compile(
         paywall,
         wallet_paywall,
         discovery,
+        channels: crate::payment::channel::claimer::ChannelsConf {
+            authorizers: channel_authorizers(&p.rules),
+            claim_interval: Duration::from_secs(pay.channel_claim_interval_seconds.max(1)),
+            claim_threshold: u128::from(pay.channel_claim_threshold),
+            max_claims: pay.channel_claims_per_transaction.max(1),
+        },
     };
     snapshot.warnings = super::lint::warnings(&snapshot);
     // Payments to the address of the shipped examples reach whoever holds its key.
@@ -203,6 +209,28 @@ pub fn compile(
         ));
     }
     Some(snapshot)
+}
+
+/// The receiver authorizers the `batch-settlement` rules name, once each (a rule's own errors
+/// are reported where the rule is compiled).
+fn channel_authorizers(
+    rules: &[crate::config::ParsedRule],
+) -> Vec<crate::payment::channel::claimer::Authorizer> {
+    let mut out: Vec<crate::payment::channel::claimer::Authorizer> = Vec::new();
+    for r in rules {
+        let Some(a) = &r.def.receiver_authorizer else {
+            continue;
+        };
+        let Ok(auth) = crate::payment::channel::claimer::Authorizer::parse(a.get_ref()) else {
+            continue;
+        };
+        match out.iter_mut().find(|x| x.address == auth.address) {
+            Some(x) if x.key.is_none() => x.key = auth.key,
+            Some(_) => {}
+            None => out.push(auth),
+        }
+    }
+    out
 }
 
 /// A hash of every file read, path and text, to tell one configuration from another.

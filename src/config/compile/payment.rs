@@ -89,6 +89,20 @@ pub(super) fn payment(
             "must be at most 604800 (7 days)",
         );
     }
+    if pay.channel_claim_interval_seconds == 0 || pay.channel_claim_interval_seconds > 86_400 {
+        rep.file(
+            &rep.sources[cfg].path.clone(),
+            "payment.channel_claim_interval_seconds",
+            "must be between 1 and 86400",
+        );
+    }
+    if pay.channel_claims_per_transaction == 0 || pay.channel_claims_per_transaction > 1000 {
+        rep.file(
+            &rep.sources[cfg].path.clone(),
+            "payment.channel_claims_per_transaction",
+            "must be between 1 and 1000",
+        );
+    }
     if pay.max_header_bytes < 1024 || pay.max_header_bytes > 64 * 1024 {
         rep.file(
             &rep.sources[cfg].path.clone(),

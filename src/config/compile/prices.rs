@@ -10,7 +10,7 @@ use super::shared::checked_address;
 use crate::access::RuleAction;
 use crate::config::price::{self, PriceError};
 use crate::config::{ParsedRule, Reporter};
-use crate::schemes::{EXACT, Scheme, UPTO};
+use crate::schemes::{BATCH, EXACT, Scheme, UPTO};
 use crate::x402::challenge::{Offer, Priced};
 use crate::x402::types::PAYMENT_FLOW;
 
@@ -196,6 +196,112 @@ pub(super) fn upto_offers(
         extra.insert(
             PAYMENT_FLOW.into(),
             serde_json::Value::String(crate::payment::Settlement::After.payment_flow().into()),
+        );
+    }
+    Some(offers)
+}
+
+/// The rule's `batch-settlement` offers: its `price` per request on each network, paid from
+/// channels whose claims `receiver_authorizer` authorizes, with its `withdraw_delay_seconds`.
+pub(super) fn batch_offers(
+    rep: &mut Reporter,
+    ctx: &RuleCtx<'_>,
+    pr: &ParsedRule,
+    timeout: u64,
+) -> Option<Vec<Offer>> {
+    use crate::schemes::evm_batch;
+    let d = &pr.def;
+    let Some(p) = &d.price else {
+        rep.at(
+            pr.src,
+            d.id.span(),
+            "rule.price",
+            "a rule that offers `batch-settlement` needs `price`, what each request is charged",
+        );
+        return None;
+    };
+    let authorizer = match &d.receiver_authorizer {
+        Some(a) => match crate::payment::channel::claimer::Authorizer::parse(a.get_ref()) {
+            Ok(auth) => auth.address,
+            Err(m) => {
+                rep.at(pr.src, a.span(), "rule.receiver_authorizer", m);
+                return None;
+            }
+        },
+        None => {
+            rep.at(
+                pr.src,
+                d.id.span(),
+                "rule.receiver_authorizer",
+                "a rule that offers `batch-settlement` needs `receiver_authorizer`: a private key (the gateway signs claims) or the facilitator's address",
+            );
+            return None;
+        }
+    };
+    let delay = match &d.withdraw_delay_seconds {
+        Some(w) => {
+            let v = *w.get_ref();
+            if !(evm_batch::MIN_WITHDRAW_DELAY..=evm_batch::MAX_WITHDRAW_DELAY).contains(&v) {
+                rep.at(
+                    pr.src,
+                    w.span(),
+                    "rule.withdraw_delay_seconds",
+                    format!(
+                        "must be between {} and {} (the channel contract's bounds)",
+                        evm_batch::MIN_WITHDRAW_DELAY,
+                        evm_batch::MAX_WITHDRAW_DELAY
+                    ),
+                );
+                return None;
+            }
+            v
+        }
+        None => evm_batch::MIN_WITHDRAW_DELAY,
+    };
+    let min_deposit = match &d.min_deposit {
+        Some(m) => match parse_price(rep, pr.src, m, "rule.min_deposit")? {
+            PriceSpec::Zero => {
+                rep.at(pr.src, m.span(), "rule.min_deposit", "must be above zero");
+                return None;
+            }
+            spec => Some((spec, m.span())),
+        },
+        None => None,
+    };
+    let spec = parse_price(rep, pr.src, p, "rule.price")?;
+    if matches!(spec, PriceSpec::Zero) {
+        return None;
+    }
+    let mut offers = build_offers(rep, ctx, pr, &BATCH, spec, p.span(), timeout, "rule.price")?;
+    for o in &mut offers {
+        let price = o.requirements.amount.parse::<u128>().unwrap_or(0);
+        // The reference server's hint unless the rule says: ten requests' worth. Never below
+        // one request.
+        let min_deposit = match &min_deposit {
+            None => price.saturating_mul(10),
+            Some((PriceSpec::Usd(usd), span)) => {
+                match price::usd_to_atomic(*usd, o.asset.decimals) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        rep.at(pr.src, span.clone(), "rule.min_deposit", e);
+                        return None;
+                    }
+                }
+            }
+            Some((PriceSpec::Atomic(a, _), _)) => *a,
+            Some((PriceSpec::Zero, _)) => 0,
+        }
+        .max(price)
+        .to_string();
+        let extra = &mut o.requirements.extra;
+        extra.insert(
+            evm_batch::RECEIVER_AUTHORIZER.into(),
+            serde_json::Value::String(authorizer.to_checksum(None)),
+        );
+        extra.insert(evm_batch::WITHDRAW_DELAY.into(), delay.into());
+        extra.insert(
+            evm_batch::MIN_DEPOSIT.into(),
+            serde_json::Value::String(min_deposit),
         );
     }
     Some(offers)

@@ -186,8 +186,21 @@ fn meter_of(rep: &mut Reporter, pr: &ParsedRule, action: &RuleAction) -> crate::
     }
 }
 
-/// `schemes`: which of `exact` and `upto` the rule offers (default `exact` only).
-fn schemes_of(rep: &mut Reporter, pr: &ParsedRule) -> (bool, bool) {
+/// The schemes a rule offers.
+#[derive(Debug, Clone, Copy, Default)]
+struct Offered {
+    exact: bool,
+    upto: bool,
+    batch: bool,
+}
+
+/// `schemes`: which of `exact`, `upto` and `batch-settlement` the rule offers (default `exact`
+/// only).
+fn schemes_of(rep: &mut Reporter, pr: &ParsedRule) -> Offered {
+    let only_exact = Offered {
+        exact: true,
+        ..Offered::default()
+    };
     let Some(list) = &pr.def.schemes else {
         if pr.def.max_price.is_some() {
             rep.at(
@@ -197,31 +210,44 @@ fn schemes_of(rep: &mut Reporter, pr: &ParsedRule) -> (bool, bool) {
                 "`max_price` is the `upto` ceiling: add `schemes = [\"upto\"]`",
             );
         }
-        return (true, false);
+        return only_exact;
     };
-    let (mut exact, mut upto) = (false, false);
+    let mut o = Offered::default();
     for s in list.get_ref() {
         match s.as_str() {
-            "exact" => exact = true,
-            "upto" => upto = true,
+            "exact" => o.exact = true,
+            "upto" => o.upto = true,
+            crate::schemes::evm_batch::SCHEME => o.batch = true,
             other => rep.at(
                 pr.src,
                 list.span(),
                 "rule.schemes",
-                format!("unknown scheme `{other}`: `exact` or `upto`"),
+                format!("unknown scheme `{other}`: `exact`, `upto` or `batch-settlement`"),
             ),
         }
     }
-    if !exact && !upto {
+    if !o.exact && !o.upto && !o.batch {
         rep.at(
             pr.src,
             list.span(),
             "rule.schemes",
-            "name `exact`, `upto` or both",
+            "name `exact`, `upto`, `batch-settlement`, or several",
         );
-        return (true, false);
+        return only_exact;
     }
-    (exact, upto)
+    if !o.batch
+        && (pr.def.receiver_authorizer.is_some()
+            || pr.def.withdraw_delay_seconds.is_some()
+            || pr.def.min_deposit.is_some())
+    {
+        rep.at(
+            pr.src,
+            list.span(),
+            "rule.schemes",
+            "`receiver_authorizer`, `withdraw_delay_seconds` and `min_deposit` are for `batch-settlement`: add it to `schemes`",
+        );
+    }
+    o
 }
 
 /// `sign_in_window`: a duration, on a rule whose resources are named under the configured
@@ -365,7 +391,7 @@ fn compile_rule(
         .price
         .as_ref()
         .and_then(|p| parse_price(rep, src, p, "rule.price").map(|s| (s, p.span())));
-    let (exact, upto) = schemes_of(rep, pr);
+    let Offered { exact, upto, batch } = schemes_of(rep, pr);
     let action_def = d.action.as_ref().map(|a| (*a.get_ref(), a.span()));
     if upto
         && !exact
@@ -444,6 +470,46 @@ fn compile_rule(
         }
         other => other,
     };
+    // `batch-settlement` beside the others (its offers are paid from channels), or alone
+    // (the rule's price is then charged per voucher only).
+    let action = match action {
+        RuleAction::Pay(priced) if batch => {
+            match super::prices::batch_offers(rep, ctx, pr, timeout) {
+                Some(more) => {
+                    let mut offers: Vec<_> = priced
+                        .offers
+                        .iter()
+                        .filter(|o| {
+                            (exact && o.requirements.scheme == "exact")
+                                || (upto && o.requirements.scheme == "upto")
+                        })
+                        .cloned()
+                        .collect();
+                    offers.extend(more);
+                    RuleAction::Pay(std::sync::Arc::new(
+                        crate::x402::challenge::Priced::new(
+                            offers,
+                            priced.description.clone(),
+                            priced.mime_type.clone(),
+                        )
+                        .with_usd(priced.usd)
+                        .with_extensions(per_rule.extensions)
+                        .with_sign_in(per_rule.sign_in),
+                    ))
+                }
+                None => RuleAction::Pay(priced),
+            }
+        }
+        other => other,
+    };
+    if batch && d.settlement == Some(crate::payment::Settlement::Before) {
+        rep.at(
+            src,
+            d.id.span(),
+            "rule.settlement",
+            "`batch-settlement` charges a channel once the origin answered: it settles after (settlement = \"after\")",
+        );
+    }
     if upto && d.settlement == Some(crate::payment::Settlement::Before) {
         rep.at(
             src,

@@ -233,6 +233,7 @@ impl LocalSettler {
                     invalid_reason: Some(r.reason.to_owned()),
                     invalid_message: r.message,
                     payer: r.payer,
+                    extra: None,
                 },
             ),
         }

@@ -94,6 +94,7 @@ pub(super) fn failed(
             payer,
             transaction: tx,
             network,
+            ..Default::default()
         },
     )
 }
@@ -271,6 +272,7 @@ impl LocalSettler {
                 payer,
                 transaction: tx,
                 network: v.network,
+                ..Default::default()
             },
         )
     }

@@ -53,6 +53,7 @@ impl Payments {
                     version: a.version,
                     payer: Some(a.payer.clone()),
                     receipt: a.receipt.clone(),
+                    corrective: None,
                 });
             }
         } else if a.stage == Stage::Settled && status >= 400 {
@@ -166,6 +167,12 @@ impl Payments {
             && a.stage == Stage::Settled
         {
             self.record_failed_delivery(env, a, None, why);
+        }
+        if a.channel.is_some() {
+            if a.stage != Stage::Settled {
+                self.end_channel_turn(a).await;
+            }
+            return;
         }
         self.release_unless_unknown(a).await;
     }

@@ -24,6 +24,7 @@ use chain::RESOLVE_POLL;
 pub use chain::RESOLVE_WINDOW;
 pub use delivery::CLIENT_GONE;
 pub use pending::Leases;
+pub(in crate::payment) use record::Record;
 
 impl Payments {
     /// Settles through the facilitator that verified, moving on to another only when the call
@@ -37,6 +38,10 @@ impl Payments {
         a: &mut Accepted,
         upstream_status: Option<u16>,
     ) {
+        if a.channel.is_some() {
+            self.settle_channel(env, a, upstream_status).await;
+            return;
+        }
         if a.metered() {
             let charged = a
                 .charged
@@ -49,6 +54,7 @@ impl Payments {
                     payer: Some(a.payer.clone()),
                     transaction: String::new(),
                     network: a.offer.requirements.network.clone(),
+                    ..Default::default()
                 };
                 self.finish_settlement(env, a, Stage::Settled, receipt, None, upstream_status)
                     .await;
@@ -209,33 +215,17 @@ impl Payments {
         upstream_status: Option<u16>,
     ) {
         a.stage = stage;
+        // The receipt of a single payment says what it always said: a facilitator's
+        // scheme-specific additions are not passed on.
+        receipt.amount = None;
+        receipt.extra = None;
         let event = match stage {
             Stage::Settled => {
                 self.metrics
                     .payments
                     .with_label_values(&["settled", ""])
                     .inc();
-                let r = &a.offer.requirements;
-                if let Ok(v) = a.amount().parse::<u64>() {
-                    self.metrics
-                        .revenue
-                        .with_label_values(&[
-                            r.network.as_str(),
-                            r.asset.as_str(),
-                            a.rule_id.as_str(),
-                            a.audience,
-                        ])
-                        .inc_by(v);
-                    if a.offer.asset.usd {
-                        self.metrics
-                            .revenue_usd
-                            .with_label_values(&[a.rule_id.as_str(), a.audience])
-                            .inc_by(crate::x402::networks::atomic_to_usd(
-                                v,
-                                a.offer.asset.decimals,
-                            ));
-                    }
-                }
+                self.count_revenue(a);
                 "settled"
             }
             Stage::SettleFailed => {
@@ -333,6 +323,35 @@ impl Payments {
         } else {
             let used = matches!(stage, Stage::Settled | Stage::NotOurs | Stage::Unattributed);
             self.conclude_pending(a, used).await;
+        }
+    }
+
+    /// Counts a settled (or, for a channel, committed) payment's amount as revenue.
+    pub(in crate::payment) fn count_revenue(&self, a: &Accepted) {
+        let r = &a.offer.requirements;
+        let amount = match &a.channel {
+            Some(t) => u64::try_from(t.price).ok(),
+            None => a.amount().parse::<u64>().ok(),
+        };
+        if let Some(v) = amount {
+            self.metrics
+                .revenue
+                .with_label_values(&[
+                    r.network.as_str(),
+                    r.asset.as_str(),
+                    a.rule_id.as_str(),
+                    a.audience,
+                ])
+                .inc_by(v);
+            if a.offer.asset.usd {
+                self.metrics
+                    .revenue_usd
+                    .with_label_values(&[a.rule_id.as_str(), a.audience])
+                    .inc_by(crate::x402::networks::atomic_to_usd(
+                        v,
+                        a.offer.asset.decimals,
+                    ));
+            }
         }
     }
 
@@ -472,6 +491,7 @@ fn settled_receipt(a: &Accepted, network: &str, tx: String) -> SettleResponse {
         payer: Some(a.payer.clone()),
         transaction: tx,
         network: network.into(),
+        ..Default::default()
     }
 }
 
@@ -482,5 +502,6 @@ fn failed_receipt(payer: &str, network: &str, reason: &str) -> SettleResponse {
         payer: Some(payer.into()),
         transaction: String::new(),
         network: network.into(),
+        ..Default::default()
     }
 }

@@ -130,7 +130,7 @@ impl Resolver {
 
 impl Payments {
     /// What a ledger line of this replica says of `a`.
-    pub(super) fn record(&self, a: &Accepted) -> Record {
+    pub(in crate::payment) fn record(&self, a: &Accepted) -> Record {
         Record::of(a, &self.replica)
     }
 

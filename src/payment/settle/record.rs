@@ -11,7 +11,7 @@ use crate::state::PendingSettlement;
 
 /// What a ledger line says of a payment, owned so that a background watch can write it later.
 #[derive(Debug, Clone)]
-pub(super) struct Record {
+pub(in crate::payment) struct Record {
     pub(super) key: ReplayKey,
     pub(super) valid_before: u64,
     pub(super) rule: String,
@@ -51,6 +51,31 @@ impl Record {
             replica: replica.to_owned(),
             request_id: a.correlation.request_id.clone(),
             audience: a.audience.to_owned(),
+        }
+    }
+
+    /// A line of the channel claimer: `amount` claimed from (or swept for) a channel.
+    pub(in crate::payment) fn for_channel(
+        r: &crate::payment::channel::ChannelRecord,
+        amount: u128,
+        replica: &str,
+    ) -> Self {
+        Record {
+            key: ReplayKey::new(&r.network, &r.asset, &r.payer, &r.channel_id),
+            valid_before: u64::MAX,
+            rule: String::new(),
+            resource: r.channel_id.clone(),
+            payer: r.payer.clone(),
+            amount: amount.to_string(),
+            asset: r.asset.clone(),
+            network: r.network.clone(),
+            facilitator: String::new(),
+            settlement: Settlement::After,
+            pay_to: r.receiver.clone(),
+            nonce: r.channel_id.clone(),
+            replica: replica.to_owned(),
+            request_id: String::new(),
+            audience: String::new(),
         }
     }
 
@@ -124,7 +149,7 @@ impl Record {
     }
 
     /// The one place a ledger line is written.
-    pub(super) fn write(
+    pub(in crate::payment) fn write(
         &self,
         ledger: &Ledger,
         conf: &LedgerConf,

@@ -95,6 +95,19 @@ end
 return 0
 ";
 
+/// Writes a channel's record if its version is still the expected one, and indexes the
+/// channel. Records are stored as `<version>:<bytes>`. KEYS: record, index (one hash slot);
+/// ARGV: expected version, record, channel id. Returns 1 when written.
+const SWAP_CHANNEL: &str = r"
+local cur = redis.call('GET', KEYS[1])
+local v = 0
+if cur then v = tonumber(string.match(cur, '^(%d+):')) end
+if v ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], tostring(v + 1) .. ':' .. ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+return 1
+";
+
 /// The Redis-backed store.
 pub struct RedisStore {
     prefix: String,
@@ -118,6 +131,7 @@ pub struct RedisStore {
     lease: Script,
     refusals: Script,
     forget: Script,
+    swap_channel: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -193,6 +207,7 @@ impl RedisStore {
             lease: Script::new(LEASE),
             refusals: Script::new(REFUSALS),
             forget: Script::new(FORGET_IDENTIFIER),
+            swap_channel: Script::new(SWAP_CHANNEL),
         });
         let handle = state_runtime()?;
         for slot in 0..store.conns.len() {
@@ -242,6 +257,16 @@ impl RedisStore {
     /// one hash slot, so that one script may touch them on a cluster.
     fn payment_key(&self, key: &str, kind: &str) -> String {
         format!("{}{{{key}}}:{kind}", self.prefix)
+    }
+
+    /// A payment channel's record; every channel shares one hash slot with the index.
+    fn channel_key(&self, id: &str) -> String {
+        format!("{}{{channels}}:{id}", self.prefix)
+    }
+
+    /// The index of payment channels (ids), which the claimer reads.
+    fn channel_index(&self) -> String {
+        format!("{}{{channels}}:index", self.prefix)
     }
 
     /// The index of pending settlements (payment keys), which sweeps read.
@@ -836,6 +861,80 @@ impl StateStore for RedisStore {
     fn limited(&self, who: Attempter<'_>) -> bool {
         // Nobody limited (the usual case): no name to build.
         !self.limited.is_empty() && self.limited.contains(&who.name())
+    }
+
+    async fn channel(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StateError> {
+        let mut c = self.conn()?;
+        let k = self.channel_key(id);
+        let raw: Option<Vec<u8>> = self
+            .run("channel", async move {
+                redis::cmd("GET").arg(&k).query_async(&mut c).await
+            })
+            .await?;
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let colon = raw
+            .iter()
+            .position(|b| *b == b':')
+            .ok_or_else(|| StateError::Unavailable("a channel record without a version".into()))?;
+        let version = std::str::from_utf8(&raw[..colon])
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                StateError::Unavailable("a channel record's version is not a number".into())
+            })?;
+        Ok(Some((version, raw[colon + 1..].to_vec())))
+    }
+
+    async fn swap_channel(
+        &self,
+        id: &str,
+        version: u64,
+        record: &[u8],
+    ) -> Result<bool, StateError> {
+        let mut c = self.conn()?;
+        let (k, index) = (self.channel_key(id), self.channel_index());
+        let script = &self.swap_channel;
+        let written: i64 = self
+            .run("swap_channel", async move {
+                script
+                    .key(&k)
+                    .key(&index)
+                    .arg(version)
+                    .arg(record)
+                    .arg(id)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(written == 1)
+    }
+
+    async fn channel_ids(&self) -> Result<Vec<String>, StateError> {
+        let mut c = self.conn()?;
+        let index = self.channel_index();
+        self.run("channel_ids", async move {
+            redis::cmd("SMEMBERS").arg(&index).query_async(&mut c).await
+        })
+        .await
+    }
+
+    async fn lease(&self, name: &str, owner: &str, lease: Duration) -> Result<bool, StateError> {
+        let mut c = self.conn()?;
+        let k = self.key("lease", name);
+        let script = &self.lease;
+        let got: i64 = self
+            .run("lease", async move {
+                script
+                    .key(&k)
+                    .arg(owner)
+                    .arg(lease.as_millis() as u64)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(got == 1)
     }
 
     fn backend(&self) -> &'static str {

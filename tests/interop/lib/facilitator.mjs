@@ -34,6 +34,7 @@ import { toFacilitatorEvmSigner } from "@x402/evm";
 import { ExactEvmScheme } from "@x402/evm/exact/facilitator";
 import { ExactEvmSchemeV1 } from "@x402/evm/exact/v1/facilitator";
 import { UptoEvmScheme } from "@x402/evm/upto/facilitator";
+import { BatchSettlementEvmScheme } from "@x402/evm/batch-settlement/facilitator";
 import { EVM_NETWORK_CHAIN_ID_MAP } from "@x402/evm/v1";
 import { createWalletClient, encodeFunctionData, keccak256, http as viemHttp, nonceManager, parseAbi, publicActions } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
@@ -99,7 +100,10 @@ export function shapeProblem(paymentPayload, requirements) {
   if (typeof paymentPayload.x402Version !== "number") return ["invalid_x402_version", "paymentPayload.x402Version must be a number"];
   const inner = paymentPayload.payload;
   if (!inner || typeof inner !== "object") return ["invalid_payload", "paymentPayload.payload must be an object"];
-  if (inner.permit2Authorization) {
+  if (requirements?.scheme === "batch-settlement") {
+    // Channel payloads and actions (deposit, voucher, refund, claim, settle): the scheme checks them.
+    if (typeof inner.type !== "string") return ["invalid_payload", "batch-settlement payload lacks type"];
+  } else if (inner.permit2Authorization) {
     if (typeof inner.signature !== "string" || !HEX_RE.test(inner.signature)) return ["invalid_payload", "bad signature"];
   } else {
     const a = inner.authorization;
@@ -161,6 +165,8 @@ export async function startFacilitator({
   const facilitator = new x402Facilitator();
   facilitator.register(network, new ExactEvmScheme(signer));
   facilitator.register(network, new UptoEvmScheme(signer));
+  // Channels: claims and refunds come signed by the receiver authorizer (the gateway's key).
+  facilitator.register(network, new BatchSettlementEvmScheme(signer));
   if (v1Networks.length) facilitator.registerV1(v1Networks, new ExactEvmSchemeV1(signer));
 
   const config = {

@@ -1,0 +1,640 @@
+//! Payment channels (`batch-settlement`): a request paid by a voucher is charged against its
+//! channel's state in the state store, serialized per channel (a pending charge in the
+//! channel's record, written by compare-and-swap, so replicas sharing the store take turns),
+//! and committed only once the origin answered with success; a deposit first goes through the
+//! facilitator (`/verify`, then `/settle` after the origin answered). A voucher whose
+//! cumulative amount does not continue the channel's charges gets the corrective 402 the
+//! reference client resynchronizes from. The claimer (`claimer.rs`) turns the latest
+//! vouchers into on-chain claims.
+
+pub mod claimer;
+mod record;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::replay::ReplayKey;
+use super::{
+    Accepted, Admission, Caller, PaymentEnv, PaymentError, Payments, Rejection, RuleRef,
+    Settlement, Stage,
+};
+use crate::schemes::evm_batch::{self, BatchError, BatchPayment, Kind};
+use crate::schemes::{SchemeError, by_id};
+use crate::x402::challenge::{Offer, Priced};
+use crate::x402::types::SettleResponse;
+pub use record::{ChannelRecord, PendingCharge};
+
+/// How long a charge may stay pending (the origin's answer) before another request on the
+/// channel may take over; at least this, at most [`MAX_PENDING`], else `maxTimeoutSeconds`.
+const MIN_PENDING: Duration = Duration::from_secs(5);
+const MAX_PENDING: Duration = Duration::from_secs(600);
+/// How many times a charge retries a compare-and-swap another request won.
+const SWAP_TRIES: usize = 4;
+
+/// A channel payment carried through the request: which charge is pending on which channel.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    pub channel_id: String,
+    /// Names this request's pending charge in the channel's record.
+    pub pending_id: String,
+    pub kind: Kind,
+    /// What this request is charged (the offer's price).
+    pub price: u128,
+    /// The channel as this request left it when it took its turn.
+    pub record: ChannelRecord,
+    /// The channel's on-chain state a facilitator reported (`/verify` of a deposit or of a
+    /// voucher whose mirror was stale).
+    pub onchain: Option<Value>,
+}
+
+/// The channel state a facilitator's `/verify` or `/settle` extra reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OnChain {
+    pub balance: u128,
+    pub total_claimed: u128,
+    pub withdraw_requested_at: u64,
+    pub refund_nonce: u64,
+}
+
+impl OnChain {
+    /// Reads `{balance, totalClaimed, withdrawRequestedAt, refundNonce}` (top level or under
+    /// `channelState`); `None` without a readable balance.
+    pub fn read(extra: &Value) -> Option<OnChain> {
+        let s = extra.get("channelState").unwrap_or(extra);
+        let uint = |k: &str| -> Option<u128> {
+            match s.get(k)? {
+                Value::String(t) => t.parse().ok(),
+                Value::Number(n) => n.as_u64().map(u128::from),
+                _ => None,
+            }
+        };
+        Some(OnChain {
+            balance: uint("balance")?,
+            total_claimed: uint("totalClaimed").unwrap_or(0),
+            withdraw_requested_at: uint("withdrawRequestedAt")
+                .and_then(|v| u64::try_from(v).ok())
+                .unwrap_or(0),
+            refund_nonce: uint("refundNonce")
+                .and_then(|v| u64::try_from(v).ok())
+                .unwrap_or(0),
+        })
+    }
+}
+
+/// What taking a turn on a channel decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Turn {
+    /// The charge is pending in this record.
+    Taken(Box<ChannelRecord>),
+    /// The channel's mirror of the chain is too old (or the signature needs a facilitator):
+    /// verify first, then take the turn with what the facilitator reports.
+    VerifyFirst,
+}
+
+/// How long the channel's mirror of the chain is trusted for a local voucher check: a third
+/// of the withdraw delay, between 30 s and 5 min.
+pub fn mirror_ttl(withdraw_delay: u64) -> Duration {
+    Duration::from_secs((withdraw_delay / 3).clamp(30, 300))
+}
+
+/// How long a pending charge holds the channel.
+fn pending_for(max_timeout_seconds: u64) -> Duration {
+    Duration::from_secs(max_timeout_seconds).clamp(MIN_PENDING, MAX_PENDING)
+}
+
+/// Takes this request's turn on a channel, or says why not: the pure decision.
+///
+/// `onchain`: what a facilitator just reported of the chain (a deposit's verification, or a
+/// voucher verified because the mirror was stale); `None`: the record's mirror is used.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one pure decision over the request's facts; a struct would only rename them"
+)]
+pub fn take_turn(
+    current: Option<&ChannelRecord>,
+    p: &BatchPayment,
+    offer: &Offer,
+    onchain: Option<&OnChain>,
+    pending_id: &str,
+    now_ms: u64,
+    ttl: Duration,
+) -> Result<Turn, BatchError> {
+    let price: u128 = offer.requirements.amount.parse().unwrap_or(0);
+    if let Some(c) = current
+        && c.pending_live(now_ms)
+    {
+        return Err(BatchError::ChannelBusy);
+    }
+    // What the channel was charged so far; a channel this store does not know continues
+    // from the voucher (as the reference server does), bounded below by the chain.
+    let charged = match current {
+        Some(c) => c.charged(),
+        None => p.max_claimable.saturating_sub(price),
+    };
+    let expected = charged
+        .checked_add(price)
+        .ok_or(BatchError::CumulativeMismatch)?;
+    if p.max_claimable != expected {
+        return Err(BatchError::CumulativeMismatch);
+    }
+    let mirror = match (onchain, current) {
+        (Some(o), _) => o.clone(),
+        (None, Some(c)) if p.signature_checked && c.mirror_fresh(now_ms, ttl) => c.onchain(),
+        _ => return Ok(Turn::VerifyFirst),
+    };
+    let deposit = match p.kind {
+        Kind::Deposit { amount } => amount,
+        _ => 0,
+    };
+    // A deposit's voucher spends the balance the deposit is about to add.
+    if p.max_claimable > mirror.balance.saturating_add(deposit) {
+        return Err(BatchError::CumulativeExceedsBalance);
+    }
+    if p.max_claimable <= mirror.total_claimed {
+        return Err(BatchError::CumulativeBelowClaimed);
+    }
+    let pending = PendingCharge {
+        id: pending_id.to_owned(),
+        signed_max: p.max_claimable.to_string(),
+        signature: p.signature.clone(),
+        expires_at: now_ms + pending_for(offer.requirements.max_timeout_seconds).as_millis() as u64,
+    };
+    let mut next = match current {
+        Some(c) => c.clone(),
+        None => ChannelRecord::new(p, &offer.requirements),
+    };
+    next.charged = charged.to_string();
+    if onchain.is_some() {
+        next.set_onchain(&mirror, now_ms);
+    }
+    next.pending = Some(pending);
+    Ok(Turn::Taken(Box::new(next)))
+}
+
+impl Payments {
+    /// The gate for a `batch-settlement` payment: local checks, the channel's turn (a
+    /// facilitator's `/verify` first for a deposit, or when the channel's mirror of the chain
+    /// is stale), then forward; the charge commits when the origin answered.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the gate's own arguments, passed through"
+    )]
+    pub(super) async fn channel_gate(
+        &self,
+        env: &PaymentEnv<'_>,
+        rule: RuleRef<'_>,
+        priced: &Priced,
+        offer: &Offer,
+        payload: &Value,
+        body: Vec<u8>,
+        resource: &str,
+        caller: Caller<'_>,
+        started: std::time::Instant,
+    ) -> Result<Admission, Rejection> {
+        let fail = |error: PaymentError, payer: Option<String>| Rejection {
+            error,
+            version: 2,
+            payer,
+            receipt: None,
+            corrective: None,
+        };
+        let separator = offer
+            .eip712_separator
+            .ok_or_else(|| self.reject(fail(SchemeError::Unusable.into(), None)))?;
+        let p = evm_batch::check(payload, &offer.requirements, &separator)
+            .map_err(|e| self.reject(fail(SchemeError::Batch(e).into(), None)))?;
+        let payer = p.config.payer.to_checksum(None);
+        if p.kind == Kind::Refund {
+            return Err(self.reject(fail(
+                SchemeError::Batch(BatchError::RefundUnsupported).into(),
+                Some(payer),
+            )));
+        }
+        let price: u128 = offer.requirements.amount.parse().unwrap_or(0);
+        let channel_id = format!("{:#x}", p.channel_id);
+        let pending_id = pending_id();
+        let ttl = mirror_ttl(
+            offer
+                .requirements
+                .extra
+                .get(evm_batch::WITHDRAW_DELAY)
+                .and_then(Value::as_u64)
+                .unwrap_or(evm_batch::MIN_WITHDRAW_DELAY),
+        );
+        let r = &offer.requirements;
+        let mut accepted = Box::new(Accepted {
+            version: 2,
+            rule_id: rule.id.to_owned(),
+            audience: caller.audience,
+            correlation: caller.correlation.clone(),
+            resource: resource.to_owned(),
+            offer: offer.clone(),
+            payer: payer.clone(),
+            key: ReplayKey::new(&r.network, &r.asset, &payer, &channel_id),
+            nonce: channel_id.clone(),
+            valid_before: u64::MAX,
+            // Channel charges commit after the origin answered, whatever the rule's default.
+            settlement: Settlement::After,
+            failure_policy: rule.policy.failure_policy,
+            digest: Sha256::digest(&body).into(),
+            facilitator_body: body,
+            facilitator: None,
+            stage: Stage::Verified,
+            receipt: None,
+            claimed_tx: None,
+            started,
+            facilitator_time: Duration::ZERO,
+            delivery_recorded: false,
+            identifier: None,
+            sign_in: None,
+            charged: None,
+            meter: rule.policy.meter,
+            delivered_status: None,
+            channel: None,
+        });
+        let mut onchain: Option<OnChain> = None;
+        for _ in 0..SWAP_TRIES {
+            let now = now_ms();
+            let current = match self.state.channel(&channel_id).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read a payment channel");
+                    return Err(self.reject(fail(PaymentError::StateUnavailable, Some(payer))));
+                }
+            };
+            let (version, record) = match &current {
+                Some((v, bytes)) => match ChannelRecord::decode(bytes) {
+                    Some(r) => (*v, Some(r)),
+                    None => {
+                        tracing::error!(channel = %channel_id, "a payment channel's record does not parse");
+                        return Err(self.reject(fail(PaymentError::StateUnavailable, Some(payer))));
+                    }
+                },
+                None => (0, None),
+            };
+            let needs_facilitator = matches!(p.kind, Kind::Deposit { .. }) || !p.signature_checked;
+            if needs_facilitator && onchain.is_none() {
+                onchain = Some(
+                    self.channel_verify(env, &mut accepted)
+                        .await
+                        .map_err(|e| self.reject(fail(e, Some(payer.clone()))))?,
+                );
+            }
+            let turn = take_turn(
+                record.as_ref(),
+                &p,
+                offer,
+                onchain.as_ref(),
+                &pending_id,
+                now,
+                ttl,
+            );
+            let next = match turn {
+                Ok(Turn::Taken(next)) => next,
+                Ok(Turn::VerifyFirst) => {
+                    onchain = Some(
+                        self.channel_verify(env, &mut accepted)
+                            .await
+                            .map_err(|e| self.reject(fail(e, Some(payer.clone()))))?,
+                    );
+                    continue;
+                }
+                Err(BatchError::CumulativeMismatch) => {
+                    let shown = record.unwrap_or_else(|| {
+                        let mut r = ChannelRecord::new(&p, &offer.requirements);
+                        r.charged = p.max_claimable.saturating_sub(price).to_string();
+                        r
+                    });
+                    return Err(self.reject(Rejection {
+                        corrective: corrective(priced, offer, &shown),
+                        ..fail(
+                            SchemeError::Batch(BatchError::CumulativeMismatch).into(),
+                            Some(payer),
+                        )
+                    }));
+                }
+                Err(e) => {
+                    return Err(self.reject(fail(SchemeError::Batch(e).into(), Some(payer))));
+                }
+            };
+            match self
+                .state
+                .swap_channel(&channel_id, version, &next.encode())
+                .await
+            {
+                Ok(true) => {
+                    accepted.channel = Some(Box::new(Ticket {
+                        channel_id,
+                        pending_id,
+                        kind: p.kind,
+                        price,
+                        record: *next,
+                        onchain: None,
+                    }));
+                    return Ok(Admission::Paid(accepted));
+                }
+                // Another request changed the channel first: look again.
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot write a payment channel");
+                    return Err(self.reject(fail(PaymentError::StateUnavailable, Some(payer))));
+                }
+            }
+        }
+        Err(self.reject(fail(
+            SchemeError::Batch(BatchError::ChannelBusy).into(),
+            Some(payer),
+        )))
+    }
+
+    /// A facilitator's `/verify` of a channel payment (a deposit, or a voucher checked on
+    /// chain), returning the channel's on-chain state it reports.
+    async fn channel_verify(
+        &self,
+        env: &PaymentEnv<'_>,
+        a: &mut Accepted,
+    ) -> Result<OnChain, PaymentError> {
+        let extra = self.verify_extra(env, a).await?;
+        Ok(extra.as_ref().and_then(OnChain::read).unwrap_or_default())
+    }
+
+    /// Commits (or, for a deposit, settles on chain and then commits) a channel payment whose
+    /// origin answered with success. Sets `stage` and `receipt` and writes the ledger.
+    pub(super) async fn settle_channel(
+        &self,
+        env: &PaymentEnv<'_>,
+        a: &mut Accepted,
+        upstream_status: Option<u16>,
+    ) {
+        let Some(ticket) = a.channel.clone() else {
+            return;
+        };
+        let network = a.offer.requirements.network.clone();
+        let mut deposited: Option<(String, Option<OnChain>)> = None;
+        if matches!(ticket.kind, Kind::Deposit { .. }) {
+            match self.settle_deposit(env, a).await {
+                Ok((tx, onchain)) => {
+                    // Without the state after the deposit: what it was, plus the deposit.
+                    let onchain = onchain.or_else(|| {
+                        let Kind::Deposit { amount } = ticket.kind else {
+                            return None;
+                        };
+                        let mut o = ticket.record.onchain();
+                        o.balance = o.balance.saturating_add(amount);
+                        Some(o)
+                    });
+                    deposited = Some((tx, onchain));
+                }
+                Err(reason) => {
+                    self.end_channel_turn(a).await;
+                    a.stage = Stage::SettleFailed;
+                    let receipt = SettleResponse {
+                        success: false.into(),
+                        error_reason: Some(reason.clone()),
+                        payer: Some(a.payer.clone()),
+                        network,
+                        ..Default::default()
+                    };
+                    self.metrics
+                        .payments
+                        .with_label_values(&[
+                            "settle_failed",
+                            crate::payment::reasons::label(&reason),
+                        ])
+                        .inc();
+                    self.record(a).write(
+                        &self.ledger,
+                        env.ledger,
+                        "settle_failed",
+                        "",
+                        Some(&reason),
+                        upstream_status,
+                    );
+                    a.receipt = Some(receipt);
+                    return;
+                }
+            }
+        }
+        let committed = self
+            .commit_channel(&ticket, deposited.as_ref().and_then(|d| d.1.as_ref()))
+            .await;
+        let (tx, record) = match committed {
+            Ok(record) => (deposited.map(|d| d.0).unwrap_or_default(), record),
+            Err(reason) => {
+                // The charge could not be recorded: nothing is charged, nothing served.
+                a.stage = Stage::SettleFailed;
+                a.receipt = Some(SettleResponse {
+                    success: false.into(),
+                    error_reason: Some(reason.into()),
+                    payer: Some(a.payer.clone()),
+                    network,
+                    ..Default::default()
+                });
+                self.metrics
+                    .payments
+                    .with_label_values(&["settle_failed", reason])
+                    .inc();
+                return;
+            }
+        };
+        a.stage = Stage::Settled;
+        let charged = record.charged().to_string();
+        a.receipt = Some(SettleResponse {
+            success: true.into(),
+            error_reason: None,
+            payer: Some(a.payer.clone()),
+            transaction: tx.clone(),
+            network,
+            amount: Some(if tx.is_empty() {
+                String::new()
+            } else {
+                a.amount()
+            }),
+            extra: Some(json!({
+                "channelState": record.channel_state(Some(&charged)),
+                "chargedAmount": ticket.price.to_string(),
+            })),
+        });
+        self.metrics
+            .payments
+            .with_label_values(&["settled", ""])
+            .inc();
+        self.count_revenue(a);
+        self.record(a).write(
+            &self.ledger,
+            env.ledger,
+            "channel_charged",
+            &tx,
+            None,
+            upstream_status,
+        );
+    }
+
+    /// The deposit's `/settle`, through the facilitator that verified it: the transaction and
+    /// the channel's state after it, or the refusal's reason.
+    async fn settle_deposit(
+        &self,
+        env: &PaymentEnv<'_>,
+        a: &mut Accepted,
+    ) -> Result<(String, Option<OnChain>), String> {
+        let mut candidates = self.candidates(env, a);
+        if let Some(name) = &a.facilitator {
+            candidates.sort_by_key(|f| &f.name != name);
+        }
+        for fac in candidates {
+            let t = std::time::Instant::now();
+            let r = self
+                .calls
+                .settle(fac, &a.facilitator_body, &a.correlation)
+                .await;
+            a.facilitator_time += t.elapsed();
+            match r {
+                Ok(s) if s.succeeded() => {
+                    a.facilitator = Some(fac.name.clone());
+                    let onchain = s.extra.as_ref().and_then(OnChain::read);
+                    return Ok((s.transaction, onchain));
+                }
+                Ok(s) => {
+                    return Err(s.error_reason.unwrap_or_else(|| "settlement_failed".into()));
+                }
+                Err(e) if e.not_sent() => continue,
+                Err(e) => {
+                    tracing::warn!(facilitator = %fac.name, error = %e, "deposit settlement outcome unknown");
+                    return Err("settlement_unconfirmed".into());
+                }
+            }
+        }
+        Err("facilitator_unavailable".into())
+    }
+
+    /// Adds this request's price to the channel's charges, if its turn still holds.
+    async fn commit_channel(
+        &self,
+        t: &Ticket,
+        deposited: Option<&OnChain>,
+    ) -> Result<ChannelRecord, &'static str> {
+        for _ in 0..SWAP_TRIES {
+            let (version, mut record) = match self.state.channel(&t.channel_id).await {
+                Ok(Some((v, bytes))) => match ChannelRecord::decode(&bytes) {
+                    Some(r) => (v, r),
+                    None => return Err("state_unavailable"),
+                },
+                Ok(None) => return Err("invalid_batch_settlement_evm_missing_channel"),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read a payment channel to commit a charge");
+                    return Err("state_unavailable");
+                }
+            };
+            let Some(pending) = record.pending.clone().filter(|p| p.id == t.pending_id) else {
+                return Err("invalid_batch_settlement_evm_channel_busy");
+            };
+            let charged = record.charged().saturating_add(t.price);
+            if pending.signed_max.parse::<u128>().ok() != Some(charged) {
+                return Err("invalid_batch_settlement_evm_charge_exceeds_signed_cumulative");
+            }
+            record.charged = charged.to_string();
+            record.signed_max = pending.signed_max;
+            record.signature = pending.signature;
+            record.pending = None;
+            record.last_request_at = now_ms();
+            if let Some(o) = deposited {
+                record.set_onchain(o, now_ms());
+            }
+            match self
+                .state
+                .swap_channel(&t.channel_id, version, &record.encode())
+                .await
+            {
+                Ok(true) => return Ok(record),
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot commit a channel charge");
+                    return Err("state_unavailable");
+                }
+            }
+        }
+        Err("invalid_batch_settlement_evm_channel_busy")
+    }
+
+    /// Ends a channel payment's turn without a charge (the origin failed, the client went
+    /// away, the deposit did not settle): the channel is free for the next request.
+    pub(super) async fn end_channel_turn(&self, a: &Accepted) {
+        let Some(t) = &a.channel else {
+            return;
+        };
+        for _ in 0..SWAP_TRIES {
+            let Ok(Some((version, bytes))) = self.state.channel(&t.channel_id).await else {
+                return;
+            };
+            let Some(mut record) = ChannelRecord::decode(&bytes) else {
+                return;
+            };
+            if record.pending.as_ref().is_none_or(|p| p.id != t.pending_id) {
+                return;
+            }
+            record.pending = None;
+            match self
+                .state
+                .swap_channel(&t.channel_id, version, &record.encode())
+                .await
+            {
+                Ok(true) => return,
+                Ok(false) => continue,
+                Err(e) => {
+                    // The pending charge expires on its own.
+                    tracing::warn!(error = %e, "cannot release a channel's pending charge");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The requirements of a corrective 402: the channel's offer with the channel's state and the
+/// latest voucher the gateway holds, which the reference client resynchronizes from.
+fn corrective(priced: &Priced, offer: &Offer, record: &ChannelRecord) -> Option<Box<Priced>> {
+    let mut offers = priced.offers.clone();
+    let o = offers.iter_mut().find(|o| {
+        o.requirements.scheme == evm_batch::SCHEME
+            && o.requirements.network == offer.requirements.network
+            && o.requirements.asset == offer.requirements.asset
+    })?;
+    let extra = &mut o.requirements.extra;
+    extra.insert(
+        "channelState".into(),
+        record.channel_state(Some(&record.charged)),
+    );
+    if !record.signature.is_empty() {
+        extra.insert(
+            "voucherState".into(),
+            json!({"signedMaxClaimable": record.signed_max, "signature": record.signature}),
+        );
+    }
+    Some(Box::new(priced.with_offers(offers)))
+}
+
+/// Whether an offer is paid through a channel.
+pub fn is_channel(offer: &Offer) -> bool {
+    by_id(&offer.requirements.scheme)
+        .is_some_and(|s| s.settle_plan() == crate::schemes::SettlePlan::Channel)
+}
+
+fn pending_id() -> String {
+    let mut random = [0u8; 12];
+    if getrandom::fill(&mut random).is_err() {
+        random[..8].copy_from_slice(&now_ms().to_le_bytes());
+    }
+    hex::encode(random)
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,156 @@
+//! A payment channel's record in the state store: what the gateway charged it, the latest
+//! voucher (what the claimer claims), the gateway's mirror of the channel's on-chain state,
+//! and the one charge that may be pending at a time.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::OnChain;
+use crate::schemes::evm_batch::BatchPayment;
+use crate::x402::types::RequirementsV2;
+
+/// One channel as the gateway knows it. Amounts are decimal strings (they are `uint128`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelRecord {
+    pub channel_id: String,
+    /// CAIP-2 network, token and receiver: what the claimer groups channels by.
+    pub network: String,
+    pub asset: String,
+    pub receiver: String,
+    pub receiver_authorizer: String,
+    pub payer: String,
+    /// The channel's configuration as the contract calls take it.
+    pub config: Value,
+    /// Everything this channel was charged, cumulatively.
+    pub charged: String,
+    /// The latest voucher: its cumulative ceiling and signature (empty before the first).
+    pub signed_max: String,
+    pub signature: String,
+    /// The mirror of the chain: escrow, claimed total, a timed withdrawal's start, the refund
+    /// nonce, and when they were read (unix ms).
+    pub balance: String,
+    pub total_claimed: String,
+    pub withdraw_requested_at: u64,
+    pub refund_nonce: u64,
+    pub synced_at: u64,
+    /// Unix ms of the last committed charge.
+    #[serde(default)]
+    pub last_request_at: u64,
+    /// The charge being served now, if any.
+    #[serde(default)]
+    pub pending: Option<PendingCharge>,
+}
+
+/// A charge waiting for the origin's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingCharge {
+    pub id: String,
+    pub signed_max: String,
+    pub signature: String,
+    /// Unix ms after which another request may take the channel.
+    pub expires_at: u64,
+}
+
+fn uint(s: &str) -> u128 {
+    s.parse().unwrap_or(0)
+}
+
+impl ChannelRecord {
+    /// A channel this store has not seen, as a payment describes it.
+    pub fn new(p: &BatchPayment, req: &RequirementsV2) -> Self {
+        ChannelRecord {
+            channel_id: format!("{:#x}", p.channel_id),
+            network: req.network.clone(),
+            asset: p.config.token.to_checksum(None),
+            receiver: p.config.receiver.to_checksum(None),
+            receiver_authorizer: p.config.receiver_authorizer.to_checksum(None),
+            payer: p.config.payer.to_checksum(None),
+            config: p.config.to_json(),
+            charged: "0".into(),
+            signed_max: "0".into(),
+            signature: String::new(),
+            balance: "0".into(),
+            total_claimed: "0".into(),
+            withdraw_requested_at: 0,
+            refund_nonce: 0,
+            synced_at: 0,
+            last_request_at: 0,
+            pending: None,
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // A record of strings and numbers always serializes.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn charged(&self) -> u128 {
+        uint(&self.charged)
+    }
+
+    pub fn signed_max(&self) -> u128 {
+        uint(&self.signed_max)
+    }
+
+    pub fn total_claimed(&self) -> u128 {
+        uint(&self.total_claimed)
+    }
+
+    pub fn balance(&self) -> u128 {
+        uint(&self.balance)
+    }
+
+    /// What the latest voucher entitles the receiver to that is not claimed on chain yet.
+    pub fn unclaimed(&self) -> u128 {
+        self.signed_max().saturating_sub(self.total_claimed())
+    }
+
+    pub fn pending_live(&self, now_ms: u64) -> bool {
+        self.pending.as_ref().is_some_and(|p| p.expires_at > now_ms)
+    }
+
+    pub fn mirror_fresh(&self, now_ms: u64, ttl: std::time::Duration) -> bool {
+        self.synced_at > 0 && now_ms.saturating_sub(self.synced_at) <= ttl.as_millis() as u64
+    }
+
+    pub fn onchain(&self) -> OnChain {
+        OnChain {
+            balance: self.balance(),
+            total_claimed: self.total_claimed(),
+            withdraw_requested_at: self.withdraw_requested_at,
+            refund_nonce: self.refund_nonce,
+        }
+    }
+
+    pub fn set_onchain(&mut self, o: &OnChain, now_ms: u64) {
+        self.balance = o.balance.to_string();
+        self.total_claimed = o.total_claimed.to_string();
+        self.withdraw_requested_at = o.withdraw_requested_at;
+        self.refund_nonce = o.refund_nonce;
+        self.synced_at = now_ms;
+    }
+
+    /// The `channelState` object of receipts and corrective 402s.
+    pub fn channel_state(&self, charged: Option<&str>) -> Value {
+        let mut v = json!({
+            "channelId": self.channel_id,
+            "balance": self.balance,
+            "totalClaimed": self.total_claimed,
+            "withdrawRequestedAt": self.withdraw_requested_at,
+            "refundNonce": self.refund_nonce.to_string(),
+        });
+        if let (Some(c), Some(o)) = (charged, v.as_object_mut()) {
+            o.insert(
+                "chargedCumulativeAmount".into(),
+                Value::String(c.to_owned()),
+            );
+        }
+        v
+    }
+}

@@ -1,0 +1,260 @@
+//! The channel turn's decisions: what continues a channel, what is stale, busy, beyond the
+//! escrow or below what the chain already claimed, and when the mirror must be refreshed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256};
+use alloy::signers::SignerSync;
+use alloy::signers::local::PrivateKeySigner;
+use serde_json::json;
+
+use super::*;
+use crate::schemes::Scheme;
+use crate::schemes::evm_batch::{BATCH_SETTLEMENT, ChannelConfig, voucher_digest};
+use crate::x402::networks::Asset;
+
+const PRICE: u128 = 10_000;
+const NOW: u64 = 1_700_000_000_000;
+const TTL: Duration = Duration::from_secs(300);
+
+struct Fixture {
+    key: PrivateKeySigner,
+    offer: Offer,
+    config: ChannelConfig,
+}
+
+fn fixture() -> Fixture {
+    let key = PrivateKeySigner::random();
+    let asset = Arc::new(Asset {
+        id: "tusd".into(),
+        network: "eip155:31337".into(),
+        address: "0x5FbDB2315678afecb367f032d93F642f64180aa3".into(),
+        eip712_name: "Test USD".into(),
+        eip712_version: "1".into(),
+        decimals: 6,
+        usd: true,
+    });
+    let mut offer = crate::schemes::BATCH.offer(
+        asset,
+        None,
+        PRICE,
+        "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
+        300,
+    );
+    offer.requirements.extra.insert(
+        evm_batch::RECEIVER_AUTHORIZER.into(),
+        json!("0x976EA74026E726554dB657fA54763abd0C3a0aa9"),
+    );
+    offer
+        .requirements
+        .extra
+        .insert(evm_batch::WITHDRAW_DELAY.into(), json!(900));
+    let config = ChannelConfig {
+        payer: key.address(),
+        payer_authorizer: key.address(),
+        receiver: "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+            .parse()
+            .unwrap(),
+        receiver_authorizer: "0x976EA74026E726554dB657fA54763abd0C3a0aa9"
+            .parse()
+            .unwrap(),
+        token: "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+            .parse()
+            .unwrap(),
+        withdraw_delay: 900,
+        salt: B256::ZERO,
+    };
+    Fixture { key, offer, config }
+}
+
+impl Fixture {
+    fn payment(&self, kind: &str, max: u128) -> BatchPayment {
+        let sep = self.offer.eip712_separator.unwrap();
+        let id = self.config.id(&sep);
+        let sig = self
+            .key
+            .sign_hash_sync(&voucher_digest(&sep, &id, max))
+            .unwrap();
+        let payload = json!({
+            "type": kind,
+            "channelConfig": self.config.to_json(),
+            "voucher": {
+                "channelId": format!("{id:#x}"),
+                "maxClaimableAmount": max.to_string(),
+                "signature": format!("0x{}", hex::encode(sig.as_bytes())),
+            },
+            "deposit": {"amount": "1000000", "authorization": {}},
+        });
+        evm_batch::check(&payload, &self.offer.requirements, &sep).unwrap()
+    }
+
+    fn record(&self, charged: u128, balance: u128, claimed: u128, synced: u64) -> ChannelRecord {
+        let mut r = ChannelRecord::new(
+            &self.payment("voucher", charged.max(1)),
+            &self.offer.requirements,
+        );
+        r.charged = charged.to_string();
+        r.signed_max = charged.to_string();
+        r.signature = "0x01".into();
+        r.balance = balance.to_string();
+        r.total_claimed = claimed.to_string();
+        r.synced_at = synced;
+        r
+    }
+}
+
+fn turn(
+    f: &Fixture,
+    current: Option<&ChannelRecord>,
+    p: &BatchPayment,
+    onchain: Option<&OnChain>,
+) -> Result<Turn, BatchError> {
+    take_turn(current, p, &f.offer, onchain, "me", NOW, TTL)
+}
+
+#[test]
+fn a_voucher_that_continues_the_channel_takes_the_turn_without_a_network_call() {
+    let f = fixture();
+    let rec = f.record(30_000, 1_000_000, 0, NOW - 1_000);
+    let Ok(Turn::Taken(next)) = turn(&f, Some(&rec), &f.payment("voucher", 40_000), None) else {
+        panic!("expected the turn");
+    };
+    // Charged stays until the origin answered; the voucher waits in the pending charge.
+    assert_eq!(next.charged, "30000");
+    let pending = next.pending.unwrap();
+    assert_eq!(pending.signed_max, "40000");
+    assert_eq!(pending.id, "me");
+    assert!(pending.expires_at > NOW);
+}
+
+#[test]
+fn stale_replayed_or_skipping_vouchers_are_mismatches() {
+    let f = fixture();
+    let rec = f.record(30_000, 1_000_000, 0, NOW - 1_000);
+    // Replayed (the last one again), stale (older), skipping ahead, and a free one.
+    for max in [30_000, 20_000, 60_000, 30_001, 39_999] {
+        assert_eq!(
+            turn(&f, Some(&rec), &f.payment("voucher", max), None),
+            Err(BatchError::CumulativeMismatch),
+            "{max}"
+        );
+    }
+}
+
+#[test]
+fn the_escrow_and_the_chain_bound_what_a_voucher_may_claim() {
+    let f = fixture();
+    let poor = f.record(30_000, 35_000, 0, NOW - 1_000);
+    assert_eq!(
+        turn(&f, Some(&poor), &f.payment("voucher", 40_000), None),
+        Err(BatchError::CumulativeExceedsBalance)
+    );
+    // The chain already claimed more than this voucher: the store lost charges.
+    let claimed = f.record(30_000, 1_000_000, 50_000, NOW - 1_000);
+    assert_eq!(
+        turn(&f, Some(&claimed), &f.payment("voucher", 40_000), None),
+        Err(BatchError::CumulativeBelowClaimed)
+    );
+}
+
+#[test]
+fn a_pending_charge_holds_the_channel_until_it_expires() {
+    let f = fixture();
+    let mut rec = f.record(30_000, 1_000_000, 0, NOW - 1_000);
+    rec.pending = Some(PendingCharge {
+        id: "other".into(),
+        signed_max: "40000".into(),
+        signature: "0x02".into(),
+        expires_at: NOW + 1,
+    });
+    assert_eq!(
+        turn(&f, Some(&rec), &f.payment("voucher", 40_000), None),
+        Err(BatchError::ChannelBusy)
+    );
+    rec.pending.as_mut().unwrap().expires_at = NOW;
+    assert!(matches!(
+        turn(&f, Some(&rec), &f.payment("voucher", 40_000), None),
+        Ok(Turn::Taken(_))
+    ));
+}
+
+#[test]
+fn a_stale_mirror_or_an_unknown_channel_asks_the_facilitator_first() {
+    let f = fixture();
+    let old = f.record(30_000, 1_000_000, 0, NOW - TTL.as_millis() as u64 - 1);
+    let v = f.payment("voucher", 40_000);
+    assert_eq!(turn(&f, Some(&old), &v, None), Ok(Turn::VerifyFirst));
+    assert_eq!(turn(&f, None, &v, None), Ok(Turn::VerifyFirst));
+    // With the chain's word, an unknown channel continues from the voucher.
+    let chain = OnChain {
+        balance: 1_000_000,
+        total_claimed: 20_000,
+        ..OnChain::default()
+    };
+    let Ok(Turn::Taken(next)) = turn(&f, None, &v, Some(&chain)) else {
+        panic!("expected the turn");
+    };
+    assert_eq!(next.charged, "30000");
+    assert_eq!(next.balance, "1000000");
+    assert_eq!(next.total_claimed, "20000");
+    assert_eq!(next.synced_at, NOW);
+}
+
+#[test]
+fn a_deposit_may_spend_what_it_brings() {
+    let f = fixture();
+    let d = f.payment("deposit", PRICE);
+    let empty = OnChain::default();
+    let Ok(Turn::Taken(next)) = turn(&f, None, &d, Some(&empty)) else {
+        panic!("expected the turn");
+    };
+    assert_eq!(next.charged, "0");
+    assert_eq!(next.pending.unwrap().signed_max, "10000");
+}
+
+#[test]
+fn onchain_state_reads_the_facilitators_shapes() {
+    let flat = json!({"channelId": "0x1", "balance": "500", "totalClaimed": "20", "withdrawRequestedAt": 7, "refundNonce": "2"});
+    let nested = json!({"channelState": flat.clone()});
+    for v in [flat, nested] {
+        assert_eq!(
+            OnChain::read(&v),
+            Some(OnChain {
+                balance: 500,
+                total_claimed: 20,
+                withdraw_requested_at: 7,
+                refund_nonce: 2,
+            })
+        );
+    }
+    assert_eq!(OnChain::read(&json!({"totalClaimed": "1"})), None);
+    assert_eq!(OnChain::read(&json!({"balance": "x"})), None);
+}
+
+#[test]
+fn the_record_round_trips_and_says_what_is_unclaimed() {
+    let f = fixture();
+    let rec = f.record(30_000, 1_000_000, 10_000, NOW);
+    let back = ChannelRecord::decode(&rec.encode()).unwrap();
+    assert_eq!(back, rec);
+    assert_eq!(back.unclaimed(), 20_000);
+    assert_eq!(
+        back.channel_state(Some("30000"))["chargedCumulativeAmount"],
+        "30000"
+    );
+    assert_eq!(
+        BATCH_SETTLEMENT,
+        "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003"
+            .parse::<Address>()
+            .unwrap()
+    );
+}
+
+#[test]
+fn the_mirror_is_trusted_for_a_third_of_the_withdraw_delay_within_bounds() {
+    assert_eq!(mirror_ttl(900), Duration::from_secs(300));
+    assert_eq!(mirror_ttl(60), Duration::from_secs(30));
+    assert_eq!(mirror_ttl(2_592_000), Duration::from_secs(300));
+    assert_eq!(mirror_ttl(450), Duration::from_secs(150));
+}

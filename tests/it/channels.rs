@@ -1,0 +1,186 @@
+//! `batch-settlement` through the gateway with the reference batch client: one deposit, then
+//! vouchers checked locally with no transaction per request; the claimer lands the charges on
+//! chain in batches; what must be refused is refused with the scheme's reasons, nothing served.
+
+use serde_json::{Value, json};
+
+use crate::support::chain::{balance, rpc};
+use crate::support::*;
+
+/// The receiver authorizer's key (a public anvil test key no other role here uses).
+const AUTHORIZER_KEY: &str = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6";
+/// The channel contract, where the reference packages expect it.
+const CHANNELS: &str = "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003";
+
+fn rules() -> String {
+    format!(
+        r#"
+[[rule]]
+id = "api"
+prefix = "/api/"
+methods = ["GET"]
+schemes = ["batch-settlement"]
+price = "$0.01"
+min_deposit = "$5"
+receiver_authorizer = "{AUTHORIZER_KEY}"
+"#
+    )
+}
+
+/// `receivers(receiver, token)` of the channel contract: (claimed, settled).
+async fn receiver_totals(rpc_url: &str, receiver: &str, token: &str) -> (u128, u128) {
+    let word = |a: &str| format!("{:0>64}", a.trim_start_matches("0x").to_ascii_lowercase());
+    // receivers(address,address)
+    let selector = &format!(
+        "{:#x}",
+        alloy::primitives::keccak256("receivers(address,address)")
+    )[..10];
+    let out = rpc(
+        rpc_url,
+        "eth_call",
+        json!([{"to": CHANNELS, "data": format!("{selector}{}{}", word(receiver), word(token))}, "latest"]),
+    )
+    .await;
+    let hex = out
+        .as_str()
+        .expect("hex")
+        .trim_start_matches("0x")
+        .to_owned();
+    let claimed = u128::from_str_radix(&hex[32..64], 16).expect("claimed");
+    let settled = u128::from_str_radix(&hex[96..128], 16).expect("settled");
+    (claimed, settled)
+}
+
+/// Transactions mined so far (anvil mines one block per transaction).
+async fn block_number(rpc_url: &str) -> u64 {
+    crate::support::chain::hex_u64(&rpc(rpc_url, "eth_blockNumber", json!([])).await)
+}
+
+async fn pay_batch(urls: &str, rpc_url: &str, key: &str, extra: &[&str]) -> Value {
+    let mut args: Vec<String> = vec![
+        "--url".into(),
+        urls.into(),
+        "--rpc-url".into(),
+        rpc_url.into(),
+        "--private-key".into(),
+        key.into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    node_json("lib/pay-batch.mjs", &args, &[]).await
+}
+
+fn ledger_sum(gw: &Gateway, event: &str) -> u128 {
+    gw.ledger()
+        .iter()
+        .filter(|l| l["event"] == event)
+        .map(|l| {
+            l["amount"]
+                .as_str()
+                .unwrap_or("0")
+                .parse::<u128>()
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vouchers_pay_per_request_and_the_claimer_lands_them_on_chain() {
+    let dev = NodeProc::start("lib/devnet.mjs", &["--chain-id", "31337", "--payers", "2"]);
+    let origin = Origin::start("channel-origin");
+    let fac = dev.info["facilitatorUrl"].as_str().expect("fac").to_owned();
+    let gw = Gateway::start(
+        &paid_config(
+            &origin.addr,
+            &dev.info,
+            &facilitator_toml("node", &fac, 0, ""),
+            "channel_claim_interval_seconds = 3600\nchannel_claim_threshold = 500000",
+        ),
+        &[("rules.toml", &rules())],
+    );
+    let rpc_url = dev.info["rpcUrl"].as_str().expect("rpc");
+    let token = dev.info["token"]["address"].as_str().expect("token");
+    let pay_to = dev.info["payTo"].as_str().expect("payTo");
+    let (payer, key) = (
+        dev.info["payers"][0]["address"].as_str().expect("address"),
+        dev.info["payers"][0]["privateKey"].as_str().expect("key"),
+    );
+
+    // The 402 offers the channel scheme with what the reference client needs.
+    let r = client().get(gw.url("/api/x")).send().await.expect("402");
+    assert_eq!(r.status(), 402);
+    let pr = decode_header(
+        r.headers()
+            .get("payment-required")
+            .expect("header")
+            .to_str()
+            .expect("ascii"),
+    );
+    let offer = &pr["accepts"][0];
+    assert_eq!(offer["scheme"], "batch-settlement", "{pr}");
+    assert_eq!(offer["amount"], "10000", "{pr}");
+    assert_eq!(offer["extra"]["withdrawDelay"], 900, "{pr}");
+    assert_eq!(offer["extra"]["minDeposit"], "5000000", "{pr}");
+    assert!(offer["extra"]["receiverAuthorizer"].is_string(), "{pr}");
+
+    // One deposit, then vouchers: 200 answers, one transaction (the deposit) while they are
+    // served, each request charged the price.
+    let payer_before = balance(rpc_url, token, payer).await;
+    let receiver_before = balance(rpc_url, token, pay_to).await;
+    let blocks_before = block_number(rpc_url).await;
+    let out = pay_batch(&gw.url("/api/item"), rpc_url, key, &["--requests", "200"]).await;
+    assert!(out["error"].is_null(), "{}", out["error"]);
+    assert_eq!(out["statuses"]["200"], 200, "{}", out["statuses"]);
+    assert_eq!(out["sent"]["deposit"], 1, "{}", out["sent"]);
+    assert_eq!(out["sent"]["voucher"], 199, "{}", out["sent"]);
+    let last = &out["results"][199]["receipt"];
+    assert_eq!(last["success"], true, "{last}");
+    assert_eq!(last["transaction"], "", "{last}");
+    assert_eq!(last["extra"]["chargedAmount"], "10000", "{last}");
+    assert_eq!(
+        last["extra"]["channelState"]["chargedCumulativeAmount"], "2000000",
+        "{last}"
+    );
+    let first = &out["results"][0]["receipt"];
+    assert!(
+        first["transaction"].as_str().is_some_and(|t| t.len() == 66),
+        "{first}"
+    );
+    assert_eq!(
+        payer_before - balance(rpc_url, token, payer).await,
+        5_000_000
+    );
+    assert_eq!(origin.requests().await, 200);
+    assert_eq!(ledger_sum(&gw, "channel_charged"), 2_000_000);
+
+    // Past the threshold the claimer claims and sweeps, in a few transactions, not one per
+    // request: the receiver holds what was charged, and the ledger says what the chain says.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (claimed, settled) = loop {
+        let totals = receiver_totals(rpc_url, pay_to, token).await;
+        if totals == (2_000_000, 2_000_000) || std::time::Instant::now() > deadline {
+            break totals;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!((claimed, settled), (2_000_000, 2_000_000));
+    let transactions = block_number(rpc_url).await - blocks_before;
+    assert!(
+        transactions <= 1 + 2 * 8,
+        "one deposit and a few claims and sweeps, not one per request: {transactions}"
+    );
+    wait_for(
+        "the ledger's sweep lines",
+        std::time::Duration::from_secs(10),
+        || (ledger_sum(&gw, "channel_swept") == 2_000_000).then_some(()),
+    );
+    assert_eq!(ledger_sum(&gw, "channel_claimed"), claimed);
+    assert_eq!(
+        balance(rpc_url, token, pay_to).await - receiver_before,
+        settled
+    );
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("x402_channel_claims_total{operation=\"claim\",outcome=\"ok\"}"),
+        "{metrics}"
+    );
+}
