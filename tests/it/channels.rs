@@ -184,3 +184,121 @@ async fn vouchers_pay_per_request_and_the_claimer_lands_them_on_chain() {
         "{metrics}"
     );
 }
+
+/// Polls the chain until the receiver's claimed and settled totals reach `want` (or 30 s).
+async fn wait_totals(rpc_url: &str, receiver: &str, token: &str, want: u128) -> (u128, u128) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let totals = receiver_totals(rpc_url, receiver, token).await;
+        if totals == (want, want) || std::time::Instant::now() > deadline {
+            return totals;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_channel_hammered_through_three_replicas_is_charged_once_per_answer() {
+    let redis = crate::support::redis::Redis::start();
+    let dev = NodeProc::start("lib/devnet.mjs", &["--chain-id", "31337", "--payers", "1"]);
+    let origin = Origin::start("channel-origin");
+    let fac = dev.info["facilitatorUrl"].as_str().expect("fac").to_owned();
+    let rpc_url = dev.info["rpcUrl"].as_str().expect("rpc");
+    let token = dev.info["token"]["address"].as_str().expect("token");
+    let pay_to = dev.info["payTo"].as_str().expect("payTo");
+    let key = dev.info["payers"][0]["privateKey"].as_str().expect("key");
+    let payer = dev.info["payers"][0]["address"].as_str().expect("payer");
+    let payer_before = balance(rpc_url, token, payer).await;
+    let gws: Vec<Gateway> = ["a", "b", "c"]
+        .iter()
+        .map(|r| {
+            let cfg = format!(
+                "{}\n[state]\nbackend = \"redis\"\nurl = \"{}\"\nreplica_id = \"{r}\"\n",
+                paid_config(
+                    &origin.addr,
+                    &dev.info,
+                    &facilitator_toml("node", &fac, 0, ""),
+                    "channel_claim_interval_seconds = 2",
+                ),
+                redis.url()
+            );
+            Gateway::start(&cfg, &[("rules.toml", &rules())])
+        })
+        .collect();
+    let urls: Vec<String> = gws.iter().map(|g| g.url("/api/item")).collect();
+
+    // Eight workers share one client, so one channel; requests round-robin over the replicas.
+    // Workers that signed the same next voucher lose the race: the corrective 402 tells the
+    // client where the channel stands (a request whose retry loses again is refused).
+    let out = pay_batch(
+        &urls.join(","),
+        rpc_url,
+        key,
+        &["--requests", "120", "--concurrency", "8"],
+    )
+    .await;
+    assert!(out["error"].is_null(), "{}", out["error"]);
+    let refusals: std::collections::BTreeMap<String, usize> = out["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter(|r| r["status"] != 200)
+        .fold(Default::default(), |mut m, r| {
+            let body: Value =
+                serde_json::from_str(r["body"].as_str().unwrap_or("")).unwrap_or_default();
+            *m.entry(body["error"].as_str().unwrap_or("?").to_owned())
+                .or_default() += 1;
+            m
+        });
+    let served = out["statuses"]["200"].as_u64().unwrap_or(0) as u128;
+    assert!(served >= 8, "{} {refusals:?}", out["statuses"]);
+    assert!(
+        refusals
+            .keys()
+            .all(|k| k == "invalid_batch_settlement_evm_cumulative_amount_mismatch"),
+        "{refusals:?}"
+    );
+    // Each worker started without a channel and sent a deposit; one landed, the others lost
+    // the channel's turn before anything was settled.
+    assert_eq!(
+        payer_before - balance(rpc_url, token, payer).await,
+        5_000_000,
+        "{}",
+        out["sent"]
+    );
+
+    // A client that lost its state (a new process) resynchronizes from the first corrective
+    // 402 and then pays every request.
+    let again = pay_batch(&urls.join(","), rpc_url, key, &["--requests", "12"]).await;
+    assert_eq!(again["statuses"]["200"], 12, "{}", again["statuses"]);
+    assert_eq!(again["sent"]["deposit"], 0, "{}", again["sent"]);
+    let ok = served + 12;
+    let results: Vec<Value> = out["results"]
+        .as_array()
+        .into_iter()
+        .chain(again["results"].as_array())
+        .flatten()
+        .cloned()
+        .collect();
+
+    // Charged exactly once per answer, across the replicas; nothing served unpaid.
+    let charged: u128 = gws.iter().map(|g| ledger_sum(g, "channel_charged")).sum();
+    assert_eq!(charged, ok * 10_000);
+    assert_eq!(origin.requests().await as u128, ok);
+    let highest = results
+        .iter()
+        .filter_map(|r| {
+            r["receipt"]["extra"]["channelState"]["chargedCumulativeAmount"]
+                .as_str()
+                .and_then(|c| c.parse::<u128>().ok())
+        })
+        .max()
+        .expect("receipts");
+    assert_eq!(highest, charged);
+
+    // One replica claims (the lease): the chain holds each charge once.
+    let (claimed, settled) = wait_totals(rpc_url, pay_to, token, charged).await;
+    assert_eq!((claimed, settled), (charged, charged));
+    let ledger_claimed: u128 = gws.iter().map(|g| ledger_sum(g, "channel_claimed")).sum();
+    assert_eq!(ledger_claimed, claimed);
+}

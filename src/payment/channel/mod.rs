@@ -32,6 +32,11 @@ const MIN_PENDING: Duration = Duration::from_secs(5);
 const MAX_PENDING: Duration = Duration::from_secs(600);
 /// How many times a charge retries a compare-and-swap another request won.
 const SWAP_TRIES: usize = 4;
+/// How long a request waits for its turn while another request on its channel is served;
+/// past that it is refused as busy.
+const TURN_WAIT: Duration = Duration::from_secs(5);
+/// How often a waiting request looks again.
+const TURN_POLL: Duration = Duration::from_millis(5);
 
 /// A channel payment carried through the request: which charge is pending on which channel.
 #[derive(Debug, Clone)]
@@ -255,7 +260,9 @@ impl Payments {
             channel: None,
         });
         let mut onchain: Option<OnChain> = None;
-        for _ in 0..SWAP_TRIES {
+        let waiting_since = std::time::Instant::now();
+        let mut lost = 0;
+        while lost < SWAP_TRIES {
             let now = now_ms();
             let current = match self.state.channel(&channel_id).await {
                 Ok(c) => c,
@@ -301,6 +308,11 @@ impl Payments {
                     );
                     continue;
                 }
+                // Another request on this channel is being served: wait for its answer.
+                Err(BatchError::ChannelBusy) if waiting_since.elapsed() < TURN_WAIT => {
+                    tokio::time::sleep(TURN_POLL).await;
+                    continue;
+                }
                 Err(BatchError::CumulativeMismatch) => {
                     let shown = record.unwrap_or_else(|| {
                         let mut r = ChannelRecord::new(&p, &offer.requirements);
@@ -336,7 +348,10 @@ impl Payments {
                     return Ok(Admission::Paid(accepted));
                 }
                 // Another request changed the channel first: look again.
-                Ok(false) => continue,
+                Ok(false) => {
+                    lost += 1;
+                    continue;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot write a payment channel");
                     return Err(self.reject(fail(PaymentError::StateUnavailable, Some(payer))));
