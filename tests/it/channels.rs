@@ -23,8 +23,48 @@ schemes = ["batch-settlement"]
 price = "$0.01"
 min_deposit = "$5"
 receiver_authorizer = "{AUTHORIZER_KEY}"
+
+[[rule]]
+id = "report"
+prefix = "/report/"
+methods = ["GET"]
+schemes = ["batch-settlement"]
+price = "$4"
+min_deposit = "$5"
+receiver_authorizer = "{AUTHORIZER_KEY}"
 "#
     )
+}
+
+/// Sends one voucher payment built by `lib/batch-voucher.mjs` for `path`'s 402; the answer's
+/// status and its `error`.
+async fn voucher(gw: &Gateway, path: &str, key: &str, max: u128, extra: &[&str]) -> (u16, Value) {
+    let mut args: Vec<String> = vec![
+        "--url".into(),
+        gw.url(path),
+        "--private-key".into(),
+        key.into(),
+        "--max".into(),
+        max.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let built = node_json("lib/batch-voucher.mjs", &args, &[]).await;
+    let header = built["header"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{built}"));
+    let r = client()
+        .get(gw.url(path))
+        .header("payment-signature", header)
+        .send()
+        .await
+        .expect("paid request");
+    let status = r.status().as_u16();
+    let required = r
+        .headers()
+        .get("payment-required")
+        .map(|h| decode_header(h.to_str().expect("ascii")))
+        .unwrap_or(Value::Null);
+    (status, required)
 }
 
 /// `receivers(receiver, token)` of the channel contract: (claimed, settled).
@@ -93,7 +133,7 @@ async fn vouchers_pay_per_request_and_the_claimer_lands_them_on_chain() {
             &origin.addr,
             &dev.info,
             &facilitator_toml("node", &fac, 0, ""),
-            "channel_claim_interval_seconds = 3600\nchannel_claim_threshold = 500000",
+            "channel_claim_interval_seconds = 2\nchannel_claim_threshold = 500000",
         ),
         &[("rules.toml", &rules())],
     );
@@ -152,17 +192,78 @@ async fn vouchers_pay_per_request_and_the_claimer_lands_them_on_chain() {
     assert_eq!(origin.requests().await, 200);
     assert_eq!(ledger_sum(&gw, "channel_charged"), 2_000_000);
 
+    // What must be refused is refused locally with the scheme's reason, and nothing is served
+    // or charged: the last voucher replayed, an older one, one beyond the escrow (a $4 request
+    // on a channel holding $5 with $2 charged), one not signed by the payer authorizer, and one
+    // for a channel paying another receiver.
+    let (served, charged) = (origin.requests().await, ledger_sum(&gw, "channel_charged"));
+    let other = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+    for (path, max, extra, reason) in [
+        (
+            "/api/item",
+            2_000_000,
+            vec![],
+            "invalid_batch_settlement_evm_cumulative_amount_mismatch",
+        ),
+        (
+            "/api/item",
+            1_000_000,
+            vec![],
+            "invalid_batch_settlement_evm_cumulative_amount_mismatch",
+        ),
+        (
+            "/report/q",
+            6_000_000,
+            vec![],
+            "invalid_batch_settlement_evm_cumulative_exceeds_balance",
+        ),
+        (
+            "/api/item",
+            2_010_000,
+            vec!["--signer-key", other],
+            "invalid_batch_settlement_evm_voucher_signature",
+        ),
+        (
+            "/api/item",
+            2_010_000,
+            vec!["--receiver", "0x000000000000000000000000000000000000dEaD"],
+            "invalid_batch_settlement_evm_receiver_mismatch",
+        ),
+    ] {
+        let (status, required) = voucher(&gw, path, key, max, &extra).await;
+        assert_eq!(status, 402, "{reason}: {required}");
+        assert_eq!(required["error"], reason, "{required}");
+        if reason.ends_with("cumulative_amount_mismatch") {
+            // The corrective 402: where the channel stands and the latest voucher.
+            let extra = &required["accepts"][0]["extra"];
+            assert_eq!(
+                extra["channelState"]["chargedCumulativeAmount"], "2000000",
+                "{extra}"
+            );
+            assert_eq!(
+                extra["voucherState"]["signedMaxClaimable"], "2000000",
+                "{extra}"
+            );
+        }
+    }
+    assert_eq!(origin.requests().await, served);
+    assert_eq!(ledger_sum(&gw, "channel_charged"), charged);
+    // The channel still takes the next voucher.
+    let (status, required) = voucher(&gw, "/api/item", key, 2_010_000, &[]).await;
+    assert_eq!(status, 200, "{required}");
+    assert_eq!(ledger_sum(&gw, "channel_charged"), 2_010_000);
+
     // Past the threshold the claimer claims and sweeps, in a few transactions, not one per
     // request: the receiver holds what was charged, and the ledger says what the chain says.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let (claimed, settled) = loop {
         let totals = receiver_totals(rpc_url, pay_to, token).await;
-        if totals == (2_000_000, 2_000_000) || std::time::Instant::now() > deadline {
+        if totals == (2_010_000, 2_010_000) || std::time::Instant::now() > deadline {
             break totals;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
-    assert_eq!((claimed, settled), (2_000_000, 2_000_000));
+    assert_eq!((claimed, settled), (2_010_000, 2_010_000));
     let transactions = block_number(rpc_url).await - blocks_before;
     assert!(
         transactions <= 1 + 2 * 8,
@@ -171,7 +272,7 @@ async fn vouchers_pay_per_request_and_the_claimer_lands_them_on_chain() {
     wait_for(
         "the ledger's sweep lines",
         std::time::Duration::from_secs(10),
-        || (ledger_sum(&gw, "channel_swept") == 2_000_000).then_some(()),
+        || (ledger_sum(&gw, "channel_swept") == 2_010_000).then_some(()),
     );
     assert_eq!(ledger_sum(&gw, "channel_claimed"), claimed);
     assert_eq!(
