@@ -139,6 +139,9 @@ impl BackgroundService for PendingService {
 
 /// How often the claimer looks for channels that are due.
 const CLAIM_TICK: Duration = Duration::from_secs(1);
+/// How often the claimer reads channels with unclaimed value from the chain (a payer's timed
+/// withdrawal is claimed against long before its delay, at least 15 minutes, ends).
+const CHAIN_READ: Duration = Duration::from_secs(5);
 
 /// Claims payment channels' latest vouchers on chain (`batch-settlement`): every group on the
 /// configured interval, a group past the threshold or with a timed withdrawal pending at the
@@ -152,6 +155,7 @@ struct ClaimerService {
 impl BackgroundService for ClaimerService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut last_all = std::time::Instant::now();
+        let mut last_read = std::time::Instant::now();
         loop {
             let stopping = tokio::select! {
                 _ = shutdown.changed() => true,
@@ -166,9 +170,13 @@ impl BackgroundService for ClaimerService {
                 if all {
                     last_all = std::time::Instant::now();
                 }
+                let refresh = all || last_read.elapsed() >= CHAIN_READ;
+                if refresh {
+                    last_read = std::time::Instant::now();
+                }
                 let report = self
                     .payments
-                    .claim_channels(&snap.payment_env(), &snap.channels, all)
+                    .claim_channels(&snap.payment_env(), &snap.channels, all, refresh)
                     .await;
                 if report.claim_transactions > 0 || report.failures > 0 {
                     tracing::info!(?report, "channel claimer pass");

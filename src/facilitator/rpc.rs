@@ -31,6 +31,26 @@ alloy::sol! {
     }
 }
 
+alloy::sol! {
+    /// The `batch-settlement` channel contract's views the claimer reads.
+    #[sol(rpc)]
+    interface IBatchSettlement {
+        function channels(bytes32 channelId) external view returns (uint128 balance, uint128 totalClaimed);
+        function pendingWithdrawals(bytes32 channelId) external view returns (uint128 amount, uint40 initiatedAt);
+        function refundNonce(bytes32 channelId) external view returns (uint256);
+    }
+}
+
+/// A `batch-settlement` channel as the chain holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelOnChain {
+    pub balance: u128,
+    pub total_claimed: u128,
+    /// Unix seconds a timed withdrawal started (0: none pending).
+    pub withdraw_initiated_at: u64,
+    pub refund_nonce: u64,
+}
+
 /// One EIP-3009 transfer as the chain should show it: `AuthorizationUsed(payer, nonce)` and
 /// `Transfer(payer, pay_to, value)`, both logged by `token`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +187,25 @@ impl ChainReader {
                 .authorizationState(authorizer, nonce)
                 .call()
                 .await
+        })
+        .await
+    }
+
+    /// A `batch-settlement` channel's escrow, claimed total, pending withdrawal and refund
+    /// nonce, read from the channel contract.
+    pub async fn channel(&self, channel_id: B256) -> Result<ChannelOnChain, RpcError> {
+        let contract = crate::schemes::evm_batch::BATCH_SETTLEMENT;
+        self.first_ok(|p| async move {
+            let c = IBatchSettlement::new(contract, p);
+            let ch = c.channels(channel_id).call().await?;
+            let w = c.pendingWithdrawals(channel_id).call().await?;
+            let nonce = c.refundNonce(channel_id).call().await?;
+            Ok::<_, alloy::contract::Error>(ChannelOnChain {
+                balance: ch.balance,
+                total_claimed: ch.totalClaimed,
+                withdraw_initiated_at: w.initiatedAt.to::<u64>(),
+                refund_nonce: u64::try_from(nonce).unwrap_or(u64::MAX),
+            })
         })
         .await
     }

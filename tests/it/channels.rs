@@ -403,3 +403,58 @@ async fn one_channel_hammered_through_three_replicas_is_charged_once_per_answer(
     let ledger_claimed: u128 = gws.iter().map(|g| ledger_sum(g, "channel_claimed")).sum();
     assert_eq!(ledger_claimed, claimed);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timed_withdrawal_is_claimed_against_before_it_completes() {
+    let dev = NodeProc::start("lib/devnet.mjs", &["--chain-id", "31337", "--payers", "1"]);
+    let origin = Origin::start("channel-origin");
+    let fac = dev.info["facilitatorUrl"].as_str().expect("fac").to_owned();
+    // Claims only on the hour: what claims here is the withdrawal.
+    let gw = Gateway::start(
+        &paid_config(
+            &origin.addr,
+            &dev.info,
+            &facilitator_toml("node", &fac, 0, ""),
+            "channel_claim_interval_seconds = 3600",
+        ),
+        &[("rules.toml", &rules())],
+    );
+    let rpc_url = dev.info["rpcUrl"].as_str().expect("rpc");
+    let token = dev.info["token"]["address"].as_str().expect("token");
+    let pay_to = dev.info["payTo"].as_str().expect("payTo");
+    let (payer, key) = (
+        dev.info["payers"][0]["address"].as_str().expect("address"),
+        dev.info["payers"][0]["privateKey"].as_str().expect("key"),
+    );
+    let out = pay_batch(&gw.url("/api/item"), rpc_url, key, &["--requests", "20"]).await;
+    assert_eq!(out["statuses"]["200"], 20, "{}", out["statuses"]);
+    assert_eq!(receiver_totals(rpc_url, pay_to, token).await, (0, 0));
+
+    // The payer starts taking all of its escrow back; the claimer sees it on chain and claims
+    // what was charged before the delay ends.
+    let withdraw = |extra: &'static [&'static str]| {
+        let mut args: Vec<String> = vec![
+            "--url".into(),
+            gw.url("/api/item"),
+            "--rpc-url".into(),
+            rpc_url.into(),
+            "--private-key".into(),
+            key.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        async move { node_json("lib/batch-withdraw.mjs", &args, &[]).await }
+    };
+    let started = withdraw(&["--amount", "5000000"]).await;
+    assert!(started["error"].is_null(), "{started}");
+    let (claimed, settled) = wait_totals(rpc_url, pay_to, token, 200_000).await;
+    assert_eq!((claimed, settled), (200_000, 200_000));
+
+    // After the delay the payer gets back only what was not charged.
+    rpc(rpc_url, "evm_increaseTime", json!([900])).await;
+    rpc(rpc_url, "evm_mine", json!([])).await;
+    let before = balance(rpc_url, token, payer).await;
+    let done = withdraw(&["--finalize"]).await;
+    assert!(done["error"].is_null(), "{done}");
+    assert_eq!(balance(rpc_url, token, payer).await - before, 4_800_000);
+    assert_eq!(ledger_sum(&gw, "channel_claimed"), 200_000);
+}

@@ -124,12 +124,15 @@ type Group = (String, String, String, String);
 impl Payments {
     /// One claimer pass: when this replica holds (or takes) the claimer's lease, claims the
     /// groups that are due (`all`: every group with unclaimed value, the interval's pass) and
-    /// sweeps what was claimed to the receivers.
+    /// sweeps what was claimed to the receivers. `refresh`: first read each channel with
+    /// unclaimed value from the chain (where the network has an RPC endpoint): a timed
+    /// withdrawal a payer started, or claims another replica landed before it stopped.
     pub async fn claim_channels(
         &self,
         env: &PaymentEnv<'_>,
         conf: &ChannelsConf,
         all: bool,
+        refresh: bool,
     ) -> ClaimReport {
         let mut report = ClaimReport::default();
         match self
@@ -159,9 +162,12 @@ impl Payments {
             let Ok(Some((_, bytes))) = self.state.channel(id).await else {
                 continue;
             };
-            let Some(r) = ChannelRecord::decode(&bytes) else {
+            let Some(mut r) = ChannelRecord::decode(&bytes) else {
                 continue;
             };
+            if refresh && r.unclaimed() > 0 {
+                r = self.refresh_mirror(env, r).await;
+            }
             *per_network.entry(r.network.clone()).or_default() += 1;
             report.channels += 1;
             if r.unclaimed() == 0 || r.signature.is_empty() {
@@ -396,6 +402,49 @@ impl Payments {
             }
         }
         Err(last)
+    }
+
+    /// The channel's record with its mirror of the chain read again (kept as it was when the
+    /// network has no RPC endpoint or the read fails).
+    async fn refresh_mirror(&self, env: &PaymentEnv<'_>, r: ChannelRecord) -> ChannelRecord {
+        let (Some(reader), Ok(id)) = (
+            self.calls.reader(env.registry, &r.network),
+            r.channel_id.parse::<B256>(),
+        ) else {
+            return r;
+        };
+        let chain = match reader.channel(id).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(channel = %r.channel_id, error = %e, "cannot read a channel from the chain");
+                return r;
+            }
+        };
+        let onchain = super::OnChain {
+            balance: chain.balance,
+            total_claimed: chain.total_claimed,
+            withdraw_requested_at: chain.withdraw_initiated_at,
+            refund_nonce: chain.refund_nonce,
+        };
+        for _ in 0..super::SWAP_TRIES {
+            let Ok(Some((version, bytes))) = self.state.channel(&r.channel_id).await else {
+                return r;
+            };
+            let Some(mut current) = ChannelRecord::decode(&bytes) else {
+                return r;
+            };
+            current.set_onchain(&onchain, super::now_ms());
+            match self
+                .state
+                .swap_channel(&r.channel_id, version, &current.encode())
+                .await
+            {
+                Ok(true) => return current,
+                Ok(false) => continue,
+                Err(_) => return current,
+            }
+        }
+        r
     }
 
     /// Records that the chain now holds `total` as claimed for a channel; the value this
