@@ -147,6 +147,14 @@ pub fn readiness(
     if !store_ok {
         degraded.push("state");
     }
+    let claimer = payments.claimer_status();
+    if claimer
+        .as_ref()
+        .is_some_and(|c| c["failures"].as_u64().unwrap_or(0) > 0)
+    {
+        // Claims failing: vouchers stay unclaimed and a payer's timed withdrawal may win.
+        degraded.push("channel_claimer");
+    }
     let ready = upstreams_ok && ledger.ok && (degraded.is_empty() || !snap.strict_readiness);
     let report = json!({
         "ready": ready,
@@ -162,6 +170,7 @@ pub fn readiness(
         "generation": snap.generation,
         "upstreams": health.iter().map(|(n, h, t)| json!({"name": n, "healthy": h, "peers": t})).collect::<Vec<_>>(),
         "unserved_payment_routes": unserved,
+        "channel_claimer": claimer,
     });
     (ready, report)
 }
@@ -256,6 +265,16 @@ pub fn config_view(snap: &Snapshot) -> Value {
         "paywall_template": snap.paywall.source,
         "paywall_wallet": snap.wallet_paywall.as_ref().map(|w| w.source.clone()),
         "state": snap.startup.state.public(),
+        "channels": {
+            "claim_interval_seconds": snap.channels.claim_interval.as_secs(),
+            "claim_threshold": snap.channels.claim_threshold.to_string(),
+            "claims_per_transaction": snap.channels.max_claims,
+            // Who signs claims and refunds; never the key.
+            "receiver_authorizers": snap.channels.authorizers.iter().map(|a| json!({
+                "address": a.address.to_checksum(None),
+                "signer": if a.key.is_some() { "gateway" } else { "facilitator" },
+            })).collect::<Vec<_>>(),
+        },
         // Networks with JSON-RPC endpoints; the URLs only as `scheme://host[:port]` (hosted
         // endpoints carry API keys in the path or query).
         "networks": snap.registry.networks().filter(|n| !n.rpc_urls.is_empty()).map(|n| json!({

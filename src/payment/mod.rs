@@ -433,6 +433,8 @@ pub struct Payments {
     instance: String,
     /// Leases this process holds on settlements in flight.
     leases: Arc<settle::Leases>,
+    /// The channel claimer's last pass on this replica: when (unix seconds) and what it did.
+    claimer: std::sync::Mutex<Option<(u64, channel::claimer::ClaimReport)>>,
 }
 
 impl std::fmt::Debug for Payments {
@@ -465,6 +467,7 @@ impl Payments {
             replica: String::new(),
             instance: instance_id(),
             leases: Arc::default(),
+            claimer: std::sync::Mutex::new(None),
         }
     }
 

@@ -458,3 +458,76 @@ async fn a_timed_withdrawal_is_claimed_against_before_it_completes() {
     assert_eq!(balance(rpc_url, token, payer).await - before, 4_800_000);
     assert_eq!(ledger_sum(&gw, "channel_claimed"), 200_000);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_the_claiming_replica_dies_another_takes_the_lease_and_claims_nothing_twice() {
+    let redis = crate::support::redis::Redis::start();
+    let dev = NodeProc::start("lib/devnet.mjs", &["--chain-id", "31337", "--payers", "1"]);
+    let origin = Origin::start("channel-origin");
+    let fac = dev.info["facilitatorUrl"].as_str().expect("fac").to_owned();
+    let rpc_url = dev.info["rpcUrl"].as_str().expect("rpc");
+    let token = dev.info["token"]["address"].as_str().expect("token");
+    let pay_to = dev.info["payTo"].as_str().expect("payTo");
+    let key = dev.info["payers"][0]["privateKey"].as_str().expect("key");
+    let mut gws: Vec<Gateway> = ["a", "b"]
+        .iter()
+        .map(|r| {
+            let cfg = format!(
+                "{}\n[state]\nbackend = \"redis\"\nurl = \"{}\"\nreplica_id = \"{r}\"\n",
+                paid_config(
+                    &origin.addr,
+                    &dev.info,
+                    &facilitator_toml("node", &fac, 0, ""),
+                    "channel_claim_interval_seconds = 1",
+                ),
+                redis.url()
+            );
+            Gateway::start(&cfg, &[("rules.toml", &rules())])
+        })
+        .collect();
+    let both = format!("{},{}", gws[0].url("/api/item"), gws[1].url("/api/item"));
+    let first = pay_batch(&both, rpc_url, key, &["--requests", "30"]).await;
+    assert_eq!(first["statuses"]["200"], 30, "{}", first["statuses"]);
+    let (claimed, _) = wait_totals(rpc_url, pay_to, token, 300_000).await;
+    assert_eq!(claimed, 300_000);
+
+    // The replica that claimed dies; the other takes the lease once it runs out and claims
+    // what was charged since, once.
+    let leader = (0..2)
+        .find(|i| ledger_sum(&gws[*i], "channel_claimed") > 0)
+        .expect("a replica claimed");
+    gws[leader].signal(nix::sys::signal::Signal::SIGKILL);
+    let survivor = 1 - leader;
+    let dead_claimed = ledger_sum(&gws[leader], "channel_claimed");
+    let more = pay_batch(
+        &gws[survivor].url("/api/item"),
+        rpc_url,
+        key,
+        &["--requests", "20"],
+    )
+    .await;
+    assert_eq!(more["statuses"]["200"], 20, "{}", more["statuses"]);
+    let (claimed, settled) = wait_totals(rpc_url, pay_to, token, 500_000).await;
+    assert_eq!((claimed, settled), (500_000, 500_000));
+    assert_eq!(
+        dead_claimed + ledger_sum(&gws[survivor], "channel_claimed"),
+        claimed,
+        "each claim is in one ledger, once"
+    );
+    assert!(ledger_sum(&gws[survivor], "channel_claimed") > 0);
+    let ready: Value = client()
+        .get(gws[survivor].admin_url("/readyz"))
+        .send()
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["channel_claimer"]["leader"], true, "{ready}");
+    let view = gws[survivor].config_view().await;
+    assert_eq!(
+        view["channels"]["receiver_authorizers"][0]["signer"], "gateway",
+        "{}",
+        view["channels"]
+    );
+}

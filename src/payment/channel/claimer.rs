@@ -116,7 +116,7 @@ pub struct ClaimReport {
 /// The lease that makes one replica the claimer.
 const LEASE_NAME: &str = "channel-claimer";
 /// How long a claimer's lease lasts without renewal.
-pub const CLAIMER_LEASE: Duration = Duration::from_secs(30);
+pub const CLAIMER_LEASE: Duration = Duration::from_secs(10);
 
 /// The channels of one claim transaction's group.
 type Group = (String, String, String, String);
@@ -226,7 +226,26 @@ impl Payments {
                 .with_label_values(&[&network, &asset])
                 .set(i64::try_from(left).unwrap_or(i64::MAX));
         }
+        if let Ok(mut last) = self.claimer.lock() {
+            *last = Some((crate::state::unix_now(), report.clone()));
+        }
         report
+    }
+
+    /// What `/readyz` says of the claimer: this replica's last pass, if it ran one.
+    pub fn claimer_status(&self) -> Option<Value> {
+        let last = self.claimer.lock().ok()?.clone()?;
+        let (at, r) = last;
+        Some(json!({
+            "last_pass_unix": at,
+            "leader": r.leader,
+            "channels": r.channels,
+            "claimed_channels": r.claimed,
+            "claim_transactions": r.claim_transactions,
+            "sweeps": r.sweeps,
+            "failures": r.failures,
+            "unclaimed": r.unclaimed.to_string(),
+        }))
     }
 
     /// Claims the latest vouchers of `records` (one group) in one transaction; returns the
