@@ -469,7 +469,7 @@ async fn when_the_claiming_replica_dies_another_takes_the_lease_and_claims_nothi
     let token = dev.info["token"]["address"].as_str().expect("token");
     let pay_to = dev.info["payTo"].as_str().expect("payTo");
     let key = dev.info["payers"][0]["privateKey"].as_str().expect("key");
-    let mut gws: Vec<Gateway> = ["a", "b"]
+    let gws: Vec<Gateway> = ["a", "b"]
         .iter()
         .map(|r| {
             let cfg = format!(
