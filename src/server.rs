@@ -162,9 +162,17 @@ impl BackgroundService for ClaimerService {
                 _ = tokio::time::sleep(CLAIM_TICK) => false,
             };
             let snap = self.config.load_full();
+            // Channels stay claimed after a reload stopped offering them: their vouchers
+            // pay for what was served.
             let offers_channels = snap
                 .priced_offers()
-                .any(|(_, o)| crate::payment::channel::is_channel(o));
+                .any(|(_, o)| crate::payment::channel::is_channel(o))
+                || self
+                    .payments
+                    .state()
+                    .channel_ids()
+                    .await
+                    .is_ok_and(|ids| !ids.is_empty());
             if offers_channels {
                 let all = stopping || last_all.elapsed() >= snap.channels.claim_interval;
                 if all {

@@ -198,7 +198,15 @@ async fn vouchers_pay_per_request_and_the_claimer_lands_them_on_chain() {
     // for a channel paying another receiver.
     let (served, charged) = (origin.requests().await, ledger_sum(&gw, "channel_charged"));
     let other = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+    let payer2 = dev.info["payers"][1]["privateKey"].as_str().expect("key");
     for (path, max, extra, reason) in [
+        // A new channel opened with less than the 402 asks.
+        (
+            "/api/item",
+            10_000,
+            vec!["--deposit", "10000"],
+            "invalid_batch_settlement_evm_deposit_below_min_deposit",
+        ),
         (
             "/api/item",
             2_000_000,
@@ -230,7 +238,12 @@ async fn vouchers_pay_per_request_and_the_claimer_lands_them_on_chain() {
             "invalid_batch_settlement_evm_receiver_mismatch",
         ),
     ] {
-        let (status, required) = voucher(&gw, path, key, max, &extra).await;
+        let who = if extra.first() == Some(&"--deposit") {
+            payer2
+        } else {
+            key
+        };
+        let (status, required) = voucher(&gw, path, who, max, &extra).await;
         assert_eq!(status, 402, "{reason}: {required}");
         assert_eq!(required["error"], reason, "{required}");
         if reason.ends_with("cumulative_amount_mismatch") {

@@ -35,8 +35,9 @@ const SWAP_TRIES: usize = 4;
 /// How long a request waits for its turn while another request on its channel is served;
 /// past that it is refused as busy.
 const TURN_WAIT: Duration = Duration::from_secs(5);
-/// How often a waiting request looks again.
-const TURN_POLL: Duration = Duration::from_millis(5);
+/// How soon a waiting request looks again, doubling up to [`TURN_POLL_MAX`].
+const TURN_POLL: Duration = Duration::from_millis(2);
+const TURN_POLL_MAX: Duration = Duration::from_millis(50);
 
 /// A channel payment carried through the request: which charge is pending on which channel.
 #[derive(Debug, Clone)]
@@ -146,9 +147,22 @@ pub fn take_turn(
     }
     let mirror = match (onchain, current) {
         (Some(o), _) => o.clone(),
-        (None, Some(c)) if p.signature_checked && c.mirror_fresh(now_ms, ttl) => c.onchain(),
+        // While a payer's timed withdrawal is pending the escrow may shrink any moment: each
+        // voucher is checked against the chain.
+        (None, Some(c))
+            if p.signature_checked
+                && c.withdraw_requested_at == 0
+                && c.mirror_fresh(now_ms, ttl) =>
+        {
+            c.onchain()
+        }
         _ => return Ok(Turn::VerifyFirst),
     };
+    // A channel this store does not know continues from the voucher, but never below what
+    // the chain already claimed plus this request.
+    if current.is_none() && p.max_claimable < mirror.total_claimed.saturating_add(price) {
+        return Err(BatchError::CumulativeBelowClaimed);
+    }
     let deposit = match p.kind {
         Kind::Deposit { amount } => amount,
         _ => 0,
@@ -218,6 +232,21 @@ impl Payments {
             )));
         }
         let price: u128 = offer.requirements.amount.parse().unwrap_or(0);
+        if let Kind::Deposit { amount } = p.kind {
+            let min = offer
+                .requirements
+                .extra
+                .get(evm_batch::MIN_DEPOSIT)
+                .and_then(Value::as_str)
+                .and_then(|m| m.parse::<u128>().ok())
+                .unwrap_or(price);
+            if amount < min {
+                return Err(self.reject(fail(
+                    SchemeError::Batch(BatchError::DepositBelowMinimum).into(),
+                    Some(payer),
+                )));
+            }
+        }
         let channel_id = format!("{:#x}", p.channel_id);
         let pending_id = pending_id();
         let ttl = mirror_ttl(
@@ -261,6 +290,7 @@ impl Payments {
         });
         let mut onchain: Option<OnChain> = None;
         let waiting_since = std::time::Instant::now();
+        let mut poll = TURN_POLL;
         let mut lost = 0;
         while lost < SWAP_TRIES {
             let now = now_ms();
@@ -310,7 +340,8 @@ impl Payments {
                 }
                 // Another request on this channel is being served: wait for its answer.
                 Err(BatchError::ChannelBusy) if waiting_since.elapsed() < TURN_WAIT => {
-                    tokio::time::sleep(TURN_POLL).await;
+                    tokio::time::sleep(poll).await;
+                    poll = (poll * 2).min(TURN_POLL_MAX);
                     continue;
                 }
                 Err(BatchError::CumulativeMismatch) => {

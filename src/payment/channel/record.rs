@@ -128,9 +128,12 @@ impl ChannelRecord {
         }
     }
 
+    /// Takes what the chain was read to hold. The claimed total never goes back: a report
+    /// older than a claim this record already knows of (a verification reused after a lost
+    /// swap, a read that raced a claim) must not make that claim look unclaimed again.
     pub fn set_onchain(&mut self, o: &OnChain, now_ms: u64) {
         self.balance = o.balance.to_string();
-        self.total_claimed = o.total_claimed.to_string();
+        self.total_claimed = o.total_claimed.max(self.total_claimed()).to_string();
         self.withdraw_requested_at = o.withdraw_requested_at;
         self.refund_nonce = o.refund_nonce;
         self.synced_at = now_ms;

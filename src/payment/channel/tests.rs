@@ -258,3 +258,52 @@ fn the_mirror_is_trusted_for_a_third_of_the_withdraw_delay_within_bounds() {
     assert_eq!(mirror_ttl(2_592_000), Duration::from_secs(300));
     assert_eq!(mirror_ttl(450), Duration::from_secs(150));
 }
+
+#[test]
+fn an_unknown_channel_continues_no_lower_than_the_chain_claimed_plus_the_price() {
+    let f = fixture();
+    let chain = OnChain {
+        balance: 1_000_000,
+        total_claimed: 50_000,
+        ..OnChain::default()
+    };
+    // One unit above the claimed total would buy a request for one unit.
+    for max in [50_001, 59_999] {
+        assert_eq!(
+            turn(&f, None, &f.payment("voucher", max), Some(&chain)),
+            Err(BatchError::CumulativeBelowClaimed),
+            "{max}"
+        );
+    }
+    assert!(matches!(
+        turn(&f, None, &f.payment("voucher", 60_000), Some(&chain)),
+        Ok(Turn::Taken(_))
+    ));
+}
+
+#[test]
+fn a_pending_withdrawal_checks_every_voucher_against_the_chain() {
+    let f = fixture();
+    let mut rec = f.record(30_000, 1_000_000, 0, NOW - 1_000);
+    rec.withdraw_requested_at = 1;
+    assert_eq!(
+        turn(&f, Some(&rec), &f.payment("voucher", 40_000), None),
+        Ok(Turn::VerifyFirst)
+    );
+}
+
+#[test]
+fn the_claimed_total_never_goes_back() {
+    let f = fixture();
+    let mut rec = f.record(30_000, 1_000_000, 20_000, NOW);
+    rec.set_onchain(
+        &OnChain {
+            balance: 900_000,
+            total_claimed: 10_000,
+            ..OnChain::default()
+        },
+        NOW + 1,
+    );
+    assert_eq!(rec.total_claimed, "20000");
+    assert_eq!(rec.balance, "900000");
+}

@@ -37,7 +37,10 @@ impl Payments {
             self.settle(env, a, Some(status)).await;
             if a.stage != Stage::Settled {
                 let error = self.settle_error(a);
+                // A channel payment never fails open: its turn ended uncharged, so the same
+                // payload would be served again and again.
                 if a.stage == Stage::SettleFailed
+                    && a.channel.is_none()
                     && a.failure_policy == FailurePolicy::Open
                     && error == PaymentError::FacilitatorUnavailable
                 {

@@ -7,15 +7,20 @@
 //   node lib/batch-voucher.mjs --url URL --private-key 0x.. --max N
 //        [--signer-key 0x..]   sign with another key than the payer authorizer
 //        [--receiver 0x..]     a channel paying another receiver
+//        [--deposit N]         a deposit of N with the voucher (ERC-3009, reference builder)
 //
 // Prints ONE JSON line: {header: <PAYMENT-SIGNATURE value>, channelId, error}
 import { decodePaymentRequiredHeader } from "@x402/core/http";
-import { computeChannelId, signVoucher } from "@x402/evm/batch-settlement/client";
+import {
+  computeChannelId,
+  createBatchSettlementEIP3009DepositPayload,
+  signVoucher,
+} from "@x402/evm/batch-settlement/client";
 import { getAddress } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { errorText, isMain, parseArgs, printJsonLine } from "./cli.mjs";
 
-export async function buildVoucher({ url, privateKey, max, signerKey, receiver }) {
+export async function buildVoucher({ url, privateKey, max, signerKey, receiver, deposit }) {
   const res = await fetch(url);
   const header = res.headers.get("payment-required");
   if (res.status !== 402 || !header) throw new Error(`expected a 402 with PAYMENT-REQUIRED, got ${res.status}`);
@@ -34,13 +39,23 @@ export async function buildVoucher({ url, privateKey, max, signerKey, receiver }
     salt: "0x0000000000000000000000000000000000000000000000000000000000000000",
   };
   const channelId = computeChannelId(channelConfig, accepted.network);
-  const voucher = await signVoucher(signer, channelId, String(max), accepted.network);
-  const payload = {
-    x402Version: 2,
-    resource: pr.resource,
-    accepted,
-    payload: { type: "voucher", channelConfig, voucher },
-  };
+  let inner;
+  if (deposit) {
+    const built = await createBatchSettlementEIP3009DepositPayload(
+      payer,
+      2,
+      accepted,
+      channelConfig,
+      String(deposit),
+      String(max),
+      signer,
+    );
+    inner = built.payload;
+  } else {
+    const voucher = await signVoucher(signer, channelId, String(max), accepted.network);
+    inner = { type: "voucher", channelConfig, voucher };
+  }
+  const payload = { x402Version: 2, resource: pr.resource, accepted, payload: inner };
   return { header: Buffer.from(JSON.stringify(payload)).toString("base64"), channelId, error: null };
 }
 
@@ -53,6 +68,7 @@ if (isMain(import.meta.url)) {
       max: "str",
       "signer-key": "str",
       receiver: "str",
+      deposit: "str",
     });
     out = await buildVoucher({
       url: a.url,
@@ -60,6 +76,7 @@ if (isMain(import.meta.url)) {
       max: a.max,
       signerKey: a["signer-key"],
       receiver: a.receiver,
+      deposit: a.deposit,
     });
   } catch (e) {
     out = { header: null, channelId: null, error: errorText(e) };
