@@ -123,27 +123,68 @@ fn ledger_sum(gw: &Gateway, event: &str) -> u128 {
         .sum()
 }
 
+/// A dev chain with the reference facilitator, the demo origin, and what the tests read.
+struct Net {
+    dev: NodeProc,
+    origin: Origin,
+    rpc: String,
+    token: String,
+    pay_to: String,
+}
+
+impl Net {
+    fn start(payers: &str) -> Net {
+        let dev = NodeProc::start(
+            "lib/devnet.mjs",
+            &["--chain-id", "31337", "--payers", payers],
+        );
+        let field = |v: &Value| v.as_str().expect("devnet field").to_owned();
+        Net {
+            rpc: field(&dev.info["rpcUrl"]),
+            token: field(&dev.info["token"]["address"]),
+            pay_to: field(&dev.info["payTo"]),
+            origin: Origin::start("channel-origin"),
+            dev,
+        }
+    }
+
+    /// Payer `i`'s address and key.
+    fn payer(&self, i: usize) -> (&str, &str) {
+        let p = &self.dev.info["payers"][i];
+        (
+            p["address"].as_str().expect("address"),
+            p["privateKey"].as_str().expect("key"),
+        )
+    }
+
+    /// A gateway selling the rules above through the devnet's facilitator, with
+    /// `payment_extra` in `[payment]` and, given `(redis url, replica id)`, on Redis.
+    fn gateway(&self, payment_extra: &str, redis: Option<(&str, &str)>) -> Gateway {
+        let fac = self.dev.info["facilitatorUrl"].as_str().expect("fac");
+        let mut cfg = paid_config(
+            &self.origin.addr,
+            &self.dev.info,
+            &facilitator_toml("node", fac, 0, ""),
+            payment_extra,
+        );
+        if let Some((url, replica)) = redis {
+            cfg.push_str(&format!(
+                "\n[state]\nbackend = \"redis\"\nurl = \"{url}\"\nreplica_id = \"{replica}\"\n"
+            ));
+        }
+        Gateway::start(&cfg, &[("rules.toml", &rules())])
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn vouchers_pay_per_request_and_the_claimer_lands_them_on_chain() {
-    let dev = NodeProc::start("lib/devnet.mjs", &["--chain-id", "31337", "--payers", "2"]);
-    let origin = Origin::start("channel-origin");
-    let fac = dev.info["facilitatorUrl"].as_str().expect("fac").to_owned();
-    let gw = Gateway::start(
-        &paid_config(
-            &origin.addr,
-            &dev.info,
-            &facilitator_toml("node", &fac, 0, ""),
-            "channel_claim_interval_seconds = 2\nchannel_claim_threshold = 500000",
-        ),
-        &[("rules.toml", &rules())],
+    let net = Net::start("2");
+    let gw = net.gateway(
+        "channel_claim_interval_seconds = 2\nchannel_claim_threshold = 500000",
+        None,
     );
-    let rpc_url = dev.info["rpcUrl"].as_str().expect("rpc");
-    let token = dev.info["token"]["address"].as_str().expect("token");
-    let pay_to = dev.info["payTo"].as_str().expect("payTo");
-    let (payer, key) = (
-        dev.info["payers"][0]["address"].as_str().expect("address"),
-        dev.info["payers"][0]["privateKey"].as_str().expect("key"),
-    );
+    let (origin, rpc_url, token, pay_to) = (&net.origin, &*net.rpc, &*net.token, &*net.pay_to);
+    let (payer, key) = net.payer(0);
 
     // The 402 offers the channel scheme with what the reference client needs.
     let r = client().get(gw.url("/api/x")).send().await.expect("402");
@@ -198,7 +239,7 @@ async fn vouchers_pay_per_request_and_the_claimer_lands_them_on_chain() {
     // for a channel paying another receiver.
     let (served, charged) = (origin.requests().await, ledger_sum(&gw, "channel_charged"));
     let other = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
-    let payer2 = dev.info["payers"][1]["privateKey"].as_str().expect("key");
+    let payer2 = net.payer(1).1;
     for (path, max, extra, reason) in [
         // A new channel opened with less than the 402 asks.
         (
@@ -314,29 +355,17 @@ async fn wait_totals(rpc_url: &str, receiver: &str, token: &str, want: u128) -> 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_channel_hammered_through_three_replicas_is_charged_once_per_answer() {
     let redis = crate::support::redis::Redis::start();
-    let dev = NodeProc::start("lib/devnet.mjs", &["--chain-id", "31337", "--payers", "1"]);
-    let origin = Origin::start("channel-origin");
-    let fac = dev.info["facilitatorUrl"].as_str().expect("fac").to_owned();
-    let rpc_url = dev.info["rpcUrl"].as_str().expect("rpc");
-    let token = dev.info["token"]["address"].as_str().expect("token");
-    let pay_to = dev.info["payTo"].as_str().expect("payTo");
-    let key = dev.info["payers"][0]["privateKey"].as_str().expect("key");
-    let payer = dev.info["payers"][0]["address"].as_str().expect("payer");
+    let net = Net::start("1");
+    let (origin, rpc_url, token, pay_to) = (&net.origin, &*net.rpc, &*net.token, &*net.pay_to);
+    let (payer, key) = net.payer(0);
     let payer_before = balance(rpc_url, token, payer).await;
     let gws: Vec<Gateway> = ["a", "b", "c"]
         .iter()
         .map(|r| {
-            let cfg = format!(
-                "{}\n[state]\nbackend = \"redis\"\nurl = \"{}\"\nreplica_id = \"{r}\"\n",
-                paid_config(
-                    &origin.addr,
-                    &dev.info,
-                    &facilitator_toml("node", &fac, 0, ""),
-                    "channel_claim_interval_seconds = 2",
-                ),
-                redis.url()
-            );
-            Gateway::start(&cfg, &[("rules.toml", &rules())])
+            net.gateway(
+                "channel_claim_interval_seconds = 2",
+                Some((&redis.url(), r)),
+            )
         })
         .collect();
     let urls: Vec<String> = gws.iter().map(|g| g.url("/api/item")).collect();
@@ -419,26 +448,11 @@ async fn one_channel_hammered_through_three_replicas_is_charged_once_per_answer(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_timed_withdrawal_is_claimed_against_before_it_completes() {
-    let dev = NodeProc::start("lib/devnet.mjs", &["--chain-id", "31337", "--payers", "1"]);
-    let origin = Origin::start("channel-origin");
-    let fac = dev.info["facilitatorUrl"].as_str().expect("fac").to_owned();
+    let net = Net::start("1");
     // Claims only on the hour: what claims here is the withdrawal.
-    let gw = Gateway::start(
-        &paid_config(
-            &origin.addr,
-            &dev.info,
-            &facilitator_toml("node", &fac, 0, ""),
-            "channel_claim_interval_seconds = 3600",
-        ),
-        &[("rules.toml", &rules())],
-    );
-    let rpc_url = dev.info["rpcUrl"].as_str().expect("rpc");
-    let token = dev.info["token"]["address"].as_str().expect("token");
-    let pay_to = dev.info["payTo"].as_str().expect("payTo");
-    let (payer, key) = (
-        dev.info["payers"][0]["address"].as_str().expect("address"),
-        dev.info["payers"][0]["privateKey"].as_str().expect("key"),
-    );
+    let gw = net.gateway("channel_claim_interval_seconds = 3600", None);
+    let (rpc_url, token, pay_to) = (&*net.rpc, &*net.token, &*net.pay_to);
+    let (payer, key) = net.payer(0);
     let out = pay_batch(&gw.url("/api/item"), rpc_url, key, &["--requests", "20"]).await;
     assert_eq!(out["statuses"]["200"], 20, "{}", out["statuses"]);
     assert_eq!(receiver_totals(rpc_url, pay_to, token).await, (0, 0));
@@ -475,27 +489,16 @@ async fn a_timed_withdrawal_is_claimed_against_before_it_completes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn when_the_claiming_replica_dies_another_takes_the_lease_and_claims_nothing_twice() {
     let redis = crate::support::redis::Redis::start();
-    let dev = NodeProc::start("lib/devnet.mjs", &["--chain-id", "31337", "--payers", "1"]);
-    let origin = Origin::start("channel-origin");
-    let fac = dev.info["facilitatorUrl"].as_str().expect("fac").to_owned();
-    let rpc_url = dev.info["rpcUrl"].as_str().expect("rpc");
-    let token = dev.info["token"]["address"].as_str().expect("token");
-    let pay_to = dev.info["payTo"].as_str().expect("payTo");
-    let key = dev.info["payers"][0]["privateKey"].as_str().expect("key");
+    let net = Net::start("1");
+    let (rpc_url, token, pay_to) = (&*net.rpc, &*net.token, &*net.pay_to);
+    let key = net.payer(0).1;
     let gws: Vec<Gateway> = ["a", "b"]
         .iter()
         .map(|r| {
-            let cfg = format!(
-                "{}\n[state]\nbackend = \"redis\"\nurl = \"{}\"\nreplica_id = \"{r}\"\n",
-                paid_config(
-                    &origin.addr,
-                    &dev.info,
-                    &facilitator_toml("node", &fac, 0, ""),
-                    "channel_claim_interval_seconds = 1",
-                ),
-                redis.url()
-            );
-            Gateway::start(&cfg, &[("rules.toml", &rules())])
+            net.gateway(
+                "channel_claim_interval_seconds = 1",
+                Some((&redis.url(), r)),
+            )
         })
         .collect();
     let both = format!("{},{}", gws[0].url("/api/item"), gws[1].url("/api/item"));

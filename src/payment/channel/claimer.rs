@@ -340,25 +340,7 @@ impl Payments {
                     .channel_claims
                     .with_label_values(&["settle", "ok"])
                     .inc();
-                let line = ChannelRecord {
-                    channel_id: String::new(),
-                    network: network.to_owned(),
-                    asset: asset.to_owned(),
-                    receiver: receiver.to_owned(),
-                    receiver_authorizer: authorizer.to_owned(),
-                    payer: String::new(),
-                    config: Value::Null,
-                    charged: "0".into(),
-                    signed_max: "0".into(),
-                    signature: String::new(),
-                    balance: "0".into(),
-                    total_claimed: "0".into(),
-                    withdraw_requested_at: 0,
-                    refund_nonce: 0,
-                    synced_at: 0,
-                    last_request_at: 0,
-                    pending: None,
-                };
+                let line = ChannelRecord::receiver(network, asset, receiver, authorizer);
                 let amount = amount.and_then(|a| a.parse().ok()).unwrap_or(0);
                 self.channel_line(env, &line, amount, "channel_swept", &tx);
                 Ok(true)

@@ -62,12 +62,27 @@ impl ChannelRecord {
     pub fn new(p: &BatchPayment, req: &RequirementsV2) -> Self {
         ChannelRecord {
             channel_id: format!("{:#x}", p.channel_id),
-            network: req.network.clone(),
-            asset: p.config.token.to_checksum(None),
-            receiver: p.config.receiver.to_checksum(None),
-            receiver_authorizer: p.config.receiver_authorizer.to_checksum(None),
             payer: p.config.payer.to_checksum(None),
             config: p.config.to_json(),
+            ..Self::receiver(
+                &req.network,
+                &p.config.token.to_checksum(None),
+                &p.config.receiver.to_checksum(None),
+                &p.config.receiver_authorizer.to_checksum(None),
+            )
+        }
+    }
+
+    /// No channel: a receiver's totals in one token (what a sweep's ledger line names).
+    pub fn receiver(network: &str, asset: &str, receiver: &str, authorizer: &str) -> Self {
+        ChannelRecord {
+            channel_id: String::new(),
+            network: network.to_owned(),
+            asset: asset.to_owned(),
+            receiver: receiver.to_owned(),
+            receiver_authorizer: authorizer.to_owned(),
+            payer: String::new(),
+            config: Value::Null,
             charged: "0".into(),
             signed_max: "0".into(),
             signature: String::new(),
