@@ -385,6 +385,9 @@ impl Payments {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot write a payment channel");
+                    // The write may have gone through: the turn is given back, so the channel
+                    // is not held until the pending charge expires.
+                    self.release_turn(&channel_id, &pending_id).await;
                     return Err(self.reject(fail(PaymentError::StateUnavailable, Some(payer))));
                 }
             }
@@ -583,6 +586,7 @@ impl Payments {
             record.charged = charged.to_string();
             record.signed_max = pending.signed_max;
             record.signature = pending.signature;
+            record.committed = pending.id;
             record.pending = None;
             record.last_request_at = now_ms();
             if let Some(o) = deposited {
@@ -596,6 +600,14 @@ impl Payments {
                 Ok(true) => return Ok(record),
                 Ok(false) => continue,
                 Err(e) => {
+                    // The store may have applied the write before its answer was lost: a
+                    // charge that went through is served, one that did not is not.
+                    if let Ok(Some((_, bytes))) = self.state.channel(&t.channel_id).await
+                        && let Some(now) = ChannelRecord::decode(&bytes)
+                        && now.committed_by(&t.pending_id)
+                    {
+                        return Ok(now);
+                    }
                     tracing::error!(error = %e, "cannot commit a channel charge");
                     return Err("state_unavailable");
                 }
@@ -607,23 +619,27 @@ impl Payments {
     /// Ends a channel payment's turn without a charge (the origin failed, the client went
     /// away, the deposit did not settle): the channel is free for the next request.
     pub(super) async fn end_channel_turn(&self, a: &Accepted) {
-        let Some(t) = &a.channel else {
-            return;
-        };
+        if let Some(t) = &a.channel {
+            self.release_turn(&t.channel_id, &t.pending_id).await;
+        }
+    }
+
+    /// Clears the pending charge `pending_id` from a channel's record, if it is still there.
+    async fn release_turn(&self, channel_id: &str, pending_id: &str) {
         for _ in 0..SWAP_TRIES {
-            let Ok(Some((version, bytes))) = self.state.channel(&t.channel_id).await else {
+            let Ok(Some((version, bytes))) = self.state.channel(channel_id).await else {
                 return;
             };
             let Some(mut record) = ChannelRecord::decode(&bytes) else {
                 return;
             };
-            if record.pending.as_ref().is_none_or(|p| p.id != t.pending_id) {
+            if record.pending.as_ref().is_none_or(|p| p.id != pending_id) {
                 return;
             }
             record.pending = None;
             match self
                 .state
-                .swap_channel(&t.channel_id, version, &record.encode())
+                .swap_channel(channel_id, version, &record.encode())
                 .await
             {
                 Ok(true) => return,

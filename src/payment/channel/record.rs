@@ -37,6 +37,10 @@ pub struct ChannelRecord {
     /// Unix ms of the last committed charge.
     #[serde(default)]
     pub last_request_at: u64,
+    /// The id of the last committed charge: a commit whose answer was lost tells from it
+    /// whether its write went through.
+    #[serde(default)]
+    pub committed: String,
     /// The charge being served now, if any.
     #[serde(default)]
     pub pending: Option<PendingCharge>,
@@ -92,6 +96,7 @@ impl ChannelRecord {
             refund_nonce: 0,
             synced_at: 0,
             last_request_at: 0,
+            committed: String::new(),
             pending: None,
         }
     }
@@ -124,6 +129,11 @@ impl ChannelRecord {
     /// What the latest voucher entitles the receiver to that is not claimed on chain yet.
     pub fn unclaimed(&self) -> u128 {
         self.signed_max().saturating_sub(self.total_claimed())
+    }
+
+    /// Whether the charge `pending_id` is committed in this record (the last commit was it).
+    pub fn committed_by(&self, pending_id: &str) -> bool {
+        !pending_id.is_empty() && self.committed == pending_id
     }
 
     pub fn pending_live(&self, now_ms: u64) -> bool {

@@ -307,3 +307,68 @@ fn the_claimed_total_never_goes_back() {
     assert_eq!(rec.total_claimed, "20000");
     assert_eq!(rec.balance, "900000");
 }
+
+#[test]
+fn a_commit_whose_answer_was_lost_is_known_by_its_id() {
+    let f = fixture();
+    let mut rec = f.record(30_000, 1_000_000, 0, NOW);
+    assert!(!rec.committed_by("me"));
+    assert!(!rec.committed_by(""));
+    rec.committed = "me".into();
+    assert!(rec.committed_by("me"));
+    assert!(!rec.committed_by("other"));
+    // Records written before the field existed read as never committed by anyone.
+    let mut old = serde_json::to_value(&rec).unwrap();
+    old.as_object_mut().unwrap().remove("committed");
+    let back = ChannelRecord::decode(&serde_json::to_vec(&old).unwrap()).unwrap();
+    assert!(!back.committed_by("me"));
+}
+
+#[tokio::test]
+async fn a_commit_is_recorded_with_its_id_and_a_stale_turn_cannot_commit() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let f = fixture();
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let facilitators = std::sync::Arc::new(crate::facilitator::dispatch::Facilitators::new(
+        metrics.clone(),
+        std::sync::Arc::new(crate::facilitator::local::Settlers::default()),
+    ));
+    let state: std::sync::Arc<dyn crate::state::StateStore> =
+        std::sync::Arc::new(crate::state::MemoryStore::default());
+    let payments = Payments::with_calls(metrics, facilitators.clone(), facilitators, state.clone());
+    let p = f.payment("voucher", 40_000);
+    let rec = f.record(30_000, 1_000_000, 0, now_ms());
+    let id = rec.channel_id.clone();
+    let Ok(Turn::Taken(next)) = take_turn(Some(&rec), &p, &f.offer, None, "turn-1", now_ms(), TTL)
+    else {
+        panic!("expected the turn");
+    };
+    assert!(state.swap_channel(&id, 0, &next.encode()).await.unwrap());
+    let ticket = |pending: &str| Ticket {
+        channel_id: id.clone(),
+        pending_id: pending.into(),
+        kind: Kind::Voucher,
+        price: PRICE,
+        record: (*next).clone(),
+        onchain: None,
+    };
+    // Another turn's ticket cannot commit this one's charge.
+    assert_eq!(
+        payments.commit_channel(&ticket("turn-2"), None).await,
+        Err("invalid_batch_settlement_evm_channel_busy")
+    );
+    let done = payments
+        .commit_channel(&ticket("turn-1"), None)
+        .await
+        .unwrap();
+    assert_eq!(done.charged, "40000");
+    assert!(done.committed_by("turn-1"));
+    assert!(done.pending.is_none());
+    // Committing again adds nothing: the turn is over.
+    assert!(
+        payments
+            .commit_channel(&ticket("turn-1"), None)
+            .await
+            .is_err()
+    );
+}
