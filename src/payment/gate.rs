@@ -100,8 +100,6 @@ impl Payments {
             } else {
                 url.split('?').next().unwrap_or(url)
             };
-            let body = facilitator_body(version, &decoded.raw, offer, priced, recorded)
-                .map_err(|e| self.reject(fail(e, None)))?;
             return self
                 .channel_gate(
                     env,
@@ -109,7 +107,7 @@ impl Payments {
                     priced,
                     offer,
                     &decoded.payload,
-                    body,
+                    &decoded.raw,
                     recorded,
                     caller,
                     started,
@@ -362,7 +360,7 @@ fn v2_payload_without_query(version: u8, raw: &str, url: &str) -> Option<String>
 /// The `/verify` and `/settle` body: the client's payload (verbatim, unless its resource URL
 /// carries a query the gateway keeps from facilitators) and the gateway's own
 /// requirements (v2 form, or v1 form with resource details).
-fn facilitator_body(
+pub(super) fn facilitator_body(
     version: u8,
     raw: &str,
     offer: &Offer,

@@ -186,6 +186,27 @@ fn meter_of(rep: &mut Reporter, pr: &ParsedRule, action: &RuleAction) -> crate::
     }
 }
 
+/// A rule's 402 with the offers of `priced` that `keep` keeps, then `more`.
+fn with_more_offers(
+    priced: &crate::x402::challenge::Priced,
+    keep: impl Fn(&crate::x402::challenge::Offer) -> bool,
+    more: Vec<crate::x402::challenge::Offer>,
+    per_rule: &PerRule<'_>,
+) -> RuleAction {
+    let mut offers: Vec<_> = priced.offers.iter().filter(|o| keep(o)).cloned().collect();
+    offers.extend(more);
+    RuleAction::Pay(std::sync::Arc::new(
+        crate::x402::challenge::Priced::new(
+            offers,
+            priced.description.clone(),
+            priced.mime_type.clone(),
+        )
+        .with_usd(priced.usd)
+        .with_extensions(per_rule.extensions)
+        .with_sign_in(per_rule.sign_in),
+    ))
+}
+
 /// The schemes a rule offers.
 #[derive(Debug, Clone, Copy, Default)]
 struct Offered {
@@ -451,20 +472,7 @@ fn compile_rule(
     let action = match action {
         RuleAction::Pay(priced) if upto && exact => {
             match super::prices::upto_offers(rep, ctx, pr, timeout) {
-                Some(more) => {
-                    let mut offers = priced.offers.clone();
-                    offers.extend(more);
-                    RuleAction::Pay(std::sync::Arc::new(
-                        crate::x402::challenge::Priced::new(
-                            offers,
-                            priced.description.clone(),
-                            priced.mime_type.clone(),
-                        )
-                        .with_usd(priced.usd)
-                        .with_extensions(per_rule.extensions)
-                        .with_sign_in(per_rule.sign_in),
-                    ))
-                }
+                Some(more) => with_more_offers(&priced, |_| true, more, &per_rule),
                 None => RuleAction::Pay(priced),
             }
         }
@@ -476,26 +484,11 @@ fn compile_rule(
         RuleAction::Pay(priced) if batch => {
             match super::prices::batch_offers(rep, ctx, pr, timeout) {
                 Some(more) => {
-                    let mut offers: Vec<_> = priced
-                        .offers
-                        .iter()
-                        .filter(|o| {
-                            (exact && o.requirements.scheme == "exact")
-                                || (upto && o.requirements.scheme == "upto")
-                        })
-                        .cloned()
-                        .collect();
-                    offers.extend(more);
-                    RuleAction::Pay(std::sync::Arc::new(
-                        crate::x402::challenge::Priced::new(
-                            offers,
-                            priced.description.clone(),
-                            priced.mime_type.clone(),
-                        )
-                        .with_usd(priced.usd)
-                        .with_extensions(per_rule.extensions)
-                        .with_sign_in(per_rule.sign_in),
-                    ))
+                    let keep = |o: &crate::x402::challenge::Offer| {
+                        (exact && o.requirements.scheme == "exact")
+                            || (upto && o.requirements.scheme == "upto")
+                    };
+                    with_more_offers(&priced, keep, more, &per_rule)
                 }
                 None => RuleAction::Pay(priced),
             }

@@ -13,7 +13,6 @@ mod record;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use super::replay::ReplayKey;
 use super::{
@@ -207,7 +206,7 @@ impl Payments {
         priced: &Priced,
         offer: &Offer,
         payload: &Value,
-        body: Vec<u8>,
+        raw: &str,
         resource: &str,
         caller: Caller<'_>,
         started: std::time::Instant,
@@ -272,8 +271,10 @@ impl Payments {
             // Channel charges commit after the origin answered, whatever the rule's default.
             settlement: Settlement::After,
             failure_policy: rule.policy.failure_policy,
-            digest: Sha256::digest(&body).into(),
-            facilitator_body: body,
+            // Built when a facilitator is asked (a deposit, a stale mirror): a voucher checked
+            // here never needs it. Channel payments use no verify cache.
+            digest: [0; 32],
+            facilitator_body: Vec::new(),
             facilitator: None,
             stage: Stage::Verified,
             receipt: None,
@@ -314,7 +315,7 @@ impl Payments {
             let needs_facilitator = matches!(p.kind, Kind::Deposit { .. }) || !p.signature_checked;
             if needs_facilitator && onchain.is_none() {
                 onchain = Some(
-                    self.channel_verify(env, &mut accepted)
+                    self.channel_verify(env, &mut accepted, raw, priced)
                         .await
                         .map_err(|e| self.reject(fail(e, Some(payer.clone()))))?,
                 );
@@ -332,7 +333,7 @@ impl Payments {
                 Ok(Turn::Taken(next)) => next,
                 Ok(Turn::VerifyFirst) => {
                     onchain = Some(
-                        self.channel_verify(env, &mut accepted)
+                        self.channel_verify(env, &mut accepted, raw, priced)
                             .await
                             .map_err(|e| self.reject(fail(e, Some(payer.clone()))))?,
                     );
@@ -404,7 +405,13 @@ impl Payments {
         &self,
         env: &PaymentEnv<'_>,
         a: &mut Accepted,
+        raw: &str,
+        priced: &Priced,
     ) -> Result<OnChain, PaymentError> {
+        if a.facilitator_body.is_empty() {
+            a.facilitator_body =
+                super::gate::facilitator_body(a.version, raw, &a.offer, priced, &a.resource)?;
+        }
         let extra = self.verify_extra(env, a).await?;
         Ok(extra.as_ref().and_then(OnChain::read).unwrap_or_default())
     }
