@@ -331,6 +331,7 @@ impl Snapshot {
                 window: self.payment.payment_identifier_window,
                 required: self.payment.require_payment_identifier,
             },
+            channels: &self.channels,
         }
     }
 

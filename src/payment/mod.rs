@@ -52,6 +52,8 @@ pub struct PaymentEnv<'a> {
     pub pending_wait: Duration,
     /// The `payment-identifier` extension.
     pub identifier: IdentifierConf,
+    /// `batch-settlement` channels: whose keys sign claims and refunds.
+    pub channels: &'a channel::claimer::ChannelsConf,
 }
 
 /// How the gate honours `payment-identifier`.
@@ -383,6 +385,16 @@ pub enum Admission {
     /// A retry of a payment that already settled (same `payment-identifier`, payment and
     /// request): forward again, uncharged, with the original receipt header.
     Replayed(Vec<(&'static str, String)>),
+    /// A channel's cooperative refund landed: answered by the gateway, never forwarded.
+    Refunded(Box<Refunded>),
+}
+
+/// A landed refund, as its answer needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refunded {
+    pub channel_id: String,
+    /// The refund's receipt header.
+    pub receipt: Vec<(&'static str, String)>,
 }
 
 /// An override amount in atomic units: a plain integer, a percentage of `ceiling` (two

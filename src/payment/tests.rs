@@ -261,6 +261,7 @@ struct Bench {
     registry: Registry,
     ledger: LedgerConf,
     key: PrivateKeySigner,
+    channels: crate::payment::channel::claimer::ChannelsConf,
 }
 
 impl Bench {
@@ -309,6 +310,7 @@ impl Bench {
                 keep: 1,
             },
             key: PrivateKeySigner::random(),
+            channels: crate::payment::channel::claimer::ChannelsConf::default(),
         }
     }
 
@@ -327,6 +329,7 @@ impl Bench {
                 window: Some(Duration::from_secs(900)),
                 required: false,
             },
+            channels: &self.channels,
         }
     }
 
@@ -416,6 +419,7 @@ impl Bench {
             Admission::Paid(a) => a,
             Admission::Unpaid(reason) => panic!("served unpaid: {reason}"),
             Admission::Replayed(receipt) => return Ok(receipt),
+            Admission::Refunded(r) => panic!("an exact payment answered as a refund: {r:?}"),
         };
         let out = self
             .payments

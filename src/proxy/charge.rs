@@ -165,6 +165,10 @@ impl Gateway {
                         ctx.reason = Some(reason);
                         Ok(false)
                     }
+                    Ok(Admission::Refunded(r)) => {
+                        let cors = respond::cors(snap, request::header(req, "origin"));
+                        self.answer(session, ctx, respond::refunded(&r, cors)).await
+                    }
                     Err(rejection) => {
                         let challenge = Challenge {
                             snap,

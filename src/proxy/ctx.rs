@@ -32,6 +32,8 @@ pub enum Decision {
     Replayed,
     /// A past payer signed in (Sign-In-With-X): forwarded without payment.
     SignedIn,
+    /// A payment channel's cooperative refund: answered by the gateway with its receipt.
+    Refunded,
 }
 
 impl Decision {
@@ -49,6 +51,7 @@ impl Decision {
             Decision::Shadow => "shadow",
             Decision::Replayed => "replayed",
             Decision::SignedIn => "signed_in",
+            Decision::Refunded => "refunded",
         }
     }
 }

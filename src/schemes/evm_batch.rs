@@ -184,8 +184,10 @@ pub enum BatchError {
     MissingChannel,
     #[error("the deposit is below the minimum this offer asks")]
     DepositBelowMinimum,
-    #[error("a refund cannot be requested here")]
-    RefundUnsupported,
+    #[error("the refund amount is not a positive integer")]
+    RefundAmountInvalid,
+    #[error("the channel holds nothing that was not charged: nothing to refund")]
+    RefundNoBalance,
 }
 
 impl BatchError {
@@ -218,7 +220,8 @@ impl BatchError {
             BatchError::DepositBelowMinimum => {
                 "invalid_batch_settlement_evm_deposit_below_min_deposit"
             }
-            BatchError::RefundUnsupported => "invalid_batch_settlement_evm_refund_payload",
+            BatchError::RefundAmountInvalid => "invalid_batch_settlement_evm_refund_amount_invalid",
+            BatchError::RefundNoBalance => "invalid_batch_settlement_evm_refund_no_balance",
         }
     }
 }
@@ -258,6 +261,9 @@ struct PayloadJson {
     voucher: VoucherJson,
     #[serde(default)]
     deposit: Option<DepositJson>,
+    /// A refund's amount (absent: all the escrow not charged).
+    #[serde(default)]
+    amount: Option<Value>,
 }
 
 /// What a `batch-settlement` payload asks.
@@ -268,8 +274,8 @@ pub enum Kind {
     Deposit { amount: u128 },
     /// Pay this request from the channel's escrow.
     Voucher,
-    /// Ask for the unclaimed escrow back.
-    Refund,
+    /// Ask for escrow not charged back: `amount`, or (`None`) all of it.
+    Refund { amount: Option<u128> },
 }
 
 /// A payload that passed every local check.
@@ -366,7 +372,18 @@ pub fn check(
         .ok_or_else(|| bad("voucher.maxClaimableAmount is not a uint128"))?;
     let kind = match p.kind.as_str() {
         "voucher" => Kind::Voucher,
-        "refund" => Kind::Refund,
+        "refund" => {
+            let amount = match &p.amount {
+                None => None,
+                Some(Value::String(a)) => Some(
+                    uint128(a)
+                        .filter(|a| *a > 0)
+                        .ok_or(BatchError::RefundAmountInvalid)?,
+                ),
+                Some(_) => return Err(BatchError::RefundAmountInvalid),
+            };
+            Kind::Refund { amount }
+        }
         "deposit" => {
             let amount = p
                 .deposit

@@ -547,3 +547,116 @@ async fn when_the_claiming_replica_dies_another_takes_the_lease_and_claims_nothi
         view["channels"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refund_claims_what_was_charged_and_returns_the_rest_on_chain() {
+    let net = Net::start("1");
+    // Claims only on the hour: what claims here is the refunds.
+    let gw = net.gateway("channel_claim_interval_seconds = 3600", None);
+    let (origin, rpc_url, token, pay_to) = (&net.origin, &*net.rpc, &*net.token, &*net.pay_to);
+    let (payer, key) = net.payer(0);
+    let url = gw.url("/api/item");
+
+    // 20 requests, then the reference client asks for $1 back: one transaction claims the
+    // $0.20 charged and returns $1; the gateway answers it, the origin never sees it.
+    let before = balance(rpc_url, token, payer).await;
+    let out = pay_batch(
+        &url,
+        rpc_url,
+        key,
+        &["--requests", "20", "--refund", "1000000"],
+    )
+    .await;
+    assert_eq!(out["statuses"]["200"], 20, "{}", out["statuses"]);
+    let refund = &out["refund"];
+    assert!(refund["error"].is_null(), "{refund}");
+    let receipt = &refund["receipt"];
+    assert_eq!(receipt["success"], true, "{receipt}");
+    assert_eq!(receipt["amount"], "1000000", "{receipt}");
+    let tx = receipt["transaction"].as_str().expect("transaction");
+    assert_eq!(tx.len(), 66, "{receipt}");
+    let state = &receipt["extra"]["channelState"];
+    assert_eq!(state["balance"], "4000000", "{receipt}");
+    assert_eq!(state["totalClaimed"], "200000", "{receipt}");
+    assert_eq!(state["chargedCumulativeAmount"], "200000", "{receipt}");
+    assert_eq!(before - balance(rpc_url, token, payer).await, 4_000_000);
+    assert_eq!(receiver_totals(rpc_url, pay_to, token).await.0, 200_000);
+    assert_eq!(origin.requests().await, 20);
+    let refunds: Vec<Value> = gw
+        .ledger()
+        .into_iter()
+        .filter(|l| l["event"] == "channel_refunded" || l["event"] == "channel_claimed")
+        .collect();
+    assert!(
+        refunds.iter().all(|l| l["transaction"] == tx),
+        "{refunds:?}"
+    );
+    assert_eq!(ledger_sum(&gw, "channel_refunded"), 1_000_000);
+    assert_eq!(ledger_sum(&gw, "channel_claimed"), 200_000);
+
+    // Refunds the gateway refuses, with the scheme's reasons and nothing moved: one whose
+    // voucher does not name what was charged (the corrective 402 says what was), and one
+    // signed by someone else.
+    let (status, required) = voucher(&gw, "/api/item", key, 150_000, &["--refund", "all"]).await;
+    assert_eq!(status, 402, "{required}");
+    assert_eq!(
+        required["error"], "invalid_batch_settlement_evm_cumulative_amount_mismatch",
+        "{required}"
+    );
+    assert_eq!(
+        required["accepts"][0]["extra"]["channelState"]["chargedCumulativeAmount"], "200000",
+        "{required}"
+    );
+    let other = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+    let (status, required) = voucher(
+        &gw,
+        "/api/item",
+        key,
+        200_000,
+        &["--refund", "all", "--signer-key", other],
+    )
+    .await;
+    assert_eq!(status, 402, "{required}");
+    assert_eq!(
+        required["error"], "invalid_batch_settlement_evm_voucher_signature",
+        "{required}"
+    );
+
+    // A new client (no state) resynchronizes, pays 5 more requests from the escrow left, then
+    // takes all the rest back.
+    let out = pay_batch(&url, rpc_url, key, &["--requests", "5", "--refund", "all"]).await;
+    assert_eq!(out["statuses"]["200"], 5, "{}", out["statuses"]);
+    assert_eq!(out["sent"]["deposit"], 0, "{}", out["sent"]);
+    let receipt = &out["refund"]["receipt"];
+    assert_eq!(receipt["amount"], "3750000", "{}", out["refund"]);
+    assert_eq!(before - balance(rpc_url, token, payer).await, 250_000);
+
+    // Nothing is left to refund: refused before any transaction.
+    let blocks = block_number(rpc_url).await;
+    let (status, required) = voucher(&gw, "/api/item", key, 250_000, &["--refund", "all"]).await;
+    assert_eq!(status, 402, "{required}");
+    assert_eq!(
+        required["error"], "invalid_batch_settlement_evm_refund_no_balance",
+        "{required}"
+    );
+    assert_eq!(block_number(rpc_url).await, blocks);
+
+    // The claimer sweeps what the refunds claimed to the receiver; the ledger says what the
+    // chain says, and the payer paid exactly what was served.
+    let (claimed, settled) = wait_totals(rpc_url, pay_to, token, 250_000).await;
+    assert_eq!((claimed, settled), (250_000, 250_000));
+    wait_for(
+        "the ledger's sweep line",
+        std::time::Duration::from_secs(10),
+        || (ledger_sum(&gw, "channel_swept") == 250_000).then_some(()),
+    );
+    assert_eq!(ledger_sum(&gw, "channel_claimed"), 250_000);
+    assert_eq!(ledger_sum(&gw, "channel_refunded"), 4_750_000);
+    assert_eq!(ledger_sum(&gw, "channel_charged"), 250_000);
+    assert_eq!(origin.requests().await, 25);
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("x402_channel_claims_total{operation=\"refund\",outcome=\"ok\"} 2"),
+        "{metrics}"
+    );
+}

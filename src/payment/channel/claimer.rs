@@ -89,7 +89,7 @@ impl Default for ChannelsConf {
 }
 
 impl ChannelsConf {
-    fn key_for(&self, address: &str) -> Option<&Arc<PrivateKeySigner>> {
+    pub(super) fn key_for(&self, address: &str) -> Option<&Arc<PrivateKeySigner>> {
         let a: Address = address.parse().ok()?;
         self.authorizers
             .iter()
@@ -156,6 +156,10 @@ impl Payments {
         };
         let mut groups: std::collections::BTreeMap<Group, Vec<ChannelRecord>> =
             std::collections::BTreeMap::new();
+        // Receivers with claimed funds waiting to be swept (a refund's claim, a claim found
+        // on chain), and the channels that say so.
+        let mut owed: std::collections::BTreeMap<Group, Vec<(String, u128)>> =
+            std::collections::BTreeMap::new();
         let mut per_network: std::collections::BTreeMap<String, i64> =
             std::collections::BTreeMap::new();
         for id in &ids {
@@ -170,15 +174,40 @@ impl Payments {
             }
             *per_network.entry(r.network.clone()).or_default() += 1;
             report.channels += 1;
-            if r.unclaimed() == 0 || r.signature.is_empty() {
-                continue;
-            }
             let key = (
                 r.network.clone(),
                 r.asset.clone(),
                 r.receiver.clone(),
                 r.receiver_authorizer.clone(),
             );
+            // A claim the chain holds that no ledger line accounts for: a claimer stopped
+            // between its transaction and its record.
+            let found = r.total_claimed().saturating_sub(r.ledgered_claimed());
+            if found > 0 {
+                let delta = self
+                    .mark_claimed(&r.channel_id, r.total_claimed(), true)
+                    .await;
+                if delta > 0 {
+                    self.channel_line(
+                        env,
+                        &r,
+                        delta,
+                        "channel_claimed",
+                        "",
+                        Some("found_on_chain"),
+                    );
+                }
+                r.sweep_owed = true;
+                r.ledgered = Some(r.total_claimed.clone());
+            }
+            if r.sweep_owed {
+                owed.entry(key.clone())
+                    .or_default()
+                    .push((r.channel_id.clone(), r.ledgered_claimed()));
+            }
+            if r.unclaimed() == 0 || r.signature.is_empty() {
+                continue;
+            }
             groups.entry(key).or_default().push(r);
         }
         for (network, n) in &per_network {
@@ -208,23 +237,24 @@ impl Payments {
                         }
                     }
                 }
-                match self
-                    .sweep(env, &network, &asset, &receiver, &authorizer)
-                    .await
-                {
-                    Ok(true) => report.sweeps += 1,
-                    Ok(false) => {}
-                    Err(e) => {
-                        report.failures += 1;
-                        tracing::warn!(%network, %receiver, error = %e, "channel sweep failed");
-                    }
-                }
+                let key = (
+                    network.clone(),
+                    asset.clone(),
+                    receiver.clone(),
+                    authorizer.clone(),
+                );
+                let flagged = owed.remove(&key).unwrap_or_default();
+                self.sweep_group(env, &key, &flagged, &mut report).await;
             }
             report.unclaimed += left;
             self.metrics
                 .channel_unclaimed
                 .with_label_values(&[&network, &asset])
                 .set(i64::try_from(left).unwrap_or(i64::MAX));
+        }
+        // Receivers owed a sweep whose channels had nothing to claim this pass.
+        for (key, flagged) in owed {
+            self.sweep_group(env, &key, &flagged, &mut report).await;
         }
         if let Ok(mut last) = self.claimer.lock() {
             *last = Some((crate::state::unix_now(), report.clone()));
@@ -313,12 +343,47 @@ impl Payments {
             .inc();
         let mut claimed = 0u128;
         for r in records {
-            let delta = self.mark_claimed(&r.channel_id, r.signed_max()).await;
+            let delta = self
+                .mark_claimed(&r.channel_id, r.signed_max(), false)
+                .await;
             claimed += delta;
-            self.channel_line(env, r, delta, "channel_claimed", &tx);
+            self.channel_line(env, r, delta, "channel_claimed", &tx, None);
         }
         tracing::info!(%network, %receiver, channels = records.len(), %claimed, transaction = %tx, "claimed payment channels");
         Ok(claimed)
+    }
+
+    /// Sweeps one receiver's claimed funds, then clears the sweep the `flagged` channels
+    /// were owed (unless a claim was ledgered since they were read: that one may have landed
+    /// after the sweep).
+    async fn sweep_group(
+        &self,
+        env: &PaymentEnv<'_>,
+        (network, asset, receiver, authorizer): &Group,
+        flagged: &[(String, u128)],
+        report: &mut ClaimReport,
+    ) {
+        match self.sweep(env, network, asset, receiver, authorizer).await {
+            Ok(swept) => {
+                report.sweeps += usize::from(swept);
+                for (id, ledgered) in flagged {
+                    let cleared = self
+                        .update_channel(id, |r| {
+                            let clear = r.sweep_owed && r.ledgered_claimed() == *ledgered;
+                            r.sweep_owed &= !clear;
+                            clear
+                        })
+                        .await;
+                    if cleared.is_err() {
+                        tracing::debug!(channel = %id, "a channel's swept flag stays: the next pass sweeps again");
+                    }
+                }
+            }
+            Err(e) => {
+                report.failures += 1;
+                tracing::warn!(%network, %receiver, error = %e, "channel sweep failed");
+            }
+        }
     }
 
     /// Sweeps what was claimed for `receiver` in `asset` to it; false when there was nothing.
@@ -342,7 +407,7 @@ impl Payments {
                     .inc();
                 let line = ChannelRecord::receiver(network, asset, receiver, authorizer);
                 let amount = amount.and_then(|a| a.parse().ok()).unwrap_or(0);
-                self.channel_line(env, &line, amount, "channel_swept", &tx);
+                self.channel_line(env, &line, amount, "channel_swept", &tx, None);
                 Ok(true)
             }
             // Nothing claimed and not yet swept: not a failure.
@@ -427,75 +492,106 @@ impl Payments {
             withdraw_requested_at: chain.withdraw_initiated_at,
             refund_nonce: chain.refund_nonce,
         };
-        for _ in 0..super::SWAP_TRIES {
-            let Ok(Some((version, bytes))) = self.state.channel(&r.channel_id).await else {
-                return r;
-            };
-            let Some(mut current) = ChannelRecord::decode(&bytes) else {
-                return r;
-            };
-            current.set_onchain(&onchain, super::now_ms());
-            match self
-                .state
-                .swap_channel(&r.channel_id, version, &current.encode())
-                .await
-            {
-                Ok(true) => return current,
-                Ok(false) => continue,
-                Err(_) => return current,
-            }
+        match self
+            .update_channel(&r.channel_id, |current| {
+                current.set_onchain(&onchain, super::now_ms());
+                true
+            })
+            .await
+        {
+            Ok(Some(current)) => current,
+            _ => r,
         }
-        r
     }
 
-    /// Records that the chain now holds `total` as claimed for a channel; the value this
-    /// added (what the ledger line says was claimed).
-    async fn mark_claimed(&self, channel_id: &str, total: u128) -> u128 {
+    /// Records that the chain now holds `total` as claimed for a channel and that the ledger
+    /// accounts for it; the value this added (what the ledger line says was claimed).
+    /// `owe_sweep`: the claimed funds wait for a sweep this pass will not make.
+    pub(super) async fn mark_claimed(
+        &self,
+        channel_id: &str,
+        total: u128,
+        owe_sweep: bool,
+    ) -> u128 {
+        let mut delta = 0;
+        let wrote = self
+            .update_channel(channel_id, |r| {
+                delta = total.saturating_sub(r.ledgered_claimed());
+                if delta == 0 && r.total_claimed() >= total {
+                    return false;
+                }
+                r.total_claimed = total.max(r.total_claimed()).to_string();
+                r.ledgered = Some(total.max(r.ledgered_claimed()).to_string());
+                r.synced_at = r.synced_at.max(1);
+                r.sweep_owed |= owe_sweep && delta > 0;
+                true
+            })
+            .await;
+        match wrote {
+            Ok(Some(_)) => delta,
+            // Gone, or lost every race: another pass sees the claim again.
+            Ok(None) => 0,
+            // A write whose answer was lost may have gone through: the claim is ledgered
+            // rather than lost (the chain holds it either way).
+            Err(()) => delta,
+        }
+    }
+
+    /// Applies `change` to a channel's record by compare-and-swap, read again after a lost
+    /// race; `change` returns false to leave the record as it is. `Err`: the store failed.
+    pub(super) async fn update_channel(
+        &self,
+        channel_id: &str,
+        mut change: impl FnMut(&mut ChannelRecord) -> bool,
+    ) -> Result<Option<ChannelRecord>, ()> {
         for _ in 0..super::SWAP_TRIES {
-            let Ok(Some((version, bytes))) = self.state.channel(channel_id).await else {
-                return 0;
+            let (version, bytes) = match self.state.channel(channel_id).await {
+                Ok(Some(found)) => found,
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read a payment channel");
+                    return Err(());
+                }
             };
             let Some(mut r) = ChannelRecord::decode(&bytes) else {
-                return 0;
+                return Ok(None);
             };
-            let before = r.total_claimed();
-            if total <= before {
-                return 0;
+            if !change(&mut r) {
+                return Ok(Some(r));
             }
-            r.total_claimed = total.to_string();
-            r.synced_at = r.synced_at.max(1);
             match self
                 .state
                 .swap_channel(channel_id, version, &r.encode())
                 .await
             {
-                Ok(true) => return total - before,
+                Ok(true) => return Ok(Some(r)),
                 Ok(false) => continue,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot record a channel's claim");
-                    return total - before;
+                    tracing::warn!(error = %e, "cannot write a payment channel");
+                    return Err(());
                 }
             }
         }
-        0
+        Ok(None)
     }
 
     /// A ledger line of the claimer (`channel_claimed` per channel, `channel_swept` per
     /// receiver), with the transaction that did it.
-    fn channel_line(
+    pub(super) fn channel_line(
         &self,
         env: &PaymentEnv<'_>,
         r: &ChannelRecord,
         amount: u128,
         event: &str,
         tx: &str,
+        reason: Option<&str>,
     ) {
         crate::payment::settle::Record::for_channel(r, amount, &self.replica).write(
             &self.ledger,
             env.ledger,
             event,
             tx,
-            None,
+            reason,
             None,
         );
     }

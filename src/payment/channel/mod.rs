@@ -9,6 +9,7 @@
 
 pub mod claimer;
 mod record;
+pub mod refund;
 
 use std::time::Duration;
 
@@ -181,7 +182,12 @@ pub fn take_turn(
     };
     let mut next = match current {
         Some(c) => c.clone(),
-        None => ChannelRecord::new(p, &offer.requirements),
+        None => {
+            // Claims made before this store knew the channel are not this ledger's.
+            let mut r = ChannelRecord::new(p, &offer.requirements);
+            r.ledgered = Some(mirror.total_claimed.to_string());
+            r
+        }
     };
     next.charged = charged.to_string();
     if onchain.is_some() {
@@ -224,12 +230,6 @@ impl Payments {
         let p = evm_batch::check(payload, &offer.requirements, &separator)
             .map_err(|e| self.reject(fail(SchemeError::Batch(e).into(), None)))?;
         let payer = p.config.payer.to_checksum(None);
-        if p.kind == Kind::Refund {
-            return Err(self.reject(fail(
-                SchemeError::Batch(BatchError::RefundUnsupported).into(),
-                Some(payer),
-            )));
-        }
         let price: u128 = offer.requirements.amount.parse().unwrap_or(0);
         if let Kind::Deposit { amount } = p.kind {
             let min = offer
@@ -289,29 +289,21 @@ impl Payments {
             delivered_status: None,
             channel: None,
         });
+        if let Kind::Refund { amount } = p.kind {
+            return self
+                .channel_refund(env, &p, amount, accepted, payload, raw, priced, offer)
+                .await;
+        }
         let mut onchain: Option<OnChain> = None;
         let waiting_since = std::time::Instant::now();
         let mut poll = TURN_POLL;
         let mut lost = 0;
         while lost < SWAP_TRIES {
             let now = now_ms();
-            let current = match self.state.channel(&channel_id).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read a payment channel");
-                    return Err(self.reject(fail(PaymentError::StateUnavailable, Some(payer))));
-                }
-            };
-            let (version, record) = match &current {
-                Some((v, bytes)) => match ChannelRecord::decode(bytes) {
-                    Some(r) => (*v, Some(r)),
-                    None => {
-                        tracing::error!(channel = %channel_id, "a payment channel's record does not parse");
-                        return Err(self.reject(fail(PaymentError::StateUnavailable, Some(payer))));
-                    }
-                },
-                None => (0, None),
-            };
+            let (version, record) = self
+                .read_channel(&channel_id)
+                .await
+                .map_err(|e| self.reject(fail(e, Some(payer.clone()))))?;
             let needs_facilitator = matches!(p.kind, Kind::Deposit { .. }) || !p.signature_checked;
             if needs_facilitator && onchain.is_none() {
                 onchain = Some(
@@ -399,6 +391,27 @@ impl Payments {
         )))
     }
 
+    /// A channel's record and its version (0 and `None`: the store does not know it).
+    async fn read_channel(
+        &self,
+        channel_id: &str,
+    ) -> Result<(u64, Option<ChannelRecord>), PaymentError> {
+        match self.state.channel(channel_id).await {
+            Ok(None) => Ok((0, None)),
+            Ok(Some((v, bytes))) => match ChannelRecord::decode(&bytes) {
+                Some(r) => Ok((v, Some(r))),
+                None => {
+                    tracing::error!(channel = %channel_id, "a payment channel's record does not parse");
+                    Err(PaymentError::StateUnavailable)
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a payment channel");
+                Err(PaymentError::StateUnavailable)
+            }
+        }
+    }
+
     /// A facilitator's `/verify` of a channel payment (a deposit, or a voucher checked on
     /// chain), returning the channel's on-chain state it reports.
     async fn channel_verify(
@@ -430,8 +443,9 @@ impl Payments {
         let network = a.offer.requirements.network.clone();
         let mut deposited: Option<(String, Option<OnChain>)> = None;
         if matches!(ticket.kind, Kind::Deposit { .. }) {
-            match self.settle_deposit(env, a).await {
-                Ok((tx, onchain)) => {
+            match self.settle_on_chain(env, a).await {
+                Ok(s) => {
+                    let (tx, onchain) = (s.transaction, s.extra.as_ref().and_then(OnChain::read));
                     // Without the state after the deposit: what it was, plus the deposit.
                     let onchain = onchain.or_else(|| {
                         let Kind::Deposit { amount } = ticket.kind else {
@@ -528,13 +542,13 @@ impl Payments {
         );
     }
 
-    /// The deposit's `/settle`, through the facilitator that verified it: the transaction and
-    /// the channel's state after it, or the refusal's reason.
-    async fn settle_deposit(
+    /// A deposit's or refund's `/settle`, through the facilitator that verified it: the
+    /// facilitator's answer, or the refusal's reason.
+    async fn settle_on_chain(
         &self,
         env: &PaymentEnv<'_>,
         a: &mut Accepted,
-    ) -> Result<(String, Option<OnChain>), String> {
+    ) -> Result<SettleResponse, String> {
         let mut candidates = self.candidates(env, a);
         if let Some(name) = &a.facilitator {
             candidates.sort_by_key(|f| &f.name != name);
@@ -549,8 +563,7 @@ impl Payments {
             match r {
                 Ok(s) if s.succeeded() => {
                     a.facilitator = Some(fac.name.clone());
-                    let onchain = s.extra.as_ref().and_then(OnChain::read);
-                    return Ok((s.transaction, onchain));
+                    return Ok(s);
                 }
                 Ok(s) => {
                     return Err(s.error_reason.unwrap_or_else(|| "settlement_failed".into()));

@@ -44,6 +44,15 @@ pub struct ChannelRecord {
     /// The charge being served now, if any.
     #[serde(default)]
     pub pending: Option<PendingCharge>,
+    /// The claimed total the ledger accounts for (`channel_claimed` lines); `None` in a record
+    /// written before it was kept: the mirror's claimed total. Claims the chain shows beyond it
+    /// (a claimer stopped between its transaction and its record) are ledgered by the claimer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledgered: Option<String>,
+    /// Claimed funds wait to be swept to the receiver (a refund's claim, a claim found on
+    /// chain): the claimer's next pass sweeps the receiver.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sweep_owed: bool,
 }
 
 /// A charge waiting for the origin's answer.
@@ -98,6 +107,8 @@ impl ChannelRecord {
             last_request_at: 0,
             committed: String::new(),
             pending: None,
+            ledgered: None,
+            sweep_owed: false,
         }
     }
 
@@ -124,6 +135,13 @@ impl ChannelRecord {
 
     pub fn balance(&self) -> u128 {
         uint(&self.balance)
+    }
+
+    /// The claimed total the ledger accounts for.
+    pub fn ledgered_claimed(&self) -> u128 {
+        self.ledgered
+            .as_deref()
+            .map_or_else(|| self.total_claimed(), uint)
     }
 
     /// What the latest voucher entitles the receiver to that is not claimed on chain yet.

@@ -366,3 +366,123 @@ async fn a_commit_is_recorded_with_its_id_and_a_stale_turn_cannot_commit() {
             .is_err()
     );
 }
+
+fn chain(balance: u128, claimed: u128, nonce: u64) -> OnChain {
+    OnChain {
+        balance,
+        total_claimed: claimed,
+        withdraw_requested_at: 0,
+        refund_nonce: nonce,
+    }
+}
+
+#[test]
+fn a_refund_names_what_was_charged_and_returns_at_most_the_rest() {
+    let f = fixture();
+    let rec = f.record(30_000, 1_000_000, 10_000, NOW - 1_000);
+    let now = chain(1_000_000, 10_000, 3);
+    let take = |p: &BatchPayment, requested, current: Option<&ChannelRecord>, o: &OnChain| {
+        refund::take_refund_turn(current, p, requested, &f.offer, o, "me", NOW)
+    };
+    // All of it, part of it, and more than there is (capped).
+    for (requested, want) in [
+        (None, 970_000),
+        (Some(5_000), 5_000),
+        (Some(2_000_000), 970_000),
+    ] {
+        let t = take(&f.payment("refund", 30_000), requested, Some(&rec), &now).unwrap();
+        assert_eq!((t.charged, t.amount), (30_000, want), "{requested:?}");
+        // The channel is held: nothing is charged by the refund, the chain's state is taken.
+        let pending = t.record.pending.as_ref().unwrap();
+        assert_eq!(
+            (pending.id.as_str(), pending.signed_max.as_str()),
+            ("me", "30000")
+        );
+        assert!(pending.expires_at >= NOW + 60_000);
+        assert_eq!(t.record.charged, "30000");
+        assert_eq!(t.record.refund_nonce, 3);
+    }
+    // A voucher that charges something, or names less: the corrective 402.
+    for max in [40_000, 20_000] {
+        assert_eq!(
+            take(&f.payment("refund", max), None, Some(&rec), &now),
+            Err(BatchError::CumulativeMismatch),
+            "{max}"
+        );
+    }
+    // Busy while a charge is pending; nothing left once everything was charged.
+    let mut busy = rec.clone();
+    busy.pending = Some(PendingCharge {
+        id: "other".into(),
+        signed_max: "40000".into(),
+        signature: String::new(),
+        expires_at: NOW + 1,
+    });
+    assert_eq!(
+        take(&f.payment("refund", 30_000), None, Some(&busy), &now),
+        Err(BatchError::ChannelBusy)
+    );
+    assert_eq!(
+        take(
+            &f.payment("refund", 30_000),
+            None,
+            Some(&rec),
+            &chain(30_000, 10_000, 0)
+        ),
+        Err(BatchError::RefundNoBalance)
+    );
+    // A channel this store does not know was charged what the voucher names, never less than
+    // the chain claimed; claims made before it knew the channel are not its ledger's.
+    let t = take(&f.payment("refund", 50_000), None, None, &now).unwrap();
+    assert_eq!((t.charged, t.amount), (50_000, 950_000));
+    assert_eq!(t.record.ledgered_claimed(), 10_000);
+    assert_eq!(
+        take(&f.payment("refund", 5_000), None, None, &now),
+        Err(BatchError::CumulativeBelowClaimed)
+    );
+}
+
+#[test]
+fn after_a_refund_the_channel_is_what_the_facilitator_reported_or_what_the_refund_did() {
+    let before = chain(1_000_000, 10_000, 3);
+    assert_eq!(
+        refund::after_refund(&before, 30_000, 970_000, None),
+        chain(30_000, 30_000, 4)
+    );
+    let reported = chain(29_000, 30_000, 4);
+    assert_eq!(
+        refund::after_refund(&before, 30_000, 970_000, Some(reported.clone())),
+        reported
+    );
+}
+
+#[test]
+fn refund_amounts_must_be_positive_integers() {
+    let f = fixture();
+    let sep = f.offer.eip712_separator.unwrap();
+    let p = f.payment("refund", 30_000);
+    let mut payload = json!({
+        "type": "refund",
+        "channelConfig": f.config.to_json(),
+        "voucher": {
+            "channelId": format!("{:#x}", p.channel_id),
+            "maxClaimableAmount": "30000",
+            "signature": p.signature,
+        },
+    });
+    let check = |v: &serde_json::Value| evm_batch::check(v, &f.offer.requirements, &sep);
+    assert_eq!(check(&payload).unwrap().kind, Kind::Refund { amount: None });
+    payload["amount"] = json!("700");
+    assert_eq!(
+        check(&payload).unwrap().kind,
+        Kind::Refund { amount: Some(700) }
+    );
+    for bad in [json!("0"), json!("-1"), json!("1e3"), json!(700), json!("")] {
+        payload["amount"] = bad.clone();
+        assert_eq!(
+            check(&payload),
+            Err(BatchError::RefundAmountInvalid),
+            "{bad}"
+        );
+    }
+}

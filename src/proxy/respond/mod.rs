@@ -72,6 +72,25 @@ impl Answer {
     }
 }
 
+/// The answer to a payment channel's cooperative refund that landed: the reference server's
+/// acknowledgement, with the refund's receipt.
+pub fn refunded(r: &crate::payment::Refunded, cors: Vec<(&'static str, String)>) -> Answer {
+    let body = serde_json::json!({"message": "Refund acknowledged", "channelId": r.channel_id});
+    let mut headers = vec![("cache-control", "no-store".to_owned())];
+    headers.extend(r.receipt.iter().cloned());
+    headers.extend(cors);
+    Answer::new(
+        Reply {
+            status: 200,
+            reason: "refund_acknowledged",
+            content_type: "application/json",
+            headers,
+            body: Bytes::from(body.to_string()),
+        },
+        Decision::Refunded,
+    )
+}
+
 /// Refusals of malformed requests (and of requests no rule or host takes).
 pub fn request_refused(e: &RequestError) -> Answer {
     let (status, reason, decision) = match e {

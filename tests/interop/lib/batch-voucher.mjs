@@ -8,6 +8,8 @@
 //        [--signer-key 0x..]   sign with another key than the payer authorizer
 //        [--receiver 0x..]     a channel paying another receiver
 //        [--deposit N]         a deposit of N with the voucher (ERC-3009, reference builder)
+//        [--refund all|N]      a refund payload (the reference shape: the voucher names what
+//                              was charged; `all` sends no amount)
 //
 // Prints ONE JSON line: {header: <PAYMENT-SIGNATURE value>, channelId, error}
 import { decodePaymentRequiredHeader } from "@x402/core/http";
@@ -20,7 +22,7 @@ import { getAddress } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { errorText, isMain, parseArgs, printJsonLine } from "./cli.mjs";
 
-export async function buildVoucher({ url, privateKey, max, signerKey, receiver, deposit }) {
+export async function buildVoucher({ url, privateKey, max, signerKey, receiver, deposit, refund }) {
   const res = await fetch(url);
   const header = res.headers.get("payment-required");
   if (res.status !== 402 || !header) throw new Error(`expected a 402 with PAYMENT-REQUIRED, got ${res.status}`);
@@ -53,7 +55,8 @@ export async function buildVoucher({ url, privateKey, max, signerKey, receiver, 
     inner = built.payload;
   } else {
     const voucher = await signVoucher(signer, channelId, String(max), accepted.network);
-    inner = { type: "voucher", channelConfig, voucher };
+    inner = { type: refund ? "refund" : "voucher", channelConfig, voucher };
+    if (refund && refund !== "all") inner.amount = String(refund);
   }
   const payload = { x402Version: 2, resource: pr.resource, accepted, payload: inner };
   return { header: Buffer.from(JSON.stringify(payload)).toString("base64"), channelId, error: null };
@@ -69,6 +72,7 @@ if (isMain(import.meta.url)) {
       "signer-key": "str",
       receiver: "str",
       deposit: "str",
+      refund: "str",
     });
     out = await buildVoucher({
       url: a.url,
@@ -77,6 +81,7 @@ if (isMain(import.meta.url)) {
       signerKey: a["signer-key"],
       receiver: a.receiver,
       deposit: a.deposit,
+      refund: a.refund,
     });
   } catch (e) {
     out = { header: null, channelId: null, error: errorText(e) };

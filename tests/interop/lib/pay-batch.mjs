@@ -8,14 +8,17 @@
 // Usage:
 //   node lib/pay-batch.mjs --url URL[,URL2,...] --rpc-url RPC [--private-key 0x..]
 //        [--requests 1] [--concurrency 1] [--deposit-multiplier 5] [--salt 0x..(32 bytes)]
-//        [--method GET] [--timeout-ms 30000]
+//        [--method GET] [--timeout-ms 30000] [--refund all|AMOUNT]
 //   The key may also come from env PAYER_PRIVATE_KEY. With several URLs (replicas of one
 //   gateway), request i goes to URL i mod n. `--concurrency C` runs C workers that share the
-//   client (and so the channel).
+//   client (and so the channel). `--refund` then asks for the channel's escrow back through
+//   the reference client's cooperative refund (`scheme.refund(url, {amount})`) at the first
+//   URL: all that was not charged, or AMOUNT atomic units.
 //
 // Prints ONE JSON line:
 //   {results: [{status, body, receipt, sent: "deposit"|"voucher"|null, error}],
-//    sent: {deposit, voucher, refund, none}, statuses: {"200": n, ...}, error}
+//    sent: {deposit, voucher, refund, none}, statuses: {"200": n, ...},
+//    refund: {receipt, error} (with --refund), error}
 // `sent` counts the payload types the client put on the wire (retries after corrective 402s
 // included). Exit status 0 whenever the JSON line was printed; 2 on bad usage.
 import { x402Client } from "@x402/core/client";
@@ -46,6 +49,7 @@ export async function payBatch({
   salt,
   method = "GET",
   timeoutMs = 30000,
+  refund,
 }) {
   const account = privateKeyToAccount(privateKey);
   const publicClient = createPublicClient({ transport: http(rpcUrl) });
@@ -53,7 +57,8 @@ export async function payBatch({
   const options = { depositPolicy: { depositMultiplier } };
   if (salt) options.salt = salt;
   const client = new x402Client();
-  client.register("eip155:*", new BatchSettlementEvmScheme(signer, options));
+  const scheme = new BatchSettlementEvmScheme(signer, options);
+  client.register("eip155:*", scheme);
   client.setSpendControls(false);
   const sent = { deposit: 0, voucher: 0, refund: 0, none: 0 };
   // Counts what goes on the wire, then fetches.
@@ -96,7 +101,19 @@ export async function payBatch({
     const k = String(r?.status ?? "none");
     statuses[k] = (statuses[k] ?? 0) + 1;
   }
-  return { results, sent, statuses, error: null };
+  const out = { results, sent, statuses, error: null };
+  if (refund) {
+    out.refund = { receipt: null, error: null };
+    try {
+      out.refund.receipt = await scheme.refund(urls[0], {
+        amount: refund === "all" ? undefined : String(refund),
+        fetch: countingFetch,
+      });
+    } catch (e) {
+      out.refund.error = errorText(e);
+    }
+  }
+  return out;
 }
 
 if (isMain(import.meta.url)) {
@@ -112,6 +129,7 @@ if (isMain(import.meta.url)) {
       salt: "str",
       method: "str",
       "timeout-ms": "str",
+      refund: "str",
     });
   } catch (e) {
     process.stderr.write(`${errorText(e)}\n`);
@@ -134,6 +152,7 @@ if (isMain(import.meta.url)) {
       salt: a.salt,
       method: a.method ?? "GET",
       timeoutMs: Number(a["timeout-ms"] ?? 30000),
+      refund: a.refund,
     });
   } catch (e) {
     out = { results: [], sent: {}, statuses: {}, error: errorText(e) };
