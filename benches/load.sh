@@ -40,6 +40,18 @@
 #                 paid: the same kind of distinct pre-signed payments, signed for its own 402
 #   ax_402, ax_paid  the same with the published x402-axum 2.0.2 paygate in an axum server
 #                 (benches/peers/axum, one tokio thread; built by benches/peers/build.sh)
+#   gw_voucher    the gateway, a `batch-settlement` rule (Host voucher.bench), every request
+#                 carrying the next cumulative voucher of one of 1000 channels (pre-signed by
+#                 examples/bench-payments.rs --channels; consecutive requests on different
+#                 channels, each channel's vouchers in order): the voucher checked locally
+#                 (EIP-712 recovery, the channel's record in the memory store, a pending charge,
+#                 the commit after the origin answered), no facilitator call except each
+#                 channel's first request (an unknown channel's /verify, 1000 per run). The
+#                 gateway is restarted before every run and stopped (SIGTERM) after it: its last
+#                 claimer pass claims every channel, and the bench facilitator counts the claim
+#                 and sweep calls: "claim transactions per 10 000 vouchers" at default settings
+#                 (claim interval 60 s, 100 channels per claim). Goals: >= 0.7x gw_free req/s,
+#                 p99 <= 1.3x gw_free's, <= 10 claim transactions per 10 000 vouchers.
 #   gw_paid_redis as gw_paid, with the same redis-server as the state store (reservations,
 #                 verify cache, settlements in flight); the store is emptied before each run
 #   gw_paid_dead  as gw_paid, but the network has a pool of two facilitators: first (priority
@@ -73,7 +85,7 @@
 #   CONNS=50 WRK_THREADS=1 THREADS=1 (server threads = nginx worker_processes)
 #   BODY=128 (origin response bytes)
 #   TARGETS="origin nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid gw_paid_dead
-#            ex_402 ex_paid ax_402 ax_paid
+#            gw_voucher ex_402 ex_paid ax_402 ax_paid
 #            gw_free_redis gw_pass_redis gw_paid_redis" (the last three need redis-server)
 #   PAY_COUNT (payments pre-signed per run; default: sized from the warm-up rate)
 #   GATEWAY_BIN ORIGIN_BIN BARE_BIN FACILITATOR_BIN PAYMENTS_BIN NGINX_BIN WRK_BIN
@@ -101,7 +113,7 @@ CONNS=${CONNS:-50}
 WRK_THREADS=${WRK_THREADS:-1}
 THREADS=${THREADS:-1}
 BODY=${BODY:-128}
-TARGETS=${TARGETS:-"origin nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid gw_paid_dead ex_402 ex_paid ax_402 ax_paid gw_free_redis gw_pass_redis gw_paid_redis"}
+TARGETS=${TARGETS:-"origin nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid gw_paid_dead gw_voucher ex_402 ex_paid ax_402 ax_paid gw_free_redis gw_pass_redis gw_paid_redis"}
 PAY_COUNT=${PAY_COUNT:-}
 GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/x402-gateway}
 ORIGIN_BIN=${ORIGIN_BIN:-$ROOT/target/release/demo-origin}
@@ -121,10 +133,11 @@ needs() { [[ " ${TLIST[*]} " == *" $1 "* ]]; }
 need_bin() { [[ -x $1 ]] || die "$1 not found: run cargo build --release --bins --examples first"; }
 need_bin "$ORIGIN_BIN"
 if needs gw_free || needs gw_402 || needs gw_pass || needs gw_paid || needs gw_paid_dead \
-  || needs gw_free_redis || needs gw_pass_redis || needs gw_paid_redis; then
+  || needs gw_voucher || needs gw_free_redis || needs gw_pass_redis || needs gw_paid_redis; then
   need_bin "$GATEWAY_BIN"; need_bin "$FACILITATOR_BIN"
 fi
-if needs gw_pass || needs gw_paid || needs gw_paid_dead || needs gw_pass_redis || needs gw_paid_redis; then
+if needs gw_pass || needs gw_paid || needs gw_paid_dead || needs gw_voucher || needs gw_pass_redis \
+  || needs gw_paid_redis; then
   need_bin "$PAYMENTS_BIN"
 fi
 if needs gw_free_redis || needs gw_pass_redis || needs gw_paid_redis; then
@@ -326,12 +339,22 @@ start_redis_gateway() {
   REDIS_GW_PID=$LAST_PID
 }
 
-# The paid-path gateways (target $1: gw_paid, gw_paid_dead, gw_paid_redis): each its own
-# process in $TMP/$1, restarted before every run (fresh replay guard; gw_paid_redis's store is
-# emptied); gw_paid_dead's has the dead facilitator.
+# The paid-path gateways (target $1: gw_paid, gw_paid_dead, gw_paid_redis, gw_voucher): each
+# its own process in $TMP/$1, restarted before every run (fresh replay guard and channels;
+# gw_paid_redis's store is emptied); gw_paid_dead's has the dead facilitator, gw_voucher's the
+# channel rule.
 declare -A PAID_PORT=() PAID_PID=() PAID_LOG_MARK=()
+# The receiver authorizer of gw_voucher's channels: a public development key (anvil's tenth
+# account), never holding real funds.
+VOUCHER_RULE='[[rule]]
+id = "voucher"
+host = "voucher.bench"
+prefix = "/fixed/"
+schemes = ["batch-settlement"]
+price = "$0.01"
+receiver_authorizer = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6"'
 restart_paid_gateway() {
-  local t=$1 dead= extra=
+  local t=$1 dead= extra= rules=
   start_origin; start_facilitator
   [[ -n ${PAID_PID[$t]:-} ]] && stop_pid "${PAID_PID[$t]}"
   if [[ $t == gw_paid_redis ]]; then
@@ -344,8 +367,9 @@ restart_paid_gateway() {
     ! (exec 3<>"/dev/tcp/127.0.0.1/$dead") 2>/dev/null \
       || die "gw_paid_dead: something listens on the dead facilitator's port $dead"
   fi
+  [[ $t == gw_voucher ]] && rules=$VOUCHER_RULE
   PAID_PORT[$t]=$(free_port)
-  write_gateway_config "$TMP/$t" "${PAID_PORT[$t]}" "$dead" "$extra"
+  write_gateway_config "$TMP/$t" "${PAID_PORT[$t]}" "$dead" "$extra" "$rules"
   # Log lines before this instance: paid_after reads only this instance's.
   PAID_LOG_MARK[$t]=0
   [[ -f $TMP/$t/gateway.log ]] && PAID_LOG_MARK[$t]=$(wc -l <"$TMP/$t/gateway.log")
@@ -368,6 +392,7 @@ declare -A LABEL=(
   [gw_free_redis]="free, redis"
   [gw_pass_redis]="pass, redis"
   [gw_paid_redis]="paid, redis"
+  [gw_voucher]="gateway voucher"
   [ex_402]="express 402"
   [ex_paid]="express paid"
   [ax_402]="x402-axum 402"
@@ -447,11 +472,16 @@ t_gw_pass_redis_check()  { pass_check gw_pass_redis; }
 # gw_paid, gw_paid_dead, gw_paid_redis: a distinct pre-signed payment per request, walked by wrk's lua; the
 # gateway is restarted before every run, so one set of payments per target serves every run.
 declare -A PAY_N=()
+# The Host a paid target's requests carry, and what bench-payments needs besides.
+pay_host() { [[ $1 == gw_voucher ]] && echo voucher.bench || echo paid.bench; }
+pay_args() { [[ $1 == gw_voucher ]] && echo "--channels 1000"; return 0; }
+# shellcheck disable=SC2046
+sign_for() { sign_payments "$(pay_url "$1")" "${PAY_N[$1]}" "$(pay_host "$1")" "$TMP/$1.payments.txt" $(pay_args "$1"); }
 paid_start() {
   local t=$1
   restart_paid_gateway "$t"
   PAY_N[$t]=${PAY_COUNT:-$((WARMUP * 20000 + 5000))}
-  sign_payments "$(paid_url "$t")" "${PAY_N[$t]}" paid.bench "$TMP/$t.payments.txt"
+  sign_for "$t"
   paid_script
 }
 # The wrk script of every paid target: a distinct payment per request.
@@ -460,7 +490,7 @@ paid_script() {
   {
     cat "$TMP/report.lua"
     cat <<'LUA'
--- Each wrk thread walks its own share of the pre-signed payments (args: file, threads).
+-- Each wrk thread walks its own share of the pre-signed payments (args: file, threads, host).
 local next_id, payments, count, i = 0, {}, 0, 0
 local headers = { ["Host"] = "paid.bench" }
 function setup(thread)
@@ -469,6 +499,7 @@ function setup(thread)
 end
 function init(args)
   local threads = tonumber(args[2]) or 1
+  if args[3] then headers["Host"] = args[3] end
   local k = 0
   for line in io.lines(args[1]) do
     if k % threads == thread_id then
@@ -489,7 +520,7 @@ LUA
 }
 paid_url() { echo "http://127.0.0.1:${PAID_PORT[$1]}/fixed/$BODY"; }
 paid_check() {
-  http_status "$(paid_url "$1")" "Host: paid.bench" "PAYMENT-SIGNATURE: $(head -n 1 "$TMP/$1.payments.txt")"
+  http_status "$(paid_url "$1")" "Host: $(pay_host "$1")" "PAYMENT-SIGNATURE: $(head -n 1 "$TMP/$1.payments.txt")"
 }
 # After the warm-up, sizes the payments for a full run (1.5x the warm-up rate, at least);
 # after a counted run, fails if the payments ran out. gw_paid_dead: fails unless this
@@ -507,26 +538,44 @@ paid_after() {
     if ((want > PAY_N[$t])); then
       echo "  signing $want payments for runs of ${DURATION}s ($t)"
       PAY_N[$t]=$want
-      sign_payments "$(pay_url "$t")" "${PAY_N[$t]}" paid.bench "$TMP/$t.payments.txt"
+      sign_for "$t"
     fi
   elif ((requests > PAY_N[$t])); then
     die "$t: $requests requests but only ${PAY_N[$t]} pre-signed payments: set PAY_COUNT higher"
   fi
 }
-for t in gw_paid gw_paid_dead gw_paid_redis; do
+for t in gw_paid gw_paid_dead gw_paid_redis gw_voucher; do
   eval "
 t_${t}_start()   { paid_start $t; }
 t_${t}_url()     { paid_url $t; }
 t_${t}_pids()    { echo \"\${PAID_PID[$t]}\"; }
 t_${t}_status()  { echo 200; }
 t_${t}_script()  { echo \"\$TMP/paid.lua\"; }
-t_${t}_args()    { echo \"\$TMP/$t.payments.txt \$WRK_THREADS\"; }
+t_${t}_args()    { echo \"\$TMP/$t.payments.txt \$WRK_THREADS \$(pay_host $t)\"; }
 t_${t}_prepare() { restart_paid_gateway $t; }
 t_${t}_check()   { paid_check $t; }
 t_${t}_after()   { paid_after $t \"\$@\"; }"
 done
 # The store's CPU is charged to the target that uses it.
 t_gw_paid_redis_pids() { echo "${PAID_PID[gw_paid_redis]} $REDIS_PID"; }
+# gw_voucher: after each counted run the gateway stops (SIGTERM: its claimer's last pass claims
+# every channel); the claim and sweep calls the bench facilitator saw during the run and the
+# stop are that run's claim transactions.
+fac_stat() { http_body "http://127.0.0.1:$FAC_PORT/stats" | grep -o "\"$1\":[0-9]*" | cut -d: -f2; }
+VOUCHER_CLAIMS0=
+t_gw_voucher_prepare() {
+  restart_paid_gateway gw_voucher
+  VOUCHER_CLAIMS0="$(fac_stat claims) $(fac_stat sweeps)"
+}
+t_gw_voucher_after() {
+  local requests=$1 round=$2 pid=${PAID_PID[gw_voucher]} c0 s0
+  paid_after gw_voucher "$requests" "$round"
+  [[ $round == warmup ]] && return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  read -r c0 s0 <<<"$VOUCHER_CLAIMS0"
+  echo "$round $requests $(($(fac_stat claims) - c0)) $(($(fac_stat sweeps) - s0))" >>"$TMP/voucher_claims"
+}
 
 # ex_*, ax_*: the x402 peers, each one process (one thread / one event loop) serving the body
 # itself behind its paygate, against the same bench facilitator. They keep no replay state, so
@@ -734,6 +783,15 @@ goal_cpu() {
     'BEGIN { printf "  %-34s %5.2fx cpu/req per round (goal <= %.2fx: %s)   %.2f vs %.2f us/req (medians)\n",
       w, pc, m, (pc <= m ? "met" : "MISSED"), a, b }'
 }
+# p99 of target $2 as a ratio to base $3's, per round: at most $4.
+goal_p99() {
+  local what=$1 t=$2 base=$3 max=$4 pp
+  [[ -n ${RPS[$t]:-} && -n ${RPS[$base]:-} ]] || return 0
+  pp=$(paired "$t" "$base" 5)
+  awk -v w="$what" -v pp="$pp" -v m="$max" -v a="${P99[$t]}" -v b="${P99[$base]}" \
+    'BEGIN { printf "  %-34s %5.2fx p99 per round (goal <= %.2fx: %s)   %.3f vs %.3f ms (medians)\n",
+      w, pp, m, (pp <= m ? "met" : "MISSED"), a / 1000, b / 1000 }'
+}
 # Median req/s of target $2: at least $3.
 goal_rps() {
   local what=$1 t=$2 min=$3
@@ -753,6 +811,15 @@ goal_cpu "gateway paid / gateway free" gw_paid gw_free 3
 goal_rps "gateway paid" gw_paid 10000
 goal "paid, dead facilitator / paid" gw_paid_dead gw_paid 0.95
 goal "paid, redis / paid (memory)" gw_paid_redis gw_paid 0.85
+goal "gateway voucher / gateway free" gw_voucher gw_free 0.7
+goal_p99 "gateway voucher / gateway free" gw_voucher gw_free 1.3
+if [[ -s $TMP/voucher_claims ]]; then
+  awk '{ r += $2; c += $3; s += $4 } END {
+    per = (r > 0 ? (c + s) * 10000 / r : 0)
+    printf "  %-34s %8.2f per 10 000 vouchers (goal <= 10: %s)   %d claim + %d sweep calls, %d vouchers\n",
+      "claim transactions (voucher path)", per, (per <= 10 && c > 0 ? "met" : "MISSED"), c, s, r }' \
+    "$TMP/voucher_claims"
+fi
 goal "pass, redis / pass (memory)" gw_pass_redis gw_pass 0.8
 goal "free, redis / free (memory)" gw_free_redis gw_free ref
 echo

@@ -1,6 +1,9 @@
 //! A facilitator that approves everything at once, for `benches/load.sh`: `GET /supported`,
 //! `POST /verify` (`isValid: true`) and `POST /settle` (`success: true` with a made-up
-//! transaction hash), so that the paid path measures the gateway and not a chain.
+//! transaction hash), so that the paid path measures the gateway and not a chain. For
+//! `batch-settlement` payloads `/verify` reports a channel holding plenty and nothing claimed,
+//! and `/settle` counts the claimer's `claim` and `settle` calls, which `GET /stats` reports
+//! (`{"settled", "claims", "sweeps"}`).
 //!
 //! `bench-facilitator --listen 127.0.0.1:8600 [--network eip155:84532]`
 //!
@@ -29,6 +32,16 @@ struct State {
     supported: Bytes,
     network: String,
     settled: AtomicU64,
+    claims: AtomicU64,
+    sweeps: AtomicU64,
+}
+
+/// What the facilitator is asked, read from a `/verify` or `/settle` body.
+struct Asked {
+    /// The payer: an EIP-3009 authorization's `from`, or a channel's payer.
+    payer: String,
+    /// A `batch-settlement` payload's `type` (`deposit`, `voucher`, `claim`, ...).
+    channel: Option<String>,
 }
 
 fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -41,17 +54,22 @@ fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
-/// The `from` of the authorization in a `/verify` or `/settle` body, if it can be found.
-fn payer(body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/paymentPayload/payload/authorization/from")
-                .and_then(|f| f.as_str())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default()
+fn asked(body: &[u8]) -> Asked {
+    let v = serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default();
+    let text = |p: &str| v.pointer(p).and_then(|f| f.as_str()).map(str::to_owned);
+    let batch = text("/paymentRequirements/scheme").as_deref() == Some("batch-settlement");
+    Asked {
+        payer: text("/paymentPayload/payload/authorization/from")
+            .or_else(|| text("/paymentPayload/payload/channelConfig/payer"))
+            .unwrap_or_default(),
+        channel: batch
+            .then(|| text("/paymentPayload/payload/type"))
+            .flatten(),
+    }
 }
+
+/// A channel's state as a facilitator reports it: plenty in escrow, nothing claimed.
+const CHANNEL_STATE: &str = r#"{"balance":"1000000000000000000000","totalClaimed":"0","withdrawRequestedAt":0,"refundNonce":"0"}"#;
 
 async fn handle(
     state: Arc<State>,
@@ -64,18 +82,45 @@ async fn handle(
     };
     let resp = match (&parts.method, parts.uri.path()) {
         (&Method::GET, "/supported") => json(StatusCode::OK, state.supported.clone()),
-        (&Method::POST, "/verify") => json(
+        (&Method::GET, "/stats") => json(
             StatusCode::OK,
-            format!(r#"{{"isValid":true,"payer":"{}"}}"#, payer(&body)),
+            format!(
+                r#"{{"settled":{},"claims":{},"sweeps":{}}}"#,
+                state.settled.load(Ordering::Relaxed),
+                state.claims.load(Ordering::Relaxed),
+                state.sweeps.load(Ordering::Relaxed)
+            ),
         ),
+        (&Method::POST, "/verify") => {
+            let a = asked(&body);
+            let extra = if a.channel.is_some() {
+                format!(r#","extra":{CHANNEL_STATE}"#)
+            } else {
+                String::new()
+            };
+            json(
+                StatusCode::OK,
+                format!(r#"{{"isValid":true,"payer":"{}"{extra}}}"#, a.payer),
+            )
+        }
         (&Method::POST, "/settle") => {
+            let a = asked(&body);
+            match a.channel.as_deref() {
+                Some("claim") => state.claims.fetch_add(1, Ordering::Relaxed),
+                Some("settle") => state.sweeps.fetch_add(1, Ordering::Relaxed),
+                _ => 0,
+            };
+            let extra = if a.channel.is_some() {
+                format!(r#","amount":"0","extra":{{"channelState":{CHANNEL_STATE}}}"#)
+            } else {
+                String::new()
+            };
             let n = state.settled.fetch_add(1, Ordering::Relaxed) + 1;
             json(
                 StatusCode::OK,
                 format!(
-                    r#"{{"success":true,"transaction":"0x{n:064x}","network":"{}","payer":"{}"}}"#,
-                    state.network,
-                    payer(&body)
+                    r#"{{"success":true,"transaction":"0x{n:064x}","network":"{}","payer":"{}"{extra}}}"#,
+                    state.network, a.payer
                 ),
             )
         }
@@ -106,6 +151,7 @@ fn main() -> std::io::Result<()> {
     let supported = serde_json::json!({
         "kinds": [
             {"x402Version": 2, "scheme": "exact", "network": network},
+            {"x402Version": 2, "scheme": "batch-settlement", "network": network},
             {"x402Version": 1, "scheme": "exact", "network": v1},
         ],
         "extensions": [],
@@ -115,6 +161,8 @@ fn main() -> std::io::Result<()> {
         supported: Bytes::from(supported.to_string()),
         network,
         settled: AtomicU64::new(0),
+        claims: AtomicU64::new(0),
+        sweeps: AtomicU64::new(0),
     });
     // One thread: the gateway and the origin need the other cores.
     let rt = tokio::runtime::Builder::new_current_thread()

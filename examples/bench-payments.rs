@@ -2,7 +2,13 @@
 //! EIP-3009 authorization per line, each with its own nonce, for the offer of a 402 answer.
 //!
 //! `bench-payments --required PAYMENT-REQUIRED-VALUE --count N --out FILE [--valid-seconds S]
-//!  [--key HEX] [--accept I]`
+//!  [--key HEX] [--accept I] [--channels C]`
+//!
+//! For a `batch-settlement` offer, `--channels C` (default 1000) spreads the payments over C
+//! channels of the key (salts 0..C): line k is the voucher of channel k mod C for the
+//! (k div C + 1)-th request, cumulative amount (k div C + 1) x price. Sent in file order by
+//! many connections at once, consecutive requests are on different channels and each channel
+//! sees its vouchers in order.
 //!
 //! `--required` is the base64 `PAYMENT-REQUIRED` header of the gateway's 402 (its
 //! `accepts[I]` is paid), `--valid-seconds` how long past now the authorizations stay valid
@@ -24,6 +30,7 @@ use alloy::signers::local::PrivateKeySigner;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
+use x402_gateway::schemes::evm_batch::{self, ChannelConfig};
 use x402_gateway::schemes::evm_exact::{TransferWithAuthorization, domain, signing_hash};
 
 /// Anvil's first development account: public knowledge, never holds real funds.
@@ -36,11 +43,12 @@ struct Args {
     valid_seconds: u64,
     key: String,
     accept: usize,
+    channels: usize,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench-payments --required B64 --count N --out FILE [--valid-seconds S] [--key HEX] [--accept I]"
+        "usage: bench-payments --required B64 --count N --out FILE [--valid-seconds S] [--key HEX] [--accept I] [--channels C]"
     );
     std::process::exit(2)
 }
@@ -58,6 +66,7 @@ fn parse_args() -> Args {
         valid_seconds: 3600,
         key: DEV_KEY.to_owned(),
         accept: 0,
+        channels: 1000,
     };
     let mut args = std::env::args().skip(1);
     while let Some(k) = args.next() {
@@ -69,10 +78,11 @@ fn parse_args() -> Args {
             "--valid-seconds" => a.valid_seconds = v.parse().unwrap_or_else(|_| usage()),
             "--key" => a.key = v,
             "--accept" => a.accept = v.parse().unwrap_or_else(|_| usage()),
+            "--channels" => a.channels = v.parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
     }
-    if a.required.is_empty() || a.out.is_empty() || a.count == 0 {
+    if a.required.is_empty() || a.out.is_empty() || a.count == 0 || a.channels == 0 {
         usage()
     }
     a
@@ -108,6 +118,11 @@ fn main() {
     let value: u128 = str_field(&accepted, "/amount")
         .parse()
         .unwrap_or_else(|_| fail("bad amount"));
+    let key: PrivateKeySigner = args.key.parse().unwrap_or_else(|_| fail("bad --key"));
+    if str_field(&accepted, "/scheme") == evm_batch::SCHEME {
+        let vouchers = Vouchers::new(&accepted, key, chain_id, token, to, value, args.channels);
+        return write_lines(&args, &|i| vouchers.line(i));
+    }
     let separator = domain(
         str_field(&accepted, "/extra/name"),
         str_field(&accepted, "/extra/version"),
@@ -115,7 +130,6 @@ fn main() {
         token,
     )
     .separator();
-    let key: PrivateKeySigner = args.key.parse().unwrap_or_else(|_| fail("bad --key"));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -156,6 +170,11 @@ fn main() {
         });
         STANDARD.encode(payment.to_string())
     };
+    write_lines(&args, &sign);
+}
+
+/// Signs `args.count` lines with `sign` on every core and writes them in order.
+fn write_lines(args: &Args, sign: &(dyn Fn(usize) -> String + Sync)) {
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = args.count.div_ceil(workers);
     let parts: Vec<Vec<String>> = std::thread::scope(|s| {
@@ -181,4 +200,80 @@ fn main() {
         writeln!(w, "{line}").unwrap_or_else(|e| fail(format!("write: {e}")));
     }
     w.flush().unwrap_or_else(|e| fail(format!("write: {e}")));
+}
+
+/// `batch-settlement` vouchers over many channels of one payer.
+struct Vouchers {
+    accepted: Value,
+    key: PrivateKeySigner,
+    separator: B256,
+    configs: Vec<(ChannelConfig, B256)>,
+    price: u128,
+}
+
+impl Vouchers {
+    fn new(
+        accepted: &Value,
+        key: PrivateKeySigner,
+        chain_id: u64,
+        token: Address,
+        receiver: Address,
+        price: u128,
+        channels: usize,
+    ) -> Self {
+        let separator = evm_batch::domain_separator(chain_id);
+        let receiver_authorizer: Address = str_field(accepted, "/extra/receiverAuthorizer")
+            .parse()
+            .unwrap_or_else(|_| fail("bad extra.receiverAuthorizer"));
+        let withdraw_delay = accepted
+            .pointer("/extra/withdrawDelay")
+            .and_then(Value::as_u64)
+            .unwrap_or_else(|| fail("the offer has no extra.withdrawDelay"));
+        let configs = (0..channels)
+            .map(|c| {
+                let config = ChannelConfig {
+                    payer: key.address(),
+                    payer_authorizer: key.address(),
+                    receiver,
+                    receiver_authorizer,
+                    token,
+                    withdraw_delay,
+                    salt: B256::from(U256::from(c)),
+                };
+                let id = config.id(&separator);
+                (config, id)
+            })
+            .collect();
+        Vouchers {
+            accepted: accepted.clone(),
+            key,
+            separator,
+            configs,
+            price,
+        }
+    }
+
+    /// Line `i`: channel `i mod C`'s voucher for its `(i div C + 1)`-th request.
+    fn line(&self, i: usize) -> String {
+        let (config, id) = &self.configs[i % self.configs.len()];
+        let max = self.price * (i / self.configs.len() + 1) as u128;
+        let sig = self
+            .key
+            .sign_hash_sync(&evm_batch::voucher_digest(&self.separator, id, max))
+            .unwrap_or_else(|e| fail(format!("signing: {e}")));
+        let payment = json!({
+            "x402Version": 2,
+            "accepted": self.accepted,
+            "payload": {
+                "type": "voucher",
+                "channelConfig": config.to_json(),
+                "voucher": {
+                    "channelId": format!("{id:#x}"),
+                    "maxClaimableAmount": max.to_string(),
+                    "signature": format!("0x{}", hex::encode(sig.as_bytes())),
+                },
+            }
+        });
+        STANDARD.encode(payment.to_string())
+    }
 }

@@ -121,7 +121,7 @@ export X402_BENCH_PASS_KEY
 # first (priority 0, default ejection settings), then the bench facilitator (priority 1).
 # $4: more configuration appended (e.g. a [state] section).
 write_gateway_config() {
-  local d=$1 port=$2 dead_port=${3:-} extra=${4:-} admin_port facilitators
+  local d=$1 port=$2 dead_port=${3:-} extra=${4:-} rules_extra=${5:-} admin_port facilitators
   admin_port=$(free_port)
   facilitators="[[facilitators]]
 name = \"bench\"
@@ -209,6 +209,8 @@ price = "$0.01"
 max_timeout_seconds = 86400
 pass = { ttl = "24h", scope = "rule", max_requests = 4000000000 }
 CONF
+  [[ -n $rules_extra ]] && printf '\n%s\n' "$rules_extra" >>"$d/rules/bench.toml"
+  return 0
 }
 
 # The response head (status line and headers, CR stripped) of one GET (HTTP/1.1,
@@ -254,10 +256,23 @@ header_value() {
   [[ -n $found ]] && echo "$found"
 }
 
-# Pre-signs $2 payments for the offer of the 402 at URL $1 (Host $3) into file $4.
+# Pre-signs $2 payments for the offer of the 402 at URL $1 (Host $3) into file $4; further
+# arguments go to bench-payments.
 sign_payments() {
   local url=$1 count=$2 host=$3 out=$4 required
+  shift 4
   required=$(http_head "$url" "Host: $host" | header_value payment-required) \
     || die "no PAYMENT-REQUIRED from $url (Host $host)"
-  "$PAYMENTS_BIN" --required "$required" --count "$count" --out "$out" --valid-seconds 86000
+  "$PAYMENTS_BIN" --required "$required" --count "$count" --out "$out" --valid-seconds 86000 "$@"
+}
+
+# The body of one GET of URL $1 (HTTP/1.1, Connection: close), without curl.
+http_body() {
+  local url=$1 hostport path line
+  hostport=${url#http://}; path=/${hostport#*/}; hostport=${hostport%%/*}
+  exec 3<>"/dev/tcp/${hostport%:*}/${hostport#*:}"
+  printf 'GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$path" "$hostport" >&3
+  while IFS= read -r line <&3; do [[ -z ${line%$'\r'} ]] && break; done
+  cat <&3
+  exec 3>&- 3<&-
 }

@@ -250,6 +250,11 @@ pub struct PaymentSection {
     /// `batch-settlement`: channels claimed in one transaction at most (default 100).
     #[serde(default = "default_claims_per_transaction")]
     pub channel_claims_per_transaction: usize,
+    /// `batch-settlement`: a channel without a request for this long (seconds) that still
+    /// holds escrow not charged gets it refunded, its charges claimed in the same transaction
+    /// (default 0: only when the payer asks).
+    #[serde(default)]
+    pub channel_refund_idle_seconds: u64,
 }
 
 fn default_claim_interval() -> u64 {
@@ -306,6 +311,7 @@ impl Default for PaymentSection {
             channel_claim_interval_seconds: default_claim_interval(),
             channel_claim_threshold: 0,
             channel_claims_per_transaction: default_claims_per_transaction(),
+            channel_refund_idle_seconds: 0,
             on_facilitator_failure: FailurePolicy::Closed,
             failed_payments_per_client: default_client_failures(),
             failed_payments_per_payer: default_payer_failures(),

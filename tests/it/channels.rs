@@ -631,16 +631,6 @@ async fn a_refund_claims_what_was_charged_and_returns_the_rest_on_chain() {
     assert_eq!(receipt["amount"], "3750000", "{}", out["refund"]);
     assert_eq!(before - balance(rpc_url, token, payer).await, 250_000);
 
-    // Nothing is left to refund: refused before any transaction.
-    let blocks = block_number(rpc_url).await;
-    let (status, required) = voucher(&gw, "/api/item", key, 250_000, &["--refund", "all"]).await;
-    assert_eq!(status, 402, "{required}");
-    assert_eq!(
-        required["error"], "invalid_batch_settlement_evm_refund_no_balance",
-        "{required}"
-    );
-    assert_eq!(block_number(rpc_url).await, blocks);
-
     // The claimer sweeps what the refunds claimed to the receiver; the ledger says what the
     // chain says, and the payer paid exactly what was served.
     let (claimed, settled) = wait_totals(rpc_url, pay_to, token, 250_000).await;
@@ -652,6 +642,16 @@ async fn a_refund_claims_what_was_charged_and_returns_the_rest_on_chain() {
     );
     assert_eq!(ledger_sum(&gw, "channel_claimed"), 250_000);
     assert_eq!(ledger_sum(&gw, "channel_refunded"), 4_750_000);
+
+    // Nothing is left to refund: refused before any transaction.
+    let blocks = block_number(rpc_url).await;
+    let (status, required) = voucher(&gw, "/api/item", key, 250_000, &["--refund", "all"]).await;
+    assert_eq!(status, 402, "{required}");
+    assert_eq!(
+        required["error"], "invalid_batch_settlement_evm_refund_no_balance",
+        "{required}"
+    );
+    assert_eq!(block_number(rpc_url).await, blocks);
     assert_eq!(ledger_sum(&gw, "channel_charged"), 250_000);
     assert_eq!(origin.requests().await, 25);
     let metrics = gw.metrics().await;
@@ -659,4 +659,41 @@ async fn a_refund_claims_what_was_charged_and_returns_the_rest_on_chain() {
         metrics.contains("x402_channel_claims_total{operation=\"refund\",outcome=\"ok\"} 2"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_channel_is_refunded_with_its_charges_claimed() {
+    let net = Net::start("1");
+    let gw = net.gateway(
+        "channel_claim_interval_seconds = 3600\nchannel_refund_idle_seconds = 2",
+        None,
+    );
+    let (rpc_url, token, pay_to) = (&*net.rpc, &*net.token, &*net.pay_to);
+    let (payer, key) = net.payer(0);
+    let before = balance(rpc_url, token, payer).await;
+    let out = pay_batch(&gw.url("/api/item"), rpc_url, key, &["--requests", "10"]).await;
+    assert_eq!(out["statuses"]["200"], 10, "{}", out["statuses"]);
+    assert_eq!(before - balance(rpc_url, token, payer).await, 5_000_000);
+
+    // Two seconds without a request: the claimer claims the $0.10 charged and returns the
+    // rest in one transaction, then sweeps the claim to the receiver.
+    let (claimed, settled) = wait_totals(rpc_url, pay_to, token, 100_000).await;
+    assert_eq!((claimed, settled), (100_000, 100_000));
+    assert_eq!(before - balance(rpc_url, token, payer).await, 100_000);
+    wait_for(
+        "the ledger's refund and sweep lines",
+        std::time::Duration::from_secs(10),
+        || (ledger_sum(&gw, "channel_swept") == 100_000).then_some(()),
+    );
+    assert_eq!(ledger_sum(&gw, "channel_refunded"), 4_900_000);
+    assert_eq!(ledger_sum(&gw, "channel_claimed"), 100_000);
+    let ready: Value = client()
+        .get(gw.admin_url("/readyz"))
+        .send()
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["channel_claimer"]["failures"], 0, "{ready}");
 }

@@ -184,6 +184,8 @@ pub fn compile(
             claim_interval: Duration::from_secs(pay.channel_claim_interval_seconds.max(1)),
             claim_threshold: u128::from(pay.channel_claim_threshold),
             max_claims: pay.channel_claims_per_transaction.max(1),
+            refund_idle: (pay.channel_refund_idle_seconds > 0)
+                .then(|| Duration::from_secs(pay.channel_refund_idle_seconds)),
         },
     };
     snapshot.warnings = super::lint::warnings(&snapshot);

@@ -96,6 +96,13 @@ pub(super) fn payment(
             "must be between 1 and 86400",
         );
     }
+    if pay.channel_refund_idle_seconds > 365 * 86_400 {
+        rep.file(
+            &rep.sources[cfg].path.clone(),
+            "payment.channel_refund_idle_seconds",
+            "must be at most 31536000 (a year; 0: never)",
+        );
+    }
     if pay.channel_claims_per_transaction == 0 || pay.channel_claims_per_transaction > 1000 {
         rep.file(
             &rep.sources[cfg].path.clone(),

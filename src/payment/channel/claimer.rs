@@ -75,6 +75,8 @@ pub struct ChannelsConf {
     pub claim_threshold: u128,
     /// Channels per claim transaction at most.
     pub max_claims: usize,
+    /// Channels idle this long with escrow not charged are refunded (`None`: never).
+    pub refund_idle: Option<Duration>,
 }
 
 impl Default for ChannelsConf {
@@ -84,6 +86,7 @@ impl Default for ChannelsConf {
             claim_interval: Duration::from_secs(60),
             claim_threshold: 0,
             max_claims: 100,
+            refund_idle: None,
         }
     }
 }
@@ -108,9 +111,26 @@ pub struct ClaimReport {
     pub claimed: usize,
     pub claim_transactions: usize,
     pub sweeps: usize,
+    /// Idle channels refunded.
+    pub refunds: usize,
     pub failures: usize,
     /// Value still unclaimed after the pass, in atomic units (all groups).
     pub unclaimed: u128,
+}
+
+/// Why a channel action's `/settle` did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallError {
+    pub reason: String,
+    /// The facilitator may have sent the transaction (the answer was lost): its outcome is
+    /// unknown until the chain is read.
+    pub unknown: bool,
+}
+
+impl From<CallError> for String {
+    fn from(e: CallError) -> String {
+        e.reason
+    }
 }
 
 /// The lease that makes one replica the claimer.
@@ -169,8 +189,24 @@ impl Payments {
             let Some(mut r) = ChannelRecord::decode(&bytes) else {
                 continue;
             };
-            if refresh && r.unclaimed() > 0 {
+            let idle = conf
+                .refund_idle
+                .is_some_and(|d| r.idle_refundable(super::now_ms(), d));
+            if (refresh && r.unclaimed() > 0) || idle {
                 r = self.refresh_mirror(env, r).await;
+            }
+            if idle && r.idle_refundable(super::now_ms(), conf.refund_idle.unwrap_or_default()) {
+                match self.refund_idle(env, &r).await {
+                    Ok(Some(after)) => {
+                        report.refunds += 1;
+                        r = after;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        report.failures += 1;
+                        tracing::warn!(channel = %r.channel_id, error = %e, "idle channel refund failed");
+                    }
+                }
             }
             *per_network.entry(r.network.clone()).or_default() += 1;
             report.channels += 1;
@@ -273,6 +309,7 @@ impl Payments {
             "claimed_channels": r.claimed,
             "claim_transactions": r.claim_transactions,
             "sweeps": r.sweeps,
+            "refunds": r.refunds,
             "failures": r.failures,
             "unclaimed": r.unclaimed.to_string(),
         }))
@@ -325,7 +362,7 @@ impl Payments {
                 Value::String(format!("0x{}", hex::encode(sig.as_bytes())));
         }
         let started = Instant::now();
-        let (tx, _) = self
+        let tx = self
             .channel_call(env, network, asset, receiver, authorizer, payload)
             .await
             .inspect_err(|_| {
@@ -333,7 +370,8 @@ impl Payments {
                     .channel_claims
                     .with_label_values(&["claim", "failed"])
                     .inc();
-            })?;
+            })?
+            .transaction;
         self.metrics
             .channel_claim_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -400,31 +438,31 @@ impl Payments {
             .channel_call(env, network, asset, receiver, authorizer, payload)
             .await
         {
-            Ok((tx, amount)) => {
+            Ok(s) => {
                 self.metrics
                     .channel_claims
                     .with_label_values(&["settle", "ok"])
                     .inc();
                 let line = ChannelRecord::receiver(network, asset, receiver, authorizer);
-                let amount = amount.and_then(|a| a.parse().ok()).unwrap_or(0);
-                self.channel_line(env, &line, amount, "channel_swept", &tx, None);
+                let amount = s.amount.and_then(|a| a.parse().ok()).unwrap_or(0);
+                self.channel_line(env, &line, amount, "channel_swept", &s.transaction, None);
                 Ok(true)
             }
             // Nothing claimed and not yet swept: not a failure.
-            Err(e) if e.contains("nothing_to_settle") => Ok(false),
+            Err(e) if e.reason.contains("nothing_to_settle") => Ok(false),
             Err(e) => {
                 self.metrics
                     .channel_claims
                     .with_label_values(&["settle", "failed"])
                     .inc();
-                Err(e)
+                Err(e.reason)
             }
         }
     }
 
     /// One `/settle` call of a channel action (`claim`, `settle`) through the facilitators
     /// serving the network; the transaction and the amount it reports.
-    async fn channel_call(
+    pub(super) async fn channel_call(
         &self,
         env: &PaymentEnv<'_>,
         network: &str,
@@ -432,7 +470,11 @@ impl Payments {
         receiver: &str,
         authorizer: &str,
         payload: Value,
-    ) -> Result<(String, Option<String>), String> {
+    ) -> Result<crate::x402::types::SettleResponse, CallError> {
+        let refused = |reason: String| CallError {
+            reason,
+            unknown: false,
+        };
         let requirements = json!({
             "scheme": evm_batch::SCHEME,
             "network": network,
@@ -447,27 +489,36 @@ impl Payments {
             "paymentPayload": {"x402Version": 2, "accepted": requirements, "payload": payload},
             "paymentRequirements": requirements,
         }))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| refused(e.to_string()))?;
         let correlation = crate::correlation::Correlation::of(&http::HeaderMap::new(), false);
         let candidates =
             self.calls
                 .candidates(env.facilitators, 2, evm_batch::SCHEME, network, None);
         if candidates.is_empty() {
-            return Err("no facilitator serves batch-settlement on this network".into());
+            return Err(refused(
+                "no facilitator serves batch-settlement on this network".into(),
+            ));
         }
         let mut last = String::from("facilitator_unavailable");
         for fac in candidates {
             match self.calls.settle(fac, &body, &correlation).await {
-                Ok(s) if s.succeeded() => return Ok((s.transaction, s.amount)),
+                Ok(s) if s.succeeded() => return Ok(s),
                 Ok(s) => {
-                    return Err(s.error_reason.unwrap_or_else(|| "settlement_failed".into()));
+                    return Err(refused(
+                        s.error_reason.unwrap_or_else(|| "settlement_failed".into()),
+                    ));
                 }
                 // Never reached the facilitator: the next one may try.
                 Err(e) if e.not_sent() => last = e.to_string(),
-                Err(e) => return Err(e.to_string()),
+                Err(e) => {
+                    return Err(CallError {
+                        reason: e.to_string(),
+                        unknown: true,
+                    });
+                }
             }
         }
-        Err(last)
+        Err(refused(last))
     }
 
     /// The channel's record with its mirror of the chain read again (kept as it was when the

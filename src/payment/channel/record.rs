@@ -154,6 +154,18 @@ impl ChannelRecord {
         !pending_id.is_empty() && self.committed == pending_id
     }
 
+    /// Whether an idle refund is due: no request for `idle`, no charge pending, escrow not
+    /// charged in the mirror, a voucher to claim the charges with, no timed withdrawal (the
+    /// payer is taking the escrow back already).
+    pub fn idle_refundable(&self, now_ms: u64, idle: std::time::Duration) -> bool {
+        self.last_request_at > 0
+            && now_ms.saturating_sub(self.last_request_at) >= idle.as_millis() as u64
+            && !self.pending_live(now_ms)
+            && self.balance() > self.charged()
+            && !self.signature.is_empty()
+            && self.withdraw_requested_at == 0
+    }
+
     pub fn pending_live(&self, now_ms: u64) -> bool {
         self.pending.as_ref().is_some_and(|p| p.expires_at > now_ms)
     }

@@ -256,10 +256,6 @@ impl Payments {
                 }));
             }
         };
-        self.metrics
-            .channel_claims
-            .with_label_values(&["refund", "ok"])
-            .inc();
         let reported = settled.extra.as_ref().and_then(OnChain::read);
         let refunded = settled
             .amount
@@ -268,42 +264,19 @@ impl Payments {
             .unwrap_or(turn.amount);
         let after = after_refund(&onchain, turn.charged, turn.amount, reported);
         let tx = settled.transaction;
-        let mut claimed = 0;
-        let finished = self
-            .update_channel(&channel_id, |r| {
-                if r.pending.as_ref().is_none_or(|x| x.id != pending_id) {
-                    return false;
-                }
-                r.pending = None;
-                if r.signature.is_empty() {
-                    r.signed_max = turn.charged.to_string();
-                    r.signature = p.signature.clone();
-                }
-                r.set_onchain(&after, super::now_ms());
-                claimed = after.total_claimed.saturating_sub(r.ledgered_claimed());
-                if claimed > 0 {
-                    r.ledgered = Some(after.total_claimed.to_string());
-                    r.sweep_owed = true;
-                }
-                true
-            })
+        let voucher = (turn.charged.to_string(), p.signature.clone());
+        let record = self
+            .record_refund(
+                env,
+                &channel_id,
+                &pending_id,
+                voucher,
+                &after,
+                *turn.record,
+                &tx,
+                refunded,
+            )
             .await;
-        let record = match finished {
-            Ok(Some(r)) => r,
-            _ => {
-                // The refund landed but its record did not: the channel's next request reads
-                // the chain again, and the claimer ledgers the claim it finds there.
-                tracing::warn!(channel = %channel_id, transaction = %tx, "a refund landed but its channel record was not updated");
-                let mut r = *turn.record;
-                r.set_onchain(&after, super::now_ms());
-                r
-            }
-        };
-        if claimed > 0 {
-            self.channel_line(env, &record, claimed, "channel_claimed", &tx, None);
-        }
-        self.channel_line(env, &record, refunded, "channel_refunded", &tx, None);
-        tracing::info!(channel = %channel_id, %refunded, %claimed, transaction = %tx, "refunded a payment channel");
         let receipt = SettleResponse {
             success: true.into(),
             error_reason: None,
@@ -321,6 +294,68 @@ impl Payments {
         })))
     }
 
+    /// Records a refund that landed: the channel is free again and mirrors the chain after
+    /// it; the claim it made (of the charges) and the refund are ledger lines, and the claimed
+    /// funds are owed a sweep. `voucher`: the refund's voucher (cumulative amount, signature),
+    /// kept when the record holds none. `fallback`: the channel as the refund found it, for
+    /// the answer when the record could not be written.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "what the refund did, named where it was learnt"
+    )]
+    pub(super) async fn record_refund(
+        &self,
+        env: &PaymentEnv<'_>,
+        channel_id: &str,
+        pending_id: &str,
+        voucher: (String, String),
+        after: &OnChain,
+        fallback: ChannelRecord,
+        tx: &str,
+        refunded: u128,
+    ) -> ChannelRecord {
+        let mut claimed = 0;
+        let finished = self
+            .update_channel(channel_id, |r| {
+                if r.pending.as_ref().is_none_or(|x| x.id != pending_id) {
+                    return false;
+                }
+                r.pending = None;
+                if r.signature.is_empty() {
+                    (r.signed_max, r.signature) = voucher.clone();
+                }
+                r.set_onchain(after, super::now_ms());
+                claimed = after.total_claimed.saturating_sub(r.ledgered_claimed());
+                if claimed > 0 {
+                    r.ledgered = Some(after.total_claimed.to_string());
+                    r.sweep_owed = true;
+                }
+                true
+            })
+            .await;
+        let record = match finished {
+            Ok(Some(r)) => r,
+            _ => {
+                // The refund landed but its record did not: the channel's next request reads
+                // the chain again, and the claimer ledgers the claim it finds there.
+                tracing::warn!(channel = %channel_id, transaction = %tx, "a refund landed but its channel record was not updated");
+                let mut r = fallback;
+                r.set_onchain(after, super::now_ms());
+                r
+            }
+        };
+        if claimed > 0 {
+            self.channel_line(env, &record, claimed, "channel_claimed", tx, None);
+        }
+        self.channel_line(env, &record, refunded, "channel_refunded", tx, None);
+        self.metrics
+            .channel_claims
+            .with_label_values(&["refund", "ok"])
+            .inc();
+        tracing::info!(channel = %channel_id, %refunded, %claimed, transaction = %tx, "refunded a payment channel");
+        record
+    }
+
     /// The refund payload the facilitator settles: the payer's own, plus the amount, the
     /// refund nonce, the claim of everything charged (the payer's zero-charge voucher) and,
     /// when the gateway holds the receiver authorizer's key, its signatures.
@@ -332,47 +367,217 @@ impl Payments {
         onchain: &OnChain,
         payload: &Value,
     ) -> Result<Value, PaymentError> {
-        let mut payload = payload.clone();
         let chain = crate::x402::networks::chain_id_of(&turn.record.network)
             .ok_or(PaymentError::InvalidNetwork)?;
-        let separator = evm_batch::domain_separator(chain);
-        let claims: Vec<Value> = if turn.charged > onchain.total_claimed {
-            vec![json!({
-                "voucher": {"channel": p.config.to_json(), "maxClaimableAmount": turn.charged.to_string()},
-                "signature": p.signature,
-                "totalClaimed": turn.charged.to_string(),
-            })]
-        } else {
-            Vec::new()
-        };
-        payload["amount"] = Value::String(turn.amount.to_string());
-        payload["refundNonce"] = Value::String(onchain.refund_nonce.to_string());
-        if let Some(key) = env.channels.key_for(&turn.record.receiver_authorizer) {
-            use alloy::signers::SignerSync;
-            let sign = |digest| {
-                key.sign_hash_sync(&digest)
-                    .map(|s| Value::String(format!("0x{}", hex::encode(s.as_bytes()))))
-                    .map_err(|e| PaymentError::Payload(format!("cannot sign the refund: {e}")))
-            };
-            payload["refundAuthorizerSignature"] = sign(evm_batch::refund_digest(
-                &separator,
-                &p.channel_id,
-                onchain.refund_nonce,
-                turn.amount,
-            ))?;
-            if !claims.is_empty() {
-                let entry = ClaimEntry {
-                    channel_id: p.channel_id,
-                    max_claimable: turn.charged,
-                    total_claimed: turn.charged,
-                };
-                payload["claimAuthorizerSignature"] =
-                    sign(evm_batch::claim_batch_digest(&separator, &[entry]))?;
-            }
-        }
-        payload["claims"] = Value::Array(claims);
-        Ok(payload)
+        enrich_refund(
+            payload.clone(),
+            RefundTerms {
+                config: &p.config.to_json(),
+                channel_id: p.channel_id,
+                separator: evm_batch::domain_separator(chain),
+                voucher_max: turn.charged,
+                voucher_signature: &p.signature,
+                charged: turn.charged,
+                claimed: onchain.total_claimed,
+                amount: turn.amount,
+                nonce: onchain.refund_nonce,
+            },
+            env.channels.key_for(&turn.record.receiver_authorizer),
+        )
+        .map_err(PaymentError::Payload)
     }
+}
+
+impl Payments {
+    /// Refunds a channel idle past `[payment] channel_refund_idle_seconds` (the claimer, which
+    /// read it from the chain just before): holds its turn unless a request came since, then
+    /// has the facilitator claim its charges and return the rest. `Ok(None)`: a request took
+    /// the channel first.
+    pub(super) async fn refund_idle(
+        &self,
+        env: &PaymentEnv<'_>,
+        r: &ChannelRecord,
+    ) -> Result<Option<ChannelRecord>, String> {
+        let pending_id = super::pending_id();
+        let (charged, amount) = (r.charged(), r.balance().saturating_sub(r.charged()));
+        let now = super::now_ms();
+        let held = self
+            .update_channel(&r.channel_id, |c| {
+                if c.last_request_at != r.last_request_at
+                    || c.charged() != charged
+                    || c.pending_live(now)
+                {
+                    return false;
+                }
+                c.pending = Some(PendingCharge {
+                    id: pending_id.clone(),
+                    signed_max: c.signed_max.clone(),
+                    signature: c.signature.clone(),
+                    expires_at: now + REFUND_HOLD.as_millis() as u64,
+                });
+                true
+            })
+            .await
+            .map_err(|()| "state_unavailable".to_owned())?;
+        let Some(held) = held.filter(|c| c.pending.as_ref().is_some_and(|p| p.id == pending_id))
+        else {
+            return Ok(None);
+        };
+        let built = (|| {
+            let channel_id: alloy::primitives::B256 = held
+                .channel_id
+                .parse()
+                .map_err(|_| "a channel id does not parse".to_owned())?;
+            let chain = crate::x402::networks::chain_id_of(&held.network)
+                .ok_or_else(|| "not an EVM network".to_owned())?;
+            let base = json!({
+                "type": "refund",
+                "channelConfig": held.config,
+                "voucher": {
+                    "channelId": held.channel_id,
+                    "maxClaimableAmount": held.signed_max,
+                    "signature": held.signature,
+                },
+            });
+            enrich_refund(
+                base,
+                RefundTerms {
+                    config: &held.config,
+                    channel_id,
+                    separator: evm_batch::domain_separator(chain),
+                    voucher_max: held.signed_max(),
+                    voucher_signature: &held.signature,
+                    charged,
+                    claimed: held.total_claimed(),
+                    amount,
+                    nonce: held.refund_nonce,
+                },
+                env.channels.key_for(&held.receiver_authorizer),
+            )
+        })();
+        let payload = match built {
+            Ok(p) => p,
+            Err(e) => {
+                self.release_turn(&held.channel_id, &pending_id).await;
+                return Err(e);
+            }
+        };
+        let settled = self
+            .channel_call(
+                env,
+                &held.network,
+                &held.asset,
+                &held.receiver,
+                &held.receiver_authorizer,
+                payload,
+            )
+            .await;
+        let s = match settled {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics
+                    .channel_claims
+                    .with_label_values(&["refund", "failed"])
+                    .inc();
+                if e.unknown {
+                    // It may have landed: the channel stays held until the turn expires, and
+                    // its next request reads the chain again.
+                    self.update_channel(&held.channel_id, |c| {
+                        c.synced_at = 0;
+                        true
+                    })
+                    .await
+                    .ok();
+                } else {
+                    self.release_turn(&held.channel_id, &pending_id).await;
+                }
+                return Err(e.reason);
+            }
+        };
+        let reported = s.extra.as_ref().and_then(OnChain::read);
+        let refunded = s
+            .amount
+            .as_deref()
+            .and_then(|a| a.parse::<u128>().ok())
+            .unwrap_or(amount);
+        let after = after_refund(&held.onchain(), charged, amount, reported);
+        let voucher = (held.signed_max.clone(), held.signature.clone());
+        let id = held.channel_id.clone();
+        Ok(Some(
+            self.record_refund(
+                env,
+                &id,
+                &pending_id,
+                voucher,
+                &after,
+                held,
+                &s.transaction,
+                refunded,
+            )
+            .await,
+        ))
+    }
+}
+
+/// What a refund transaction does: claim the charges with the channel's voucher, then return
+/// `amount` at refund nonce `nonce`.
+pub(super) struct RefundTerms<'a> {
+    pub config: &'a Value,
+    pub channel_id: alloy::primitives::B256,
+    pub separator: alloy::primitives::B256,
+    pub voucher_max: u128,
+    pub voucher_signature: &'a str,
+    pub charged: u128,
+    /// The chain's claimed total: no claim when the charges are all claimed.
+    pub claimed: u128,
+    pub amount: u128,
+    pub nonce: u64,
+}
+
+/// A refund payload (`type`, `channelConfig`, `voucher`) with what the facilitator's
+/// settlement needs: the amount, the nonce, the claim of the charges and, given the receiver
+/// authorizer's key, its refund and claim signatures (else the facilitator signs).
+pub(super) fn enrich_refund(
+    mut payload: Value,
+    t: RefundTerms<'_>,
+    key: Option<&std::sync::Arc<alloy::signers::local::PrivateKeySigner>>,
+) -> Result<Value, String> {
+    let claims: Vec<Value> = if t.charged > t.claimed {
+        vec![json!({
+            "voucher": {"channel": t.config, "maxClaimableAmount": t.voucher_max.to_string()},
+            "signature": t.voucher_signature,
+            "totalClaimed": t.charged.to_string(),
+        })]
+    } else {
+        Vec::new()
+    };
+    payload["amount"] = Value::String(t.amount.to_string());
+    payload["refundNonce"] = Value::String(t.nonce.to_string());
+    if let Some(key) = key {
+        use alloy::signers::SignerSync;
+        let sign = |digest| {
+            key.sign_hash_sync(&digest)
+                .map(|s| Value::String(format!("0x{}", hex::encode(s.as_bytes()))))
+                .map_err(|e| format!("cannot sign the refund: {e}"))
+        };
+        payload["refundAuthorizerSignature"] = sign(evm_batch::refund_digest(
+            &t.separator,
+            &t.channel_id,
+            t.nonce,
+            t.amount,
+        ))?;
+        if !claims.is_empty() {
+            let entry = ClaimEntry {
+                channel_id: t.channel_id,
+                max_claimable: t.voucher_max,
+                total_claimed: t.charged,
+            };
+            payload["claimAuthorizerSignature"] =
+                sign(evm_batch::claim_batch_digest(&t.separator, &[entry]))?;
+        }
+    }
+    payload["claims"] = Value::Array(claims);
+    Ok(payload)
 }
 
 /// A facilitator request body with its payment payload replaced.
