@@ -145,7 +145,7 @@ const CHAIN_READ: Duration = Duration::from_secs(5);
 
 /// Claims payment channels' latest vouchers on chain (`batch-settlement`): every group on the
 /// configured interval, a group past the threshold or with a timed withdrawal pending at the
-/// next tick, and everything once more when the gateway stops.
+/// next tick. The last pass, once every request was answered, is [`final_claims`].
 struct ClaimerService {
     config: Arc<ArcSwap<Snapshot>>,
     payments: Arc<Payments>,
@@ -157,24 +157,30 @@ impl BackgroundService for ClaimerService {
         let mut last_all = std::time::Instant::now();
         let mut last_read = std::time::Instant::now();
         loop {
-            let stopping = tokio::select! {
-                _ = shutdown.changed() => true,
-                _ = tokio::time::sleep(CLAIM_TICK) => false,
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(CLAIM_TICK) => {}
             };
             let snap = self.config.load_full();
-            // Channels stay claimed after a reload stopped offering them: their vouchers
-            // pay for what was served.
+            // Channels stay claimed after a reload stopped offering them (their vouchers pay
+            // for what was served): without channel rules the store is asked on the interval.
             let offers_channels = snap
                 .priced_offers()
-                .any(|(_, o)| crate::payment::channel::is_channel(o))
-                || self
-                    .payments
-                    .state()
-                    .channel_ids()
-                    .await
-                    .is_ok_and(|ids| !ids.is_empty());
-            if offers_channels {
-                let all = stopping || last_all.elapsed() >= snap.channels.claim_interval;
+                .any(|(_, o)| crate::payment::channel::is_channel(o));
+            let due = last_all.elapsed() >= snap.channels.claim_interval;
+            let has_channels = offers_channels
+                || (due
+                    && self
+                        .payments
+                        .state()
+                        .channel_ids()
+                        .await
+                        .is_ok_and(|ids| !ids.is_empty()));
+            if !offers_channels && due {
+                last_all = std::time::Instant::now();
+            }
+            if has_channels {
+                let all = due;
                 if all {
                     last_all = std::time::Instant::now();
                 }
@@ -190,11 +196,45 @@ impl BackgroundService for ClaimerService {
                     tracing::info!(?report, "channel claimer pass");
                 }
             }
-            if stopping {
-                return;
-            }
         }
     }
+}
+
+/// How long the claimer's last pass may take when the gateway stops.
+const FINAL_CLAIMS: Duration = Duration::from_secs(30);
+
+/// The claimer's last pass, once the server stopped and every request was answered: every
+/// channel's latest voucher is claimed, so a gateway that stops leaves nothing it served
+/// unclaimed (another replica would claim it later, this one may not come back). Runs on a
+/// runtime of its own: the server's are gone.
+fn final_claims(config: &ArcSwap<Snapshot>, payments: &Payments) {
+    let snap = config.load_full();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot run the channel claimer's last pass");
+            return;
+        }
+    };
+    rt.block_on(async {
+        if !payments
+            .state()
+            .channel_ids()
+            .await
+            .is_ok_and(|ids| !ids.is_empty())
+        {
+            return;
+        }
+        let env = snap.payment_env();
+        let pass = payments.claim_channels(&env, &snap.channels, true, true);
+        match tokio::time::timeout(FINAL_CLAIMS, pass).await {
+            Ok(report) => tracing::info!(?report, "channel claimer's last pass"),
+            Err(_) => tracing::error!("the channel claimer's last pass did not finish in time"),
+        }
+    });
 }
 
 /// Exit status when a listen address turned out to be another process's (only possible for
@@ -480,6 +520,7 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
         tracing::warn!(warning = %w, "configuration warning");
     }
     server.run(RunArgs::default());
+    final_claims(&config, &payments_at_exit);
     // Every runtime has stopped: what the ledger holds reaches the disk before the exit.
     if let Err(e) = payments_at_exit.ledger().sync() {
         tracing::error!(error = %e, "cannot sync the receipts ledger at shutdown");

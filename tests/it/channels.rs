@@ -697,3 +697,24 @@ async fn an_idle_channel_is_refunded_with_its_charges_claimed() {
         .expect("json");
     assert_eq!(ready["channel_claimer"]["failures"], 0, "{ready}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_that_stops_claims_everything_it_served_first() {
+    let net = Net::start("1");
+    let gw = net.gateway("channel_claim_interval_seconds = 3600", None);
+    let (rpc_url, token, pay_to) = (&*net.rpc, &*net.token, &*net.pay_to);
+    let key = net.payer(0).1;
+    let out = pay_batch(&gw.url("/api/item"), rpc_url, key, &["--requests", "15"]).await;
+    assert_eq!(out["statuses"]["200"], 15, "{}", out["statuses"]);
+    assert_eq!(receiver_totals(rpc_url, pay_to, token).await, (0, 0));
+    // Stopped before the interval came: the last pass, after the last answer, claims and
+    // sweeps every charge.
+    gw.signal(nix::sys::signal::Signal::SIGTERM);
+    let (claimed, settled) = wait_totals(rpc_url, pay_to, token, 150_000).await;
+    assert_eq!((claimed, settled), (150_000, 150_000));
+    wait_for(
+        "the ledger's claim lines",
+        std::time::Duration::from_secs(10),
+        || (ledger_sum(&gw, "channel_claimed") == 150_000).then_some(()),
+    );
+}
