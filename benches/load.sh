@@ -191,10 +191,11 @@ children_of() {
 }
 
 # Sum of peak RSS (VmHWM) of the given PIDs, in KiB.
+# A process stopped on purpose (gw_voucher after each run) left its figure in $TMP/hwm.<pid>.
 hwm_kib() {
   local total=0 pid v
   for pid in "$@"; do
-    v=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    v=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || cat "$TMP/hwm.$pid" 2>/dev/null || echo 0)
     total=$((total + ${v:-0}))
   done
   echo "$total"
@@ -571,6 +572,7 @@ t_gw_voucher_after() {
   local requests=$1 round=$2 pid=${PAID_PID[gw_voucher]} c0 s0
   paid_after gw_voucher "$requests" "$round"
   [[ $round == warmup ]] && return 0
+  hwm_kib "$pid" >"$TMP/hwm.$pid"
   kill -TERM "$pid" 2>/dev/null || true
   for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   read -r c0 s0 <<<"$VOUCHER_CLAIMS0"

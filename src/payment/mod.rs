@@ -447,6 +447,9 @@ pub struct Payments {
     leases: Arc<settle::Leases>,
     /// The channel claimer's last pass on this replica: when (unix seconds) and what it did.
     claimer: std::sync::Mutex<Option<(u64, channel::claimer::ClaimReport)>>,
+    /// Channels this replica wrote last, as it wrote them (version, record): the next request
+    /// on one tries its compare-and-swap without reading the store first.
+    channel_cache: channel::ChannelCache,
 }
 
 impl std::fmt::Debug for Payments {
@@ -480,6 +483,7 @@ impl Payments {
             instance: instance_id(),
             leases: Arc::default(),
             claimer: std::sync::Mutex::new(None),
+            channel_cache: channel::ChannelCache::default(),
         }
     }
 

@@ -39,6 +39,45 @@ const TURN_WAIT: Duration = Duration::from_secs(5);
 const TURN_POLL: Duration = Duration::from_millis(2);
 const TURN_POLL_MAX: Duration = Duration::from_millis(50);
 
+/// How long a channel this replica wrote is remembered as it wrote it.
+const CACHE_TTL: Duration = Duration::from_secs(5);
+/// Channels remembered at most.
+const CACHE_CHANNELS: u64 = 100_000;
+
+/// Channels this replica wrote last, as it wrote them (version, record). A request on one
+/// tries its compare-and-swap with what is remembered instead of reading the store first;
+/// when another replica (or the claimer) wrote since, the swap fails on the version and the
+/// store is read. Remembered briefly: a store that lost its data starts versions again.
+pub struct ChannelCache(moka::sync::Cache<String, (u64, std::sync::Arc<ChannelRecord>)>);
+
+impl Default for ChannelCache {
+    fn default() -> Self {
+        ChannelCache(
+            moka::sync::Cache::builder()
+                .max_capacity(CACHE_CHANNELS)
+                .time_to_live(CACHE_TTL)
+                .build(),
+        )
+    }
+}
+
+impl ChannelCache {
+    fn get(&self, channel_id: &str) -> Option<(u64, ChannelRecord)> {
+        self.0.get(channel_id).map(|(v, r)| (v, (*r).clone()))
+    }
+
+    fn put(&self, channel_id: &str, version: u64, record: ChannelRecord) {
+        self.0.insert(
+            channel_id.to_owned(),
+            (version, std::sync::Arc::new(record)),
+        );
+    }
+
+    fn forget(&self, channel_id: &str) {
+        self.0.invalidate(channel_id);
+    }
+}
+
 /// A channel payment carried through the request: which charge is pending on which channel.
 #[derive(Debug, Clone)]
 pub struct Ticket {
@@ -48,8 +87,9 @@ pub struct Ticket {
     pub kind: Kind,
     /// What this request is charged (the offer's price).
     pub price: u128,
-    /// The channel as this request left it when it took its turn.
+    /// The channel as this request left it when it took its turn, and its version then.
     pub record: ChannelRecord,
+    pub version: u64,
     /// The channel's on-chain state a facilitator reported (`/verify` of a deposit or of a
     /// voucher whose mirror was stale).
     pub onchain: Option<Value>,
@@ -298,12 +338,18 @@ impl Payments {
         let waiting_since = std::time::Instant::now();
         let mut poll = TURN_POLL;
         let mut lost = 0;
+        // What this replica wrote last, tried before reading the store.
+        let mut remembered = self.channel_cache.get(&channel_id);
         while lost < SWAP_TRIES {
             let now = now_ms();
-            let (version, record) = self
-                .read_channel(&channel_id)
-                .await
-                .map_err(|e| self.reject(fail(e, Some(payer.clone()))))?;
+            let cached = remembered.is_some();
+            let (version, record) = match remembered.take() {
+                Some((v, r)) => (v, Some(r)),
+                None => self
+                    .read_channel(&channel_id)
+                    .await
+                    .map_err(|e| self.reject(fail(e, Some(payer.clone()))))?,
+            };
             let needs_facilitator = matches!(p.kind, Kind::Deposit { .. }) || !p.signature_checked;
             if needs_facilitator && onchain.is_none() {
                 onchain = Some(
@@ -321,6 +367,12 @@ impl Payments {
                 now,
                 ttl,
             );
+            // Only a turn taken is checked by the store (the swap fails if the channel moved
+            // on); any other verdict is made on the store's own record.
+            if cached && !matches!(turn, Ok(Turn::Taken(_))) {
+                self.channel_cache.forget(&channel_id);
+                continue;
+            }
             let next = match turn {
                 Ok(Turn::Taken(next)) => next,
                 Ok(Turn::VerifyFirst) => {
@@ -367,12 +419,14 @@ impl Payments {
                         kind: p.kind,
                         price,
                         record: *next,
+                        version: version + 1,
                         onchain: None,
                     }));
                     return Ok(Admission::Paid(accepted));
                 }
-                // Another request changed the channel first: look again.
+                // Another request changed the channel first: look again (in the store).
                 Ok(false) => {
+                    self.channel_cache.forget(&channel_id);
                     lost += 1;
                     continue;
                 }
@@ -584,17 +638,23 @@ impl Payments {
         t: &Ticket,
         deposited: Option<&OnChain>,
     ) -> Result<ChannelRecord, &'static str> {
+        // First as this request left the channel (nobody wrote since, usually), then as the
+        // store has it.
+        let mut left = Some((t.version, t.record.clone()));
         for _ in 0..SWAP_TRIES {
-            let (version, mut record) = match self.state.channel(&t.channel_id).await {
-                Ok(Some((v, bytes))) => match ChannelRecord::decode(&bytes) {
-                    Some(r) => (v, r),
-                    None => return Err("state_unavailable"),
+            let (version, mut record) = match left.take() {
+                Some(known) => known,
+                None => match self.state.channel(&t.channel_id).await {
+                    Ok(Some((v, bytes))) => match ChannelRecord::decode(&bytes) {
+                        Some(r) => (v, r),
+                        None => return Err("state_unavailable"),
+                    },
+                    Ok(None) => return Err("invalid_batch_settlement_evm_missing_channel"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read a payment channel to commit a charge");
+                        return Err("state_unavailable");
+                    }
                 },
-                Ok(None) => return Err("invalid_batch_settlement_evm_missing_channel"),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read a payment channel to commit a charge");
-                    return Err("state_unavailable");
-                }
             };
             let Some(pending) = record.pending.clone().filter(|p| p.id == t.pending_id) else {
                 return Err("invalid_batch_settlement_evm_channel_busy");
@@ -617,7 +677,11 @@ impl Payments {
                 .swap_channel(&t.channel_id, version, &record.encode())
                 .await
             {
-                Ok(true) => return Ok(record),
+                Ok(true) => {
+                    self.channel_cache
+                        .put(&t.channel_id, version + 1, record.clone());
+                    return Ok(record);
+                }
                 Ok(false) => continue,
                 Err(e) => {
                     // The store may have applied the write before its answer was lost: a

@@ -344,8 +344,14 @@ async fn a_commit_is_recorded_with_its_id_and_a_stale_turn_cannot_commit() {
         kind: Kind::Voucher,
         price: PRICE,
         record: (*next).clone(),
+        version: 1,
         onchain: None,
     };
+    // Someone else wrote the channel after the turn (the claimer recorded a claim): the
+    // commit, tried first as the turn left the channel, reads it again and keeps that write.
+    let mut claimed = (*next).clone();
+    claimed.total_claimed = "20000".into();
+    assert!(state.swap_channel(&id, 1, &claimed.encode()).await.unwrap());
     // Another turn's ticket cannot commit this one's charge.
     assert_eq!(
         payments.commit_channel(&ticket("turn-2"), None).await,
@@ -356,6 +362,7 @@ async fn a_commit_is_recorded_with_its_id_and_a_stale_turn_cannot_commit() {
         .await
         .unwrap();
     assert_eq!(done.charged, "40000");
+    assert_eq!(done.total_claimed, "20000");
     assert!(done.committed_by("turn-1"));
     assert!(done.pending.is_none());
     // Committing again adds nothing: the turn is over.
