@@ -189,9 +189,12 @@ impl Payments {
             let Some(mut r) = ChannelRecord::decode(&bytes) else {
                 continue;
             };
-            let idle = conf
-                .refund_idle
-                .is_some_and(|d| r.idle_refundable(super::now_ms(), d));
+            // Idle refunds on the passes that read the chain (every few seconds, not every
+            // tick: a refund that keeps failing is not retried in a tight loop).
+            let idle = refresh
+                && conf
+                    .refund_idle
+                    .is_some_and(|d| r.idle_refundable(super::now_ms(), d));
             if (refresh && r.unclaimed() > 0) || idle {
                 r = self.refresh_mirror(env, r).await;
             }
@@ -241,7 +244,12 @@ impl Payments {
                     .or_default()
                     .push((r.channel_id.clone(), r.ledgered_claimed()));
             }
-            if r.unclaimed() == 0 || r.signature.is_empty() {
+            // A channel held by a refund: the refund's own transaction claims it.
+            let refunding = r.pending_live(super::now_ms())
+                && r.pending
+                    .as_ref()
+                    .is_some_and(|p| p.signed_max == r.charged);
+            if r.unclaimed() == 0 || r.signature.is_empty() || refunding {
                 continue;
             }
             groups.entry(key).or_default().push(r);
@@ -503,6 +511,15 @@ impl Payments {
         for fac in candidates {
             match self.calls.settle(fac, &body, &correlation).await {
                 Ok(s) if s.succeeded() => return Ok(s),
+                // A transaction named without success (pending, unclear): it may land.
+                Ok(s) if !s.transaction.is_empty() => {
+                    return Err(CallError {
+                        reason: s
+                            .error_reason
+                            .unwrap_or_else(|| "settlement_unconfirmed".into()),
+                        unknown: true,
+                    });
+                }
                 Ok(s) => {
                     return Err(refused(
                         s.error_reason.unwrap_or_else(|| "settlement_failed".into()),
@@ -582,9 +599,12 @@ impl Payments {
             Ok(Some(_)) => delta,
             // Gone, or lost every race: another pass sees the claim again.
             Ok(None) => 0,
-            // A write whose answer was lost may have gone through: the claim is ledgered
-            // rather than lost (the chain holds it either way).
-            Err(()) => delta,
+            // A write whose answer was lost may have gone through: ledgered here if the record
+            // says so; if not, the next pass finds the claim on chain.
+            Err(()) => match self.read_channel(channel_id).await {
+                Ok((_, Some(r))) if r.ledgered_claimed() >= total => delta,
+                _ => 0,
+            },
         }
     }
 

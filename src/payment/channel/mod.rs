@@ -32,6 +32,8 @@ const MIN_PENDING: Duration = Duration::from_secs(5);
 const MAX_PENDING: Duration = Duration::from_secs(600);
 /// How many times a charge retries a compare-and-swap another request won.
 const SWAP_TRIES: usize = 4;
+/// How many facilitator readings a voucher waits for that are not older than its channel.
+const MAX_VERIFIES: usize = 3;
 /// How long a request waits for its turn while another request on its channel is served;
 /// past that it is refused as busy.
 const TURN_WAIT: Duration = Duration::from_secs(5);
@@ -186,6 +188,8 @@ pub fn take_turn(
         return Err(BatchError::CumulativeMismatch);
     }
     let mirror = match (onchain, current) {
+        // A reading from before a refund this record knows of: read the chain again.
+        (Some(o), Some(c)) if c.predates(o) => return Ok(Turn::VerifyFirst),
         (Some(o), _) => o.clone(),
         // While a payer's timed withdrawal is pending the escrow may shrink any moment: each
         // voucher is checked against the chain.
@@ -338,6 +342,7 @@ impl Payments {
         let waiting_since = std::time::Instant::now();
         let mut poll = TURN_POLL;
         let mut lost = 0;
+        let mut verifies = 0;
         // What this replica wrote last, tried before reading the store.
         let mut remembered = self.channel_cache.get(&channel_id);
         while lost < SWAP_TRIES {
@@ -376,6 +381,14 @@ impl Payments {
             let next = match turn {
                 Ok(Turn::Taken(next)) => next,
                 Ok(Turn::VerifyFirst) => {
+                    // A facilitator whose readings stay older than the record (a lagging
+                    // node) cannot check this voucher.
+                    verifies += 1;
+                    if verifies > MAX_VERIFIES {
+                        return Err(
+                            self.reject(fail(PaymentError::FacilitatorUnavailable, Some(payer)))
+                        );
+                    }
                     onchain = Some(
                         self.channel_verify(env, &mut accepted, raw, priced)
                             .await
@@ -618,6 +631,10 @@ impl Payments {
                 Ok(s) if s.succeeded() => {
                     a.facilitator = Some(fac.name.clone());
                     return Ok(s);
+                }
+                // A transaction named without success (pending, unclear): it may land.
+                Ok(s) if !s.transaction.is_empty() => {
+                    return Err("settlement_unconfirmed".into());
                 }
                 Ok(s) => {
                     return Err(s.error_reason.unwrap_or_else(|| "settlement_failed".into()));

@@ -186,12 +186,23 @@ impl ChannelRecord {
     /// Takes what the chain was read to hold. The claimed total never goes back: a report
     /// older than a claim this record already knows of (a verification reused after a lost
     /// swap, a read that raced a claim) must not make that claim look unclaimed again.
+    ///
+    /// A reading whose refund nonce is below the record's was taken before a refund this
+    /// record knows of: its escrow is gone, so only its claimed total is taken.
     pub fn set_onchain(&mut self, o: &OnChain, now_ms: u64) {
-        self.balance = o.balance.to_string();
         self.total_claimed = o.total_claimed.max(self.total_claimed()).to_string();
+        if o.refund_nonce < self.refund_nonce {
+            return;
+        }
+        self.balance = o.balance.to_string();
         self.withdraw_requested_at = o.withdraw_requested_at;
         self.refund_nonce = o.refund_nonce;
         self.synced_at = now_ms;
+    }
+
+    /// Whether a chain reading predates a refund this record knows of.
+    pub fn predates(&self, o: &OnChain) -> bool {
+        o.refund_nonce < self.refund_nonce
     }
 
     /// The `channelState` object of receipts and corrective 402s.

@@ -75,6 +75,9 @@ pub fn take_refund_turn(
         }
     };
     next.set_onchain(onchain, now_ms);
+    // Held with the mirror stale: if the hold lapses before the refund is recorded (the
+    // gateway stopped, the write failed), the next voucher reads the chain.
+    next.synced_at = 0;
     next.pending = Some(PendingCharge {
         id: pending_id.to_owned(),
         signed_max: charged.to_string(),
@@ -150,6 +153,8 @@ impl Payments {
             .channel_verify(env, &mut accepted, raw, priced)
             .await
             .map_err(|e| self.reject(fail(e)))?;
+        let mut onchain = onchain;
+        let mut verifies = 1;
         let waiting_since = std::time::Instant::now();
         let mut poll = TURN_POLL;
         let mut turn = None;
@@ -158,6 +163,19 @@ impl Payments {
                 .read_channel(&channel_id)
                 .await
                 .map_err(|e| self.reject(fail(e)))?;
+            // A reading from before a refund the record knows of (one that landed while this
+            // one waited): read the chain again.
+            if record.as_ref().is_some_and(|r| r.predates(&onchain)) {
+                verifies += 1;
+                if verifies > super::MAX_VERIFIES {
+                    return Err(self.reject(fail(PaymentError::FacilitatorUnavailable)));
+                }
+                onchain = self
+                    .channel_verify(env, &mut accepted, raw, priced)
+                    .await
+                    .map_err(|e| self.reject(fail(e)))?;
+                continue;
+            }
             let taken = take_refund_turn(
                 record.as_ref(),
                 p,
@@ -247,6 +265,8 @@ impl Payments {
                 };
                 let error = if unknown {
                     PaymentError::SettleUnconfirmed
+                } else if reason == "facilitator_unavailable" {
+                    PaymentError::FacilitatorUnavailable
                 } else {
                     PaymentError::SettleFailed(reason)
                 };
@@ -317,28 +337,37 @@ impl Payments {
         let mut claimed = 0;
         let finished = self
             .update_channel(channel_id, |r| {
-                if r.pending.as_ref().is_none_or(|x| x.id != pending_id) {
-                    return false;
+                // What the ledger accounted for before this refund's claim.
+                let ledgered = r.ledgered_claimed();
+                if r.pending.as_ref().is_some_and(|x| x.id == pending_id) {
+                    r.pending = None;
                 }
-                r.pending = None;
                 if r.signature.is_empty() {
                     (r.signed_max, r.signature) = voucher.clone();
                 }
+                // Always: a reading after the refund (its nonce spent) replaces any before it.
                 r.set_onchain(after, super::now_ms());
-                claimed = after.total_claimed.saturating_sub(r.ledgered_claimed());
-                if claimed > 0 {
-                    r.ledgered = Some(after.total_claimed.to_string());
-                    r.sweep_owed = true;
-                }
+                claimed = after.total_claimed.saturating_sub(ledgered);
+                r.ledgered = Some(ledgered.max(after.total_claimed).to_string());
+                r.sweep_owed |= claimed > 0;
                 true
             })
             .await;
         let record = match finished {
             Ok(Some(r)) => r,
-            _ => {
-                // The refund landed but its record did not: the channel's next request reads
-                // the chain again, and the claimer ledgers the claim it finds there.
-                tracing::warn!(channel = %channel_id, transaction = %tx, "a refund landed but its channel record was not updated");
+            outcome => {
+                // The write may have gone through (its answer lost): the claim is ledgered
+                // here only if the record says so; if not, the claimer finds it on chain.
+                let landed = matches!(outcome, Err(()))
+                    && matches!(
+                        self.read_channel(channel_id).await,
+                        Ok((_, Some(r))) if r.refund_nonce >= after.refund_nonce
+                            && r.ledgered_claimed() >= after.total_claimed
+                    );
+                if !landed {
+                    claimed = 0;
+                }
+                tracing::warn!(channel = %channel_id, transaction = %tx, "a refund landed but its channel record may not say so");
                 let mut r = fallback;
                 r.set_onchain(after, super::now_ms());
                 r
@@ -399,7 +428,7 @@ impl Payments {
         r: &ChannelRecord,
     ) -> Result<Option<ChannelRecord>, String> {
         let pending_id = super::pending_id();
-        let (charged, amount) = (r.charged(), r.balance().saturating_sub(r.charged()));
+        let charged = r.charged();
         let now = super::now_ms();
         let held = self
             .update_channel(&r.channel_id, |c| {
@@ -415,6 +444,8 @@ impl Payments {
                     signature: c.signature.clone(),
                     expires_at: now + REFUND_HOLD.as_millis() as u64,
                 });
+                // Held with the mirror stale (see `take_refund_turn`).
+                c.synced_at = 0;
                 true
             })
             .await
@@ -423,6 +454,11 @@ impl Payments {
         else {
             return Ok(None);
         };
+        let amount = held.balance().saturating_sub(charged);
+        if amount == 0 {
+            self.release_turn(&held.channel_id, &pending_id).await;
+            return Ok(None);
+        }
         let built = (|| {
             let channel_id: alloy::primitives::B256 = held
                 .channel_id

@@ -493,3 +493,57 @@ fn refund_amounts_must_be_positive_integers() {
         );
     }
 }
+
+#[test]
+fn a_reading_from_before_a_refund_never_brings_the_refunded_escrow_back() {
+    let f = fixture();
+    // The record knows of a refund (nonce 2, escrow down to 40 000).
+    let mut rec = f.record(30_000, 40_000, 10_000, NOW - 1_000);
+    rec.refund_nonce = 2;
+    let before_refund = chain(1_000_000, 20_000, 1);
+    let mut read = rec.clone();
+    read.set_onchain(&before_refund, NOW);
+    assert_eq!(
+        read.balance, "40000",
+        "the escrow stays as the refund left it"
+    );
+    assert_eq!(read.refund_nonce, 2);
+    assert_eq!(
+        read.synced_at,
+        NOW - 1_000,
+        "an old reading refreshes nothing"
+    );
+    assert_eq!(
+        read.total_claimed, "20000",
+        "claims only go up, whoever read them"
+    );
+    // A voucher verified against such a reading reads the chain again instead of spending
+    // the escrow that was refunded.
+    assert_eq!(
+        turn(
+            &f,
+            Some(&rec),
+            &f.payment("voucher", 40_000),
+            Some(&before_refund)
+        ),
+        Ok(Turn::VerifyFirst)
+    );
+    let after = chain(40_000, 10_000, 2);
+    assert!(matches!(
+        turn(&f, Some(&rec), &f.payment("voucher", 40_000), Some(&after)),
+        Ok(Turn::Taken(_))
+    ));
+    // A refund holds its channel with the mirror stale: if the hold lapses unrecorded, the
+    // next voucher reads the chain.
+    let t = refund::take_refund_turn(
+        Some(&rec),
+        &f.payment("refund", 30_000),
+        None,
+        &f.offer,
+        &after,
+        "me",
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(t.record.synced_at, 0);
+}
