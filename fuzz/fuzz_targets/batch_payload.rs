@@ -75,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
             _ => {
                 let turn = take_turn(current, &p, o, Some(&onchain), "f", NOW, Duration::from_secs(300));
                 if let Ok(Turn::Taken(next)) = turn {
-                    let pending = next.pending.expect("a pending charge");
+                    let pending = next.pending.as_ref().expect("a pending charge");
                     assert_eq!(pending.signed_max, p.max_claimable.to_string());
                     assert_eq!(next.charged() + PRICE, p.max_claimable);
                 }
