@@ -608,44 +608,6 @@ impl Payments {
         }
     }
 
-    /// Applies `change` to a channel's record by compare-and-swap, read again after a lost
-    /// race; `change` returns false to leave the record as it is. `Err`: the store failed.
-    pub(super) async fn update_channel(
-        &self,
-        channel_id: &str,
-        mut change: impl FnMut(&mut ChannelRecord) -> bool,
-    ) -> Result<Option<ChannelRecord>, ()> {
-        for _ in 0..super::SWAP_TRIES {
-            let (version, bytes) = match self.state.channel(channel_id).await {
-                Ok(Some(found)) => found,
-                Ok(None) => return Ok(None),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read a payment channel");
-                    return Err(());
-                }
-            };
-            let Some(mut r) = ChannelRecord::decode(&bytes) else {
-                return Ok(None);
-            };
-            if !change(&mut r) {
-                return Ok(Some(r));
-            }
-            match self
-                .state
-                .swap_channel(channel_id, version, &r.encode())
-                .await
-            {
-                Ok(true) => return Ok(Some(r)),
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot write a payment channel");
-                    return Err(());
-                }
-            }
-        }
-        Ok(None)
-    }
-
     /// A ledger line of the claimer (`channel_claimed` per channel, `channel_swept` per
     /// receiver), with the transaction that did it.
     pub(super) fn channel_line(

@@ -726,32 +726,58 @@ impl Payments {
     }
 
     /// Clears the pending charge `pending_id` from a channel's record, if it is still there.
+    /// When the store fails the pending charge expires on its own.
     async fn release_turn(&self, channel_id: &str, pending_id: &str) {
+        let released = self
+            .update_channel(channel_id, |r| {
+                let ours = r.pending.as_ref().is_some_and(|p| p.id == pending_id);
+                if ours {
+                    r.pending = None;
+                }
+                ours
+            })
+            .await;
+        if released.is_err() {
+            tracing::warn!(channel = %channel_id, "cannot release a channel's pending charge");
+        }
+    }
+
+    /// Applies `change` to a channel's record by compare-and-swap, read again after a lost
+    /// race; `change` returns false to leave the record as it is. `Err`: the store failed.
+    async fn update_channel(
+        &self,
+        channel_id: &str,
+        mut change: impl FnMut(&mut ChannelRecord) -> bool,
+    ) -> Result<Option<ChannelRecord>, ()> {
         for _ in 0..SWAP_TRIES {
-            let Ok(Some((version, bytes))) = self.state.channel(channel_id).await else {
-                return;
+            let (version, bytes) = match self.state.channel(channel_id).await {
+                Ok(Some(found)) => found,
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read a payment channel");
+                    return Err(());
+                }
             };
-            let Some(mut record) = ChannelRecord::decode(&bytes) else {
-                return;
+            let Some(mut r) = ChannelRecord::decode(&bytes) else {
+                return Ok(None);
             };
-            if record.pending.as_ref().is_none_or(|p| p.id != pending_id) {
-                return;
+            if !change(&mut r) {
+                return Ok(Some(r));
             }
-            record.pending = None;
             match self
                 .state
-                .swap_channel(channel_id, version, &record.encode())
+                .swap_channel(channel_id, version, &r.encode())
                 .await
             {
-                Ok(true) => return,
+                Ok(true) => return Ok(Some(r)),
                 Ok(false) => continue,
                 Err(e) => {
-                    // The pending charge expires on its own.
-                    tracing::warn!(error = %e, "cannot release a channel's pending charge");
-                    return;
+                    tracing::warn!(error = %e, "cannot write a payment channel");
+                    return Err(());
                 }
             }
         }
+        Ok(None)
     }
 }
 

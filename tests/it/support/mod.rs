@@ -315,11 +315,16 @@ impl Gateway {
     }
 
     pub async fn config_view(&self) -> Value {
+        self.admin_json("/config").await
+    }
+
+    /// One admin endpoint's JSON answer (`/config`, `/readyz`, ...).
+    pub async fn admin_json(&self, path: &str) -> Value {
         client()
-            .get(self.admin_url("/config"))
+            .get(self.admin_url(path))
             .send()
             .await
-            .expect("config")
+            .expect(path)
             .json()
             .await
             .expect("json")
