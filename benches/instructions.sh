@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # benches/instructions.sh — user-space instructions per request on the free path, counted by
 # callgrind: nginx, bare Pingora, Pingora + fwd and the gateway (free rule, the 402 answer, a
-# pass on every request, and a distinct pre-signed payment on every request settled through the
-# loopback bench facilitator, as in benches/load.sh).
+# pass on every request, a distinct pre-signed payment on every request settled through the
+# loopback bench facilitator, as in benches/load.sh, and the next cumulative voucher of a
+# batch-settlement channel on every request).
 # Unlike req/s these counts do not move with other load on the machine, so they show small
 # changes that benches/load.sh cannot resolve on a shared machine.
 #
@@ -19,14 +20,21 @@
 # request costs), and instruction cost (a `rep movsb` copy counts once per byte, so large
 # copies look dearer than they are; valgrind hides SHA extensions, so hashing looks dearer).
 #
-# Settings (environment): TARGETS="nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid"
+# gw_voucher: vouchers over VOUCHER_CHANNELS=50 channels, consecutive requests on different
+# channels; the warm-up pays from another payer's channels, so the counted run's first voucher
+# on each of its channels (an unknown channel: one /verify) is in the count, 50 of thousands.
+#
+# Settings (environment): TARGETS="nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid gw_voucher"
 #   SECONDS_RUN=10 WARMUP=3 CONNS=10 BODY=128 KEEP_TMP=1 PAY_COUNT=30000 (payments pre-signed
 #   for gw_paid: warm-up and counted run together must not use them all)
 #   GATEWAY_BIN ORIGIN_BIN BARE_BIN FACILITATOR_BIN PAYMENTS_BIN NGINX_BIN WRK_BIN
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TARGETS=${TARGETS:-"nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid"}
+TARGETS=${TARGETS:-"nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid gw_voucher"}
+VOUCHER_CHANNELS=${VOUCHER_CHANNELS:-50}
+# The warm-up's payer on the voucher path (anvil's second development key, public).
+WARMUP_PAYER=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d
 PAY_COUNT=${PAY_COUNT:-30000}
 SECONDS_RUN=${SECONDS_RUN:-10}
 WARMUP=${WARMUP:-3}
@@ -79,17 +87,21 @@ command_of() {
     gw_free | gw_402 | gw_pass | gw_paid)
       write_gateway_config "$d" "$port"
       printf '%s\n' "$GATEWAY_BIN" run -c "$d/gateway.toml" ;;
+    gw_voucher)
+      write_gateway_config "$d" "$port" "" "" "$VOUCHER_RULE"
+      printf '%s\n' "$GATEWAY_BIN" run -c "$d/gateway.toml" ;;
     *) die "unknown target $t" ;;
   esac
 }
 
 declare -A LABEL=([nginx]="nginx proxy" [bare_pingora]="bare Pingora" [pingora_fwd]="Pingora + fwd"
-  [gw_free]="gateway free" [gw_402]="gateway 402" [gw_pass]="gateway pass" [gw_paid]="gateway paid")
+  [gw_free]="gateway free" [gw_402]="gateway 402" [gw_pass]="gateway pass" [gw_paid]="gateway paid"
+  [gw_voucher]="gateway voucher")
 
 # The wrk script of target $1 (Host, pass or payments) once its server listens on port $2;
 # empty: plain GETs.
 script_of() {
-  local t=$1 port=$2 url=http://127.0.0.1:$2/fixed/$BODY head token
+  local t=$1 port=$2 url=http://127.0.0.1:$2/fixed/$BODY head token host extra
   case $t in
     gw_pass)
       sign_payments "$url" 1 pass.bench "$TMP/$t/payment.txt" || return 1
@@ -97,12 +109,17 @@ script_of() {
       token=$(header_value x402-pass <<<"$head") || die "$t: the paid request got no pass: $head"
       printf 'wrk.headers["Host"] = "pass.bench"\nwrk.headers["X402-Pass"] = "%s"\n' "$token" >"$TMP/$t/wrk.lua"
       echo "$TMP/$t/wrk.lua" ;;
-    gw_paid)
-      sign_payments "$url" "$PAY_COUNT" paid.bench "$TMP/$t/warmup.txt" || return 1
-      sign_payments "$url" "$PAY_COUNT" paid.bench "$TMP/$t/run.txt" || return 1
-      cat >"$TMP/$t/wrk.lua" <<'LUA'
+    gw_paid | gw_voucher)
+      host=paid.bench; extra=()
+      if [[ $t == gw_voucher ]]; then
+        host=voucher.bench; extra=(--channels "$VOUCHER_CHANNELS")
+      fi
+      sign_payments "$url" "$PAY_COUNT" "$host" "$TMP/$t/warmup.txt" "${extra[@]}" \
+        ${extra[0]:+--key "$WARMUP_PAYER"} || return 1
+      sign_payments "$url" "$PAY_COUNT" "$host" "$TMP/$t/run.txt" "${extra[@]}" || return 1
+      cat >"$TMP/$t/wrk.lua" <<LUA
 local payments, count, i = {}, 0, 0
-local headers = { ["Host"] = "paid.bench" }
+local headers = { ["Host"] = "$host" }
 function init(args)
   for line in io.lines(args[1]) do count = count + 1; payments[count] = line end
 end

@@ -345,15 +345,6 @@ start_redis_gateway() {
 # gw_paid_redis's store is emptied); gw_paid_dead's has the dead facilitator, gw_voucher's the
 # channel rule.
 declare -A PAID_PORT=() PAID_PID=() PAID_LOG_MARK=()
-# The receiver authorizer of gw_voucher's channels: a public development key (anvil's tenth
-# account), never holding real funds.
-VOUCHER_RULE='[[rule]]
-id = "voucher"
-host = "voucher.bench"
-prefix = "/fixed/"
-schemes = ["batch-settlement"]
-price = "$0.01"
-receiver_authorizer = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6"'
 restart_paid_gateway() {
   local t=$1 dead= extra= rules=
   start_origin; start_facilitator

@@ -256,6 +256,16 @@ header_value() {
   [[ -n $found ]] && echo "$found"
 }
 
+# The batch-settlement rule of the voucher targets (Host voucher.bench). Its receiver
+# authorizer is a public development key (anvil's tenth account), never holding real funds.
+VOUCHER_RULE='[[rule]]
+id = "voucher"
+host = "voucher.bench"
+prefix = "/fixed/"
+schemes = ["batch-settlement"]
+price = "$0.01"
+receiver_authorizer = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6"'
+
 # Pre-signs $2 payments for the offer of the 402 at URL $1 (Host $3) into file $4; further
 # arguments go to bench-payments.
 sign_payments() {

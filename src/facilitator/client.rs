@@ -112,6 +112,9 @@ impl FacilitatorClient {
         // (a redirect would send payment payloads and API keys where the operator never chose).
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // No hidden retries either (each would first copy the request): a failed call is
+            // the pool's to fail over, and a settlement is never sent twice behind its back.
+            .retry(reqwest::retry::never())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)

@@ -100,82 +100,122 @@ pub fn decode(found: Found<'_>, priced: &Priced, limit: usize) -> Result<Decoded
     let raw_bytes = codec::decode(found.value, limit).map_err(PaymentError::Decode)?;
     let raw = String::from_utf8(raw_bytes)
         .map_err(|_| PaymentError::Payload("payload is not UTF-8".into()))?;
-    // One pass over the text for the version (the rest skipped, nothing built), then the
-    // typed parse: no intermediate JSON tree.
+    // The common case in one pass: a well-formed payload of the header's own version.
+    let typed = match parse(&raw, found.version) {
+        Ok(p) if p.version() == found.version => p,
+        // Otherwise the first error a client should see: not JSON, not an object, no or
+        // another version (one pass over the text for it, nothing built), then the shape.
+        _ => {
+            probe_version(&raw, found.version)?;
+            parse(&raw, found.version).map_err(|e| PaymentError::Payload(e.to_string()))?
+        }
+    };
+    match typed {
+        Typed::V2(p) => {
+            let a = &p.accepted;
+            if !priced
+                .offers
+                .iter()
+                .any(|o| o.requirements.scheme == a.scheme)
+            {
+                return Err(PaymentError::UnsupportedScheme);
+            }
+            if !priced
+                .offers
+                .iter()
+                .any(|o| o.requirements.scheme == a.scheme && o.requirements.network == a.network)
+            {
+                return Err(PaymentError::InvalidNetwork);
+            }
+            let offer = priced
+                .offers
+                .iter()
+                .position(|o| accepted_matches(a, &o.requirements))
+                .ok_or(PaymentError::NoMatch)?;
+            Ok(Decoded {
+                version: 2,
+                raw,
+                payload: p.payload,
+                offer,
+                extensions: p.extensions,
+            })
+        }
+        Typed::V1(p) => {
+            if !priced
+                .offers
+                .iter()
+                .any(|o| o.requirements.scheme == p.scheme)
+            {
+                return Err(PaymentError::UnsupportedScheme);
+            }
+            let offer = priced
+                .offers
+                .iter()
+                .position(|o| {
+                    o.requirements.scheme == p.scheme
+                        && o.v1_network.as_deref() == Some(p.network.as_str())
+                })
+                .ok_or(PaymentError::InvalidNetwork)?;
+            Ok(Decoded {
+                version: 1,
+                raw,
+                payload: p.payload,
+                offer,
+                extensions: None,
+            })
+        }
+    }
+}
+
+/// A payload parsed as the version its header names.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "lives on the stack for one call; boxing would add an allocation per payment"
+)]
+enum Typed {
+    V2(PaymentPayloadV2),
+    V1(PaymentPayloadV1),
+}
+
+impl Typed {
+    /// The `x402Version` the payload itself states.
+    fn version(&self) -> u8 {
+        match self {
+            Typed::V2(p) => p.x402_version,
+            Typed::V1(p) => p.x402_version,
+        }
+    }
+}
+
+fn parse(raw: &str, version: u8) -> Result<Typed, serde_json::Error> {
+    if version == 2 {
+        serde_json::from_str(raw).map(Typed::V2)
+    } else {
+        serde_json::from_str(raw).map(Typed::V1)
+    }
+}
+
+/// Checks that `raw` is a JSON object stating `x402Version` = `version`, with the error a
+/// client should see when it is not.
+fn probe_version(raw: &str, version: u8) -> Result<(), PaymentError> {
     if !raw.trim_start().starts_with('{') {
         // Not an object: say whether it is JSON at all.
-        serde_json::from_str::<serde::de::IgnoredAny>(&raw)
+        serde_json::from_str::<serde::de::IgnoredAny>(raw)
             .map_err(|e| PaymentError::Payload(e.to_string()))?;
         return Err(PaymentError::Payload("payload is not a JSON object".into()));
     }
-    let version = match serde_json::from_str::<VersionProbe<'_>>(&raw) {
+    let stated = match serde_json::from_str::<VersionProbe<'_>>(raw) {
         Ok(probe) => probe.version.and_then(|v| v.get().parse::<u64>().ok()),
         // Odd but perhaps valid JSON (a repeated key): read as a tree, the last key winning.
-        Err(_) => serde_json::from_str::<Value>(&raw)
+        Err(_) => serde_json::from_str::<Value>(raw)
             .map_err(|e| PaymentError::Payload(e.to_string()))?
             .get("x402Version")
             .and_then(Value::as_u64),
     };
-    match version {
-        Some(v) if v == u64::from(found.version) => {}
-        Some(_) => return Err(PaymentError::VersionMismatch),
-        None => return Err(PaymentError::Payload("missing x402Version".into())),
-    }
-    if found.version == 2 {
-        let p: PaymentPayloadV2 =
-            serde_json::from_str(&raw).map_err(|e| PaymentError::Payload(e.to_string()))?;
-        let a = &p.accepted;
-        if !priced
-            .offers
-            .iter()
-            .any(|o| o.requirements.scheme == a.scheme)
-        {
-            return Err(PaymentError::UnsupportedScheme);
-        }
-        if !priced
-            .offers
-            .iter()
-            .any(|o| o.requirements.scheme == a.scheme && o.requirements.network == a.network)
-        {
-            return Err(PaymentError::InvalidNetwork);
-        }
-        let offer = priced
-            .offers
-            .iter()
-            .position(|o| accepted_matches(a, &o.requirements))
-            .ok_or(PaymentError::NoMatch)?;
-        Ok(Decoded {
-            version: 2,
-            raw,
-            payload: p.payload,
-            offer,
-            extensions: p.extensions,
-        })
-    } else {
-        let p: PaymentPayloadV1 =
-            serde_json::from_str(&raw).map_err(|e| PaymentError::Payload(e.to_string()))?;
-        if !priced
-            .offers
-            .iter()
-            .any(|o| o.requirements.scheme == p.scheme)
-        {
-            return Err(PaymentError::UnsupportedScheme);
-        }
-        let offer = priced
-            .offers
-            .iter()
-            .position(|o| {
-                o.requirements.scheme == p.scheme
-                    && o.v1_network.as_deref() == Some(p.network.as_str())
-            })
-            .ok_or(PaymentError::InvalidNetwork)?;
-        Ok(Decoded {
-            version: 1,
-            raw,
-            payload: p.payload,
-            offer,
-            extensions: None,
-        })
+    match stated {
+        Some(v) if v == u64::from(version) => Ok(()),
+        Some(_) => Err(PaymentError::VersionMismatch),
+        None => Err(PaymentError::Payload("missing x402Version".into())),
     }
 }
 

@@ -212,7 +212,9 @@ impl Payments {
         let resolver = self.resolver(env);
         let record = self.record(a);
         let claimed = a.claimed_tx;
-        if let Err(e) = self.state.put_pending(&record.pending(claimed)).await {
+        if self.state.shared()
+            && let Err(e) = self.state.put_pending(&record.pending(claimed)).await
+        {
             tracing::error!(error = %e, "cannot record a pending settlement in the state store");
         }
         let found = self

@@ -148,7 +148,17 @@ impl Payments {
     /// start, under this replica's lease (renewed from now until the record is resolved, so
     /// that another replica resolves it only should this one stop), and looks it up in the
     /// verify cache.
+    ///
+    /// A store no other process shares keeps no such record and no lease: nobody else could
+    /// take the settlement over, and this process's own watch resolves what stays open.
     pub(in crate::payment) async fn admit(&self, a: &Accepted) -> Result<Admitted, StateError> {
+        if !self.state.shared() {
+            let reserved = self.state.reserve(a.key.as_str(), a.valid_before).await?;
+            // A store that cannot be read means one more verify call, nothing worse.
+            let verified =
+                reserved.is_ok() && self.state.verified(&a.digest).await.unwrap_or(false);
+            return Ok(Admitted { reserved, verified });
+        }
         let record = self.record(a);
         let admitted = self
             .state
@@ -170,7 +180,15 @@ impl Payments {
     /// the record, in one round trip.
     pub(super) async fn conclude_pending(&self, a: &Accepted, settled: bool) {
         self.leases.remove(a.key.as_str());
-        if let Err(e) = self.state.conclude_pending(a.key.as_str(), settled).await {
+        let concluded = if self.state.shared() {
+            self.state.conclude_pending(a.key.as_str(), settled).await
+        } else if settled {
+            // No record was kept (see `admit`): only the reservation changes.
+            self.state.settled(a.key.as_str()).await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = concluded {
             tracing::error!(error = %e, payer = %a.payer, "cannot record a payment's outcome in the state store");
         }
     }
@@ -206,6 +224,10 @@ impl Payments {
     /// Takes over settlements whose replica stopped renewing their lease (it died between
     /// settling and recording) and resolves each from the chain in the background.
     pub async fn sweep_pending(&self, env: &PaymentEnv<'_>) {
+        if !self.state.shared() {
+            // Only this process writes such a store, and it watches every open settlement.
+            return;
+        }
         let Ok(list) = self.state.pending().await else {
             return;
         };
