@@ -3,6 +3,7 @@
 //! and the one charge that may be pending at a time.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::OnChain;
@@ -21,7 +22,7 @@ pub struct ChannelRecord {
     pub receiver_authorizer: String,
     pub payer: String,
     /// The channel's configuration as the contract calls take it.
-    pub config: Value,
+    pub config: RawJson,
     /// Everything this channel was charged, cumulatively.
     pub charged: String,
     /// The latest voucher: its cumulative ceiling and signature (empty before the first).
@@ -55,6 +56,35 @@ pub struct ChannelRecord {
     pub sweep_owed: bool,
 }
 
+/// JSON kept as its text: a record is read and written on every charge, and this part of it
+/// never changes, so it is copied as it is rather than parsed into a tree and written again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<RawValue>);
+
+impl RawJson {
+    pub fn of(v: &Value) -> Self {
+        // A JSON tree always serializes.
+        RawJson(serde_json::value::to_raw_value(v).unwrap_or_else(|_| RawValue::NULL.to_owned()))
+    }
+
+    pub fn null() -> Self {
+        RawJson(RawValue::NULL.to_owned())
+    }
+
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for RawJson {}
+
 /// A charge waiting for the origin's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -76,7 +106,7 @@ impl ChannelRecord {
         ChannelRecord {
             channel_id: format!("{:#x}", p.channel_id),
             payer: p.config.payer.to_checksum(None),
-            config: p.config.to_json(),
+            config: RawJson::of(&p.config.to_json()),
             ..Self::receiver(
                 &req.network,
                 &p.config.token.to_checksum(None),
@@ -95,7 +125,7 @@ impl ChannelRecord {
             receiver: receiver.to_owned(),
             receiver_authorizer: authorizer.to_owned(),
             payer: String::new(),
-            config: Value::Null,
+            config: RawJson::null(),
             charged: "0".into(),
             signed_max: "0".into(),
             signature: String::new(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::record::RawJson;
 use super::{ChannelRecord, OnChain, PendingCharge, TURN_POLL, TURN_POLL_MAX, TURN_WAIT};
 use crate::payment::{
     Accepted, Admission, PaymentEnv, PaymentError, Payments, Refunded, Rejection,
@@ -401,7 +402,7 @@ impl Payments {
         enrich_refund(
             payload.clone(),
             RefundTerms {
-                config: &p.config.to_json(),
+                config: &RawJson::of(&p.config.to_json()),
                 channel_id: p.channel_id,
                 separator: evm_batch::domain_separator(chain),
                 voucher_max: turn.charged,
@@ -558,7 +559,7 @@ impl Payments {
 /// What a refund transaction does: claim the charges with the channel's voucher, then return
 /// `amount` at refund nonce `nonce`.
 pub(super) struct RefundTerms<'a> {
-    pub config: &'a Value,
+    pub config: &'a RawJson,
     pub channel_id: alloy::primitives::B256,
     pub separator: alloy::primitives::B256,
     pub voucher_max: u128,
