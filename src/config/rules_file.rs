@@ -83,6 +83,10 @@ pub struct RuleDef {
     /// `batch-settlement`: the deposit the 402 asks a new channel for (`"$5"` or
     /// `{ amount, asset }`; default ten requests' worth). Reference clients deposit it.
     pub min_deposit: Option<Spanned<toml::Value>>,
+    /// `batch-settlement`: how payers fund channels: `"eip3009"` (default; a token with
+    /// ERC-3009) or `"permit2"` (any ERC-20: the payer approves Permit2 once, then signs a
+    /// Permit2 transfer bound to the channel for each deposit).
+    pub deposit_method: Option<Spanned<String>>,
     /// How long a wallet that paid may read the resource again by signing in with it
     /// (Sign-In-With-X; `"24h"`). Needs `[payment] public_base_url`.
     pub sign_in_window: Option<Spanned<String>>,

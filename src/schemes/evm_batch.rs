@@ -27,6 +27,8 @@ pub const SCHEME: &str = "batch-settlement";
 pub const RECEIVER_AUTHORIZER: &str = "receiverAuthorizer";
 pub const WITHDRAW_DELAY: &str = "withdrawDelay";
 pub const MIN_DEPOSIT: &str = "minDeposit";
+/// Present (`"permit2"`) when deposits go through Permit2 instead of ERC-3009.
+pub const ASSET_TRANSFER_METHOD: &str = "assetTransferMethod";
 /// Bounds the channel contract puts on a channel's withdraw delay (seconds).
 pub const MIN_WITHDRAW_DELAY: u64 = 900;
 pub const MAX_WITHDRAW_DELAY: u64 = 2_592_000;

@@ -32,6 +32,16 @@ schemes = ["batch-settlement"]
 price = "$4"
 min_deposit = "$5"
 receiver_authorizer = "{AUTHORIZER_KEY}"
+
+[[rule]]
+id = "permit2"
+prefix = "/p2/"
+methods = ["GET"]
+schemes = ["batch-settlement"]
+price = "$0.01"
+min_deposit = "$5"
+receiver_authorizer = "{AUTHORIZER_KEY}"
+deposit_method = "permit2"
 "#
     )
 }
@@ -134,10 +144,14 @@ struct Net {
 
 impl Net {
     fn start(payers: &str) -> Net {
-        let dev = NodeProc::start(
-            "lib/devnet.mjs",
-            &["--chain-id", "31337", "--payers", payers],
-        );
+        Self::start_with(payers, &[])
+    }
+
+    /// As `start`, with more `lib/devnet.mjs` flags.
+    fn start_with(payers: &str, flags: &[&str]) -> Net {
+        let mut args = vec!["--chain-id", "31337", "--payers", payers];
+        args.extend_from_slice(flags);
+        let dev = NodeProc::start("lib/devnet.mjs", &args);
         let field = |v: &Value| v.as_str().expect("devnet field").to_owned();
         Net {
             rpc: field(&dev.info["rpcUrl"]),
@@ -704,5 +718,61 @@ async fn a_gateway_that_stops_claims_everything_it_served_first() {
         "the ledger's claim lines",
         std::time::Duration::from_secs(10),
         || (ledger_sum(&gw, "channel_claimed") == 150_000).then_some(()),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_permit2_deposit_opens_the_channel_and_its_charges_land_on_chain() {
+    // Payers approved Permit2 once, as a token without ERC-3009 needs.
+    let net = Net::start_with("1", &["--permit2-approve"]);
+    let gw = net.gateway("channel_claim_interval_seconds = 3600", None);
+    let (rpc_url, token, pay_to) = (&*net.rpc, &*net.token, &*net.pay_to);
+    let (payer, key) = net.payer(0);
+
+    // The 402 tells the reference client to deposit through Permit2.
+    let r = client().get(gw.url("/p2/x")).send().await.expect("402");
+    assert_eq!(r.status(), 402);
+    let pr = decode_header(
+        r.headers()
+            .get("payment-required")
+            .expect("header")
+            .to_str()
+            .expect("ascii"),
+    );
+    assert_eq!(
+        pr["accepts"][0]["extra"]["assetTransferMethod"], "permit2",
+        "{pr}"
+    );
+
+    let payer_before = balance(rpc_url, token, payer).await;
+    let blocks_before = block_number(rpc_url).await;
+    let out = pay_batch(&gw.url("/p2/item"), rpc_url, key, &["--requests", "20"]).await;
+    assert!(out["error"].is_null(), "{}", out["error"]);
+    assert_eq!(out["statuses"]["200"], 20, "{}", out["statuses"]);
+    assert_eq!(out["sent"]["deposit"], 1, "{}", out["sent"]);
+    assert_eq!(out["sent"]["voucher"], 19, "{}", out["sent"]);
+    let first = &out["results"][0]["receipt"];
+    assert!(
+        first["transaction"].as_str().is_some_and(|t| t.len() == 66),
+        "{first}"
+    );
+    // The deposit is the only transaction, and it moved the escrow through Permit2.
+    assert_eq!(block_number(rpc_url).await - blocks_before, 1);
+    assert_eq!(
+        payer_before - balance(rpc_url, token, payer).await,
+        5_000_000
+    );
+    assert_eq!(balance(rpc_url, token, CHANNELS).await, 5_000_000);
+    assert_eq!(net.origin.requests().await, 20);
+    assert_eq!(ledger_sum(&gw, "channel_charged"), 200_000);
+
+    // The charges land on chain like any channel's: claimed and swept when the gateway stops.
+    gw.signal(nix::sys::signal::Signal::SIGTERM);
+    let (claimed, settled) = wait_totals(rpc_url, pay_to, token, 200_000).await;
+    assert_eq!((claimed, settled), (200_000, 200_000));
+    wait_for(
+        "the ledger's claim lines",
+        std::time::Duration::from_secs(10),
+        || (ledger_sum(&gw, "channel_claimed") == 200_000).then_some(()),
     );
 }

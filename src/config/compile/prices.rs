@@ -268,6 +268,22 @@ pub(super) fn batch_offers(
         },
         None => None,
     };
+    let permit2 = match &d.deposit_method {
+        None => false,
+        Some(m) => match m.get_ref().as_str() {
+            "eip3009" => false,
+            "permit2" => true,
+            _ => {
+                rep.at(
+                    pr.src,
+                    m.span(),
+                    "rule.deposit_method",
+                    "must be \"eip3009\" (a token with ERC-3009) or \"permit2\" (any ERC-20 the payer approved Permit2 for)",
+                );
+                return None;
+            }
+        },
+    };
     let spec = parse_price(rep, pr.src, p, "rule.price")?;
     if matches!(spec, PriceSpec::Zero) {
         return None;
@@ -303,6 +319,12 @@ pub(super) fn batch_offers(
             evm_batch::MIN_DEPOSIT.into(),
             serde_json::Value::String(min_deposit),
         );
+        if permit2 {
+            extra.insert(
+                evm_batch::ASSET_TRANSFER_METHOD.into(),
+                serde_json::Value::String("permit2".into()),
+            );
+        }
     }
     Some(offers)
 }

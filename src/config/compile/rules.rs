@@ -259,13 +259,14 @@ fn schemes_of(rep: &mut Reporter, pr: &ParsedRule) -> Offered {
     if !o.batch
         && (pr.def.receiver_authorizer.is_some()
             || pr.def.withdraw_delay_seconds.is_some()
-            || pr.def.min_deposit.is_some())
+            || pr.def.min_deposit.is_some()
+            || pr.def.deposit_method.is_some())
     {
         rep.at(
             pr.src,
             list.span(),
             "rule.schemes",
-            "`receiver_authorizer`, `withdraw_delay_seconds` and `min_deposit` are for `batch-settlement`: add it to `schemes`",
+            "`receiver_authorizer`, `withdraw_delay_seconds`, `min_deposit` and `deposit_method` are for `batch-settlement`: add it to `schemes`",
         );
     }
     o

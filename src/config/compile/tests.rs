@@ -360,3 +360,45 @@ fn trusted_proxies_are_networks_or_addresses() {
         at("gateway.toml", &bad, "\"lb.internal")
     );
 }
+
+#[test]
+fn a_channel_rule_says_how_deposits_are_made_and_a_bad_method_is_reported() {
+    let authorizer = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6";
+    let rule = |id: &str, method: &str| {
+        format!(
+            "[[rule]]\nid = \"{id}\"\nprefix = \"/{id}/\"\nschemes = [\"batch-settlement\"]\nprice = \"$0.01\"\nreceiver_authorizer = \"{authorizer}\"\n{method}\n"
+        )
+    };
+    let rules = format!(
+        "{}\n{}",
+        rule("plain", ""),
+        rule("p2", "deposit_method = \"permit2\"")
+    );
+    let snap = compile(&gateway(""), &[("c.toml", &rules)]).expect("valid");
+    let extra_of = |id: &str| {
+        let r = snap.rules.iter().find(|r| r.id == id).expect("rule");
+        let RuleAction::Pay(p) = &r.action else {
+            panic!("`{id}` is not priced");
+        };
+        p.offers[0].requirements.extra.clone()
+    };
+    assert_eq!(extra_of("p2")["assetTransferMethod"], "permit2");
+    // ERC-3009, the default, is what reference clients do when the offer names no method.
+    assert!(!extra_of("plain").contains_key("assetTransferMethod"));
+
+    let bad = rule("bad", "deposit_method = \"transfer\"");
+    let found = issues(&gateway(""), &[("c.toml", &bad)]);
+    let lines: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [format!(
+            "{}: rule.deposit_method: must be \"eip3009\" (a token with ERC-3009) or \"permit2\" (any ERC-20 the payer approved Permit2 for)",
+            at("rules/c.toml", &bad, "\"transfer\"")
+        )]
+    );
+
+    let exact = "[[rule]]\nid = \"e\"\npath = \"/e\"\nschemes = [\"exact\"]\nprice = \"$0.01\"\ndeposit_method = \"permit2\"\n";
+    let found = issues(&gateway(""), &[("c.toml", exact)]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].field, "rule.schemes", "{found:?}");
+}

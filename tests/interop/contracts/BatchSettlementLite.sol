@@ -455,3 +455,89 @@ contract Erc3009DepositCollectorLite {
         TokenSend.send(token, msg.sender, amount);
     }
 }
+
+/// The part of Permit2's `SignatureTransfer` this collector calls.
+interface IPermit2WitnessTransfer {
+    struct TokenPermissions {
+        address token;
+        uint256 amount;
+    }
+
+    struct PermitTransferFrom {
+        TokenPermissions permitted;
+        uint256 nonce;
+        uint256 deadline;
+    }
+
+    struct SignatureTransferDetails {
+        address to;
+        uint256 requestedAmount;
+    }
+
+    function permitWitnessTransferFrom(
+        PermitTransferFrom memory permit,
+        SignatureTransferDetails calldata transferDetails,
+        address owner,
+        bytes32 witness,
+        string calldata witnessTypeString,
+        bytes calldata signature
+    ) external;
+}
+
+/// EIP-2612 `permit`, which a payer may sign so that its first deposit also approves Permit2.
+interface IERC2612Permit {
+    function permit(address owner, address spender, uint256 value, uint256 deadline, uint8 v, bytes32 r, bytes32 s)
+        external;
+}
+
+/// Deposit collector for any ERC-20 the payer approved Permit2 for: the payer signed a Permit2
+/// `PermitWitnessTransferFrom` naming this collector as spender, for exactly the deposit, with
+/// the channel id as witness (`DepositWitness(bytes32 channelId)`), so the permit funds that
+/// channel and no other. Only the channel contract may call it; the tokens go to it.
+contract Permit2DepositCollectorLite {
+    address public immutable settlement;
+    address public immutable permit2;
+
+    bytes32 public constant DEPOSIT_WITNESS_TYPEHASH = keccak256("DepositWitness(bytes32 channelId)");
+    /// The witness part of the primary type, then the referenced types in name order.
+    string public constant WITNESS_TYPE_STRING =
+        "DepositWitness witness)DepositWitness(bytes32 channelId)TokenPermissions(address token,uint256 amount)";
+
+    error OnlySettlement();
+
+    constructor(address settlement_, address permit2_) {
+        settlement = settlement_;
+        permit2 = permit2_;
+    }
+
+    /// `collectorData` = abi.encode(uint256 nonce, uint256 deadline, bytes permit2Signature,
+    /// bytes eip2612PermitData); the last is empty or abi.encode(uint256 value, uint256 deadline,
+    /// uint8 v, bytes32 r, bytes32 s), a permit for Permit2 tried first (a permit already used
+    /// or not supported leaves the allowance to decide).
+    function collect(address payer, address token, uint256 amount, bytes32 channelId, bytes calldata collectorData)
+        external
+    {
+        if (msg.sender != settlement) revert OnlySettlement();
+        (uint256 nonce, uint256 deadline, bytes memory signature, bytes memory eip2612) =
+            abi.decode(collectorData, (uint256, uint256, bytes, bytes));
+        if (eip2612.length > 0) _permitPermit2(token, payer, eip2612);
+        IPermit2WitnessTransfer(permit2).permitWitnessTransferFrom(
+            IPermit2WitnessTransfer.PermitTransferFrom({
+                permitted: IPermit2WitnessTransfer.TokenPermissions({token: token, amount: amount}),
+                nonce: nonce,
+                deadline: deadline
+            }),
+            IPermit2WitnessTransfer.SignatureTransferDetails({to: msg.sender, requestedAmount: amount}),
+            payer,
+            keccak256(abi.encode(DEPOSIT_WITNESS_TYPEHASH, channelId)),
+            WITNESS_TYPE_STRING,
+            signature
+        );
+    }
+
+    function _permitPermit2(address token, address payer, bytes memory eip2612) private {
+        (uint256 value, uint256 deadline, uint8 v, bytes32 r, bytes32 s) =
+            abi.decode(eip2612, (uint256, uint256, uint8, bytes32, bytes32));
+        try IERC2612Permit(token).permit(payer, permit2, value, deadline, v, r, s) {} catch {}
+    }
+}

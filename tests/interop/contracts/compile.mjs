@@ -4,7 +4,8 @@
 // committed artifact per contract:
 //   contracts/TestUSD.json        {contractName, compiler, abi, bytecode, deployedBytecode}
 //   contracts/Multicall3Lite.json, Permit2Lite.json, UptoPermit2Proxy.json,
-//   BatchSettlementLite.json, Erc3009DepositCollectorLite.json (same shape)
+//   BatchSettlementLite.json, Erc3009DepositCollectorLite.json, Permit2DepositCollectorLite.json
+//   (same shape)
 // Tests never compile: they load the JSON. Re-run after editing a .sol file:
 //   npm run compile        (or: node contracts/compile.mjs)
 // `node contracts/compile.mjs --check` writes nothing and exits 1 if a committed artifact is stale.
@@ -22,6 +23,7 @@ const CONTRACTS = [
   ["UptoPermit2Proxy", "UptoPermit2Proxy"],
   ["BatchSettlementLite", "BatchSettlementLite"],
   ["BatchSettlementLite", "Erc3009DepositCollectorLite"],
+  ["BatchSettlementLite", "Permit2DepositCollectorLite"],
 ];
 const SOURCES = [...new Set(CONTRACTS.map(([file]) => file))];
 const CHECK = process.argv.includes("--check");

@@ -1,17 +1,22 @@
 #!/usr/bin/env node
-// Our `batch-settlement` channel contract and ERC-3009 deposit collector on their own, driven
-// by the reference packages: the reference @x402/evm batch-settlement client signs a deposit
-// and cumulative vouchers, the reference batch-settlement facilitator deposits, claims,
-// settles and refunds through our contracts; then what the contracts must refuse or ignore
-// (a claim above the voucher or the escrow, a forged voucher, a batch signed by someone else,
-// a claim replayed, a refund nonce reused, a collector called directly, a withdraw delay out
-// of range) and the payer's timed withdrawal (claims still land during the delay; afterwards
-// only unclaimed escrow leaves). The timed withdrawal runs last: it moves the chain's clock.
+// Our `batch-settlement` channel contract and ERC-3009 and Permit2 deposit collectors on their
+// own, driven by the reference packages: the reference @x402/evm batch-settlement client signs
+// a deposit and cumulative vouchers, the reference batch-settlement facilitator deposits,
+// claims, settles and refunds through our contracts; then what the contracts must refuse or
+// ignore (a claim above the voucher or the escrow, a forged voucher, a batch signed by someone
+// else, a claim replayed, a refund nonce reused, a collector called directly, a withdraw delay
+// out of range); a deposit through Permit2 (`assetTransferMethod: "permit2"`, the reference
+// client's own deposit payload: refused before the payer approved Permit2, then deposited,
+// its replay and its permit moved to another channel refused); and the payer's timed
+// withdrawal (claims still land during the delay; afterwards only unclaimed escrow leaves).
+// The timed withdrawal runs last: it moves the chain's clock.
 //
 //   node lib/batch-contracts.mjs
 // Prints ONE JSON line: {steps: {name: {ok, detail}}, error}
 import { x402Facilitator } from "@x402/core/facilitator";
+import { toClientEvmSigner } from "@x402/evm";
 import {
+  BatchSettlementEvmScheme as BatchClient,
   computeChannelId,
   createBatchSettlementEIP3009DepositPayload,
   signVoucher,
@@ -19,7 +24,14 @@ import {
 import { BatchSettlementEvmScheme as BatchFacilitator } from "@x402/evm/batch-settlement/facilitator";
 import { encodeAbiParameters, encodeFunctionData, keccak256, toFunctionSelector, toHex } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
-import { BATCH_SETTLEMENT_ADDRESS, BatchSettlementLite, ERC3009_COLLECTOR_ADDRESS, Erc3009DepositCollectorLite } from "./chain.mjs";
+import {
+  BATCH_SETTLEMENT_ADDRESS,
+  BatchSettlementLite,
+  ERC3009_COLLECTOR_ADDRESS,
+  Erc3009DepositCollectorLite,
+  PERMIT2_COLLECTOR_ADDRESS,
+  Permit2DepositCollectorLite,
+} from "./chain.mjs";
 import { errorText, isMain, printJsonLine } from "./cli.mjs";
 import { startDevnet } from "./devnet.mjs";
 import { makeFacilitatorSigner } from "./facilitator.mjs";
@@ -237,6 +249,60 @@ export async function run() {
     ]);
     refused("withdraw_delay_out_of_range_refused", shortDelay, "WithdrawDelayOutOfRange");
 
+    // A deposit through Permit2, signed by the reference client for an offer that asks for it.
+    const p2Payer = devnet.info.payers[1];
+    const p2Account = privateKeyToAccount(p2Payer.privateKey);
+    const p2Requirements = { ...requirements, extra: { ...requirements.extra, assetTransferMethod: "permit2" } };
+    const p2Client = new BatchClient(toClientEvmSigner(p2Account, publicClient), {
+      salt: toHex(3n, { size: 32 }),
+      depositPolicy: { depositMultiplier: 100 },
+    });
+    const p2Deposit = await p2Client.createPaymentPayload(2, p2Requirements);
+    const p2Auth = p2Deposit.payload.deposit?.authorization?.permit2Authorization;
+    step(
+      "permit2_deposit_signed_by_reference_client",
+      p2Deposit.payload.type === "deposit" && p2Auth?.spender === PERMIT2_COLLECTOR_ADDRESS,
+      JSON.stringify(p2Deposit.payload).slice(0, 300),
+    );
+    const p2Payload = { x402Version: 2, accepted: p2Requirements, payload: p2Deposit.payload, resource: { url: "http://local/batch" } };
+    const unapproved = await facilitator.verify(p2Payload, p2Requirements);
+    step("permit2_deposit_needs_allowance", !unapproved.isValid, JSON.stringify(unapproved));
+    await chain.approvePermit2(token, p2Payer.privateKey);
+    const p2Verified = await facilitator.verify(p2Payload, p2Requirements);
+    step("permit2_deposit_verify", p2Verified.isValid, JSON.stringify(p2Verified));
+    const p2Config = p2Deposit.payload.channelConfig;
+    const p2Id = computeChannelId(p2Config, network);
+    const p2Amount = BigInt(p2Deposit.payload.deposit.amount);
+    // The permit, its nonce still unspent, cannot fund another channel of the same payer: the
+    // witness names the channel, so Permit2 recovers someone else from the signature.
+    const p2Data = (nonce) => encodeAbiParameters(
+      [{ type: "uint256" }, { type: "uint256" }, { type: "bytes" }, { type: "bytes" }],
+      [BigInt(nonce), BigInt(p2Auth.deadline), p2Auth.signature, "0x"],
+    );
+    const otherChannel = { ...p2Config, salt: toHex(4n, { size: 32 }) };
+    const moved = await revertOf(receiver, "deposit", [otherChannel, p2Amount, PERMIT2_COLLECTOR_ADDRESS, p2Data(p2Auth.nonce)]);
+    refused("permit2_deposit_bound_to_its_channel", moved, "InvalidSigner");
+    const p2Before = await chain.balanceOf(token, p2Payer.address);
+    const p2Settled = await facilitator.settle(p2Payload, p2Requirements);
+    const [p2Balance] = await read("channels", [p2Id]);
+    step(
+      "permit2_deposit_settle",
+      p2Settled.success && p2Amount > 0n && p2Balance === p2Amount
+        && p2Before - (await chain.balanceOf(token, p2Payer.address)) === p2Amount,
+      JSON.stringify({ p2Settled, balance: p2Balance.toString() }),
+    );
+    const p2Again = await facilitator.settle(p2Payload, p2Requirements);
+    const [p2BalanceAgain] = await read("channels", [p2Id]);
+    step("permit2_deposit_replay_refused", !p2Again.success && p2BalanceAgain === p2Amount, JSON.stringify(p2Again));
+    const p2Direct = await revertOf(
+      receiver,
+      "collect",
+      [p2Payer.address, token.address, 1n, p2Id, p2Data(1n)],
+      PERMIT2_COLLECTOR_ADDRESS,
+      Permit2DepositCollectorLite.abi,
+    );
+    refused("permit2_collector_called_directly_refused", p2Direct, "OnlySettlement");
+
     // Timed withdrawal on a second channel: the payer announces it, the receiver side still
     // claims during the delay, and after the delay only the unclaimed escrow leaves.
     const config2 = channelConfig(toHex(2n, { size: 32 }));
@@ -274,7 +340,9 @@ export async function run() {
     // Every token the contract holds is owed to someone: claimed-unsettled plus unclaimed escrow.
     const [rc, rs] = await read("receivers", [receiver, token.address]);
     const held = await chain.balanceOf(token, BATCH_SETTLEMENT_ADDRESS);
-    step("contract_holds_exactly_what_it_owes", held === rc - rs + (bal2 - claimed2) + (balanceAfterRefund - claimedAfterRefund), `${held} ${rc - rs}`);
+    const [p2Escrow, p2Claimed] = await read("channels", [p2Id]);
+    const owed = rc - rs + (bal2 - claimed2) + (balanceAfterRefund - claimedAfterRefund) + (p2Escrow - p2Claimed);
+    step("contract_holds_exactly_what_it_owes", held === owed, `${held} ${owed}`);
     // keccak256 is used for the ERC-3009 nonce the collector derives; the client's must match.
     step(
       "deposit_nonce_binds_channel",

@@ -50,12 +50,19 @@ export const BatchSettlementLite = JSON.parse(
 export const Erc3009DepositCollectorLite = JSON.parse(
   readFileSync(join(here, "..", "contracts", "Erc3009DepositCollectorLite.json"), "utf8"),
 );
+export const Permit2DepositCollectorLite = JSON.parse(
+  readFileSync(join(here, "..", "contracts", "Permit2DepositCollectorLite.json"), "utf8"),
+);
 /** Where the reference x402 clients expect Permit2 and the `upto` proxy. */
 export const PERMIT2_ADDRESS = "0x000000000022D473030F116dDEE9F6B43aC78BA3";
 export const UPTO_PROXY_ADDRESS = "0x4020A4f3b7b90ccA423B9fabCc0CE57C6C240002";
-/** Where the reference x402 packages expect the `batch-settlement` channel contract and its ERC-3009 deposit collector. */
+/**
+ * Where the reference x402 packages expect the `batch-settlement` channel contract and its
+ * ERC-3009 and Permit2 deposit collectors.
+ */
 export const BATCH_SETTLEMENT_ADDRESS = "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003";
 export const ERC3009_COLLECTOR_ADDRESS = "0x4020806089470a89826cB9fB1f4059150b550004";
+export const PERMIT2_COLLECTOR_ADDRESS = "0x4020425FAf3B746C082C2f942b4E5159887B0005";
 
 /** Writes a diagnostic line to stderr (stdout is reserved for the CLIs' single JSON line). */
 export function log(...args) {
@@ -262,22 +269,27 @@ export async function startAnvil({ chainId = 31337, port = 0, timeoutMs = 20000,
       await testClient.setCode({ address: UPTO_PROXY_ADDRESS, bytecode: code });
     },
     /**
-     * Puts our `batch-settlement` channel contract (no constructor state) and our ERC-3009
-     * deposit collector (deployed with the channel contract's address baked in, then its
-     * runtime code copied) at the addresses the reference x402 packages use.
+     * Puts our `batch-settlement` channel contract (no constructor state), our ERC-3009 and
+     * Permit2 deposit collectors (each deployed with the channel contract's address, and
+     * Permit2's, baked in, then its runtime code copied) at the addresses the reference x402
+     * packages use (Permit2 itself is `installPermit2`'s).
      */
     async installBatchSettlement() {
       await testClient.setCode({ address: BATCH_SETTLEMENT_ADDRESS, bytecode: BatchSettlementLite.deployedBytecode });
       const w = walletFor(self.accounts.deployer.privateKey);
-      const hash = await w.deployContract({
-        abi: Erc3009DepositCollectorLite.abi,
-        bytecode: Erc3009DepositCollectorLite.bytecode,
-        args: [BATCH_SETTLEMENT_ADDRESS],
-      });
-      const receipt = await w.waitForTransactionReceipt({ hash });
-      if (receipt.status !== "success" || !receipt.contractAddress) throw new Error(`collector deploy failed: ${hash}`);
-      const code = await publicClient.getCode({ address: receipt.contractAddress });
-      await testClient.setCode({ address: ERC3009_COLLECTOR_ADDRESS, bytecode: code });
+      const collectors = [
+        [Erc3009DepositCollectorLite, [BATCH_SETTLEMENT_ADDRESS], ERC3009_COLLECTOR_ADDRESS],
+        [Permit2DepositCollectorLite, [BATCH_SETTLEMENT_ADDRESS, PERMIT2_ADDRESS], PERMIT2_COLLECTOR_ADDRESS],
+      ];
+      for (const [artifact, args, address] of collectors) {
+        const hash = await w.deployContract({ abi: artifact.abi, bytecode: artifact.bytecode, args });
+        const receipt = await w.waitForTransactionReceipt({ hash });
+        if (receipt.status !== "success" || !receipt.contractAddress) {
+          throw new Error(`${artifact.contractName} deploy failed: ${hash}`);
+        }
+        const code = await publicClient.getCode({ address: receipt.contractAddress });
+        await testClient.setCode({ address, bytecode: code });
+      }
     },
     /** The payer (by key) lets Permit2 move its tokens (ERC-20 approve, unlimited). */
     async approvePermit2(token, privateKey) {
