@@ -9,6 +9,8 @@ use crate::support::*;
 
 /// The receiver authorizer's key (a public anvil test key no other role here uses).
 const AUTHORIZER_KEY: &str = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6";
+/// Its address.
+const AUTHORIZER_ADDRESS: &str = "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720";
 /// The channel contract, where the reference packages expect it.
 const CHANNELS: &str = "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003";
 
@@ -174,6 +176,16 @@ impl Net {
     /// A gateway selling the rules above through the devnet's facilitator, with
     /// `payment_extra` in `[payment]` and, given `(redis url, replica id)`, on Redis.
     fn gateway(&self, payment_extra: &str, redis: Option<(&str, &str)>) -> Gateway {
+        self.gateway_selling(&rules(), payment_extra, redis)
+    }
+
+    /// As `gateway`, selling `rules`.
+    fn gateway_selling(
+        &self,
+        rules: &str,
+        payment_extra: &str,
+        redis: Option<(&str, &str)>,
+    ) -> Gateway {
         let fac = self.dev.info["facilitatorUrl"].as_str().expect("fac");
         let mut cfg = paid_config(
             &self.origin.addr,
@@ -186,7 +198,7 @@ impl Net {
                 "\n[state]\nbackend = \"redis\"\nurl = \"{url}\"\nreplica_id = \"{replica}\"\n"
             ));
         }
-        Gateway::start(&cfg, &[("rules.toml", &rules())])
+        Gateway::start(&cfg, &[("rules.toml", rules)])
     }
 }
 
@@ -775,4 +787,103 @@ async fn a_permit2_deposit_opens_the_channel_and_its_charges_land_on_chain() {
         std::time::Duration::from_secs(10),
         || (ledger_sum(&gw, "channel_claimed") == 200_000).then_some(()),
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_smart_wallet_pays_with_vouchers_its_contract_checks() {
+    let net = Net::start("1");
+    let gw = net.gateway("channel_claim_interval_seconds = 3600", None);
+    let (rpc_url, token, pay_to) = (&*net.rpc, &*net.token, &*net.pay_to);
+    let key = net.payer(0).1;
+    // Our ERC-1271 wallet, owned by the payer's key, holding 10 TUSD.
+    let args: Vec<String> = ["--rpc-url", rpc_url, "--private-key", key, "--token", token]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--fund".to_owned(), "10000000".to_owned()])
+        .collect();
+    let made = node_json("lib/smart-wallet.mjs", &args, &[]).await;
+    let wallet = made["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{made}"))
+        .to_owned();
+
+    // The channel's payer is the wallet and its payer authorizer the zero address: the gateway
+    // cannot recover a voucher's signer, so every voucher is checked by the facilitator, which
+    // asks the wallet (ERC-1271).
+    let out = pay_batch(
+        &gw.url("/api/item"),
+        rpc_url,
+        key,
+        &["--requests", "10", "--wallet", &wallet],
+    )
+    .await;
+    assert!(out["error"].is_null(), "{}", out["error"]);
+    assert_eq!(out["statuses"]["200"], 10, "{}", out["statuses"]);
+    assert_eq!(out["sent"]["deposit"], 1, "{}", out["sent"]);
+    assert_eq!(out["sent"]["voucher"], 9, "{}", out["sent"]);
+    assert_eq!(balance(rpc_url, token, &wallet).await, 5_000_000);
+    assert_eq!(net.origin.requests().await, 10);
+    assert_eq!(ledger_sum(&gw, "channel_charged"), 100_000);
+
+    // The next voucher signed by another key is refused (the wallet says no), nothing served.
+    let other = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+    let (status, required) = voucher(&gw, "/api/item", other, 110_000, &["--payer", &wallet]).await;
+    assert_eq!(status, 402, "{required}");
+    assert_eq!(
+        required["error"], "invalid_batch_settlement_evm_voucher_signature",
+        "{required}"
+    );
+    assert_eq!(net.origin.requests().await, 10);
+    assert_eq!(ledger_sum(&gw, "channel_charged"), 100_000);
+    // The owner's is taken.
+    let (status, required) = voucher(&gw, "/api/item", key, 110_000, &["--payer", &wallet]).await;
+    assert_eq!(status, 200, "{required}");
+
+    // The claims land: the channel contract checks each voucher with the wallet too.
+    gw.signal(nix::sys::signal::Signal::SIGTERM);
+    let (claimed, settled) = wait_totals(rpc_url, pay_to, token, 110_000).await;
+    assert_eq!((claimed, settled), (110_000, 110_000));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_an_authorizer_address_the_facilitator_signs_the_claims_and_refunds() {
+    // The facilitator holds the receiver authorizer's key; the gateway only knows its address
+    // and sends claims and refunds unsigned.
+    let net = Net::start_with("1", &["--batch-authorizer-key", AUTHORIZER_KEY]);
+    let rules = rules().replace(AUTHORIZER_KEY, AUTHORIZER_ADDRESS);
+    let gw = net.gateway_selling(&rules, "channel_claim_interval_seconds = 3600", None);
+    let (rpc_url, token, pay_to) = (&*net.rpc, &*net.token, &*net.pay_to);
+    let (payer, key) = net.payer(0);
+    let url = gw.url("/api/item");
+    let before = balance(rpc_url, token, payer).await;
+
+    // 10 requests, then all the escrow not charged back: one transaction (claim + refund)
+    // that only the facilitator could sign.
+    let out = pay_batch(&url, rpc_url, key, &["--requests", "10", "--refund", "all"]).await;
+    assert_eq!(out["statuses"]["200"], 10, "{}", out["statuses"]);
+    let receipt = &out["refund"]["receipt"];
+    assert_eq!(receipt["success"], true, "{}", out["refund"]);
+    assert_eq!(receipt["amount"], "4900000", "{receipt}");
+    assert_eq!(before - balance(rpc_url, token, payer).await, 100_000);
+    assert_eq!(receiver_totals(rpc_url, pay_to, token).await.0, 100_000);
+
+    // A second channel's charges, claimed when the gateway stops: a claim the facilitator
+    // signs. The receiver ends up with both, swept.
+    let out = pay_batch(
+        &url,
+        rpc_url,
+        key,
+        &["--requests", "5", "--salt", &format!("0x{:064x}", 7)],
+    )
+    .await;
+    assert_eq!(out["statuses"]["200"], 5, "{}", out["statuses"]);
+    gw.signal(nix::sys::signal::Signal::SIGTERM);
+    let (claimed, settled) = wait_totals(rpc_url, pay_to, token, 150_000).await;
+    assert_eq!((claimed, settled), (150_000, 150_000));
+    wait_for(
+        "the ledger's claim lines",
+        std::time::Duration::from_secs(10),
+        || (ledger_sum(&gw, "channel_claimed") == 150_000).then_some(()),
+    );
+    assert_eq!(ledger_sum(&gw, "channel_refunded"), 4_900_000);
 }

@@ -1,11 +1,12 @@
 #!/usr/bin/env node
-// Compiles contracts/{TestUSD,Multicall3Lite,Permit2Lite,UptoPermit2Proxy,BatchSettlementLite}.sol
+// Compiles contracts/{TestUSD,Multicall3Lite,Permit2Lite,UptoPermit2Proxy,BatchSettlementLite,
+// SmartWalletLite}.sol
 // with the pinned `solc` npm package (soljson, no native compiler needed) and writes one
 // committed artifact per contract:
 //   contracts/TestUSD.json        {contractName, compiler, abi, bytecode, deployedBytecode}
 //   contracts/Multicall3Lite.json, Permit2Lite.json, UptoPermit2Proxy.json,
-//   BatchSettlementLite.json, Erc3009DepositCollectorLite.json, Permit2DepositCollectorLite.json
-//   (same shape)
+//   BatchSettlementLite.json, Erc3009DepositCollectorLite.json, Permit2DepositCollectorLite.json,
+//   SmartWalletLite.json (same shape)
 // Tests never compile: they load the JSON. Re-run after editing a .sol file:
 //   npm run compile        (or: node contracts/compile.mjs)
 // `node contracts/compile.mjs --check` writes nothing and exits 1 if a committed artifact is stale.
@@ -24,6 +25,7 @@ const CONTRACTS = [
   ["BatchSettlementLite", "BatchSettlementLite"],
   ["BatchSettlementLite", "Erc3009DepositCollectorLite"],
   ["BatchSettlementLite", "Permit2DepositCollectorLite"],
+  ["SmartWalletLite", "SmartWalletLite"],
 ];
 const SOURCES = [...new Set(CONTRACTS.map(([file]) => file))];
 const CHECK = process.argv.includes("--check");

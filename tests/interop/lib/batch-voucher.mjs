@@ -7,6 +7,8 @@
 //   node lib/batch-voucher.mjs --url URL --private-key 0x.. --max N
 //        [--signer-key 0x..]   sign with another key than the payer authorizer
 //        [--receiver 0x..]     a channel paying another receiver
+//        [--payer 0x..]        the channel of this smart-wallet payer (payer authorizer: the
+//                              zero address, vouchers checked by ERC-1271), signed by the key
 //        [--deposit N]         a deposit of N with the voucher (ERC-3009, reference builder)
 //        [--refund all|N]      a refund payload (the reference shape: the voucher names what
 //                              was charged; `all` sends no amount)
@@ -18,11 +20,11 @@ import {
   createBatchSettlementEIP3009DepositPayload,
   signVoucher,
 } from "@x402/evm/batch-settlement/client";
-import { getAddress } from "viem";
+import { getAddress, zeroAddress } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { errorText, isMain, parseArgs, printJsonLine } from "./cli.mjs";
 
-export async function buildVoucher({ url, privateKey, max, signerKey, receiver, deposit, refund }) {
+export async function buildVoucher({ url, privateKey, max, signerKey, receiver, deposit, refund, payerAddress }) {
   const res = await fetch(url);
   const header = res.headers.get("payment-required");
   if (res.status !== 402 || !header) throw new Error(`expected a 402 with PAYMENT-REQUIRED, got ${res.status}`);
@@ -32,8 +34,8 @@ export async function buildVoucher({ url, privateKey, max, signerKey, receiver, 
   const payer = privateKeyToAccount(privateKey);
   const signer = signerKey ? privateKeyToAccount(signerKey) : payer;
   const channelConfig = {
-    payer: payer.address,
-    payerAuthorizer: payer.address,
+    payer: payerAddress ? getAddress(payerAddress) : payer.address,
+    payerAuthorizer: payerAddress ? zeroAddress : payer.address,
     receiver: getAddress(receiver ?? accepted.payTo),
     receiverAuthorizer: getAddress(accepted.extra.receiverAuthorizer),
     token: getAddress(accepted.asset),
@@ -73,6 +75,7 @@ if (isMain(import.meta.url)) {
       receiver: "str",
       deposit: "str",
       refund: "str",
+      payer: "str",
     });
     out = await buildVoucher({
       url: a.url,
@@ -82,6 +85,7 @@ if (isMain(import.meta.url)) {
       receiver: a.receiver,
       deposit: a.deposit,
       refund: a.refund,
+      payerAddress: a.payer,
     });
   } catch (e) {
     out = { header: null, channelId: null, error: errorText(e) };

@@ -20,6 +20,8 @@
 //   --facilitator-delay-ms N     artificial delay before /verify and /settle (default 0)
 //   --no-facilitator             do not start the facilitator (facilitatorUrl: null)
 //   --permit2-approve            every payer approves Permit2 for the token (for `upto`)
+//   --batch-authorizer-key 0x..  the facilitator signs channel claims and refunds with this
+//                                receiver authorizer key (batch-settlement)
 import { startDevChain, log } from "./chain.mjs";
 import { isMain, parseArgs, printJsonLine, untilShutdown } from "./cli.mjs";
 import { startFacilitator, v1NamesForChainId } from "./facilitator.mjs";
@@ -37,6 +39,7 @@ export async function startDevnet({
   facilitatorStyle = 200,
   facilitatorDelayMs = 0,
   permit2Approve = false,
+  batchAuthorizerKey,
 } = {}) {
   const { chain, token, payers: payerList } = await startDevChain({
     chainId,
@@ -55,6 +58,7 @@ export async function startDevnet({
         privateKey: chain.accounts.facilitator.privateKey,
         style: facilitatorStyle,
         delayMs: facilitatorDelayMs,
+        batchAuthorizerKey,
       });
     }
   } catch (e) {
@@ -106,6 +110,7 @@ async function main() {
     "token-name": "str",
     "token-version": "str",
     "facilitator-style": "str",
+    "batch-authorizer-key": "str",
     "facilitator-delay-ms": "str",
     "no-facilitator": "bool",
     "permit2-approve": "bool",
@@ -120,6 +125,7 @@ async function main() {
     facilitatorStyle: Number(a["facilitator-style"] ?? 200),
     facilitatorDelayMs: Number(a["facilitator-delay-ms"] ?? 0),
     permit2Approve: !!a["permit2-approve"],
+    batchAuthorizerKey: a["batch-authorizer-key"],
   });
   const shutdown = untilShutdown();
   let stoppingNow = false;

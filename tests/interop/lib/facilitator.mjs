@@ -148,6 +148,9 @@ function reasonForRoutingError(err, requirements) {
  * @param {200|400} [opts.style=200]
  * @param {number} [opts.delayMs=0]   artificial delay before /verify and /settle are processed
  * @param {number} [opts.port=0]
+ * @param {string} [opts.batchAuthorizerKey]  a receiver authorizer key this facilitator signs
+ *   channel claims and refunds with (its /supported says `extra.receiverAuthorizer`); without
+ *   it they must come signed
  */
 export async function startFacilitator({
   rpcUrl,
@@ -156,6 +159,7 @@ export async function startFacilitator({
   style = 200,
   delayMs = 0,
   port = 0,
+  batchAuthorizerKey,
 } = {}) {
   if (!rpcUrl) throw new Error("startFacilitator: rpcUrl is required");
   const { signer, address, client } = makeFacilitatorSigner({ rpcUrl, chainId, privateKey });
@@ -165,8 +169,10 @@ export async function startFacilitator({
   const facilitator = new x402Facilitator();
   facilitator.register(network, new ExactEvmScheme(signer));
   facilitator.register(network, new UptoEvmScheme(signer));
-  // Channels: claims and refunds come signed by the receiver authorizer (the gateway's key).
-  facilitator.register(network, new BatchSettlementEvmScheme(signer));
+  // Channels: claims and refunds come signed by the receiver authorizer (the gateway's key),
+  // or this facilitator signs them with the one it was given.
+  const batchAuthorizer = batchAuthorizerKey ? privateKeyToAccount(batchAuthorizerKey) : undefined;
+  facilitator.register(network, new BatchSettlementEvmScheme(signer, batchAuthorizer));
   if (v1Networks.length) facilitator.registerV1(v1Networks, new ExactEvmSchemeV1(signer));
 
   const config = {
@@ -429,6 +435,7 @@ async function main() {
     style: "str",
     "delay-ms": "str",
     port: "str",
+    "batch-authorizer-key": "str",
   });
   const env = process.env;
   const fac = await startFacilitator({
@@ -438,6 +445,7 @@ async function main() {
     style: Number(args.style ?? env.FACILITATOR_STYLE ?? 200),
     delayMs: Number(args["delay-ms"] ?? env.FACILITATOR_DELAY_MS ?? 0),
     port: Number(args.port ?? env.FACILITATOR_PORT ?? 0),
+    batchAuthorizerKey: args["batch-authorizer-key"],
   });
   await printJsonLine({
     facilitatorUrl: fac.url,

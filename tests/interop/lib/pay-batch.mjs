@@ -8,12 +8,15 @@
 // Usage:
 //   node lib/pay-batch.mjs --url URL[,URL2,...] --rpc-url RPC [--private-key 0x..]
 //        [--requests 1] [--concurrency 1] [--deposit-multiplier 5] [--salt 0x..(32 bytes)]
-//        [--method GET] [--timeout-ms 30000] [--refund all|AMOUNT]
+//        [--method GET] [--timeout-ms 30000] [--refund all|AMOUNT] [--wallet 0x..]
 //   The key may also come from env PAYER_PRIVATE_KEY. With several URLs (replicas of one
 //   gateway), request i goes to URL i mod n. `--concurrency C` runs C workers that share the
 //   client (and so the channel). `--refund` then asks for the channel's escrow back through
 //   the reference client's cooperative refund (`scheme.refund(url, {amount})`) at the first
-//   URL: all that was not charged, or AMOUNT atomic units.
+//   URL: all that was not charged, or AMOUNT atomic units. `--wallet` pays from that ERC-1271
+//   smart wallet (`lib/smart-wallet.mjs`) whose owner is the key: the channel's payer is the
+//   wallet and its payer authorizer the zero address, so its vouchers and deposits are checked
+//   by the wallet contract, never by ECDSA recovery.
 //
 // Prints ONE JSON line:
 //   {results: [{status, body, receipt, sent: "deposit"|"voucher"|null, error}],
@@ -26,7 +29,7 @@ import { decodePaymentResponseHeader } from "@x402/core/http";
 import { toClientEvmSigner } from "@x402/evm";
 import { BatchSettlementEvmScheme } from "@x402/evm/batch-settlement/client";
 import { wrapFetchWithPayment } from "@x402/fetch";
-import { createPublicClient, http } from "viem";
+import { createPublicClient, getAddress, http, zeroAddress } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { errorText, isMain, parseArgs, printJsonLine } from "./cli.mjs";
 
@@ -50,12 +53,16 @@ export async function payBatch({
   method = "GET",
   timeoutMs = 30000,
   refund,
+  wallet,
 }) {
   const account = privateKeyToAccount(privateKey);
   const publicClient = createPublicClient({ transport: http(rpcUrl) });
-  const signer = toClientEvmSigner(account, publicClient);
+  // A smart wallet signs with its owner's key under its own address.
+  const who = wallet ? { address: getAddress(wallet), signTypedData: (t) => account.signTypedData(t) } : account;
+  const signer = toClientEvmSigner(who, publicClient);
   const options = { depositPolicy: { depositMultiplier } };
   if (salt) options.salt = salt;
+  if (wallet) options.payerAuthorizer = zeroAddress;
   const client = new x402Client();
   const scheme = new BatchSettlementEvmScheme(signer, options);
   client.register("eip155:*", scheme);
@@ -130,6 +137,7 @@ if (isMain(import.meta.url)) {
       method: "str",
       "timeout-ms": "str",
       refund: "str",
+      wallet: "str",
     });
   } catch (e) {
     process.stderr.write(`${errorText(e)}\n`);
@@ -153,6 +161,7 @@ if (isMain(import.meta.url)) {
       method: a.method ?? "GET",
       timeoutMs: Number(a["timeout-ms"] ?? 30000),
       refund: a.refund,
+      wallet: a.wallet,
     });
   } catch (e) {
     out = { results: [], sent: {}, statuses: {}, error: errorText(e) };
