@@ -450,6 +450,25 @@ mod tests {
     }
 
     #[test]
+    fn channel_records_swap_on_their_version_and_read_together_in_order() {
+        block_on(async {
+            let store = MemoryStore::default();
+            assert!(store.swap_channel("a", 0, b"a1").await.expect("swap"));
+            assert!(!store.swap_channel("a", 0, b"lost").await.expect("swap"));
+            assert!(store.swap_channel("a", 1, b"a2").await.expect("swap"));
+            assert!(store.swap_channel("b", 0, b"b1").await.expect("swap"));
+            let ids = ["b", "none", "a"].map(String::from);
+            assert_eq!(
+                store.channels(&ids).await.expect("read"),
+                vec![Some((1, b"b1".to_vec())), None, Some((2, b"a2".to_vec()))]
+            );
+            let mut all = store.channel_ids().await.expect("ids");
+            all.sort();
+            assert_eq!(all, ["a", "b"]);
+        });
+    }
+
+    #[test]
     fn one_reservation_wins_and_outcomes_stick() {
         let store = Arc::new(MemoryStore::with_capacity(100));
         let expires = unix_now() + 300;

@@ -333,6 +333,14 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// version is `version + 1`. False: another request, or another replica, changed it first.
     async fn swap_channel(&self, id: &str, version: u64, record: &[u8])
     -> Result<bool, StateError>;
+    /// The records of channels `ids`, in order (one round trip where the store can).
+    async fn channels(&self, ids: &[String]) -> Result<Vec<Option<(u64, Vec<u8>)>>, StateError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.channel(id).await?);
+        }
+        Ok(out)
+    }
     /// Every channel with a record (what the claimer walks).
     async fn channel_ids(&self) -> Result<Vec<String>, StateError>;
     /// Takes (or renews) the lease `name` for `owner` during `lease`; false: another owner

@@ -174,6 +174,9 @@ impl StateStore for OpenOnFailure {
     ) -> Result<bool, StateError> {
         self.shared.swap_channel(id, version, record).await
     }
+    async fn channels(&self, ids: &[String]) -> Result<Vec<Option<(u64, Vec<u8>)>>, StateError> {
+        self.shared.channels(ids).await
+    }
     async fn channel_ids(&self) -> Result<Vec<String>, StateError> {
         self.shared.channel_ids().await
     }

@@ -137,6 +137,8 @@ impl From<CallError> for String {
 const LEASE_NAME: &str = "channel-claimer";
 /// How long a claimer's lease lasts without renewal.
 pub const CLAIMER_LEASE: Duration = Duration::from_secs(10);
+/// Channel records the claimer asks the store for at once.
+const RECORDS_PER_READ: usize = 1024;
 
 /// The channels of one claim transaction's group.
 type Group = (String, String, String, String);
@@ -182,9 +184,24 @@ impl Payments {
             std::collections::BTreeMap::new();
         let mut per_network: std::collections::BTreeMap<String, i64> =
             std::collections::BTreeMap::new();
-        for id in &ids {
-            let Ok(Some((_, bytes))) = self.state.channel(id).await else {
-                continue;
+        // Read a chunk at a time: only the channels with something to claim are kept.
+        let mut chunks = ids.chunks(RECORDS_PER_READ);
+        let mut records = Vec::new().into_iter();
+        loop {
+            let bytes = match records.next() {
+                Some(Some((_, bytes))) => bytes,
+                Some(None) => continue,
+                None => {
+                    let Some(chunk) = chunks.next() else { break };
+                    match self.state.channels(chunk).await {
+                        Ok(found) => records = found.into_iter(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read payment channels");
+                            return report;
+                        }
+                    }
+                    continue;
+                }
             };
             let Some(mut r) = ChannelRecord::decode(&bytes) else {
                 continue;

@@ -108,6 +108,24 @@ redis.call('SADD', KEYS[2], ARGV[3])
 return 1
 ";
 
+/// Channel records read in one MGET (the claimer's walk).
+const CHANNELS_PER_READ: usize = 256;
+
+/// A stored channel record, `<version>:<bytes>`, split.
+fn versioned(raw: &[u8]) -> Result<(u64, Vec<u8>), StateError> {
+    let colon = raw
+        .iter()
+        .position(|b| *b == b':')
+        .ok_or_else(|| StateError::Unavailable("a channel record without a version".into()))?;
+    let version = std::str::from_utf8(&raw[..colon])
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            StateError::Unavailable("a channel record's version is not a number".into())
+        })?;
+    Ok((version, raw[colon + 1..].to_vec()))
+}
+
 /// The Redis-backed store.
 pub struct RedisStore {
     prefix: String,
@@ -871,20 +889,25 @@ impl StateStore for RedisStore {
                 redis::cmd("GET").arg(&k).query_async(&mut c).await
             })
             .await?;
-        let Some(raw) = raw else {
-            return Ok(None);
-        };
-        let colon = raw
-            .iter()
-            .position(|b| *b == b':')
-            .ok_or_else(|| StateError::Unavailable("a channel record without a version".into()))?;
-        let version = std::str::from_utf8(&raw[..colon])
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| {
-                StateError::Unavailable("a channel record's version is not a number".into())
-            })?;
-        Ok(Some((version, raw[colon + 1..].to_vec())))
+        raw.map(|r| versioned(&r)).transpose()
+    }
+
+    async fn channels(&self, ids: &[String]) -> Result<Vec<Option<(u64, Vec<u8>)>>, StateError> {
+        let mut out = Vec::with_capacity(ids.len());
+        // One MGET per chunk: every channel key is in the `{channels}` slot.
+        for chunk in ids.chunks(CHANNELS_PER_READ) {
+            let mut c = self.conn()?;
+            let keys: Vec<String> = chunk.iter().map(|id| self.channel_key(id)).collect();
+            let raws: Vec<Option<Vec<u8>>> = self
+                .run("channels", async move {
+                    redis::cmd("MGET").arg(&keys).query_async(&mut c).await
+                })
+                .await?;
+            for raw in raws {
+                out.push(raw.map(|r| versioned(&r)).transpose()?);
+            }
+        }
+        Ok(out)
     }
 
     async fn swap_channel(
