@@ -192,7 +192,7 @@ impl BackgroundService for ClaimerService {
                     .payments
                     .claim_channels(&snap.payment_env(), &snap.channels, all, refresh)
                     .await;
-                if report.claim_transactions > 0 || report.failures > 0 {
+                if report.claim_transactions > 0 || report.failures > 0 || report.retired > 0 {
                     tracing::info!(?report, "channel claimer pass");
                 }
             }

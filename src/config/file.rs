@@ -255,6 +255,16 @@ pub struct PaymentSection {
     /// (default 0: only when the payer asks).
     #[serde(default)]
     pub channel_refund_idle_seconds: u64,
+    /// `batch-settlement`: a channel's record is dropped from the state store once it owes
+    /// nothing (every charge claimed, ledgered and swept; with idle refunds on, no escrow
+    /// left) and had no request for this long (seconds; default a day; 0: kept forever). A
+    /// later request on it starts again from the chain.
+    #[serde(default = "default_channel_retire")]
+    pub channel_retire_seconds: u64,
+}
+
+fn default_channel_retire() -> u64 {
+    86_400
 }
 
 fn default_claim_interval() -> u64 {
@@ -312,6 +322,7 @@ impl Default for PaymentSection {
             channel_claim_threshold: 0,
             channel_claims_per_transaction: default_claims_per_transaction(),
             channel_refund_idle_seconds: 0,
+            channel_retire_seconds: default_channel_retire(),
             on_facilitator_failure: FailurePolicy::Closed,
             failed_payments_per_client: default_client_failures(),
             failed_payments_per_payer: default_payer_failures(),

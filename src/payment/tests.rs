@@ -205,6 +205,9 @@ impl StateStore for Down {
     async fn swap_channel(&self, _: &str, _: u64, _: &[u8]) -> Result<bool, StateError> {
         Err(StateError::Unavailable("down".into()))
     }
+    async fn delete_channel(&self, _: &str, _: u64) -> Result<bool, StateError> {
+        Ok(false)
+    }
     async fn channel_ids(&self) -> Result<Vec<String>, StateError> {
         Err(StateError::Unavailable("down".into()))
     }

@@ -415,6 +415,18 @@ impl StateStore for MemoryStore {
         Ok(true)
     }
 
+    async fn delete_channel(&self, id: &str, version: u64) -> Result<bool, StateError> {
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| StateError::Unavailable("channel table poisoned".into()))?;
+        if channels.get(id).is_none_or(|(v, _)| *v != version) {
+            return Ok(false);
+        }
+        channels.remove(id);
+        Ok(true)
+    }
+
     async fn channel_ids(&self) -> Result<Vec<String>, StateError> {
         let channels = self
             .channels
@@ -465,6 +477,13 @@ mod tests {
             let mut all = store.channel_ids().await.expect("ids");
             all.sort();
             assert_eq!(all, ["a", "b"]);
+            // Deleted only at its version; a new record starts over.
+            assert!(!store.delete_channel("a", 1).await.expect("delete"));
+            assert!(store.delete_channel("a", 2).await.expect("delete"));
+            assert!(!store.delete_channel("a", 2).await.expect("delete"));
+            assert_eq!(store.channel("a").await.expect("read"), None);
+            assert_eq!(store.channel_ids().await.expect("ids"), ["b"]);
+            assert!(store.swap_channel("a", 0, b"a-again").await.expect("swap"));
         });
     }
 

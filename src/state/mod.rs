@@ -341,6 +341,9 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
         }
         Ok(out)
     }
+    /// Deletes channel `id`'s record if its version is still `version`; false: it changed
+    /// (or is gone). The channel's next record starts again from the chain.
+    async fn delete_channel(&self, id: &str, version: u64) -> Result<bool, StateError>;
     /// Every channel with a record (what the claimer walks).
     async fn channel_ids(&self) -> Result<Vec<String>, StateError>;
     /// Takes (or renews) the lease `name` for `owner` during `lease`; false: another owner

@@ -683,10 +683,10 @@ async fn a_refund_claims_what_was_charged_and_returns_the_rest_on_chain() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_idle_channel_is_refunded_with_its_charges_claimed() {
+async fn an_idle_channel_is_refunded_with_its_charges_claimed_then_retired() {
     let net = Net::start("1");
     let gw = net.gateway(
-        "channel_claim_interval_seconds = 3600\nchannel_refund_idle_seconds = 2",
+        "channel_claim_interval_seconds = 3600\nchannel_refund_idle_seconds = 2\nchannel_retire_seconds = 10",
         None,
     );
     let (rpc_url, token, pay_to) = (&*net.rpc, &*net.token, &*net.pay_to);
@@ -710,6 +710,26 @@ async fn an_idle_channel_is_refunded_with_its_charges_claimed() {
     assert_eq!(ledger_sum(&gw, "channel_claimed"), 100_000);
     let ready = gw.admin_json("/readyz").await;
     assert_eq!(ready["channel_claimer"]["failures"], 0, "{ready}");
+
+    // It owes nothing now: ten seconds later its record leaves the state store.
+    let gauge = "x402_channels{network=\"eip155:31337\"}";
+    assert!(gw.metrics().await.contains(&format!("{gauge} 1")));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !gw.metrics().await.contains(&format!("{gauge} 0")) {
+        assert!(std::time::Instant::now() < deadline, "never retired");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    // The same channel paid again starts from the chain: a top-up (the escrow went back),
+    // then vouchers continuing from what was claimed; the new charges land on chain too.
+    let out = pay_batch(&gw.url("/api/item"), rpc_url, key, &["--requests", "3"]).await;
+    assert_eq!(out["statuses"]["200"], 3, "{}", out);
+    assert_eq!(out["sent"]["deposit"], 1, "{}", out["sent"]);
+    let last = &out["results"][2]["receipt"]["extra"]["channelState"];
+    assert_eq!(last["chargedCumulativeAmount"], "130000", "{last}");
+    assert_eq!(ledger_sum(&gw, "channel_charged"), 130_000);
+    gw.signal(nix::sys::signal::Signal::SIGTERM);
+    let (claimed, settled) = wait_totals(rpc_url, pay_to, token, 130_000).await;
+    assert_eq!((claimed, settled), (130_000, 130_000));
 }
 
 #[tokio::test(flavor = "multi_thread")]

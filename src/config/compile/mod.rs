@@ -186,6 +186,8 @@ pub fn compile(
             max_claims: pay.channel_claims_per_transaction.max(1),
             refund_idle: (pay.channel_refund_idle_seconds > 0)
                 .then(|| Duration::from_secs(pay.channel_refund_idle_seconds)),
+            retire_after: (pay.channel_retire_seconds > 0)
+                .then(|| Duration::from_secs(pay.channel_retire_seconds)),
         },
     };
     snapshot.warnings = super::lint::warnings(&snapshot);

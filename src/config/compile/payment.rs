@@ -103,6 +103,14 @@ pub(super) fn payment(
             "must be at most 31536000 (a year; 0: never)",
         );
     }
+    if pay.channel_retire_seconds > 0 && !(10..=365 * 86_400).contains(&pay.channel_retire_seconds)
+    {
+        rep.file(
+            &rep.sources[cfg].path.clone(),
+            "payment.channel_retire_seconds",
+            "must be between 10 and 31536000 (a year; 0: never)",
+        );
+    }
     if pay.channel_claims_per_transaction == 0 || pay.channel_claims_per_transaction > 1000 {
         rep.file(
             &rep.sources[cfg].path.clone(),

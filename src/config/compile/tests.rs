@@ -397,6 +397,14 @@ fn a_channel_rule_says_how_deposits_are_made_and_a_bad_method_is_reported() {
         )]
     );
 
+    let short = gateway("channel_retire_seconds = 5");
+    let found = issues(&short, &[("c.toml", &rules)]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        found[0].field, "payment.channel_retire_seconds",
+        "{found:?}"
+    );
+
     let exact = "[[rule]]\nid = \"e\"\npath = \"/e\"\nschemes = [\"exact\"]\nprice = \"$0.01\"\ndeposit_method = \"permit2\"\n";
     let found = issues(&gateway(""), &[("c.toml", exact)]);
     assert_eq!(found.len(), 1, "{found:?}");

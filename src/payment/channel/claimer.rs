@@ -77,6 +77,9 @@ pub struct ChannelsConf {
     pub max_claims: usize,
     /// Channels idle this long with escrow not charged are refunded (`None`: never).
     pub refund_idle: Option<Duration>,
+    /// Records of channels that owe nothing and were idle this long are dropped (`None`:
+    /// never).
+    pub retire_after: Option<Duration>,
 }
 
 impl Default for ChannelsConf {
@@ -87,6 +90,7 @@ impl Default for ChannelsConf {
             claim_threshold: 0,
             max_claims: 100,
             refund_idle: None,
+            retire_after: Some(Duration::from_secs(86_400)),
         }
     }
 }
@@ -113,6 +117,8 @@ pub struct ClaimReport {
     pub sweeps: usize,
     /// Idle channels refunded.
     pub refunds: usize,
+    /// Records dropped: their channels owed nothing and were idle.
+    pub retired: usize,
     pub failures: usize,
     /// Value still unclaimed after the pass, in atomic units (all groups).
     pub unclaimed: u128,
@@ -188,8 +194,8 @@ impl Payments {
         let mut chunks = ids.chunks(RECORDS_PER_READ);
         let mut records = Vec::new().into_iter();
         loop {
-            let bytes = match records.next() {
-                Some(Some((_, bytes))) => bytes,
+            let (version, bytes) = match records.next() {
+                Some(Some(found)) => found,
                 Some(None) => continue,
                 None => {
                     let Some(chunk) = chunks.next() else { break };
@@ -206,6 +212,21 @@ impl Payments {
             let Some(mut r) = ChannelRecord::decode(&bytes) else {
                 continue;
             };
+            if conf.retire_after.is_some_and(|after| {
+                r.retirable(super::now_ms(), after, conf.refund_idle.is_some())
+            }) {
+                // Still a network with channels, for the gauge below.
+                per_network.entry(r.network.clone()).or_default();
+                match self.state.delete_channel(&r.channel_id, version).await {
+                    Ok(true) => report.retired += 1,
+                    // Written since it was read: looked at again on the next pass.
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(channel = %r.channel_id, error = %e, "cannot drop a retired channel's record");
+                    }
+                }
+                continue;
+            }
             // Idle refunds on the passes that read the chain (every few seconds, not every
             // tick: a refund that keeps failing is not retried in a tight loop).
             let idle = refresh

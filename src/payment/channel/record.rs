@@ -196,6 +196,22 @@ impl ChannelRecord {
             && self.withdraw_requested_at == 0
     }
 
+    /// Whether the record can go: every charge is claimed and ledgered, nothing waits to be
+    /// swept, no charge or withdrawal is pending, and nothing happened on it for `after`.
+    /// What is left (escrow, the claimed total) is on chain, where the next request on the
+    /// channel reads it; with idle refunds on (`refunds_idle`), escrow not yet refunded keeps
+    /// the record, which is how the claimer finds it.
+    pub fn retirable(&self, now_ms: u64, after: std::time::Duration, refunds_idle: bool) -> bool {
+        let last = self.last_request_at.max(self.synced_at);
+        now_ms.saturating_sub(last) >= after.as_millis() as u64
+            && !self.pending_live(now_ms)
+            && self.charged() <= self.total_claimed()
+            && self.ledgered_claimed() >= self.total_claimed()
+            && !self.sweep_owed
+            && self.withdraw_requested_at == 0
+            && !(refunds_idle && self.balance() > self.total_claimed())
+    }
+
     pub fn pending_live(&self, now_ms: u64) -> bool {
         self.pending.as_ref().is_some_and(|p| p.expires_at > now_ms)
     }

@@ -547,3 +547,44 @@ fn a_reading_from_before_a_refund_never_brings_the_refunded_escrow_back() {
     .unwrap();
     assert_eq!(t.record.synced_at, 0);
 }
+
+#[test]
+fn a_record_goes_only_once_it_owes_nothing_and_was_idle() {
+    let f = fixture();
+    let day = std::time::Duration::from_secs(86_400);
+    let later = NOW + 86_400_000;
+    // Everything charged claimed and ledgered, escrow left on chain, idle a day.
+    let mut r = f.record(50_000, 1_000_000, 50_000, NOW);
+    r.ledgered = Some("50000".into());
+    assert!(r.retirable(later, day, false));
+    // Not before the day is up.
+    assert!(!r.retirable(later - 1, day, false));
+    // With idle refunds on, the escrow keeps it (the claimer refunds it first).
+    assert!(!r.retirable(later, day, true));
+    let spent = {
+        let mut s = r.clone();
+        s.balance = "50000".into();
+        s
+    };
+    assert!(spent.retirable(later, day, true));
+    // Anything owed keeps it: a charge not claimed, a claim not ledgered, a sweep, a live
+    // pending charge, a timed withdrawal.
+    let mut unclaimed = r.clone();
+    unclaimed.charged = "60000".into();
+    let mut unledgered = r.clone();
+    unledgered.ledgered = Some("40000".into());
+    let mut owed = r.clone();
+    owed.sweep_owed = true;
+    let mut pending = r.clone();
+    pending.pending = Some(crate::payment::channel::PendingCharge {
+        id: "p".into(),
+        signed_max: "60000".into(),
+        signature: "0x01".into(),
+        expires_at: later + 1,
+    });
+    let mut withdrawing = r.clone();
+    withdrawing.withdraw_requested_at = 1;
+    for kept in [unclaimed, unledgered, owed, pending, withdrawing] {
+        assert!(!kept.retirable(later, day, false), "{kept:?}");
+    }
+}

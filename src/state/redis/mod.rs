@@ -108,6 +108,17 @@ redis.call('SADD', KEYS[2], ARGV[3])
 return 1
 ";
 
+/// Deletes a channel record at a version and drops it from the index.
+/// KEYS: record, index. ARGV: expected version, channel id. Returns 1 when deleted.
+const DELETE_CHANNEL: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+if tonumber(string.match(cur, '^(%d+):')) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+return 1
+";
+
 /// Channel records read in one MGET (the claimer's walk).
 const CHANNELS_PER_READ: usize = 256;
 
@@ -150,6 +161,7 @@ pub struct RedisStore {
     refusals: Script,
     forget: Script,
     swap_channel: Script,
+    delete_channel: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -226,6 +238,7 @@ impl RedisStore {
             refusals: Script::new(REFUSALS),
             forget: Script::new(FORGET_IDENTIFIER),
             swap_channel: Script::new(SWAP_CHANNEL),
+            delete_channel: Script::new(DELETE_CHANNEL),
         });
         let handle = state_runtime()?;
         for slot in 0..store.conns.len() {
@@ -932,6 +945,24 @@ impl StateStore for RedisStore {
             })
             .await?;
         Ok(written == 1)
+    }
+
+    async fn delete_channel(&self, id: &str, version: u64) -> Result<bool, StateError> {
+        let mut c = self.conn()?;
+        let (k, index) = (self.channel_key(id), self.channel_index());
+        let script = &self.delete_channel;
+        let deleted: i64 = self
+            .run("delete_channel", async move {
+                script
+                    .key(&k)
+                    .key(&index)
+                    .arg(version)
+                    .arg(id)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(deleted == 1)
     }
 
     async fn channel_ids(&self) -> Result<Vec<String>, StateError> {
