@@ -420,10 +420,13 @@ impl StateStore for MemoryStore {
             .channels
             .lock()
             .map_err(|_| StateError::Unavailable("channel table poisoned".into()))?;
-        if channels.get(id).is_none_or(|(v, _)| *v != version) {
+        if channels
+            .get(id)
+            .is_none_or(|(v, r)| *v != version || r.is_empty())
+        {
             return Ok(false);
         }
-        channels.remove(id);
+        channels.insert(id.to_owned(), (version + 1, Arc::from(&[][..])));
         Ok(true)
     }
 
@@ -432,7 +435,12 @@ impl StateStore for MemoryStore {
             .channels
             .lock()
             .map_err(|_| StateError::Unavailable("channel table poisoned".into()))?;
-        Ok(channels.keys().cloned().collect())
+        // Tombstones (empty records) are no channels.
+        Ok(channels
+            .iter()
+            .filter(|(_, (_, r))| !r.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect())
     }
 
     async fn lease(&self, name: &str, owner: &str, lease: Duration) -> Result<bool, StateError> {
@@ -477,13 +485,23 @@ mod tests {
             let mut all = store.channel_ids().await.expect("ids");
             all.sort();
             assert_eq!(all, ["a", "b"]);
-            // Deleted only at its version; a new record starts over.
+            // Dropped only at its version; a tombstone keeps the version going, so a swap
+            // expecting an old version never succeeds on the record rebuilt later.
             assert!(!store.delete_channel("a", 1).await.expect("delete"));
             assert!(store.delete_channel("a", 2).await.expect("delete"));
-            assert!(!store.delete_channel("a", 2).await.expect("delete"));
-            assert_eq!(store.channel("a").await.expect("read"), None);
+            assert!(!store.delete_channel("a", 3).await.expect("delete"));
+            assert_eq!(
+                store.channel("a").await.expect("read"),
+                Some((3, Vec::new()))
+            );
             assert_eq!(store.channel_ids().await.expect("ids"), ["b"]);
-            assert!(store.swap_channel("a", 0, b"a-again").await.expect("swap"));
+            assert!(!store.swap_channel("a", 0, b"stale").await.expect("swap"));
+            assert!(!store.swap_channel("a", 2, b"stale").await.expect("swap"));
+            assert!(store.swap_channel("a", 3, b"a-again").await.expect("swap"));
+            assert_eq!(
+                store.channel("a").await.expect("read"),
+                Some((4, b"a-again".to_vec()))
+            );
         });
     }
 

@@ -201,10 +201,8 @@ impl Payments {
                     let Some(chunk) = chunks.next() else { break };
                     match self.state.channels(chunk).await {
                         Ok(found) => records = found.into_iter(),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot read payment channels");
-                            return report;
-                        }
+                        // The other chunks are still claimed this pass.
+                        Err(e) => tracing::warn!(error = %e, "cannot read payment channels"),
                     }
                     continue;
                 }
@@ -356,6 +354,7 @@ impl Payments {
             "claim_transactions": r.claim_transactions,
             "sweeps": r.sweeps,
             "refunds": r.refunds,
+            "retired": r.retired,
             "failures": r.failures,
             "unclaimed": r.unclaimed.to_string(),
         }))
@@ -629,6 +628,7 @@ impl Payments {
                 r.total_claimed = total.max(r.total_claimed()).to_string();
                 r.ledgered = Some(total.max(r.ledgered_claimed()).to_string());
                 r.synced_at = r.synced_at.max(1);
+                r.claimed_at = super::now_ms();
                 r.sweep_owed |= owe_sweep && delta > 0;
                 true
             })

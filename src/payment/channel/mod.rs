@@ -465,6 +465,8 @@ impl Payments {
     ) -> Result<(u64, Option<ChannelRecord>), PaymentError> {
         match self.state.channel(channel_id).await {
             Ok(None) => Ok((0, None)),
+            // A dropped record's tombstone: no record, at a version still going.
+            Ok(Some((v, bytes))) if bytes.is_empty() => Ok((v, None)),
             Ok(Some((v, bytes))) => match ChannelRecord::decode(&bytes) {
                 Some(r) => Ok((v, Some(r))),
                 None => {
@@ -662,6 +664,9 @@ impl Payments {
             let (version, mut record) = match left.take() {
                 Some(known) => known,
                 None => match self.state.channel(&t.channel_id).await {
+                    Ok(Some((_, bytes))) if bytes.is_empty() => {
+                        return Err("invalid_batch_settlement_evm_missing_channel");
+                    }
                     Ok(Some((v, bytes))) => match ChannelRecord::decode(&bytes) {
                         Some(r) => (v, r),
                         None => return Err("state_unavailable"),

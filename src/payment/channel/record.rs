@@ -54,6 +54,13 @@ pub struct ChannelRecord {
     /// chain): the claimer's next pass sweeps the receiver.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sweep_owed: bool,
+    /// Unix ms of the last claim the claimer recorded (a record stays a while after it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub claimed_at: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// JSON kept as its text: a record is read and written on every charge, and this part of it
@@ -139,6 +146,7 @@ impl ChannelRecord {
             pending: None,
             ledgered: None,
             sweep_owed: false,
+            claimed_at: 0,
         }
     }
 
@@ -202,9 +210,17 @@ impl ChannelRecord {
     /// channel reads it; with idle refunds on (`refunds_idle`), escrow not yet refunded keeps
     /// the record, which is how the claimer finds it.
     pub fn retirable(&self, now_ms: u64, after: std::time::Duration, refunds_idle: bool) -> bool {
-        let last = self.last_request_at.max(self.synced_at);
-        now_ms.saturating_sub(last) >= after.as_millis() as u64
-            && !self.pending_live(now_ms)
+        let after = after.as_millis() as u64;
+        let last = self
+            .last_request_at
+            .max(self.synced_at)
+            .max(self.claimed_at);
+        now_ms.saturating_sub(last) >= after
+            // A charge that expired long ago: its request is over.
+            && self
+                .pending
+                .as_ref()
+                .is_none_or(|p| now_ms.saturating_sub(p.expires_at) >= after)
             && self.charged() <= self.total_claimed()
             && self.ledgered_claimed() >= self.total_claimed()
             && !self.sweep_owed

@@ -575,16 +575,35 @@ fn a_record_goes_only_once_it_owes_nothing_and_was_idle() {
     unledgered.ledgered = Some("40000".into());
     let mut owed = r.clone();
     owed.sweep_owed = true;
-    let mut pending = r.clone();
-    pending.pending = Some(crate::payment::channel::PendingCharge {
-        id: "p".into(),
-        signed_max: "60000".into(),
-        signature: "0x01".into(),
-        expires_at: later + 1,
-    });
+    let charge = |expires_at| {
+        let mut p = r.clone();
+        p.pending = Some(crate::payment::channel::PendingCharge {
+            id: "p".into(),
+            signed_max: "60000".into(),
+            signature: "0x01".into(),
+            expires_at,
+        });
+        p
+    };
+    // A charge that expired a moment ago may still be committed by its request; one that
+    // expired a whole period ago cannot.
+    let pending = charge(later + 1);
+    let just_expired = charge(later - 1);
+    assert!(charge(NOW).retirable(later, day, false));
     let mut withdrawing = r.clone();
     withdrawing.withdraw_requested_at = 1;
-    for kept in [unclaimed, unledgered, owed, pending, withdrawing] {
+    // A claim recorded lately: the record stays a period after it too.
+    let mut claimed_lately = r.clone();
+    claimed_lately.claimed_at = later - 1;
+    for kept in [
+        unclaimed,
+        unledgered,
+        owed,
+        pending,
+        just_expired,
+        withdrawing,
+        claimed_lately,
+    ] {
         assert!(!kept.retirable(later, day, false), "{kept:?}");
     }
 }

@@ -108,16 +108,23 @@ redis.call('SADD', KEYS[2], ARGV[3])
 return 1
 ";
 
-/// Deletes a channel record at a version and drops it from the index.
-/// KEYS: record, index. ARGV: expected version, channel id. Returns 1 when deleted.
+/// Drops a channel record at a version: a tombstone (the next version, an empty record) that
+/// expires after ARGV[3] ms, and the id leaves the index.
+/// KEYS: record, index. ARGV: expected version, channel id, tombstone ms. Returns 1 when
+/// dropped.
 const DELETE_CHANNEL: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
-if tonumber(string.match(cur, '^(%d+):')) ~= tonumber(ARGV[1]) then return 0 end
-redis.call('DEL', KEYS[1])
+local v = tonumber(string.match(cur, '^(%d+):'))
+if v ~= tonumber(ARGV[1]) or string.len(cur) == string.len(ARGV[1]) + 1 then return 0 end
+redis.call('SET', KEYS[1], tostring(v + 1) .. ':', 'PX', ARGV[3])
 redis.call('SREM', KEYS[2], ARGV[2])
 return 1
 ";
+
+/// How long a dropped channel's tombstone keeps its version: far longer than any request
+/// that read the record before it was dropped can take.
+const CHANNEL_TOMBSTONE: Duration = Duration::from_secs(7 * 86_400);
 
 /// Channel records read in one MGET (the claimer's walk).
 const CHANNELS_PER_READ: usize = 256;
@@ -916,8 +923,13 @@ impl StateStore for RedisStore {
                     redis::cmd("MGET").arg(&keys).query_async(&mut c).await
                 })
                 .await?;
-            for raw in raws {
-                out.push(raw.map(|r| versioned(&r)).transpose()?);
+            for (id, raw) in chunk.iter().zip(raws) {
+                // One bad record does not hide the others.
+                out.push(raw.and_then(|r| {
+                    versioned(&r)
+                        .inspect_err(|e| tracing::error!(channel = %id, error = %e, "a payment channel's record does not parse"))
+                        .ok()
+                }));
             }
         }
         Ok(out)
@@ -958,6 +970,7 @@ impl StateStore for RedisStore {
                     .key(&index)
                     .arg(version)
                     .arg(id)
+                    .arg(CHANNEL_TOMBSTONE.as_millis() as u64)
                     .invoke_async(&mut c)
                     .await
             })
