@@ -202,6 +202,19 @@ impl Net {
     }
 }
 
+/// Stops the gateway (SIGTERM: its claimer's last pass claims every channel) and waits until
+/// the chain shows `want` claimed and swept to the receiver, and the ledger says the same.
+async fn stop_and_expect_claimed(gw: &Gateway, net: &Net, want: u128) {
+    gw.signal(nix::sys::signal::Signal::SIGTERM);
+    let totals = wait_totals(&net.rpc, &net.pay_to, &net.token, want).await;
+    assert_eq!(totals, (want, want));
+    wait_for(
+        "the ledger's claim lines",
+        std::time::Duration::from_secs(10),
+        || (ledger_sum(gw, "channel_claimed") == want).then_some(()),
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn vouchers_pay_per_request_and_the_claimer_lands_them_on_chain() {
     let net = Net::start("2");
@@ -727,9 +740,7 @@ async fn an_idle_channel_is_refunded_with_its_charges_claimed_then_retired() {
     let last = &out["results"][2]["receipt"]["extra"]["channelState"];
     assert_eq!(last["chargedCumulativeAmount"], "130000", "{last}");
     assert_eq!(ledger_sum(&gw, "channel_charged"), 130_000);
-    gw.signal(nix::sys::signal::Signal::SIGTERM);
-    let (claimed, settled) = wait_totals(rpc_url, pay_to, token, 130_000).await;
-    assert_eq!((claimed, settled), (130_000, 130_000));
+    stop_and_expect_claimed(&gw, &net, 130_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -743,14 +754,7 @@ async fn a_gateway_that_stops_claims_everything_it_served_first() {
     assert_eq!(receiver_totals(rpc_url, pay_to, token).await, (0, 0));
     // Stopped before the interval came: the last pass, after the last answer, claims and
     // sweeps every charge.
-    gw.signal(nix::sys::signal::Signal::SIGTERM);
-    let (claimed, settled) = wait_totals(rpc_url, pay_to, token, 150_000).await;
-    assert_eq!((claimed, settled), (150_000, 150_000));
-    wait_for(
-        "the ledger's claim lines",
-        std::time::Duration::from_secs(10),
-        || (ledger_sum(&gw, "channel_claimed") == 150_000).then_some(()),
-    );
+    stop_and_expect_claimed(&gw, &net, 150_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -758,7 +762,7 @@ async fn a_permit2_deposit_opens_the_channel_and_its_charges_land_on_chain() {
     // Payers approved Permit2 once, as a token without ERC-3009 needs.
     let net = Net::start_with("1", &["--permit2-approve"]);
     let gw = net.gateway("channel_claim_interval_seconds = 3600", None);
-    let (rpc_url, token, pay_to) = (&*net.rpc, &*net.token, &*net.pay_to);
+    let (rpc_url, token) = (&*net.rpc, &*net.token);
     let (payer, key) = net.payer(0);
 
     // The 402 tells the reference client to deposit through Permit2.
@@ -799,21 +803,14 @@ async fn a_permit2_deposit_opens_the_channel_and_its_charges_land_on_chain() {
     assert_eq!(ledger_sum(&gw, "channel_charged"), 200_000);
 
     // The charges land on chain like any channel's: claimed and swept when the gateway stops.
-    gw.signal(nix::sys::signal::Signal::SIGTERM);
-    let (claimed, settled) = wait_totals(rpc_url, pay_to, token, 200_000).await;
-    assert_eq!((claimed, settled), (200_000, 200_000));
-    wait_for(
-        "the ledger's claim lines",
-        std::time::Duration::from_secs(10),
-        || (ledger_sum(&gw, "channel_claimed") == 200_000).then_some(()),
-    );
+    stop_and_expect_claimed(&gw, &net, 200_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_smart_wallet_pays_with_vouchers_its_contract_checks() {
     let net = Net::start("1");
     let gw = net.gateway("channel_claim_interval_seconds = 3600", None);
-    let (rpc_url, token, pay_to) = (&*net.rpc, &*net.token, &*net.pay_to);
+    let (rpc_url, token) = (&*net.rpc, &*net.token);
     let key = net.payer(0).1;
     // Our ERC-1271 wallet, owned by the payer's key, holding 10 TUSD.
     let args: Vec<String> = ["--rpc-url", rpc_url, "--private-key", key, "--token", token]
@@ -860,9 +857,7 @@ async fn a_smart_wallet_pays_with_vouchers_its_contract_checks() {
     assert_eq!(status, 200, "{required}");
 
     // The claims land: the channel contract checks each voucher with the wallet too.
-    gw.signal(nix::sys::signal::Signal::SIGTERM);
-    let (claimed, settled) = wait_totals(rpc_url, pay_to, token, 110_000).await;
-    assert_eq!((claimed, settled), (110_000, 110_000));
+    stop_and_expect_claimed(&gw, &net, 110_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -897,13 +892,6 @@ async fn with_an_authorizer_address_the_facilitator_signs_the_claims_and_refunds
     )
     .await;
     assert_eq!(out["statuses"]["200"], 5, "{}", out["statuses"]);
-    gw.signal(nix::sys::signal::Signal::SIGTERM);
-    let (claimed, settled) = wait_totals(rpc_url, pay_to, token, 150_000).await;
-    assert_eq!((claimed, settled), (150_000, 150_000));
-    wait_for(
-        "the ledger's claim lines",
-        std::time::Duration::from_secs(10),
-        || (ledger_sum(&gw, "channel_claimed") == 150_000).then_some(()),
-    );
+    stop_and_expect_claimed(&gw, &net, 150_000).await;
     assert_eq!(ledger_sum(&gw, "channel_refunded"), 4_900_000);
 }
