@@ -226,15 +226,7 @@ async fn vouchers_pay_per_request_and_the_claimer_lands_them_on_chain() {
     let (payer, key) = net.payer(0);
 
     // The 402 offers the channel scheme with what the reference client needs.
-    let r = client().get(gw.url("/api/x")).send().await.expect("402");
-    assert_eq!(r.status(), 402);
-    let pr = decode_header(
-        r.headers()
-            .get("payment-required")
-            .expect("header")
-            .to_str()
-            .expect("ascii"),
-    );
+    let pr = payment_required(&gw.url("/api/x")).await;
     let offer = &pr["accepts"][0];
     assert_eq!(offer["scheme"], "batch-settlement", "{pr}");
     assert_eq!(offer["amount"], "10000", "{pr}");
@@ -768,15 +760,7 @@ async fn a_permit2_deposit_opens_the_channel_and_its_charges_land_on_chain() {
     let (payer, key) = net.payer(0);
 
     // The 402 tells the reference client to deposit through Permit2.
-    let r = client().get(gw.url("/p2/x")).send().await.expect("402");
-    assert_eq!(r.status(), 402);
-    let pr = decode_header(
-        r.headers()
-            .get("payment-required")
-            .expect("header")
-            .to_str()
-            .expect("ascii"),
-    );
+    let pr = payment_required(&gw.url("/p2/x")).await;
     assert_eq!(
         pr["accepts"][0]["extra"]["assetTransferMethod"], "permit2",
         "{pr}"

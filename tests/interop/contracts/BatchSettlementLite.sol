@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity ^0.8.28;
 
+import "./Permit2Lite.sol";
+
 interface IERC20Min {
     function balanceOf(address account) external view returns (uint256);
     function transfer(address to, uint256 value) external returns (bool);
@@ -456,34 +458,6 @@ contract Erc3009DepositCollectorLite {
     }
 }
 
-/// The part of Permit2's `SignatureTransfer` this collector calls.
-interface IPermit2WitnessTransfer {
-    struct TokenPermissions {
-        address token;
-        uint256 amount;
-    }
-
-    struct PermitTransferFrom {
-        TokenPermissions permitted;
-        uint256 nonce;
-        uint256 deadline;
-    }
-
-    struct SignatureTransferDetails {
-        address to;
-        uint256 requestedAmount;
-    }
-
-    function permitWitnessTransferFrom(
-        PermitTransferFrom memory permit,
-        SignatureTransferDetails calldata transferDetails,
-        address owner,
-        bytes32 witness,
-        string calldata witnessTypeString,
-        bytes calldata signature
-    ) external;
-}
-
 /// EIP-2612 `permit`, which a payer may sign so that its first deposit also approves Permit2.
 interface IERC2612Permit {
     function permit(address owner, address spender, uint256 value, uint256 deadline, uint8 v, bytes32 r, bytes32 s)
@@ -521,13 +495,13 @@ contract Permit2DepositCollectorLite {
         (uint256 nonce, uint256 deadline, bytes memory signature, bytes memory eip2612) =
             abi.decode(collectorData, (uint256, uint256, bytes, bytes));
         if (eip2612.length > 0) _permitPermit2(token, payer, eip2612);
-        IPermit2WitnessTransfer(permit2).permitWitnessTransferFrom(
-            IPermit2WitnessTransfer.PermitTransferFrom({
-                permitted: IPermit2WitnessTransfer.TokenPermissions({token: token, amount: amount}),
+        Permit2Lite(permit2).permitWitnessTransferFrom(
+            Permit2Lite.PermitTransferFrom({
+                permitted: Permit2Lite.TokenPermissions({token: token, amount: amount}),
                 nonce: nonce,
                 deadline: deadline
             }),
-            IPermit2WitnessTransfer.SignatureTransferDetails({to: msg.sender, requestedAmount: amount}),
+            Permit2Lite.SignatureTransferDetails({to: msg.sender, requestedAmount: amount}),
             payer,
             keccak256(abi.encode(DEPOSIT_WITNESS_TYPEHASH, channelId)),
             WITNESS_TYPE_STRING,

@@ -461,6 +461,19 @@ pub fn decode_header(v: &str) -> Value {
     serde_json::from_slice(&bytes).expect("json")
 }
 
+/// The decoded `PAYMENT-REQUIRED` header of an unpaid GET of `url`, which must be a 402.
+pub async fn payment_required(url: &str) -> Value {
+    let r = client().get(url).send().await.expect("402");
+    assert_eq!(r.status(), 402, "{url}");
+    decode_header(
+        r.headers()
+            .get("payment-required")
+            .expect("PAYMENT-REQUIRED")
+            .to_str()
+            .expect("ascii"),
+    )
+}
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
