@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::payment::Payments;
 use crate::proxy::Gateway;
 use crate::reload::{ReloadService, Reloader};
-use crate::snapshot::{Snapshot, resolve_listen};
+use crate::snapshot::{PortPicker, Snapshot};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -341,10 +341,13 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     };
 
     let startup = snap.startup.clone();
-    let resolve = |addrs: &[String]| -> Result<Vec<String>, String> {
+    // One picker for every address: its probes are released together, just before Pingora
+    // binds, so no two `:0` addresses share a port.
+    let mut ports = PortPicker::default();
+    let mut resolve = |addrs: &[String]| -> Result<Vec<String>, String> {
         addrs
             .iter()
-            .map(|a| resolve_listen(a).map_err(|e| format!("{a}: {e}")))
+            .map(|a| ports.resolve(a).map_err(|e| format!("{a}: {e}")))
             .collect()
     };
     let plain = resolve(&startup.listen)?;
@@ -355,16 +358,9 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
             .map(|t| t.addr.clone())
             .collect::<Vec<_>>(),
     )?;
-    let admin_addr = startup
-        .admin
-        .as_ref()
-        .map(|a| resolve_listen(a).map_err(|e| format!("{a}: {e}")))
-        .transpose()?;
-    let facilitator_api_addr = startup
-        .facilitator_api
-        .as_ref()
-        .map(|a| resolve_listen(a).map_err(|e| format!("{a}: {e}")))
-        .transpose()?;
+    let admin_addr = resolve(startup.admin.as_slice())?.pop();
+    let facilitator_api_addr = resolve(startup.facilitator_api.as_slice())?.pop();
+    drop(ports);
 
     let mut conf = ServerConf {
         threads: startup.threads,

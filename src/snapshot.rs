@@ -354,14 +354,50 @@ impl Snapshot {
     }
 }
 
-/// Resolves a listen address with port 0 to a free port, so the process can report it.
-pub fn resolve_listen(addr: &str) -> std::io::Result<String> {
-    let parsed: SocketAddr = addr.parse().map_err(|e| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}"))
-    })?;
-    if parsed.port() != 0 {
-        return Ok(addr.to_owned());
+/// Resolves listen addresses with port 0 to free ports, so the process can report them. Every
+/// probe socket stays bound until the picker is dropped: two `:0` addresses of one process
+/// (a proxy listener and the admin one, say) never get the same port.
+#[derive(Debug, Default)]
+pub struct PortPicker {
+    held: Vec<std::net::TcpListener>,
+}
+
+impl PortPicker {
+    /// `addr` itself when its port is set; otherwise the same host with a port no other
+    /// address of this picker got.
+    pub fn resolve(&mut self, addr: &str) -> std::io::Result<String> {
+        let parsed: SocketAddr = addr.parse().map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}"))
+        })?;
+        if parsed.port() != 0 {
+            return Ok(addr.to_owned());
+        }
+        let l = std::net::TcpListener::bind(parsed)?;
+        let picked = l.local_addr()?.to_string();
+        self.held.push(l);
+        Ok(picked)
     }
-    let l = std::net::TcpListener::bind(parsed)?;
-    Ok(l.local_addr()?.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PortPicker;
+    use std::collections::HashSet;
+
+    #[test]
+    fn every_port_zero_address_of_one_picker_gets_its_own_port() {
+        let mut ports = PortPicker::default();
+        let picked: Vec<String> = (0..64)
+            .map(|_| ports.resolve("127.0.0.1:0").expect("free port"))
+            .collect();
+        let distinct: HashSet<&String> = picked.iter().collect();
+        assert_eq!(distinct.len(), picked.len(), "{picked:?}");
+        assert!(picked.iter().all(|a| !a.ends_with(":0")), "{picked:?}");
+        // A set port is kept as written, and a bad address is an error, not a panic.
+        assert_eq!(
+            ports.resolve("127.0.0.1:8080").expect("set"),
+            "127.0.0.1:8080"
+        );
+        assert!(ports.resolve("not an address").is_err());
+    }
 }
