@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, ShutdownWatch};
@@ -404,10 +405,14 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
             ),
         )
     };
+    // Client connections buffer writes up to `write_buffer_bytes`: a response head and a
+    // body of known length leave in one segment (Pingora's default, one MSS, splits a 402's
+    // head from its body). Chunked and close-delimited bodies are flushed per write anyway.
+    let client_buffers = L4BufferSettings::default().write(startup.write_buffer_bytes);
     if !plain.is_empty() {
         let mut svc = proxy_service(false, "x402-gateway");
         for a in &plain {
-            svc.add_tcp(a);
+            svc.add_listener(ListenerConfig::tcp(a.as_str()).l4_buffer(client_buffers));
         }
         server.add_service(svc);
     }
@@ -426,7 +431,11 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
             if t.h2 {
                 settings.enable_h2();
             }
-            svc.add_tls_with_settings(addr, None, settings);
+            svc.add_listener(
+                ListenerConfig::tcp(addr.as_str())
+                    .tls(settings)
+                    .l4_buffer(client_buffers),
+            );
         }
         server.add_service(svc);
     }

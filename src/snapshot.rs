@@ -156,6 +156,8 @@ pub struct StartupSettings {
     pub upstream_keepalive_pool_size: usize,
     /// Longest wait for a complete request head on a downstream connection.
     pub header_read_timeout: Duration,
+    /// Bytes of each client connection's writes held until a flush.
+    pub write_buffer_bytes: usize,
     pub facilitator_api: Option<String>,
     /// `[state]`: the store and this replica's name.
     pub state: crate::state::StateConf,
@@ -188,6 +190,9 @@ impl StartupSettings {
         }
         if self.header_read_timeout != other.header_read_timeout {
             out.push("server.header_read_timeout_ms");
+        }
+        if self.write_buffer_bytes != other.write_buffer_bytes {
+            out.push("server.write_buffer_bytes");
         }
         if self.facilitator_api != other.facilitator_api {
             out.push("facilitator_api.listen");

@@ -13,6 +13,12 @@ use crate::config::{Reporter, env};
 use crate::router::HostPattern;
 use crate::snapshot::{StartupSettings, TlsListen};
 
+/// Bytes of a client connection's writes held until a flush, by default: a 402's head with its
+/// body, or a proxied head with a small body, leaves in one segment.
+const DEFAULT_WRITE_BUFFER: usize = 16 * 1024;
+/// The largest write buffer accepted (1 MiB).
+const MAX_WRITE_BUFFER: usize = 1024 * 1024;
+
 /// `[server] trusted_proxies` → the networks whose forwarding headers are believed.
 pub(super) fn trusted_proxies(rep: &mut Reporter, cfg: usize, g: &GatewayFile) -> Vec<IpNet> {
     let Some(s) = &g.server else {
@@ -51,6 +57,7 @@ pub(super) fn startup(
     let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (mut grace, mut shutdown, mut pool_size) = (5, 3, 128);
     let mut header_read_timeout = Duration::from_secs(30);
+    let mut write_buffer = DEFAULT_WRITE_BUFFER;
     let mut hosts = Vec::new();
     match &server {
         // A `[server]` that failed to parse was already reported; "missing" would be noise.
@@ -124,6 +131,17 @@ pub(super) fn startup(
                 }
                 header_read_timeout = Duration::from_millis(*t.get_ref());
             }
+            if let Some(b) = &s.write_buffer_bytes {
+                if *b.get_ref() > MAX_WRITE_BUFFER {
+                    rep.at(
+                        cfg,
+                        b.span(),
+                        "server.write_buffer_bytes",
+                        "must be between 0 and 1048576",
+                    );
+                }
+                write_buffer = *b.get_ref();
+            }
             for h in &s.hosts {
                 match crate::router::HostPattern::parse(h.get_ref()) {
                     Ok(p) => hosts.push(p),
@@ -158,6 +176,7 @@ pub(super) fn startup(
         graceful_shutdown_timeout_seconds: shutdown,
         upstream_keepalive_pool_size: pool_size,
         header_read_timeout,
+        write_buffer_bytes: write_buffer,
         facilitator_api: g
             .facilitator_api
             .as_ref()
