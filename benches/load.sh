@@ -64,6 +64,10 @@
 #                 /settle goes to the one that verified. Each run (fresh gateway) must show
 #                 the dead one ejected (gateway log), else the run fails. Goal: >= 0.95x
 #                 gw_paid req/s.
+#   gw_paid_c64   as gw_paid with 64 connections paced to PACED_RATE req/s in all (below
+#                 saturation): the p99 of the gateway's own time on a paid request
+#                 (x402_payment_gateway_seconds, facilitator calls taken out) is read from the
+#                 gateway's histogram after each run. Goal: < 1 ms.
 #
 # Every server listens on 127.0.0.1 on a port picked free at start (bind test). nginx runs as
 # the current user from a generated config in a temp dir (daemon off, pid and logs there,
@@ -84,8 +88,9 @@
 #   ROUNDS=5 DURATION=10 (s per run) WARMUP=2 (s per target, once, not counted)
 #   CONNS=50 WRK_THREADS=1 THREADS=1 (server threads = nginx worker_processes)
 #   BODY=128 (origin response bytes)
+#   PACED_RATE=2000 (gw_paid_c64: total req/s its 64 connections are paced to)
 #   TARGETS="origin nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid gw_paid_dead
-#            gw_voucher ex_402 ex_paid ax_402 ax_paid
+#            gw_paid_c64 gw_voucher ex_402 ex_paid ax_402 ax_paid
 #            gw_free_redis gw_pass_redis gw_paid_redis" (the last three need redis-server)
 #   PAY_COUNT (payments pre-signed per run; default: sized from the warm-up rate)
 #   GATEWAY_BIN ORIGIN_BIN BARE_BIN FACILITATOR_BIN PAYMENTS_BIN NGINX_BIN WRK_BIN
@@ -113,7 +118,8 @@ CONNS=${CONNS:-50}
 WRK_THREADS=${WRK_THREADS:-1}
 THREADS=${THREADS:-1}
 BODY=${BODY:-128}
-TARGETS=${TARGETS:-"origin nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid gw_paid_dead gw_voucher ex_402 ex_paid ax_402 ax_paid gw_free_redis gw_pass_redis gw_paid_redis"}
+PACED_RATE=${PACED_RATE:-2000}
+TARGETS=${TARGETS:-"origin nginx bare_pingora pingora_fwd gw_free gw_402 gw_pass gw_paid gw_paid_dead gw_paid_c64 gw_voucher ex_402 ex_paid ax_402 ax_paid gw_free_redis gw_pass_redis gw_paid_redis"}
 PAY_COUNT=${PAY_COUNT:-}
 GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/x402-gateway}
 ORIGIN_BIN=${ORIGIN_BIN:-$ROOT/target/release/demo-origin}
@@ -132,11 +138,11 @@ read -r -a TLIST <<<"$TARGETS"
 needs() { [[ " ${TLIST[*]} " == *" $1 "* ]]; }
 need_bin() { [[ -x $1 ]] || die "$1 not found: run cargo build --release --bins --examples first"; }
 need_bin "$ORIGIN_BIN"
-if needs gw_free || needs gw_402 || needs gw_pass || needs gw_paid || needs gw_paid_dead \
+if needs gw_free || needs gw_402 || needs gw_pass || needs gw_paid || needs gw_paid_dead || needs gw_paid_c64 \
   || needs gw_voucher || needs gw_free_redis || needs gw_pass_redis || needs gw_paid_redis; then
   need_bin "$GATEWAY_BIN"; need_bin "$FACILITATOR_BIN"
 fi
-if needs gw_pass || needs gw_paid || needs gw_paid_dead || needs gw_voucher || needs gw_pass_redis \
+if needs gw_pass || needs gw_paid || needs gw_paid_dead || needs gw_paid_c64 || needs gw_voucher || needs gw_pass_redis \
   || needs gw_paid_redis; then
   need_bin "$PAYMENTS_BIN"
 fi
@@ -381,6 +387,7 @@ declare -A LABEL=(
   [gw_pass]="gateway pass"
   [gw_paid]="gateway paid"
   [gw_paid_dead]="paid, dead fac"
+  [gw_paid_c64]="paid, 64 paced"
   [gw_free_redis]="free, redis"
   [gw_pass_redis]="pass, redis"
   [gw_paid_redis]="paid, redis"
@@ -536,7 +543,7 @@ paid_after() {
     die "$t: $requests requests but only ${PAY_N[$t]} pre-signed payments: set PAY_COUNT higher"
   fi
 }
-for t in gw_paid gw_paid_dead gw_paid_redis gw_voucher; do
+for t in gw_paid gw_paid_dead gw_paid_c64 gw_paid_redis gw_voucher; do
   eval "
 t_${t}_start()   { paid_start $t; }
 t_${t}_url()     { paid_url $t; }
@@ -548,6 +555,38 @@ t_${t}_prepare() { restart_paid_gateway $t; }
 t_${t}_check()   { paid_check $t; }
 t_${t}_after()   { paid_after $t \"\$@\"; }"
 done
+# gw_paid_c64: as gw_paid, but 64 connections paced (wrk's delay(), random exponential gaps)
+# to PACED_RATE req/s in all, below saturation, so the latency is the work's and not a queue's.
+# After each counted run the gateway's own time on a paid request (x402_payment_gateway_seconds: from the payment check
+# to the receipt, facilitator calls taken out, the origin's answer left in) gives the p99 the
+# gateway adds, interpolated inside the histogram bucket that holds it (as Prometheus'
+# histogram_quantile does).
+t_gw_paid_c64_conns()  { echo 64; }
+t_gw_paid_c64_script() {
+  [[ -f $TMP/paid_paced.lua ]] || {
+    cat "$TMP/paid.lua"
+    # Exponential gaps (Poisson arrivals per connection): equal gaps would keep the 64
+    # connections in step, and each burst of 64 would queue behind itself.
+    awk -v r="$PACED_RATE" 'BEGIN { printf "math.randomseed(os.time())\nfunction delay() return math.floor(-%f * math.log(1 - math.random())) end\n", 64000 / r }'
+  } >"$TMP/paid_paced.lua"
+  echo "$TMP/paid_paced.lua"
+}
+t_gw_paid_c64_after() {
+  paid_after gw_paid_c64 "$@"
+  [[ $2 == warmup ]] && return 0
+  http_body "http://127.0.0.1:$(cat "$TMP/gw_paid_c64/admin_port")/metrics" | awk -v r="$2" '
+    /^x402_payment_gateway_seconds_bucket/ {
+      le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le); n++; b[n] = le; c[n] = $2 }
+    /^x402_payment_gateway_seconds_count/ { total = $2 }
+    END { if (total == 0) exit
+      # As histogram_quantile(0.99, ...): linear inside the bucket that holds the 99th percentile.
+      q = 0.99 * total
+      for (i = 1; i <= n; i++) if (c[i] >= q) {
+        lo = (i > 1 ? b[i - 1] : 0); below = (i > 1 ? c[i - 1] : 0)
+        if (b[i] == "+Inf") { print r, lo, total; exit }
+        print r, lo + (b[i] - lo) * (q - below) / (c[i] - below), total; exit } }
+  ' >>"$TMP/paced_overhead"
+}
 # The store's CPU is charged to the target that uses it.
 t_gw_paid_redis_pids() { echo "${PAID_PID[gw_paid_redis]} $REDIS_PID"; }
 # gw_voucher: after each counted run the gateway stops (SIGTERM: its claimer's last pass claims
@@ -659,11 +698,13 @@ run_one() {
   script=$TMP/report.lua
   hook script "$t" && script=$("t_${t}_script")
   hook args "$t" && read -r -a args <<<"$("t_${t}_args")"
+  local conns=$CONNS
+  hook conns "$t" && conns=$("t_${t}_conns")
   local r0="0 0" w0=0 s0=0
   [[ $t == *_redis ]] && { r0=$(redis_commands); w0=$(store_waits "$(redis_dir "$t")"); s0=$(cpu_ticks "$REDIS_PID"); }
   # shellcheck disable=SC2086
   c0=$(cpu_ticks $pids); o0=$(cpu_ticks "$ORIGIN_PID")
-  out=$("$WRK_BIN" -t"$WRK_THREADS" -c"$CONNS" -d"${secs}s" --latency -s "$script" "$url" -- "${args[@]}")
+  out=$("$WRK_BIN" -t"$WRK_THREADS" -c"$conns" -d"${secs}s" --latency -s "$script" "$url" -- "${args[@]}")
   # shellcheck disable=SC2086
   c1=$(cpu_ticks $pids); o1=$(cpu_ticks "$ORIGIN_PID")
   line=$(grep '^RESULT ' <<<"$out") || die "$t: no result from wrk: $out"
@@ -803,6 +844,14 @@ goal "gateway pass / gateway free" gw_pass gw_free 0.95
 goal_cpu "gateway paid / gateway free" gw_paid gw_free 3
 goal_rps "gateway paid" gw_paid 10000
 goal "paid, dead facilitator / paid" gw_paid_dead gw_paid 0.95
+if [[ -s $TMP/paced_overhead ]]; then
+  # The median over the rounds of each round's p99 (interpolated in its histogram bucket).
+  sort -g -k2 "$TMP/paced_overhead" | awk -v rate="$PACED_RATE" -v p99="${P99[gw_paid_c64]:-0}" '
+    { v[++n] = $2 }
+    END { m = v[int((n + 1) / 2)]
+      printf "  %-34s %5.3f ms p99 (goal < 1 ms: %s)   64 conns paced to %d req/s; wrk p99 %.3f ms\n",
+        "gateway-added time, paid", m * 1000, (m < 0.001 ? "met" : "MISSED"), rate, p99 / 1000 }'
+fi
 goal "paid, redis / paid (memory)" gw_paid_redis gw_paid 0.85
 goal "gateway voucher / gateway free" gw_voucher gw_free 0.7
 goal_p99 "gateway voucher / gateway free" gw_voucher gw_free 1.3
