@@ -25,7 +25,7 @@ pub struct PassEngine {
     /// Keyed by the whole token (compared byte for byte, hashed with the cache's keyed
     /// hasher): a hit costs no cryptographic hash. The value keeps the fingerprint of the key
     /// that verified the token.
-    verified: moka::sync::Cache<Box<str>, Verified>,
+    verified: moka::sync::Cache<Box<str>, Verified, foldhash::quality::RandomState>,
 }
 
 /// A token's claims and the key it was verified with.
@@ -45,6 +45,9 @@ impl Default for PassEngine {
     fn default() -> Self {
         PassEngine {
             // Weighed by the bytes a token and its claims take: at most 32 MiB of them.
+            // Keyed by whole tokens (hundreds of bytes): hashed with foldhash (randomly
+            // seeded) rather than SipHash, which cost more than the rest of the lookup. Only
+            // tokens that verified are inserted, so colliding keys cannot be planted.
             verified: moka::sync::Cache::<Box<str>, Verified>::builder()
                 .weigher(|token, _| {
                     u32::try_from(token.len())
@@ -53,7 +56,7 @@ impl Default for PassEngine {
                 })
                 .max_capacity(32 * 1024 * 1024)
                 .time_to_live(Duration::from_secs(600))
-                .build(),
+                .build_with_hasher(foldhash::quality::RandomState::default()),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Caching of origin responses the gateway lets through on priced rules: private, no CDN
 //! cache headers, a `Vary` on what decided it; and the receipt headers a paid response gains.
 
+use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 
 use super::challenge::EXPOSE_HEADERS;
@@ -12,12 +13,15 @@ pub const VARY_PRICED: &str = "User-Agent, Signature, Signature-Input, Signature
 pub const VARY_PRICED_PASSES: &str = "User-Agent, Signature, Signature-Input, Signature-Agent, Crawler-Max-Price, Crawler-Exact-Price, PAYMENT-SIGNATURE, X-PAYMENT, Cookie, Authorization, X402-Pass";
 
 /// Origin headers that tell CDNs to store a response whatever `Cache-Control` says.
-const CDN_CACHE_HEADERS: [&str; 4] = [
-    "cdn-cache-control",
-    "surrogate-control",
-    "cloudflare-cdn-cache-control",
-    "edge-control",
+const CDN_CACHE_HEADERS: [HeaderName; 4] = [
+    HeaderName::from_static("cdn-cache-control"),
+    HeaderName::from_static("surrogate-control"),
+    HeaderName::from_static("cloudflare-cdn-cache-control"),
+    HeaderName::from_static("edge-control"),
 ];
+/// Header values built once (checked at compile time), copied without a check per response.
+const PRIVATE: HeaderValue = HeaderValue::from_static("private");
+const EXPOSE: HeaderValue = HeaderValue::from_static(EXPOSE_HEADERS);
 
 /// Keeps an origin response of a priced (or audience-priced) rule out of shared caches,
 /// whatever let it through (payment, pass, fail-open, shadow, a free audience): the next
@@ -25,18 +29,21 @@ const CDN_CACHE_HEADERS: [&str; 4] = [
 /// `s-maxage`), CDN-specific cache headers are dropped, and `Vary` names what changed the
 /// decision.
 pub fn keep_private(resp: &mut ResponseHeader, vary: &'static str) -> pingora::Result<()> {
-    let cc = resp
+    match resp
         .headers
-        .get("cache-control")
+        .get(http::header::CACHE_CONTROL)
         .and_then(|v| v.to_str().ok())
-        .map(private_cache_control);
-    resp.insert_header("cache-control", cc.unwrap_or_else(|| "private".into()))?;
-    for h in CDN_CACHE_HEADERS {
+        .map(private_cache_control)
+    {
+        Some(cc) => resp.insert_header("cache-control", cc)?,
+        None => resp.insert_header("cache-control", PRIVATE)?,
+    }
+    for h in &CDN_CACHE_HEADERS {
         if resp.headers.contains_key(h) {
             resp.remove_header(h);
         }
     }
-    resp.append_header("vary", vary)?;
+    resp.append_header("vary", HeaderValue::from_static(vary))?;
     Ok(())
 }
 
@@ -48,15 +55,17 @@ pub fn mark_paid_response(
     for (k, v) in receipt {
         resp.insert_header(*k, v.as_str())?;
     }
-    let expose = match resp
+    match resp
         .headers
-        .get("access-control-expose-headers")
+        .get(http::header::ACCESS_CONTROL_EXPOSE_HEADERS)
         .and_then(|v| v.to_str().ok())
     {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {EXPOSE_HEADERS}"),
-        _ => EXPOSE_HEADERS.to_owned(),
-    };
-    resp.insert_header("access-control-expose-headers", expose)?;
+        Some(prev) if !prev.trim().is_empty() => {
+            let expose = format!("{prev}, {EXPOSE_HEADERS}");
+            resp.insert_header("access-control-expose-headers", expose)?;
+        }
+        _ => resp.insert_header("access-control-expose-headers", EXPOSE)?,
+    }
     Ok(())
 }
 
