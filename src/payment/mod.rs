@@ -447,6 +447,8 @@ pub struct Payments {
     leases: Arc<settle::Leases>,
     /// The channel claimer's last pass on this replica: when (unix seconds) and what it did.
     claimer: std::sync::Mutex<Option<(u64, channel::claimer::ClaimReport)>>,
+    /// The channel records the claimer decoded on its last pass, at their versions.
+    claimer_records: channel::claimer::ClaimerRecords,
     /// Channels this replica wrote last, as it wrote them (version, record): the next request
     /// on one tries its compare-and-swap without reading the store first.
     channel_cache: channel::ChannelCache,
@@ -483,6 +485,7 @@ impl Payments {
             instance: instance_id(),
             leases: Arc::default(),
             claimer: std::sync::Mutex::new(None),
+            claimer_records: channel::claimer::ClaimerRecords::default(),
             channel_cache: channel::ChannelCache::default(),
         }
     }

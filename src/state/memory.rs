@@ -430,6 +430,17 @@ impl StateStore for MemoryStore {
         Ok(true)
     }
 
+    async fn channel_versions(&self, ids: &[String]) -> Result<Vec<Option<u64>>, StateError> {
+        let channels = self
+            .channels
+            .lock()
+            .map_err(|_| StateError::Unavailable("channel table poisoned".into()))?;
+        Ok(ids
+            .iter()
+            .map(|id| channels.get(id).map(|(v, _)| *v))
+            .collect())
+    }
+
     async fn channel_ids(&self) -> Result<Vec<String>, StateError> {
         let channels = self
             .channels
@@ -481,6 +492,10 @@ mod tests {
             assert_eq!(
                 store.channels(&ids).await.expect("read"),
                 vec![Some((1, b"b1".to_vec())), None, Some((2, b"a2".to_vec()))]
+            );
+            assert_eq!(
+                store.channel_versions(&ids).await.expect("versions"),
+                vec![Some(1), None, Some(2)]
             );
             let mut all = store.channel_ids().await.expect("ids");
             all.sort();

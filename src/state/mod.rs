@@ -341,6 +341,16 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
         }
         Ok(out)
     }
+    /// The versions of channels `ids`' records, in order (`None`: no record): the claimer reads
+    /// these each pass and reads and decodes again only the records whose version moved.
+    async fn channel_versions(&self, ids: &[String]) -> Result<Vec<Option<u64>>, StateError> {
+        Ok(self
+            .channels(ids)
+            .await?
+            .into_iter()
+            .map(|found| found.map(|(version, _)| version))
+            .collect())
+    }
     /// Drops channel `id`'s record if its version is still `version`; false: it changed (or
     /// is gone). What stays is a tombstone: the version `version + 1` with an empty record
     /// (read as no record), so that a version is never used twice for different records (a

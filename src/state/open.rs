@@ -177,6 +177,9 @@ impl StateStore for OpenOnFailure {
     async fn channels(&self, ids: &[String]) -> Result<Vec<Option<(u64, Vec<u8>)>>, StateError> {
         self.shared.channels(ids).await
     }
+    async fn channel_versions(&self, ids: &[String]) -> Result<Vec<Option<u64>>, StateError> {
+        self.shared.channel_versions(ids).await
+    }
     async fn delete_channel(&self, id: &str, version: u64) -> Result<bool, StateError> {
         self.shared.delete_channel(id, version).await
     }

@@ -149,6 +149,42 @@ const RECORDS_PER_READ: usize = 1024;
 /// The channels of one claim transaction's group.
 type Group = (String, String, String, String);
 
+/// The records the claimer decoded, by channel id, at the version it read: a pass reads only
+/// the versions and reads and decodes again just the records that changed since the last
+/// (versions never repeat: every write moves one on, and a dropped record's tombstone keeps
+/// it going). Only the lease holder keeps any; entries of channels no longer listed go at the
+/// end of each pass.
+#[derive(Default)]
+pub struct ClaimerRecords(
+    std::sync::Mutex<std::collections::HashMap<String, (u64, Arc<ChannelRecord>)>>,
+);
+
+impl ClaimerRecords {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, Arc<ChannelRecord>)>>
+    {
+        // The map is only ever replaced whole-entry; a panic elsewhere leaves it usable.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// Keeps the entries of `ids` alone.
+    pub(super) fn keep(&self, ids: &[String]) {
+        let listed: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        self.lock().retain(|id, _| listed.contains(id.as_str()));
+    }
+
+    fn forget(&self, id: &str) {
+        self.lock().remove(id);
+    }
+}
+
 impl Payments {
     /// One claimer pass: when this replica holds (or takes) the claimer's lease, claims the
     /// groups that are due (`all`: every group with unclaimed value, the interval's pass) and
@@ -169,7 +205,11 @@ impl Payments {
             .await
         {
             Ok(true) => report.leader = true,
-            Ok(false) => return report,
+            Ok(false) => {
+                // Another replica claims: what this one decoded would only age.
+                self.claimer_records.clear();
+                return report;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take the channel claimer's lease");
                 return report;
@@ -194,12 +234,11 @@ impl Payments {
         let mut chunks = ids.chunks(RECORDS_PER_READ);
         let mut records = Vec::new().into_iter();
         loop {
-            let (version, bytes) = match records.next() {
-                Some(Some(found)) => found,
-                Some(None) => continue,
+            let (version, read) = match records.next() {
+                Some(found) => found,
                 None => {
                     let Some(chunk) = chunks.next() else { break };
-                    match self.state.channels(chunk).await {
+                    match self.read_records(chunk).await {
                         Ok(found) => records = found.into_iter(),
                         // The other chunks are still claimed this pass.
                         Err(e) => tracing::warn!(error = %e, "cannot read payment channels"),
@@ -207,16 +246,17 @@ impl Payments {
                     continue;
                 }
             };
-            let Some(mut r) = ChannelRecord::decode(&bytes) else {
-                continue;
-            };
+            let mut r = ChannelRecord::clone(&read);
             if conf.retire_after.is_some_and(|after| {
                 r.retirable(super::now_ms(), after, conf.refund_idle.is_some())
             }) {
                 // Still a network with channels, for the gauge below.
                 per_network.entry(r.network.clone()).or_default();
                 match self.state.delete_channel(&r.channel_id, version).await {
-                    Ok(true) => report.retired += 1,
+                    Ok(true) => {
+                        report.retired += 1;
+                        self.claimer_records.forget(&r.channel_id);
+                    }
                     // Written since it was read: looked at again on the next pass.
                     Ok(false) => {}
                     Err(e) => {
@@ -336,10 +376,58 @@ impl Payments {
         for (key, flagged) in owed {
             self.sweep_group(env, &key, &flagged, &mut report).await;
         }
+        self.claimer_records.keep(&ids);
         if let Ok(mut last) = self.claimer.lock() {
             *last = Some((crate::state::unix_now(), report.clone()));
         }
         report
+    }
+
+    /// The records of channels `ids` that have one, in order, with their versions: the
+    /// versions first, then a read and decode of just the records whose version moved since
+    /// this replica's last pass. A record that does not decode is left out (and read again
+    /// next pass).
+    pub(super) async fn read_records(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(u64, Arc<ChannelRecord>)>, crate::state::StateError> {
+        let versions = self.state.channel_versions(ids).await?;
+        let stale: Vec<String> = {
+            let known = self.claimer_records.lock();
+            ids.iter()
+                .zip(&versions)
+                .filter(|(id, v)| {
+                    v.is_some_and(|v| known.get(id.as_str()).is_none_or(|(at, _)| *at != v))
+                })
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        let fresh = if stale.is_empty() {
+            Vec::new()
+        } else {
+            self.state.channels(&stale).await?
+        };
+        let mut known = self.claimer_records.lock();
+        for (id, found) in stale.iter().zip(fresh) {
+            match found.and_then(|(v, bytes)| ChannelRecord::decode(&bytes).map(|r| (v, r))) {
+                Some((v, r)) => {
+                    known.insert(id.clone(), (v, Arc::new(r)));
+                }
+                None => {
+                    known.remove(id.as_str());
+                }
+            }
+        }
+        Ok(ids
+            .iter()
+            .zip(&versions)
+            .filter_map(|(id, v)| {
+                // Gone since its version was read: not this pass's; a record read again
+                // because it moved is taken at the version that read found.
+                v.as_ref()?;
+                known.get(id.as_str()).cloned()
+            })
+            .collect())
     }
 
     /// What `/readyz` says of the claimer: this replica's last pass, if it ran one.

@@ -607,3 +607,71 @@ fn a_record_goes_only_once_it_owes_nothing_and_was_idle() {
         assert!(!kept.retirable(later, day, false), "{kept:?}");
     }
 }
+
+#[tokio::test]
+async fn the_claimer_decodes_a_record_again_only_when_its_version_moved() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let f = fixture();
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let facilitators = Arc::new(crate::facilitator::dispatch::Facilitators::new(
+        metrics.clone(),
+        Arc::new(crate::facilitator::local::Settlers::default()),
+    ));
+    let state: Arc<dyn crate::state::StateStore> = Arc::new(crate::state::MemoryStore::default());
+    let payments = Payments::with_calls(metrics, facilitators.clone(), facilitators, state.clone());
+    let a = f.record(30_000, 1_000_000, 0, now_ms());
+    let mut b = a.clone();
+    b.channel_id = "0xbb".into();
+    assert!(
+        state
+            .swap_channel(&a.channel_id, 0, &a.encode())
+            .await
+            .unwrap()
+    );
+    assert!(state.swap_channel("0xbb", 0, &b.encode()).await.unwrap());
+    let ids = vec![a.channel_id.clone(), "0xnone".to_owned(), "0xbb".to_owned()];
+
+    let first = payments.read_records(&ids).await.unwrap();
+    assert_eq!(first.len(), 2, "the channel without a record is left out");
+    assert_eq!((first[0].0, first[0].1.charged.as_str()), (1, "30000"));
+    assert_eq!(first[1].1.channel_id, "0xbb");
+    // Nothing moved: the same decoded records, not a second decode.
+    let again = payments.read_records(&ids).await.unwrap();
+    assert!(Arc::ptr_eq(&first[0].1, &again[0].1) && Arc::ptr_eq(&first[1].1, &again[1].1));
+
+    // A write moves the version: that record alone is read and decoded again.
+    let mut charged = a.clone();
+    charged.charged = "40000".into();
+    assert!(
+        state
+            .swap_channel(&a.channel_id, 1, &charged.encode())
+            .await
+            .unwrap()
+    );
+    let moved = payments.read_records(&ids).await.unwrap();
+    assert_eq!((moved[0].0, moved[0].1.charged.as_str()), (2, "40000"));
+    assert!(Arc::ptr_eq(&first[1].1, &moved[1].1));
+
+    // A dropped record (its tombstone) and one that no longer decodes are left out.
+    assert!(state.delete_channel("0xbb", 1).await.unwrap());
+    assert!(
+        state
+            .swap_channel(&a.channel_id, 2, b"not a record")
+            .await
+            .unwrap()
+    );
+    assert!(payments.read_records(&ids).await.unwrap().is_empty());
+
+    // Entries of channels no longer listed go.
+    assert!(
+        state
+            .swap_channel(&a.channel_id, 3, &a.encode())
+            .await
+            .unwrap()
+    );
+    let back = payments.read_records(&ids).await.unwrap();
+    assert_eq!(back.len(), 1);
+    payments.claimer_records.keep(&[]);
+    let fresh = payments.read_records(&ids).await.unwrap();
+    assert!(!Arc::ptr_eq(&back[0].1, &fresh[0].1));
+}

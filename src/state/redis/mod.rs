@@ -129,10 +129,16 @@ const CHANNEL_TOMBSTONE: Duration = Duration::from_secs(7 * 86_400);
 /// Channel records read in one MGET (the claimer's walk).
 const CHANNELS_PER_READ: usize = 256;
 
-/// A stored channel record, `<version>:<bytes>`, split.
-fn versioned(raw: &[u8]) -> Result<(u64, Vec<u8>), StateError> {
+/// Bytes of a stored channel record that always hold its version and the colon after it
+/// (a u64 has at most 20 digits).
+const VERSION_PREFIX_BYTES: usize = 21;
+
+/// The version of a stored channel record, `<version>:<bytes>`, from its first bytes; and
+/// where its record starts.
+fn version_prefix(raw: &[u8]) -> Result<(u64, usize), StateError> {
     let colon = raw
         .iter()
+        .take(VERSION_PREFIX_BYTES)
         .position(|b| *b == b':')
         .ok_or_else(|| StateError::Unavailable("a channel record without a version".into()))?;
     let version = std::str::from_utf8(&raw[..colon])
@@ -141,7 +147,13 @@ fn versioned(raw: &[u8]) -> Result<(u64, Vec<u8>), StateError> {
         .ok_or_else(|| {
             StateError::Unavailable("a channel record's version is not a number".into())
         })?;
-    Ok((version, raw[colon + 1..].to_vec()))
+    Ok((version, colon + 1))
+}
+
+/// A stored channel record, `<version>:<bytes>`, split.
+fn versioned(raw: &[u8]) -> Result<(u64, Vec<u8>), StateError> {
+    let (version, start) = version_prefix(raw)?;
+    Ok((version, raw[start..].to_vec()))
 }
 
 /// The Redis-backed store.
@@ -935,6 +947,40 @@ impl StateStore for RedisStore {
         Ok(out)
     }
 
+    async fn channel_versions(&self, ids: &[String]) -> Result<Vec<Option<u64>>, StateError> {
+        let mut out = Vec::with_capacity(ids.len());
+        // Only each record's `<version>:` prefix, pipelined a chunk at a time.
+        for chunk in ids.chunks(CHANNELS_PER_READ) {
+            let mut c = self.conn()?;
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("GETRANGE")
+                    .arg(self.channel_key(id))
+                    .arg(0)
+                    .arg(VERSION_PREFIX_BYTES - 1);
+            }
+            let heads: Vec<Vec<u8>> = self
+                .run(
+                    "channel_versions",
+                    async move { pipe.query_async(&mut c).await },
+                )
+                .await?;
+            for (id, head) in chunk.iter().zip(heads) {
+                // GETRANGE of a missing key is empty. A prefix that does not parse reads as
+                // no record here; the full read logs it.
+                out.push(if head.is_empty() {
+                    None
+                } else {
+                    version_prefix(&head)
+                        .map(|(version, _)| version)
+                        .inspect_err(|e| tracing::error!(channel = %id, error = %e, "a payment channel's record does not parse"))
+                        .ok()
+                });
+            }
+        }
+        Ok(out)
+    }
+
     async fn swap_channel(
         &self,
         id: &str,
@@ -1019,5 +1065,28 @@ impl StateStore for RedisStore {
         })
         .await
         .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{version_prefix, versioned};
+
+    #[test]
+    fn a_stored_channel_record_splits_into_its_version_and_bytes() {
+        assert_eq!(
+            versioned(b"7:{\"a\":1}").expect("split"),
+            (7, b"{\"a\":1}".to_vec())
+        );
+        assert_eq!(versioned(b"3:").expect("tombstone"), (3, Vec::new()));
+        // The claimer reads only the first bytes: the largest version fits in them.
+        let head = format!("{}:{{", u64::MAX);
+        assert_eq!(
+            version_prefix(&head.as_bytes()[..21]).expect("prefix"),
+            (u64::MAX, 21)
+        );
+        assert!(version_prefix(b"12").is_err());
+        assert!(version_prefix(b"x:{}").is_err());
+        assert!(version_prefix(b"123456789012345678901234:{}").is_err());
     }
 }
