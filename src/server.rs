@@ -407,7 +407,8 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     };
     // Client connections buffer writes up to `write_buffer_bytes`: a response head and a
     // body of known length leave in one segment (Pingora's default, one MSS, splits a 402's
-    // head from its body). Chunked and close-delimited bodies are flushed per write anyway.
+    // head from its body). Chunked and close-delimited bodies are flushed per write anyway;
+    // a known-length body waits in the buffer until it fills or the body ends.
     let client_buffers = L4BufferSettings::default().write(startup.write_buffer_bytes);
     if !plain.is_empty() {
         let mut svc = proxy_service(false, "x402-gateway");

@@ -33,7 +33,8 @@ pub struct ServerSection {
     /// connection is closed (default 30 000).
     pub header_read_timeout_ms: Option<Spanned<u64>>,
     /// Bytes of each client connection's writes held until a flush, so a response head and a
-    /// body of known length leave together (default 16 384; 0: every write goes out at once).
+    /// body of known length leave together (default 8 192, at most 262 144; 0: every write goes
+    /// out at once).
     pub write_buffer_bytes: Option<Spanned<usize>>,
     /// The only Host values served (names or globs such as `*.example.com`); any other Host,
     /// or none, gets a 421 before routing. Default: any host.

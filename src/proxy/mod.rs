@@ -241,9 +241,9 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         let vary = if ctx.snap.passes.is_some() {
-            respond::VARY_PRICED_PASSES
+            respond::VARY_PRICED_PASSES_VALUE
         } else {
-            respond::VARY_PRICED
+            respond::VARY_PRICED_VALUE
         };
         respond::keep_private(upstream_response, vary)?;
         if ctx.payment.is_none() {

@@ -15,9 +15,9 @@ use crate::snapshot::{StartupSettings, TlsListen};
 
 /// Bytes of a client connection's writes held until a flush, by default: a 402's head with its
 /// body, or a proxied head with a small body, leaves in one segment.
-const DEFAULT_WRITE_BUFFER: usize = 16 * 1024;
-/// The largest write buffer accepted (1 MiB).
-const MAX_WRITE_BUFFER: usize = 1024 * 1024;
+const DEFAULT_WRITE_BUFFER: usize = 8 * 1024;
+/// The largest write buffer accepted (256 KiB): each client connection holds one for its life.
+const MAX_WRITE_BUFFER: usize = 256 * 1024;
 
 /// `[server] trusted_proxies` → the networks whose forwarding headers are believed.
 pub(super) fn trusted_proxies(rep: &mut Reporter, cfg: usize, g: &GatewayFile) -> Vec<IpNet> {
@@ -137,7 +137,7 @@ pub(super) fn startup(
                         cfg,
                         b.span(),
                         "server.write_buffer_bytes",
-                        "must be between 0 and 1048576",
+                        "must be between 0 and 262144",
                     );
                 }
                 write_buffer = *b.get_ref();

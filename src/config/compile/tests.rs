@@ -362,17 +362,17 @@ fn trusted_proxies_are_networks_or_addresses() {
 }
 
 #[test]
-fn the_client_write_buffer_defaults_to_16_kib_and_is_bounded() {
+fn the_client_write_buffer_defaults_to_8_kib_and_is_bounded() {
     let snap = compile(&gateway(""), &[]).expect("compiles");
-    assert_eq!(snap.startup.write_buffer_bytes, 16 * 1024);
+    assert_eq!(snap.startup.write_buffer_bytes, 8 * 1024);
     let off = gateway("").replace("[server]\n", "[server]\nwrite_buffer_bytes = 0\n");
     let snap = compile(&off, &[]).expect("compiles");
     assert_eq!(snap.startup.write_buffer_bytes, 0);
-    let bad = gateway("").replace("[server]\n", "[server]\nwrite_buffer_bytes = 2000000\n");
+    let bad = gateway("").replace("[server]\n", "[server]\nwrite_buffer_bytes = 300000\n");
     let found = issues(&bad, &[]);
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].field, "server.write_buffer_bytes");
-    assert_eq!(located(&found[0]), at("gateway.toml", &bad, "2000000"));
+    assert_eq!(located(&found[0]), at("gateway.toml", &bad, "300000"));
 }
 
 #[test]

@@ -19,16 +19,19 @@ const CDN_CACHE_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("cloudflare-cdn-cache-control"),
     HeaderName::from_static("edge-control"),
 ];
-/// Header values built once (checked at compile time), copied without a check per response.
+/// Header values checked at compile time and copied without a check per response.
 const PRIVATE: HeaderValue = HeaderValue::from_static("private");
 const EXPOSE: HeaderValue = HeaderValue::from_static(EXPOSE_HEADERS);
+/// [`VARY_PRICED`] and [`VARY_PRICED_PASSES`] as header values.
+pub const VARY_PRICED_VALUE: HeaderValue = HeaderValue::from_static(VARY_PRICED);
+pub const VARY_PRICED_PASSES_VALUE: HeaderValue = HeaderValue::from_static(VARY_PRICED_PASSES);
 
 /// Keeps an origin response of a priced (or audience-priced) rule out of shared caches,
 /// whatever let it through (payment, pass, fail-open, shadow, a free audience): the next
 /// client may not be entitled to it. `Cache-Control` gains `private` (losing `public` and
 /// `s-maxage`), CDN-specific cache headers are dropped, and `Vary` names what changed the
 /// decision.
-pub fn keep_private(resp: &mut ResponseHeader, vary: &'static str) -> pingora::Result<()> {
+pub fn keep_private(resp: &mut ResponseHeader, vary: HeaderValue) -> pingora::Result<()> {
     match resp
         .headers
         .get(http::header::CACHE_CONTROL)
@@ -43,7 +46,7 @@ pub fn keep_private(resp: &mut ResponseHeader, vary: &'static str) -> pingora::R
             resp.remove_header(h);
         }
     }
-    resp.append_header("vary", HeaderValue::from_static(vary))?;
+    resp.append_header("vary", vary)?;
     Ok(())
 }
 

@@ -15,7 +15,8 @@ use super::ctx::Decision;
 use super::request::RequestError;
 use crate::payment::Rejection;
 pub use cache::{
-    VARY_PRICED, VARY_PRICED_PASSES, keep_private, mark_paid_response, private_cache_control,
+    VARY_PRICED_PASSES_VALUE, VARY_PRICED_VALUE, keep_private, mark_paid_response,
+    private_cache_control,
 };
 pub use challenge::{ALLOW_HEADERS, Challenge, EXPOSE_HEADERS, access_refused, cors, preflight};
 
