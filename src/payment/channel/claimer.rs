@@ -149,11 +149,17 @@ const RECORDS_PER_READ: usize = 1024;
 /// The channels of one claim transaction's group.
 type Group = (String, String, String, String);
 
+/// Decoded records the claimer keeps between passes, at most.
+const CACHED_RECORDS: usize = 100_000;
+
 /// The records the claimer decoded, by channel id, at the version it read: a pass reads only
 /// the versions and reads and decodes again just the records that changed since the last
-/// (versions never repeat: every write moves one on, and a dropped record's tombstone keeps
-/// it going). Only the lease holder keeps any; entries of channels no longer listed go at the
-/// end of each pass.
+/// (every write moves a version on, and a dropped record's tombstone keeps it going). Versions
+/// repeat only when the store loses data, so what is kept is bounded in age and trust: the
+/// interval's pass, and any pass after a store error, starts afresh; a record is retired only
+/// from a fresh read; at most [`CACHED_RECORDS`] are kept (the rest are decoded every pass).
+/// Only the lease holder keeps any; entries of channels no longer listed go at the end of
+/// each pass.
 #[derive(Default)]
 pub struct ClaimerRecords(
     std::sync::Mutex<std::collections::HashMap<String, (u64, Arc<ChannelRecord>)>>,
@@ -212,13 +218,19 @@ impl Payments {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take the channel claimer's lease");
+                self.claimer_records.clear();
                 return report;
             }
+        }
+        if all {
+            // The interval's pass reads every record afresh.
+            self.claimer_records.clear();
         }
         let ids = match self.state.channel_ids().await {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list payment channels");
+                self.claimer_records.clear();
                 return report;
             }
         };
@@ -230,33 +242,52 @@ impl Payments {
             std::collections::BTreeMap::new();
         let mut per_network: std::collections::BTreeMap<String, i64> =
             std::collections::BTreeMap::new();
-        // Read a chunk at a time: only the channels with something to claim are kept.
+        // Read a chunk at a time: only the channels with something to claim are kept here (the
+        // decoded records themselves stay in `claimer_records`).
         let mut chunks = ids.chunks(RECORDS_PER_READ);
         let mut records = Vec::new().into_iter();
         loop {
-            let (version, read) = match records.next() {
+            let (_, read) = match records.next() {
                 Some(found) => found,
                 None => {
                     let Some(chunk) = chunks.next() else { break };
                     match self.read_records(chunk).await {
                         Ok(found) => records = found.into_iter(),
-                        // The other chunks are still claimed this pass.
-                        Err(e) => tracing::warn!(error = %e, "cannot read payment channels"),
+                        // The other chunks are still claimed this pass; the next pass reads
+                        // everything afresh.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read payment channels");
+                            self.claimer_records.clear();
+                        }
                     }
                     continue;
                 }
             };
             let mut r = ChannelRecord::clone(&read);
-            if conf.retire_after.is_some_and(|after| {
-                r.retirable(super::now_ms(), after, conf.refund_idle.is_some())
-            }) {
+            if let Some(after) = conf.retire_after
+                && r.retirable(super::now_ms(), after, conf.refund_idle.is_some())
+            {
                 // Still a network with channels, for the gauge below.
                 per_network.entry(r.network.clone()).or_default();
-                match self.state.delete_channel(&r.channel_id, version).await {
-                    Ok(true) => {
-                        report.retired += 1;
-                        self.claimer_records.forget(&r.channel_id);
+                // Dropped only as the store holds it now, decided again on that: the record
+                // read may be one kept from an earlier pass.
+                self.claimer_records.forget(&r.channel_id);
+                let now = match self.state.channel(&r.channel_id).await {
+                    Ok(Some((v, bytes))) => ChannelRecord::decode(&bytes).map(|fresh| (v, fresh)),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::warn!(channel = %r.channel_id, error = %e, "cannot read a channel to retire");
+                        None
                     }
+                };
+                let Some((version, _)) = now.filter(|(_, fresh)| {
+                    fresh.retirable(super::now_ms(), after, conf.refund_idle.is_some())
+                }) else {
+                    // Changed or gone: looked at again on the next pass.
+                    continue;
+                };
+                match self.state.delete_channel(&r.channel_id, version).await {
+                    Ok(true) => report.retired += 1,
                     // Written since it was read: looked at again on the next pass.
                     Ok(false) => {}
                     Err(e) => {
@@ -392,42 +423,45 @@ impl Payments {
         ids: &[String],
     ) -> Result<Vec<(u64, Arc<ChannelRecord>)>, crate::state::StateError> {
         let versions = self.state.channel_versions(ids).await?;
-        let stale: Vec<String> = {
-            let known = self.claimer_records.lock();
-            ids.iter()
-                .zip(&versions)
-                .filter(|(id, v)| {
-                    v.is_some_and(|v| known.get(id.as_str()).is_none_or(|(at, _)| *at != v))
-                })
-                .map(|(id, _)| id.clone())
-                .collect()
-        };
-        let fresh = if stale.is_empty() {
-            Vec::new()
-        } else {
-            self.state.channels(&stale).await?
-        };
-        let mut known = self.claimer_records.lock();
-        for (id, found) in stale.iter().zip(fresh) {
-            match found.and_then(|(v, bytes)| ChannelRecord::decode(&bytes).map(|r| (v, r))) {
-                Some((v, r)) => {
-                    known.insert(id.clone(), (v, Arc::new(r)));
-                }
-                None => {
-                    known.remove(id.as_str());
+        // In order: the kept records that did not move, a gap for each one to read again.
+        let mut out: Vec<Option<(u64, Arc<ChannelRecord>)>> = Vec::with_capacity(ids.len());
+        let mut stale: Vec<usize> = Vec::new();
+        {
+            let mut known = self.claimer_records.lock();
+            for (i, (id, v)) in ids.iter().zip(&versions).enumerate() {
+                out.push(None);
+                match (v, known.get(id.as_str())) {
+                    (None, _) => {
+                        known.remove(id.as_str());
+                    }
+                    (Some(v), Some((at, r))) if at == v => out[i] = Some((*at, r.clone())),
+                    (Some(_), _) => stale.push(i),
                 }
             }
         }
-        Ok(ids
-            .iter()
-            .zip(&versions)
-            .filter_map(|(id, v)| {
-                // Gone since its version was read: not this pass's; a record read again
-                // because it moved is taken at the version that read found.
-                v.as_ref()?;
-                known.get(id.as_str()).cloned()
-            })
-            .collect())
+        if stale.is_empty() {
+            return Ok(out.into_iter().flatten().collect());
+        }
+        let stale_ids: Vec<String> = stale.iter().map(|&i| ids[i].clone()).collect();
+        let fresh = self.state.channels(&stale_ids).await?;
+        let mut known = self.claimer_records.lock();
+        for (&i, found) in stale.iter().zip(fresh) {
+            let id = ids[i].as_str();
+            // Read again because it moved: taken at the version that read found.
+            match found.and_then(|(v, bytes)| ChannelRecord::decode(&bytes).map(|r| (v, r))) {
+                Some((v, r)) => {
+                    let r = Arc::new(r);
+                    if known.len() < CACHED_RECORDS || known.contains_key(id) {
+                        known.insert(id.to_owned(), (v, r.clone()));
+                    }
+                    out[i] = Some((v, r));
+                }
+                None => {
+                    known.remove(id);
+                }
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
     }
 
     /// What `/readyz` says of the claimer: this replica's last pass, if it ran one.
