@@ -148,6 +148,15 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
+    /// The channel records, locked.
+    fn channel_table(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, HashMap<String, Versioned>>, StateError> {
+        self.channels
+            .lock()
+            .map_err(|_| StateError::Unavailable("channel table poisoned".into()))
+    }
+
     /// A store holding at most `capacity` entries of each kind (the verify cache a tenth).
     pub fn with_capacity(capacity: u64) -> Self {
         MemoryStore {
@@ -390,10 +399,7 @@ impl StateStore for MemoryStore {
     }
 
     async fn channel(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StateError> {
-        let channels = self
-            .channels
-            .lock()
-            .map_err(|_| StateError::Unavailable("channel table poisoned".into()))?;
+        let channels = self.channel_table()?;
         Ok(channels.get(id).map(|(v, r)| (*v, r.to_vec())))
     }
 
@@ -403,10 +409,7 @@ impl StateStore for MemoryStore {
         version: u64,
         record: &[u8],
     ) -> Result<bool, StateError> {
-        let mut channels = self
-            .channels
-            .lock()
-            .map_err(|_| StateError::Unavailable("channel table poisoned".into()))?;
+        let mut channels = self.channel_table()?;
         let current = channels.get(id).map_or(0, |(v, _)| *v);
         if current != version {
             return Ok(false);
@@ -416,10 +419,7 @@ impl StateStore for MemoryStore {
     }
 
     async fn delete_channel(&self, id: &str, version: u64) -> Result<bool, StateError> {
-        let mut channels = self
-            .channels
-            .lock()
-            .map_err(|_| StateError::Unavailable("channel table poisoned".into()))?;
+        let mut channels = self.channel_table()?;
         if channels
             .get(id)
             .is_none_or(|(v, r)| *v != version || r.is_empty())
@@ -431,10 +431,7 @@ impl StateStore for MemoryStore {
     }
 
     async fn channel_versions(&self, ids: &[String]) -> Result<Vec<Option<u64>>, StateError> {
-        let channels = self
-            .channels
-            .lock()
-            .map_err(|_| StateError::Unavailable("channel table poisoned".into()))?;
+        let channels = self.channel_table()?;
         Ok(ids
             .iter()
             .map(|id| channels.get(id).map(|(v, _)| *v))
@@ -442,10 +439,7 @@ impl StateStore for MemoryStore {
     }
 
     async fn channel_ids(&self) -> Result<Vec<String>, StateError> {
-        let channels = self
-            .channels
-            .lock()
-            .map_err(|_| StateError::Unavailable("channel table poisoned".into()))?;
+        let channels = self.channel_table()?;
         // Tombstones (empty records) are no channels.
         Ok(channels
             .iter()
