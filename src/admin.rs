@@ -170,6 +170,12 @@ pub fn readiness(
         "generation": snap.generation,
         "upstreams": health.iter().map(|(n, h, t)| json!({"name": n, "healthy": h, "peers": t})).collect::<Vec<_>>(),
         "unserved_payment_routes": unserved,
+        // The addresses each facilitator says it settles from: a transaction found on chain
+        // from none of them is not that facilitator's.
+        "facilitator_signers": snap.facilitators.iter().map(|f| (
+            f.name.clone(),
+            payments.facilitators.supported.signers_view(&f.name).unwrap_or(Value::Null),
+        )).collect::<serde_json::Map<_, _>>(),
         "channel_claimer": claimer,
     });
     (ready, report)

@@ -229,8 +229,7 @@ impl Facilitators {
         };
         self.record(fac, &result);
         if let Ok(v) = &result {
-            self.supported
-                .store(&fac.name, super::supported::parse_kinds(v));
+            self.supported.store(&fac.name, v);
         }
         result
     }

@@ -53,6 +53,16 @@ pub trait Facilitate: Send + Sync {
 
     /// A chain reader for a network, when it has RPC endpoints.
     fn reader(&self, registry: &Registry, network: &str) -> Option<rpc::ChainReader>;
+
+    /// The addresses a facilitator sends `network`'s transactions from, as its `/supported`
+    /// lists them; `None` when not known.
+    fn senders(
+        &self,
+        _fac: &FacilitatorConf,
+        _network: &str,
+    ) -> Option<std::sync::Arc<[alloy::primitives::Address]>> {
+        None
+    }
 }
 
 #[async_trait]
@@ -88,5 +98,13 @@ impl Facilitate for dispatch::Facilitators {
 
     fn reader(&self, registry: &Registry, network: &str) -> Option<rpc::ChainReader> {
         dispatch::Facilitators::reader(self, registry, network)
+    }
+
+    fn senders(
+        &self,
+        fac: &FacilitatorConf,
+        network: &str,
+    ) -> Option<std::sync::Arc<[alloy::primitives::Address]>> {
+        self.supported.senders(&fac.name, network)
     }
 }

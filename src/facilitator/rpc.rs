@@ -230,6 +230,17 @@ impl ChainReader {
             .await
     }
 
+    /// The account that sent a transaction, `None` while the node does not have it.
+    pub async fn transaction_sender(&self, tx: B256) -> Result<Option<Address>, RpcError> {
+        use alloy::network::TransactionResponse;
+        self.first_ok(|p| async move {
+            Ok::<_, alloy::transports::TransportError>(
+                p.get_transaction_by_hash(tx).await?.map(|t| t.from()),
+            )
+        })
+        .await
+    }
+
     /// The transaction that emitted `AuthorizationUsed(authorizer, nonce)` in recent blocks.
     pub async fn authorization_tx(
         &self,

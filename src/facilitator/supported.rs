@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use alloy::primitives::Address;
 use arc_swap::ArcSwap;
 
 use super::conf::FacilitatorConf;
@@ -17,10 +18,42 @@ pub struct Kind {
     pub network: String,
 }
 
+/// The addresses a facilitator sends transactions from, by CAIP-2 pattern (`eip155:*` or one
+/// network), as its `/supported` lists them under `signers`.
+pub type Signers = Vec<(String, Arc<[Address]>)>;
+
 /// The last `/supported` answer of each facilitator, by name.
 #[derive(Debug, Default)]
 pub struct SupportedCache {
     kinds: ArcSwap<HashMap<String, Vec<Kind>>>,
+    signers: ArcSwap<HashMap<String, Signers>>,
+}
+
+/// Parses the `signers` map of a v2 `/supported` answer: EVM addresses only (other families'
+/// keys are not addresses), patterns with no valid address left out.
+pub fn parse_signers(v: &serde_json::Value) -> Signers {
+    let Some(map) = v.get("signers").and_then(|s| s.as_object()) else {
+        return Vec::new();
+    };
+    map.iter()
+        .filter(|(pattern, _)| pattern.starts_with("eip155:"))
+        .filter_map(|(pattern, list)| {
+            let addrs: Vec<Address> = list
+                .as_array()?
+                .iter()
+                .filter_map(|a| a.as_str()?.parse().ok())
+                .collect();
+            (!addrs.is_empty()).then(|| (pattern.clone(), Arc::from(addrs)))
+        })
+        .collect()
+}
+
+/// Whether a CAIP-2 pattern (`eip155:8453`, or a namespace wildcard `eip155:*`) covers `network`.
+fn covers(pattern: &str, network: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => network.starts_with(prefix) && prefix.ends_with(':'),
+        None => pattern == network,
+    }
 }
 
 /// Parses the `kinds` array of a `/supported` answer.
@@ -42,10 +75,42 @@ pub fn parse_kinds(v: &serde_json::Value) -> Vec<Kind> {
 }
 
 impl SupportedCache {
-    pub fn store(&self, name: &str, kinds: Vec<Kind>) {
+    /// Keeps a facilitator's `/supported` answer: its kinds and its signers.
+    pub fn store(&self, name: &str, answer: &serde_json::Value) {
         let mut map = (**self.kinds.load()).clone();
-        map.insert(name.to_owned(), kinds);
+        map.insert(name.to_owned(), parse_kinds(answer));
         self.kinds.store(Arc::new(map));
+        let mut map = (**self.signers.load()).clone();
+        map.insert(name.to_owned(), parse_signers(answer));
+        self.signers.store(Arc::new(map));
+    }
+
+    /// A facilitator's signers as its last `/supported` listed them (EVM patterns only), as a
+    /// JSON object of pattern to checksummed addresses; `None` before its first answer.
+    pub fn signers_view(&self, name: &str) -> Option<serde_json::Value> {
+        let signers = self.signers.load();
+        let list = signers.get(name)?;
+        Some(serde_json::Value::Object(
+            list.iter()
+                .map(|(pattern, addrs)| {
+                    let addrs = addrs.iter().map(|a| a.to_checksum(None).into()).collect();
+                    (pattern.clone(), serde_json::Value::Array(addrs))
+                })
+                .collect(),
+        ))
+    }
+
+    /// The addresses a facilitator said it sends `network`'s transactions from; `None` when
+    /// its `/supported` is not known or lists none for that network.
+    pub fn senders(&self, name: &str, network: &str) -> Option<Arc<[Address]>> {
+        let signers = self.signers.load();
+        let mut found: Vec<Address> = Vec::new();
+        for (pattern, addrs) in signers.get(name)? {
+            if covers(pattern, network) {
+                found.extend(addrs.iter().copied());
+            }
+        }
+        (!found.is_empty()).then(|| Arc::from(found))
     }
 
     /// Whether a facilitator may be asked about (version, scheme, network). A facilitator whose
@@ -104,5 +169,67 @@ impl SupportedCache {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
+    const B: &str = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
+
+    #[test]
+    fn senders_come_from_the_signers_that_cover_the_network() {
+        let cache = SupportedCache::default();
+        assert_eq!(cache.senders("f", "eip155:8453"), None, "nothing known yet");
+        cache.store(
+            "f",
+            &serde_json::json!({
+                "kinds": [{"x402Version": 2, "scheme": "exact", "network": "eip155:8453"}],
+                "signers": {
+                    "eip155:*": [A, "not an address"],
+                    "eip155:84532": [B],
+                    "eip1550:*": [B],
+                    "solana:*": ["CKPKJWNdJEqa81x7CkZ14BVPiY6y16Sxs7owznqtWYp5"],
+                    "eip155:1": []
+                }
+            }),
+        );
+        let a: Address = A.parse().expect("a");
+        let b: Address = B.parse().expect("b");
+        assert_eq!(cache.senders("f", "eip155:8453").as_deref(), Some(&[a][..]));
+        let mut both = cache.senders("f", "eip155:84532").expect("both").to_vec();
+        both.sort();
+        let mut want = vec![a, b];
+        want.sort();
+        assert_eq!(both, want);
+        assert_eq!(cache.senders("f", "solana:mainnet"), None);
+        assert_eq!(
+            cache.senders("g", "eip155:8453"),
+            None,
+            "another facilitator"
+        );
+        // An answer without signers forgets the old ones.
+        assert_eq!(
+            cache.signers_view("f").expect("known")["eip155:84532"],
+            serde_json::json!([B])
+        );
+        assert_eq!(cache.signers_view("g"), None);
+        cache.store("f", &serde_json::json!({"kinds": []}));
+        assert_eq!(cache.senders("f", "eip155:8453"), None);
+        assert_eq!(cache.signers_view("f"), Some(serde_json::json!({})));
+    }
+
+    #[test]
+    fn patterns_cover_their_namespace_or_one_network() {
+        assert!(covers("eip155:*", "eip155:1"));
+        assert!(covers("eip155:1", "eip155:1"));
+        assert!(!covers("eip155:1", "eip155:10"));
+        assert!(!covers("eip155:*", "eip1550:1"));
+        assert!(
+            !covers("eip*", "eip155:1"),
+            "a wildcard covers one namespace"
+        );
     }
 }

@@ -2,12 +2,15 @@
 //! transaction it names must show this very transfer (payer, payTo, amount, nonce), and an
 //! authorization found used counts as this request's payment only when the transaction that
 //! used it is the one this request caused — the hash the facilitator (or the built-in settler)
-//! returned. A transaction found without such a hash proves nothing about who sent it: another
-//! replica given the same payment may share the facilitator and its signer.
+//! returned. A transaction found without such a hash proves little about who sent it: another
+//! replica given the same payment may share the facilitator and its signer. It proves one thing:
+//! a transaction sent from none of the addresses the facilitator lists as its signers
+//! (`/supported`) is not that facilitator's, so not this request's.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alloy::primitives::B256;
+use alloy::primitives::{Address, B256};
 
 use crate::facilitator::rpc::{ChainReader, ExpectedTransfer};
 
@@ -66,6 +69,9 @@ pub struct Lookup<'a> {
     pub expected: ExpectedTransfer,
     /// The transaction the facilitator named, when it named one.
     pub claimed: Option<B256>,
+    /// The addresses the facilitator asked to settle sends transactions from, when it listed
+    /// them: a found transaction sent from none of them is not this request's.
+    pub senders: Option<Arc<[Address]>>,
 }
 
 impl std::fmt::Debug for Lookup<'_> {
@@ -73,6 +79,7 @@ impl std::fmt::Debug for Lookup<'_> {
         f.debug_struct("Lookup")
             .field("expected", &self.expected)
             .field("claimed", &self.claimed)
+            .field("senders", &self.senders)
             .finish_non_exhaustive()
     }
 }
@@ -105,10 +112,23 @@ impl Lookup<'_> {
             };
         }
         match self.used_by().await {
+            Some(Some(Some(other))) if self.sent_by_another(other).await => Verdict::NotOurs,
             Some(Some(other)) => {
                 Verdict::Unattributed(other.map(|t| format!("{t:#x}")).unwrap_or_default())
             }
             Some(None) | None => Verdict::Unknown,
+        }
+    }
+
+    /// Whether `tx` was sent from none of the facilitator's listed signers. Unknown signers, or
+    /// a sender the node cannot tell, prove nothing.
+    async fn sent_by_another(&self, tx: B256) -> bool {
+        let Some(senders) = self.senders.as_deref() else {
+            return false;
+        };
+        match self.reader.transaction_sender(tx).await {
+            Ok(Some(from)) => !senders.contains(&from),
+            Ok(None) | Err(_) => false,
         }
     }
 

@@ -291,6 +291,63 @@ async fn a_connection_dropped_after_settling_serves_nothing_and_keeps_the_transa
     );
 }
 
+/// A facilitator whose settle fails without naming a transaction, when the chain shows the
+/// payment used by a transaction sent from none of the signers its `/supported` lists: another
+/// facilitator's (another replica given the same payment), so a used payment, refused as such
+/// (`402 payment_already_used`), nothing served and nothing charged again. Sent from its own
+/// signer, the same failure stays unattributed (the test above).
+#[tokio::test]
+async fn a_failed_settle_after_another_facilitators_transaction_is_a_used_payment() {
+    let t = Two::start(None, "");
+    let (payer, _) = t.payer();
+    t.gw.wait_facilitator_signers("a").await;
+    let before = t.balance(&payer).await;
+    let header = t.header("/api/weather").await;
+    // The same payment, settled first by `b` (another relayer) as another replica would.
+    let payload = decode_header(&header);
+    let settled: Value = client()
+        .post(t.b_url("/settle"))
+        .json(&json!({
+            "x402Version": 2,
+            "paymentPayload": payload,
+            "paymentRequirements": payload["accepted"],
+        }))
+        .send()
+        .await
+        .expect("settle at b")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(settled["success"], true, "{settled}");
+    assert_eq!(t.balance(&payer).await, before - 10_000);
+    // `a` says the payment is valid (its check ran before `b`'s transfer landed), then its
+    // settle fails without a transaction.
+    t.configure_a(json!({
+        "verifyOverride": {"status": 200, "body": {"isValid": true, "payer": payer}, "times": 1},
+        "settleOverride": {"status": 500, "body": "internal error", "times": 1},
+    }))
+    .await;
+    let r = t.pay("/api/weather", &header).await;
+    assert_eq!(r.status(), 402);
+    let pr = decode_header(r.headers()["payment-required"].to_str().expect("ascii"));
+    assert_eq!(pr["error"], "payment_already_used");
+    let body = r.text().await.expect("body");
+    assert!(
+        !body.contains("\"origin\""),
+        "the origin's answer leaked: {body}"
+    );
+    assert_eq!(t.balance(&payer).await, before - 10_000, "moved once, by b");
+    assert_eq!(t.a_calls().await, vec!["/verify", "/settle"]);
+    let ledger = t.gw.ledger();
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    assert_eq!(ledger[0]["event"], "used_elsewhere");
+    assert_eq!(
+        t.gw.metric(r#"x402_settlements_resolved_total{result="used_elsewhere"}"#)
+            .await,
+        1.0
+    );
+}
+
 #[tokio::test]
 async fn settle_fails_over_only_when_the_call_never_left() {
     let t = Two::start(None, "");

@@ -104,6 +104,7 @@ impl Payments {
                     reader: &reader,
                     expected,
                     claimed,
+                    senders: None,
                 }
                 .within(fac.confirm_timeout, RESOLVE_POLL)
                 .await
@@ -183,6 +184,7 @@ impl Payments {
             reader: &reader,
             expected,
             claimed: a.claimed_tx,
+            senders: None,
         }
         .look()
         .await;
@@ -227,6 +229,12 @@ impl Payments {
             resolver.end(a.key.as_str()).await;
             return;
         };
-        tokio::spawn(resolver.resolve(record, reader, expected, claimed, false));
+        // The facilitator that was asked: a transaction from none of its signers is not ours.
+        let senders = a
+            .facilitator
+            .as_deref()
+            .and_then(|name| env.facilitators.iter().find(|f| f.name == name))
+            .and_then(|fac| self.calls.senders(fac, &a.offer.requirements.network));
+        tokio::spawn(resolver.resolve(record, reader, expected, claimed, senders, false));
     }
 }

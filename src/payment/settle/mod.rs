@@ -161,6 +161,9 @@ impl Payments {
                             reader: &reader,
                             expected,
                             claimed: tx,
+                            // A transaction sent from none of this facilitator's signers
+                            // is another's: the precise `payment_already_used`.
+                            senders: self.calls.senders(fac, &network),
                         }
                         .within(env.pending_wait, RESOLVE_POLL)
                         .await

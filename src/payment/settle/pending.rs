@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use alloy::primitives::B256;
+use alloy::primitives::{Address, B256};
 use tokio::task::AbortHandle;
 
 use super::record::Record;
@@ -72,19 +72,23 @@ impl Resolver {
     /// Watches the chain until it shows whose transaction used the authorization, or the
     /// authorization expired unused; marks the reservation, writes the ledger line and drops
     /// the record. `recovered`: the record was taken over from another replica, so a
-    /// transaction that made exactly this transfer is this payment's settlement.
+    /// transaction that made exactly this transfer is this payment's settlement. `senders`:
+    /// the signers of the facilitator that was asked, when known (never for a record taken
+    /// over: its facilitator was another replica's choice).
     pub(super) async fn resolve(
         self,
         record: Record,
         reader: ChainReader,
         expected: ExpectedTransfer,
         claimed: Option<B256>,
+        senders: Option<Arc<[Address]>>,
         recovered: bool,
     ) {
         let lookup = Lookup {
             reader: &reader,
             expected,
             claimed,
+            senders,
         };
         let mut end = lookup.until_expiry(record.valid_before, WATCH_POLL).await;
         if recovered
@@ -95,6 +99,7 @@ impl Resolver {
                 reader: &reader,
                 expected: lookup.expected,
                 claimed: Some(hash),
+                senders: None,
             };
             if let Verdict::Ours(tx) = named.look().await {
                 end = Resolution::Ours(tx);
@@ -248,7 +253,7 @@ impl Payments {
             };
             tracing::warn!(replica = %p.replica, payer = %p.payer, "taking over a settlement in flight from a replica that stopped");
             let claimed = p.claimed_tx.as_deref().and_then(|t| t.parse().ok());
-            tokio::spawn(resolver.resolve(record, reader, expected, claimed, true));
+            tokio::spawn(resolver.resolve(record, reader, expected, claimed, None, true));
         }
     }
 }

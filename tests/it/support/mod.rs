@@ -336,6 +336,26 @@ impl Gateway {
             .expect("generation")
     }
 
+    /// Polls `/readyz` until the gateway knows the EVM signers facilitator `name` lists in
+    /// its `/supported` (fetched in the background after start).
+    pub async fn wait_facilitator_signers(&self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ready = self.admin_json("/readyz").await;
+            if ready["facilitator_signers"][name]["eip155:*"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}'s signers never known: {ready}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Polls until the configuration generation reaches `g`.
     pub async fn wait_generation(&self, g: u64) {
         let deadline = Instant::now() + Duration::from_secs(10);
