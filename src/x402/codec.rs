@@ -40,13 +40,8 @@ pub fn decode(value: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
     if value.is_empty() {
         return Err(DecodeError::Empty);
     }
-    if !value.len().is_multiple_of(4)
-        || !value
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
-    {
-        return Err(DecodeError::Base64);
-    }
+    // The standard engine is strict on its own: only the standard alphabet, canonical
+    // padding (so a length that is a multiple of 4), no trailing bits, no whitespace.
     STANDARD.decode(value).map_err(|_| DecodeError::Base64)
 }
 
@@ -77,5 +72,20 @@ mod tests {
         assert_eq!(decode(&[b'A'; 200], 100), Err(DecodeError::TooLarge(100)));
         // non-canonical trailing bits
         assert_eq!(decode(b"eyJhIjoxfR==", 100), Err(DecodeError::Base64));
+        // url-safe alphabet, missing or extra padding, padding inside, whitespace anywhere
+        for bad in [
+            &b"eyJh_joxfQ=="[..],
+            b"eyJhIjoxfQ=",
+            b"eyJhIjoxfQ===",
+            b"eyJh=joxfQ==",
+            b" eyJhIjoxfQ==",
+            b"eyJhIjox\tfQ==",
+            b"eyJhIjoxfQ==\r",
+            b"====",
+            b"e===",
+        ] {
+            assert_eq!(decode(bad, 100), Err(DecodeError::Base64), "{bad:?}");
+        }
+        assert_eq!(decode(b"YQ==", 100).as_deref(), Ok(&b"a"[..]));
     }
 }
