@@ -174,7 +174,10 @@ pub fn readiness(
         // from none of them is not that facilitator's.
         "facilitator_signers": snap.facilitators.iter().map(|f| (
             f.name.clone(),
-            payments.facilitators.supported.signers_view(&f.name).unwrap_or(Value::Null),
+            json!({
+                "complete": f.signers_complete,
+                "listed": payments.facilitators.supported.signers_view(f),
+            }),
         )).collect::<serde_json::Map<_, _>>(),
         "channel_claimer": claimer,
     });

@@ -59,6 +59,10 @@ impl BackgroundService for SupportedService {
                 .facilitators
                 .settlers
                 .retain(&snap.facilitators);
+            self.payments
+                .facilitators
+                .supported
+                .retain(&snap.facilitators);
             let full = Instant::now() >= next_full;
             let mut failing = false;
             for fac in &snap.facilitators {

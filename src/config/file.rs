@@ -424,6 +424,11 @@ pub struct FacilitatorSection {
     /// How long to look for that receipt before the settlement counts as unconfirmed.
     #[serde(default = "default_confirm_ms")]
     pub confirm_timeout_ms: u64,
+    /// Its `/supported` lists every address it sends settlements from: a settlement it left
+    /// unclear whose authorization a transaction from another address used is another's
+    /// payment (`payment_already_used`), not perhaps this request's (a 503).
+    #[serde(default)]
+    pub signers_complete: bool,
 }
 
 fn default_confirm_ms() -> u64 {

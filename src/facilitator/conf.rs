@@ -61,6 +61,8 @@ pub struct FacilitatorConf {
     pub confirm: Confirm,
     /// How long to look for the receipt of a transaction it reported.
     pub confirm_timeout: Duration,
+    /// Its `/supported` signers are every address it sends settlements from.
+    pub signers_complete: bool,
     /// Changes whenever anything above changes: runtime state (health, settlers) is keyed by it.
     pub fingerprint: String,
 }

@@ -229,7 +229,7 @@ impl Facilitators {
         };
         self.record(fac, &result);
         if let Ok(v) = &result {
-            self.supported.store(&fac.name, v);
+            self.supported.store(fac, v);
         }
         result
     }

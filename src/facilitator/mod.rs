@@ -105,6 +105,6 @@ impl Facilitate for dispatch::Facilitators {
         fac: &FacilitatorConf,
         network: &str,
     ) -> Option<std::sync::Arc<[alloy::primitives::Address]>> {
-        self.supported.senders(&fac.name, network)
+        self.supported.senders(fac, network)
     }
 }

@@ -144,6 +144,7 @@ mod tests {
             max_eject: Duration::from_secs(30),
             confirm: crate::facilitator::Confirm::Receipt,
             confirm_timeout: Duration::from_secs(10),
+            signers_complete: false,
             fingerprint: name.into(),
         }
     }

@@ -20,32 +20,34 @@ pub struct Kind {
 
 /// The addresses a facilitator sends transactions from, by CAIP-2 pattern (`eip155:*` or one
 /// network), as its `/supported` lists them under `signers`.
-pub type Signers = Vec<(String, Arc<[Address]>)>;
+pub type Signers = Vec<(String, Vec<Address>)>;
 
-/// The last `/supported` answer of each facilitator, by name.
+/// The last `/supported` answer of each facilitator, by name, and the signers each
+/// configuration of a facilitator has listed (by its fingerprint: a facilitator renamed,
+/// moved or given other keys starts again).
 #[derive(Debug, Default)]
 pub struct SupportedCache {
     kinds: ArcSwap<HashMap<String, Vec<Kind>>>,
     signers: ArcSwap<HashMap<String, Signers>>,
 }
 
-/// Parses the `signers` map of a v2 `/supported` answer: EVM addresses only (other families'
-/// keys are not addresses), patterns with no valid address left out.
-pub fn parse_signers(v: &serde_json::Value) -> Signers {
+/// Parses the `signers` map of a v2 `/supported` answer: EVM patterns only (other families'
+/// keys are not EVM addresses). `None` when an EVM pattern's list is not an array of
+/// addresses: a list read in part is not a complete one.
+pub fn parse_signers(v: &serde_json::Value) -> Option<Signers> {
     let Some(map) = v.get("signers").and_then(|s| s.as_object()) else {
-        return Vec::new();
+        return Some(Vec::new());
     };
-    map.iter()
-        .filter(|(pattern, _)| pattern.starts_with("eip155:"))
-        .filter_map(|(pattern, list)| {
-            let addrs: Vec<Address> = list
-                .as_array()?
-                .iter()
-                .filter_map(|a| a.as_str()?.parse().ok())
-                .collect();
-            (!addrs.is_empty()).then(|| (pattern.clone(), Arc::from(addrs)))
-        })
-        .collect()
+    let mut out = Vec::new();
+    for (pattern, list) in map.iter().filter(|(p, _)| p.starts_with("eip155:")) {
+        let addrs = list
+            .as_array()?
+            .iter()
+            .map(|a| a.as_str()?.parse().ok())
+            .collect::<Option<Vec<Address>>>()?;
+        out.push((pattern.clone(), addrs));
+    }
+    Some(out)
 }
 
 /// Whether a CAIP-2 pattern (`eip155:8453`, or a namespace wildcard `eip155:*`) covers `network`.
@@ -75,21 +77,61 @@ pub fn parse_kinds(v: &serde_json::Value) -> Vec<Kind> {
 }
 
 impl SupportedCache {
-    /// Keeps a facilitator's `/supported` answer: its kinds and its signers.
-    pub fn store(&self, name: &str, answer: &serde_json::Value) {
-        let mut map = (**self.kinds.load()).clone();
-        map.insert(name.to_owned(), parse_kinds(answer));
-        self.kinds.store(Arc::new(map));
-        let mut map = (**self.signers.load()).clone();
-        map.insert(name.to_owned(), parse_signers(answer));
-        self.signers.store(Arc::new(map));
+    /// Keeps a facilitator's `/supported` answer: its kinds, and its signers added to those
+    /// its configuration listed before (a fleet behind one URL may answer with one instance's
+    /// relayer at a time). An answer whose signers cannot all be read forgets them.
+    pub fn store(&self, fac: &FacilitatorConf, answer: &serde_json::Value) {
+        self.kinds.rcu(|kinds| {
+            let mut map = (**kinds).clone();
+            map.insert(fac.name.clone(), parse_kinds(answer));
+            map
+        });
+        let listed = parse_signers(answer);
+        self.signers.rcu(|signers| {
+            let mut map = (**signers).clone();
+            match &listed {
+                None => {
+                    map.remove(&fac.fingerprint);
+                }
+                Some(listed) => {
+                    let known = map.entry(fac.fingerprint.clone()).or_default();
+                    for (pattern, addrs) in listed {
+                        match known.iter_mut().find(|(p, _)| p == pattern) {
+                            Some((_, have)) => {
+                                for a in addrs {
+                                    if !have.contains(a) {
+                                        have.push(*a);
+                                    }
+                                }
+                            }
+                            None => known.push((pattern.clone(), addrs.clone())),
+                        }
+                    }
+                }
+            }
+            map
+        });
     }
 
-    /// A facilitator's signers as its last `/supported` listed them (EVM patterns only), as a
-    /// JSON object of pattern to checksummed addresses; `None` before its first answer.
-    pub fn signers_view(&self, name: &str) -> Option<serde_json::Value> {
+    /// Forgets the signers of configurations no longer in `facilitators`.
+    pub fn retain(&self, facilitators: &[FacilitatorConf]) {
+        let live = |k: &String| facilitators.iter().any(|f| &f.fingerprint == k);
+        if self.signers.load().keys().all(live) {
+            return;
+        }
+        self.signers.rcu(|signers| {
+            let mut map = (**signers).clone();
+            map.retain(|k, _| live(k));
+            map
+        });
+    }
+
+    /// A facilitator's signers as its configuration's `/supported` answers listed them (EVM
+    /// patterns only), as a JSON object of pattern to checksummed addresses; `None` when not
+    /// known.
+    pub fn signers_view(&self, fac: &FacilitatorConf) -> Option<serde_json::Value> {
         let signers = self.signers.load();
-        let list = signers.get(name)?;
+        let list = signers.get(&fac.fingerprint)?;
         Some(serde_json::Value::Object(
             list.iter()
                 .map(|(pattern, addrs)| {
@@ -100,12 +142,16 @@ impl SupportedCache {
         ))
     }
 
-    /// The addresses a facilitator said it sends `network`'s transactions from; `None` when
-    /// its `/supported` is not known or lists none for that network.
-    pub fn senders(&self, name: &str, network: &str) -> Option<Arc<[Address]>> {
+    /// The addresses a facilitator sends `network`'s transactions from, when its
+    /// configuration says its `/supported` lists them all (`signers_complete`) and it listed
+    /// some for that network; otherwise `None`.
+    pub fn senders(&self, fac: &FacilitatorConf, network: &str) -> Option<Arc<[Address]>> {
+        if !fac.signers_complete {
+            return None;
+        }
         let signers = self.signers.load();
         let mut found: Vec<Address> = Vec::new();
-        for (pattern, addrs) in signers.get(name)? {
+        for (pattern, addrs) in signers.get(&fac.fingerprint)? {
             if covers(pattern, network) {
                 found.extend(addrs.iter().copied());
             }
@@ -179,46 +225,101 @@ mod tests {
     const A: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
     const B: &str = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
 
+    fn fac(name: &str, fingerprint: &str, complete: bool) -> FacilitatorConf {
+        FacilitatorConf {
+            name: name.into(),
+            kind: crate::facilitator::conf::FacilitatorKind::Http,
+            url: "http://127.0.0.1:1".into(),
+            networks: Vec::new(),
+            timeout: std::time::Duration::from_secs(1),
+            headers: Vec::new(),
+            priority: 0,
+            weight: 1,
+            failure_threshold: 1,
+            max_eject: std::time::Duration::from_secs(1),
+            confirm: crate::facilitator::Confirm::Receipt,
+            confirm_timeout: std::time::Duration::from_secs(1),
+            signers_complete: complete,
+            fingerprint: fingerprint.into(),
+        }
+    }
+
+    fn answer(signers: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "kinds": [{"x402Version": 2, "scheme": "exact", "network": "eip155:8453"}],
+            "signers": signers,
+        })
+    }
+
     #[test]
     fn senders_come_from_the_signers_that_cover_the_network() {
         let cache = SupportedCache::default();
-        assert_eq!(cache.senders("f", "eip155:8453"), None, "nothing known yet");
+        let f = fac("f", "f1", true);
+        assert_eq!(cache.senders(&f, "eip155:8453"), None, "nothing known yet");
         cache.store(
-            "f",
-            &serde_json::json!({
-                "kinds": [{"x402Version": 2, "scheme": "exact", "network": "eip155:8453"}],
-                "signers": {
-                    "eip155:*": [A, "not an address"],
-                    "eip155:84532": [B],
-                    "eip1550:*": [B],
-                    "solana:*": ["CKPKJWNdJEqa81x7CkZ14BVPiY6y16Sxs7owznqtWYp5"],
-                    "eip155:1": []
-                }
-            }),
+            &f,
+            &answer(serde_json::json!({
+                "eip155:*": [A],
+                "eip155:84532": [B],
+                "eip1550:*": [B],
+                "solana:*": ["CKPKJWNdJEqa81x7CkZ14BVPiY6y16Sxs7owznqtWYp5"],
+                "eip155:1": []
+            })),
         );
         let a: Address = A.parse().expect("a");
         let b: Address = B.parse().expect("b");
-        assert_eq!(cache.senders("f", "eip155:8453").as_deref(), Some(&[a][..]));
-        let mut both = cache.senders("f", "eip155:84532").expect("both").to_vec();
+        assert_eq!(cache.senders(&f, "eip155:8453").as_deref(), Some(&[a][..]));
+        let mut both = cache.senders(&f, "eip155:84532").expect("both").to_vec();
         both.sort();
         let mut want = vec![a, b];
         want.sort();
         assert_eq!(both, want);
-        assert_eq!(cache.senders("f", "solana:mainnet"), None);
+        assert_eq!(cache.senders(&f, "solana:mainnet"), None);
         assert_eq!(
-            cache.senders("g", "eip155:8453"),
-            None,
-            "another facilitator"
-        );
-        // An answer without signers forgets the old ones.
-        assert_eq!(
-            cache.signers_view("f").expect("known")["eip155:84532"],
+            cache.signers_view(&f).expect("known")["eip155:84532"],
             serde_json::json!([B])
         );
-        assert_eq!(cache.signers_view("g"), None);
-        cache.store("f", &serde_json::json!({"kinds": []}));
-        assert_eq!(cache.senders("f", "eip155:8453"), None);
-        assert_eq!(cache.signers_view("f"), Some(serde_json::json!({})));
+        // Only a configuration that says its list is complete uses it.
+        let incomplete = fac("f", "f1", false);
+        assert_eq!(cache.senders(&incomplete, "eip155:8453"), None);
+        // Another configuration under the same name (moved, other keys) starts again.
+        let moved = fac("f", "f2", true);
+        assert_eq!(cache.senders(&moved, "eip155:8453"), None);
+        assert_eq!(cache.signers_view(&moved), None);
+    }
+
+    #[test]
+    fn signers_add_up_across_answers_and_an_unreadable_list_forgets_them() {
+        let cache = SupportedCache::default();
+        let f = fac("f", "f1", true);
+        let (a, b): (Address, Address) = (A.parse().expect("a"), B.parse().expect("b"));
+        cache.store(&f, &answer(serde_json::json!({"eip155:*": [A]})));
+        // Another instance behind the same URL answers with its own relayer.
+        cache.store(&f, &answer(serde_json::json!({"eip155:*": [B]})));
+        assert_eq!(
+            cache.senders(&f, "eip155:8453").as_deref(),
+            Some(&[a, b][..])
+        );
+        cache.store(&f, &serde_json::json!({"kinds": []}));
+        assert_eq!(
+            cache.senders(&f, "eip155:8453").as_deref(),
+            Some(&[a, b][..]),
+            "an answer without signers takes none away"
+        );
+        for bad in [
+            serde_json::json!({"eip155:*": [A, "not an address"]}),
+            serde_json::json!({"eip155:*": A}),
+            serde_json::json!({"eip155:*": [7]}),
+        ] {
+            cache.store(&f, &answer(serde_json::json!({"eip155:*": [A]})));
+            cache.store(&f, &answer(bad.clone()));
+            assert_eq!(cache.senders(&f, "eip155:8453"), None, "{bad}");
+            assert_eq!(cache.signers_view(&f), None, "{bad}");
+        }
+        // Configurations no longer configured are forgotten.
+        cache.store(&f, &answer(serde_json::json!({"eip155:*": [A]})));
+        cache.retain(&[fac("f", "f2", true)]);
+        assert_eq!(cache.senders(&f, "eip155:8453"), None);
     }
 
     #[test]

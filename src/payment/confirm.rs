@@ -28,6 +28,9 @@ pub enum Verdict {
     Mismatch,
     /// Used, but no transaction was named to tell whose it was (the found one, if any).
     Unattributed(String),
+    /// Used by a transaction nobody named, sent from an address (`from`) that is none of
+    /// the signers of the facilitator this request asked: another's payment.
+    SentByOther { tx: String, from: String },
     /// Nothing can be said yet.
     Unknown,
 }
@@ -41,6 +44,8 @@ pub enum Resolution {
     NotOurs,
     /// Used by a transaction nobody named (the one found, if any).
     Unattributed(String),
+    /// Used by a transaction nobody named, sent from none of the asked facilitator's signers.
+    SentByOther { tx: String, from: String },
     /// The authorization expired unused: provably never settled.
     ExpiredUnused,
 }
@@ -52,6 +57,7 @@ impl Resolution {
             Resolution::Ours(_) => "settled_late",
             Resolution::NotOurs => "used_elsewhere",
             Resolution::Unattributed(_) => "used_unattributed",
+            Resolution::SentByOther { .. } => "used_by_other_sender",
             Resolution::ExpiredUnused => "expired_unsettled",
         }
     }
@@ -112,23 +118,25 @@ impl Lookup<'_> {
             };
         }
         match self.used_by().await {
-            Some(Some(Some(other))) if self.sent_by_another(other).await => Verdict::NotOurs,
-            Some(Some(other)) => {
-                Verdict::Unattributed(other.map(|t| format!("{t:#x}")).unwrap_or_default())
-            }
+            Some(Some(Some(other))) => match self.other_sender(other).await {
+                Some(from) => Verdict::SentByOther {
+                    tx: format!("{other:#x}"),
+                    from: from.to_checksum(None),
+                },
+                None => Verdict::Unattributed(format!("{other:#x}")),
+            },
+            Some(Some(None)) => Verdict::Unattributed(String::new()),
             Some(None) | None => Verdict::Unknown,
         }
     }
 
-    /// Whether `tx` was sent from none of the facilitator's listed signers. Unknown signers, or
-    /// a sender the node cannot tell, prove nothing.
-    async fn sent_by_another(&self, tx: B256) -> bool {
-        let Some(senders) = self.senders.as_deref() else {
-            return false;
-        };
+    /// `tx`'s sender when it is none of the facilitator's signers. Signers not known as
+    /// complete, or a sender the node cannot tell, prove nothing.
+    async fn other_sender(&self, tx: B256) -> Option<Address> {
+        let senders = self.senders.as_deref()?;
         match self.reader.transaction_sender(tx).await {
-            Ok(Some(from)) => !senders.contains(&from),
-            Ok(None) | Err(_) => false,
+            Ok(Some(from)) if !senders.contains(&from) => Some(from),
+            Ok(_) | Err(_) => None,
         }
     }
 
@@ -163,6 +171,9 @@ impl Lookup<'_> {
                 Verdict::Ours(tx) => return Resolution::Ours(tx),
                 Verdict::NotOurs => return Resolution::NotOurs,
                 Verdict::Unattributed(tx) => return Resolution::Unattributed(tx),
+                Verdict::SentByOther { tx, from } => {
+                    return Resolution::SentByOther { tx, from };
+                }
                 _ if unix_now() > valid_before + 5 => {
                     let e = &self.expected;
                     match self

@@ -299,6 +299,7 @@ impl Bench {
             max_eject: Duration::from_secs(30),
             confirm: Confirm::Receipt,
             confirm_timeout: Duration::from_secs(1),
+            signers_complete: false,
             fingerprint: "f".into(),
         };
         Bench {

@@ -12,7 +12,8 @@ use moka::Expiry;
 use moka::sync::Cache;
 
 use super::{
-    Attempter, Identified, PendingSettlement, Quota, Refused, StateError, StateStore, unix_now,
+    Attempter, CHANNEL_TOMBSTONE, Identified, PendingSettlement, Quota, Refused, StateError,
+    StateStore, unix_now,
 };
 
 const IN_FLIGHT: u8 = 0;
@@ -124,13 +125,42 @@ pub struct MemoryStore {
     identifier_lock: Mutex<()>,
     /// Who paid for what (sign-in re-access), until their window ends.
     paid: Cache<[u8; 32], u64>,
-    /// Payment channels' records and their versions (kept until the process ends: a
-    /// channel's latest voucher is money until it is claimed).
-    channels: Mutex<HashMap<String, Versioned>>,
+    /// Payment channels' records and their versions (kept until dropped: a channel's latest
+    /// voucher is money until it is claimed), and the dropped ones' tombstones.
+    channels: Mutex<Channels>,
 }
 
 /// A channel record and its version.
 type Versioned = (u64, Arc<[u8]>);
+
+/// The channel table and, oldest first, when each tombstone was left (channel, version).
+#[derive(Default)]
+struct Channels {
+    records: HashMap<String, Versioned>,
+    tombstones: std::collections::VecDeque<(Instant, String, u64)>,
+}
+
+impl Channels {
+    /// Forgets tombstones older than [`CHANNEL_TOMBSTONE`] at `now`, unless their channel has
+    /// a record again.
+    fn prune(&mut self, now: Instant) {
+        while let Some((at, _, _)) = self.tombstones.front() {
+            if now.saturating_duration_since(*at) < CHANNEL_TOMBSTONE {
+                break;
+            }
+            let Some((_, id, version)) = self.tombstones.pop_front() else {
+                break;
+            };
+            if self
+                .records
+                .get(&id)
+                .is_some_and(|(v, r)| *v == version && r.is_empty())
+            {
+                self.records.remove(&id);
+            }
+        }
+    }
+}
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,9 +179,7 @@ impl Default for MemoryStore {
 
 impl MemoryStore {
     /// The channel records, locked.
-    fn channel_table(
-        &self,
-    ) -> Result<std::sync::MutexGuard<'_, HashMap<String, Versioned>>, StateError> {
+    fn channel_table(&self) -> Result<std::sync::MutexGuard<'_, Channels>, StateError> {
         self.channels
             .lock()
             .map_err(|_| StateError::Unavailable("channel table poisoned".into()))
@@ -194,7 +222,7 @@ impl MemoryStore {
                 .max_capacity(capacity)
                 .expire_after(UntilExpires)
                 .build(),
-            channels: Mutex::new(HashMap::new()),
+            channels: Mutex::new(Channels::default()),
         }
     }
 
@@ -400,7 +428,7 @@ impl StateStore for MemoryStore {
 
     async fn channel(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StateError> {
         let channels = self.channel_table()?;
-        Ok(channels.get(id).map(|(v, r)| (*v, r.to_vec())))
+        Ok(channels.records.get(id).map(|(v, r)| (*v, r.to_vec())))
     }
 
     async fn swap_channel(
@@ -410,23 +438,33 @@ impl StateStore for MemoryStore {
         record: &[u8],
     ) -> Result<bool, StateError> {
         let mut channels = self.channel_table()?;
-        let current = channels.get(id).map_or(0, |(v, _)| *v);
+        let current = channels.records.get(id).map_or(0, |(v, _)| *v);
         if current != version {
             return Ok(false);
         }
-        channels.insert(id.to_owned(), (version + 1, Arc::from(record)));
+        channels
+            .records
+            .insert(id.to_owned(), (version + 1, Arc::from(record)));
         Ok(true)
     }
 
     async fn delete_channel(&self, id: &str, version: u64) -> Result<bool, StateError> {
         let mut channels = self.channel_table()?;
+        let now = Instant::now();
+        channels.prune(now);
         if channels
+            .records
             .get(id)
             .is_none_or(|(v, r)| *v != version || r.is_empty())
         {
             return Ok(false);
         }
-        channels.insert(id.to_owned(), (version + 1, Arc::from(&[][..])));
+        channels
+            .records
+            .insert(id.to_owned(), (version + 1, Arc::from(&[][..])));
+        channels
+            .tombstones
+            .push_back((now, id.to_owned(), version + 1));
         Ok(true)
     }
 
@@ -434,14 +472,16 @@ impl StateStore for MemoryStore {
         let channels = self.channel_table()?;
         Ok(ids
             .iter()
-            .map(|id| channels.get(id).map(|(v, _)| *v))
+            .map(|id| channels.records.get(id).map(|(v, _)| *v))
             .collect())
     }
 
     async fn channel_ids(&self) -> Result<Vec<String>, StateError> {
-        let channels = self.channel_table()?;
+        let mut channels = self.channel_table()?;
+        channels.prune(Instant::now());
         // Tombstones (empty records) are no channels.
         Ok(channels
+            .records
             .iter()
             .filter(|(_, (_, r))| !r.is_empty())
             .map(|(id, _)| id.clone())
@@ -507,6 +547,23 @@ mod tests {
             assert!(!store.swap_channel("a", 0, b"stale").await.expect("swap"));
             assert!(!store.swap_channel("a", 2, b"stale").await.expect("swap"));
             assert!(store.swap_channel("a", 3, b"a-again").await.expect("swap"));
+            assert_eq!(
+                store.channel("a").await.expect("read"),
+                Some((4, b"a-again".to_vec()))
+            );
+            // Tombstones go after their time, unless the channel has a record again.
+            assert!(store.delete_channel("b", 1).await.expect("delete"));
+            let later = Instant::now() + CHANNEL_TOMBSTONE;
+            {
+                let mut table = store.channel_table().expect("table");
+                assert_eq!(table.tombstones.len(), 2);
+                table.prune(Instant::now());
+                assert_eq!(table.tombstones.len(), 2, "not yet");
+                table.prune(later + Duration::from_secs(1));
+                assert!(table.tombstones.is_empty());
+                assert_eq!(table.records.len(), 1, "{:?}", table.records.keys());
+            }
+            assert_eq!(store.channel("b").await.expect("read"), None);
             assert_eq!(
                 store.channel("a").await.expect("read"),
                 Some((4, b"a-again".to_vec()))

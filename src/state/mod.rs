@@ -187,6 +187,10 @@ pub struct Admitted {
     pub verified: bool,
 }
 
+/// How long a dropped channel's tombstone keeps its version: far longer than any request
+/// that read the record before it was dropped can take.
+pub const CHANNEL_TOMBSTONE: Duration = Duration::from_secs(7 * 86_400);
+
 /// Everything remembered across requests. Every operation is atomic on its key.
 #[async_trait]
 pub trait StateStore: Send + Sync + std::fmt::Debug {
@@ -352,7 +356,8 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
             .collect())
     }
     /// Drops channel `id`'s record if its version is still `version`; false: it changed (or
-    /// is gone). What stays is a tombstone: the version `version + 1` with an empty record
+    /// is gone). What stays, for [`CHANNEL_TOMBSTONE`], is a tombstone: the version
+    /// `version + 1` with an empty record
     /// (read as no record), so that a version is never used twice for different records (a
     /// swap expecting an old version cannot succeed on a record rebuilt later); it leaves the
     /// index of channels. The channel's next record starts again from the chain.

@@ -251,10 +251,12 @@ async fn a_lying_settle_is_checked_on_chain_and_never_settled_twice() {
 /// A facilitator that settles and then drops the connection named no transaction: the chain
 /// shows the authorization used, but nothing says by whose call (another replica sharing the
 /// facilitator may have sent the same payment). Nothing is served, nothing is settled twice,
-/// and the ledger keeps the transaction found for reconciliation.
+/// and the ledger keeps the transaction found for reconciliation. So even when the
+/// facilitator's signers are known complete: the transaction came from one of them.
 #[tokio::test]
 async fn a_connection_dropped_after_settling_serves_nothing_and_keeps_the_transaction() {
-    let t = Two::start(None, "");
+    let t = Two::start(None, "signers_complete = true");
+    t.gw.wait_facilitator_signers("a").await;
     let (payer, _) = t.payer();
     let before = t.balance(&payer).await;
     t.configure_a(json!({"settleDropConnection": 1})).await;
@@ -292,13 +294,14 @@ async fn a_connection_dropped_after_settling_serves_nothing_and_keeps_the_transa
 }
 
 /// A facilitator whose settle fails without naming a transaction, when the chain shows the
-/// payment used by a transaction sent from none of the signers its `/supported` lists: another
-/// facilitator's (another replica given the same payment), so a used payment, refused as such
-/// (`402 payment_already_used`), nothing served and nothing charged again. Sent from its own
-/// signer, the same failure stays unattributed (the test above).
+/// payment used by a transaction sent from none of the signers its `/supported` lists (and
+/// its configuration says the list is whole): another facilitator's (another replica given
+/// the same payment), so a used payment, refused as such (`402 payment_already_used`),
+/// nothing served and nothing charged again. Sent from its own signer, the same failure stays
+/// unattributed (the test above).
 #[tokio::test]
 async fn a_failed_settle_after_another_facilitators_transaction_is_a_used_payment() {
-    let t = Two::start(None, "");
+    let t = Two::start(None, "signers_complete = true");
     let (payer, _) = t.payer();
     t.gw.wait_facilitator_signers("a").await;
     let before = t.balance(&payer).await;
@@ -341,10 +344,20 @@ async fn a_failed_settle_after_another_facilitators_transaction_is_a_used_paymen
     let ledger = t.gw.ledger();
     assert_eq!(ledger.len(), 1, "{ledger:?}");
     assert_eq!(ledger[0]["event"], "used_elsewhere");
+    let tx = s(&ledger[0]["transaction"]);
+    assert!(
+        tx.starts_with("0x") && tx.len() == 66,
+        "the ledger keeps b's transaction: {tx}"
+    );
     assert_eq!(
-        t.gw.metric(r#"x402_settlements_resolved_total{result="used_elsewhere"}"#)
+        t.gw.metric(r#"x402_settlements_resolved_total{result="used_by_other_sender"}"#)
             .await,
         1.0
+    );
+    assert!(
+        t.gw.log_text()
+            .contains("from none of the facilitator's signers"),
+        "a warning names the sender"
     );
 }
 

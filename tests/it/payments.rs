@@ -889,22 +889,23 @@ async fn the_same_payment_at_two_replicas_at_once_serves_once_and_moves_once() {
     );
     let rules = "[[rule]]\nid = \"slow\"\nprefix = \"/slow/\"\nprice = \"$0.01\"\n";
     let (oa, ob) = (Origin::start("replica-a"), Origin::start("replica-b"));
-    let a = Gateway::start(
-        &pay_config(&oa.addr, &dev.info, None, ""),
-        &[("rules.toml", rules)],
-    );
+    // Each replica's facilitator lists every address it settles from (`signers_complete`).
+    let config = |origin: &str, fac: &str| {
+        paid_config(
+            origin,
+            &dev.info,
+            &facilitator_toml("local", fac, 0, "signers_complete = true"),
+            "",
+        )
+    };
+    let a_url = dev.info["facilitatorUrl"].as_str().expect("fac");
+    let a = Gateway::start(&config(&oa.addr, a_url), &[("rules.toml", rules)]);
     let b_url = other_fac.info["facilitatorUrl"].as_str().expect("fac");
-    let b = Gateway::start(
-        &pay_config(&ob.addr, &dev.info, Some(b_url), ""),
-        &[("rules.toml", rules)],
-    );
+    let b = Gateway::start(&config(&ob.addr, b_url), &[("rules.toml", rules)]);
     // A third replica shares `a`'s facilitator: the second settle of one authorization then
     // reaches the same facilitator (a duplicate, or a nonce already used).
     let oc = Origin::start("replica-c");
-    let c = Gateway::start(
-        &pay_config(&oc.addr, &dev.info, None, ""),
-        &[("rules.toml", rules)],
-    );
+    let c = Gateway::start(&config(&oc.addr, a_url), &[("rules.toml", rules)]);
     let token = dev.info["token"]["address"].as_str().expect("token");
     let payer = dev.info["payers"][0]["address"].as_str().expect("payer");
     let key = pay::key(dev.info["payers"][0]["privateKey"].as_str().expect("key"));

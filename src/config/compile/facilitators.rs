@@ -367,13 +367,14 @@ fn compile_facilitator(
     let fingerprint = {
         let mut h = Sha256::new();
         h.update(format!(
-            "{name}|{:?}|{url}|{nets:?}|{}|{}|{}|{:?}|{}",
+            "{name}|{:?}|{url}|{nets:?}|{}|{}|{}|{:?}|{}|{}",
             f.kind,
             f.timeout_ms,
             f.max_eject_ms,
             f.receipt_timeout_ms,
             f.confirm,
-            f.confirm_timeout_ms
+            f.confirm_timeout_ms,
+            f.signers_complete
         ));
         for (k, v) in &headers {
             h.update(k.as_bytes());
@@ -415,6 +416,7 @@ fn compile_facilitator(
         max_eject: Duration::from_millis(f.max_eject_ms.max(1000)),
         confirm: f.confirm,
         confirm_timeout: Duration::from_millis(f.confirm_timeout_ms.max(100)),
+        signers_complete: f.signers_complete,
         fingerprint,
     })
 }

@@ -439,6 +439,7 @@ mod tests {
             max_eject: Duration::from_secs(30),
             confirm: crate::facilitator::Confirm::Receipt,
             confirm_timeout: Duration::from_secs(10),
+            signers_complete: false,
             fingerprint: fp.into(),
         };
         let a = settlers.get(&fac("a")).expect("a");

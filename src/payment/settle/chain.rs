@@ -125,7 +125,9 @@ impl Payments {
     ) -> (Stage, SettleResponse, Option<String>) {
         let why = match verdict {
             Verdict::Ours(_) => return (Stage::Settled, s, None),
-            Verdict::NotOurs | Verdict::Unattributed(_) => "used_elsewhere",
+            Verdict::NotOurs | Verdict::Unattributed(_) | Verdict::SentByOther { .. } => {
+                "used_elsewhere"
+            }
             Verdict::Mismatch | Verdict::Failed => "receipt_mismatch",
             Verdict::Unknown => "receipt_missing",
         };
@@ -195,6 +197,7 @@ impl Payments {
         let label = match v {
             Verdict::Ours(_) => "settled",
             Verdict::NotOurs => "used_elsewhere",
+            Verdict::SentByOther { .. } => "used_by_other_sender",
             Verdict::Unattributed(_) => "unattributed",
             Verdict::Failed | Verdict::Mismatch => "failed",
             Verdict::Unknown => "pending",

@@ -182,6 +182,24 @@ impl Payments {
                         failed_receipt(&a.payer, &network, "payment_already_used"),
                         Some("payment_already_used".into()),
                     ),
+                    // Sent from none of the signers this facilitator says are all of its
+                    // own: another's settlement of the same payment. The ledger keeps the
+                    // transaction and the log its sender, for reconciliation.
+                    Verdict::SentByOther { tx, from } => {
+                        tracing::warn!(
+                            facilitator = %fac.name,
+                            payer = %a.payer,
+                            transaction = %tx,
+                            sender = %from,
+                            rule = %a.rule_id,
+                            "an unclear settlement was used on chain by a transaction from none of the facilitator's signers: refused as a used payment"
+                        );
+                        (
+                            Stage::NotOurs,
+                            unresolved("payment_already_used", tx),
+                            Some("payment_already_used".into()),
+                        )
+                    }
                     Verdict::Failed | Verdict::Mismatch => (
                         Stage::SettleFailed,
                         unresolved("settlement_failed", tx_text),

@@ -112,6 +112,10 @@ impl Resolver {
                 (tx.clone(), self.state.settled(key).await)
             }
             Resolution::NotOurs => (String::new(), self.state.settled(key).await),
+            Resolution::SentByOther { tx, from } => {
+                tracing::warn!(transaction = %tx, sender = %from, "a pending settlement was used on chain by a transaction from none of the facilitator's signers: another's payment");
+                (tx.clone(), self.state.settled(key).await)
+            }
         };
         if let Err(e) = marked {
             tracing::error!(error = %e, "cannot record a resolved settlement in the state store");

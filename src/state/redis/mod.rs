@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use redis::Script;
 
 use super::{
-    Admitted, Attempter, Identified, PendingSettlement, Quota, RedisConf, Refused, StateError,
-    StateStore, unix_now,
+    Admitted, Attempter, CHANNEL_TOMBSTONE, Identified, PendingSettlement, Quota, RedisConf,
+    Refused, StateError, StateStore, unix_now,
 };
 use crate::metrics::Metrics;
 use conn::{Conn, Factory, MAX_BACKOFF, PerThread, Trip, cmd, state_runtime};
@@ -121,10 +121,6 @@ redis.call('SET', KEYS[1], tostring(v + 1) .. ':', 'PX', ARGV[3])
 redis.call('SREM', KEYS[2], ARGV[2])
 return 1
 ";
-
-/// How long a dropped channel's tombstone keeps its version: far longer than any request
-/// that read the record before it was dropped can take.
-const CHANNEL_TOMBSTONE: Duration = Duration::from_secs(7 * 86_400);
 
 /// Channel records read in one MGET (the claimer's walk).
 const CHANNELS_PER_READ: usize = 256;

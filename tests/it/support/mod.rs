@@ -342,7 +342,7 @@ impl Gateway {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let ready = self.admin_json("/readyz").await;
-            if ready["facilitator_signers"][name]["eip155:*"]
+            if ready["facilitator_signers"][name]["listed"]["eip155:*"]
                 .as_array()
                 .is_some_and(|a| !a.is_empty())
             {
