@@ -208,7 +208,9 @@ impl ChannelRecord {
     /// swept, no charge or withdrawal is pending, and nothing happened on it for `after`.
     /// What is left (escrow, the claimed total) is on chain, where the next request on the
     /// channel reads it; with idle refunds on (`refunds_idle`), escrow not yet refunded keeps
-    /// the record, which is how the claimer finds it.
+    /// the record, which is how the claimer finds it, unless no voucher was ever committed
+    /// (a deposit whose request failed): a cooperative refund carries one, so nothing would
+    /// ever refund it, and the payer's timed withdrawal takes it back.
     pub fn retirable(&self, now_ms: u64, after: std::time::Duration, refunds_idle: bool) -> bool {
         let after = after.as_millis() as u64;
         let last = self
@@ -225,7 +227,7 @@ impl ChannelRecord {
             && self.ledgered_claimed() >= self.total_claimed()
             && !self.sweep_owed
             && self.withdraw_requested_at == 0
-            && !(refunds_idle && self.balance() > self.total_claimed())
+            && !(refunds_idle && self.balance() > self.total_claimed() && !self.signature.is_empty())
     }
 
     pub fn pending_live(&self, now_ms: u64) -> bool {

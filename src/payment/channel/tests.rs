@@ -567,6 +567,16 @@ fn a_record_goes_only_once_it_owes_nothing_and_was_idle() {
         s
     };
     assert!(spent.retirable(later, day, true));
+    // Escrow with no committed voucher cannot be refunded cooperatively: it does not keep the
+    // record for ever.
+    let unsigned = {
+        let mut u = r.clone();
+        u.signature = String::new();
+        u
+    };
+    assert!(!r.signature.is_empty());
+    assert!(unsigned.retirable(later, day, true));
+    assert!(!unsigned.idle_refundable(later, day));
     // Anything owed keeps it: a charge not claimed, a claim not ledgered, a sweep, a live
     // pending charge, a timed withdrawal.
     let mut unclaimed = r.clone();
