@@ -31,6 +31,11 @@ pub struct SupportedCache {
     signers: ArcSwap<HashMap<String, Signers>>,
 }
 
+/// The most signer addresses kept for one facilitator configuration, across its answers: a
+/// list that grows past this (a facilitator naming new addresses on every answer) counts as
+/// unknown rather than as memory that only grows.
+const MAX_SIGNERS: usize = 256;
+
 /// Parses the `signers` map of a v2 `/supported` answer: EVM patterns only (other families'
 /// keys are not EVM addresses). `None` when an EVM pattern's list is not an array of
 /// addresses: a list read in part is not a complete one.
@@ -106,6 +111,9 @@ impl SupportedCache {
                             }
                             None => known.push((pattern.clone(), addrs.clone())),
                         }
+                    }
+                    if known.iter().map(|(_, a)| a.len()).sum::<usize>() > MAX_SIGNERS {
+                        map.remove(&fac.fingerprint);
                     }
                 }
             }
@@ -316,6 +324,15 @@ mod tests {
             assert_eq!(cache.senders(&f, "eip155:8453"), None, "{bad}");
             assert_eq!(cache.signers_view(&f), None, "{bad}");
         }
+        // A list that keeps growing is not one to trust.
+        for n in 0..=MAX_SIGNERS {
+            let addr = Address::left_padding_from(&(n as u64 + 1).to_be_bytes());
+            cache.store(
+                &f,
+                &answer(serde_json::json!({"eip155:*": [addr.to_checksum(None)]})),
+            );
+        }
+        assert_eq!(cache.senders(&f, "eip155:8453"), None);
         // Configurations no longer configured are forgotten.
         cache.store(&f, &answer(serde_json::json!({"eip155:*": [A]})));
         cache.retain(&[fac("f", "f2", true)]);
