@@ -4,7 +4,7 @@
 //! `before` mode, settlement.
 
 use crate::payment::Caller;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::HeaderMap;
 use serde_json::value::RawValue;
@@ -14,8 +14,8 @@ use super::identifier::{self, Lookup};
 use super::limits::FAILURE_WINDOW;
 use super::replay::ReplayKey;
 use super::{
-    Accepted, Admission, PaymentEnv, PaymentError, Payments, Rejection, RuleRef, Settlement, Stage,
-    decode, unix_now,
+    Accepted, Admission, Paying, PaymentEnv, PaymentError, Payments, Rejection, RuleRef,
+    Settlement, Stage, decode, unix_now,
 };
 use crate::facilitator::client::FacilitatorRequest;
 use crate::facilitator::{FacilitatorConf, FacilitatorError};
@@ -137,34 +137,25 @@ impl Payments {
         };
         let body = facilitator_body(version, &decoded.raw, offer, priced, recorded)
             .map_err(|e| self.reject(fail(e, Some(payer.clone()))))?;
-        let mut accepted = Box::new(Accepted {
-            version,
-            rule_id: rule.id.to_owned(),
-            audience: caller.audience,
-            correlation: caller.correlation.clone(),
-            resource: recorded.to_owned(),
-            offer: offer.clone(),
+        let digest = Sha256::digest(&body).into();
+        let paying = Paying {
             payer,
             key,
             nonce: checked.nonce.clone(),
             valid_before: checked.valid_before,
-            settlement: rule.policy.settlement,
-            failure_policy: rule.policy.failure_policy,
-            digest: Sha256::digest(&body).into(),
+        };
+        let mut accepted = Box::new(Accepted {
+            digest,
             facilitator_body: body,
-            facilitator: None,
-            stage: Stage::Verified,
-            receipt: None,
-            claimed_tx: None,
-            started,
-            facilitator_time: Duration::ZERO,
-            delivery_recorded: false,
-            identifier: None,
-            sign_in: rule.policy.sign_in,
-            charged: None,
-            meter: rule.policy.meter,
-            delivered_status: None,
-            channel: None,
+            ..Accepted::verified(
+                version,
+                &rule,
+                &caller,
+                recorded.to_owned(),
+                offer.clone(),
+                paying,
+                started,
+            )
         });
         // A named payment: claim its identifier, or serve the retry of one that settled.
         let claim = || identifier::record(&decoded, offer, caller.method, url, rule.id);

@@ -285,7 +285,60 @@ pub struct Accepted {
     pub channel: Option<Box<channel::Ticket>>,
 }
 
+/// Who pays and which authorization: what a scheme's check establishes about a payment.
+#[derive(Debug)]
+pub struct Paying {
+    pub payer: String,
+    pub key: ReplayKey,
+    /// Lower-case `0x…` nonce (a channel's id for channel payments).
+    pub nonce: String,
+    /// Unix seconds after which the authorization can no longer settle.
+    pub valid_before: u64,
+}
+
 impl Accepted {
+    /// A payment just verified for `rule`, with the rule's policies, before any facilitator
+    /// was asked to settle it (no facilitator body: set it when there is one).
+    pub fn verified(
+        version: u8,
+        rule: &RuleRef<'_>,
+        caller: &Caller<'_>,
+        resource: String,
+        offer: Offer,
+        paying: Paying,
+        started: Instant,
+    ) -> Accepted {
+        Accepted {
+            version,
+            rule_id: rule.id.to_owned(),
+            audience: caller.audience,
+            correlation: caller.correlation.clone(),
+            resource,
+            offer,
+            payer: paying.payer,
+            key: paying.key,
+            nonce: paying.nonce,
+            valid_before: paying.valid_before,
+            settlement: rule.policy.settlement,
+            failure_policy: rule.policy.failure_policy,
+            digest: [0; 32],
+            facilitator_body: Vec::new(),
+            facilitator: None,
+            stage: Stage::Verified,
+            receipt: None,
+            claimed_tx: None,
+            started,
+            facilitator_time: Duration::ZERO,
+            delivery_recorded: false,
+            identifier: None,
+            sign_in: rule.policy.sign_in,
+            charged: None,
+            meter: rule.policy.meter,
+            delivered_status: None,
+            channel: None,
+        }
+    }
+
     /// The amount this payment moves: the metered charge, else the offered amount.
     pub fn amount(&self) -> String {
         match self.charged {

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::replay::ReplayKey;
 use super::{
-    Accepted, Admission, Caller, PaymentEnv, PaymentError, Payments, Rejection, RuleRef,
+    Accepted, Admission, Caller, Paying, PaymentEnv, PaymentError, Payments, Rejection, RuleRef,
     Settlement, Stage,
 };
 use crate::schemes::evm_batch::{self, BatchError, BatchPayment, Kind};
@@ -301,37 +301,27 @@ impl Payments {
                 .unwrap_or(evm_batch::MIN_WITHDRAW_DELAY),
         );
         let r = &offer.requirements;
-        let mut accepted = Box::new(Accepted {
-            version: 2,
-            rule_id: rule.id.to_owned(),
-            audience: caller.audience,
-            correlation: caller.correlation.clone(),
-            resource: resource.to_owned(),
-            offer: offer.clone(),
+        let paying = Paying {
             payer: payer.clone(),
             key: ReplayKey::new(&r.network, &r.asset, &payer, &channel_id),
             nonce: channel_id.clone(),
             valid_before: u64::MAX,
+        };
+        // The facilitator body is built when a facilitator is asked (a deposit, a stale
+        // mirror): a voucher checked here never needs it. Channel payments use no verify cache.
+        let mut accepted = Box::new(Accepted {
             // Channel charges commit after the origin answered, whatever the rule's default.
             settlement: Settlement::After,
-            failure_policy: rule.policy.failure_policy,
-            // Built when a facilitator is asked (a deposit, a stale mirror): a voucher checked
-            // here never needs it. Channel payments use no verify cache.
-            digest: [0; 32],
-            facilitator_body: Vec::new(),
-            facilitator: None,
-            stage: Stage::Verified,
-            receipt: None,
-            claimed_tx: None,
-            started,
-            facilitator_time: Duration::ZERO,
-            delivery_recorded: false,
-            identifier: None,
             sign_in: None,
-            charged: None,
-            meter: rule.policy.meter,
-            delivered_status: None,
-            channel: None,
+            ..Accepted::verified(
+                2,
+                &rule,
+                &caller,
+                resource.to_owned(),
+                offer.clone(),
+                paying,
+                started,
+            )
         });
         if let Kind::Refund { amount } = p.kind {
             return self
