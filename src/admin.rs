@@ -170,8 +170,8 @@ pub fn readiness(
         "generation": snap.generation,
         "upstreams": health.iter().map(|(n, h, t)| json!({"name": n, "healthy": h, "peers": t})).collect::<Vec<_>>(),
         "unserved_payment_routes": unserved,
-        // The addresses each facilitator says it settles from: a transaction found on chain
-        // from none of them is not that facilitator's.
+        // The addresses each facilitator says it settles from; with `signers_complete`, a
+        // transaction found on chain from none of them is not that facilitator's.
         "facilitator_signers": snap.facilitators.iter().map(|f| (
             f.name.clone(),
             json!({

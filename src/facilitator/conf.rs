@@ -61,7 +61,8 @@ pub struct FacilitatorConf {
     pub confirm: Confirm,
     /// How long to look for the receipt of a transaction it reported.
     pub confirm_timeout: Duration,
-    /// Its `/supported` signers are every address it sends settlements from.
+    /// Its `/supported` signers are every address it sends settlements from. Read where it is
+    /// used, so not part of the fingerprint: changing it keeps health and known signers.
     pub signers_complete: bool,
     /// Changes whenever anything above changes: runtime state (health, settlers) is keyed by it.
     pub fingerprint: String,

@@ -55,7 +55,8 @@ pub trait Facilitate: Send + Sync {
     fn reader(&self, registry: &Registry, network: &str) -> Option<rpc::ChainReader>;
 
     /// The addresses a facilitator sends `network`'s transactions from, as its `/supported`
-    /// lists them; `None` when not known.
+    /// lists them, when its configuration says that list is complete (`signers_complete`);
+    /// `None` otherwise or when not known.
     fn senders(
         &self,
         _fac: &FacilitatorConf,

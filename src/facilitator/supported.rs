@@ -22,13 +22,23 @@ pub struct Kind {
 /// network), as its `/supported` lists them under `signers`.
 pub type Signers = Vec<(String, Vec<Address>)>;
 
+/// What a facilitator configuration's answers said about its signers.
+#[derive(Debug, Clone)]
+enum Listed {
+    /// The addresses its answers listed, added up.
+    Known(Signers),
+    /// An answer listed signers that could not all be read, or more than [`MAX_SIGNERS`]:
+    /// no list of this configuration is trusted again (until it changes).
+    Untrusted,
+}
+
 /// The last `/supported` answer of each facilitator, by name, and the signers each
 /// configuration of a facilitator has listed (by its fingerprint: a facilitator renamed,
 /// moved or given other keys starts again).
 #[derive(Debug, Default)]
 pub struct SupportedCache {
     kinds: ArcSwap<HashMap<String, Vec<Kind>>>,
-    signers: ArcSwap<HashMap<String, Signers>>,
+    signers: ArcSwap<HashMap<String, Listed>>,
 }
 
 /// The most signer addresses kept for one facilitator configuration, across its answers: a
@@ -37,16 +47,23 @@ pub struct SupportedCache {
 const MAX_SIGNERS: usize = 256;
 
 /// Parses the `signers` map of a v2 `/supported` answer: EVM patterns only (other families'
-/// keys are not EVM addresses). `None` when an EVM pattern's list is not an array of
-/// addresses: a list read in part is not a complete one.
+/// keys are not EVM addresses); no `signers` lists none. `None` when `signers` is not an
+/// object, an EVM pattern's list is not an array of addresses (a list read in part is not a
+/// complete one), or it names more than [`MAX_SIGNERS`] addresses.
 pub fn parse_signers(v: &serde_json::Value) -> Option<Signers> {
-    let Some(map) = v.get("signers").and_then(|s| s.as_object()) else {
-        return Some(Vec::new());
+    let map = match v.get("signers") {
+        None | Some(serde_json::Value::Null) => return Some(Vec::new()),
+        Some(s) => s.as_object()?,
     };
     let mut out = Vec::new();
+    let mut total = 0usize;
     for (pattern, list) in map.iter().filter(|(p, _)| p.starts_with("eip155:")) {
+        let list = list.as_array()?;
+        total += list.len();
+        if total > MAX_SIGNERS {
+            return None;
+        }
         let addrs = list
-            .as_array()?
             .iter()
             .map(|a| a.as_str()?.parse().ok())
             .collect::<Option<Vec<Address>>>()?;
@@ -83,8 +100,9 @@ pub fn parse_kinds(v: &serde_json::Value) -> Vec<Kind> {
 
 impl SupportedCache {
     /// Keeps a facilitator's `/supported` answer: its kinds, and its signers added to those
-    /// its configuration listed before (a fleet behind one URL may answer with one instance's
-    /// relayer at a time). An answer whose signers cannot all be read forgets them.
+    /// its configuration listed before (an address listed once is still trusted to be one of
+    /// its own). An answer whose signers cannot all be read, or a list that grows past
+    /// [`MAX_SIGNERS`], makes this configuration's list untrusted for good.
     pub fn store(&self, fac: &FacilitatorConf, answer: &serde_json::Value) {
         self.kinds.rcu(|kinds| {
             let mut map = (**kinds).clone();
@@ -94,12 +112,13 @@ impl SupportedCache {
         let listed = parse_signers(answer);
         self.signers.rcu(|signers| {
             let mut map = (**signers).clone();
-            match &listed {
-                None => {
-                    map.remove(&fac.fingerprint);
-                }
-                Some(listed) => {
-                    let known = map.entry(fac.fingerprint.clone()).or_default();
+            let entry = map
+                .entry(fac.fingerprint.clone())
+                .or_insert_with(|| Listed::Known(Vec::new()));
+            match (&listed, &mut *entry) {
+                (_, Listed::Untrusted) => {}
+                (None, _) => *entry = Listed::Untrusted,
+                (Some(listed), Listed::Known(known)) => {
                     for (pattern, addrs) in listed {
                         match known.iter_mut().find(|(p, _)| p == pattern) {
                             Some((_, have)) => {
@@ -113,7 +132,7 @@ impl SupportedCache {
                         }
                     }
                     if known.iter().map(|(_, a)| a.len()).sum::<usize>() > MAX_SIGNERS {
-                        map.remove(&fac.fingerprint);
+                        *entry = Listed::Untrusted;
                     }
                 }
             }
@@ -135,11 +154,14 @@ impl SupportedCache {
     }
 
     /// A facilitator's signers as its configuration's `/supported` answers listed them (EVM
-    /// patterns only), as a JSON object of pattern to checksummed addresses; `None` when not
-    /// known.
+    /// patterns only), as a JSON object of pattern to checksummed addresses; `"untrusted"`
+    /// once a list could not all be read or grew too long; `None` before the first answer.
     pub fn signers_view(&self, fac: &FacilitatorConf) -> Option<serde_json::Value> {
         let signers = self.signers.load();
-        let list = signers.get(&fac.fingerprint)?;
+        let list = match signers.get(&fac.fingerprint)? {
+            Listed::Known(list) => list,
+            Listed::Untrusted => return Some("untrusted".into()),
+        };
         Some(serde_json::Value::Object(
             list.iter()
                 .map(|(pattern, addrs)| {
@@ -158,8 +180,11 @@ impl SupportedCache {
             return None;
         }
         let signers = self.signers.load();
+        let Listed::Known(list) = signers.get(&fac.fingerprint)? else {
+            return None;
+        };
         let mut found: Vec<Address> = Vec::new();
-        for (pattern, addrs) in signers.get(&fac.fingerprint)? {
+        for (pattern, addrs) in list {
             if covers(pattern, network) {
                 found.extend(addrs.iter().copied());
             }
@@ -314,29 +339,42 @@ mod tests {
             Some(&[a, b][..]),
             "an answer without signers takes none away"
         );
-        for bad in [
+        let too_many: Vec<String> = (0..=MAX_SIGNERS)
+            .map(|n| Address::left_padding_from(&(n as u64 + 1).to_be_bytes()).to_checksum(None))
+            .collect();
+        for (n, bad) in [
             serde_json::json!({"eip155:*": [A, "not an address"]}),
             serde_json::json!({"eip155:*": A}),
             serde_json::json!({"eip155:*": [7]}),
-        ] {
+            serde_json::json!([A]),
+            serde_json::json!({"eip155:*": too_many}),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            // A fresh configuration each time: untrusted sticks.
+            let f = fac("f", &format!("bad{n}"), true);
             cache.store(&f, &answer(serde_json::json!({"eip155:*": [A]})));
+            assert!(cache.senders(&f, "eip155:8453").is_some());
             cache.store(&f, &answer(bad.clone()));
             assert_eq!(cache.senders(&f, "eip155:8453"), None, "{bad}");
-            assert_eq!(cache.signers_view(&f), None, "{bad}");
+            assert_eq!(cache.signers_view(&f), Some("untrusted".into()), "{bad}");
+            // A good answer later does not make the list complete again.
+            cache.store(&f, &answer(serde_json::json!({"eip155:*": [A]})));
+            assert_eq!(cache.senders(&f, "eip155:8453"), None, "{bad}");
         }
-        // A list that keeps growing is not one to trust.
-        for n in 0..=MAX_SIGNERS {
-            let addr = Address::left_padding_from(&(n as u64 + 1).to_be_bytes());
-            cache.store(
-                &f,
-                &answer(serde_json::json!({"eip155:*": [addr.to_checksum(None)]})),
-            );
+        // A list that keeps growing, one answer at a time, is not one to trust either.
+        let g = fac("g", "g1", true);
+        for addr in &too_many {
+            cache.store(&g, &answer(serde_json::json!({"eip155:*": [addr]})));
         }
-        assert_eq!(cache.senders(&f, "eip155:8453"), None);
+        assert_eq!(cache.senders(&g, "eip155:8453"), None);
+        cache.store(&g, &answer(serde_json::json!({"eip155:*": [A]})));
+        assert_eq!(cache.senders(&g, "eip155:8453"), None, "sticks");
         // Configurations no longer configured are forgotten.
-        cache.store(&f, &answer(serde_json::json!({"eip155:*": [A]})));
         cache.retain(&[fac("f", "f2", true)]);
         assert_eq!(cache.senders(&f, "eip155:8453"), None);
+        assert_eq!(cache.signers_view(&g), None);
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! authorization found used counts as this request's payment only when the transaction that
 //! used it is the one this request caused — the hash the facilitator (or the built-in settler)
 //! returned. A transaction found without such a hash proves little about who sent it: another
-//! replica given the same payment may share the facilitator and its signer. It proves one thing:
-//! a transaction sent from none of the addresses the facilitator lists as its signers
-//! (`/supported`) is not that facilitator's, so not this request's.
+//! replica given the same payment may share the facilitator and its signer. Where the
+//! facilitator's configuration says its `/supported` signers are all of its addresses
+//! (`signers_complete`), one thing more: a transaction sent from none of them is not that
+//! facilitator's, so not this request's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,8 +76,9 @@ pub struct Lookup<'a> {
     pub expected: ExpectedTransfer,
     /// The transaction the facilitator named, when it named one.
     pub claimed: Option<B256>,
-    /// The addresses the facilitator asked to settle sends transactions from, when it listed
-    /// them: a found transaction sent from none of them is not this request's.
+    /// The addresses the facilitator asked to settle sends transactions from, when its
+    /// configuration says its list is complete: a found transaction sent from none of them is
+    /// not this request's.
     pub senders: Option<Arc<[Address]>>,
 }
 

@@ -349,6 +349,12 @@ async fn a_failed_settle_after_another_facilitators_transaction_is_a_used_paymen
         tx.starts_with("0x") && tx.len() == 66,
         "the ledger keeps b's transaction: {tx}"
     );
+    let b_signer = s(&t.b.info["facilitatorSigner"]);
+    assert_eq!(
+        ledger[0]["reason"],
+        format!("payment_already_used: sent by {b_signer}"),
+        "and its sender"
+    );
     assert_eq!(
         t.gw.metric(r#"x402_settlements_resolved_total{result="used_by_other_sender"}"#)
             .await,
@@ -359,6 +365,56 @@ async fn a_failed_settle_after_another_facilitators_transaction_is_a_used_paymen
             .contains("from none of the facilitator's signers"),
         "a warning names the sender"
     );
+
+    // Without `signers_complete` (the default; a reload, keeping the facilitator's health and
+    // known signers), the same case may have been this request's: a 503, nothing served.
+    let config = std::fs::read_to_string(t.gw.path("gateway.toml")).expect("config");
+    assert!(config.contains("signers_complete = true"));
+    t.gw.write(
+        "gateway.toml",
+        &config.replacen("signers_complete = true", "signers_complete = false", 1),
+    );
+    t.gw.wait_generation(2).await;
+    let ready = t.gw.admin_json("/readyz").await;
+    assert_eq!(
+        ready["facilitator_signers"]["a"]["complete"], false,
+        "{ready}"
+    );
+    assert!(
+        ready["facilitator_signers"]["a"]["listed"]["eip155:*"].is_array(),
+        "{ready}"
+    );
+    let header = t.header("/api/weather").await;
+    let payload = decode_header(&header);
+    let settled: Value = client()
+        .post(t.b_url("/settle"))
+        .json(&json!({
+            "x402Version": 2,
+            "paymentPayload": payload,
+            "paymentRequirements": payload["accepted"],
+        }))
+        .send()
+        .await
+        .expect("settle at b")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(settled["success"], true, "{settled}");
+    t.configure_a(json!({
+        "verifyOverride": {"status": 200, "body": {"isValid": true, "payer": payer}, "times": 1},
+        "settleOverride": {"status": 500, "body": "internal error", "times": 1},
+    }))
+    .await;
+    let r = t.pay("/api/weather", &header).await;
+    assert_eq!(r.status(), 503);
+    let pr = decode_header(r.headers()["payment-required"].to_str().expect("ascii"));
+    assert_eq!(pr["error"], "settlement_unconfirmed");
+    assert_eq!(
+        t.balance(&payer).await,
+        before - 20_000,
+        "b's two transfers"
+    );
+    assert_eq!(t.gw.ledger()[1]["event"], "settle_unattributed");
 }
 
 #[tokio::test]

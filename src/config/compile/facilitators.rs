@@ -367,14 +367,13 @@ fn compile_facilitator(
     let fingerprint = {
         let mut h = Sha256::new();
         h.update(format!(
-            "{name}|{:?}|{url}|{nets:?}|{}|{}|{}|{:?}|{}|{}",
+            "{name}|{:?}|{url}|{nets:?}|{}|{}|{}|{:?}|{}",
             f.kind,
             f.timeout_ms,
             f.max_eject_ms,
             f.receipt_timeout_ms,
             f.confirm,
-            f.confirm_timeout_ms,
-            f.signers_complete
+            f.confirm_timeout_ms
         ));
         for (k, v) in &headers {
             h.update(k.as_bytes());

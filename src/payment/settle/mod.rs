@@ -197,7 +197,7 @@ impl Payments {
                         (
                             Stage::NotOurs,
                             unresolved("payment_already_used", tx),
-                            Some("payment_already_used".into()),
+                            Some(format!("payment_already_used: sent by {from}")),
                         )
                     }
                     Verdict::Failed | Verdict::Mismatch => (
@@ -260,13 +260,13 @@ impl Payments {
                 "settle_failed"
             }
             Stage::NotOurs => {
-                // Used by something else: never reusable here.
+                // Used by something else: never reusable here. (The reason's code, without
+                // the sender a `SentByOther` verdict adds for the ledger.)
+                let code = reason.as_deref().unwrap_or("");
+                let code = code.split_once(": sent by ").map_or(code, |(c, _)| c);
                 self.metrics
                     .payments
-                    .with_label_values(&[
-                        "used_elsewhere",
-                        crate::payment::reasons::label(reason.as_deref().unwrap_or("")),
-                    ])
+                    .with_label_values(&["used_elsewhere", crate::payment::reasons::label(code)])
                     .inc();
                 "used_elsewhere"
             }

@@ -73,8 +73,9 @@ impl Resolver {
     /// authorization expired unused; marks the reservation, writes the ledger line and drops
     /// the record. `recovered`: the record was taken over from another replica, so a
     /// transaction that made exactly this transfer is this payment's settlement. `senders`:
-    /// the signers of the facilitator that was asked, when known (never for a record taken
-    /// over: its facilitator was another replica's choice).
+    /// the signers of the facilitator that was asked, when its configuration says its list is
+    /// complete (`signers_complete`) and it is known (never for a record taken over: its
+    /// facilitator was another replica's choice).
     pub(super) async fn resolve(
         self,
         record: Record,
@@ -106,6 +107,7 @@ impl Resolver {
             }
         }
         let key = record.key.as_str();
+        let mut other_sender = None;
         let (tx, marked) = match &end {
             Resolution::ExpiredUnused => (String::new(), self.state.release(key).await),
             Resolution::Ours(tx) | Resolution::Unattributed(tx) => {
@@ -114,6 +116,7 @@ impl Resolver {
             Resolution::NotOurs => (String::new(), self.state.settled(key).await),
             Resolution::SentByOther { tx, from } => {
                 tracing::warn!(transaction = %tx, sender = %from, "a pending settlement was used on chain by a transaction from none of the facilitator's signers: another's payment");
+                other_sender = Some(format!("sent by {from}"));
                 (tx.clone(), self.state.settled(key).await)
             }
         };
@@ -124,7 +127,11 @@ impl Resolver {
             .settlements_resolved
             .with_label_values(&[end.label()])
             .inc();
-        let reason = recovered.then_some("recovered_from_another_replica");
+        let reason = match (&other_sender, recovered) {
+            (Some(sender), _) => Some(sender.as_str()),
+            (None, true) => Some("recovered_from_another_replica"),
+            (None, false) => None,
+        };
         record.write(
             &self.ledger,
             &self.ledger_conf,
