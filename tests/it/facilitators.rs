@@ -114,6 +114,32 @@ impl Two {
     pub(crate) async fn header(&self, path: &str) -> String {
         pay::fresh_header(&self.gw, path, &self.payer().1).await
     }
+    /// The payment in `header` settled first by `b` (another relayer), as another replica's
+    /// facilitator would; then `a` says it is valid (its check ran before `b`'s transfer
+    /// landed) and fails its settle without naming a transaction.
+    async fn settle_at_b_then_fail_at_a(&self, header: &str) {
+        let payload = decode_header(header);
+        let settled: Value = client()
+            .post(self.b_url("/settle"))
+            .json(&json!({
+                "x402Version": 2,
+                "paymentPayload": payload,
+                "paymentRequirements": payload["accepted"],
+            }))
+            .send()
+            .await
+            .expect("settle at b")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(settled["success"], true, "{settled}");
+        let (payer, _) = self.payer();
+        self.configure_a(json!({
+            "verifyOverride": {"status": 200, "body": {"isValid": true, "payer": payer}, "times": 1},
+            "settleOverride": {"status": 500, "body": "internal error", "times": 1},
+        }))
+        .await;
+    }
     pub(crate) async fn pay(&self, path: &str, header: &str) -> reqwest::Response {
         client()
             .get(self.gw.url(path))
@@ -306,30 +332,8 @@ async fn a_failed_settle_after_another_facilitators_transaction_is_a_used_paymen
     t.gw.wait_facilitator_signers("a").await;
     let before = t.balance(&payer).await;
     let header = t.header("/api/weather").await;
-    // The same payment, settled first by `b` (another relayer) as another replica would.
-    let payload = decode_header(&header);
-    let settled: Value = client()
-        .post(t.b_url("/settle"))
-        .json(&json!({
-            "x402Version": 2,
-            "paymentPayload": payload,
-            "paymentRequirements": payload["accepted"],
-        }))
-        .send()
-        .await
-        .expect("settle at b")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(settled["success"], true, "{settled}");
+    t.settle_at_b_then_fail_at_a(&header).await;
     assert_eq!(t.balance(&payer).await, before - 10_000);
-    // `a` says the payment is valid (its check ran before `b`'s transfer landed), then its
-    // settle fails without a transaction.
-    t.configure_a(json!({
-        "verifyOverride": {"status": 200, "body": {"isValid": true, "payer": payer}, "times": 1},
-        "settleOverride": {"status": 500, "body": "internal error", "times": 1},
-    }))
-    .await;
     let r = t.pay("/api/weather", &header).await;
     assert_eq!(r.status(), 402);
     let pr = decode_header(r.headers()["payment-required"].to_str().expect("ascii"));
@@ -385,26 +389,7 @@ async fn a_failed_settle_after_another_facilitators_transaction_is_a_used_paymen
         "{ready}"
     );
     let header = t.header("/api/weather").await;
-    let payload = decode_header(&header);
-    let settled: Value = client()
-        .post(t.b_url("/settle"))
-        .json(&json!({
-            "x402Version": 2,
-            "paymentPayload": payload,
-            "paymentRequirements": payload["accepted"],
-        }))
-        .send()
-        .await
-        .expect("settle at b")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(settled["success"], true, "{settled}");
-    t.configure_a(json!({
-        "verifyOverride": {"status": 200, "body": {"isValid": true, "payer": payer}, "times": 1},
-        "settleOverride": {"status": 500, "body": "internal error", "times": 1},
-    }))
-    .await;
+    t.settle_at_b_then_fail_at_a(&header).await;
     let r = t.pay("/api/weather", &header).await;
     assert_eq!(r.status(), 503);
     let pr = decode_header(r.headers()["payment-required"].to_str().expect("ascii"));
