@@ -218,7 +218,7 @@ impl Payments {
             self.settle(env, &mut accepted, None).await;
             if accepted.stage != Stage::Settled {
                 let error = self.settle_error(&accepted);
-                self.release_unless_unknown(&accepted).await;
+                self.release_unless_unknown(&mut accepted).await;
                 if accepted.stage == Stage::SettleFailed && self.fails_open(rule.policy, &error) {
                     return Ok(self.served_unpaid(rule.id, error.reason()));
                 }

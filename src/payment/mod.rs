@@ -270,6 +270,9 @@ pub struct Accepted {
     pub facilitator_time: Duration,
     /// A `delivery_failed` line was written for this payment.
     pub delivery_recorded: bool,
+    /// The replay reservation was given back (the payment did not settle); never twice, as
+    /// a copy of the payment may have taken it since.
+    pub released: bool,
     /// The `payment-identifier` this payment claimed.
     pub identifier: Option<identifier::Named>,
     /// How long the payer may sign in to read the resource again (the rule's window).
@@ -327,6 +330,7 @@ impl Accepted {
             stage: Stage::Verified,
             receipt: None,
             claimed_tx: None,
+            released: false,
             started,
             facilitator_time: Duration::ZERO,
             delivery_recorded: false,

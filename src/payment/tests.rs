@@ -643,6 +643,41 @@ async fn a_settlement_that_failed_after_the_origin_answered_replaces_the_answer(
     assert!(r.receipt.is_some_and(|s| !s.succeeded()));
 }
 
+/// A payment that did not settle is free again when its answer goes out, not when the
+/// request's logging ends; and the first request's end never frees a copy's reservation.
+#[tokio::test]
+async fn an_unsettled_payment_is_free_when_answered_and_freed_only_once() {
+    for (settles, status) in [(Some(refused("invalid_payload")), 200), (None, 502)] {
+        let b = Bench::new();
+        let nonce = nonce();
+        if let Some(s) = settles {
+            b.script.settles(vec![Ok(s)]);
+        }
+        let paid = |h: Result<Admission, Rejection>| match h {
+            Ok(Admission::Paid(a)) => a,
+            other => panic!("{other:?}"),
+        };
+        let mut first = paid(b.gate(&b.payment_with(10_000, nonce), after()).await);
+        let _ = b.payments.on_response(&b.env(), &mut first, status).await;
+        // Answered, not yet ended: the same payment is taken again at once.
+        let mut copy = paid(b.gate(&b.payment_with(10_000, nonce), after()).await);
+        b.payments.finish(&b.env(), &mut first, None).await;
+        // The first request's end left the copy's reservation alone.
+        assert_eq!(
+            error_of(b.gate(&b.payment_with(10_000, nonce), after()).await),
+            PaymentError::InFlight,
+            "origin status {status}"
+        );
+        assert!(
+            b.payments
+                .on_response(&b.env(), &mut copy, 200)
+                .await
+                .is_ok()
+        );
+        b.payments.finish(&b.env(), &mut copy, None).await;
+    }
+}
+
 #[tokio::test]
 async fn an_unclear_settlement_is_unconfirmed_and_keeps_the_payment_reserved() {
     let b = Bench::new();

@@ -239,6 +239,7 @@ async fn vouchers_pay_per_request_and_the_claimer_lands_them_on_chain() {
     let payer_before = balance(rpc_url, token, payer).await;
     let receiver_before = balance(rpc_url, token, pay_to).await;
     let blocks_before = block_number(rpc_url).await;
+    let started = std::time::Instant::now();
     let out = pay_batch(&gw.url("/api/item"), rpc_url, key, &["--requests", "200"]).await;
     assert!(out["error"].is_null(), "{}", out["error"]);
     assert_eq!(out["statuses"]["200"], 200, "{}", out["statuses"]);
@@ -349,10 +350,15 @@ async fn vouchers_pay_per_request_and_the_claimer_lands_them_on_chain() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
     assert_eq!((claimed, settled), (2_010_000, 2_010_000));
+    // At most a claim and a sweep per tick of the two-second schedule and per crossing of
+    // the threshold (2.01 USDC charged against 0.5), however slow this machine is; and far
+    // from one per request.
     let transactions = block_number(rpc_url).await - blocks_before;
+    let ticks = started.elapsed().as_secs() / 2 + 1;
+    let bound = 1 + 2 * (ticks + 2_010_000 / 500_000);
     assert!(
-        transactions <= 1 + 2 * 8,
-        "one deposit and a few claims and sweeps, not one per request: {transactions}"
+        transactions <= bound && transactions < 60,
+        "one deposit and a few claims and sweeps, not one per request: {transactions} (bound {bound})"
     );
     wait_for(
         "the ledger's sweep lines",

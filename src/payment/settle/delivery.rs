@@ -22,11 +22,15 @@ impl Payments {
     ) -> Result<Vec<(&'static str, String)>, Rejection> {
         if a.stage == Stage::Verified {
             if status >= 400 {
-                // Not served: no settlement; `finish` releases the reservation.
+                // Not served: no settlement. The reservation goes back before the client
+                // reads the error (a channel's turn ends with the request, in `finish`).
                 self.metrics
                     .payments
                     .with_label_values(&["not_settled", "origin_error"])
                     .inc();
+                if a.channel.is_none() {
+                    self.release_unless_unknown(a).await;
+                }
                 return Ok(Vec::new());
             }
             if a.settles_at_body_end() {
@@ -37,6 +41,10 @@ impl Payments {
             self.settle(env, a, Some(status)).await;
             if a.stage != Stage::Settled {
                 let error = self.settle_error(a);
+                if a.channel.is_none() {
+                    // Provably not settled: reusable from the moment the client reads why.
+                    self.release_unless_unknown(a).await;
+                }
                 // A channel payment never fails open: its turn ended uncharged, so the same
                 // payload would be served again and again.
                 if a.stage == Stage::SettleFailed

@@ -415,8 +415,11 @@ impl Payments {
     }
 
     /// Releases the reservation of a payment that provably did not settle.
-    pub(super) async fn release_unless_unknown(&self, a: &Accepted) {
-        if matches!(a.stage, Stage::Verified | Stage::SettleFailed) {
+    /// Gives back the reservation of a payment that provably did not settle, once: a
+    /// client may send the same payment again as soon as it reads the answer.
+    pub(super) async fn release_unless_unknown(&self, a: &mut Accepted) {
+        if matches!(a.stage, Stage::Verified | Stage::SettleFailed) && !a.released {
+            a.released = true;
             self.release(&a.key, Some(a.digest)).await;
             self.forget_identifier(a.identifier.as_ref()).await;
         }

@@ -120,12 +120,12 @@ async fn requests_in_flight_are_counted_while_they_last() {
     let url = gw.url("/slow/1500");
     let slow = tokio::spawn(async move { client().get(url).send().await });
     eventually("one request in flight", Duration::from_secs(5), || async {
-        series(&gw.metrics().await, "x402_requests_in_flight", &[]) == Some(1.0)
+        series(&gw.metrics_now().await, "x402_requests_in_flight", &[]) == Some(1.0)
     })
     .await;
     assert_eq!(slow.await.expect("join").expect("slow").status(), 200);
     eventually("none in flight", Duration::from_secs(5), || async {
-        series(&gw.metrics().await, "x402_requests_in_flight", &[]) == Some(0.0)
+        series(&gw.metrics_now().await, "x402_requests_in_flight", &[]) == Some(0.0)
     })
     .await;
 }

@@ -378,7 +378,26 @@ impl Gateway {
             .collect()
     }
 
+    /// The metrics once no proxied request is in flight. A request is counted in its logging
+    /// phase, after its response went out, so a client can read its answer before the
+    /// gateway counts it; this waits for that (at most five seconds, for a test that keeps a
+    /// request running on purpose).
     pub async fn metrics(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = self.metrics_now().await;
+            let busy = text
+                .lines()
+                .any(|l| l.starts_with("x402_requests_in_flight ") && !l.ends_with(" 0"));
+            if !busy || Instant::now() >= deadline {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The metrics as they are now, requests in flight or not.
+    pub async fn metrics_now(&self) -> String {
         client()
             .get(self.admin_url("/metrics"))
             .send()
@@ -401,6 +420,20 @@ impl Gateway {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The gateway's log once it contains `needle`. Log lines are written by a background
+    /// thread, so a line can come after the response it describes; panics after ten seconds.
+    pub fn log_containing(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log_text();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "{needle:?} never logged:\n{log}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Waits for the process to exit, returning whether it did within `timeout`.
