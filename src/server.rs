@@ -1,6 +1,7 @@
 //! Assembles and runs the Pingora server: proxy listeners (plain and TLS), the admin listener,
 //! and the background services (reload, health checks, facilitator discovery, ready file).
 
+use std::collections::HashSet;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,6 +51,9 @@ impl BackgroundService for SupportedService {
         let mut last_unserved: Option<Vec<String>> = None;
         let mut next_full = Instant::now();
         let mut log = ProbeLog::default();
+        // Configurations asked at least once: one a reload brought in is asked at once, not
+        // at the next full round, and is not asked again before it while it fails.
+        let mut asked: HashSet<String> = HashSet::new();
         loop {
             let snap = self.config.load_full();
             let names: Vec<&str> = snap.facilitators.iter().map(|f| f.name.as_str()).collect();
@@ -63,13 +67,16 @@ impl BackgroundService for SupportedService {
                 .facilitators
                 .supported
                 .retain(&snap.facilitators);
+            asked.retain(|f| snap.facilitators.iter().any(|c| &c.fingerprint == f));
             let full = Instant::now() >= next_full;
             let mut failing = false;
             for fac in &snap.facilitators {
-                // Between full rounds, probe only facilitators out of rotation whose ejection
-                // has run out: a good answer brings them back.
+                // Between full rounds, probe only configurations never asked, and
+                // facilitators out of rotation whose ejection has run out: a good answer
+                // brings them back.
                 let health = self.payments.facilitators.pool.health(fac);
-                if !full && (health.healthy() || !health.available()) {
+                let new = asked.insert(fac.fingerprint.clone());
+                if !full && !new && (health.healthy() || !health.available()) {
                     continue;
                 }
                 let outcome = self.payments.facilitators.probe(fac).await;

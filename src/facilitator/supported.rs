@@ -32,9 +32,10 @@ enum Listed {
     Untrusted,
 }
 
-/// The last `/supported` answer of each facilitator, by name, and the signers each
-/// configuration of a facilitator has listed (by its fingerprint: a facilitator renamed,
-/// moved or given other keys starts again).
+/// The kinds each facilitator configuration's last `/supported` answer named, and the
+/// signers its answers have listed, both by the configuration's fingerprint: a facilitator
+/// renamed, moved or given other keys starts again (tried for every kind until it answers),
+/// never with what its previous configuration said.
 #[derive(Debug, Default)]
 pub struct SupportedCache {
     kinds: ArcSwap<HashMap<String, Vec<Kind>>>,
@@ -106,7 +107,7 @@ impl SupportedCache {
     pub fn store(&self, fac: &FacilitatorConf, answer: &serde_json::Value) {
         self.kinds.rcu(|kinds| {
             let mut map = (**kinds).clone();
-            map.insert(fac.name.clone(), parse_kinds(answer));
+            map.insert(fac.fingerprint.clone(), parse_kinds(answer));
             map
         });
         let listed = parse_signers(answer);
@@ -140,17 +141,28 @@ impl SupportedCache {
         });
     }
 
-    /// Forgets the signers of configurations no longer in `facilitators`.
+    /// Forgets the kinds and signers of configurations no longer in `facilitators`.
     pub fn retain(&self, facilitators: &[FacilitatorConf]) {
         let live = |k: &String| facilitators.iter().any(|f| &f.fingerprint == k);
-        if self.signers.load().keys().all(live) {
-            return;
+        if !self.kinds.load().keys().all(live) {
+            self.kinds.rcu(|kinds| {
+                let mut map = (**kinds).clone();
+                map.retain(|k, _| live(k));
+                map
+            });
         }
-        self.signers.rcu(|signers| {
-            let mut map = (**signers).clone();
-            map.retain(|k, _| live(k));
-            map
-        });
+        if !self.signers.load().keys().all(live) {
+            self.signers.rcu(|signers| {
+                let mut map = (**signers).clone();
+                map.retain(|k, _| live(k));
+                map
+            });
+        }
+    }
+
+    /// Whether this facilitator configuration's `/supported` has answered.
+    pub fn answered(&self, fac: &FacilitatorConf) -> bool {
+        self.kinds.load().contains_key(&fac.fingerprint)
     }
 
     /// A facilitator's signers as its configuration's `/supported` answers listed them (EVM
@@ -205,7 +217,7 @@ impl SupportedCache {
         if !fac.networks.is_empty() && !fac.networks.iter().any(|n| n == network) {
             return false;
         }
-        match self.kinds.load().get(&fac.name) {
+        match self.kinds.load().get(&fac.fingerprint) {
             None => true,
             Some(kinds) => kinds.iter().any(|k| {
                 k.version == version
@@ -375,6 +387,36 @@ mod tests {
         cache.retain(&[fac("f", "f2", true)]);
         assert_eq!(cache.senders(&f, "eip155:8453"), None);
         assert_eq!(cache.signers_view(&g), None);
+    }
+
+    /// What a facilitator supports is its configuration's: the same name moved elsewhere is
+    /// tried for every kind until its own `/supported` answers, not held to the old answer.
+    #[test]
+    fn kinds_belong_to_a_configuration_not_a_name() {
+        let cache = SupportedCache::default();
+        let old = fac("f", "f1", false);
+        let moved = fac("f", "f2", false);
+        assert!(!cache.answered(&old));
+        assert!(
+            cache.allows(&old, 2, "upto", "eip155:8453", None),
+            "unknown: tried"
+        );
+        cache.store(&old, &answer(serde_json::json!({})));
+        assert!(cache.answered(&old));
+        assert!(cache.allows(&old, 2, "exact", "eip155:8453", None));
+        assert!(!cache.allows(&old, 2, "upto", "eip155:8453", None));
+        assert!(!cache.answered(&moved));
+        assert!(cache.allows(&moved, 2, "upto", "eip155:8453", None));
+        cache.store(
+            &moved,
+            &serde_json::json!({"kinds": [{"x402Version": 2, "scheme": "upto", "network": "eip155:8453"}]}),
+        );
+        assert!(!cache.allows(&moved, 2, "exact", "eip155:8453", None));
+        assert!(cache.allows(&moved, 2, "upto", "eip155:8453", None));
+        // The old configuration goes with the reload that replaced it.
+        cache.retain(std::slice::from_ref(&moved));
+        assert!(!cache.answered(&old));
+        assert!(cache.answered(&moved));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! outcomes, against real facilitators that misbehave on purpose, checked on chain.
 
 use serde_json::{Value, json};
+use std::time::{Duration, Instant};
 
 use crate::support::chain::balance;
 use crate::support::pay::{self, Auth};
@@ -425,6 +426,40 @@ async fn settle_fails_over_only_when_the_call_never_left() {
             .await
             >= 1.0
     );
+}
+
+/// A reload that moves a facilitator elsewhere asks the new place's `/supported` at once (a
+/// full round of probes is a minute away), and nothing the old place said carries over.
+#[tokio::test]
+async fn a_facilitator_moved_by_a_reload_is_asked_at_once() {
+    let t = Two::start(None, "");
+    t.gw.wait_facilitator_signers("a").await;
+    t.gw.wait_facilitator_signers("b").await;
+    let ready = t.gw.admin_json("/readyz").await;
+    let listed = |r: &Value, name: &str| r["facilitator_signers"][name]["listed"].clone();
+    let b_lists = listed(&ready, "b");
+    assert_ne!(listed(&ready, "a"), b_lists, "{ready}");
+    // `a` now names `b`'s address.
+    let config = std::fs::read_to_string(t.gw.path("gateway.toml")).expect("config");
+    let a_url = s(&t.dev.info["facilitatorUrl"]);
+    let b_url = s(&t.b.info["facilitatorUrl"]);
+    t.gw.write("gateway.toml", &config.replacen(&a_url, &b_url, 1));
+    t.gw.wait_generation(2).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = t.gw.admin_json("/readyz").await;
+        if listed(&ready, "a") == b_lists {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never asked again: {ready}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (payer, _) = t.payer();
+    let before = t.balance(&payer).await;
+    let header = t.header("/status/200").await;
+    assert_eq!(t.pay("/status/200", &header).await.status(), 200);
+    assert_eq!(t.balance(&payer).await, before - 10_000);
+    assert!(t.a_calls().await.is_empty(), "{:?}", t.a_calls().await);
 }
 
 #[tokio::test]
