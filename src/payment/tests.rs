@@ -643,11 +643,17 @@ async fn a_settlement_that_failed_after_the_origin_answered_replaces_the_answer(
     assert!(r.receipt.is_some_and(|s| !s.succeeded()));
 }
 
-/// A payment that did not settle is free again when its answer goes out, not when the
-/// request's logging ends; and the first request's end never frees a copy's reservation.
+/// A payment that did not settle is free again when its answer goes out (a refused
+/// settlement, an origin error, an origin that could not be reached), not when the request's
+/// logging ends; and the first request's end never frees a copy's reservation.
 #[tokio::test]
 async fn an_unsettled_payment_is_free_when_answered_and_freed_only_once() {
-    for (settles, status) in [(Some(refused("invalid_payload")), 200), (None, 502)] {
+    // Status 0: proxying failed before the origin answered.
+    for (settles, status) in [
+        (Some(refused("invalid_payload")), 200),
+        (None, 502),
+        (None, 0),
+    ] {
         let b = Bench::new();
         let nonce = nonce();
         if let Some(s) = settles {
@@ -658,7 +664,12 @@ async fn an_unsettled_payment_is_free_when_answered_and_freed_only_once() {
             other => panic!("{other:?}"),
         };
         let mut first = paid(b.gate(&b.payment_with(10_000, nonce), after()).await);
-        let _ = b.payments.on_response(&b.env(), &mut first, status).await;
+        if status == 0 {
+            let headers = b.payments.on_failure(&b.env(), &mut first, false).await;
+            assert!(headers.is_empty(), "{headers:?}");
+        } else {
+            let _ = b.payments.on_response(&b.env(), &mut first, status).await;
+        }
         // Answered, not yet ended: the same payment is taken again at once.
         let mut copy = paid(b.gate(&b.payment_with(10_000, nonce), after()).await);
         b.payments.finish(&b.env(), &mut first, None).await;

@@ -294,11 +294,11 @@ impl ProxyHttp for Gateway {
             None => respond::proxy_failure(e, ctx.upstream_failure),
         };
         if let (Some(r), Some(p)) = (reply.as_mut(), ctx.payment.as_mut()) {
-            r.headers.extend(self.payments.on_failure(
-                &ctx.snap.payment_env(),
-                p,
-                settlement_reply,
-            ));
+            r.headers.extend(
+                self.payments
+                    .on_failure(&ctx.snap.payment_env(), p, settlement_reply)
+                    .await,
+            );
         }
         let code = match reply {
             Some(r) if !written => {

@@ -577,7 +577,14 @@ async fn a_failing_facilitator_is_ejected_then_recovers() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let r = t.pay("/api/weather", &t.header("/api/weather").await).await;
-    assert_eq!(r.status(), 200);
+    let status = r.status();
+    assert_eq!(
+        status,
+        200,
+        "{}\n{}",
+        r.text().await.unwrap_or_default(),
+        t.gw.log_text()
+    );
     assert_eq!(
         t.a_calls().await.len(),
         4,

@@ -8,6 +8,7 @@
 //! unclaimed value passes the threshold or a payer started a timed withdrawal. Every claim and
 //! sweep is a ledger line.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -263,7 +264,9 @@ impl Payments {
                     continue;
                 }
             };
-            let mut r = ChannelRecord::clone(&read);
+            // Borrowed from the kept record; copied only when this pass changes or claims it
+            // (most channels, idle or claimed up, are only counted).
+            let mut r: Cow<'_, ChannelRecord> = Cow::Borrowed(&read);
             if let Some(after) = conf.retire_after
                 && r.retirable(super::now_ms(), after, conf.refund_idle.is_some())
             {
@@ -303,13 +306,13 @@ impl Payments {
                     .refund_idle
                     .is_some_and(|d| r.idle_refundable(super::now_ms(), d));
             if (refresh && r.unclaimed() > 0) || idle {
-                r = self.refresh_mirror(env, r).await;
+                r = Cow::Owned(self.refresh_mirror(env, r.into_owned()).await);
             }
             if idle && r.idle_refundable(super::now_ms(), conf.refund_idle.unwrap_or_default()) {
                 match self.refund_idle(env, &r).await {
                     Ok(Some(after)) => {
                         report.refunds += 1;
-                        r = after;
+                        r = Cow::Owned(after);
                     }
                     Ok(None) => {}
                     Err(e) => {
@@ -343,6 +346,7 @@ impl Payments {
                         Some("found_on_chain"),
                     );
                 }
+                let r = r.to_mut();
                 r.sweep_owed = true;
                 r.ledgered = Some(r.total_claimed.clone());
             }
@@ -359,7 +363,7 @@ impl Payments {
             if r.unclaimed() == 0 || r.signature.is_empty() || refunding {
                 continue;
             }
-            groups.entry(key).or_default().push(r);
+            groups.entry(key).or_default().push(r.into_owned());
         }
         for (network, n) in &per_network {
             self.metrics.channels.with_label_values(&[network]).set(*n);

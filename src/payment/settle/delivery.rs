@@ -155,9 +155,10 @@ impl Payments {
         }
     }
 
-    /// Called when proxying failed after the gate accepted the payment. Returns receipt
-    /// headers for the error reply when the payment was already settled.
-    pub fn on_failure(
+    /// Called when proxying failed after the gate accepted the payment, before the error
+    /// reply goes out. Returns receipt headers for that reply when the payment was already
+    /// settled; one that did not settle is free again before the client reads the error.
+    pub async fn on_failure(
         &self,
         env: &PaymentEnv<'_>,
         a: &mut Accepted,
@@ -166,6 +167,9 @@ impl Payments {
         if a.stage == Stage::Settled && !settlement_reply {
             self.record_failed_delivery(env, a, None, ORIGIN_FAILED);
             return self.receipt_headers(a);
+        }
+        if a.channel.is_none() {
+            self.release_unless_unknown(a).await;
         }
         Vec::new()
     }

@@ -652,10 +652,11 @@ pub async fn facilitator_config(facilitator_url: &str, cfg: &Value) {
     );
 }
 
-/// A `[[facilitators]]` entry.
+/// A `[[facilitators]]` entry, with a five-second timeout: long enough for a settlement on
+/// a loaded test machine, short against the faults that hang for ten.
 pub fn facilitator_toml(name: &str, url: &str, priority: u32, extra: &str) -> String {
     format!(
-        "[[facilitators]]\nname = \"{name}\"\nurl = \"{url}\"\npriority = {priority}\ntimeout_ms = 2000\n{extra}\n"
+        "[[facilitators]]\nname = \"{name}\"\nurl = \"{url}\"\npriority = {priority}\ntimeout_ms = 5000\n{extra}\n"
     )
 }
 
