@@ -105,6 +105,10 @@ impl BackgroundService for SupportedService {
                     } else {
                         Duration::from_secs(60)
                     };
+            } else if failing {
+                // A configuration asked at once that did not answer: asked again in 5 s, as
+                // in any round where something fails.
+                next_full = next_full.min(Instant::now() + Duration::from_secs(5));
             }
             let unserved = self
                 .payments

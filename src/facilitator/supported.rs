@@ -161,6 +161,7 @@ impl SupportedCache {
     }
 
     /// Whether this facilitator configuration's `/supported` has answered.
+    #[cfg(test)]
     pub fn answered(&self, fac: &FacilitatorConf) -> bool {
         self.kinds.load().contains_key(&fac.fingerprint)
     }

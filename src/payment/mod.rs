@@ -270,8 +270,9 @@ pub struct Accepted {
     pub facilitator_time: Duration,
     /// A `delivery_failed` line was written for this payment.
     pub delivery_recorded: bool,
-    /// The replay reservation was given back (the payment did not settle); never twice, as
-    /// a copy of the payment may have taken it since.
+    /// The replay reservation (a channel payment: its turn on the channel) was given back,
+    /// the payment not having settled; never twice, as a copy of the payment (another
+    /// request on the channel) may have taken it since.
     pub released: bool,
     /// The `payment-identifier` this payment claimed.
     pub identifier: Option<identifier::Named>,

@@ -689,6 +689,47 @@ async fn an_unsettled_payment_is_free_when_answered_and_freed_only_once() {
     }
 }
 
+/// A body-metered response whose origin broke off mid-body keeps its reservation: the end
+/// of the request charges what was delivered, and a copy meanwhile is in flight, then used.
+#[tokio::test]
+async fn a_metered_answer_cut_off_mid_body_keeps_its_payment_until_charged() {
+    let b = Bench::new();
+    let nonce = nonce();
+    let mut first = match b.gate(&b.payment_with(10_000, nonce), after()).await {
+        Ok(Admission::Paid(a)) => a,
+        other => panic!("{other:?}"),
+    };
+    first.offer.requirements.scheme = "upto".into();
+    first.meter = policy::Meter::Bytes(10);
+    assert!(first.settles_at_body_end());
+    assert_eq!(
+        b.payments.on_response(&b.env(), &mut first, 200).await,
+        Ok(Vec::new())
+    );
+    // The origin fails after the head went out.
+    assert!(
+        b.payments
+            .on_failure(&b.env(), &mut first, false)
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        error_of(b.gate(&b.payment_with(10_000, nonce), after()).await),
+        PaymentError::InFlight
+    );
+    b.payments
+        .settle_metered(&b.env(), &mut first, 4096, Duration::from_millis(10))
+        .await;
+    assert_eq!(first.stage, Stage::Settled);
+    assert_eq!(first.charged, Some(40));
+    b.payments.finish(&b.env(), &mut first, None).await;
+    assert_eq!(
+        error_of(b.gate(&b.payment_with(10_000, nonce), after()).await),
+        PaymentError::AlreadyUsed
+    );
+    assert_eq!(b.script.calls(), (1, 1));
+}
+
 #[tokio::test]
 async fn an_unclear_settlement_is_unconfirmed_and_keeps_the_payment_reserved() {
     let b = Bench::new();

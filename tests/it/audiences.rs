@@ -271,7 +271,8 @@ async fn each_audience_gets_its_price_and_spoofed_crawlers_are_agents() {
         m("x402_audience_requests_total{audience=\"crawler\",purpose=\"training\"}").await,
         2.0
     );
-    s.gw.log_containing("claims a signing crawler without its signature");
+    s.gw.log_containing("claims a signing crawler without its signature")
+        .await;
 }
 
 #[tokio::test]
@@ -643,7 +644,8 @@ async fn shadow_mode_decides_counts_and_forwards() {
             .await,
         4.0
     );
-    s.gw.log_containing("shadow mode: forwarded without charging");
+    s.gw.log_containing("shadow mode: forwarded without charging")
+        .await;
 }
 
 #[tokio::test]

@@ -236,7 +236,7 @@ async fn a_lying_settle_is_checked_on_chain_and_never_settled_twice() {
         1.0
     );
     // An error is logged.
-    t.gw.log_containing("the chain does not confirm");
+    t.gw.log_containing("the chain does not confirm").await;
 
     // A real transaction that is not this payment (an earlier settlement's): refused too.
     let earlier = t.pay("/api/weather", &t.header("/api/weather").await).await;
@@ -364,7 +364,8 @@ async fn a_failed_settle_after_another_facilitators_transaction_is_a_used_paymen
         1.0
     );
     // A warning names the sender.
-    t.gw.log_containing("from none of the facilitator's signers");
+    t.gw.log_containing("from none of the facilitator's signers")
+        .await;
 
     // Without `signers_complete` (the default; a reload, keeping the facilitator's health and
     // known signers), the same case may have been this request's: a 503, nothing served.

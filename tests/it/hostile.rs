@@ -972,7 +972,9 @@ async fn odd_request_targets_never_reach_priced_content_on_a_lenient_origin() {
     );
     assert_eq!(served.len(), 4, "{served:?}");
     // The access log has the raw target and the canonical path.
-    let log = gw.log_containing("/free%2F..%2Fpaid%2Fx");
+    let log = gw
+        .log_containing(r#""target_raw":"/free%2F..%2Fpaid%2Fx""#)
+        .await;
     let line = log
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())

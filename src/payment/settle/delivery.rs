@@ -22,15 +22,13 @@ impl Payments {
     ) -> Result<Vec<(&'static str, String)>, Rejection> {
         if a.stage == Stage::Verified {
             if status >= 400 {
-                // Not served: no settlement. The reservation goes back before the client
-                // reads the error (a channel's turn ends with the request, in `finish`).
+                // Not served: no settlement. The reservation (or the channel's turn) goes
+                // back before the client reads the error.
                 self.metrics
                     .payments
                     .with_label_values(&["not_settled", "origin_error"])
                     .inc();
-                if a.channel.is_none() {
-                    self.release_unless_unknown(a).await;
-                }
+                self.give_back(a).await;
                 return Ok(Vec::new());
             }
             if a.settles_at_body_end() {
@@ -41,10 +39,6 @@ impl Payments {
             self.settle(env, a, Some(status)).await;
             if a.stage != Stage::Settled {
                 let error = self.settle_error(a);
-                if a.channel.is_none() {
-                    // Provably not settled: reusable from the moment the client reads why.
-                    self.release_unless_unknown(a).await;
-                }
                 // A channel payment never fails open: its turn ended uncharged, so the same
                 // payload would be served again and again.
                 if a.stage == Stage::SettleFailed
@@ -57,8 +51,11 @@ impl Payments {
                         .with_label_values(&["served_unpaid", error.reason()])
                         .inc();
                     tracing::warn!(rule = %a.rule_id, "no facilitator could settle: serving unpaid (failure policy open)");
+                    // Held until the unpaid answer ended: a copy is not served unpaid too.
                     return Ok(Vec::new());
                 }
+                // Provably not settled: reusable from the moment the client reads why.
+                self.give_back(a).await;
                 return Err(Rejection {
                     error,
                     version: a.version,
@@ -157,7 +154,8 @@ impl Payments {
 
     /// Called when proxying failed after the gate accepted the payment, before the error
     /// reply goes out. Returns receipt headers for that reply when the payment was already
-    /// settled; one that did not settle is free again before the client reads the error.
+    /// settled; one that did not settle is free again before the client reads the error,
+    /// unless part of a body-metered response went out: the end of the request charges that.
     pub async fn on_failure(
         &self,
         env: &PaymentEnv<'_>,
@@ -168,8 +166,8 @@ impl Payments {
             self.record_failed_delivery(env, a, None, ORIGIN_FAILED);
             return self.receipt_headers(a);
         }
-        if a.channel.is_none() {
-            self.release_unless_unknown(a).await;
+        if a.delivered_status.is_none() {
+            self.give_back(a).await;
         }
         Vec::new()
     }
@@ -183,8 +181,16 @@ impl Payments {
         {
             self.record_failed_delivery(env, a, None, why);
         }
+        self.give_back(a).await;
+    }
+
+    /// What a payment that did not settle holds goes back, once (see [`Accepted::released`]):
+    /// its replay reservation (an open outcome keeps it), or its turn on its channel. Called
+    /// as soon as the answer is known, and again at the end of the request.
+    async fn give_back(&self, a: &mut Accepted) {
         if a.channel.is_some() {
-            if a.stage != Stage::Settled {
+            if a.stage != Stage::Settled && !a.released {
+                a.released = true;
                 self.end_channel_turn(a).await;
             }
             return;

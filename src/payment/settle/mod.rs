@@ -38,6 +38,11 @@ impl Payments {
         a: &mut Accepted,
         upstream_status: Option<u16>,
     ) {
+        if a.released {
+            // What it held went back (a copy may hold it now): never settled after that.
+            tracing::error!(payer = %a.payer, rule = %a.rule_id, "a payment given back was not settled");
+            return;
+        }
         if a.channel.is_some() {
             self.settle_channel(env, a, upstream_status).await;
             return;
@@ -414,7 +419,6 @@ impl Payments {
         }
     }
 
-    /// Releases the reservation of a payment that provably did not settle.
     /// Gives back the reservation of a payment that provably did not settle, once: a
     /// client may send the same payment again as soon as it reads the answer.
     pub(super) async fn release_unless_unknown(&self, a: &mut Accepted) {

@@ -424,7 +424,7 @@ impl Gateway {
 
     /// The gateway's log once it contains `needle`. Log lines are written by a background
     /// thread, so a line can come after the response it describes; panics after ten seconds.
-    pub fn log_containing(&self, needle: &str) -> String {
+    pub async fn log_containing(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let log = self.log_text();
@@ -432,7 +432,7 @@ impl Gateway {
                 return log;
             }
             assert!(Instant::now() < deadline, "{needle:?} never logged:\n{log}");
-            std::thread::sleep(Duration::from_millis(10));
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
