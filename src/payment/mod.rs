@@ -283,7 +283,8 @@ pub struct Accepted {
     pub charged: Option<u128>,
     /// What sets the charge of a metered payment.
     pub meter: Meter,
-    /// The origin's status of a body-metered response, once its head was passed on.
+    /// The origin's status of a body-metered response, once its head was passed on (cleared
+    /// when proxying failed before the head reached the client: nothing was delivered).
     pub delivered_status: Option<u16>,
     /// A channel payment (`batch-settlement`): its turn on the channel.
     pub channel: Option<Box<channel::Ticket>>,

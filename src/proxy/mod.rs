@@ -293,12 +293,18 @@ impl ProxyHttp for Gateway {
             Some(a) => Some(a.reply),
             None => respond::proxy_failure(e, ctx.upstream_failure),
         };
-        if let (Some(r), Some(p)) = (reply.as_mut(), ctx.payment.as_mut()) {
-            r.headers.extend(
-                self.payments
-                    .on_failure(&ctx.snap.payment_env(), p, settlement_reply)
-                    .await,
-            );
+        if let Some(p) = ctx.payment.as_mut() {
+            if !written {
+                // No head reached the client: a body-metered answer delivered nothing.
+                p.delivered_status = None;
+            }
+            if let Some(r) = reply.as_mut() {
+                r.headers.extend(
+                    self.payments
+                        .on_failure(&ctx.snap.payment_env(), p, settlement_reply)
+                        .await,
+                );
+            }
         }
         let code = match reply {
             Some(r) if !written => {

@@ -518,6 +518,7 @@ impl Payments {
                 }
                 Err(reason) => {
                     self.end_channel_turn(a).await;
+                    a.released = true;
                     a.stage = Stage::SettleFailed;
                     let receipt = SettleResponse {
                         success: false.into(),

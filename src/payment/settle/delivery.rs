@@ -155,7 +155,8 @@ impl Payments {
     /// Called when proxying failed after the gate accepted the payment, before the error
     /// reply goes out. Returns receipt headers for that reply when the payment was already
     /// settled; one that did not settle is free again before the client reads the error,
-    /// unless part of a body-metered response went out: the end of the request charges that.
+    /// unless a body-metered response's head went out (`delivered_status`, cleared by the
+    /// caller when it did not): the end of the request charges what was delivered.
     pub async fn on_failure(
         &self,
         env: &PaymentEnv<'_>,
