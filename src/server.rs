@@ -75,7 +75,10 @@ impl BackgroundService for SupportedService {
                 // facilitators out of rotation whose ejection has run out: a good answer
                 // brings them back.
                 let health = self.payments.facilitators.pool.health(fac);
-                let new = asked.insert(fac.fingerprint.clone());
+                let new = !asked.contains(&fac.fingerprint);
+                if new {
+                    asked.insert(fac.fingerprint.clone());
+                }
                 if !full && !new && (health.healthy() || !health.available()) {
                     continue;
                 }

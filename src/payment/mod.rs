@@ -284,7 +284,7 @@ pub struct Accepted {
     /// What sets the charge of a metered payment.
     pub meter: Meter,
     /// The origin's status of a body-metered response, once its head was passed on (cleared
-    /// when proxying failed before the head reached the client: nothing was delivered).
+    /// by [`Accepted::undelivered`]).
     pub delivered_status: Option<u16>,
     /// A channel payment (`batch-settlement`): its turn on the channel.
     pub channel: Option<Box<channel::Ticket>>,
@@ -358,6 +358,12 @@ impl Accepted {
     pub fn metered(&self) -> bool {
         crate::schemes::by_id(&self.offer.requirements.scheme)
             .is_some_and(|s| s.settle_plan() == crate::schemes::SettlePlan::VerifyThenSettleMetered)
+    }
+
+    /// Proxying failed before the response head reached the client: a body-metered answer
+    /// delivered nothing, so nothing is charged for it and the payment can be given back.
+    pub fn undelivered(&mut self) {
+        self.delivered_status = None;
     }
 
     /// Whether a metered payment settles when the body ended (bytes, seconds).

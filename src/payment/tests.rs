@@ -412,6 +412,14 @@ impl Bench {
             .await
     }
 
+    /// The gate's admission of a payment it must accept.
+    async fn paid(&self, headers: &HeaderMap, policy: RulePolicy) -> Box<Accepted> {
+        match self.gate(headers, policy).await {
+            Ok(Admission::Paid(a)) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// Gate, then the origin's status, then the end of the request.
     async fn request(
         &self,
@@ -510,10 +518,7 @@ async fn an_origin_error_settles_nothing_and_frees_the_payment() {
 async fn a_copy_in_flight_is_refused_and_a_settled_payment_is_already_used() {
     let b = Bench::new();
     let nonce = nonce();
-    let first = match b.gate(&b.payment_with(10_000, nonce), after()).await {
-        Ok(Admission::Paid(a)) => a,
-        other => panic!("{other:?}"),
-    };
+    let first = b.paid(&b.payment_with(10_000, nonce), after()).await;
     assert_eq!(
         error_of(b.gate(&b.payment_with(10_000, nonce), after()).await),
         PaymentError::InFlight
@@ -659,11 +664,7 @@ async fn an_unsettled_payment_is_free_when_answered_and_freed_only_once() {
         if let Some(s) = settles {
             b.script.settles(vec![Ok(s)]);
         }
-        let paid = |h: Result<Admission, Rejection>| match h {
-            Ok(Admission::Paid(a)) => a,
-            other => panic!("{other:?}"),
-        };
-        let mut first = paid(b.gate(&b.payment_with(10_000, nonce), after()).await);
+        let mut first = b.paid(&b.payment_with(10_000, nonce), after()).await;
         if status == 0 {
             let headers = b.payments.on_failure(&b.env(), &mut first, false).await;
             assert!(headers.is_empty(), "{headers:?}");
@@ -671,7 +672,7 @@ async fn an_unsettled_payment_is_free_when_answered_and_freed_only_once() {
             let _ = b.payments.on_response(&b.env(), &mut first, status).await;
         }
         // Answered, not yet ended: the same payment is taken again at once.
-        let mut copy = paid(b.gate(&b.payment_with(10_000, nonce), after()).await);
+        let mut copy = b.paid(&b.payment_with(10_000, nonce), after()).await;
         b.payments.finish(&b.env(), &mut first, None).await;
         // The first request's end left the copy's reservation alone.
         assert_eq!(
@@ -695,10 +696,7 @@ async fn an_unsettled_payment_is_free_when_answered_and_freed_only_once() {
 async fn a_metered_answer_cut_off_mid_body_keeps_its_payment_until_charged() {
     let b = Bench::new();
     let nonce = nonce();
-    let mut first = match b.gate(&b.payment_with(10_000, nonce), after()).await {
-        Ok(Admission::Paid(a)) => a,
-        other => panic!("{other:?}"),
-    };
+    let mut first = b.paid(&b.payment_with(10_000, nonce), after()).await;
     first.offer.requirements.scheme = "upto".into();
     first.meter = policy::Meter::Bytes(10);
     assert!(first.settles_at_body_end());
@@ -823,10 +821,7 @@ async fn a_name_bound_to_another_payment_or_request_is_a_conflict() {
 async fn a_named_payment_in_flight_is_not_replayed_and_an_unserved_one_frees_its_name() {
     let b = Bench::new();
     let header = b.payment_named(10_000, nonce(), Some(PAYMENT_ID));
-    let mut first = match b.gate(&header, after()).await {
-        Ok(Admission::Paid(a)) => a,
-        other => panic!("{other:?}"),
-    };
+    let mut first = b.paid(&header, after()).await;
     assert_eq!(
         error_of(b.gate(&header, after()).await),
         PaymentError::IdentifierInFlight

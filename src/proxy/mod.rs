@@ -295,8 +295,7 @@ impl ProxyHttp for Gateway {
         };
         if let Some(p) = ctx.payment.as_mut() {
             if !written {
-                // No head reached the client: a body-metered answer delivered nothing.
-                p.delivered_status = None;
+                p.undelivered();
             }
             if let Some(r) = reply.as_mut() {
                 r.headers.extend(

@@ -357,10 +357,10 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     }
     /// Drops channel `id`'s record if its version is still `version`; false: it changed (or
     /// is gone). What stays, for [`CHANNEL_TOMBSTONE`], is a tombstone: the version
-    /// `version + 1` with an empty record
-    /// (read as no record), so that a version is never used twice for different records (a
-    /// swap expecting an old version cannot succeed on a record rebuilt later); it leaves the
-    /// index of channels. The channel's next record starts again from the chain.
+    /// `version + 1` with an empty record (read as no record), so that a version is never used
+    /// twice for different records (a swap expecting an old version cannot succeed on a record
+    /// rebuilt later); it leaves the index of channels. The channel's next record starts again
+    /// from the chain.
     async fn delete_channel(&self, id: &str, version: u64) -> Result<bool, StateError>;
     /// Every channel with a record (what the claimer walks).
     async fn channel_ids(&self) -> Result<Vec<String>, StateError>;
