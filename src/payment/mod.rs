@@ -510,8 +510,8 @@ pub struct Payments {
     instance: String,
     /// Leases this process holds on settlements in flight.
     leases: Arc<settle::Leases>,
-    /// The channel claimer's last pass on this replica: when (unix seconds) and what it did.
-    claimer: std::sync::Mutex<Option<(u64, channel::claimer::ClaimReport)>>,
+    /// The channel claimer on this replica: whether it leads, and its last pass.
+    claimer_view: channel::claimer::ClaimerView,
     /// The channel records the claimer decoded on its last pass, at their versions.
     claimer_records: channel::claimer::ClaimerRecords,
     /// Channels this replica wrote last, as it wrote them (version, record): the next request
@@ -549,7 +549,7 @@ impl Payments {
             replica: String::new(),
             instance: instance_id(),
             leases: Arc::default(),
-            claimer: std::sync::Mutex::new(None),
+            claimer_view: channel::claimer::ClaimerView::default(),
             claimer_records: channel::claimer::ClaimerRecords::default(),
             channel_cache: channel::ChannelCache::default(),
         }

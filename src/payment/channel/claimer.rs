@@ -161,6 +161,69 @@ const CACHED_RECORDS: usize = 100_000;
 /// from a fresh read; at most [`CACHED_RECORDS`] are kept (the rest are decoded every pass).
 /// Only the lease holder keeps any; entries of channels no longer listed go at the end of
 /// each pass.
+/// What this replica's claimer is doing, for `/readyz`: whether it holds the lease now (said as
+/// soon as a pass takes or loses it, not when that pass ends) and what its last finished pass
+/// did (a pass that only found another replica leading did nothing).
+#[derive(Default)]
+pub struct ClaimerView(std::sync::Mutex<ViewState>);
+
+#[derive(Default)]
+struct ViewState {
+    /// Whether a pass has started yet.
+    started: bool,
+    leader: bool,
+    /// When the last pass ended (unix seconds) and its report.
+    last: Option<(u64, ClaimReport)>,
+}
+
+impl ClaimerView {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ViewState> {
+        // A panic elsewhere while holding the lock leaves a view that is still whole.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// This replica took (or kept) the lease; its pass goes on.
+    fn lead(&self) {
+        let mut v = self.lock();
+        v.leader = true;
+        v.started = true;
+    }
+
+    /// A pass ended with `report`; returns it.
+    pub(crate) fn passed(&self, report: ClaimReport) -> ClaimReport {
+        let mut v = self.lock();
+        v.started = true;
+        v.leader = report.leader;
+        v.last = Some((crate::state::unix_now(), report.clone()));
+        report
+    }
+
+    /// The view as `/readyz` shows it; `None` before the first pass. The counts are the last
+    /// finished pass's (zero while the first one runs).
+    pub(crate) fn status(&self) -> Option<Value> {
+        let v = self.lock();
+        if !v.started {
+            return None;
+        }
+        let none = (0, ClaimReport::default());
+        let (at, r) = v.last.as_ref().unwrap_or(&none);
+        Some(json!({
+            "last_pass_unix": v.last.as_ref().map(|_| at),
+            "leader": v.leader,
+            "channels": r.channels,
+            "claimed_channels": r.claimed,
+            "claim_transactions": r.claim_transactions,
+            "sweeps": r.sweeps,
+            "refunds": r.refunds,
+            "retired": r.retired,
+            "failures": r.failures,
+            "unclaimed": r.unclaimed.to_string(),
+        }))
+    }
+}
+
 #[derive(Default)]
 pub struct ClaimerRecords(
     std::sync::Mutex<std::collections::HashMap<String, (u64, Arc<ChannelRecord>)>>,
@@ -215,14 +278,16 @@ impl Payments {
             Ok(false) => {
                 // Another replica claims: what this one decoded would only age.
                 self.claimer_records.clear();
-                return report;
+                return self.claimer_view.passed(report);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take the channel claimer's lease");
                 self.claimer_records.clear();
-                return report;
+                return self.claimer_view.passed(report);
             }
         }
+        // Said at once: a pass that claims and sweeps lasts a few blocks.
+        self.claimer_view.lead();
         if all {
             // The interval's pass reads every record afresh.
             self.claimer_records.clear();
@@ -232,7 +297,7 @@ impl Payments {
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list payment channels");
                 self.claimer_records.clear();
-                return report;
+                return self.claimer_view.passed(report);
             }
         };
         let mut groups: std::collections::BTreeMap<Group, Vec<ChannelRecord>> =
@@ -412,10 +477,7 @@ impl Payments {
             self.sweep_group(env, &key, &flagged, &mut report).await;
         }
         self.claimer_records.keep(&ids);
-        if let Ok(mut last) = self.claimer.lock() {
-            *last = Some((crate::state::unix_now(), report.clone()));
-        }
-        report
+        self.claimer_view.passed(report)
     }
 
     /// The records of channels `ids` that have one, in order, with their versions: the
@@ -468,22 +530,9 @@ impl Payments {
         Ok(out.into_iter().flatten().collect())
     }
 
-    /// What `/readyz` says of the claimer: this replica's last pass, if it ran one.
+    /// What `/readyz` says of the claimer on this replica, if it ran a pass.
     pub fn claimer_status(&self) -> Option<Value> {
-        let last = self.claimer.lock().ok()?.clone()?;
-        let (at, r) = last;
-        Some(json!({
-            "last_pass_unix": at,
-            "leader": r.leader,
-            "channels": r.channels,
-            "claimed_channels": r.claimed,
-            "claim_transactions": r.claim_transactions,
-            "sweeps": r.sweeps,
-            "refunds": r.refunds,
-            "retired": r.retired,
-            "failures": r.failures,
-            "unclaimed": r.unclaimed.to_string(),
-        }))
+        self.claimer_view.status()
     }
 
     /// Claims the latest vouchers of `records` (one group) in one transaction; returns the
@@ -790,6 +839,45 @@ impl Payments {
             tx,
             reason,
             None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_claimer_view_says_who_leads_as_soon_as_a_pass_knows() {
+        let view = ClaimerView::default();
+        assert_eq!(view.status(), None, "no pass yet");
+        // A pass took the lease and is still claiming: it leads, nothing finished yet.
+        view.lead();
+        let now = view.status().expect("started");
+        assert_eq!(now["leader"], true);
+        assert!(now["last_pass_unix"].is_null(), "{now}");
+        let done = ClaimReport {
+            leader: true,
+            claimed: 3,
+            claim_transactions: 1,
+            ..ClaimReport::default()
+        };
+        assert_eq!(view.passed(done.clone()), done);
+        let now = view.status().expect("passed");
+        assert_eq!(
+            (now["leader"].clone(), now["claimed_channels"].clone()),
+            (json!(true), json!(3))
+        );
+        assert!(
+            now["last_pass_unix"].as_u64().is_some_and(|t| t > 0),
+            "{now}"
+        );
+        // The lease went to another replica: this one no longer leads and claimed nothing.
+        view.passed(ClaimReport::default());
+        let now = view.status().expect("passed");
+        assert_eq!(
+            (now["leader"].clone(), now["claimed_channels"].clone()),
+            (json!(false), json!(0))
         );
     }
 }
