@@ -81,13 +81,15 @@ impl Reloader {
                 for w in &snap.warnings {
                     tracing::warn!(warning = %w, "configuration warning");
                 }
-                self.config.store(Arc::new(snap));
+                // The metrics first, the configuration last: whoever sees the new generation
+                // served also sees it counted.
                 self.metrics.config_generation.set(next as i64);
-                self.metrics.reloads.with_label_values(&["ok"]).inc();
                 self.metrics.reload_success.set(1);
                 self.metrics
                     .reload_timestamp
                     .set(crate::state::unix_now() as i64);
+                self.metrics.reloads.with_label_values(&["ok"]).inc();
+                self.config.store(Arc::new(snap));
                 tracing::info!(generation = next, rules, trigger, "configuration reloaded");
                 Ok(next)
             }
@@ -97,7 +99,6 @@ impl Reloader {
                 } else {
                     "invalid"
                 };
-                self.metrics.reloads.with_label_values(&[outcome]).inc();
                 self.metrics.reload_success.set(0);
                 match &e {
                     ReloadError::Invalid(issues) => {
@@ -115,6 +116,9 @@ impl Reloader {
                         tracing::error!(trigger, settings = %names.join(", "), "reload refused: restart to change these settings");
                     }
                 }
+                // Counted last: whoever sees the count also sees the gauge (the log lines
+                // reach the file through a background writer).
+                self.metrics.reloads.with_label_values(&[outcome]).inc();
                 Err(e)
             }
         }

@@ -544,29 +544,37 @@ async fn failure_policy_closed_answers_503_and_open_serves_unpaid() {
 #[tokio::test]
 async fn a_failing_facilitator_is_ejected_then_recovers() {
     let t = Two::start(None, "failure_threshold = 2\nmax_eject_ms = 1000");
-    t.configure_a(json!({"verifyOverride": {"status": 500, "body": "down", "times": 2}}))
-        .await;
-    for _ in 0..3 {
+    // `a` fails two `/verify` calls, and its `/supported` fails until the test says otherwise:
+    // once its ejection runs out, only a request's trial call could bring it back, so it stays
+    // out while nothing is asked of it, however long the payments through `b` take.
+    t.configure_a(json!({
+        "verifyOverride": {"status": 500, "body": "down", "times": 2},
+        "supportedOverride": {"status": 500, "body": "down"},
+    }))
+    .await;
+    for _ in 0..2 {
         let r = t.pay("/api/weather", &t.header("/api/weather").await).await;
         assert_eq!(r.status(), 200);
     }
     assert_eq!(
         t.a_calls().await.len(),
         2,
-        "after two failures `a` is out of rotation: {:?}",
+        "both failed at `a` and went to `b`: {:?}",
         t.a_calls().await
     );
     assert_eq!(
         t.gw.metric(r#"x402_facilitator_healthy{facilitator="a"}"#)
             .await,
-        0.0
+        0.0,
+        "after two failures `a` is out of rotation"
     );
     assert_eq!(
         t.gw.metric(r#"x402_facilitator_ejections_total{facilitator="a"}"#)
             .await,
         1.0
     );
-    // Its /supported probe (every 5 s while something fails) brings it back.
+    // Its /supported probe brings it back once it answers again.
+    t.configure_a(json!({"supportedOverride": null})).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while t
         .gw

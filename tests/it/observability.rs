@@ -245,20 +245,28 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let r = t.pay("/api/weather", &t.header("/api/weather").await).await;
     assert_eq!(r.status(), 402, "{}", r.text().await.unwrap_or_default());
     assert_eq!(t.balance(&payer).await, payer_before);
-    // `a` fails `/verify` twice: those calls fail over to `b`, and `a` is ejected.
+    // `a` fails `/verify` twice: those calls fail over to `b`, and `a` is ejected. Its
+    // `/supported` fails meanwhile, so no probe brings it back before the gauge is read.
     let mut settled = 0u128;
-    t.configure_a(json!({"verifyOverride": {"status": 500, "body": "down", "times": 2}}))
-        .await;
-    for _ in 0..4 {
+    t.configure_a(json!({
+        "verifyOverride": {"status": 500, "body": "down", "times": 2},
+        "supportedOverride": {"status": 500, "body": "down"},
+    }))
+    .await;
+    for i in 0..4 {
         let r = t.pay("/api/weather", &t.header("/api/weather").await).await;
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
         settled += 10_000;
+        if i == 1 {
+            // The two failures, and no request since that could try `a` again.
+            assert_eq!(
+                t.gw.metric(r#"x402_facilitator_healthy{facilitator="a"}"#)
+                    .await,
+                0.0
+            );
+            t.configure_a(json!({"supportedOverride": null})).await;
+        }
     }
-    assert_eq!(
-        t.gw.metric(r#"x402_facilitator_healthy{facilitator="a"}"#)
-            .await,
-        0.0
-    );
     t.gw.write(
         "rules/rules.toml",
         &format!(
@@ -449,7 +457,12 @@ async fn request_and_facilitator_spans_reach_an_otlp_receiver() {
             .iter()
             .filter(|s| s["name"] == "facilitator verify" || s["name"] == "facilitator settle")
             .count();
-        if calls == 2 && spans.iter().any(|s| s["spanId"] == gateway_span.as_str()) {
+        // The request's own span ends in its logging phase, after the facilitator spans and
+        // after the answer: it may leave in a later batch than theirs.
+        let paid = spans
+            .iter()
+            .any(|s| attribute(s, "x402.decision").as_deref() == Some("paid"));
+        if calls == 2 && paid && spans.iter().any(|s| s["spanId"] == gateway_span.as_str()) {
             break spans;
         }
         assert!(Instant::now() < deadline, "spans received: {spans:#?}");

@@ -200,11 +200,7 @@ async fn the_listener_speaks_h2_and_http1_and_picks_up_a_renewed_certificate() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(handshake(&addr, &ca, &[b"h2"]).await.1, second);
-    assert!(
-        gw.log_text().contains("server.tls.cert"),
-        "{}",
-        gw.log_text()
-    );
+    gw.log_containing("server.tls.cert").await;
 }
 
 #[tokio::test]
