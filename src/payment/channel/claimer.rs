@@ -153,14 +153,6 @@ type Group = (String, String, String, String);
 /// Decoded records the claimer keeps between passes, at most.
 const CACHED_RECORDS: usize = 100_000;
 
-/// The records the claimer decoded, by channel id, at the version it read: a pass reads only
-/// the versions and reads and decodes again just the records that changed since the last
-/// (every write moves a version on, and a dropped record's tombstone keeps it going). Versions
-/// repeat only when the store loses data, so what is kept is bounded in age and trust: the
-/// interval's pass, and any pass after a store error, starts afresh; a record is retired only
-/// from a fresh read; at most [`CACHED_RECORDS`] are kept (the rest are decoded every pass).
-/// Only the lease holder keeps any; entries of channels no longer listed go at the end of
-/// each pass.
 /// What this replica's claimer is doing, for `/readyz`: whether it holds the lease now (said as
 /// soon as a pass takes or loses it, not when that pass ends) and what its last finished pass
 /// did (a pass that only found another replica leading did nothing).
@@ -224,6 +216,14 @@ impl ClaimerView {
     }
 }
 
+/// The records the claimer decoded, by channel id, at the version it read: a pass reads only
+/// the versions and reads and decodes again just the records that changed since the last
+/// (every write moves a version on, and a dropped record's tombstone keeps it going). Versions
+/// repeat only when the store loses data, so what is kept is bounded in age and trust: the
+/// interval's pass, and any pass after a store error, starts afresh; a record is retired only
+/// from a fresh read; at most [`CACHED_RECORDS`] are kept (the rest are decoded every pass).
+/// Only the lease holder keeps any; entries of channels no longer listed go at the end of
+/// each pass.
 #[derive(Default)]
 pub struct ClaimerRecords(
     std::sync::Mutex<std::collections::HashMap<String, (u64, Arc<ChannelRecord>)>>,
