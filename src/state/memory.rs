@@ -133,11 +133,22 @@ pub struct MemoryStore {
 /// A channel record and its version.
 type Versioned = (u64, Arc<[u8]>);
 
-/// The channel table and, oldest first, when each tombstone was left (channel, version).
+/// The channel table, oldest first, when each tombstone was left (channel, version), and the
+/// channels written since the claimer last asked.
 #[derive(Default)]
 struct Channels {
     records: HashMap<String, Versioned>,
     tombstones: std::collections::VecDeque<(Instant, String, u64)>,
+    changed: std::collections::HashSet<String>,
+}
+
+impl Channels {
+    fn changed(&mut self, id: &str) {
+        // Most writes find their channel already listed: no copy of the id then.
+        if !self.changed.contains(id) {
+            self.changed.insert(id.to_owned());
+        }
+    }
 }
 
 impl Channels {
@@ -445,6 +456,7 @@ impl StateStore for MemoryStore {
         channels
             .records
             .insert(id.to_owned(), (version + 1, Arc::from(record)));
+        channels.changed(id);
         Ok(true)
     }
 
@@ -465,6 +477,7 @@ impl StateStore for MemoryStore {
         channels
             .tombstones
             .push_back((now, id.to_owned(), version + 1));
+        channels.changed(id);
         Ok(true)
     }
 
@@ -486,6 +499,11 @@ impl StateStore for MemoryStore {
             .filter(|(_, (_, r))| !r.is_empty())
             .map(|(id, _)| id.clone())
             .collect())
+    }
+
+    async fn channel_changes(&self) -> Result<Option<Vec<String>>, StateError> {
+        let mut channels = self.channel_table()?;
+        Ok(Some(channels.changed.drain().collect()))
     }
 
     async fn lease(&self, name: &str, owner: &str, lease: Duration) -> Result<bool, StateError> {

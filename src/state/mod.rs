@@ -364,6 +364,12 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     async fn delete_channel(&self, id: &str, version: u64) -> Result<bool, StateError>;
     /// Every channel with a record (what the claimer walks).
     async fn channel_ids(&self) -> Result<Vec<String>, StateError>;
+    /// The channels whose records were written (or dropped) since the last call, by any
+    /// replica, and forgets them, in one step: between its full walks the claimer reads just
+    /// these. `None`: this store does not keep them (the claimer walks every channel).
+    async fn channel_changes(&self) -> Result<Option<Vec<String>>, StateError> {
+        Ok(None)
+    }
     /// Takes (or renews) the lease `name` for `owner` during `lease`; false: another owner
     /// holds it. One replica at a time does the work a lease names (the claimer's).
     async fn lease(&self, name: &str, owner: &str, lease: Duration) -> Result<bool, StateError>;

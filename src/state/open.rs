@@ -186,6 +186,9 @@ impl StateStore for OpenOnFailure {
     async fn channel_ids(&self) -> Result<Vec<String>, StateError> {
         self.shared.channel_ids().await
     }
+    async fn channel_changes(&self) -> Result<Option<Vec<String>>, StateError> {
+        self.shared.channel_changes().await
+    }
     async fn lease(&self, name: &str, owner: &str, lease: Duration) -> Result<bool, StateError> {
         self.shared.lease(name, owner, lease).await
     }

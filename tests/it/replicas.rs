@@ -488,7 +488,7 @@ async fn one_payment_sent_to_three_replicas_at_once_is_served_and_settled_once()
 
 /// Store operations requests at `gw` waited for so far (one round trip each), leaving out the
 /// background ones (copies of the mirrored sets, sweeps of pending settlements, leases, the
-/// channel claimer's listing, readiness pings).
+/// channel claimer's listings, readiness pings).
 async fn store_round_trips(gw: &Gateway) -> f64 {
     gw.metrics()
         .await
@@ -501,6 +501,7 @@ async fn store_round_trips(gw: &Gateway) -> f64 {
                 "pending",
                 "lease",
                 "channel_ids",
+                "channel_changes",
                 "ping",
             ]
             .iter()

@@ -216,42 +216,81 @@ impl ClaimerView {
     }
 }
 
-/// The records the claimer decoded, by channel id, at the version it read: a pass reads only
-/// the versions and reads and decodes again just the records that changed since the last
-/// (every write moves a version on, and a dropped record's tombstone keeps it going). Versions
-/// repeat only when the store loses data, so what is kept is bounded in age and trust: the
-/// interval's pass, and any pass after a store error, starts afresh; a record is retired only
-/// from a fresh read; at most [`CACHED_RECORDS`] are kept (the rest are decoded every pass).
-/// Only the lease holder keeps any; entries of channels no longer listed go at the end of
-/// each pass.
+/// The records the claimer decoded, by channel id, at the version it read. A full walk lists
+/// every channel, reads only the versions, and reads and decodes again just the records that
+/// changed since the last pass (every write moves a version on, and a dropped record's
+/// tombstone keeps it going). Between full walks, where the store keeps the channels written
+/// since the claimer last asked ([`crate::state::StateStore::channel_changes`]), a pass reads
+/// just those: the rest are as kept. Versions repeat only when the store loses data, so what is
+/// kept is bounded in age and trust: the interval's pass, and any pass after a store error,
+/// starts afresh with a full walk; a record is retired only from a fresh read; at most
+/// [`CACHED_RECORDS`] are kept (with more channels every pass is a full walk, and the rest are
+/// decoded every pass). Only the lease holder keeps any; entries of channels no longer listed
+/// go at the end of each full walk.
 #[derive(Default)]
-pub struct ClaimerRecords(
-    std::sync::Mutex<std::collections::HashMap<String, (u64, Arc<ChannelRecord>)>>,
-);
+pub struct ClaimerRecords(std::sync::Mutex<Kept>);
+
+#[derive(Default)]
+pub(super) struct Kept {
+    records: std::collections::HashMap<String, (u64, Arc<ChannelRecord>)>,
+    /// Whether `records` holds every channel the last full walk listed, and every change
+    /// since was read: a pass may then read just the changed ones.
+    whole: bool,
+    /// Channels to read again next pass though no write named them (a record that did not
+    /// decode, one a retirement looked at but left).
+    again: std::collections::HashSet<String>,
+}
 
 impl ClaimerRecords {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, Arc<ChannelRecord>)>>
-    {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
         // The map is only ever replaced whole-entry; a panic elsewhere leaves it usable.
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn clear(&self) {
-        self.lock().clear();
+    pub(super) fn clear(&self) {
+        let mut k = self.lock();
+        k.records.clear();
+        k.again.clear();
+        k.whole = false;
     }
 
-    /// Keeps the entries of `ids` alone.
-    pub(super) fn keep(&self, ids: &[String]) {
+    /// After a full walk that listed `ids` and read them all: keeps the entries of `ids`
+    /// alone, and says whether what is kept is every channel.
+    pub(super) fn keep(&self, ids: &[String], read_all: bool) {
         let listed: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-        self.lock().retain(|id, _| listed.contains(id.as_str()));
+        let mut k = self.lock();
+        k.records.retain(|id, _| listed.contains(id.as_str()));
+        k.whole = read_all && k.records.len() == ids.len() && k.again.is_empty();
+        // Not whole: the next pass walks every channel anyway.
+        k.again.clear();
     }
 
-    fn forget(&self, id: &str) {
-        self.lock().remove(id);
+    /// The channels a pass between full walks looks at: every kept one, and the `changed`
+    /// ones (read again, as are those marked to be); `None` when a full walk is due.
+    pub(super) fn between_walks(&self, changed: Vec<String>) -> Option<Vec<String>> {
+        let mut k = self.lock();
+        if !k.whole {
+            return None;
+        }
+        let mut ids: Vec<String> = k.records.keys().cloned().collect();
+        let again = std::mem::take(&mut k.again);
+        for id in changed.into_iter().chain(again) {
+            if k.records.remove(&id).is_none() {
+                ids.push(id);
+            }
+        }
+        Some(ids)
+    }
+
+    /// Drops channel `id`'s entry; `again`: read it next pass though no write names it.
+    fn forget(&self, id: &str, again: bool) {
+        let mut k = self.lock();
+        k.records.remove(id);
+        if again {
+            k.again.insert(id.to_owned());
+        }
     }
 }
 
@@ -292,14 +331,32 @@ impl Payments {
             // The interval's pass reads every record afresh.
             self.claimer_records.clear();
         }
-        let ids = match self.state.channel_ids().await {
-            Ok(ids) => ids,
+        // What changed since the last pass, taken before anything is read: a write after this
+        // is in the next pass's changes.
+        let changed = match self.state.channel_changes().await {
+            Ok(changed) => changed,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot list payment channels");
+                tracing::warn!(error = %e, "cannot read which payment channels changed");
                 self.claimer_records.clear();
                 return self.claimer_view.passed(report);
             }
         };
+        let between = changed.and_then(|c| self.claimer_records.between_walks(c));
+        let walk = between.is_none();
+        let ids = match between {
+            Some(ids) => ids,
+            None => match self.state.channel_ids().await {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list payment channels");
+                    self.claimer_records.clear();
+                    return self.claimer_view.passed(report);
+                }
+            },
+        };
+        // Whether every record listed was read (a chunk that failed leaves the kept ones
+        // unsure: the next pass walks them all).
+        let mut read_all = true;
         let mut groups: std::collections::BTreeMap<Group, Vec<ChannelRecord>> =
             std::collections::BTreeMap::new();
         // Receivers with claimed funds waiting to be swept (a refund's claim, a claim found
@@ -317,13 +374,14 @@ impl Payments {
                 Some(found) => found,
                 None => {
                     let Some(chunk) = chunks.next() else { break };
-                    match self.read_records(chunk).await {
+                    match self.read_records(chunk, walk).await {
                         Ok(found) => records = found.into_iter(),
                         // The other chunks are still claimed this pass; the next pass reads
                         // everything afresh.
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot read payment channels");
                             self.claimer_records.clear();
+                            read_all = false;
                         }
                     }
                     continue;
@@ -338,8 +396,8 @@ impl Payments {
                 // Still a network with channels, for the gauge below.
                 per_network.entry(r.network.clone()).or_default();
                 // Dropped only as the store holds it now, decided again on that: the record
-                // read may be one kept from an earlier pass.
-                self.claimer_records.forget(&r.channel_id);
+                // read may be one kept from an earlier pass. Left, it is read again next pass.
+                self.claimer_records.forget(&r.channel_id, true);
                 let now = match self.state.channel(&r.channel_id).await {
                     Ok(Some((v, bytes))) => ChannelRecord::decode(&bytes).map(|fresh| (v, fresh)),
                     Ok(None) => None,
@@ -476,29 +534,41 @@ impl Payments {
         for (key, flagged) in owed {
             self.sweep_group(env, &key, &flagged, &mut report).await;
         }
-        self.claimer_records.keep(&ids);
+        if walk {
+            self.claimer_records.keep(&ids, read_all);
+        }
         self.claimer_view.passed(report)
     }
 
-    /// The records of channels `ids` that have one, in order, with their versions: the
-    /// versions first, then a read and decode of just the records whose version moved since
-    /// this replica's last pass. A record that does not decode is left out (and read again
-    /// next pass).
+    /// The records of channels `ids` that have one, in order, with their versions. `walk`:
+    /// the versions first, then a read and decode of just the records whose version moved
+    /// since this replica's last pass; otherwise (between full walks) the kept records as they
+    /// are, and a read of the others. A record that does not decode is left out (and read
+    /// again next pass).
     pub(super) async fn read_records(
         &self,
         ids: &[String],
+        walk: bool,
     ) -> Result<Vec<(u64, Arc<ChannelRecord>)>, crate::state::StateError> {
-        let versions = self.state.channel_versions(ids).await?;
+        let versions = if walk {
+            self.state.channel_versions(ids).await?
+        } else {
+            // Kept: as read; not kept: a version no record has, read below.
+            let kept = self.claimer_records.lock();
+            ids.iter()
+                .map(|id| Some(kept.records.get(id.as_str()).map_or(u64::MAX, |(v, _)| *v)))
+                .collect()
+        };
         // In order: the kept records that did not move, a gap for each one to read again.
         let mut out: Vec<Option<(u64, Arc<ChannelRecord>)>> = Vec::with_capacity(ids.len());
         let mut stale: Vec<usize> = Vec::new();
         {
-            let mut known = self.claimer_records.lock();
+            let mut kept = self.claimer_records.lock();
             for (i, (id, v)) in ids.iter().zip(&versions).enumerate() {
                 out.push(None);
-                match (v, known.get(id.as_str())) {
+                match (v, kept.records.get(id.as_str())) {
                     (None, _) => {
-                        known.remove(id.as_str());
+                        kept.records.remove(id.as_str());
                     }
                     (Some(v), Some((at, r))) if at == v => out[i] = Some((*at, r.clone())),
                     (Some(_), _) => stale.push(i),
@@ -510,20 +580,27 @@ impl Payments {
         }
         let stale_ids: Vec<String> = stale.iter().map(|&i| ids[i].clone()).collect();
         let fresh = self.state.channels(&stale_ids).await?;
-        let mut known = self.claimer_records.lock();
+        let mut kept = self.claimer_records.lock();
         for (&i, found) in stale.iter().zip(fresh) {
             let id = ids[i].as_str();
             // Read again because it moved: taken at the version that read found.
-            match found.and_then(|(v, bytes)| ChannelRecord::decode(&bytes).map(|r| (v, r))) {
-                Some((v, r)) => {
-                    let r = Arc::new(r);
-                    if known.len() < CACHED_RECORDS || known.contains_key(id) {
-                        known.insert(id.to_owned(), (v, r.clone()));
+            match found {
+                Some((v, bytes)) if !bytes.is_empty() => match ChannelRecord::decode(&bytes) {
+                    Some(r) => {
+                        let r = Arc::new(r);
+                        if kept.records.len() < CACHED_RECORDS || kept.records.contains_key(id) {
+                            kept.records.insert(id.to_owned(), (v, r.clone()));
+                        }
+                        out[i] = Some((v, r));
                     }
-                    out[i] = Some((v, r));
-                }
-                None => {
-                    known.remove(id);
+                    None => {
+                        kept.records.remove(id);
+                        kept.again.insert(id.to_owned());
+                    }
+                },
+                // Gone, or its tombstone.
+                _ => {
+                    kept.records.remove(id);
                 }
             }
         }

@@ -641,12 +641,12 @@ async fn the_claimer_decodes_a_record_again_only_when_its_version_moved() {
     assert!(state.swap_channel("0xbb", 0, &b.encode()).await.unwrap());
     let ids = vec![a.channel_id.clone(), "0xnone".to_owned(), "0xbb".to_owned()];
 
-    let first = payments.read_records(&ids).await.unwrap();
+    let first = payments.read_records(&ids, true).await.unwrap();
     assert_eq!(first.len(), 2, "the channel without a record is left out");
     assert_eq!((first[0].0, first[0].1.charged.as_str()), (1, "30000"));
     assert_eq!(first[1].1.channel_id, "0xbb");
     // Nothing moved: the same decoded records, not a second decode.
-    let again = payments.read_records(&ids).await.unwrap();
+    let again = payments.read_records(&ids, true).await.unwrap();
     assert!(Arc::ptr_eq(&first[0].1, &again[0].1) && Arc::ptr_eq(&first[1].1, &again[1].1));
 
     // A write moves the version: that record alone is read and decoded again.
@@ -658,7 +658,7 @@ async fn the_claimer_decodes_a_record_again_only_when_its_version_moved() {
             .await
             .unwrap()
     );
-    let moved = payments.read_records(&ids).await.unwrap();
+    let moved = payments.read_records(&ids, true).await.unwrap();
     assert_eq!((moved[0].0, moved[0].1.charged.as_str()), (2, "40000"));
     assert!(Arc::ptr_eq(&first[1].1, &moved[1].1));
 
@@ -670,7 +670,7 @@ async fn the_claimer_decodes_a_record_again_only_when_its_version_moved() {
             .await
             .unwrap()
     );
-    assert!(payments.read_records(&ids).await.unwrap().is_empty());
+    assert!(payments.read_records(&ids, true).await.unwrap().is_empty());
 
     // Entries of channels no longer listed go.
     assert!(
@@ -679,9 +679,119 @@ async fn the_claimer_decodes_a_record_again_only_when_its_version_moved() {
             .await
             .unwrap()
     );
-    let back = payments.read_records(&ids).await.unwrap();
+    let back = payments.read_records(&ids, true).await.unwrap();
     assert_eq!(back.len(), 1);
-    payments.claimer_records.keep(&[]);
-    let fresh = payments.read_records(&ids).await.unwrap();
+    payments.claimer_records.keep(&[], true);
+    let fresh = payments.read_records(&ids, true).await.unwrap();
     assert!(!Arc::ptr_eq(&back[0].1, &fresh[0].1));
+}
+
+#[tokio::test]
+async fn between_full_walks_the_claimer_reads_only_the_channels_written_since() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let f = fixture();
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let facilitators = Arc::new(crate::facilitator::dispatch::Facilitators::new(
+        metrics.clone(),
+        Arc::new(crate::facilitator::local::Settlers::default()),
+    ));
+    let state: Arc<dyn crate::state::StateStore> = Arc::new(crate::state::MemoryStore::default());
+    let payments = Payments::with_calls(metrics, facilitators.clone(), facilitators, state.clone());
+    let a = f.record(30_000, 1_000_000, 0, now_ms());
+    let mut b = a.clone();
+    b.channel_id = "0xbb".into();
+    assert!(
+        state
+            .swap_channel(&a.channel_id, 0, &a.encode())
+            .await
+            .unwrap()
+    );
+    assert!(state.swap_channel("0xbb", 0, &b.encode()).await.unwrap());
+    let records = &payments.claimer_records;
+
+    // Before a full walk nothing is trusted: a pass lists every channel.
+    let changed = state.channel_changes().await.unwrap().expect("tracked");
+    assert_eq!(changed.len(), 2, "{changed:?}");
+    assert_eq!(records.between_walks(changed), None);
+    let ids = state.channel_ids().await.unwrap();
+    assert_eq!(payments.read_records(&ids, true).await.unwrap().len(), 2);
+    records.keep(&ids, true);
+
+    // `b` is written and its change taken (as a pass would), then `a` is written: the next
+    // pass reads `a` again and keeps `b` as it was, without asking the store.
+    let mut b2 = b.clone();
+    b2.charged = "50000".into();
+    assert!(state.swap_channel("0xbb", 1, &b2.encode()).await.unwrap());
+    assert_eq!(
+        state.channel_changes().await.unwrap(),
+        Some(vec!["0xbb".to_owned()])
+    );
+    let mut a2 = a.clone();
+    a2.charged = "40000".into();
+    assert!(
+        state
+            .swap_channel(&a.channel_id, 1, &a2.encode())
+            .await
+            .unwrap()
+    );
+    let changed = state.channel_changes().await.unwrap().expect("tracked");
+    assert_eq!(changed, vec![a.channel_id.clone()]);
+    assert_eq!(
+        state.channel_changes().await.unwrap(),
+        Some(vec![]),
+        "taken once"
+    );
+    let mut pass = records.between_walks(changed).expect("whole");
+    pass.sort();
+    let mut want = vec![a.channel_id.clone(), "0xbb".to_owned()];
+    want.sort();
+    assert_eq!(pass, want);
+    let read = payments.read_records(&pass, false).await.unwrap();
+    let charged = |id: &str| {
+        read.iter()
+            .find(|(_, r)| r.channel_id == id)
+            .map(|(v, r)| (*v, r.charged.clone()))
+    };
+    assert_eq!(
+        charged(&a.channel_id),
+        Some((2, "40000".into())),
+        "read again"
+    );
+    assert_eq!(
+        charged("0xbb"),
+        Some((1, b.charged.clone())),
+        "kept, not read"
+    );
+
+    // A record that does not decode is read again next pass, though nothing wrote it.
+    assert!(
+        state
+            .swap_channel("0xbb", 2, b"not a record")
+            .await
+            .unwrap()
+    );
+    let changed = state.channel_changes().await.unwrap().expect("tracked");
+    let pass = records.between_walks(changed).expect("whole");
+    assert_eq!(payments.read_records(&pass, false).await.unwrap().len(), 1);
+    assert!(state.swap_channel("0xbb", 3, &b2.encode()).await.unwrap());
+    state.channel_changes().await.unwrap();
+    let pass = records.between_walks(vec![]).expect("whole");
+    assert!(pass.contains(&"0xbb".to_owned()), "{pass:?}");
+    let read = payments.read_records(&pass, false).await.unwrap();
+    assert_eq!(read.len(), 2);
+
+    // A dropped record is a change too; a walk that could not read everything, or a store
+    // error (which clears what is kept), makes the next pass a full walk.
+    assert!(state.delete_channel("0xbb", 4).await.unwrap());
+    assert_eq!(
+        state.channel_changes().await.unwrap(),
+        Some(vec!["0xbb".to_owned()])
+    );
+    let ids = state.channel_ids().await.unwrap();
+    records.keep(&ids, false);
+    assert_eq!(records.between_walks(vec![]), None);
+    records.keep(&ids, true);
+    assert!(records.between_walks(vec![]).is_some());
+    records.clear();
+    assert_eq!(records.between_walks(vec![]), None);
 }

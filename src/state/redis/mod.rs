@@ -95,9 +95,10 @@ end
 return 0
 ";
 
-/// Writes a channel's record if its version is still the expected one, and indexes the
-/// channel. Records are stored as `<version>:<bytes>`. KEYS: record, index (one hash slot);
-/// ARGV: expected version, record, channel id. Returns 1 when written.
+/// Writes a channel's record if its version is still the expected one, indexes the channel
+/// and marks it changed. Records are stored as `<version>:<bytes>`. KEYS: record, index,
+/// changed channels (one hash slot); ARGV: expected version, record, channel id. Returns 1
+/// when written.
 const SWAP_CHANNEL: &str = r"
 local cur = redis.call('GET', KEYS[1])
 local v = 0
@@ -105,13 +106,14 @@ if cur then v = tonumber(string.match(cur, '^(%d+):')) end
 if v ~= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], tostring(v + 1) .. ':' .. ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[3])
 return 1
 ";
 
 /// Drops a channel record at a version: a tombstone (the next version, an empty record) that
-/// expires after ARGV[3] ms, and the id leaves the index.
-/// KEYS: record, index. ARGV: expected version, channel id, tombstone ms. Returns 1 when
-/// dropped.
+/// expires after ARGV[3] ms, the id leaves the index and is marked changed.
+/// KEYS: record, index, changed channels. ARGV: expected version, channel id, tombstone ms.
+/// Returns 1 when dropped.
 const DELETE_CHANNEL: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
@@ -119,7 +121,16 @@ local v = tonumber(string.match(cur, '^(%d+):'))
 if v ~= tonumber(ARGV[1]) or string.len(cur) == string.len(ARGV[1]) + 1 then return 0 end
 redis.call('SET', KEYS[1], tostring(v + 1) .. ':', 'PX', ARGV[3])
 redis.call('SREM', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[2])
 return 1
+";
+
+/// The channels written since the last call, forgotten in the same step.
+/// KEYS: the set of changed channels. Returns their ids.
+const TAKE_CHANGED_CHANNELS: &str = r"
+local ids = redis.call('SMEMBERS', KEYS[1])
+redis.call('DEL', KEYS[1])
+return ids
 ";
 
 /// Channel records read in one MGET (the claimer's walk).
@@ -177,6 +188,7 @@ pub struct RedisStore {
     forget: Script,
     swap_channel: Script,
     delete_channel: Script,
+    take_changed_channels: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -254,6 +266,7 @@ impl RedisStore {
             forget: Script::new(FORGET_IDENTIFIER),
             swap_channel: Script::new(SWAP_CHANNEL),
             delete_channel: Script::new(DELETE_CHANNEL),
+            take_changed_channels: Script::new(TAKE_CHANGED_CHANNELS),
         });
         let handle = state_runtime()?;
         for slot in 0..store.conns.len() {
@@ -313,6 +326,11 @@ impl RedisStore {
     /// The index of payment channels (ids), which the claimer reads.
     fn channel_index(&self) -> String {
         format!("{}{{channels}}:index", self.prefix)
+    }
+
+    /// The channels written since the claimer last asked (ids).
+    fn channel_changed(&self) -> String {
+        format!("{}{{channels}}:changed", self.prefix)
     }
 
     /// The index of pending settlements (payment keys), which sweeps read.
@@ -984,13 +1002,18 @@ impl StateStore for RedisStore {
         record: &[u8],
     ) -> Result<bool, StateError> {
         let mut c = self.conn()?;
-        let (k, index) = (self.channel_key(id), self.channel_index());
+        let (k, index, changed) = (
+            self.channel_key(id),
+            self.channel_index(),
+            self.channel_changed(),
+        );
         let script = &self.swap_channel;
         let written: i64 = self
             .run("swap_channel", async move {
                 script
                     .key(&k)
                     .key(&index)
+                    .key(&changed)
                     .arg(version)
                     .arg(record)
                     .arg(id)
@@ -1003,13 +1026,18 @@ impl StateStore for RedisStore {
 
     async fn delete_channel(&self, id: &str, version: u64) -> Result<bool, StateError> {
         let mut c = self.conn()?;
-        let (k, index) = (self.channel_key(id), self.channel_index());
+        let (k, index, changed) = (
+            self.channel_key(id),
+            self.channel_index(),
+            self.channel_changed(),
+        );
         let script = &self.delete_channel;
         let deleted: i64 = self
             .run("delete_channel", async move {
                 script
                     .key(&k)
                     .key(&index)
+                    .key(&changed)
                     .arg(version)
                     .arg(id)
                     .arg(CHANNEL_TOMBSTONE.as_millis() as u64)
@@ -1027,6 +1055,17 @@ impl StateStore for RedisStore {
             redis::cmd("SMEMBERS").arg(&index).query_async(&mut c).await
         })
         .await
+    }
+
+    async fn channel_changes(&self) -> Result<Option<Vec<String>>, StateError> {
+        let mut c = self.conn()?;
+        let changed = self.channel_changed();
+        let script = &self.take_changed_channels;
+        self.run("channel_changes", async move {
+            script.key(&changed).invoke_async(&mut c).await
+        })
+        .await
+        .map(Some)
     }
 
     async fn lease(&self, name: &str, owner: &str, lease: Duration) -> Result<bool, StateError> {
