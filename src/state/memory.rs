@@ -140,6 +140,8 @@ struct Channels {
     records: HashMap<String, Versioned>,
     tombstones: std::collections::VecDeque<(Instant, String, u64)>,
     changed: std::collections::HashSet<String>,
+    /// How many times the changes were taken.
+    taken: u64,
 }
 
 impl Channels {
@@ -501,9 +503,10 @@ impl StateStore for MemoryStore {
             .collect())
     }
 
-    async fn channel_changes(&self) -> Result<Option<Vec<String>>, StateError> {
+    async fn channel_changes(&self) -> Result<Option<super::ChannelChanges>, StateError> {
         let mut channels = self.channel_table()?;
-        Ok(Some(channels.changed.drain().collect()))
+        channels.taken += 1;
+        Ok(Some((channels.taken, channels.changed.drain().collect())))
     }
 
     async fn lease(&self, name: &str, owner: &str, lease: Duration) -> Result<bool, StateError> {

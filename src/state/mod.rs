@@ -191,6 +191,9 @@ pub struct Admitted {
 /// that read the record before it was dropped can take.
 pub const CHANNEL_TOMBSTONE: Duration = Duration::from_secs(7 * 86_400);
 
+/// What [`StateStore::channel_changes`] took: the call's number and the channels written.
+pub type ChannelChanges = (u64, Vec<String>);
+
 /// Everything remembered across requests. Every operation is atomic on its key.
 #[async_trait]
 pub trait StateStore: Send + Sync + std::fmt::Debug {
@@ -365,9 +368,12 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// Every channel with a record (what the claimer walks).
     async fn channel_ids(&self) -> Result<Vec<String>, StateError>;
     /// The channels whose records were written (or dropped) since the last call, by any
-    /// replica, and forgets them, in one step: between its full walks the claimer reads just
-    /// these. `None`: this store does not keep them (the claimer walks every channel).
-    async fn channel_changes(&self) -> Result<Option<Vec<String>>, StateError> {
+    /// replica, and forgets them, in one step, with the call's number: between its full walks
+    /// the claimer reads just these. The number goes up by one per call; a gap says another
+    /// caller (another replica, or a call repeated after its answer was lost) took changes
+    /// this one never saw. `None`: this store does not keep them (the claimer walks every
+    /// channel).
+    async fn channel_changes(&self) -> Result<Option<ChannelChanges>, StateError> {
         Ok(None)
     }
     /// Takes (or renews) the lease `name` for `owner` during `lease`; false: another owner

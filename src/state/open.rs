@@ -186,7 +186,7 @@ impl StateStore for OpenOnFailure {
     async fn channel_ids(&self) -> Result<Vec<String>, StateError> {
         self.shared.channel_ids().await
     }
-    async fn channel_changes(&self) -> Result<Option<Vec<String>>, StateError> {
+    async fn channel_changes(&self) -> Result<Option<super::ChannelChanges>, StateError> {
         self.shared.channel_changes().await
     }
     async fn lease(&self, name: &str, owner: &str, lease: Duration) -> Result<bool, StateError> {

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use super::ChannelRecord;
 use crate::payment::{PaymentEnv, Payments};
 use crate::schemes::evm_batch::{self, ClaimEntry};
+use crate::state::ChannelChanges;
 use crate::x402::networks::chain_id_of;
 
 /// Who authorizes claims and refunds for channels naming `address`: the gateway with its own
@@ -222,11 +223,14 @@ impl ClaimerView {
 /// tombstone keeps it going). Between full walks, where the store keeps the channels written
 /// since the claimer last asked ([`crate::state::StateStore::channel_changes`]), a pass reads
 /// just those: the rest are as kept. Versions repeat only when the store loses data, so what is
-/// kept is bounded in age and trust: the interval's pass, and any pass after a store error,
-/// starts afresh with a full walk; a record is retired only from a fresh read; at most
-/// [`CACHED_RECORDS`] are kept (with more channels every pass is a full walk, and the rest are
-/// decoded every pass). Only the lease holder keeps any; entries of channels no longer listed
-/// go at the end of each full walk.
+/// kept is bounded in age and trust: the interval's pass, any pass after a store error, and
+/// any pass whose changes' number is not one more than the last this claimer took (another
+/// replica led in between, or a call was repeated) start afresh with a full walk (a store that
+/// loses writes it acknowledged, in a failover, may leave a kept record stale until the
+/// interval's walk); a record is retired only from a fresh read; at most [`CACHED_RECORDS`]
+/// are kept (with more channels every pass is a full walk, and the rest are decoded every
+/// pass). Only the lease holder keeps any; entries of channels no longer listed go at the end
+/// of each full walk.
 #[derive(Default)]
 pub struct ClaimerRecords(std::sync::Mutex<Kept>);
 
@@ -239,6 +243,9 @@ pub(super) struct Kept {
     /// Channels to read again next pass though no write named them (a record that did not
     /// decode, one a retirement looked at but left).
     again: std::collections::HashSet<String>,
+    /// The number of the store's last [`crate::state::StateStore::channel_changes`] call
+    /// this claimer made: the next must be one more, or changes went to someone else.
+    changes_taken: Option<u64>,
 }
 
 impl ClaimerRecords {
@@ -257,26 +264,32 @@ impl ClaimerRecords {
     }
 
     /// After a full walk that listed `ids` and read them all: keeps the entries of `ids`
-    /// alone, and says whether what is kept is every channel.
+    /// alone, and says whether what is kept (or marked to be read again) is every channel.
     pub(super) fn keep(&self, ids: &[String], read_all: bool) {
         let listed: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
         let mut k = self.lock();
         k.records.retain(|id, _| listed.contains(id.as_str()));
-        k.whole = read_all && k.records.len() == ids.len() && k.again.is_empty();
-        // Not whole: the next pass walks every channel anyway.
-        k.again.clear();
+        k.again.retain(|id| listed.contains(id.as_str()));
+        k.whole = read_all && k.records.len() + k.again.len() == ids.len();
     }
 
-    /// The channels a pass between full walks looks at: every kept one, and the `changed`
-    /// ones (read again, as are those marked to be); `None` when a full walk is due.
-    pub(super) fn between_walks(&self, changed: Vec<String>) -> Option<Vec<String>> {
+    /// The channels a pass between full walks looks at: every kept one, and the channels the
+    /// store's call number `taken` says were written since the last pass (read again, as are
+    /// those marked to be); `None` when a full walk is due: nothing kept is trusted yet, or
+    /// changes went to another caller in between.
+    pub(super) fn between_walks(&self, (taken, changed): ChannelChanges) -> Option<Vec<String>> {
         let mut k = self.lock();
-        if !k.whole {
+        let last = k.changes_taken.replace(taken);
+        if !k.whole || last.is_none_or(|last| last.checked_add(1) != Some(taken)) {
+            // The walk lists and reads every channel.
+            k.whole = false;
+            k.again.clear();
             return None;
         }
         let mut ids: Vec<String> = k.records.keys().cloned().collect();
         let again = std::mem::take(&mut k.again);
-        for id in changed.into_iter().chain(again) {
+        let extra: std::collections::HashSet<String> = changed.into_iter().chain(again).collect();
+        for id in extra {
             if k.records.remove(&id).is_none() {
                 ids.push(id);
             }
@@ -285,7 +298,7 @@ impl ClaimerRecords {
     }
 
     /// Drops channel `id`'s entry; `again`: read it next pass though no write names it.
-    fn forget(&self, id: &str, again: bool) {
+    pub(super) fn forget(&self, id: &str, again: bool) {
         let mut k = self.lock();
         k.records.remove(id);
         if again {
@@ -590,6 +603,9 @@ impl Payments {
                         let r = Arc::new(r);
                         if kept.records.len() < CACHED_RECORDS || kept.records.contains_key(id) {
                             kept.records.insert(id.to_owned(), (v, r.clone()));
+                        } else {
+                            // Not kept: only a full walk sees it again.
+                            kept.whole = false;
                         }
                         out[i] = Some((v, r));
                     }

@@ -708,24 +708,37 @@ async fn between_full_walks_the_claimer_reads_only_the_channels_written_since() 
     );
     assert!(state.swap_channel("0xbb", 0, &b.encode()).await.unwrap());
     let records = &payments.claimer_records;
+    let changes = || async { state.channel_changes().await.unwrap().expect("tracked") };
+    let payments = &payments;
+    // The interval's pass: starts afresh, takes the changes, walks every channel listed.
+    let walk = |ids: Vec<String>| async move {
+        payments.claimer_records.clear();
+        let taken = payments
+            .state
+            .channel_changes()
+            .await
+            .unwrap()
+            .expect("tracked");
+        assert_eq!(payments.claimer_records.between_walks(taken), None);
+        let read = payments.read_records(&ids, true).await.unwrap();
+        payments.claimer_records.keep(&ids, true);
+        read
+    };
 
-    // Before a full walk nothing is trusted: a pass lists every channel.
-    let changed = state.channel_changes().await.unwrap().expect("tracked");
-    assert_eq!(changed.len(), 2, "{changed:?}");
-    assert_eq!(records.between_walks(changed), None);
-    let ids = state.channel_ids().await.unwrap();
-    assert_eq!(payments.read_records(&ids, true).await.unwrap().len(), 2);
-    records.keep(&ids, true);
+    // The first pass walks every channel.
+    assert_eq!(walk(state.channel_ids().await.unwrap()).await.len(), 2);
+    let charged_in = |read: &[(u64, Arc<ChannelRecord>)], id: &str| {
+        read.iter()
+            .find(|(_, r)| r.channel_id == id)
+            .map(|(v, r)| (*v, r.charged.clone()))
+    };
 
-    // `b` is written and its change taken (as a pass would), then `a` is written: the next
-    // pass reads `a` again and keeps `b` as it was, without asking the store.
+    // `b` is written and its change taken by another caller, then `a` is written: the gap in
+    // the call numbers says so, and the pass walks every channel.
     let mut b2 = b.clone();
     b2.charged = "50000".into();
     assert!(state.swap_channel("0xbb", 1, &b2.encode()).await.unwrap());
-    assert_eq!(
-        state.channel_changes().await.unwrap(),
-        Some(vec!["0xbb".to_owned()])
-    );
+    assert_eq!(changes().await.1, vec!["0xbb".to_owned()]);
     let mut a2 = a.clone();
     a2.charged = "40000".into();
     assert!(
@@ -734,64 +747,82 @@ async fn between_full_walks_the_claimer_reads_only_the_channels_written_since() 
             .await
             .unwrap()
     );
-    let changed = state.channel_changes().await.unwrap().expect("tracked");
-    assert_eq!(changed, vec![a.channel_id.clone()]);
-    assert_eq!(
-        state.channel_changes().await.unwrap(),
-        Some(vec![]),
-        "taken once"
+    let taken = changes().await;
+    assert_eq!(taken.1, vec![a.channel_id.clone()]);
+    assert_eq!(records.between_walks(taken), None, "changes went elsewhere");
+    let read = walk(state.channel_ids().await.unwrap()).await;
+    assert_eq!(charged_in(&read, "0xbb"), Some((2, "50000".into())));
+
+    // Without a gap: `a`, written since, is read again; `b` is kept as decoded (here the store
+    // changes under the claimer with the change taken elsewhere, so the kept copy shows).
+    let mut a3 = a.clone();
+    a3.charged = "45000".into();
+    assert!(
+        state
+            .swap_channel(&a.channel_id, 2, &a3.encode())
+            .await
+            .unwrap()
     );
-    let mut pass = records.between_walks(changed).expect("whole");
+    let mut pass = records.between_walks(changes().await).expect("whole");
     pass.sort();
     let mut want = vec![a.channel_id.clone(), "0xbb".to_owned()];
     want.sort();
-    assert_eq!(pass, want);
+    assert_eq!(pass, want, "each channel once");
+    assert!(state.swap_channel("0xbb", 2, &b.encode()).await.unwrap());
+    assert_eq!(changes().await.1, vec!["0xbb".to_owned()]);
     let read = payments.read_records(&pass, false).await.unwrap();
-    let charged = |id: &str| {
-        read.iter()
-            .find(|(_, r)| r.channel_id == id)
-            .map(|(v, r)| (*v, r.charged.clone()))
-    };
     assert_eq!(
-        charged(&a.channel_id),
-        Some((2, "40000".into())),
+        charged_in(&read, &a.channel_id),
+        Some((3, "45000".into())),
         "read again"
     );
     assert_eq!(
-        charged("0xbb"),
-        Some((1, b.charged.clone())),
+        charged_in(&read, "0xbb"),
+        Some((2, "50000".into())),
         "kept, not read"
     );
+    // Taken once: the next call finds nothing. Those two calls are a gap to the claimer.
+    assert_eq!(changes().await.1, Vec::<String>::new());
+    assert_eq!(records.between_walks(changes().await), None);
+    walk(state.channel_ids().await.unwrap()).await;
+
+    // A channel both written and marked to be read again is looked at once.
+    let pass = records.between_walks(changes().await).expect("whole");
+    assert_eq!(payments.read_records(&pass, false).await.unwrap().len(), 2);
+    records.forget("0xbb", true);
+    assert!(state.swap_channel("0xbb", 3, &b2.encode()).await.unwrap());
+    let pass = records.between_walks(changes().await).expect("whole");
+    assert_eq!(
+        pass.iter().filter(|id| *id == "0xbb").count(),
+        1,
+        "{pass:?}"
+    );
+    assert_eq!(payments.read_records(&pass, false).await.unwrap().len(), 2);
 
     // A record that does not decode is read again next pass, though nothing wrote it.
     assert!(
         state
-            .swap_channel("0xbb", 2, b"not a record")
+            .swap_channel("0xbb", 4, b"not a record")
             .await
             .unwrap()
     );
-    let changed = state.channel_changes().await.unwrap().expect("tracked");
-    let pass = records.between_walks(changed).expect("whole");
+    let pass = records.between_walks(changes().await).expect("whole");
     assert_eq!(payments.read_records(&pass, false).await.unwrap().len(), 1);
-    assert!(state.swap_channel("0xbb", 3, &b2.encode()).await.unwrap());
-    state.channel_changes().await.unwrap();
-    let pass = records.between_walks(vec![]).expect("whole");
+    let pass = records.between_walks(changes().await).expect("whole");
     assert!(pass.contains(&"0xbb".to_owned()), "{pass:?}");
-    let read = payments.read_records(&pass, false).await.unwrap();
-    assert_eq!(read.len(), 2);
 
     // A dropped record is a change too; a walk that could not read everything, or a store
     // error (which clears what is kept), makes the next pass a full walk.
-    assert!(state.delete_channel("0xbb", 4).await.unwrap());
-    assert_eq!(
-        state.channel_changes().await.unwrap(),
-        Some(vec!["0xbb".to_owned()])
-    );
+    assert!(state.swap_channel("0xbb", 5, &b2.encode()).await.unwrap());
+    assert!(state.delete_channel("0xbb", 6).await.unwrap());
+    assert_eq!(changes().await.1, vec!["0xbb".to_owned()]);
     let ids = state.channel_ids().await.unwrap();
+    assert_eq!(ids, vec![a.channel_id.clone()]);
+    walk(ids.clone()).await;
     records.keep(&ids, false);
-    assert_eq!(records.between_walks(vec![]), None);
-    records.keep(&ids, true);
-    assert!(records.between_walks(vec![]).is_some());
+    assert_eq!(records.between_walks(changes().await), None);
+    walk(ids).await;
+    assert!(records.between_walks(changes().await).is_some());
     records.clear();
-    assert_eq!(records.between_walks(vec![]), None);
+    assert_eq!(records.between_walks(changes().await), None);
 }

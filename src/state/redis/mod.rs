@@ -125,12 +125,15 @@ redis.call('SADD', KEYS[3], ARGV[2])
 return 1
 ";
 
-/// The channels written since the last call, forgotten in the same step.
-/// KEYS: the set of changed channels. Returns their ids.
+/// The channels written since the last call, forgotten in the same step, and the call's
+/// number (a call repeated after its answer was lost shows as a gap).
+/// KEYS: the set of changed channels, the count of calls (one hash slot). Returns
+/// `{number, ids}`.
 const TAKE_CHANGED_CHANNELS: &str = r"
+local n = redis.call('INCR', KEYS[2])
 local ids = redis.call('SMEMBERS', KEYS[1])
 redis.call('DEL', KEYS[1])
-return ids
+return {n, ids}
 ";
 
 /// Channel records read in one MGET (the claimer's walk).
@@ -331,6 +334,11 @@ impl RedisStore {
     /// The channels written since the claimer last asked (ids).
     fn channel_changed(&self) -> String {
         format!("{}{{channels}}:changed", self.prefix)
+    }
+
+    /// How many times the changed channels were taken.
+    fn channel_changes_taken(&self) -> String {
+        format!("{}{{channels}}:changes_taken", self.prefix)
     }
 
     /// The index of pending settlements (payment keys), which sweeps read.
@@ -1057,12 +1065,12 @@ impl StateStore for RedisStore {
         .await
     }
 
-    async fn channel_changes(&self) -> Result<Option<Vec<String>>, StateError> {
+    async fn channel_changes(&self) -> Result<Option<crate::state::ChannelChanges>, StateError> {
         let mut c = self.conn()?;
-        let changed = self.channel_changed();
+        let (changed, taken) = (self.channel_changed(), self.channel_changes_taken());
         let script = &self.take_changed_channels;
         self.run("channel_changes", async move {
-            script.key(&changed).invoke_async(&mut c).await
+            script.key(&changed).key(&taken).invoke_async(&mut c).await
         })
         .await
         .map(Some)
