@@ -699,7 +699,7 @@ async fn cdp_requests_carry_a_jwt_for_the_exact_call() {
         !view.to_string().contains("BEGIN EC PRIVATE KEY"),
         "secrets never appear in /config"
     );
-    assert!(!gw.log_text().contains("BEGIN EC PRIVATE KEY"));
+    assert!(!gw.log_flushed().await.contains("BEGIN EC PRIVATE KEY"));
 }
 
 /// Declines are not outages, and refusals cost the client: a facilitator that answers 429 (or

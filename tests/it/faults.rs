@@ -551,7 +551,7 @@ async fn redirects_from_facilitators_and_nodes_are_not_followed_and_node_keys_st
         serde_json::json!([format!("{}/<redacted>", node_redirect.url())])
     );
     assert!(!view.to_string().contains("NODE-KEY"), "{view}");
-    let log = gw.log_text();
+    let log = gw.log_flushed().await;
     assert!(
         !log.contains("NODE-KEY"),
         "the node's key is in the log:\n{log}"

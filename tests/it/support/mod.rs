@@ -436,6 +436,22 @@ impl Gateway {
         }
     }
 
+    /// The gateway's log with every line logged so far in it: a request to a path of its own
+    /// is logged after them by the same writer, so once its access line is in the file, so is
+    /// everything before it. For checks that something is *not* in the log (a check made too
+    /// early would pass for a line not written yet). Needs the access log on.
+    pub async fn log_flushed(&self) -> String {
+        static MARKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mark = format!(
+            "/log-mark-{}-{}",
+            std::process::id(),
+            MARKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        // Whatever the answer (free, priced, blocked), the request is logged.
+        let _ = client().get(self.url(&mark)).send().await;
+        self.log_containing(&mark).await
+    }
+
     /// Waits for the process to exit, returning whether it did within `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> bool {
         let Some(p) = self.proc.as_mut() else {
