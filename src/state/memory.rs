@@ -145,15 +145,14 @@ struct Channels {
 }
 
 impl Channels {
+    /// Marks channel `id` written, for the claimer's next pass.
     fn changed(&mut self, id: &str) {
         // Most writes find their channel already listed: no copy of the id then.
         if !self.changed.contains(id) {
             self.changed.insert(id.to_owned());
         }
     }
-}
 
-impl Channels {
     /// Forgets tombstones older than [`CHANNEL_TOMBSTONE`] at `now`, unless their channel has
     /// a record again.
     fn prune(&mut self, now: Instant) {
