@@ -618,8 +618,14 @@ fn a_record_goes_only_once_it_owes_nothing_and_was_idle() {
     }
 }
 
-#[tokio::test]
-async fn the_claimer_decodes_a_record_again_only_when_its_version_moved() {
+/// Payments over a memory store holding two channels' records at version 1: `a` (a fixture
+/// channel) and `b` (the same, as channel `0xbb`).
+async fn two_stored_channels() -> (
+    Arc<dyn crate::state::StateStore>,
+    Payments,
+    ChannelRecord,
+    ChannelRecord,
+) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let f = fixture();
     let metrics = Arc::new(crate::metrics::Metrics::new());
@@ -639,6 +645,12 @@ async fn the_claimer_decodes_a_record_again_only_when_its_version_moved() {
             .unwrap()
     );
     assert!(state.swap_channel("0xbb", 0, &b.encode()).await.unwrap());
+    (state, payments, a, b)
+}
+
+#[tokio::test]
+async fn the_claimer_decodes_a_record_again_only_when_its_version_moved() {
+    let (state, payments, a, _) = two_stored_channels().await;
     let ids = vec![a.channel_id.clone(), "0xnone".to_owned(), "0xbb".to_owned()];
 
     let first = payments.read_records(&ids, true).await.unwrap();
@@ -688,25 +700,7 @@ async fn the_claimer_decodes_a_record_again_only_when_its_version_moved() {
 
 #[tokio::test]
 async fn between_full_walks_the_claimer_reads_only_the_channels_written_since() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let f = fixture();
-    let metrics = Arc::new(crate::metrics::Metrics::new());
-    let facilitators = Arc::new(crate::facilitator::dispatch::Facilitators::new(
-        metrics.clone(),
-        Arc::new(crate::facilitator::local::Settlers::default()),
-    ));
-    let state: Arc<dyn crate::state::StateStore> = Arc::new(crate::state::MemoryStore::default());
-    let payments = Payments::with_calls(metrics, facilitators.clone(), facilitators, state.clone());
-    let a = f.record(30_000, 1_000_000, 0, now_ms());
-    let mut b = a.clone();
-    b.channel_id = "0xbb".into();
-    assert!(
-        state
-            .swap_channel(&a.channel_id, 0, &a.encode())
-            .await
-            .unwrap()
-    );
-    assert!(state.swap_channel("0xbb", 0, &b.encode()).await.unwrap());
+    let (state, payments, a, b) = two_stored_channels().await;
     let records = &payments.claimer_records;
     let changes = || async { state.channel_changes().await.unwrap().expect("tracked") };
     let payments = &payments;
