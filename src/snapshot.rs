@@ -343,7 +343,7 @@ impl Snapshot {
     /// Every offer of every priced rule, as `(rule id, offer)`.
     pub fn priced_offers(&self) -> impl Iterator<Item = (&str, &Offer)> {
         self.rules.iter().flat_map(|r| match &r.action {
-            RuleAction::Pay(p) => p.offers.iter().map(|o| (r.id.as_str(), o)).collect(),
+            RuleAction::Pay(p) => p.offers.iter().map(|o| (r.id.as_str(), &**o)).collect(),
             _ => Vec::new(),
         })
     }

@@ -248,7 +248,8 @@ pub struct Accepted {
     /// The request's id and trace context: sent to facilitators, written to the ledger.
     pub correlation: crate::correlation::Correlation,
     pub resource: String,
-    pub offer: Offer,
+    /// The rule's offer it pays, shared with the configuration.
+    pub offer: Arc<Offer>,
     pub payer: String,
     pub key: ReplayKey,
     /// Lower-case `0x…` EIP-3009 nonce.
@@ -309,7 +310,7 @@ impl Accepted {
         rule: &RuleRef<'_>,
         caller: &Caller<'_>,
         resource: String,
-        offer: Offer,
+        offer: Arc<Offer>,
         paying: Paying,
         started: Instant,
     ) -> Accepted {

@@ -697,7 +697,7 @@ async fn a_metered_answer_cut_off_mid_body_keeps_its_payment_until_charged() {
     let b = Bench::new();
     let nonce = nonce();
     let mut first = b.paid(&b.payment_with(10_000, nonce), after()).await;
-    first.offer.requirements.scheme = "upto".into();
+    Arc::make_mut(&mut first.offer).requirements.scheme = "upto".into();
     first.meter = policy::Meter::Bytes(10);
     assert!(first.settles_at_body_end());
     assert_eq!(

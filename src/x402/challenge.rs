@@ -31,7 +31,8 @@ pub struct Offer {
 /// What a rule charges: its offers plus the resource description.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Priced {
-    pub offers: Vec<Offer>,
+    /// Shared: a payment in flight holds its offer without copying it.
+    pub offers: Vec<Arc<Offer>>,
     pub requirements_v2: Vec<RequirementsV2>,
     pub description: String,
     pub mime_type: String,
@@ -173,7 +174,7 @@ impl Priced {
             })
             .collect();
         Priced {
-            offers,
+            offers: offers.into_iter().map(Arc::new).collect(),
             requirements_v2,
             description,
             mime_type,
@@ -222,18 +223,18 @@ impl Priced {
         self.with_templates()
     }
 
-    /// Records the USD price this was compiled from.
     /// The same 402 with other offers (a corrective 402 carrying a channel's state),
     /// serialized per answer rather than from templates.
     pub fn with_offers(&self, offers: Vec<Offer>) -> Priced {
         let mut p = self.clone();
         p.requirements_v2 = offers.iter().map(|o| o.requirements.clone()).collect();
-        p.offers = offers;
+        p.offers = offers.into_iter().map(Arc::new).collect();
         p.v2_template = None;
         p.v1_template = None;
         p
     }
 
+    /// Records the USD price this was compiled from.
     pub fn with_usd(mut self, usd: Option<rust_decimal::Decimal>) -> Self {
         self.usd = usd;
         self

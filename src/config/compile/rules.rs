@@ -193,7 +193,12 @@ fn with_more_offers(
     more: Vec<crate::x402::challenge::Offer>,
     per_rule: &PerRule<'_>,
 ) -> RuleAction {
-    let mut offers: Vec<_> = priced.offers.iter().filter(|o| keep(o)).cloned().collect();
+    let mut offers: Vec<_> = priced
+        .offers
+        .iter()
+        .filter(|o| keep(o))
+        .map(|o| crate::x402::challenge::Offer::clone(o))
+        .collect();
     offers.extend(more);
     RuleAction::Pay(std::sync::Arc::new(
         crate::x402::challenge::Priced::new(

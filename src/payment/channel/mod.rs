@@ -11,6 +11,7 @@ pub mod claimer;
 mod record;
 pub mod refund;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -254,7 +255,7 @@ impl Payments {
         env: &PaymentEnv<'_>,
         rule: RuleRef<'_>,
         priced: &Priced,
-        offer: &Offer,
+        offer: &Arc<Offer>,
         payload: &Value,
         raw: &str,
         resource: &str,
@@ -780,7 +781,7 @@ impl Payments {
 /// The requirements of a corrective 402: the channel's offer with the channel's state and the
 /// latest voucher the gateway holds, which the reference client resynchronizes from.
 fn corrective(priced: &Priced, offer: &Offer, record: &ChannelRecord) -> Option<Box<Priced>> {
-    let mut offers = priced.offers.clone();
+    let mut offers: Vec<Offer> = priced.offers.iter().map(|o| Offer::clone(o)).collect();
     let o = offers.iter_mut().find(|o| {
         o.requirements.scheme == evm_batch::SCHEME
             && o.requirements.network == offer.requirements.network
