@@ -116,9 +116,13 @@ impl Payments {
         }
         let scheme = schemes::by_id(&req.scheme)
             .ok_or_else(|| self.reject(fail(PaymentError::UnsupportedScheme, None)))?;
+        let now = unix_now();
         let checked = scheme
-            .check(&decoded.payload, offer, unix_now())
+            .check(&decoded.payload, offer, now)
             .map_err(|e| self.reject(fail(PaymentError::Scheme(e), None)))?;
+        if let Err(e) = delivery_window(rule.policy.meter, scheme.settle_plan(), &checked, now) {
+            return Err(self.reject(fail(PaymentError::Scheme(e), Some(checked.payer))));
+        }
         let payer = checked.payer.clone();
         let payer_key = payer.to_ascii_lowercase();
         if self
@@ -332,6 +336,28 @@ impl Payments {
     }
 }
 
+/// A body-metered payment settles when its response ended, so its permit must outlast some
+/// delivery: one that ends within [`super::METERED_STOP_SECS`] plus
+/// [`super::METERED_MIN_DELIVERY_SECS`] is refused as expiring too soon (and a response it pays
+/// for stops [`super::METERED_STOP_SECS`] before the permit ends).
+fn delivery_window(
+    meter: super::policy::Meter,
+    plan: schemes::SettlePlan,
+    checked: &schemes::Checked,
+    now: u64,
+) -> Result<(), schemes::SchemeError> {
+    let least = now
+        .saturating_add(super::METERED_STOP_SECS)
+        .saturating_add(super::METERED_MIN_DELIVERY_SECS);
+    if plan == schemes::SettlePlan::VerifyThenSettleMetered
+        && meter.at_body_end()
+        && checked.valid_before < least
+    {
+        return Err(schemes::evm_upto::UptoError::Expired.into());
+    }
+    Ok(())
+}
+
 /// A v2 payload whose `resource.url` carries more than `url` (the query string the gateway
 /// keeps from facilitators), rewritten with `url`; `None` when it can go verbatim.
 fn v2_payload_without_query(version: u8, raw: &str, url: &str) -> Option<String> {
@@ -392,4 +418,48 @@ pub(super) fn facilitator_body(
         payment_requirements: &reqs,
     })
     .map_err(|e| PaymentError::Payload(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payment::policy::Meter;
+    use crate::schemes::{Checked, SettlePlan};
+
+    fn ending(valid_before: u64) -> Checked {
+        Checked {
+            payer: "0x1".into(),
+            valid_before,
+            nonce: "0x2".into(),
+            signature_checked: true,
+        }
+    }
+
+    /// A body-metered permit must outlast the stop before its end plus some delivery; other
+    /// payments keep the scheme's own window.
+    #[test]
+    fn a_body_metered_permit_must_leave_time_to_deliver() {
+        let now = 1_000_000;
+        let least =
+            now + crate::payment::METERED_STOP_SECS + crate::payment::METERED_MIN_DELIVERY_SECS;
+        let metered = SettlePlan::VerifyThenSettleMetered;
+        for meter in [Meter::Bytes(1), Meter::Seconds(1)] {
+            assert!(delivery_window(meter, metered, &ending(least), now).is_ok());
+            assert_eq!(
+                delivery_window(meter, metered, &ending(least - 1), now).map_err(|e| e.reason()),
+                Err("permit2_deadline_expired")
+            );
+        }
+        // Charged on the head, or not metered: nothing to deliver after the charge is known.
+        assert!(delivery_window(Meter::Origin, metered, &ending(now + 7), now).is_ok());
+        assert!(
+            delivery_window(
+                Meter::Bytes(1),
+                SettlePlan::VerifyThenSettle,
+                &ending(now + 7),
+                now
+            )
+            .is_ok()
+        );
+    }
 }

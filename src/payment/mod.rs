@@ -372,6 +372,21 @@ impl Accepted {
         self.metered() && self.meter.at_body_end()
     }
 
+    /// When a body-metered response must stop so that what it delivered can still be settled:
+    /// [`METERED_STOP_SECS`] before the payer's permit ends. `None` for any other payment.
+    pub fn delivery_deadline(&self) -> Option<Instant> {
+        if !self.settles_at_body_end() {
+            return None;
+        }
+        let left = self
+            .valid_before
+            .saturating_sub(unix_now())
+            .saturating_sub(METERED_STOP_SECS);
+        let now = Instant::now();
+        // A window no `Instant` can hold stops at once rather than never.
+        Some(now.checked_add(Duration::from_secs(left)).unwrap_or(now))
+    }
+
     /// Sets a body-time metered charge: `bytes` of body in `elapsed`, capped at the ceiling.
     pub fn meter_body(&mut self, bytes: u64, elapsed: Duration) -> u128 {
         let ceiling: u128 = self.offer.requirements.amount.parse().unwrap_or(0);
@@ -423,6 +438,14 @@ impl Accepted {
         ))
     }
 }
+
+/// Seconds before a payer's permit ends that a body-metered response stops: the facilitator's
+/// own margin for getting a settlement mined ([`crate::schemes::evm_exact::VALID_BEFORE_BUFFER_SECS`])
+/// and time to reach it. A permit that ends sooner cannot settle what was delivered.
+pub const METERED_STOP_SECS: u64 = crate::schemes::evm_exact::VALID_BEFORE_BUFFER_SECS + 4;
+/// The least delivery time a body-metered payment must leave before [`METERED_STOP_SECS`]: a
+/// permit ending sooner than both together is refused as expiring too soon.
+pub const METERED_MIN_DELIVERY_SECS: u64 = 5;
 
 /// Headers that tell the origin who paid ([`Payments::upstream_headers`]). Clients cannot set
 /// them: the proxy removes client copies.

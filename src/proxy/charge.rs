@@ -225,6 +225,7 @@ impl Gateway {
             // runs from when the request went to the origin.
             ctx.response_started =
                 Some(ctx.upstream_started.unwrap_or_else(std::time::Instant::now));
+            ctx.delivery_deadline = accepted.delivery_deadline();
         }
         match self
             .payments

@@ -78,6 +78,8 @@ pub struct RequestCtx {
     pub body_bytes: u64,
     /// When the origin's response head arrived (body-metered payments only).
     pub response_started: Option<Instant>,
+    /// When a body-metered response must stop for its payment to still settle.
+    pub delivery_deadline: Option<Instant>,
     /// Audience, pass and shadow state (rules that charge or price by audience only).
     pub access: Option<Box<crate::access::AccessState>>,
     /// The price this request was charged at (its audience's).
@@ -111,6 +113,7 @@ impl RequestCtx {
             replayed: None,
             body_bytes: 0,
             response_started: None,
+            delivery_deadline: None,
             access: None,
             priced: None,
             failure: None,

@@ -62,8 +62,34 @@ fn is_interim(resp: &ResponseHeader) -> bool {
     resp.status.is_informational() && resp.status != http::StatusCode::SWITCHING_PROTOCOLS
 }
 
+/// The reason a body-metered response was cut off: it reached the moment its payment must
+/// settle by (the payer's permit ends soon after).
+const DELIVERY_DEADLINE: &str = "metered_delivery_deadline";
+
+/// Where a body-metered response stands against its delivery deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// Time left to deliver.
+    Left(std::time::Duration),
+    /// The deadline passed: nothing more goes out.
+    Stop,
+}
+
+/// A body-metered response's standing at `now` (`None`: no deadline applies).
+fn delivery_left(deadline: Option<Instant>, now: Instant) -> Option<Delivery> {
+    let left = deadline?.saturating_duration_since(now);
+    Some(if left.is_zero() {
+        Delivery::Stop
+    } else {
+        Delivery::Left(left)
+    })
+}
+
 /// Why a response that was under way did not reach the client, for the ledger.
 fn delivery_failure(e: &Error) -> &'static str {
+    if e.etype() == &ErrorType::Custom(DELIVERY_DEADLINE) {
+        return DELIVERY_DEADLINE;
+    }
     match e.esource() {
         ErrorSource::Downstream => crate::payment::CLIENT_GONE,
         ErrorSource::Upstream => "origin_failed_after_settlement",
@@ -146,8 +172,12 @@ impl ProxyHttp for Gateway {
         let Some(pool) = pool else {
             return Error::e_explain(ErrorType::HTTPStatus(502), "no upstream configured");
         };
-        ctx.upstream_started = Some(Instant::now());
-        upstream::pick_peer(pool).or_else(|e| {
+        let now = Instant::now();
+        ctx.upstream_started = Some(now);
+        // A body-metered payment's origin cannot keep a read waiting past the moment its
+        // response must stop.
+        let deadline = ctx.payment.as_ref().and_then(|p| p.delivery_deadline());
+        upstream::pick_peer(pool, deadline.map(|d| d.saturating_duration_since(now))).or_else(|e| {
             ctx.upstream_failure = Some(e);
             Error::e_explain(ErrorType::ConnectNoRoute, e.to_string()).map_err(|mut err| {
                 err.esource = ErrorSource::Upstream;
@@ -273,7 +303,9 @@ impl ProxyHttp for Gateway {
         // Clients closing keep-alive connections and failed settlements are not proxy errors.
         matches!(
             error.etype(),
-            ErrorType::ConnectionClosed | ErrorType::Custom("settlement_failed")
+            ErrorType::ConnectionClosed
+                | ErrorType::Custom("settlement_failed")
+                | ErrorType::Custom(DELIVERY_DEADLINE)
         ) || (error.esource() == &ErrorSource::Downstream
             && matches!(error.etype(), ErrorType::ReadError | ErrorType::WriteError))
             || ctx.upstream_failure == Some(UpstreamError::NoHealthyPeer)
@@ -324,15 +356,27 @@ impl ProxyHttp for Gateway {
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<bytes::Bytes>,
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        // Only a body-metered payment counts what it delivers.
+        // Only a body-metered payment counts what it delivers, and stops in time to settle it.
         if ctx.response_started.is_some()
-            && let Some(b) = body
+            && let Some(b) = body.as_ref().filter(|b| !b.is_empty())
         {
+            match delivery_left(ctx.delivery_deadline, Instant::now()) {
+                Some(Delivery::Stop) => {
+                    ctx.reason = Some(DELIVERY_DEADLINE);
+                    return Error::e_explain(
+                        ErrorType::Custom(DELIVERY_DEADLINE),
+                        "a body-metered response reached the end its payment can settle by",
+                    );
+                }
+                // A client that stops reading cannot hold the response past it either.
+                Some(Delivery::Left(left)) => session.set_write_timeout(Some(left)),
+                None => {}
+            }
             ctx.body_bytes = ctx.body_bytes.saturating_add(b.len() as u64);
         }
         Ok(None)
@@ -427,4 +471,34 @@ fn client_for_log(session: &Session, trusted: &[ipnet::IpNet]) -> String {
             }
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A body-metered response delivers while time is left and stops once its deadline passed;
+    /// other responses have none.
+    #[test]
+    fn a_body_metered_response_stops_at_its_deadline() {
+        let now = Instant::now();
+        assert_eq!(delivery_left(None, now), None);
+        let deadline = now + Duration::from_secs(3);
+        assert_eq!(
+            delivery_left(Some(deadline), now),
+            Some(Delivery::Left(Duration::from_secs(3)))
+        );
+        assert_eq!(
+            delivery_left(Some(deadline), deadline),
+            Some(Delivery::Stop)
+        );
+        assert_eq!(
+            delivery_left(Some(now), now + Duration::from_secs(1)),
+            Some(Delivery::Stop)
+        );
+        let cut = Error::explain(ErrorType::Custom(DELIVERY_DEADLINE), "cut");
+        assert_eq!(delivery_failure(&cut), DELIVERY_DEADLINE);
+    }
 }

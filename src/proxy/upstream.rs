@@ -1,6 +1,7 @@
 //! Choosing an upstream peer and preparing the request sent to it.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use pingora::http::RequestHeader;
 use pingora::lb::Backend;
@@ -10,13 +11,19 @@ use super::respond::UpstreamError;
 use crate::snapshot::UpstreamPool;
 
 /// Picks the next healthy peer of a pool, round-robin. Pools without a health check have
-/// every peer ready; others skip the peers their check marked down.
-pub fn pick_peer(pool: &UpstreamPool) -> Result<Box<HttpPeer>, UpstreamError> {
+/// every peer ready; others skip the peers their check marked down. `read_within` shortens
+/// the pool's read timeout (a body-metered payment's time left to deliver).
+pub fn pick_peer(
+    pool: &UpstreamPool,
+    read_within: Option<Duration>,
+) -> Result<Box<HttpPeer>, UpstreamError> {
     let backend = next_backend(pool).ok_or(UpstreamError::NoHealthyPeer)?;
     let mut peer = HttpPeer::new(backend.addr.clone(), pool.tls, pool.sni.clone());
     let o = &mut peer.options;
     o.connection_timeout = Some(pool.connect_timeout);
-    o.read_timeout = Some(pool.read_timeout);
+    o.read_timeout = Some(read_within.map_or(pool.read_timeout, |w| {
+        w.max(Duration::from_millis(1)).min(pool.read_timeout)
+    }));
     o.write_timeout = Some(pool.write_timeout);
     o.idle_timeout = Some(pool.idle_timeout);
     o.verify_cert = pool.verify_cert;

@@ -698,6 +698,17 @@ max_price = "$0.05"
 meter = "seconds"
 meter_price = "$0.001"
 facilitator_address = "{signer}"
+
+[[rule]]
+id = "drip"
+prefix = "/drip/"
+methods = ["GET"]
+schemes = ["upto"]
+max_price = "$0.05"
+meter = "bytes"
+meter_price = "$0.0001"
+max_timeout_seconds = 20
+facilitator_address = "{signer}"
 "#
     );
     let gw = Gateway::start(
@@ -841,4 +852,32 @@ facilitator_address = "{signer}"
         balance(rpc, token, payer).await,
         before - 1_000 - 50_000 - charged
     );
+
+    // A body-metered response stops before the payer's permit ends, while what it delivered
+    // can still settle: the reference client signs for the rule's 20 s, the response stops
+    // 10 s before that, so of 40 KiB dripped over 14 s about 28 go out, and exactly what went
+    // out is charged, 100 units a KiB, on chain.
+    let before_drip = balance(rpc, token, payer).await;
+    let drip = paid_path("/drip/40/350").await;
+    assert_eq!(drip["status"], 200, "{drip}");
+    assert!(
+        drip["body"].is_null() && !drip["error"].is_null(),
+        "the body was cut: {drip}"
+    );
+    let charged: u128 = settled(7)[6].parse().expect("amount");
+    assert!(
+        (100..4_000).contains(&charged) && charged.is_multiple_of(100),
+        "charged {charged} for part of 40 KiB"
+    );
+    assert_eq!(balance(rpc, token, payer).await, before_drip - charged);
+    let cut = wait_for(
+        "the cut delivery's ledger line",
+        std::time::Duration::from_secs(10),
+        || {
+            gw.ledger()
+                .into_iter()
+                .find(|l| l["event"] == "delivery_failed" && l["rule"] == "drip")
+        },
+    );
+    assert_eq!(cut["reason"], "metered_delivery_deadline", "{cut}");
 }

@@ -1,6 +1,7 @@
 //! A small origin server for the demo, the tests and the load script. It echoes what it
-//! received, streams bodies of any size, answers any status, stalls, resets mid-body and
-//! accepts WebSocket upgrades, so that the gateway can be checked against a real process.
+//! received, streams bodies of any size (or slowly, chunk by chunk), answers any status,
+//! stalls, resets mid-body and accepts WebSocket upgrades, so that the gateway can be checked
+//! against a real process.
 //! `--lenient` makes it resolve any request target the way lenient servers do (see
 //! `lenient.rs`), for the bypass tests; `--tls-cert` and `--tls-key` serve it over TLS (the
 //! echo then names the server name the client asked for).
@@ -168,6 +169,24 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
                 )),
             )
         }
+        ["drip", chunks, ms] => match (chunks.parse::<u32>(), ms.parse::<u64>()) {
+            // `chunks` KiB, one every `ms` milliseconds: a stream that takes its time.
+            (Ok(chunks), Ok(ms)) => {
+                let gap = Duration::from_millis(ms);
+                let drips = stream::iter(0..chunks).then(move |i| async move {
+                    if i > 0 {
+                        tokio::time::sleep(gap).await;
+                    }
+                    Ok(Frame::data(Bytes::from(vec![b'd'; 1024])))
+                });
+                response(
+                    200,
+                    "application/octet-stream",
+                    BodyExt::boxed(StreamBody::new(drips)),
+                )
+            }
+            _ => response(400, "text/plain", full("bad drip")),
+        },
         ["slow", ms] => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
             response(200, "application/json", full(echo_json(&state, &req)))

@@ -522,6 +522,22 @@ fn compile_rule(
     } else {
         crate::payment::Meter::Origin
     };
+    let least = crate::payment::METERED_STOP_SECS + crate::payment::METERED_MIN_DELIVERY_SECS;
+    if meter.at_body_end() && timeout < least {
+        let span = d
+            .max_timeout_seconds
+            .as_ref()
+            .map_or(d.id.span(), |t| t.span());
+        rep.at(
+            src,
+            span,
+            "rule.max_timeout_seconds",
+            format!(
+                "a body-metered rule needs at least {least}: payers sign permits for this long, and its responses stop {} s before they end so that what was delivered can settle",
+                crate::payment::METERED_STOP_SECS
+            ),
+        );
+    }
     let access = access::rule_access(
         rep,
         ctx.access,

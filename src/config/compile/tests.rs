@@ -424,3 +424,28 @@ fn a_channel_rule_says_how_deposits_are_made_and_a_bad_method_is_reported() {
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].field, "rule.schemes", "{found:?}");
 }
+
+/// A body-metered `upto` rule stops its responses before the payer's permit ends, so its
+/// `max_timeout_seconds` (what reference clients sign permits for) must leave room to deliver.
+#[test]
+fn a_body_metered_rule_needs_time_to_deliver_before_its_permits_end() {
+    let rule = |timeout: &str| {
+        format!(
+            "[[rule]]\nid = \"stream\"\nprefix = \"/s/\"\nschemes = [\"upto\"]\nmax_price = \"$0.05\"\nmeter = \"seconds\"\nmeter_price = \"$0.001\"\nfacilitator_address = \"{PAY_TO}\"\n{timeout}\n"
+        )
+    };
+    compile(&gateway(""), &[("m.toml", &rule(""))]).expect("the default timeout is long enough");
+    compile(
+        &gateway(""),
+        &[("m.toml", &rule("max_timeout_seconds = 15"))],
+    )
+    .expect("just enough");
+    let short = rule("max_timeout_seconds = 14");
+    let found = issues(&gateway(""), &[("m.toml", &short)]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].field, "rule.max_timeout_seconds", "{found:?}");
+    assert_eq!(located(&found[0]), at("rules/m.toml", &short, "14\n"));
+    // The origin's own statement is read with the head: no delivery to leave room for.
+    let origin = short.replace("meter = \"seconds\"\nmeter_price = \"$0.001\"\n", "");
+    compile(&gateway(""), &[("m.toml", &origin)]).expect("an origin-metered rule");
+}
