@@ -176,7 +176,7 @@ impl Lookup<'_> {
                 Verdict::SentByOther { tx, from } => {
                     return Resolution::SentByOther { tx, from };
                 }
-                _ if unix_now() > valid_before + 5 => {
+                _ if unix_now() > valid_before.saturating_add(5) => {
                     let e = &self.expected;
                     match self
                         .reader

@@ -325,6 +325,19 @@ fn offered(req: &RequirementsV2) -> Option<(Address, u64)> {
     Some((authorizer, delay))
 }
 
+/// Whether the payload and its parts are JSON objects: derived structs would also read arrays
+/// by position, and what is forwarded or edited later must be what the spec describes.
+fn objects(payload: &Value) -> bool {
+    let Some(o) = payload.as_object() else {
+        return false;
+    };
+    ["channelConfig", "voucher"]
+        .iter()
+        .all(|k| o.get(*k).is_none_or(Value::is_object))
+        && o.get("deposit")
+            .is_none_or(|d| d.is_object() || d.is_null())
+}
+
 /// Every local check of a `batch-settlement` payload against the gateway's own offer.
 pub fn check(
     payload: &Value,
@@ -332,6 +345,11 @@ pub fn check(
     separator: &B256,
 ) -> Result<BatchPayment, BatchError> {
     let bad = |m: &str| BatchError::Payload(m.to_owned());
+    if !objects(payload) {
+        return Err(bad(
+            "the payload and its channelConfig, voucher and deposit are objects",
+        ));
+    }
     let p = PayloadJson::deserialize(payload).map_err(|e| BatchError::Payload(e.to_string()))?;
     let c = &p.channel_config;
     let config = ChannelConfig {
@@ -574,6 +592,24 @@ mod tests {
         assert_eq!(dep.kind, Kind::Deposit { amount: 1_000_000 });
 
         let reason = |v: Value| check(&v, &req, &sep).unwrap_err().reason();
+        // Arrays a derived struct would read by position are no payload, whole or in part.
+        let positional =
+            |v: &Value| Value::Array(v.as_object().unwrap().values().cloned().collect());
+        let good = payload("voucher", "30000", VOUCHER_SIG, |_| {});
+        for bad in [
+            positional(&good),
+            payload("voucher", "30000", VOUCHER_SIG, |v| {
+                v["voucher"] = positional(&v["voucher"]);
+            }),
+            payload("voucher", "30000", VOUCHER_SIG, |v| {
+                v["channelConfig"] = positional(&v["channelConfig"]);
+            }),
+            payload("deposit", "30000", VOUCHER_SIG, |v| {
+                v["deposit"] = positional(&v["deposit"]);
+            }),
+        ] {
+            assert_eq!(reason(bad), "invalid_batch_settlement_evm_payload_type");
+        }
         // Signed for 30000, claimed as 40000.
         assert_eq!(
             reason(payload("voucher", "40000", VOUCHER_SIG, |_| {})),

@@ -505,7 +505,10 @@ impl Payments {
             self.metrics.channels.with_label_values(&[network]).set(*n);
         }
         for ((network, asset, receiver, authorizer), records) in groups {
-            let unclaimed: u128 = records.iter().map(ChannelRecord::unclaimed).sum();
+            let unclaimed = records
+                .iter()
+                .map(ChannelRecord::unclaimed)
+                .fold(0u128, u128::saturating_add);
             let withdrawing = records.iter().any(|r| r.withdraw_requested_at != 0);
             let due = all
                 || withdrawing
@@ -697,7 +700,7 @@ impl Payments {
             let delta = self
                 .mark_claimed(&r.channel_id, r.signed_max(), false)
                 .await;
-            claimed += delta;
+            claimed = claimed.saturating_add(delta);
             self.channel_line(env, r, delta, "channel_claimed", &tx, None);
         }
         tracing::info!(%network, %receiver, channels = records.len(), %claimed, transaction = %tx, "claimed payment channels");

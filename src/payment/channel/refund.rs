@@ -588,8 +588,11 @@ pub(super) fn enrich_refund(
     } else {
         Vec::new()
     };
-    payload["amount"] = Value::String(t.amount.to_string());
-    payload["refundNonce"] = Value::String(t.nonce.to_string());
+    let Some(fields) = payload.as_object_mut() else {
+        return Err("the refund payload is not an object".into());
+    };
+    fields.insert("amount".into(), Value::String(t.amount.to_string()));
+    fields.insert("refundNonce".into(), Value::String(t.nonce.to_string()));
     if let Some(key) = key {
         use alloy::signers::SignerSync;
         let sign = |digest| {
@@ -597,23 +600,28 @@ pub(super) fn enrich_refund(
                 .map(|s| Value::String(format!("0x{}", hex::encode(s.as_bytes()))))
                 .map_err(|e| format!("cannot sign the refund: {e}"))
         };
-        payload["refundAuthorizerSignature"] = sign(evm_batch::refund_digest(
-            &t.separator,
-            &t.channel_id,
-            t.nonce,
-            t.amount,
-        ))?;
+        fields.insert(
+            "refundAuthorizerSignature".into(),
+            sign(evm_batch::refund_digest(
+                &t.separator,
+                &t.channel_id,
+                t.nonce,
+                t.amount,
+            ))?,
+        );
         if !claims.is_empty() {
             let entry = ClaimEntry {
                 channel_id: t.channel_id,
                 max_claimable: t.voucher_max,
                 total_claimed: t.charged,
             };
-            payload["claimAuthorizerSignature"] =
-                sign(evm_batch::claim_batch_digest(&t.separator, &[entry]))?;
+            fields.insert(
+                "claimAuthorizerSignature".into(),
+                sign(evm_batch::claim_batch_digest(&t.separator, &[entry]))?,
+            );
         }
     }
-    payload["claims"] = Value::Array(claims);
+    fields.insert("claims".into(), Value::Array(claims));
     Ok(payload)
 }
 
