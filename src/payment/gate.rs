@@ -53,6 +53,36 @@ impl Payments {
         }
     }
 
+    /// Whether a payer (lower case) has had too many payments refused lately, here or on any
+    /// replica sharing the store.
+    pub(super) fn payer_limited(&self, env: &PaymentEnv<'_>, payer_key: &str) -> bool {
+        let limit = env.limits.failed_per_payer;
+        self.failures_payer.exceeded(&payer_key, limit)
+            || (limit > 0 && self.state.limited(Attempter::Payer(payer_key)))
+    }
+
+    /// Counts a facilitator's `invalid` verdict (a call spent on a payment that does not pay)
+    /// against the client and the payer; other errors are not theirs.
+    pub(super) async fn count_invalid(
+        &self,
+        env: &PaymentEnv<'_>,
+        e: &PaymentError,
+        client: Option<std::net::IpAddr>,
+        payer_key: &str,
+    ) {
+        if !matches!(e, PaymentError::Invalid(_)) {
+            return;
+        }
+        if let Some(ip) = client {
+            self.failures_client.count(&ip);
+            self.count_refusal(Attempter::Client(ip), env.limits.failed_per_client)
+                .await;
+        }
+        self.failures_payer.count(&payer_key);
+        self.count_refusal(Attempter::Payer(payer_key), env.limits.failed_per_payer)
+            .await;
+    }
+
     /// Checks the payment on a priced request. `Ok` means forward; `Err` is the answer.
     pub async fn gate(
         &self,
@@ -125,11 +155,7 @@ impl Payments {
         }
         let payer = checked.payer.clone();
         let payer_key = payer.to_ascii_lowercase();
-        if self
-            .failures_payer
-            .exceeded(&payer_key, env.limits.failed_per_payer)
-            || (env.limits.failed_per_payer > 0 && self.state.limited(Attempter::Payer(&payer_key)))
-        {
+        if self.payer_limited(env, &payer_key) {
             return Err(self.reject(fail(PaymentError::RateLimited, Some(payer))));
         }
         let key = ReplayKey::new(&req.network, &req.asset, &payer, &checked.nonce);
@@ -202,17 +228,7 @@ impl Payments {
         if let Err(e) = self.verify(env, &mut accepted, verified).await {
             self.release(&accepted.key, None).await;
             self.forget_identifier(accepted.identifier.as_ref()).await;
-            if matches!(e, PaymentError::Invalid(_)) {
-                // A facilitator call spent on a payment that does not pay.
-                if let Some(ip) = client {
-                    self.failures_client.count(&ip);
-                    self.count_refusal(Attempter::Client(ip), env.limits.failed_per_client)
-                        .await;
-                }
-                self.failures_payer.count(&payer_key);
-                self.count_refusal(Attempter::Payer(&payer_key), env.limits.failed_per_payer)
-                    .await;
-            }
+            self.count_invalid(env, &e, client, &payer_key).await;
             if self.fails_open(rule.policy, &e) {
                 return Ok(self.served_unpaid(rule.id, e.reason()));
             }

@@ -801,7 +801,10 @@ async fn a_permit2_deposit_opens_the_channel_and_its_charges_land_on_chain() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_smart_wallet_pays_with_vouchers_its_contract_checks() {
     let net = Net::start("1");
-    let gw = net.gateway("channel_claim_interval_seconds = 3600", None);
+    let gw = net.gateway(
+        "channel_claim_interval_seconds = 3600\nfailed_payments_per_payer = 3",
+        None,
+    );
     let (rpc_url, token) = (&*net.rpc, &*net.token);
     let key = net.payer(0).1;
     // Our ERC-1271 wallet, owned by the payer's key, holding 10 TUSD.
@@ -847,6 +850,40 @@ async fn a_smart_wallet_pays_with_vouchers_its_contract_checks() {
     // The owner's is taken.
     let (status, required) = voucher(&gw, "/api/item", key, 110_000, &["--payer", &wallet]).await;
     assert_eq!(status, 200, "{required}");
+    // A refund asked with a signature the gateway cannot check and a wrong amount shows
+    // nothing of the channel (its charges, the owner's last voucher) until the facilitator
+    // checked the signature, and the wallet says no.
+    let (status, required) = voucher(
+        &gw,
+        "/api/item",
+        other,
+        50_000,
+        &["--payer", &wallet, "--refund", "all"],
+    )
+    .await;
+    assert_eq!(status, 402, "{required}");
+    assert_eq!(
+        required["error"], "invalid_batch_settlement_evm_voucher_signature",
+        "{required}"
+    );
+    let offers = required["accepts"].as_array().expect("accepts");
+    assert!(
+        offers
+            .iter()
+            .all(|o| o["extra"].get("channelState").is_none()
+                && o["extra"].get("voucherState").is_none()),
+        "{required}"
+    );
+    // Each signature the facilitator refused counts against the payer as for any scheme: after
+    // the third, even the owner's voucher waits (429), and nothing is served.
+    let (status, required) = voucher(&gw, "/api/item", other, 120_000, &["--payer", &wallet]).await;
+    assert_eq!(
+        required["error"], "invalid_batch_settlement_evm_voucher_signature",
+        "{required}"
+    );
+    let (status_limited, _) = voucher(&gw, "/api/item", key, 120_000, &["--payer", &wallet]).await;
+    assert_eq!((status, status_limited), (402, 429));
+    assert_eq!(net.origin.requests().await, 11);
 
     // The claims land: the channel contract checks each voucher with the wallet too.
     stop_and_expect_claimed(&gw, &net, 110_000).await;

@@ -275,6 +275,10 @@ impl Payments {
         let p = evm_batch::check(payload, &offer.requirements, &separator)
             .map_err(|e| self.reject(fail(SchemeError::Batch(e).into(), None)))?;
         let payer = p.config.payer.to_checksum(None);
+        let payer_key = payer.to_ascii_lowercase();
+        if self.payer_limited(env, &payer_key) {
+            return Err(self.reject(fail(PaymentError::RateLimited, Some(payer))));
+        }
         let price: u128 = offer.requirements.amount.parse().unwrap_or(0);
         if let Kind::Deposit { amount } = p.kind {
             let min = offer
@@ -326,7 +330,9 @@ impl Payments {
         });
         if let Kind::Refund { amount } = p.kind {
             return self
-                .channel_refund(env, &p, amount, accepted, payload, raw, priced, offer)
+                .channel_refund(
+                    env, &p, amount, accepted, payload, raw, priced, offer, caller.ip,
+                )
                 .await;
         }
         let mut onchain: Option<OnChain> = None;
@@ -348,11 +354,13 @@ impl Payments {
             };
             let needs_facilitator = matches!(p.kind, Kind::Deposit { .. }) || !p.signature_checked;
             if needs_facilitator && onchain.is_none() {
-                onchain = Some(
-                    self.channel_verify(env, &mut accepted, raw, priced)
-                        .await
-                        .map_err(|e| self.reject(fail(e, Some(payer.clone()))))?,
-                );
+                match self.channel_verify(env, &mut accepted, raw, priced).await {
+                    Ok(o) => onchain = Some(o),
+                    Err(e) => {
+                        self.count_invalid(env, &e, caller.ip, &payer_key).await;
+                        return Err(self.reject(fail(e, Some(payer))));
+                    }
+                }
             }
             let turn = take_turn(
                 record.as_ref(),
@@ -380,11 +388,13 @@ impl Payments {
                             self.reject(fail(PaymentError::FacilitatorUnavailable, Some(payer)))
                         );
                     }
-                    onchain = Some(
-                        self.channel_verify(env, &mut accepted, raw, priced)
-                            .await
-                            .map_err(|e| self.reject(fail(e, Some(payer.clone()))))?,
-                    );
+                    match self.channel_verify(env, &mut accepted, raw, priced).await {
+                        Ok(o) => onchain = Some(o),
+                        Err(e) => {
+                            self.count_invalid(env, &e, caller.ip, &payer_key).await;
+                            return Err(self.reject(fail(e, Some(payer))));
+                        }
+                    }
                     continue;
                 }
                 // Another request on this channel is being served: wait for its answer.
@@ -501,12 +511,16 @@ impl Payments {
             return;
         };
         let network = a.offer.requirements.network.clone();
-        let mut deposited: Option<(String, Option<OnChain>)> = None;
+        // The deposit's transaction, the channel after it, and whether the facilitator
+        // reported that state (rather than it being worked out here).
+        let mut deposited: Option<(String, Option<OnChain>, bool)> = None;
         if matches!(ticket.kind, Kind::Deposit { .. }) {
             match self.settle_on_chain(env, a).await {
                 Ok(s) => {
                     let (tx, onchain) = (s.transaction, s.extra.as_ref().and_then(OnChain::read));
-                    // Without the state after the deposit: what it was, plus the deposit.
+                    let reported = onchain.is_some();
+                    // Without the state after the deposit: what it was, plus the deposit, not
+                    // trusted as a reading (the next voucher asks the facilitator).
                     let onchain = onchain.or_else(|| {
                         let Kind::Deposit { amount } = ticket.kind else {
                             return None;
@@ -515,7 +529,7 @@ impl Payments {
                         o.balance = o.balance.saturating_add(amount);
                         Some(o)
                     });
-                    deposited = Some((tx, onchain));
+                    deposited = Some((tx, onchain, reported));
                 }
                 Err(reason) => {
                     self.end_channel_turn(a).await;
@@ -549,7 +563,12 @@ impl Payments {
             }
         }
         let committed = self
-            .commit_channel(&ticket, deposited.as_ref().and_then(|d| d.1.as_ref()))
+            .commit_channel(
+                &ticket,
+                deposited
+                    .as_ref()
+                    .and_then(|d| d.1.as_ref().map(|o| (o, d.2))),
+            )
             .await;
         let (tx, record) = match committed {
             Ok(record) => (deposited.map(|d| d.0).unwrap_or_default(), record),
@@ -647,7 +666,7 @@ impl Payments {
     async fn commit_channel(
         &self,
         t: &Ticket,
-        deposited: Option<&OnChain>,
+        deposited: Option<(&OnChain, bool)>,
     ) -> Result<ChannelRecord, &'static str> {
         // First as this request left the channel (nobody wrote since, usually), then as the
         // store has it.
@@ -683,8 +702,9 @@ impl Payments {
             record.committed = pending.id;
             record.pending = None;
             record.last_request_at = now_ms();
-            if let Some(o) = deposited {
-                record.set_onchain(o, now_ms());
+            if let Some((o, reported)) = deposited {
+                // A state worked out here leaves the mirror stale: it is read on the next use.
+                record.set_onchain(o, if reported { now_ms() } else { 0 });
             }
             match self
                 .state

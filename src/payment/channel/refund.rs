@@ -125,8 +125,10 @@ impl Payments {
         raw: &str,
         priced: &Priced,
         offer: &Offer,
+        client: Option<std::net::IpAddr>,
     ) -> Result<Admission, Rejection> {
         let payer = accepted.payer.clone();
+        let payer_key = payer.to_ascii_lowercase();
         let fail = |error: PaymentError| Rejection {
             error,
             version: 2,
@@ -140,21 +142,26 @@ impl Payments {
             corrective: super::corrective(priced, offer, &shown),
             ..fail(SchemeError::Batch(BatchError::CumulativeMismatch).into())
         };
-        // A voucher that does not name what the channel was charged is answered with where
-        // the channel stands before anything goes to the chain's facilitator.
-        if let (_, Some(known)) = self
-            .read_channel(&channel_id)
-            .await
-            .map_err(|e| self.reject(fail(e)))?
+        // A voucher whose signature was checked here and that does not name what the channel
+        // was charged is answered with where the channel stands before anything goes to the
+        // facilitator. One only the facilitator can check (a smart-wallet payer's) shows
+        // nothing of the channel until it did: the loop below answers its mismatch.
+        if p.signature_checked
+            && let (_, Some(known)) = self
+                .read_channel(&channel_id)
+                .await
+                .map_err(|e| self.reject(fail(e)))?
             && known.charged() != p.max_claimable
         {
             return Err(self.reject(mismatch(known)));
         }
-        let onchain = self
-            .channel_verify(env, &mut accepted, raw, priced)
-            .await
-            .map_err(|e| self.reject(fail(e)))?;
-        let mut onchain = onchain;
+        let mut onchain = match self.channel_verify(env, &mut accepted, raw, priced).await {
+            Ok(o) => o,
+            Err(e) => {
+                self.count_invalid(env, &e, client, &payer_key).await;
+                return Err(self.reject(fail(e)));
+            }
+        };
         let mut verifies = 1;
         let waiting_since = std::time::Instant::now();
         let mut poll = TURN_POLL;
@@ -171,10 +178,13 @@ impl Payments {
                 if verifies > super::MAX_VERIFIES {
                     return Err(self.reject(fail(PaymentError::FacilitatorUnavailable)));
                 }
-                onchain = self
-                    .channel_verify(env, &mut accepted, raw, priced)
-                    .await
-                    .map_err(|e| self.reject(fail(e)))?;
+                onchain = match self.channel_verify(env, &mut accepted, raw, priced).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        self.count_invalid(env, &e, client, &payer_key).await;
+                        return Err(self.reject(fail(e)));
+                    }
+                };
                 continue;
             }
             let taken = take_refund_turn(
