@@ -573,12 +573,26 @@ impl Payments {
         let (tx, record) = match committed {
             Ok(record) => (deposited.map(|d| d.0).unwrap_or_default(), record),
             Err(reason) => {
-                // The charge could not be recorded: nothing is charged, nothing served.
+                // The charge could not be recorded: nothing is charged, nothing served. A
+                // deposit that landed stays the payer's escrow: its transaction is named in the
+                // answer and the ledger.
+                let tx = deposited.map(|d| d.0).unwrap_or_default();
                 a.stage = Stage::SettleFailed;
+                if !tx.is_empty() {
+                    self.record(a).write(
+                        &self.ledger,
+                        env.ledger,
+                        "channel_deposit_uncommitted",
+                        &tx,
+                        Some(reason),
+                        upstream_status,
+                    );
+                }
                 a.receipt = Some(SettleResponse {
                     success: false.into(),
                     error_reason: Some(reason.into()),
                     payer: Some(a.payer.clone()),
+                    transaction: tx,
                     network,
                     ..Default::default()
                 });
