@@ -62,13 +62,15 @@ impl Payments {
     }
 
     /// Counts a facilitator's `invalid` verdict (a call spent on a payment that does not pay)
-    /// against the client and the payer; other errors are not theirs.
+    /// against the client and `signer`: the payer (lower case) when its signature was
+    /// recovered here, else `None`. A payer address anyone can write into a payload is no
+    /// one's to count against (or anyone could lock a payer out). Other errors are not theirs.
     pub(super) async fn count_invalid(
         &self,
         env: &PaymentEnv<'_>,
         e: &PaymentError,
         client: Option<std::net::IpAddr>,
-        payer_key: &str,
+        signer: Option<&str>,
     ) {
         if !matches!(e, PaymentError::Invalid(_)) {
             return;
@@ -78,9 +80,11 @@ impl Payments {
             self.count_refusal(Attempter::Client(ip), env.limits.failed_per_client)
                 .await;
         }
-        self.failures_payer.count(&payer_key);
-        self.count_refusal(Attempter::Payer(payer_key), env.limits.failed_per_payer)
-            .await;
+        if let Some(signer) = signer {
+            self.failures_payer.count(&signer);
+            self.count_refusal(Attempter::Payer(signer), env.limits.failed_per_payer)
+                .await;
+        }
     }
 
     /// Checks the payment on a priced request. `Ok` means forward; `Err` is the answer.
@@ -228,7 +232,8 @@ impl Payments {
         if let Err(e) = self.verify(env, &mut accepted, verified).await {
             self.release(&accepted.key, None).await;
             self.forget_identifier(accepted.identifier.as_ref()).await;
-            self.count_invalid(env, &e, client, &payer_key).await;
+            let signer = checked.signature_checked.then_some(payer_key.as_str());
+            self.count_invalid(env, &e, client, signer).await;
             if self.fails_open(rule.policy, &e) {
                 return Ok(self.served_unpaid(rule.id, e.reason()));
             }

@@ -71,7 +71,10 @@ pub fn label(reason: &str) -> &'static str {
     if reason.is_empty() {
         return "";
     }
-    match KNOWN.binary_search(&reason) {
+    // A reason the gateway words as `code: detail` (the ledger's sender, an outcome) is
+    // labelled by its code.
+    let code = reason.split_once(": ").map_or(reason, |(code, _)| code);
+    match KNOWN.binary_search(&code) {
         Ok(i) => KNOWN[i],
         Err(_) => "other",
     }
@@ -95,5 +98,9 @@ mod tests {
             "other"
         );
         assert_eq!(label("invalid_made_up_code_12345"), "other");
+        assert_eq!(
+            label("payment_already_used: sent by 0x00000000000000000000000000000000000000aa"),
+            "payment_already_used"
+        );
     }
 }

@@ -802,7 +802,7 @@ async fn a_permit2_deposit_opens_the_channel_and_its_charges_land_on_chain() {
 async fn a_smart_wallet_pays_with_vouchers_its_contract_checks() {
     let net = Net::start("1");
     let gw = net.gateway(
-        "channel_claim_interval_seconds = 3600\nfailed_payments_per_payer = 3",
+        "channel_claim_interval_seconds = 3600\nfailed_payments_per_payer = 1\nfailed_payments_per_client = 3",
         None,
     );
     let (rpc_url, token) = (&*net.rpc, &*net.token);
@@ -847,7 +847,9 @@ async fn a_smart_wallet_pays_with_vouchers_its_contract_checks() {
     );
     assert_eq!(net.origin.requests().await, 10);
     assert_eq!(ledger_sum(&gw, "channel_charged"), 100_000);
-    // The owner's is taken.
+    // The owner's is taken: a refusal of a signature nobody here could check does not count
+    // against the payer the payload names (one refusal would be its limit here), or anyone
+    // could lock a payer out.
     let (status, required) = voucher(&gw, "/api/item", key, 110_000, &["--payer", &wallet]).await;
     assert_eq!(status, 200, "{required}");
     // A refund asked with a signature the gateway cannot check and a wrong amount shows
@@ -874,8 +876,8 @@ async fn a_smart_wallet_pays_with_vouchers_its_contract_checks() {
                 && o["extra"].get("voucherState").is_none()),
         "{required}"
     );
-    // Each signature the facilitator refused counts against the payer as for any scheme: after
-    // the third, even the owner's voucher waits (429), and nothing is served.
+    // Each signature the facilitator refused counts against the client that sent it, as for
+    // any scheme: after its third, this client's next payment waits (429), nothing served.
     let (status, required) = voucher(&gw, "/api/item", other, 120_000, &["--payer", &wallet]).await;
     assert_eq!(
         required["error"], "invalid_batch_settlement_evm_voucher_signature",

@@ -275,8 +275,16 @@ impl Payments {
         let p = evm_batch::check(payload, &offer.requirements, &separator)
             .map_err(|e| self.reject(fail(SchemeError::Batch(e).into(), None)))?;
         let payer = p.config.payer.to_checksum(None);
-        let payer_key = payer.to_ascii_lowercase();
-        if self.payer_limited(env, &payer_key) {
+        // Who signed, when it was recovered here: the payer authorizer (the payer itself for
+        // the reference client). Refusals count against that key, never against a payer
+        // address anyone can name in a channel configuration.
+        let signer = p
+            .signature_checked
+            .then(|| format!("{:#x}", p.config.payer_authorizer));
+        if signer
+            .as_deref()
+            .is_some_and(|k| self.payer_limited(env, k))
+        {
             return Err(self.reject(fail(PaymentError::RateLimited, Some(payer))));
         }
         let price: u128 = offer.requirements.amount.parse().unwrap_or(0);
@@ -331,7 +339,15 @@ impl Payments {
         if let Kind::Refund { amount } = p.kind {
             return self
                 .channel_refund(
-                    env, &p, amount, accepted, payload, raw, priced, offer, caller.ip,
+                    env,
+                    &p,
+                    amount,
+                    accepted,
+                    payload,
+                    raw,
+                    priced,
+                    offer,
+                    (caller.ip, signer.as_deref()),
                 )
                 .await;
         }
@@ -357,7 +373,8 @@ impl Payments {
                 match self.channel_verify(env, &mut accepted, raw, priced).await {
                     Ok(o) => onchain = Some(o),
                     Err(e) => {
-                        self.count_invalid(env, &e, caller.ip, &payer_key).await;
+                        self.count_invalid(env, &e, caller.ip, signer.as_deref())
+                            .await;
                         return Err(self.reject(fail(e, Some(payer))));
                     }
                 }
@@ -391,7 +408,8 @@ impl Payments {
                     match self.channel_verify(env, &mut accepted, raw, priced).await {
                         Ok(o) => onchain = Some(o),
                         Err(e) => {
-                            self.count_invalid(env, &e, caller.ip, &payer_key).await;
+                            self.count_invalid(env, &e, caller.ip, signer.as_deref())
+                                .await;
                             return Err(self.reject(fail(e, Some(payer))));
                         }
                     }

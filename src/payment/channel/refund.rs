@@ -125,10 +125,9 @@ impl Payments {
         raw: &str,
         priced: &Priced,
         offer: &Offer,
-        client: Option<std::net::IpAddr>,
+        (client, signer): (Option<std::net::IpAddr>, Option<&str>),
     ) -> Result<Admission, Rejection> {
         let payer = accepted.payer.clone();
-        let payer_key = payer.to_ascii_lowercase();
         let fail = |error: PaymentError| Rejection {
             error,
             version: 2,
@@ -158,7 +157,7 @@ impl Payments {
         let mut onchain = match self.channel_verify(env, &mut accepted, raw, priced).await {
             Ok(o) => o,
             Err(e) => {
-                self.count_invalid(env, &e, client, &payer_key).await;
+                self.count_invalid(env, &e, client, signer).await;
                 return Err(self.reject(fail(e)));
             }
         };
@@ -181,7 +180,7 @@ impl Payments {
                 onchain = match self.channel_verify(env, &mut accepted, raw, priced).await {
                     Ok(o) => o,
                     Err(e) => {
-                        self.count_invalid(env, &e, client, &payer_key).await;
+                        self.count_invalid(env, &e, client, signer).await;
                         return Err(self.reject(fail(e)));
                     }
                 };

@@ -265,13 +265,13 @@ impl Payments {
                 "settle_failed"
             }
             Stage::NotOurs => {
-                // Used by something else: never reusable here. (The reason's code, without
-                // the sender a `SentByOther` verdict adds for the ledger.)
-                let code = reason.as_deref().unwrap_or("");
-                let code = code.split_once(": sent by ").map_or(code, |(c, _)| c);
+                // Used by something else: never reusable here.
                 self.metrics
                     .payments
-                    .with_label_values(&["used_elsewhere", crate::payment::reasons::label(code)])
+                    .with_label_values(&[
+                        "used_elsewhere",
+                        crate::payment::reasons::label(reason.as_deref().unwrap_or("")),
+                    ])
                     .inc();
                 "used_elsewhere"
             }
