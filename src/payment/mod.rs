@@ -446,6 +446,10 @@ pub const METERED_STOP_SECS: u64 = crate::schemes::evm_exact::VALID_BEFORE_BUFFE
 /// The least delivery time a body-metered payment must leave before [`METERED_STOP_SECS`]: a
 /// permit ending sooner than both together is refused as expiring too soon.
 pub const METERED_MIN_DELIVERY_SECS: u64 = 5;
+/// The least `max_timeout_seconds` of a body-metered rule: what the gate asks of a permit, plus
+/// room for a client clock behind the gateway's and the time a payment takes to arrive (the
+/// reference clients sign permits ending `max_timeout_seconds` from their own clock).
+pub const METERED_MIN_TIMEOUT_SECS: u64 = METERED_STOP_SECS + METERED_MIN_DELIVERY_SECS + 10;
 
 /// Headers that tell the origin who paid ([`Payments::upstream_headers`]). Clients cannot set
 /// them: the proxy removes client copies.

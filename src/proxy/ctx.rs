@@ -74,8 +74,10 @@ pub struct RequestCtx {
     pub payment: Option<Box<crate::payment::Accepted>>,
     /// The original receipt header of a replayed payment (`payment-identifier`).
     pub replayed: Option<Vec<(&'static str, String)>>,
-    /// Body bytes passed to the client (counted for body-metered payments only).
+    /// Body bytes passed to the client (counted for body-metered payments only): those whose
+    /// write finished, and the last chunk handed over, counted once it went out.
     pub body_bytes: u64,
+    pub body_in_flight: u64,
     /// When the origin's response head arrived (body-metered payments only).
     pub response_started: Option<Instant>,
     /// When a body-metered response must stop for its payment to still settle.
@@ -112,6 +114,7 @@ impl RequestCtx {
             payment: None,
             replayed: None,
             body_bytes: 0,
+            body_in_flight: 0,
             response_started: None,
             delivery_deadline: None,
             access: None,

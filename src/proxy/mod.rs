@@ -85,9 +85,48 @@ fn delivery_left(deadline: Option<Instant>, now: Instant) -> Option<Delivery> {
     })
 }
 
-/// Why a response that was under way did not reach the client, for the ledger.
-fn delivery_failure(e: &Error) -> &'static str {
-    if e.etype() == &ErrorType::Custom(DELIVERY_DEADLINE) {
+/// What a body-metered response delivered, at `now`: its bytes (the last chunk only if the
+/// body ended cleanly: a write cut short may not have reached the client) and its time, which
+/// ends at its delivery deadline. A response cut before any byte went out delivered nothing,
+/// whatever the origin took to start it.
+fn delivered(ctx: &RequestCtx, ended: bool, now: Instant) -> (u64, std::time::Duration) {
+    metered_delivery(
+        (ctx.body_bytes, ctx.body_in_flight),
+        ctx.response_started,
+        ctx.delivery_deadline,
+        ended,
+        now,
+    )
+}
+
+/// [`delivered`] from its parts: bytes written and the last chunk handed over, when the
+/// response started, its deadline.
+fn metered_delivery(
+    (written, in_flight): (u64, u64),
+    started: Option<Instant>,
+    deadline: Option<Instant>,
+    ended: bool,
+    now: Instant,
+) -> (u64, std::time::Duration) {
+    let bytes = if ended {
+        written.saturating_add(in_flight)
+    } else {
+        written
+    };
+    let end = deadline.map_or(now, |d| d.min(now));
+    let elapsed = match started {
+        Some(start) if bytes > 0 || end == now => end.saturating_duration_since(start),
+        _ => std::time::Duration::ZERO,
+    };
+    (bytes, elapsed)
+}
+
+/// Why a response that was under way did not reach the client, for the ledger. `cut`: its
+/// delivery deadline had passed, so a write that timed out was the deadline's doing.
+fn delivery_failure(e: &Error, cut: bool) -> &'static str {
+    if e.etype() == &ErrorType::Custom(DELIVERY_DEADLINE)
+        || (cut && e.etype() == &ErrorType::WriteTimedout)
+    {
         return DELIVERY_DEADLINE;
     }
     match e.esource() {
@@ -309,6 +348,9 @@ impl ProxyHttp for Gateway {
         ) || (error.esource() == &ErrorSource::Downstream
             && matches!(error.etype(), ErrorType::ReadError | ErrorType::WriteError))
             || ctx.upstream_failure == Some(UpstreamError::NoHealthyPeer)
+            // A client write stopped by a body-metered response's deadline.
+            || (error.etype() == &ErrorType::WriteTimedout
+                && ctx.delivery_deadline.is_some_and(|d| Instant::now() >= d))
     }
 
     async fn fail_to_proxy(
@@ -362,9 +404,14 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
         // Only a body-metered payment counts what it delivers, and stops in time to settle it.
-        if ctx.response_started.is_some()
-            && let Some(b) = body.as_ref().filter(|b| !b.is_empty())
-        {
+        if ctx.response_started.is_none() {
+            return Ok(None);
+        }
+        // The chunk handed over before this one went out.
+        ctx.body_bytes = ctx
+            .body_bytes
+            .saturating_add(std::mem::take(&mut ctx.body_in_flight));
+        if let Some(b) = body.as_ref().filter(|b| !b.is_empty()) {
             match delivery_left(ctx.delivery_deadline, Instant::now()) {
                 Some(Delivery::Stop) => {
                     ctx.reason = Some(DELIVERY_DEADLINE);
@@ -377,28 +424,28 @@ impl ProxyHttp for Gateway {
                 Some(Delivery::Left(left)) => session.set_write_timeout(Some(left)),
                 None => {}
             }
-            ctx.body_bytes = ctx.body_bytes.saturating_add(b.len() as u64);
+            ctx.body_in_flight = b.len() as u64;
         }
         Ok(None)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let now = Instant::now();
+        let cut = e.is_some() && ctx.delivery_deadline.is_some_and(|d| now >= d);
+        let (bytes, elapsed) = delivered(ctx, e.is_none(), now);
         if let Some(p) = ctx.payment.as_mut()
             && p.settles_at_body_end()
         {
             // The body ended (or broke off): charge what was delivered.
-            let elapsed = ctx
-                .response_started
-                .map(|t| t.elapsed())
-                .unwrap_or_default();
             self.payments
-                .settle_metered(&ctx.snap.payment_env(), p, ctx.body_bytes, elapsed)
+                .settle_metered(&ctx.snap.payment_env(), p, bytes, elapsed)
                 .await;
         }
         if let Some(mut p) = ctx.payment.take() {
+            let interrupted = e.map(|e| delivery_failure(e, cut));
             self.payments
-                .finish(&ctx.snap.payment_env(), &mut p, e.map(delivery_failure))
+                .finish(&ctx.snap.payment_env(), &mut p, interrupted)
                 .await;
         }
         self.metrics
@@ -498,7 +545,37 @@ mod tests {
             delivery_left(Some(now), now + Duration::from_secs(1)),
             Some(Delivery::Stop)
         );
+        // What a response delivered: the last chunk only once the body ended cleanly; its time
+        // ends at the deadline; cut before a byte went out, nothing.
+        let start = now;
+        let (at, deadline) = (
+            start + Duration::from_secs(9),
+            Some(start + Duration::from_secs(5)),
+        );
+        let secs = Duration::from_secs;
+        assert_eq!(
+            metered_delivery((100, 10), Some(start), None, true, at),
+            (110, secs(9))
+        );
+        assert_eq!(
+            metered_delivery((100, 10), Some(start), deadline, false, at),
+            (100, secs(5))
+        );
+        assert_eq!(
+            metered_delivery((0, 10), Some(start), deadline, false, at),
+            (0, Duration::ZERO)
+        );
+        // An empty body that ended by itself is charged its time, as before.
+        assert_eq!(
+            metered_delivery((0, 0), Some(start), None, true, at),
+            (0, secs(9))
+        );
         let cut = Error::explain(ErrorType::Custom(DELIVERY_DEADLINE), "cut");
-        assert_eq!(delivery_failure(&cut), DELIVERY_DEADLINE);
+        assert_eq!(delivery_failure(&cut, true), DELIVERY_DEADLINE);
+        // A client write that timed out: the deadline's doing once it passed, else the client's.
+        let mut slow = Error::explain(ErrorType::WriteTimedout, "slow reader");
+        slow.esource = ErrorSource::Downstream;
+        assert_eq!(delivery_failure(&slow, true), DELIVERY_DEADLINE);
+        assert_eq!(delivery_failure(&slow, false), crate::payment::CLIENT_GONE);
     }
 }

@@ -707,7 +707,7 @@ schemes = ["upto"]
 max_price = "$0.05"
 meter = "bytes"
 meter_price = "$0.0001"
-max_timeout_seconds = 20
+max_timeout_seconds = 25
 facilitator_address = "{signer}"
 "#
     );
@@ -854,11 +854,11 @@ facilitator_address = "{signer}"
     );
 
     // A body-metered response stops before the payer's permit ends, while what it delivered
-    // can still settle: the reference client signs for the rule's 20 s, the response stops
-    // 10 s before that, so of 40 KiB dripped over 14 s about 28 go out, and exactly what went
+    // can still settle: the reference client signs for the rule's 25 s, the response stops
+    // 10 s before that, so of 40 KiB dripped over 20 s about 30 go out, and exactly what went
     // out is charged, 100 units a KiB, on chain.
     let before_drip = balance(rpc, token, payer).await;
-    let drip = paid_path("/drip/40/350").await;
+    let drip = paid_path("/drip/40/500").await;
     assert_eq!(drip["status"], 200, "{drip}");
     assert!(
         drip["body"].is_null() && !drip["error"].is_null(),

@@ -522,7 +522,7 @@ fn compile_rule(
     } else {
         crate::payment::Meter::Origin
     };
-    let least = crate::payment::METERED_STOP_SECS + crate::payment::METERED_MIN_DELIVERY_SECS;
+    let least = crate::payment::METERED_MIN_TIMEOUT_SECS;
     if meter.at_body_end() && timeout < least {
         let span = d
             .max_timeout_seconds
@@ -533,7 +533,7 @@ fn compile_rule(
             span,
             "rule.max_timeout_seconds",
             format!(
-                "a body-metered rule needs at least {least}: payers sign permits for this long, and its responses stop {} s before they end so that what was delivered can settle",
+                "a body-metered rule needs at least {least}: payers sign permits for this long, its responses stop {} s before they end so that what was delivered can settle, and clocks differ",
                 crate::payment::METERED_STOP_SECS
             ),
         );

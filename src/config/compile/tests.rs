@@ -437,14 +437,14 @@ fn a_body_metered_rule_needs_time_to_deliver_before_its_permits_end() {
     compile(&gateway(""), &[("m.toml", &rule(""))]).expect("the default timeout is long enough");
     compile(
         &gateway(""),
-        &[("m.toml", &rule("max_timeout_seconds = 15"))],
+        &[("m.toml", &rule("max_timeout_seconds = 25"))],
     )
     .expect("just enough");
-    let short = rule("max_timeout_seconds = 14");
+    let short = rule("max_timeout_seconds = 24");
     let found = issues(&gateway(""), &[("m.toml", &short)]);
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].field, "rule.max_timeout_seconds", "{found:?}");
-    assert_eq!(located(&found[0]), at("rules/m.toml", &short, "14\n"));
+    assert_eq!(located(&found[0]), at("rules/m.toml", &short, "24\n"));
     // The origin's own statement is read with the head: no delivery to leave room for.
     let origin = short.replace("meter = \"seconds\"\nmeter_price = \"$0.001\"\n", "");
     compile(&gateway(""), &[("m.toml", &origin)]).expect("an origin-metered rule");
