@@ -197,6 +197,27 @@ impl Gateway {
         }
     }
 
+    /// Parks a body-metered payment whose response is about to stream: its deadline's timer
+    /// settles it if the request has not ended by then.
+    fn park_metered(&self, ctx: &mut RequestCtx) {
+        let (Some(deadline), Some(started)) = (ctx.delivery_deadline, ctx.response_started) else {
+            return;
+        };
+        let Some(a) = ctx.payment.take() else {
+            return;
+        };
+        match super::metered::DeliveryWatch::start(
+            self.payments.clone(),
+            ctx.snap.clone(),
+            a,
+            started,
+            deadline,
+        ) {
+            Ok(watch) => ctx.watch = Some(watch),
+            Err(a) => ctx.payment = Some(a),
+        }
+    }
+
     /// The response to a paid request: settle (in `after` mode) and add the receipt, or turn
     /// the response into the settlement failure's answer.
     pub(super) async fn paid_response(
@@ -242,6 +263,7 @@ impl Gateway {
                         .on_paid_response(&snap.access_env(), state, accepted);
                     respond::append_headers(upstream_response, &extra)?;
                 }
+                self.park_metered(ctx);
                 Ok(())
             }
             Err(rejection) => {

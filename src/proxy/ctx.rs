@@ -82,6 +82,9 @@ pub struct RequestCtx {
     pub response_started: Option<Instant>,
     /// When a body-metered response must stop for its payment to still settle.
     pub delivery_deadline: Option<Instant>,
+    /// Where a body-metered payment waits while its response streams (`payment` is `None`
+    /// meanwhile): taken back when the request ends, or by its deadline's timer.
+    pub watch: Option<Arc<super::metered::DeliveryWatch>>,
     /// Audience, pass and shadow state (rules that charge or price by audience only).
     pub access: Option<Box<crate::access::AccessState>>,
     /// The price this request was charged at (its audience's).
@@ -99,6 +102,14 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// Takes a parked body-metered payment back into `payment`, unless its deadline's timer
+    /// took it (and settles it).
+    pub fn unpark(&mut self) {
+        if let Some(a) = self.watch.as_ref().and_then(|w| w.take()) {
+            self.payment = Some(a);
+        }
+    }
+
     pub fn new(snap: Arc<Snapshot>, in_flight: crate::metrics::InFlight) -> Self {
         let upstream = snap.default_upstream;
         let started = Instant::now();
@@ -117,6 +128,7 @@ impl RequestCtx {
             body_in_flight: 0,
             response_started: None,
             delivery_deadline: None,
+            watch: None,
             access: None,
             priced: None,
             failure: None,

@@ -6,6 +6,7 @@ mod charge;
 pub mod client;
 pub mod ctx;
 pub mod documents;
+pub mod metered;
 pub mod paywall;
 pub mod request;
 pub mod respond;
@@ -29,6 +30,7 @@ use crate::metrics::{Metrics, status_class};
 use crate::payment::Payments;
 use crate::snapshot::Snapshot;
 use ctx::{Decision, RequestCtx};
+use metered::{DELIVERY_DEADLINE, Delivery, delivery_left, metered_delivery};
 use respond::{Answer, UpstreamError};
 
 /// The gateway service.
@@ -60,65 +62,6 @@ impl Gateway {
 /// the HTTP exchange (the connection then carries the upgraded protocol).
 fn is_interim(resp: &ResponseHeader) -> bool {
     resp.status.is_informational() && resp.status != http::StatusCode::SWITCHING_PROTOCOLS
-}
-
-/// The reason a body-metered response was cut off: it reached the moment its payment must
-/// settle by (the payer's permit ends soon after).
-const DELIVERY_DEADLINE: &str = "metered_delivery_deadline";
-
-/// Where a body-metered response stands against its delivery deadline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Delivery {
-    /// Time left to deliver.
-    Left(std::time::Duration),
-    /// The deadline passed: nothing more goes out.
-    Stop,
-}
-
-/// A body-metered response's standing at `now` (`None`: no deadline applies).
-fn delivery_left(deadline: Option<Instant>, now: Instant) -> Option<Delivery> {
-    let left = deadline?.saturating_duration_since(now);
-    Some(if left.is_zero() {
-        Delivery::Stop
-    } else {
-        Delivery::Left(left)
-    })
-}
-
-/// What a body-metered response delivered, at `now`: its bytes (the last chunk only if the
-/// body ended cleanly: a write cut short may not have reached the client) and its time, which
-/// ends at its delivery deadline. A response cut before any byte went out delivered nothing,
-/// whatever the origin took to start it.
-fn delivered(ctx: &RequestCtx, ended: bool, now: Instant) -> (u64, std::time::Duration) {
-    metered_delivery(
-        (ctx.body_bytes, ctx.body_in_flight),
-        ctx.response_started,
-        ctx.delivery_deadline,
-        ended,
-        now,
-    )
-}
-
-/// [`delivered`] from its parts: bytes written and the last chunk handed over, when the
-/// response started, its deadline.
-fn metered_delivery(
-    (written, in_flight): (u64, u64),
-    started: Option<Instant>,
-    deadline: Option<Instant>,
-    ended: bool,
-    now: Instant,
-) -> (u64, std::time::Duration) {
-    let bytes = if ended {
-        written.saturating_add(in_flight)
-    } else {
-        written
-    };
-    let end = deadline.map_or(now, |d| d.min(now));
-    let elapsed = match started {
-        Some(start) if bytes > 0 || end == now => end.saturating_duration_since(start),
-        _ => std::time::Duration::ZERO,
-    };
-    (bytes, elapsed)
 }
 
 /// Why a response that was under way did not reach the client, for the ledger. `cut`: its
@@ -360,6 +303,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let written = session.response_written().is_some();
+        ctx.unpark();
         let settlement = ctx.failure.take();
         ctx.decision = respond::failure_decision(settlement.as_ref());
         let settlement_reply = settlement.is_some();
@@ -411,8 +355,17 @@ impl ProxyHttp for Gateway {
         ctx.body_bytes = ctx
             .body_bytes
             .saturating_add(std::mem::take(&mut ctx.body_in_flight));
+        let stopped = ctx.watch.as_ref().is_some_and(|w| {
+            w.written(ctx.body_bytes);
+            w.stopped()
+        });
         if let Some(b) = body.as_ref().filter(|b| !b.is_empty()) {
-            match delivery_left(ctx.delivery_deadline, Instant::now()) {
+            let standing = if stopped {
+                Some(Delivery::Stop)
+            } else {
+                delivery_left(ctx.delivery_deadline, Instant::now())
+            };
+            match standing {
                 Some(Delivery::Stop) => {
                     ctx.reason = Some(DELIVERY_DEADLINE);
                     return Error::e_explain(
@@ -431,9 +384,16 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        ctx.unpark();
         let now = Instant::now();
         let cut = e.is_some() && ctx.delivery_deadline.is_some_and(|d| now >= d);
-        let (bytes, elapsed) = delivered(ctx, e.is_none(), now);
+        let (bytes, elapsed) = metered_delivery(
+            (ctx.body_bytes, ctx.body_in_flight),
+            ctx.response_started,
+            ctx.delivery_deadline,
+            e.is_none(),
+            now,
+        );
         if let Some(p) = ctx.payment.as_mut()
             && p.settles_at_body_end()
         {
@@ -522,57 +482,14 @@ fn client_for_log(session: &Session, trusted: &[ipnet::IpNet]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
-    /// A body-metered response delivers while time is left and stops once its deadline passed;
-    /// other responses have none.
+    /// A cut is ledgered as the deadline's: its own error, or a client write the deadline
+    /// timed out; before the deadline a timed-out write is the client's.
     #[test]
-    fn a_body_metered_response_stops_at_its_deadline() {
-        let now = Instant::now();
-        assert_eq!(delivery_left(None, now), None);
-        let deadline = now + Duration::from_secs(3);
-        assert_eq!(
-            delivery_left(Some(deadline), now),
-            Some(Delivery::Left(Duration::from_secs(3)))
-        );
-        assert_eq!(
-            delivery_left(Some(deadline), deadline),
-            Some(Delivery::Stop)
-        );
-        assert_eq!(
-            delivery_left(Some(now), now + Duration::from_secs(1)),
-            Some(Delivery::Stop)
-        );
-        // What a response delivered: the last chunk only once the body ended cleanly; its time
-        // ends at the deadline; cut before a byte went out, nothing.
-        let start = now;
-        let (at, deadline) = (
-            start + Duration::from_secs(9),
-            Some(start + Duration::from_secs(5)),
-        );
-        let secs = Duration::from_secs;
-        assert_eq!(
-            metered_delivery((100, 10), Some(start), None, true, at),
-            (110, secs(9))
-        );
-        assert_eq!(
-            metered_delivery((100, 10), Some(start), deadline, false, at),
-            (100, secs(5))
-        );
-        assert_eq!(
-            metered_delivery((0, 10), Some(start), deadline, false, at),
-            (0, Duration::ZERO)
-        );
-        // An empty body that ended by itself is charged its time, as before.
-        assert_eq!(
-            metered_delivery((0, 0), Some(start), None, true, at),
-            (0, secs(9))
-        );
+    fn a_cut_at_the_delivery_deadline_is_ledgered_as_such() {
         let cut = Error::explain(ErrorType::Custom(DELIVERY_DEADLINE), "cut");
         assert_eq!(delivery_failure(&cut, true), DELIVERY_DEADLINE);
-        // A client write that timed out: the deadline's doing once it passed, else the client's.
         let mut slow = Error::explain(ErrorType::WriteTimedout, "slow reader");
         slow.esource = ErrorSource::Downstream;
         assert_eq!(delivery_failure(&slow, true), DELIVERY_DEADLINE);
