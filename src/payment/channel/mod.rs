@@ -370,14 +370,12 @@ impl Payments {
             };
             let needs_facilitator = matches!(p.kind, Kind::Deposit { .. }) || !p.signature_checked;
             if needs_facilitator && onchain.is_none() {
-                match self.channel_verify(env, &mut accepted, raw, priced).await {
-                    Ok(o) => onchain = Some(o),
-                    Err(e) => {
-                        self.count_invalid(env, &e, caller.ip, signer.as_deref())
-                            .await;
-                        return Err(self.reject(fail(e, Some(payer))));
-                    }
-                }
+                let who = (caller.ip, signer.as_deref());
+                onchain = Some(
+                    self.channel_verify_counted(env, &mut accepted, raw, priced, who)
+                        .await
+                        .map_err(|e| self.reject(fail(e, Some(payer.clone()))))?,
+                );
             }
             let turn = take_turn(
                 record.as_ref(),
@@ -405,14 +403,12 @@ impl Payments {
                             self.reject(fail(PaymentError::FacilitatorUnavailable, Some(payer)))
                         );
                     }
-                    match self.channel_verify(env, &mut accepted, raw, priced).await {
-                        Ok(o) => onchain = Some(o),
-                        Err(e) => {
-                            self.count_invalid(env, &e, caller.ip, signer.as_deref())
-                                .await;
-                            return Err(self.reject(fail(e, Some(payer))));
-                        }
-                    }
+                    let who = (caller.ip, signer.as_deref());
+                    onchain = Some(
+                        self.channel_verify_counted(env, &mut accepted, raw, priced, who)
+                            .await
+                            .map_err(|e| self.reject(fail(e, Some(payer.clone()))))?,
+                    );
                     continue;
                 }
                 // Another request on this channel is being served: wait for its answer.
@@ -515,6 +511,23 @@ impl Payments {
         }
         let extra = self.verify_extra(env, a).await?;
         Ok(extra.as_ref().and_then(OnChain::read).unwrap_or_default())
+    }
+
+    /// [`Self::channel_verify`], counting a facilitator's `invalid` verdict against the client
+    /// and the signer recovered here (`who`), as refused payments are.
+    async fn channel_verify_counted(
+        &self,
+        env: &PaymentEnv<'_>,
+        a: &mut Accepted,
+        raw: &str,
+        priced: &Priced,
+        (client, signer): (Option<std::net::IpAddr>, Option<&str>),
+    ) -> Result<OnChain, PaymentError> {
+        let verified = self.channel_verify(env, a, raw, priced).await;
+        if let Err(e) = &verified {
+            self.count_invalid(env, e, client, signer).await;
+        }
+        verified
     }
 
     /// Commits (or, for a deposit, settles on chain and then commits) a channel payment whose

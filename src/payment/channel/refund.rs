@@ -125,7 +125,7 @@ impl Payments {
         raw: &str,
         priced: &Priced,
         offer: &Offer,
-        (client, signer): (Option<std::net::IpAddr>, Option<&str>),
+        who: (Option<std::net::IpAddr>, Option<&str>),
     ) -> Result<Admission, Rejection> {
         let payer = accepted.payer.clone();
         let fail = |error: PaymentError| Rejection {
@@ -154,13 +154,10 @@ impl Payments {
         {
             return Err(self.reject(mismatch(known)));
         }
-        let mut onchain = match self.channel_verify(env, &mut accepted, raw, priced).await {
-            Ok(o) => o,
-            Err(e) => {
-                self.count_invalid(env, &e, client, signer).await;
-                return Err(self.reject(fail(e)));
-            }
-        };
+        let mut onchain = self
+            .channel_verify_counted(env, &mut accepted, raw, priced, who)
+            .await
+            .map_err(|e| self.reject(fail(e)))?;
         let mut verifies = 1;
         let waiting_since = std::time::Instant::now();
         let mut poll = TURN_POLL;
@@ -177,13 +174,10 @@ impl Payments {
                 if verifies > super::MAX_VERIFIES {
                     return Err(self.reject(fail(PaymentError::FacilitatorUnavailable)));
                 }
-                onchain = match self.channel_verify(env, &mut accepted, raw, priced).await {
-                    Ok(o) => o,
-                    Err(e) => {
-                        self.count_invalid(env, &e, client, signer).await;
-                        return Err(self.reject(fail(e)));
-                    }
-                };
+                onchain = self
+                    .channel_verify_counted(env, &mut accepted, raw, priced, who)
+                    .await
+                    .map_err(|e| self.reject(fail(e)))?;
                 continue;
             }
             let taken = take_refund_turn(
