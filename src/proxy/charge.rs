@@ -203,6 +203,10 @@ impl Gateway {
         let (Some(deadline), Some(started)) = (ctx.delivery_deadline, ctx.response_started) else {
             return;
         };
+        if deadline <= std::time::Instant::now() {
+            // Already due: the first chunk is cut and the request settles nothing.
+            return;
+        }
         let Some(a) = ctx.payment.take() else {
             return;
         };

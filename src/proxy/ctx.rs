@@ -103,10 +103,17 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     /// Takes a parked body-metered payment back into `payment`, unless its deadline's timer
-    /// took it (and settles it).
-    pub fn unpark(&mut self) {
-        if let Some(a) = self.watch.as_ref().and_then(|w| w.take()) {
-            self.payment = Some(a);
+    /// took it (and settles it): `false` then. `true` when nothing was parked.
+    pub fn unpark(&mut self) -> bool {
+        let Some(w) = &self.watch else {
+            return true;
+        };
+        match w.take() {
+            Some(a) => {
+                self.payment = Some(a);
+                true
+            }
+            None => false,
         }
     }
 

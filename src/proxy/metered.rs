@@ -15,15 +15,21 @@ use crate::snapshot::Snapshot;
 /// settle by (the payer's permit ends soon after).
 pub const DELIVERY_DEADLINE: &str = "metered_delivery_deadline";
 
-/// A parked body-metered payment and what its response has written.
+/// A parked body-metered payment and what its response has written. The request's body
+/// filter and the timer may run on different threads: the counters are sequentially
+/// consistent, so the timer reads what the filter wrote before it checked `stopped`.
 #[derive(Debug, Default)]
 pub struct DeliveryWatch {
     parked: Mutex<Option<Box<Accepted>>>,
     /// Body bytes whose write finished.
     written: AtomicU64,
+    /// The last chunk handed over, its write not known to have finished.
+    in_flight: AtomicU64,
+    /// The origin's body ended: everything was handed over.
+    ended: AtomicBool,
     /// The deadline's timer took the payment: nothing more goes out.
     stopped: AtomicBool,
-    timer: Mutex<Option<tokio::task::AbortHandle>>,
+    timer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl DeliveryWatch {
@@ -50,15 +56,23 @@ impl DeliveryWatch {
             let Some(mut a) = w.take_parked() else {
                 return;
             };
-            w.stopped.store(true, Ordering::Release);
+            w.stopped.store(true, Ordering::SeqCst);
+            let ended = w.ended.load(Ordering::SeqCst);
+            let counts = (
+                w.written.load(Ordering::SeqCst),
+                w.in_flight.load(Ordering::SeqCst),
+            );
+            // As the request would have: a body that ended counts its last chunk; one cut
+            // before a byte went out is charged nothing.
+            let (bytes, elapsed) =
+                metered_delivery(counts, Some(started), Some(deadline), ended, Instant::now());
             let env = snap.payment_env();
-            let bytes = w.written.load(Ordering::Acquire);
-            let elapsed = deadline.saturating_duration_since(started);
             payments.settle_metered(&env, &mut a, bytes, elapsed).await;
-            payments.finish(&env, &mut a, Some(DELIVERY_DEADLINE)).await;
+            let cut = (!ended).then_some(DELIVERY_DEADLINE);
+            payments.finish(&env, &mut a, cut).await;
         });
         if let Ok(mut t) = watch.timer.lock() {
-            *t = Some(task.abort_handle());
+            *t = Some(task);
         }
         Ok(watch)
     }
@@ -67,24 +81,38 @@ impl DeliveryWatch {
         self.parked.lock().ok()?.take()
     }
 
+    fn take_timer(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.timer.lock().ok()?.take()
+    }
+
     /// The request takes its payment back (the body ended, or broke off): the timer stops.
     /// `None` once the timer took it.
     pub fn take(&self) -> Option<Box<Accepted>> {
         let a = self.take_parked()?;
-        if let Some(t) = self.timer.lock().ok().and_then(|mut t| t.take()) {
+        if let Some(t) = self.take_timer() {
             t.abort();
         }
         Some(a)
     }
 
-    /// Records the body bytes written so far.
-    pub fn written(&self, bytes: u64) {
-        self.written.store(bytes, Ordering::Release);
+    /// Waits until the timer that took the payment has settled and finished it, so that a
+    /// request ends (and a draining server stops) only after its settlement.
+    pub async fn settled(&self) {
+        if let Some(t) = self.take_timer() {
+            let _ = t.await;
+        }
     }
 
-    /// Whether the deadline's timer took the payment (nothing more may go out).
-    pub fn stopped(&self) -> bool {
-        self.stopped.load(Ordering::Acquire)
+    /// Records what the body filter knows: bytes written, the last chunk handed over, and
+    /// whether the origin's body ended. Returns whether the timer took the payment (nothing
+    /// more may go out).
+    pub fn progress(&self, written: u64, in_flight: u64, ended: bool) -> bool {
+        self.written.store(written, Ordering::SeqCst);
+        self.in_flight.store(in_flight, Ordering::SeqCst);
+        if ended {
+            self.ended.store(true, Ordering::SeqCst);
+        }
+        self.stopped.load(Ordering::SeqCst)
     }
 }
 

@@ -344,7 +344,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
         // Only a body-metered payment counts what it delivers, and stops in time to settle it.
@@ -355,36 +355,41 @@ impl ProxyHttp for Gateway {
         ctx.body_bytes = ctx
             .body_bytes
             .saturating_add(std::mem::take(&mut ctx.body_in_flight));
-        let stopped = ctx.watch.as_ref().is_some_and(|w| {
-            w.written(ctx.body_bytes);
-            w.stopped()
-        });
-        if let Some(b) = body.as_ref().filter(|b| !b.is_empty()) {
-            let standing = if stopped {
-                Some(Delivery::Stop)
-            } else {
-                delivery_left(ctx.delivery_deadline, Instant::now())
-            };
-            match standing {
-                Some(Delivery::Stop) => {
-                    ctx.reason = Some(DELIVERY_DEADLINE);
-                    return Error::e_explain(
-                        ErrorType::Custom(DELIVERY_DEADLINE),
-                        "a body-metered response reached the end its payment can settle by",
-                    );
-                }
-                // A client that stops reading cannot hold the response past it either.
-                Some(Delivery::Left(left)) => session.set_write_timeout(Some(left)),
-                None => {}
+        let chunk = body
+            .as_ref()
+            .filter(|b| !b.is_empty())
+            .map(|b| b.len() as u64);
+        let standing = delivery_left(ctx.delivery_deadline, Instant::now());
+        // The deadline's timer took the payment: nothing more goes out, not even a clean end.
+        let stopped = ctx
+            .watch
+            .as_ref()
+            .is_some_and(|w| w.progress(ctx.body_bytes, chunk.unwrap_or(0), end_of_stream));
+        if stopped || (chunk.is_some() && standing == Some(Delivery::Stop)) {
+            ctx.reason = Some(DELIVERY_DEADLINE);
+            return Error::e_explain(
+                ErrorType::Custom(DELIVERY_DEADLINE),
+                "a body-metered response reached the end its payment can settle by",
+            );
+        }
+        if let Some(len) = chunk {
+            // A client that stops reading cannot hold the response past the deadline either.
+            if let Some(Delivery::Left(left)) = standing {
+                session.set_write_timeout(Some(left));
             }
-            ctx.body_in_flight = b.len() as u64;
+            ctx.body_in_flight = len;
         }
         Ok(None)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        ctx.unpark();
+        // A payment the deadline's timer took is settled before the request ends.
+        if !ctx.unpark()
+            && let Some(w) = &ctx.watch
+        {
+            w.settled().await;
+        }
         let now = Instant::now();
         let cut = e.is_some() && ctx.delivery_deadline.is_some_and(|d| now >= d);
         let (bytes, elapsed) = metered_delivery(
