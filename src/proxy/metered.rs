@@ -34,8 +34,8 @@ pub struct DeliveryWatch {
 
 impl DeliveryWatch {
     /// Parks `accepted` until the request takes it back; at `deadline`, unless it was taken,
-    /// settles what was written (its time counted from `started`) and finishes it. `None`
-    /// outside a runtime: the request keeps its payment.
+    /// settles what was written (its time counted from `started`) and finishes it. Outside a
+    /// runtime the payment comes back as the error: the request keeps it.
     pub fn start(
         payments: Arc<Payments>,
         snap: Arc<Snapshot>,
