@@ -273,18 +273,6 @@ fn classify(e: reqwest::Error) -> FacilitatorError {
     }
 }
 
-/// A well-formed answer read straight into its type, without a JSON tree in between; `None`
-/// for anything else (not an object, a repeated field, a field of the wrong type), which the
-/// caller then reads as a tree to tell "no verdict" from a bad one. Only objects: a derived
-/// struct would also read an array by position.
-fn typed_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
-    let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
-    if *first != b'{' {
-        return None;
-    }
-    serde_json::from_slice(body).ok()
-}
-
 /// Parses a `/verify` answer: a JSON object with an `isValid` key, whatever the status.
 pub fn parse_verify(status: u16, body: &[u8]) -> Result<VerifyResponse, FacilitatorError> {
     if status >= 500 {
@@ -299,16 +287,12 @@ pub fn parse_verify(status: u16, body: &[u8]) -> Result<VerifyResponse, Facilita
             FacilitatorError::BadResponse { status }
         }
     };
-    let r = match typed_object::<VerifyResponse>(body).filter(|r| r.is_valid.is_boolean()) {
-        Some(r) => r,
-        None => {
-            let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| no_verdict())?;
-            if !v.get("isValid").is_some_and(|x| x.is_boolean()) {
-                return Err(no_verdict());
-            }
-            serde_json::from_value(v).map_err(|_| FacilitatorError::BadResponse { status })?
-        }
-    };
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| no_verdict())?;
+    if !v.get("isValid").is_some_and(|x| x.is_boolean()) {
+        return Err(no_verdict());
+    }
+    let r: VerifyResponse =
+        serde_json::from_value(v).map_err(|_| FacilitatorError::BadResponse { status })?;
     if r.valid() && !(200..300).contains(&status) {
         // A success flag on an error status is not a success.
         return Err(FacilitatorError::BadResponse { status });
@@ -332,18 +316,12 @@ pub fn parse_settle(status: u16, body: &[u8]) -> Result<SettleResponse, Facilita
             FacilitatorError::BadResponse { status }
         }
     };
-    // A missing `success` and an explicit `null` read the same typed: only the tree tells them
-    // apart (no verdict, and a failed one).
-    let mut r = match typed_object::<SettleResponse>(body).filter(|r| !r.success.is_null()) {
-        Some(r) => r,
-        None => {
-            let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| no_verdict())?;
-            if v.get("success").is_none() {
-                return Err(no_verdict());
-            }
-            serde_json::from_value(v).map_err(|_| FacilitatorError::BadResponse { status })?
-        }
-    };
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| no_verdict())?;
+    if v.get("success").is_none() {
+        return Err(no_verdict());
+    }
+    let mut r: SettleResponse =
+        serde_json::from_value(v).map_err(|_| FacilitatorError::BadResponse { status })?;
     if r.succeeded() && (!(200..300).contains(&status) || r.transaction.is_empty()) {
         // Claimed success without a transaction or on an error status: the outcome is unknown.
         r.success = serde_json::Value::Null;
@@ -427,49 +405,6 @@ mod tests {
         assert!(
             parse_verify(200, br#"{"isValid":true,"extra":{"a":[1]}}"#).is_ok_and(|r| r.valid())
         );
-    }
-
-    /// Answers read straight into their type read as they do through a JSON tree: the same
-    /// verdicts, the same errors, over well-formed and odd bodies alike.
-    #[test]
-    fn typed_answers_read_as_the_tree_does() {
-        fn tree<T: serde::de::DeserializeOwned>(body: &[u8], key: &str) -> Option<T> {
-            let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-            v.get(key)?;
-            serde_json::from_value(v).ok()
-        }
-        let bodies: [&[u8]; 14] = [
-            br#"{"isValid":true,"payer":"0x1"}"#,
-            br#"{"isValid":false,"invalidReason":"insufficient_funds","invalidMessage":"m"}"#,
-            br#" {"isValid":true,"extra":{"balance":"10","n":[1,2]}} "#,
-            br#"{"isValid":false,"isValid":true}"#,
-            br#"{"isValid":null}"#,
-            br#"{"success":true,"transaction":"0xab","network":"n","payer":"0x1"}"#,
-            br#"{"success":null,"transaction":"0xab"}"#,
-            br#"{"success":false,"errorReason":"e","amount":"5","extra":{"a":1}}"#,
-            br#"{"success":true,"success":false,"transaction":"0xab"}"#,
-            br#"{"success":true,"transaction":5}"#,
-            br#"[true,"0xab","n"]"#,
-            b"\x0c{\"isValid\":true}",
-            b"{}",
-            b"{\"isValid\":true} x",
-        ];
-        for body in bodies {
-            for status in [200, 400, 402] {
-                let want = tree::<VerifyResponse>(body, "isValid")
-                    .filter(|r| r.is_valid.is_boolean())
-                    .filter(|r| !r.valid() || (200..300).contains(&status));
-                assert_eq!(parse_verify(status, body).ok(), want, "{body:?} {status}");
-                let want = tree::<SettleResponse>(body, "success").map(|mut r| {
-                    if r.succeeded() && (!(200..300).contains(&status) || r.transaction.is_empty())
-                    {
-                        r.success = serde_json::Value::Null;
-                    }
-                    r
-                });
-                assert_eq!(parse_settle(status, body).ok(), want, "{body:?} {status}");
-            }
-        }
     }
 
     #[test]
