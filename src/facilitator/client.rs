@@ -401,6 +401,15 @@ mod tests {
         }
         // A repeated key: the last one counts, as in the tree.
         assert!(parse_verify(200, br#"{"isValid":false,"isValid":true}"#).is_ok_and(|r| r.valid()));
+        // Not UTF-8, even in a field nobody reads: no verdict (a fuzzer's find).
+        assert!(parse_verify(200, b"{\"isValid\":true,\"npayer\":\"0x\x9e\x9e1\"}").is_err());
+        assert!(
+            parse_settle(
+                200,
+                b"{\"success\":true,\"transaction\":\"0x1\",\"n\":\"\x9e\"}"
+            )
+            .is_err()
+        );
         // Unknown fields are ignored.
         assert!(
             parse_verify(200, br#"{"isValid":true,"extra":{"a":[1]}}"#).is_ok_and(|r| r.valid())
