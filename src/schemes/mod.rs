@@ -176,3 +176,54 @@ pub fn by_id(id: &str) -> Option<&'static dyn Scheme> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use alloy::primitives::U256;
+    use alloy::signers::SignerSync;
+    use alloy::signers::local::PrivateKeySigner;
+
+    use super::*;
+
+    /// The order of secp256k1's group.
+    const N: U256 = U256::from_be_bytes([
+        0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+        0xFE, 0xBA, 0xAE, 0xDC, 0xE6, 0xAF, 0x48, 0xA0, 0x3B, 0xBF, 0xD2, 0x5E, 0x8C, 0xD0, 0x36,
+        0x41, 0x41,
+    ]);
+
+    #[test]
+    fn recovery_finds_the_signer_and_refuses_malleable_and_broken_signatures() {
+        for i in 0..32u8 {
+            let key = PrivateKeySigner::random();
+            let digest = keccak256([i; 40]);
+            let sig = key.sign_hash_sync(&digest).unwrap();
+            let bytes = sig.as_bytes();
+            // libsecp256k1 (used here) and the pure-Rust k256 agree, with `v` as 27/28 or 0/1.
+            let k256 = sig.recover_from_prehash(&digest).unwrap();
+            assert_eq!(Address::from_public_key(&k256), key.address());
+            assert_eq!(recover_low_s(&bytes, &digest), Some(key.address()));
+            let mut zero_one = bytes;
+            zero_one[64] -= 27;
+            assert_eq!(recover_low_s(&zero_one, &digest), Some(key.address()));
+            // Another digest recovers someone else.
+            let other = keccak256([i.wrapping_add(1); 40]);
+            assert_ne!(recover_low_s(&bytes, &other), Some(key.address()));
+            // The high-s twin (s' = n - s, parity flipped) is as valid on the curve, and refused.
+            let twin = Signature::new(sig.r(), N - sig.s(), !sig.v());
+            assert_eq!(
+                twin.recover_address_from_prehash(&digest).unwrap(),
+                key.address()
+            );
+            assert_eq!(recover_low_s(&twin.as_bytes(), &digest), None);
+            // Wrong lengths, r = 0 and a recovery byte out of range are no signer.
+            assert_eq!(recover_low_s(&bytes[..64], &digest), None);
+            let mut zero_r = bytes;
+            zero_r[..32].fill(0);
+            assert_eq!(recover_low_s(&zero_r, &digest), None);
+            let mut bad_v = bytes;
+            bad_v[64] = 5;
+            assert_eq!(recover_low_s(&bad_v, &digest), None);
+        }
+    }
+}
