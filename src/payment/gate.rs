@@ -140,9 +140,8 @@ impl Payments {
                     rule,
                     priced,
                     offer,
-                    &decoded.payload,
-                    &decoded.raw,
-                    recorded,
+                    &decoded,
+                    (url, recorded),
                     caller,
                     started,
                 )

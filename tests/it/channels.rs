@@ -5,6 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::support::chain::{balance, rpc};
+use crate::support::pay::b64;
 use crate::support::*;
 
 /// The receiver authorizer's key (a public anvil test key no other role here uses).
@@ -51,6 +52,13 @@ deposit_method = "permit2"
 /// Sends one voucher payment built by `lib/batch-voucher.mjs` for `path`'s 402; the answer's
 /// status and its `error`.
 async fn voucher(gw: &Gateway, path: &str, key: &str, max: u128, extra: &[&str]) -> (u16, Value) {
+    let header = voucher_header(gw, path, key, max, extra).await;
+    let (status, required, _) = send_voucher(gw, path, &header).await;
+    (status, required)
+}
+
+/// The `PAYMENT-SIGNATURE` of one voucher built by `lib/batch-voucher.mjs` for `path`'s 402.
+async fn voucher_header(gw: &Gateway, path: &str, key: &str, max: u128, extra: &[&str]) -> String {
     let mut args: Vec<String> = vec![
         "--url".into(),
         gw.url(path),
@@ -61,9 +69,22 @@ async fn voucher(gw: &Gateway, path: &str, key: &str, max: u128, extra: &[&str])
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let built = node_json("lib/batch-voucher.mjs", &args, &[]).await;
-    let header = built["header"]
+    built["header"]
         .as_str()
-        .unwrap_or_else(|| panic!("{built}"));
+        .unwrap_or_else(|| panic!("{built}"))
+        .to_owned()
+}
+
+/// `header` with its payment named `id` (the `payment-identifier` extension).
+fn with_identifier(header: &str, id: &str) -> String {
+    let mut payment = decode_header(header);
+    payment["extensions"]["payment-identifier"] = json!({ "info": { "id": id } });
+    b64(&payment)
+}
+
+/// Sends a voucher payment: the answer's status, its `PAYMENT-REQUIRED` (decoded; null on
+/// success) and its `PAYMENT-RESPONSE` header as sent.
+async fn send_voucher(gw: &Gateway, path: &str, header: &str) -> (u16, Value, Option<String>) {
     let r = client()
         .get(gw.url(path))
         .header("payment-signature", header)
@@ -71,12 +92,13 @@ async fn voucher(gw: &Gateway, path: &str, key: &str, max: u128, extra: &[&str])
         .await
         .expect("paid request");
     let status = r.status().as_u16();
-    let required = r
-        .headers()
-        .get("payment-required")
-        .map(|h| decode_header(h.to_str().expect("ascii")))
-        .unwrap_or(Value::Null);
-    (status, required)
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .map(|h| h.to_str().expect("ascii").to_owned())
+    };
+    let required = header("payment-required").map_or(Value::Null, |h| decode_header(&h));
+    (status, required, header("payment-response"))
 }
 
 /// `receivers(receiver, token)` of the channel contract: (claimed, settled).
@@ -334,10 +356,58 @@ async fn vouchers_pay_per_request_and_the_claimer_lands_them_on_chain() {
     }
     assert_eq!(origin.requests().await, served);
     assert_eq!(ledger_sum(&gw, "channel_charged"), charged);
-    // The channel still takes the next voucher.
-    let (status, required) = voucher(&gw, "/api/item", key, 2_010_000, &[]).await;
+    // The channel still takes the next voucher. Named (`payment-identifier`), its retry is
+    // served again with the same receipt and charged once, not answered as a stale voucher
+    // the client would pay for again.
+    let header = voucher_header(&gw, "/api/item", key, 2_010_000, &[]).await;
+    let named = with_identifier(&header, "channel-retry-0000000001");
+    let (status, required, receipt) = send_voucher(&gw, "/api/item", &named).await;
     assert_eq!(status, 200, "{required}");
+    assert!(receipt.is_some());
+    let served = origin.requests().await;
+    let (status, required, again) = send_voucher(&gw, "/api/item", &named).await;
+    assert_eq!(status, 200, "{required}");
+    assert_eq!(again, receipt);
+    assert_eq!(origin.requests().await, served + 1);
     assert_eq!(ledger_sum(&gw, "channel_charged"), 2_010_000);
+    // The same name on another payment is a conflict; the same voucher unnamed, or under
+    // another name, is stale.
+    let next = voucher_header(&gw, "/api/item", key, 2_020_000, &[]).await;
+    let conflict = client()
+        .get(gw.url("/api/item"))
+        .header(
+            "payment-signature",
+            with_identifier(&next, "channel-retry-0000000001"),
+        )
+        .send()
+        .await
+        .expect("named request");
+    assert_eq!(conflict.status(), 409);
+    let body: Value = conflict.json().await.expect("json");
+    assert_eq!(body["error"], "payment_identifier_conflict", "{body}");
+    for stale in [
+        header.clone(),
+        with_identifier(&header, "channel-retry-0000000002"),
+    ] {
+        let (status, required, _) = send_voucher(&gw, "/api/item", &stale).await;
+        assert_eq!(status, 402, "{required}");
+        assert_eq!(
+            required["error"], "invalid_batch_settlement_evm_cumulative_amount_mismatch",
+            "{required}"
+        );
+    }
+    assert_eq!(origin.requests().await, served + 1);
+    assert_eq!(ledger_sum(&gw, "channel_charged"), 2_010_000);
+    // A gateway that requires names refuses an unnamed voucher before anything else.
+    let strict = net.gateway("require_payment_identifier = true", None);
+    let (status, required) = voucher(&strict, "/api/item", key, 2_020_000, &[]).await;
+    assert_eq!(status, 402, "{required}");
+    assert_eq!(
+        required["error"], "payment_identifier_required",
+        "{required}"
+    );
+    assert_eq!(origin.requests().await, served + 1);
+    drop(strict);
 
     // Past the threshold the claimer claims and sweeps, in a few transactions, not one per
     // request: the receiver holds what was charged, and the ledger says what the chain says.

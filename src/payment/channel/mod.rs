@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::decode::Decoded;
+use super::identifier::Lookup;
 use super::replay::ReplayKey;
 use super::{
     Accepted, Admission, Caller, Paying, PaymentEnv, PaymentError, Payments, Rejection, RuleRef,
@@ -256,12 +258,12 @@ impl Payments {
         rule: RuleRef<'_>,
         priced: &Priced,
         offer: &Arc<Offer>,
-        payload: &Value,
-        raw: &str,
-        resource: &str,
+        decoded: &Decoded,
+        (url, resource): (&str, &str),
         caller: Caller<'_>,
         started: std::time::Instant,
     ) -> Result<Admission, Rejection> {
+        let (payload, raw) = (&decoded.payload, decoded.raw.as_str());
         let fail = |error: PaymentError, payer: Option<String>| Rejection {
             error,
             version: 2,
@@ -303,174 +305,202 @@ impl Payments {
                 )));
             }
         }
-        let channel_id = format!("{:#x}", p.channel_id);
-        let pending_id = pending_id();
-        let ttl = mirror_ttl(
-            offer
-                .requirements
-                .extra
-                .get(evm_batch::WITHDRAW_DELAY)
-                .and_then(Value::as_u64)
-                .unwrap_or(evm_batch::MIN_WITHDRAW_DELAY),
-        );
-        let r = &offer.requirements;
-        let paying = Paying {
-            payer: payer.clone(),
-            key: ReplayKey::new(&r.network, &r.asset, &payer, &channel_id),
-            nonce: channel_id.clone(),
-            valid_before: u64::MAX,
+        // The `payment-identifier` extension, after the local checks: a retry of a voucher that
+        // was charged is served again uncharged (not answered as a stale voucher, which the
+        // client would pay again). A refund is no payment for a resource: not named.
+        let named = if matches!(p.kind, Kind::Refund { .. }) {
+            None
+        } else {
+            let claim = || super::identifier::record(decoded, offer, caller.method, url, rule.id);
+            match self.identify(env, decoded, caller.method, claim).await {
+                Ok(Lookup::Unnamed) => None,
+                Ok(Lookup::Claimed(named)) => Some(named),
+                Ok(Lookup::Settled(receipt, v)) => {
+                    return Ok(Admission::Replayed(vec![(
+                        crate::x402::receipt_header(v == 1),
+                        receipt,
+                    )]));
+                }
+                Err(e) => return Err(self.reject(fail(e, Some(payer)))),
+            }
         };
-        // The facilitator body is built when a facilitator is asked (a deposit, a stale
-        // mirror): a voucher checked here never needs it. Channel payments use no verify cache.
-        let mut accepted = Box::new(Accepted {
-            // Channel charges commit after the origin answered, whatever the rule's default.
-            settlement: Settlement::After,
-            sign_in: None,
-            ..Accepted::verified(
-                2,
-                &rule,
-                &caller,
-                resource.to_owned(),
-                offer.clone(),
-                paying,
-                started,
-            )
-        });
-        if let Kind::Refund { amount } = p.kind {
-            return self
-                .channel_refund(
-                    env,
-                    &p,
-                    amount,
-                    accepted,
-                    payload,
-                    raw,
-                    priced,
-                    offer,
-                    (caller.ip, signer.as_deref()),
-                )
-                .await;
-        }
-        let mut onchain: Option<OnChain> = None;
-        let waiting_since = std::time::Instant::now();
-        let mut poll = TURN_POLL;
-        let mut lost = 0;
-        let mut verifies = 0;
-        // What this replica wrote last, tried before reading the store.
-        let mut remembered = self.channel_cache.get(&channel_id);
-        while lost < SWAP_TRIES {
-            let now = now_ms();
-            let cached = remembered.is_some();
-            let (version, record) = match remembered.take() {
-                Some((v, r)) => (v, Some(r)),
-                None => self
-                    .read_channel(&channel_id)
-                    .await
-                    .map_err(|e| self.reject(fail(e, Some(payer.clone()))))?,
+        // Whatever refuses the payment from here frees its name for another attempt.
+        let admitted = async {
+            let channel_id = format!("{:#x}", p.channel_id);
+            let pending_id = pending_id();
+            let ttl = mirror_ttl(
+                offer
+                    .requirements
+                    .extra
+                    .get(evm_batch::WITHDRAW_DELAY)
+                    .and_then(Value::as_u64)
+                    .unwrap_or(evm_batch::MIN_WITHDRAW_DELAY),
+            );
+            let r = &offer.requirements;
+            let paying = Paying {
+                payer: payer.clone(),
+                key: ReplayKey::new(&r.network, &r.asset, &payer, &channel_id),
+                nonce: channel_id.clone(),
+                valid_before: u64::MAX,
             };
-            let needs_facilitator = matches!(p.kind, Kind::Deposit { .. }) || !p.signature_checked;
-            if needs_facilitator && onchain.is_none() {
-                let who = (caller.ip, signer.as_deref());
-                onchain = Some(
-                    self.channel_verify_counted(env, &mut accepted, raw, priced, who)
+            // The facilitator body is built when a facilitator is asked (a deposit, a stale
+            // mirror): a voucher checked here never needs it. Channel payments use no verify cache.
+            let mut accepted = Box::new(Accepted {
+                // Channel charges commit after the origin answered, whatever the rule's default.
+                settlement: Settlement::After,
+                sign_in: None,
+                identifier: named.clone(),
+                ..Accepted::verified(
+                    2,
+                    &rule,
+                    &caller,
+                    resource.to_owned(),
+                    offer.clone(),
+                    paying,
+                    started,
+                )
+            });
+            if let Kind::Refund { amount } = p.kind {
+                return self
+                    .channel_refund(
+                        env,
+                        &p,
+                        amount,
+                        accepted,
+                        payload,
+                        raw,
+                        priced,
+                        offer,
+                        (caller.ip, signer.as_deref()),
+                    )
+                    .await;
+            }
+            let mut onchain: Option<OnChain> = None;
+            let waiting_since = std::time::Instant::now();
+            let mut poll = TURN_POLL;
+            let mut lost = 0;
+            let mut verifies = 0;
+            // What this replica wrote last, tried before reading the store.
+            let mut remembered = self.channel_cache.get(&channel_id);
+            while lost < SWAP_TRIES {
+                let now = now_ms();
+                let cached = remembered.is_some();
+                let (version, record) = match remembered.take() {
+                    Some((v, r)) => (v, Some(r)),
+                    None => self
+                        .read_channel(&channel_id)
                         .await
                         .map_err(|e| self.reject(fail(e, Some(payer.clone()))))?,
-                );
-            }
-            let turn = take_turn(
-                record.as_ref(),
-                &p,
-                offer,
-                onchain.as_ref(),
-                &pending_id,
-                now,
-                ttl,
-            );
-            // Only a turn taken is checked by the store (the swap fails if the channel moved
-            // on); any other verdict is made on the store's own record.
-            if cached && !matches!(turn, Ok(Turn::Taken(_))) {
-                self.channel_cache.forget(&channel_id);
-                continue;
-            }
-            let next = match turn {
-                Ok(Turn::Taken(next)) => next,
-                Ok(Turn::VerifyFirst) => {
-                    // A facilitator whose readings stay older than the record (a lagging
-                    // node) cannot check this voucher.
-                    verifies += 1;
-                    if verifies > MAX_VERIFIES {
-                        return Err(
-                            self.reject(fail(PaymentError::FacilitatorUnavailable, Some(payer)))
-                        );
-                    }
+                };
+                let needs_facilitator =
+                    matches!(p.kind, Kind::Deposit { .. }) || !p.signature_checked;
+                if needs_facilitator && onchain.is_none() {
                     let who = (caller.ip, signer.as_deref());
                     onchain = Some(
                         self.channel_verify_counted(env, &mut accepted, raw, priced, who)
                             .await
                             .map_err(|e| self.reject(fail(e, Some(payer.clone()))))?,
                     );
-                    continue;
                 }
-                // Another request on this channel is being served: wait for its answer.
-                Err(BatchError::ChannelBusy) if waiting_since.elapsed() < TURN_WAIT => {
-                    tokio::time::sleep(poll).await;
-                    poll = (poll * 2).min(TURN_POLL_MAX);
-                    continue;
-                }
-                Err(BatchError::CumulativeMismatch) => {
-                    let shown = record.unwrap_or_else(|| {
-                        let mut r = ChannelRecord::new(&p, &offer.requirements);
-                        r.charged = p.max_claimable.saturating_sub(price).to_string();
-                        r
-                    });
-                    return Err(self.reject(Rejection {
-                        corrective: corrective(priced, offer, &shown),
-                        ..fail(
-                            SchemeError::Batch(BatchError::CumulativeMismatch).into(),
-                            Some(payer),
-                        )
-                    }));
-                }
-                Err(e) => {
-                    return Err(self.reject(fail(SchemeError::Batch(e).into(), Some(payer))));
-                }
-            };
-            match self
-                .state
-                .swap_channel(&channel_id, version, &next.encode())
-                .await
-            {
-                Ok(true) => {
-                    accepted.channel = Some(Box::new(Ticket {
-                        channel_id,
-                        pending_id,
-                        kind: p.kind,
-                        price,
-                        record: *next,
-                        version: version + 1,
-                        onchain: None,
-                    }));
-                    return Ok(Admission::Paid(accepted));
-                }
-                // Another request changed the channel first: look again (in the store).
-                Ok(false) => {
+                let turn = take_turn(
+                    record.as_ref(),
+                    &p,
+                    offer,
+                    onchain.as_ref(),
+                    &pending_id,
+                    now,
+                    ttl,
+                );
+                // Only a turn taken is checked by the store (the swap fails if the channel moved
+                // on); any other verdict is made on the store's own record.
+                if cached && !matches!(turn, Ok(Turn::Taken(_))) {
                     self.channel_cache.forget(&channel_id);
-                    lost += 1;
                     continue;
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot write a payment channel");
-                    // The write may have gone through: the turn is given back, so the channel
-                    // is not held until the pending charge expires.
-                    self.release_turn(&channel_id, &pending_id).await;
-                    return Err(self.reject(fail(PaymentError::StateUnavailable, Some(payer))));
+                let next = match turn {
+                    Ok(Turn::Taken(next)) => next,
+                    Ok(Turn::VerifyFirst) => {
+                        // A facilitator whose readings stay older than the record (a lagging
+                        // node) cannot check this voucher.
+                        verifies += 1;
+                        if verifies > MAX_VERIFIES {
+                            return Err(self
+                                .reject(fail(PaymentError::FacilitatorUnavailable, Some(payer))));
+                        }
+                        let who = (caller.ip, signer.as_deref());
+                        onchain = Some(
+                            self.channel_verify_counted(env, &mut accepted, raw, priced, who)
+                                .await
+                                .map_err(|e| self.reject(fail(e, Some(payer.clone()))))?,
+                        );
+                        continue;
+                    }
+                    // Another request on this channel is being served: wait for its answer.
+                    Err(BatchError::ChannelBusy) if waiting_since.elapsed() < TURN_WAIT => {
+                        tokio::time::sleep(poll).await;
+                        poll = (poll * 2).min(TURN_POLL_MAX);
+                        continue;
+                    }
+                    Err(BatchError::CumulativeMismatch) => {
+                        let shown = record.unwrap_or_else(|| {
+                            let mut r = ChannelRecord::new(&p, &offer.requirements);
+                            r.charged = p.max_claimable.saturating_sub(price).to_string();
+                            r
+                        });
+                        return Err(self.reject(Rejection {
+                            corrective: corrective(priced, offer, &shown),
+                            ..fail(
+                                SchemeError::Batch(BatchError::CumulativeMismatch).into(),
+                                Some(payer),
+                            )
+                        }));
+                    }
+                    Err(e) => {
+                        return Err(self.reject(fail(SchemeError::Batch(e).into(), Some(payer))));
+                    }
+                };
+                match self
+                    .state
+                    .swap_channel(&channel_id, version, &next.encode())
+                    .await
+                {
+                    Ok(true) => {
+                        accepted.channel = Some(Box::new(Ticket {
+                            channel_id,
+                            pending_id,
+                            kind: p.kind,
+                            price,
+                            record: *next,
+                            version: version + 1,
+                            onchain: None,
+                        }));
+                        return Ok(Admission::Paid(accepted));
+                    }
+                    // Another request changed the channel first: look again (in the store).
+                    Ok(false) => {
+                        self.channel_cache.forget(&channel_id);
+                        lost += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot write a payment channel");
+                        // The write may have gone through: the turn is given back, so the channel
+                        // is not held until the pending charge expires.
+                        self.release_turn(&channel_id, &pending_id).await;
+                        return Err(self.reject(fail(PaymentError::StateUnavailable, Some(payer))));
+                    }
                 }
             }
+            Err(self.reject(fail(
+                SchemeError::Batch(BatchError::ChannelBusy).into(),
+                Some(payer),
+            )))
         }
-        Err(self.reject(fail(
-            SchemeError::Batch(BatchError::ChannelBusy).into(),
-            Some(payer),
-        )))
+        .await;
+        if admitted.is_err() {
+            self.forget_identifier(named.as_ref()).await;
+        }
+        admitted
     }
 
     /// A channel's record and its version (0 and `None`: the store does not know it).
@@ -665,6 +695,8 @@ impl Payments {
             None,
             upstream_status,
         );
+        // A named payment's retry is now served again with this receipt.
+        self.complete_identifier(a).await;
     }
 
     /// A deposit's or refund's `/settle`, through the facilitator that verified it: the
@@ -785,6 +817,7 @@ impl Payments {
         if let Some(t) = &a.channel {
             self.release_turn(&t.channel_id, &t.pending_id).await;
         }
+        self.forget_identifier(a.identifier.as_ref()).await;
     }
 
     /// Clears the pending charge `pending_id` from a channel's record, if it is still there.
