@@ -112,9 +112,11 @@ impl FacilitatorClient {
         // (a redirect would send payment payloads and API keys where the operator never chose).
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            // No hidden retries either (each would first copy the request): a failed call is
-            // the pool's to fail over, and a settlement is never sent twice behind its back.
-            .retry(reqwest::retry::never())
+            // No hidden retries either: a failed call is the pool's to fail over, and a
+            // settlement is never sent twice behind its back. A policy that allows no retry at
+            // all also spares the copy of every request (headers, extensions, body) that
+            // reqwest's retry layer makes up front while any retry remains possible.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)

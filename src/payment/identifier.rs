@@ -2,8 +2,10 @@
 //! dropped connection, say) is served again without a second charge. The name is bound to
 //! the payment and to the request (method, canonical resource URL, rule); the same name with
 //! another payment or request is a conflict. Only `GET` and `HEAD` are answered again (the
-//! origin answers the retry; nothing is cached); other methods learn that the payment settled. Records live in the state store, so a retry may
-//! land on any replica, and are claimed only after the payment passed its local checks.
+//! origin answers the retry; nothing is cached); other methods learn that the payment
+//! settled. Records live in the state store, so a retry may land on any replica, and are
+//! claimed only after the payment passed its local checks (for a channel voucher, before its
+//! cumulative amount meets the channel's record: a voucher refused there frees its name).
 
 use sha2::{Digest, Sha256};
 

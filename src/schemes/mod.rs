@@ -139,12 +139,13 @@ pub(crate) fn eip712_digest(domain_separator: &B256, type_hash: &B256, data: &[u
 }
 
 /// The signer of `digest` from a 65-byte signature, refusing high-s (malleable) copies.
+///
+/// Through alloy's consensus crypto (libsecp256k1, as `Signature::recover_*` with the
+/// `secp256k1` feature): its path from the compact signature to the address is about 1 % of a
+/// voucher's instructions shorter.
 pub(crate) fn recover_low_s(signature: &[u8], digest: &B256) -> Option<Address> {
     let sig = Signature::try_from(signature).ok()?;
-    if sig.normalize_s().is_some() {
-        return None;
-    }
-    sig.recover_address_from_prehash(digest).ok()
+    alloy::consensus::crypto::secp256k1::recover_signer(&sig, *digest).ok()
 }
 
 /// An offer's `extra` naming the token's EIP-712 domain (`name`, `version`).

@@ -385,10 +385,9 @@ async fn vouchers_pay_per_request_and_the_claimer_lands_them_on_chain() {
     assert_eq!(conflict.status(), 409);
     let body: Value = conflict.json().await.expect("json");
     assert_eq!(body["error"], "payment_identifier_conflict", "{body}");
-    for stale in [
-        header.clone(),
-        with_identifier(&header, "channel-retry-0000000002"),
-    ] {
+    // Twice under the new name: a refused voucher frees the name it claimed.
+    let renamed = with_identifier(&header, "channel-retry-0000000002");
+    for stale in [header.clone(), renamed.clone(), renamed] {
         let (status, required, _) = send_voucher(&gw, "/api/item", &stale).await;
         assert_eq!(status, 402, "{required}");
         assert_eq!(
@@ -398,7 +397,7 @@ async fn vouchers_pay_per_request_and_the_claimer_lands_them_on_chain() {
     }
     assert_eq!(origin.requests().await, served + 1);
     assert_eq!(ledger_sum(&gw, "channel_charged"), 2_010_000);
-    // A gateway that requires names refuses an unnamed voucher before anything else.
+    // A gateway that requires names refuses an unnamed voucher, nothing served.
     let strict = net.gateway("require_payment_identifier = true", None);
     let (status, required) = voucher(&strict, "/api/item", key, 2_020_000, &[]).await;
     assert_eq!(status, 402, "{required}");
