@@ -181,6 +181,18 @@ fn bench_payment(c: &mut Criterion<CpuTime>) {
             ))
         })
     });
+    // What the gateway's checks call: alloy's consensus crypto (libsecp256k1, low s only).
+    g.bench_function("recover_gateway", |b| {
+        b.iter(|| {
+            black_box(
+                alloy::consensus::crypto::secp256k1::recover_signer(
+                    black_box(&sig),
+                    black_box(hash),
+                )
+                .expect("recover"),
+            )
+        })
+    });
     // The backend `recover_address_from_prehash` uses (libsecp256k1 when alloy's `secp256k1`
     // feature is on), then each backend explicitly.
     g.bench_function("recover_only", |b| {
