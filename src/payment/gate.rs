@@ -195,12 +195,7 @@ impl Payments {
         match self.identify(env, &decoded, caller.method, claim).await {
             Ok(Lookup::Unnamed) => {}
             Ok(Lookup::Claimed(named)) => accepted.identifier = Some(named),
-            Ok(Lookup::Settled(receipt, v)) => {
-                return Ok(Admission::Replayed(vec![(
-                    crate::x402::receipt_header(v == 1),
-                    receipt,
-                )]));
-            }
+            Ok(Lookup::Settled(receipt)) => return Ok(Admission::Replayed(receipt)),
             Err(e) => return Err(self.reject(fail(e, Some(accepted.payer.clone())))),
         }
         // One round trip: the reservation, the record another replica would resolve should

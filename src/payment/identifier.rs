@@ -32,8 +32,8 @@ pub(super) enum Lookup {
     /// Claimed by this request: it pays as usual, and its outcome is recorded under the name.
     Claimed(Named),
     /// The same payment for the same request already settled: serve it again, uncharged,
-    /// with the original receipt (header value, protocol version).
-    Settled(String, u8),
+    /// with the original receipt (its header, named for the payment's protocol version).
+    Settled(Vec<(&'static str, String)>),
 }
 
 fn hex_digest(parts: &[&[u8]]) -> String {
@@ -118,7 +118,8 @@ impl Payments {
             .payments
             .with_label_values(&["replayed", ""])
             .inc();
-        Ok(Lookup::Settled(existing.receipt, existing.version))
+        let header = crate::x402::receipt_header(existing.version == 1);
+        Ok(Lookup::Settled(vec![(header, existing.receipt)]))
     }
 
     /// The named payment settled: its identifier now serves retries with this receipt.
